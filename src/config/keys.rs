@@ -1,0 +1,143 @@
+//! The table of every configuration key: section, name, default, kind and meaning.
+//!
+//! This table is the single definition of what the INI file may contain. Loading checks keys against
+//! it (unknown keys are errors with a suggestion), the typed sections read their defaults from it, and
+//! a test checks that README.md documents every row.
+
+/// How a key's value is checked before the typed sections read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    /// A secret: never printed, in errors or logs.
+    Secret,
+    Bool,
+    /// An unsigned integer within an inclusive range.
+    Int(u64, u64),
+    /// One of a fixed set of words.
+    Choice(&'static [&'static str]),
+    /// A comma-separated list of words.
+    List,
+}
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpec {
+    pub section: &'static str,
+    pub key: &'static str,
+    /// The built-in default as it would be written in the INI file ("" = unset).
+    pub default: &'static str,
+    pub kind: Kind,
+    pub doc: &'static str,
+}
+
+const fn k(
+    section: &'static str,
+    key: &'static str,
+    default: &'static str,
+    kind: Kind,
+    doc: &'static str,
+) -> KeySpec {
+    KeySpec {
+        section,
+        key,
+        default,
+        kind,
+        doc,
+    }
+}
+
+pub const SECTIONS: &[&str] = &[
+    "agent",
+    "postgres",
+    "safety",
+    "listener",
+    "buffer",
+    "circuit_breaker",
+    "logs",
+    "correlation",
+    "privacy",
+    "telemetry",
+    "logging",
+];
+
+pub const SSLMODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+pub const LOG_FORMATS: &[&str] = &["auto", "stderr", "csvlog", "jsonlog"];
+pub const REDACT_CLASSES: &[&str] = &[
+    "credential",
+    "parsing_error",
+    "statement_text",
+    "statement_parameter",
+    "table_data",
+    "all",
+    "none",
+];
+
+use Kind::*;
+
+pub const KEYS: &[KeySpec] = &[
+    k("agent", "project_id", "", Str, "Project identifier sent in every batch envelope."),
+    k("agent", "collection_interval_s", "60", Int(1, 86_400), "Seconds between collection cycles (cycles start at fixed multiples of it)."),
+    k("agent", "state_dir", "/var/lib/bitville-postgres-agent", Str, "Directory for the outbox, statement baselines and log positions."),
+    k("agent", "hostname", "", Str, "Host name reported in batches; empty = the system host name."),
+    k("postgres", "host", "/var/run/postgresql", Str, "Server host name, IP address, or Unix socket directory (starts with `/`). Falls back to PGHOST."),
+    k("postgres", "port", "5432", Int(1, 65_535), "Server port (also selects the socket file). Falls back to PGPORT."),
+    k("postgres", "user", "postgres", Str, "Role to connect as; grant it `pg_monitor`. Falls back to PGUSER."),
+    k("postgres", "password", "", Secret, "Password for the role. Falls back to PGPASSWORD. Prefer `password_file`."),
+    k("postgres", "password_file", "", Str, "File whose first line is the password (mode 0600)."),
+    k("postgres", "database", "postgres", Str, "Database to connect to. Falls back to PGDATABASE."),
+    k("postgres", "sslmode", "prefer", Choice(SSLMODES), "libpq sslmode: disable, allow, prefer, require, verify-ca or verify-full. Falls back to PGSSLMODE."),
+    k("postgres", "sslrootcert", "", Str, "PEM file of CA certificates for verify-ca/verify-full; empty = the system store."),
+    k("postgres", "connect_timeout_s", "5", Int(1, 300), "Seconds to wait for a connection to be established."),
+    k("safety", "max_connections", "5", Int(1, 20), "Most connections the agent ever holds open to the server."),
+    k("safety", "statement_timeout_ms", "5000", Int(100, 600_000), "Server-side statement_timeout of every agent session."),
+    k("safety", "lock_timeout_ms", "1000", Int(10, 600_000), "Server-side lock_timeout of every agent session."),
+    k("safety", "idle_in_transaction_timeout_ms", "10000", Int(100, 3_600_000), "idle_in_transaction_session_timeout of every agent session."),
+    k("safety", "client_timeout_ms", "7000", Int(100, 600_000), "Client-side deadline of every query; when it fires the connection is discarded."),
+    k("safety", "session_max_age_s", "600", Int(10, 86_400), "Agent sessions older than this are closed and replaced."),
+    k("safety", "max_activity_rows", "1000", Int(1, 100_000), "Most pg_stat_activity rows reported per cycle (longest-running first)."),
+    k("safety", "max_statement_rows", "500", Int(1, 100_000), "Most pg_stat_statements entries reported per cycle (top by total time)."),
+    k("safety", "max_query_length", "4096", Int(64, 1_048_576), "Query texts longer than this many bytes are truncated and flagged."),
+    k("listener", "url", "", Str, "HTTPS endpoint batches are POSTed to; empty = print batches to stdout."),
+    k("listener", "api_key", "", Secret, "Bearer token sent with every request. Prefer `api_key_file`."),
+    k("listener", "api_key_file", "", Str, "File whose first line is the API key."),
+    k("listener", "timeout_s", "10", Int(1, 300), "Per-request timeout in seconds."),
+    k("listener", "compress", "true", Bool, "gzip request bodies (Content-Encoding: gzip)."),
+    k("listener", "ca_file", "", Str, "Extra PEM CA certificate(s) trusted for the listener, besides the system store."),
+    k("buffer", "max_size_mb", "100", Int(1, 100_000), "Cap on the on-disk outbox (database + WAL); oldest batches are evicted beyond it."),
+    k("circuit_breaker", "failure_threshold", "5", Int(1, 1000), "Consecutive send failures that open the circuit."),
+    k("circuit_breaker", "recovery_timeout_s", "60", Int(1, 86_400), "Seconds the circuit stays open before one probe is allowed."),
+    k("logs", "enabled", "true", Bool, "Tail the PostgreSQL server log."),
+    k("logs", "path", "", Str, "Log file or directory; empty = ask the server (data_directory, log_directory)."),
+    k("logs", "format", "auto", Choice(LOG_FORMATS), "auto, stderr, csvlog or jsonlog."),
+    k("logs", "line_prefix", "", Str, "log_line_prefix of stderr logs; empty = ask the server."),
+    k("logs", "poll_interval_ms", "100", Int(10, 60_000), "How often the log is checked for new data."),
+    k("logs", "max_buffered_entries", "500", Int(1, 1_000_000), "Entries held in memory before a pg_logs batch is written early."),
+    k("logs", "start_at", "end", Choice(&["end", "beginning"]), "Where to start reading on first start (no saved position)."),
+    k("correlation", "keys", "correlation_id,request_id,x_request_id,traceparent", List, "Comment keys whose value is the correlation ID, in order of preference."),
+    k("privacy", "obfuscate_queries", "true", Bool, "Replace literals in query texts with placeholders before they leave the host."),
+    k("privacy", "redact_log_secrets", "credential,parsing_error", List, "Log secret classes to redact: credential, parsing_error, statement_text, statement_parameter, table_data, all, none."),
+    k("telemetry", "listen", "127.0.0.1:9188", Str, "Address of the /health and /metrics endpoint; empty = disabled."),
+    k("logging", "level", "info", Choice(&["error", "warn", "info", "debug", "trace"]), "Agent log level (RUST_LOG overrides it)."),
+    k("logging", "format", "json", Choice(&["json", "text"]), "json lines for journald, or human text."),
+];
+
+/// The spec of `section.key`, if it exists.
+pub fn spec(section: &str, key: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|s| s.section == section && s.key == key)
+}
+
+/// The nearest known name to `given` among `candidates`, if any is close enough to be a likely typo.
+pub fn nearest<'a>(given: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::damerau_levenshtein(given, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}

@@ -1,0 +1,505 @@
+//! Configuration: INI file + `BITVILLE_PG_*` environment + libpq variables + defaults, validated into
+//! [`Config`].
+//!
+//! Two stages, as in ripgrep: [`raw`] turns text into a map of known keys (no I/O beyond what it is
+//! given); [`Config::from_raw`] checks every value and reads `*_file` secrets. Only a validated
+//! `Config` reaches the rest of the program. Every error names the file or variable, the section, the
+//! key and the value (secrets are shown as `<redacted>`); the CLI maps them to exit status 78.
+
+pub mod keys;
+pub mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::{Origin, RawConfig, ENV_CONFIG_PATH};
+
+/// The default config path, used when it exists and no other is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/bitville/postgres-agent.ini";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: INI syntax error: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("{origin}: key `{key}` is outside any [section]")]
+    KeyOutsideSection { origin: Origin, key: String },
+    #[error("{origin}: unknown section [{section}]{}", hint(suggestion))]
+    UnknownSection {
+        origin: Origin,
+        section: String,
+        suggestion: Option<String>,
+    },
+    #[error("{origin}: [{section}] unknown key `{key}`{}", hint(suggestion))]
+    UnknownKey {
+        origin: Origin,
+        section: String,
+        key: String,
+        suggestion: Option<String>,
+    },
+    #[error(
+        "unknown environment variable {name}: no such section and key{}",
+        hint(suggestion)
+    )]
+    UnknownEnv {
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error("{origin}: [{section}] {key} = {value}: {reason}")]
+    BadValue {
+        origin: Origin,
+        section: &'static str,
+        key: &'static str,
+        /// Already quoted, or `<redacted>` for secrets.
+        value: String,
+        reason: String,
+    },
+}
+
+fn hint(suggestion: &Option<String>) -> String {
+    suggestion
+        .as_ref()
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
+}
+
+/// A secret string whose Debug and Display never show the value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub project_id: String,
+    pub collection_interval: Duration,
+    pub state_dir: PathBuf,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// Host name, IP address, or Unix socket directory.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub database: String,
+    pub sslmode: String,
+    pub sslrootcert: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SafetyConfig {
+    pub max_connections: usize,
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+    pub idle_in_transaction_timeout: Duration,
+    pub client_timeout: Duration,
+    pub session_max_age: Duration,
+    pub max_activity_rows: usize,
+    pub max_statement_rows: usize,
+    pub max_query_length: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// None: batches go to stdout as JSON lines.
+    pub url: Option<String>,
+    pub api_key: Secret,
+    pub timeout: Duration,
+    pub compress: bool,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferConfig {
+    pub max_size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    pub failure_threshold: u32,
+    pub recovery_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogsConfig {
+    pub enabled: bool,
+    pub path: Option<PathBuf>,
+    pub format: String,
+    pub line_prefix: Option<String>,
+    pub poll_interval: Duration,
+    pub max_buffered_entries: usize,
+    pub start_at_end: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorrelationConfig {
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrivacyConfig {
+    pub obfuscate_queries: bool,
+    pub redact_log_secrets: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggingConfig {
+    pub level: String,
+    pub format: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was loaded from, if any.
+    pub file: Option<PathBuf>,
+    pub agent: AgentConfig,
+    pub postgres: PostgresConfig,
+    pub safety: SafetyConfig,
+    pub listener: ListenerConfig,
+    pub buffer: BufferConfig,
+    pub circuit_breaker: BreakerConfig,
+    pub logs: LogsConfig,
+    pub correlation: CorrelationConfig,
+    pub privacy: PrivacyConfig,
+    pub telemetry: TelemetryConfig,
+    pub logging: LoggingConfig,
+}
+
+/// Chooses the config file: the explicit path, else `BITVILLE_PG_CONFIG_PATH`, else the default path
+/// if it exists, else none (built-in defaults).
+pub fn resolve_path(explicit: Option<&Path>, env_path: Option<&str>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = env_path.filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let default = Path::new(DEFAULT_CONFIG_PATH);
+    default.exists().then(|| default.to_path_buf())
+}
+
+impl Config {
+    /// Loads the configuration the way the binary does: the resolved file, the process environment,
+    /// and the defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let env_path = std::env::var(ENV_CONFIG_PATH).ok();
+        let path = resolve_path(explicit, env_path.as_deref());
+        Config::load_with(path.as_deref(), std::env::vars())
+    }
+
+    /// Loads from an optional file and an explicit set of environment variables.
+    pub fn load_with<I>(path: Option<&Path>, env: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut raw = match path {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                RawConfig::from_ini(&text, path)?
+            }
+            None => RawConfig::default(),
+        };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        raw.apply_env(env.iter().cloned())?;
+        raw.apply_libpq_env(env);
+        Config::from_raw(&raw)
+    }
+
+    /// Stage two: checks every value and builds the typed sections.
+    pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
+        let v = Validator { raw };
+        let listener_url = v.opt_str("listener", "url");
+        if let Some(url) = &listener_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(v.bad("listener", "url", "must start with https:// or http://"));
+            }
+        }
+        let telemetry_listen = match v.opt_str("telemetry", "listen") {
+            None => None,
+            Some(s) => Some(s.parse().map_err(|_| {
+                v.bad(
+                    "telemetry",
+                    "listen",
+                    "expected IP:PORT, for example 127.0.0.1:9188",
+                )
+            })?),
+        };
+        let hostname = v
+            .opt_str("agent", "hostname")
+            .unwrap_or_else(system_hostname);
+        Ok(Config {
+            file: raw.file.clone(),
+            agent: AgentConfig {
+                project_id: v.str("agent", "project_id")?,
+                collection_interval: Duration::from_secs(v.int("agent", "collection_interval_s")?),
+                state_dir: PathBuf::from(v.nonempty("agent", "state_dir")?),
+                hostname,
+            },
+            postgres: PostgresConfig {
+                host: v.nonempty("postgres", "host")?,
+                port: v.int("postgres", "port")? as u16,
+                user: v.nonempty("postgres", "user")?,
+                password: v.secret_or_file("postgres", "password", "password_file")?,
+                database: v.nonempty("postgres", "database")?,
+                sslmode: v.choice("postgres", "sslmode")?,
+                sslrootcert: v.opt_str("postgres", "sslrootcert").map(PathBuf::from),
+                connect_timeout: Duration::from_secs(v.int("postgres", "connect_timeout_s")?),
+            },
+            safety: SafetyConfig {
+                max_connections: v.int("safety", "max_connections")? as usize,
+                statement_timeout: v.millis("safety", "statement_timeout_ms")?,
+                lock_timeout: v.millis("safety", "lock_timeout_ms")?,
+                idle_in_transaction_timeout: v
+                    .millis("safety", "idle_in_transaction_timeout_ms")?,
+                client_timeout: v.millis("safety", "client_timeout_ms")?,
+                session_max_age: Duration::from_secs(v.int("safety", "session_max_age_s")?),
+                max_activity_rows: v.int("safety", "max_activity_rows")? as usize,
+                max_statement_rows: v.int("safety", "max_statement_rows")? as usize,
+                max_query_length: v.int("safety", "max_query_length")? as usize,
+            },
+            listener: ListenerConfig {
+                url: listener_url,
+                api_key: v.secret_or_file("listener", "api_key", "api_key_file")?,
+                timeout: Duration::from_secs(v.int("listener", "timeout_s")?),
+                compress: v.bool("listener", "compress")?,
+                ca_file: v.opt_str("listener", "ca_file").map(PathBuf::from),
+            },
+            buffer: BufferConfig {
+                max_size_bytes: v.int("buffer", "max_size_mb")? * 1024 * 1024,
+            },
+            circuit_breaker: BreakerConfig {
+                failure_threshold: v.int("circuit_breaker", "failure_threshold")? as u32,
+                recovery_timeout: Duration::from_secs(
+                    v.int("circuit_breaker", "recovery_timeout_s")?,
+                ),
+            },
+            logs: LogsConfig {
+                enabled: v.bool("logs", "enabled")?,
+                path: v.opt_str("logs", "path").map(PathBuf::from),
+                format: v.choice("logs", "format")?,
+                line_prefix: v.opt_str("logs", "line_prefix"),
+                poll_interval: v.millis("logs", "poll_interval_ms")?,
+                max_buffered_entries: v.int("logs", "max_buffered_entries")? as usize,
+                start_at_end: v.choice("logs", "start_at")? == "end",
+            },
+            correlation: CorrelationConfig {
+                keys: v.list("correlation", "keys", None)?,
+            },
+            privacy: PrivacyConfig {
+                obfuscate_queries: v.bool("privacy", "obfuscate_queries")?,
+                redact_log_secrets: v.list(
+                    "privacy",
+                    "redact_log_secrets",
+                    Some(keys::REDACT_CLASSES),
+                )?,
+            },
+            telemetry: TelemetryConfig {
+                listen: telemetry_listen,
+            },
+            logging: LoggingConfig {
+                level: v.choice("logging", "level")?,
+                format: v.choice("logging", "format")?,
+            },
+        })
+    }
+}
+
+fn system_hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Reads typed values out of a [`RawConfig`], producing errors that name where each value came from.
+struct Validator<'a> {
+    raw: &'a RawConfig,
+}
+
+impl Validator<'_> {
+    fn bad(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        reason: impl Into<String>,
+    ) -> ConfigError {
+        let rv = self.raw.get(section, key);
+        let value = if raw::is_secret(section, key) {
+            "<redacted>".to_string()
+        } else {
+            format!("{:?}", rv.value)
+        };
+        ConfigError::BadValue {
+            origin: rv.origin,
+            section,
+            key,
+            value,
+            reason: reason.into(),
+        }
+    }
+
+    fn str(&self, section: &'static str, key: &'static str) -> Result<String, ConfigError> {
+        Ok(self.raw.get(section, key).value.trim().to_string())
+    }
+
+    fn opt_str(&self, section: &'static str, key: &'static str) -> Option<String> {
+        let v = self.raw.get(section, key).value.trim().to_string();
+        (!v.is_empty()).then_some(v)
+    }
+
+    fn nonempty(&self, section: &'static str, key: &'static str) -> Result<String, ConfigError> {
+        self.opt_str(section, key)
+            .ok_or_else(|| self.bad(section, key, "must not be empty"))
+    }
+
+    fn int(&self, section: &'static str, key: &'static str) -> Result<u64, ConfigError> {
+        let (lo, hi) = match keys::spec(section, key).map(|s| s.kind) {
+            Some(keys::Kind::Int(lo, hi)) => (lo, hi),
+            _ => (0, u64::MAX),
+        };
+        let text = self.raw.get(section, key).value;
+        let n: u64 = text.trim().replace('_', "").parse().map_err(|_| {
+            self.bad(
+                section,
+                key,
+                format!("expected a whole number from {lo} to {hi}"),
+            )
+        })?;
+        if n < lo || n > hi {
+            return Err(self.bad(section, key, format!("must be from {lo} to {hi}")));
+        }
+        Ok(n)
+    }
+
+    fn millis(&self, section: &'static str, key: &'static str) -> Result<Duration, ConfigError> {
+        self.int(section, key).map(Duration::from_millis)
+    }
+
+    fn bool(&self, section: &'static str, key: &'static str) -> Result<bool, ConfigError> {
+        match self
+            .raw
+            .get(section, key)
+            .value
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(self.bad(section, key, "expected true or false")),
+        }
+    }
+
+    fn choice(&self, section: &'static str, key: &'static str) -> Result<String, ConfigError> {
+        let value = self.raw.get(section, key).value.trim().to_ascii_lowercase();
+        let Some(keys::Kind::Choice(allowed)) = keys::spec(section, key).map(|s| s.kind) else {
+            return Ok(value);
+        };
+        if allowed.contains(&value.as_str()) {
+            Ok(value)
+        } else {
+            let mut reason = format!("expected one of: {}", allowed.join(", "));
+            if let Some(n) = keys::nearest(&value, allowed.iter().copied()) {
+                reason.push_str(&format!(" (did you mean `{n}`?)"));
+            }
+            Err(self.bad(section, key, reason))
+        }
+    }
+
+    fn list(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        allowed: Option<&[&str]>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let items: Vec<String> = self
+            .raw
+            .get(section, key)
+            .value
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(allowed) = allowed {
+            if let Some(bad) = items.iter().find(|i| !allowed.contains(&i.as_str())) {
+                return Err(self.bad(
+                    section,
+                    key,
+                    format!("`{bad}` is not one of: {}", allowed.join(", ")),
+                ));
+            }
+        }
+        Ok(items)
+    }
+
+    /// A secret given inline or through a file; both at once is an error.
+    fn secret_or_file(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        file_key: &'static str,
+    ) -> Result<Secret, ConfigError> {
+        let inline = self.opt_str(section, key);
+        let Some(path) = self.opt_str(section, file_key) else {
+            return Ok(Secret::new(inline.unwrap_or_default()));
+        };
+        let explicit_inline = self
+            .raw
+            .values
+            .get(&(section, key))
+            .is_some_and(|v| !matches!(&v.origin, Origin::Env(n) if n.starts_with("PG")));
+        if inline.is_some() && explicit_inline {
+            return Err(self.bad(
+                section,
+                file_key,
+                format!("set either `{key}` or `{file_key}`, not both"),
+            ));
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| self.bad(section, file_key, format!("cannot read the file: {e}")))?;
+        let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
+        if first.is_empty() {
+            return Err(self.bad(section, file_key, "the file is empty"));
+        }
+        Ok(Secret::new(first))
+    }
+}

@@ -1,0 +1,225 @@
+//! Stage one of configuration: INI file + environment into a flat map of known keys, with no other I/O.
+//!
+//! Every value remembers where it came from, so a later validation error can name the file (or the
+//! environment variable), the section, the key and the value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::keys::{self, Kind};
+use super::ConfigError;
+
+/// Prefix of every environment override: `BITVILLE_PG_<SECTION>_<KEY>`.
+pub const ENV_PREFIX: &str = "BITVILLE_PG_";
+/// Environment variable naming the config file.
+pub const ENV_CONFIG_PATH: &str = "BITVILLE_PG_CONFIG_PATH";
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Env(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("built-in default"),
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RawValue {
+    pub value: String,
+    pub origin: Origin,
+}
+
+/// Known keys that were set explicitly, by file or environment.
+#[derive(Debug, Default, Clone)]
+pub struct RawConfig {
+    pub file: Option<PathBuf>,
+    pub values: BTreeMap<(&'static str, &'static str), RawValue>,
+}
+
+impl RawConfig {
+    /// Parses INI text. `path` is only used in error messages.
+    pub fn from_ini(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+        let ini = ini::Ini::load_from_str_noescape(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut raw = RawConfig {
+            file: Some(path.to_path_buf()),
+            values: BTreeMap::new(),
+        };
+        let origin = Origin::File(path.to_path_buf());
+        for (section, props) in ini.iter() {
+            let Some(section) = section else {
+                if let Some((key, _)) = props.iter().next() {
+                    return Err(ConfigError::KeyOutsideSection {
+                        origin,
+                        key: key.to_string(),
+                    });
+                }
+                continue;
+            };
+            let section = section.trim().to_ascii_lowercase();
+            let Some(&section_name) = keys::SECTIONS.iter().find(|s| **s == section) else {
+                return Err(ConfigError::UnknownSection {
+                    origin,
+                    suggestion: keys::nearest(&section, keys::SECTIONS.iter().copied())
+                        .map(str::to_string),
+                    section,
+                });
+            };
+            for (key, value) in props.iter() {
+                let key = key.trim().to_ascii_lowercase();
+                let spec = lookup(section_name, &key, &origin)?;
+                raw.values.insert(
+                    (spec.section, spec.key),
+                    RawValue {
+                        value: unquote(value.trim()).to_string(),
+                        origin: origin.clone(),
+                    },
+                );
+            }
+        }
+        Ok(raw)
+    }
+
+    /// Applies `BITVILLE_PG_<SECTION>_<KEY>` overrides from `vars`.
+    pub fn apply_env<I>(&mut self, vars: I) -> Result<(), ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if name == ENV_CONFIG_PATH {
+                continue;
+            }
+            let origin = Origin::Env(name.clone());
+            let rest = rest.to_ascii_lowercase();
+            // Section names may contain underscores (circuit_breaker), so match the longest section.
+            let section = keys::SECTIONS
+                .iter()
+                .filter(|s| {
+                    rest.len() > s.len() && rest.starts_with(*s) && rest[s.len()..].starts_with('_')
+                })
+                .max_by_key(|s| s.len());
+            let Some(&section) = section else {
+                return Err(ConfigError::UnknownEnv {
+                    suggestion: nearest_env(&rest),
+                    name,
+                });
+            };
+            let key = &rest[section.len() + 1..];
+            let spec = match keys::spec(section, key) {
+                Some(spec) => spec,
+                None => {
+                    return Err(ConfigError::UnknownEnv {
+                        suggestion: nearest_env(&rest),
+                        name,
+                    })
+                }
+            };
+            self.values
+                .insert((spec.section, spec.key), RawValue { value, origin });
+        }
+        Ok(())
+    }
+
+    /// Fills keys that are still unset from the libpq environment variables.
+    pub fn apply_libpq_env<I>(&mut self, vars: I)
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        const LIBPQ: &[(&str, &str)] = &[
+            ("PGHOST", "host"),
+            ("PGPORT", "port"),
+            ("PGUSER", "user"),
+            ("PGDATABASE", "database"),
+            ("PGPASSWORD", "password"),
+            ("PGSSLMODE", "sslmode"),
+            ("PGSSLROOTCERT", "sslrootcert"),
+            ("PGCONNECT_TIMEOUT", "connect_timeout_s"),
+        ];
+        for (name, value) in vars {
+            let Some((_, key)) = LIBPQ.iter().find(|(var, _)| *var == name) else {
+                continue;
+            };
+            let Some(spec) = keys::spec("postgres", key) else {
+                continue;
+            };
+            self.values
+                .entry((spec.section, spec.key))
+                .or_insert(RawValue {
+                    value,
+                    origin: Origin::Env(name),
+                });
+        }
+    }
+
+    /// The value of a key: explicit if set, else the built-in default.
+    pub fn get(&self, section: &'static str, key: &'static str) -> RawValue {
+        if let Some(v) = self.values.get(&(section, key)) {
+            return v.clone();
+        }
+        RawValue {
+            value: keys::spec(section, key)
+                .map(|s| s.default)
+                .unwrap_or("")
+                .to_string(),
+            origin: Origin::Default,
+        }
+    }
+}
+
+fn lookup(
+    section: &'static str,
+    key: &str,
+    origin: &Origin,
+) -> Result<&'static keys::KeySpec, ConfigError> {
+    keys::spec(section, key).ok_or_else(|| ConfigError::UnknownKey {
+        origin: origin.clone(),
+        section: section.to_string(),
+        key: key.to_string(),
+        suggestion: keys::nearest(
+            key,
+            keys::KEYS
+                .iter()
+                .filter(|s| s.section == section)
+                .map(|s| s.key),
+        )
+        .map(str::to_string),
+    })
+}
+
+fn nearest_env(rest: &str) -> Option<String> {
+    let names: Vec<String> = keys::KEYS
+        .iter()
+        .map(|s| format!("{}_{}", s.section, s.key))
+        .collect();
+    keys::nearest(rest, names.iter().map(String::as_str))
+        .map(|n| format!("{ENV_PREFIX}{}", n.to_ascii_uppercase()))
+}
+
+/// INI values may be written in double quotes to keep leading or trailing spaces or `;`.
+fn unquote(v: &str) -> &str {
+    if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
+        &v[1..v.len() - 1]
+    } else {
+        v
+    }
+}
+
+/// Is this key a secret whose value must never be printed?
+pub fn is_secret(section: &str, key: &str) -> bool {
+    keys::spec(section, key).is_some_and(|s| s.kind == Kind::Secret)
+}

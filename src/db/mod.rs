@@ -1,0 +1,290 @@
+//! Database access: a small pool of safe, read-only sessions to the watched server.
+//!
+//! Owns every connection the agent makes. Each session is set up in its startup packet (no extra round
+//! trip, nothing a later statement can undo by accident) with `statement_timeout`, `lock_timeout`,
+//! `idle_in_transaction_session_timeout`, `default_transaction_read_only = on`, `jit = off` and the
+//! agent's `application_name`. Every query also runs under a client-side deadline: a server-side
+//! timeout never reaches a client whose packets are dropped, so when the deadline fires the connection
+//! is discarded rather than returned to the pool. Sessions older than `safety.session_max_age_s` are
+//! replaced. Connection failures are errors for the caller's cycle; the pool reconnects on next use.
+//!
+//! It does not decide what to query: collectors do.
+
+pub mod tls;
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+
+use crate::config::{PostgresConfig, SafetyConfig};
+
+/// The `application_name` of every agent session; collectors exclude sessions carrying it.
+pub const APPLICATION_NAME: &str = "bitville-postgres-agent";
+/// Every agent query starts with this comment, so its statements can be told apart in
+/// pg_stat_statements and pg_stat_activity.
+pub const QUERY_TAG: &str = "/* postgres-agent */";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to PostgreSQL at {target}: {message}")]
+    Connect { target: String, message: String },
+    #[error("query {name} failed: {source}")]
+    Query {
+        name: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "query {name} exceeded the client deadline of {timeout:?}; its connection was discarded"
+    )]
+    Deadline {
+        name: &'static str,
+        timeout: Duration,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("pool setup: {0}")]
+    Pool(String),
+}
+
+impl DbError {
+    /// The SQLSTATE of a server error, if this is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            DbError::Query { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+/// A pool of at most `safety.max_connections` safe sessions.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    target: String,
+    client_timeout: Duration,
+    max_age: Duration,
+}
+
+impl Db {
+    /// Builds the pool. No connection is made until the first [`Db::session`].
+    pub fn new(pg: &PostgresConfig, safety: &SafetyConfig) -> Result<Db, DbError> {
+        let unix = pg.host.starts_with('/');
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&pg.host)
+            .port(pg.port)
+            .user(&pg.user)
+            .dbname(&pg.database)
+            .application_name(APPLICATION_NAME)
+            .connect_timeout(pg.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .options(session_options(safety));
+        if !pg.password.is_empty() {
+            config.password(pg.password.expose());
+        }
+        config.ssl_mode(match (unix, pg.sslmode.as_str()) {
+            (true, _) | (_, "disable") => tokio_postgres::config::SslMode::Disable,
+            (_, "allow" | "prefer") => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(
+            &pg.sslmode,
+            pg.sslrootcert.as_deref(),
+        )?);
+        let manager = Manager::from_config(
+            config,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(safety.max_connections)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(safety.client_timeout))
+            .create_timeout(Some(pg.connect_timeout))
+            .recycle_timeout(Some(safety.client_timeout))
+            .build()
+            .map_err(|e| DbError::Pool(e.to_string()))?;
+        let target = if unix {
+            format!("{}/.s.PGSQL.{}", pg.host, pg.port)
+        } else {
+            format!("{}:{}", pg.host, pg.port)
+        };
+        Ok(Db {
+            pool,
+            target,
+            client_timeout: safety.client_timeout,
+            max_age: safety.session_max_age,
+        })
+    }
+
+    /// Where the pool connects, for messages (`host:port` or the socket path).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Takes a session from the pool, opening one if needed. Sessions past their maximum age are closed
+    /// and replaced.
+    pub async fn session(&self) -> Result<Session, DbError> {
+        loop {
+            let obj = self.pool.get().await.map_err(|e| DbError::Connect {
+                target: self.target.clone(),
+                message: pool_error_message(e),
+            })?;
+            if Object::metrics(&obj).age() > self.max_age {
+                drop(Object::take(obj));
+                continue;
+            }
+            return Ok(Session {
+                client: Some(obj),
+                timeout: self.client_timeout,
+            });
+        }
+    }
+
+    /// Connections currently open (idle plus in use).
+    pub fn open_connections(&self) -> usize {
+        self.pool.status().size
+    }
+
+    /// Closes every connection; later calls to [`Db::session`] fail.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+fn pool_error_message(e: deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                source = s.source();
+            }
+            msg
+        }
+        PoolError::Timeout(kind) => format!("timed out ({kind:?})"),
+        other => other.to_string(),
+    }
+}
+
+/// The `-c` options sent in the startup packet of every session.
+pub fn session_options(safety: &SafetyConfig) -> String {
+    format!(
+        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={} \
+         -c default_transaction_read_only=on -c jit=off",
+        safety.statement_timeout.as_millis(),
+        safety.lock_timeout.as_millis(),
+        safety.idle_in_transaction_timeout.as_millis(),
+    )
+}
+
+/// One pooled connection. Queries run under the client deadline; a connection that timed out or broke
+/// is discarded when the session is dropped instead of going back to the pool.
+pub struct Session {
+    client: Option<Object>,
+    timeout: Duration,
+}
+
+/// A query parameter with its declared type (queries use the unnamed statement: one round trip).
+pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+impl Session {
+    /// Runs a query and returns all rows. `name` identifies the query in errors and metrics.
+    pub async fn query(
+        &mut self,
+        name: &'static str,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, DbError> {
+        let sql: Cow<str> = if sql.trim_start().starts_with(QUERY_TAG) {
+            Cow::Borrowed(sql)
+        } else {
+            Cow::Owned(format!("{QUERY_TAG} {sql}"))
+        };
+        let Some(client) = self.client.as_ref() else {
+            return Err(DbError::Pool("session already discarded".into()));
+        };
+        match tokio::time::timeout(self.timeout, client.query_typed(sql.as_ref(), params)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(source)) => {
+                if source.is_closed() || source.code().is_none() {
+                    self.discard();
+                }
+                Err(DbError::Query { name, source })
+            }
+            Err(_) => {
+                self.discard();
+                Err(DbError::Deadline {
+                    name,
+                    timeout: self.timeout,
+                })
+            }
+        }
+    }
+
+    /// Runs a query that returns at most one row.
+    pub async fn query_opt(
+        &mut self,
+        name: &'static str,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Option<Row>, DbError> {
+        Ok(self.query(name, sql, params).await?.into_iter().next())
+    }
+
+    /// Drops the connection instead of returning it to the pool.
+    pub fn discard(&mut self) {
+        if let Some(obj) = self.client.take() {
+            drop(Object::take(obj));
+        }
+    }
+}
+
+/// Identity of the watched server, carried in every batch envelope.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerInfo {
+    pub system_identifier: String,
+    pub version_num: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+impl ServerInfo {
+    /// Reads pg_control_system() and server_version_num.
+    pub async fn fetch(session: &mut Session, pg: &PostgresConfig) -> Result<ServerInfo, DbError> {
+        let row = session
+            .query_opt(
+                "server_info",
+                "SELECT (SELECT system_identifier::text FROM pg_control_system()), \
+                 current_setting('server_version_num')::int",
+                &[],
+            )
+            .await?;
+        let (system_identifier, version_num) = match row {
+            Some(r) => (
+                r.try_get::<_, Option<String>>(0)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
+                r.try_get::<_, i32>(1).unwrap_or(0),
+            ),
+            None => (String::new(), 0),
+        };
+        Ok(ServerInfo {
+            system_identifier,
+            version_num,
+            host: pg.host.clone(),
+            port: pg.port,
+        })
+    }
+}

@@ -1,0 +1,13 @@
+//! postgres-agent: a low-overhead PostgreSQL monitoring agent.
+//!
+//! Data flow: [`config`] loads and validates the INI file and environment. [`db`] holds a small pool of
+//! safe, read-only sessions to the watched server. Each cycle the collectors read pg_stat_activity,
+//! pg_stat_statements deltas, locks and host metrics; a background task tails the server log. Every
+//! kind of data becomes a [`ship::batch::Batch`], written to the durable outbox before it is sent to
+//! the listener through a circuit breaker. [`telemetry`] covers the agent's own logs and metrics.
+
+pub mod check;
+pub mod config;
+pub mod db;
+pub mod ship;
+pub mod telemetry;

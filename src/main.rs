@@ -1,0 +1,99 @@
+//! The `postgres-agent` command line: parses arguments, loads the configuration, and calls into the
+//! library. Exit status: 0 success, 1 runtime failure, 2 usage error, 78 configuration error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use postgres_agent::config::Config;
+
+/// sysexits.h EX_CONFIG.
+const EXIT_CONFIG: u8 = 78;
+
+/// A low-overhead PostgreSQL monitoring agent.
+///
+/// Config file: the CONFIG argument or --config, else $BITVILLE_PG_CONFIG_PATH, else
+/// /etc/bitville/postgres-agent.ini if it exists, else built-in defaults. Any key can be overridden
+/// with BITVILLE_PG_<SECTION>_<KEY>; the connection also honours PGHOST, PGPORT, PGUSER, PGDATABASE,
+/// PGPASSWORD and PGSSLMODE.
+#[derive(Parser, Debug)]
+#[command(name = "postgres-agent", version, about, long_about)]
+struct Cli {
+    /// Path of the INI config file.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: collect every interval and ship batches until SIGTERM.
+    Run {
+        /// Path of the INI config file.
+        config: Option<PathBuf>,
+    },
+    /// Run one collection cycle and exit.
+    Once {
+        /// Print each batch as one JSON line on stdout and send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Path of the INI config file.
+        config: Option<PathBuf>,
+    },
+    /// Check config, database access and privileges, extensions, log access and the listener.
+    Check {
+        /// Path of the INI config file.
+        config: Option<PathBuf>,
+    },
+    /// Parse PostgreSQL log files (or stdin) offline and print one JSON entry per line.
+    ParseLog {
+        /// Log format; auto detects it from the content.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "stderr", "csvlog", "jsonlog"])]
+        format: String,
+        /// log_line_prefix of stderr logs.
+        #[arg(long, value_name = "P")]
+        prefix: Option<String>,
+        /// Files to parse; stdin when none.
+        files: Vec<PathBuf>,
+    },
+    /// Show outbox depth and age, circuit state, last successful cycle and send.
+    Status {
+        /// Path of the INI config file.
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let explicit = |positional: &Option<PathBuf>| positional.clone().or_else(|| cli.config.clone());
+    match &cli.command {
+        Command::Run { config } => with_config(explicit(config), |_config| not_yet("run", 6)),
+        Command::Once { config, .. } => with_config(explicit(config), |_config| not_yet("once", 3)),
+        Command::Check { config } => with_config(explicit(config), |config| {
+            postgres_agent::check::run(&config)
+        }),
+        Command::ParseLog { .. } => not_yet("parse-log", 4),
+        Command::Status { config } => with_config(explicit(config), |_config| not_yet("status", 5)),
+    }
+}
+
+fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    match Config::load(path.as_deref()) {
+        Ok(config) => {
+            postgres_agent::telemetry::logging::init(&config.logging.level, &config.logging.format);
+            f(config)
+        }
+        Err(e) => {
+            eprintln!("postgres-agent: configuration error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn not_yet(command: &str, issue: u32) -> ExitCode {
+    eprintln!(
+        "postgres-agent: `{command}` is not available in this build yet (tracked in issue {issue})"
+    );
+    ExitCode::from(2)
+}

@@ -1,0 +1,134 @@
+//! The batch envelope of the wire protocol (docs/protocol.md): one batch per data type per cycle.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::db::ServerInfo;
+
+/// Version of the envelope format.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The kind of data a batch carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchKind {
+    PgActivity,
+    PgStatements,
+    Locks,
+    SystemMetrics,
+    PgLogs,
+}
+
+impl BatchKind {
+    pub const ALL: [BatchKind; 5] = [
+        BatchKind::PgActivity,
+        BatchKind::PgStatements,
+        BatchKind::Locks,
+        BatchKind::SystemMetrics,
+        BatchKind::PgLogs,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchKind::PgActivity => "pg_activity",
+            BatchKind::PgStatements => "pg_statements",
+            BatchKind::Locks => "locks",
+            BatchKind::SystemMetrics => "system_metrics",
+            BatchKind::PgLogs => "pg_logs",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BatchKind> {
+        BatchKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for BatchKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub version: String,
+    pub hostname: String,
+}
+
+impl AgentInfo {
+    pub fn new(hostname: &str) -> AgentInfo {
+        AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            hostname: hostname.to_string(),
+        }
+    }
+}
+
+/// One batch as sent to the listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub schema_version: u32,
+    /// UUID v7, stable across retries (also sent as Idempotency-Key).
+    pub batch_id: Uuid,
+    pub project_id: String,
+    #[serde(rename = "type")]
+    pub kind: BatchKind,
+    pub agent: AgentInfo,
+    pub server: Option<ServerInfo>,
+    /// RFC 3339 UTC with milliseconds.
+    pub collected_at: String,
+    pub interval_s: u64,
+    pub count: usize,
+    pub with_correlation: usize,
+    /// Type-specific batch-level fields (for example `omitted` for pg_statements).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+    pub data: Vec<Value>,
+}
+
+impl Batch {
+    /// Builds a batch around `data`, counting records whose `correlation` is not null.
+    pub fn new(
+        kind: BatchKind,
+        project_id: &str,
+        agent: AgentInfo,
+        server: Option<ServerInfo>,
+        interval_s: u64,
+        data: Vec<Value>,
+    ) -> Batch {
+        let with_correlation = data
+            .iter()
+            .filter(|r| r.get("correlation").is_some_and(|c| !c.is_null()))
+            .count();
+        Batch {
+            schema_version: SCHEMA_VERSION,
+            batch_id: Uuid::now_v7(),
+            project_id: project_id.to_string(),
+            kind,
+            agent,
+            server,
+            collected_at: now_rfc3339(),
+            interval_s,
+            count: data.len(),
+            with_correlation,
+            extra: Map::new(),
+            data,
+        }
+    }
+}
+
+/// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-27T00:18:00.088Z`.
+pub fn now_rfc3339() -> String {
+    format_rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// Formats a timestamp as RFC 3339 UTC with milliseconds.
+pub fn format_rfc3339(t: time::OffsetDateTime) -> String {
+    const FMT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FMT)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}

@@ -1,0 +1,3 @@
+//! The agent's view of itself: its structured logs, and (issue 6) /health and /metrics.
+
+pub mod logging;
