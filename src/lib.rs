@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod config;
+pub mod correlation;
 pub mod db;
 pub mod ship;
 pub mod telemetry;
