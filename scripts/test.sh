@@ -16,5 +16,10 @@ if ! have_initdb || ! compgen -G '/usr/share/postgresql/*/extension/pg_stat_stat
   apt-get install -y -qq postgresql postgresql-contrib >/dev/null
 fi
 
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "== installing openssl (TLS tests generate certificates with it)"
+  apt-get install -y -qq openssl >/dev/null
+fi
+
 echo "== cargo test"
 cargo test --locked --no-fail-fast
