@@ -120,7 +120,10 @@ fn an_unbroken_deadlock_is_reported_as_a_cycle() {
     let state = tempfile::tempdir().unwrap();
     let config = agent_config(&server, state.path(), "");
     rt().block_on(async {
-        server.psql("postgres", "CREATE TABLE d1 (x int); CREATE TABLE d2 (x int)");
+        server.psql(
+            "postgres",
+            "CREATE TABLE d1 (x int); CREATE TABLE d2 (x int)",
+        );
         let watcher = client(&server, "postgres", "watcher").await;
         let a = client(&server, "postgres", "a").await;
         let b = client(&server, "postgres", "b").await;
@@ -133,7 +136,11 @@ fn an_unbroken_deadlock_is_reported_as_a_cycle() {
         tokio::spawn(async move {
             let _ = b.batch_execute("LOCK TABLE d1; COMMIT").await;
         });
-        wait_until(&watcher, "SELECT count(*) = 2 FROM pg_locks WHERE NOT granted").await;
+        wait_until(
+            &watcher,
+            "SELECT count(*) = 2 FROM pg_locks WHERE NOT granted",
+        )
+        .await;
         let report = cycle(&config).await;
         let locks = serde_json::to_value(batch(&report, BatchKind::Locks)).unwrap();
         validate(&locks);
@@ -141,7 +148,10 @@ fn an_unbroken_deadlock_is_reported_as_a_cycle() {
         assert_eq!(ra["cycle"], true, "{ra}");
         assert_eq!(
             links(ra),
-            vec![(pb as i64, pa as i64, 1, true), (pa as i64, pb as i64, 2, true)]
+            vec![
+                (pb as i64, pa as i64, 1, true),
+                (pa as i64, pb as i64, 2, true)
+            ]
         );
         assert_eq!(ra["blocked_by"][1]["cycle"], true);
         assert_eq!(lock_of(&locks, pb)["cycle"], true);
@@ -161,6 +171,9 @@ fn no_waits_gives_an_empty_batch_with_the_held_summary() {
         let locks = serde_json::to_value(batch(&report, BatchKind::Locks)).unwrap();
         validate(&locks);
         assert_eq!(locks["count"], 0);
-        assert!(locks["held_by_mode"]["AccessShareLock"].as_i64().unwrap() >= 1, "{locks}");
+        assert!(
+            locks["held_by_mode"]["AccessShareLock"].as_i64().unwrap() >= 1,
+            "{locks}"
+        );
     });
 }

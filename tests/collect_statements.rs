@@ -8,7 +8,7 @@ use postgres_agent::collect::{counters, Collectors, Outcome};
 use postgres_agent::db::Db;
 use postgres_agent::ship::batch::BatchKind;
 use serde_json::Value;
-use support::collect::{batch, client, cycle, validate};
+use support::collect::{batch, check, client, cycle, validate};
 use support::{agent_config, rt, PgOptions, PgServer};
 
 fn statements(report: &postgres_agent::collect::CycleReport) -> Value {
@@ -43,7 +43,10 @@ fn calls_between_two_cycles_are_exact_across_a_restart_and_in_memory() {
     let state = tempfile::tempdir().unwrap();
     let config = agent_config(&server, state.path(), "");
     rt().block_on(async {
-        server.psql("postgres", "CREATE TABLE delta_probe AS SELECT g AS id FROM generate_series(1, 100) g");
+        server.psql(
+            "postgres",
+            "CREATE TABLE delta_probe AS SELECT g AS id FROM generate_series(1, 100) g",
+        );
         let app = client(&server, "postgres", "app").await;
         // First cycle: no baseline yet, so an empty batch that says so.
         let first = statements(&cycle(&config).await);
@@ -67,24 +70,53 @@ fn calls_between_two_cycles_are_exact_across_a_restart_and_in_memory() {
         assert_eq!(r["reset"], false);
         assert_eq!(r["dbname"], "postgres");
         assert_eq!(r["username"], "postgres");
-        assert!(r["query"].as_str().unwrap().contains("$1"), "normalised text: {r}");
+        assert!(
+            r["query"].as_str().unwrap().contains("$1"),
+            "normalised text: {r}"
+        );
         assert_eq!(r["interval_start"], second["interval_start"]);
         assert_eq!(r["interval_start"], first["interval_end"]);
         assert!(r["total_exec_time_ms"].as_f64().unwrap() > 0.0);
         let mean = r["mean_exec_time_ms"].as_f64().unwrap();
         assert!((mean - r["total_exec_time_ms"].as_f64().unwrap() / 7.0).abs() < 0.01);
         assert_never_negative(&second);
+        // The schema is strict: a negative counter, a bad timestamp or an undocumented field fails.
+        for (field, bad) in [
+            ("calls", serde_json::json!(-1)),
+            ("interval_end", serde_json::json!("yesterday")),
+            ("surprise", serde_json::json!(1)),
+        ] {
+            let mut broken = second.clone();
+            let idx = second["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .position(|x| x == r)
+                .unwrap();
+            broken["data"][idx][field] = bad;
+            assert!(check(&broken).is_err(), "{field} accepted");
+        }
         if server.major() >= 14 {
             assert_eq!(r["toplevel"], true);
         }
         if server.major() >= 17 {
-            assert!(r["shared_blk_read_time_ms"].is_number() && r["local_blk_read_time_ms"].is_number());
+            assert!(
+                r["shared_blk_read_time_ms"].is_number() && r["local_blk_read_time_ms"].is_number()
+            );
         } else {
-            assert!(r["shared_blk_read_time_ms"].is_number() && r["local_blk_read_time_ms"].is_null());
+            assert!(
+                r["shared_blk_read_time_ms"].is_number() && r["local_blk_read_time_ms"].is_null()
+            );
         }
         // The agent's own statements never appear, and are counted.
         for rec in second["data"].as_array().unwrap() {
-            assert!(!rec["query"].as_str().unwrap_or("").contains("postgres-agent"), "{rec}");
+            assert!(
+                !rec["query"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("postgres-agent"),
+                "{rec}"
+            );
         }
         assert!(counters().statements_agent_own > 0);
 
@@ -115,18 +147,26 @@ fn a_stats_reset_between_cycles_is_flagged_and_never_negative() {
         let app = client(&server, "postgres", "app").await;
         let _ = cycle(&config).await;
         for _ in 0..5 {
-            app.batch_execute("SELECT * FROM reset_probe WHERE id = 1").await.unwrap();
+            app.batch_execute("SELECT * FROM reset_probe WHERE id = 1")
+                .await
+                .unwrap();
         }
         let before = statements(&cycle(&config).await);
         assert_eq!(matching(&before, "FROM reset_probe")[0]["calls"], 5);
         assert_eq!(before["stats_reset"], false);
 
         for _ in 0..3 {
-            app.batch_execute("SELECT * FROM reset_probe WHERE id = 1").await.unwrap();
+            app.batch_execute("SELECT * FROM reset_probe WHERE id = 1")
+                .await
+                .unwrap();
         }
-        app.batch_execute("SELECT pg_stat_statements_reset()").await.unwrap();
+        app.batch_execute("SELECT pg_stat_statements_reset()")
+            .await
+            .unwrap();
         for _ in 0..2 {
-            app.batch_execute("SELECT * FROM reset_probe WHERE id = 1").await.unwrap();
+            app.batch_execute("SELECT * FROM reset_probe WHERE id = 1")
+                .await
+                .unwrap();
         }
         let resets_before = counters().statements_reset_entries;
         let after = statements(&cycle(&config).await);
@@ -155,7 +195,9 @@ fn top_statements_by_total_time_are_kept_and_the_rest_counted() {
         app.batch_execute("SELECT pg_sleep(0.2)").await.unwrap();
         for n in 1..10 {
             let cols: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-            app.batch_execute(&format!("SELECT {}", cols.join(", "))).await.unwrap();
+            app.batch_execute(&format!("SELECT {}", cols.join(", ")))
+                .await
+                .unwrap();
         }
         let omitted_before = counters().statements_omitted;
         let b = statements(&cycle(&config).await);
@@ -163,12 +205,18 @@ fn top_statements_by_total_time_are_kept_and_the_rest_counted() {
         let omitted = b["omitted"].as_u64().unwrap();
         assert!(omitted >= 7, "{b}");
         assert!(counters().statements_omitted >= omitted_before + omitted);
-        assert!(b["data"][0]["query"].as_str().unwrap().contains("pg_sleep"), "{b}");
+        assert!(
+            b["data"][0]["query"].as_str().unwrap().contains("pg_sleep"),
+            "{b}"
+        );
         let totals: Vec<f64> = b["data"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| r["total_exec_time_ms"].as_f64().unwrap() + r["total_plan_time_ms"].as_f64().unwrap_or(0.0))
+            .map(|r| {
+                r["total_exec_time_ms"].as_f64().unwrap()
+                    + r["total_plan_time_ms"].as_f64().unwrap_or(0.0)
+            })
             .collect();
         assert!(totals.windows(2).all(|w| w[0] >= w[1]), "{totals:?}");
     });
@@ -188,8 +236,15 @@ fn without_the_extension_statements_are_skipped_and_the_rest_still_run() {
         let run = report.runs.iter().find(|r| r.name == "statements").unwrap();
         assert_eq!(run.outcome, Outcome::Skipped);
         assert!(report.all_ok(), "{:?}", report.runs);
-        assert!(report.batches.iter().all(|b| b.kind != BatchKind::PgStatements));
-        for kind in [BatchKind::PgActivity, BatchKind::Locks, BatchKind::SystemMetrics] {
+        assert!(report
+            .batches
+            .iter()
+            .all(|b| b.kind != BatchKind::PgStatements));
+        for kind in [
+            BatchKind::PgActivity,
+            BatchKind::Locks,
+            BatchKind::SystemMetrics,
+        ] {
             let _ = batch(&report, kind);
         }
         assert!(counters().statements_unavailable > before);

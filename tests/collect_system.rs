@@ -23,10 +23,16 @@ fn host_record_covers_cpu_memory_filesystems_io_and_postgres_processes() {
     assert!(r["interval_s"].as_f64().unwrap() >= 0.25, "{r}");
     let cpu = &r["cpu"];
     assert!(cpu["cores"].as_u64().unwrap() >= 1);
-    let sum: f64 = ["user_percent", "system_percent", "iowait_percent", "steal_percent", "idle_percent"]
-        .iter()
-        .map(|k| cpu[*k].as_f64().unwrap())
-        .sum();
+    let sum: f64 = [
+        "user_percent",
+        "system_percent",
+        "iowait_percent",
+        "steal_percent",
+        "idle_percent",
+    ]
+    .iter()
+    .map(|k| cpu[*k].as_f64().unwrap())
+    .sum();
     assert!((sum - 100.0).abs() < 1.0 || sum == 0.0, "{cpu}");
     assert!(r["load"]["load1"].as_f64().unwrap() >= 0.0);
     let mem = &r["memory"];
@@ -38,13 +44,22 @@ fn host_record_covers_cpu_memory_filesystems_io_and_postgres_processes() {
 
     let fs = r["filesystems"].as_array().unwrap();
     let data_dir = std::fs::canonicalize(&server.data_dir).unwrap();
-    let data = fs.iter().find(|f| f["role"] == "data_directory").expect("data fs");
-    assert_eq!(std::fs::canonicalize(data["path"].as_str().unwrap()).unwrap(), data_dir);
+    let data = fs
+        .iter()
+        .find(|f| f["role"] == "data_directory")
+        .expect("data fs");
+    assert_eq!(
+        std::fs::canonicalize(data["path"].as_str().unwrap()).unwrap(),
+        data_dir
+    );
     assert!(data["total_bytes"].as_u64().unwrap() >= data["free_bytes"].as_u64().unwrap());
     assert!(data["free_bytes"].as_u64().unwrap() >= data["available_bytes"].as_u64().unwrap());
     assert!(data["inodes_total"].as_u64().unwrap() > 0 || data["fs_type"] == "btrfs");
     assert!(data_dir.starts_with(data["mount_point"].as_str().unwrap()));
-    let log = fs.iter().find(|f| f["role"] == "log_directory").expect("log fs");
+    let log = fs
+        .iter()
+        .find(|f| f["role"] == "log_directory")
+        .expect("log fs");
     assert_eq!(
         std::fs::canonicalize(log["path"].as_str().unwrap()).unwrap(),
         data_dir.join("log")
@@ -55,7 +70,10 @@ fn host_record_covers_cpu_memory_filesystems_io_and_postgres_processes() {
     assert!(r["disks"].is_array());
 
     let procs = &r["postgres_processes"];
-    assert_eq!(procs["postmaster_pid"].as_i64().unwrap(), server.pid().unwrap() as i64);
+    assert_eq!(
+        procs["postmaster_pid"].as_i64().unwrap(),
+        server.pid().unwrap() as i64
+    );
     // postmaster, checkpointer, background writer, walwriter, autovacuum launcher, logger, the agent.
     assert!(procs["count"].as_u64().unwrap() >= 5, "{procs}");
     assert!(procs["rss_bytes"].as_u64().unwrap() > 1_000_000, "{procs}");

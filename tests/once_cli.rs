@@ -29,7 +29,10 @@ fn once(server: &PgServer, state: &std::path::Path, extra: &str) -> (i32, Vec<Va
 }
 
 fn kinds(batches: &[Value]) -> Vec<&str> {
-    batches.iter().map(|b| b["type"].as_str().unwrap()).collect()
+    batches
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect()
 }
 
 #[test]
@@ -38,19 +41,28 @@ fn two_dry_runs_print_valid_batches_and_the_statements_between_them() {
     let state = tempfile::tempdir().unwrap();
     let (code, first, stderr) = once(&server, state.path(), "");
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(kinds(&first), ["pg_activity", "pg_statements", "locks", "system_metrics"]);
+    assert_eq!(
+        kinds(&first),
+        ["pg_activity", "pg_statements", "locks", "system_metrics"]
+    );
     for b in &first {
         validate(b);
         assert_eq!(b["project_id"], "test");
         assert_eq!(b["schema_version"], 1);
         assert_eq!(b["server"]["port"], server.port);
-        assert!(!b["server"]["system_identifier"].as_str().unwrap().is_empty());
+        assert!(!b["server"]["system_identifier"]
+            .as_str()
+            .unwrap()
+            .is_empty());
         // UUID v7: version nibble 7.
         assert_eq!(&b["batch_id"].as_str().unwrap()[14..15], "7");
     }
     server.psql("postgres", "CREATE TABLE once_probe (id int)");
     for i in 0..4 {
-        server.psql("postgres", &format!("SELECT * FROM once_probe WHERE id = {i}"));
+        server.psql(
+            "postgres",
+            &format!("SELECT * FROM once_probe WHERE id = {i}"),
+        );
     }
     let (code, second, stderr) = once(&server, state.path(), "");
     assert_eq!(code, 0, "{stderr}");
@@ -60,7 +72,12 @@ fn two_dry_runs_print_valid_batches_and_the_statements_between_them() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["query"].as_str().unwrap_or("").contains("FROM once_probe WHERE"))
+        .filter(|r| {
+            r["query"]
+                .as_str()
+                .unwrap_or("")
+                .contains("FROM once_probe WHERE")
+        })
         .collect();
     assert_eq!(probe.len(), 1, "{stmts}");
     assert_eq!(probe[0]["calls"], 4);
@@ -76,9 +93,18 @@ fn a_missing_extension_warns_once_with_the_fix_and_only_drops_its_batch() {
     let (code, batches, stderr) = once(&server, state.path(), "");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(kinds(&batches), ["pg_activity", "locks", "system_metrics"]);
-    assert_eq!(stderr.matches("pg_stat_statements is not available").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("pg_stat_statements is not available")
+            .count(),
+        1,
+        "{stderr}"
+    );
     assert!(stderr.contains("shared_preload_libraries"), "{stderr}");
-    assert!(stderr.contains("CREATE EXTENSION pg_stat_statements"), "{stderr}");
+    assert!(
+        stderr.contains("CREATE EXTENSION pg_stat_statements"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -86,7 +112,8 @@ fn an_unreachable_server_still_yields_host_metrics_and_exit_status_1() {
     let server = PgServer::start();
     let state = tempfile::tempdir().unwrap();
     server.stop();
-    let (code, batches, stderr) = once(&server, state.path(), "[postgres]\nconnect_timeout_s = 2\n");
+    let (code, batches, stderr) =
+        once(&server, state.path(), "[postgres]\nconnect_timeout_s = 2\n");
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(kinds(&batches), ["system_metrics"]);
     validate(&batches[0]);

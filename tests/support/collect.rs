@@ -32,7 +32,17 @@ pub fn batch(report: &CycleReport, kind: BatchKind) -> &Batch {
 
 /// Validates a batch (as JSON) against docs/schema/<type>.json; panics with every error found.
 pub fn validate(batch: &Value) {
-    let kind = batch["type"].as_str().expect("type");
+    if let Err(e) = check(batch) {
+        panic!(
+            "{e}\nbatch: {}",
+            serde_json::to_string_pretty(batch).unwrap()
+        );
+    }
+}
+
+/// Checks a batch against docs/schema/<type>.json, formats (date-time, uuid) included.
+pub fn check(batch: &Value) -> Result<(), String> {
+    let kind = batch["type"].as_str().ok_or("batch without a type")?;
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("docs/schema")
         .join(format!("{kind}.json"));
@@ -41,17 +51,14 @@ pub fn validate(batch: &Value) {
     let url = format!("file://{}", path.display());
     let mut schemas = boon::Schemas::new();
     let mut compiler = boon::Compiler::new();
+    compiler.enable_format_assertions();
     compiler.add_resource(&url, schema).expect("add schema");
     let id = compiler
         .compile(&url, &mut schemas)
         .unwrap_or_else(|e| panic!("{} does not compile: {e:#}", path.display()));
-    if let Err(e) = schemas.validate(batch, id) {
-        panic!(
-            "{kind} batch does not match {}: {e:#}\nbatch: {}",
-            path.display(),
-            serde_json::to_string_pretty(batch).unwrap()
-        );
-    }
+    schemas
+        .validate(batch, id)
+        .map_err(|e| format!("{kind} batch does not match {}: {e:#}", path.display()))
 }
 
 /// A client session of the test (not the agent), connected over the Unix socket.
