@@ -36,7 +36,7 @@ async fn agent_server_time(c: &tokio_postgres::Client) -> (f64, i64) {
         .query_one(
             "SELECT coalesce(sum(total_exec_time + total_plan_time), 0)::float8, \
              coalesce(sum(calls), 0)::int8 FROM pg_stat_statements \
-             WHERE query LIKE '/* postgres-agent */%'",
+             WHERE query LIKE '%/* postgres-agent */%'",
             &[],
         )
         .await
