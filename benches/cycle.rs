@@ -172,6 +172,11 @@ fn main() {
                 }
             }
         }
+        let baseline = state.path().join("statements-baseline.json");
+        println!(
+            "statement baseline on disk: {} bytes for {distinct} entries",
+            std::fs::metadata(&baseline).map(|m| m.len()).unwrap_or(0)
+        );
         db.close();
     });
 }
