@@ -120,7 +120,7 @@ fn main() {
         wait_until(
             &admin,
             "SELECT count(*) >= 39 FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
-             AND wait_event IN ('PgSleep', 'transactionid')",
+             AND (wait_event = 'PgSleep' OR wait_event_type = 'Lock')",
         )
         .await;
 
