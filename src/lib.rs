@@ -9,6 +9,7 @@
 pub mod check;
 pub mod config;
 pub mod correlation;
+pub mod daemon;
 pub mod db;
 pub mod ship;
 pub mod telemetry;
