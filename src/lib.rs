@@ -7,9 +7,11 @@
 //! the listener through a circuit breaker. [`telemetry`] covers the agent's own logs and metrics.
 
 pub mod check;
+pub mod collect;
 pub mod config;
 pub mod correlation;
 pub mod daemon;
 pub mod db;
+pub mod once;
 pub mod ship;
 pub mod telemetry;

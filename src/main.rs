@@ -69,7 +69,9 @@ fn main() -> ExitCode {
     let explicit = |positional: &Option<PathBuf>| positional.clone().or_else(|| cli.config.clone());
     match &cli.command {
         Command::Run { config } => with_config(explicit(config), |_config| not_yet("run", 6)),
-        Command::Once { config, .. } => with_config(explicit(config), |_config| not_yet("once", 3)),
+        Command::Once { config, dry_run } => with_config(explicit(config), |config| {
+            postgres_agent::once::run(&config, *dry_run)
+        }),
         Command::Check { config } => with_config(explicit(config), |config| {
             postgres_agent::check::run(&config)
         }),
