@@ -58,7 +58,12 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Show outbox depth and age, circuit state, last successful cycle and send.
+    ///
+    /// Reads the outbox database read-only, so it is safe while the daemon runs.
     Status {
+        /// Print the figures as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
         /// Path of the INI config file.
         config: Option<PathBuf>,
     },
@@ -76,7 +81,9 @@ fn main() -> ExitCode {
             postgres_agent::check::run(&config)
         }),
         Command::ParseLog { .. } => not_yet("parse-log", 4),
-        Command::Status { config } => with_config(explicit(config), |_config| not_yet("status", 5)),
+        Command::Status { config, json } => {
+            with_config(explicit(config), |config| status(&config, *json))
+        }
     }
 }
 
@@ -89,6 +96,29 @@ fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> ExitCode) -> Exi
         Err(e) => {
             eprintln!("postgres-agent: configuration error: {e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn status(config: &Config, json: bool) -> ExitCode {
+    match postgres_agent::ship::status::read(config) {
+        Ok(report) if json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postgres-agent: status: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Ok(report) => {
+            print!("{}", report.to_text());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postgres-agent: status: {e}");
+            ExitCode::from(1)
         }
     }
 }
