@@ -73,7 +73,11 @@ fn main() -> ExitCode {
         Command::Check { config } => with_config(explicit(config), |config| {
             postgres_agent::check::run(&config)
         }),
-        Command::ParseLog { .. } => not_yet("parse-log", 4),
+        Command::ParseLog {
+            format,
+            prefix,
+            files,
+        } => parse_log(cli.config.clone(), format, prefix, files),
         Command::Status { config } => with_config(explicit(config), |_config| not_yet("status", 5)),
     }
 }
@@ -87,6 +91,43 @@ fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> ExitCode) -> Exi
         Err(e) => {
             eprintln!("postgres-agent: configuration error: {e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `parse-log` needs no config, but uses `correlation.keys` from one when given or found.
+fn parse_log(
+    config: Option<PathBuf>,
+    format: &str,
+    prefix: &Option<String>,
+    files: &[PathBuf],
+) -> ExitCode {
+    use postgres_agent::logs::{cli, stats, Finisher};
+    let correlation_keys = match Config::load(config.as_deref()) {
+        Ok(c) => c.correlation.keys,
+        Err(e) => {
+            eprintln!("postgres-agent: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let opts = cli::ParseLogOptions {
+        format: format.to_string(),
+        prefix: prefix.clone(),
+        files: files.to_vec(),
+        finisher: Finisher { correlation_keys },
+    };
+    let before = stats::snapshot();
+    match cli::run(&opts, std::io::stdout().lock()) {
+        Ok(_) => {
+            eprintln!("{}", cli::summary(&before));
+            ExitCode::SUCCESS
+        }
+        Err(cli::ParseLogError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postgres-agent: parse-log: {e}");
+            ExitCode::FAILURE
         }
     }
 }
