@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::parse::{detect_format, detect_prefix, LogFormat, Parser, MAX_ENTRY_BYTES};
 use super::reader::EntryReader;
@@ -59,13 +59,13 @@ pub fn run(opts: &ParseLogOptions, out: impl Write) -> Result<u64, ParseLogError
 
 fn parse_one(
     mut src: impl Read,
-    path: &PathBuf,
+    path: &Path,
     forced: Option<LogFormat>,
     opts: &ParseLogOptions,
     out: &mut impl Write,
 ) -> Result<u64, ParseLogError> {
     let read_err = |source| ParseLogError::Read {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     // A sample for detection, put back in front of the rest of the input.

@@ -36,10 +36,11 @@ pub mod classify;
 pub mod cli;
 pub mod entry;
 pub mod parse;
-
+pub mod position;
 pub mod reader;
-
+pub mod source;
 pub mod stats;
+pub mod tail;
 
 pub use entry::LogEntry;
 pub use parse::LogFormat;

@@ -64,6 +64,10 @@ impl<R: Read> EntryReader<R> {
         self.end - self.start
     }
 
+    pub fn get_ref(&self) -> &R {
+        &self.src
+    }
+
     pub fn into_inner(self) -> R {
         self.src
     }

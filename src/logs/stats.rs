@@ -11,7 +11,6 @@ static TRUNCATED: AtomicU64 = AtomicU64::new(0);
 static SKIPPED_BYTES: AtomicU64 = AtomicU64::new(0);
 static NO_TIMESTAMP: AtomicU64 = AtomicU64::new(0);
 static FILES_TRUNCATED: AtomicU64 = AtomicU64::new(0);
-static BYTES_LOST: AtomicU64 = AtomicU64::new(0);
 
 /// A snapshot of the counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -28,8 +27,6 @@ pub struct LogStats {
     pub no_timestamp: u64,
     /// Times a followed file shrank below the saved position (truncated or replaced in place).
     pub files_truncated: u64,
-    /// Bytes that were unreadable because a file shrank or disappeared before it was read.
-    pub bytes_lost: u64,
 }
 
 pub fn snapshot() -> LogStats {
@@ -40,7 +37,6 @@ pub fn snapshot() -> LogStats {
         skipped_bytes: SKIPPED_BYTES.load(Relaxed),
         no_timestamp: NO_TIMESTAMP.load(Relaxed),
         files_truncated: FILES_TRUNCATED.load(Relaxed),
-        bytes_lost: BYTES_LOST.load(Relaxed),
     }
 }
 
@@ -60,11 +56,6 @@ pub(crate) fn count_skipped(n: usize) {
     SKIPPED_BYTES.fetch_add(n as u64, Relaxed);
 }
 
-pub(crate) fn count_file_truncated(lost: u64) {
+pub(crate) fn count_file_truncated() {
     FILES_TRUNCATED.fetch_add(1, Relaxed);
-    BYTES_LOST.fetch_add(lost, Relaxed);
-}
-
-pub(crate) fn count_lost(lost: u64) {
-    BYTES_LOST.fetch_add(lost, Relaxed);
 }

@@ -296,10 +296,11 @@ impl StderrParser {
             &mut e.detail,
             &mut e.context,
             &mut e.internal_query,
-        ] {
-            if let Some(t) = f {
-                e.truncated |= cap_text(t, self.max_entry);
-            }
+        ]
+        .into_iter()
+        .flatten()
+        {
+            e.truncated |= cap_text(f, self.max_entry);
         }
         e.truncated |= cap_text(&mut e.message, self.max_entry);
         e
