@@ -8,6 +8,8 @@
 
 pub mod check;
 pub mod config;
+pub mod correlation;
+pub mod daemon;
 pub mod db;
 pub mod logs;
 pub mod ship;

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::parse::time::Timestamp;
+use crate::correlation::Correlation;
 
 type Text<'a> = Option<Cow<'a, str>>;
 
@@ -82,7 +83,7 @@ pub struct LogEntry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
     /// Derived: the correlation tags found in the statement (or the logged statement text).
-    pub correlation: Option<Value>,
+    pub correlation: Option<Correlation>,
     /// Derived: numbers and structures the classifier pulled out of the message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extracted: Option<Map<String, Value>>,

@@ -43,6 +43,8 @@ pub mod stats;
 pub mod tail;
 
 pub use entry::LogEntry;
+
+use crate::correlation;
 pub use parse::LogFormat;
 
 /// The settings [`finish_entry`] needs.
@@ -58,7 +60,16 @@ pub struct Finisher {
 /// secrets), which belongs to the privacy module (issue 7) and is applied here once it exists.
 pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
     classify::classify(e);
-    let _ = &f.correlation_keys;
+    let keys = &f.correlation_keys;
+    e.correlation = match statement_text(e) {
+        Some(sql) => correlation::extract(sql, keys),
+        // auto_explain: the statement is the plan's "Query Text".
+        None => e
+            .extracted
+            .as_ref()
+            .and_then(|x| x.get("plan")?.get("Query Text")?.as_str())
+            .and_then(|sql| correlation::extract(sql, keys)),
+    };
 }
 
 /// The SQL text an entry carries: `statement`, else the text a `duration: ... statement:` or

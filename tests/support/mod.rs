@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod child;
+pub mod listener;
 pub mod logs;
 pub mod pg;
 
