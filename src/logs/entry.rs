@@ -145,6 +145,29 @@ impl LogEntry<'_> {
         }
     }
 
+    /// Cuts every text field to `max` bytes, marking the entry truncated if any was cut.
+    pub fn cap(&mut self, max: usize) {
+        let mut cut = cap_text(&mut self.message, max);
+        for t in [
+            &mut self.statement,
+            &mut self.detail,
+            &mut self.hint,
+            &mut self.context,
+            &mut self.internal_query,
+            &mut self.application_name,
+            &mut self.ps,
+            &mut self.user,
+            &mut self.dbname,
+            &mut self.remote_host,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            cut |= cap_text(t, max);
+        }
+        self.truncated |= cut;
+    }
+
     /// Sets `func_name`, `file_name` and `file_line_num` from a `LOCATION` text
     /// (`exec_simple_query, postgres.c:1234`).
     pub fn set_location(&mut self, loc: &str) {

@@ -54,6 +54,11 @@ impl CsvParser {
         }
     }
 
+    /// The cap on one entry's text.
+    pub fn max_entry(&self) -> usize {
+        self.max_entry
+    }
+
     pub fn frame(&mut self, buf: &[u8], end: End) -> Frame {
         self.columns = 0;
         self.truncated = false;

@@ -83,6 +83,11 @@ impl JsonParser {
         }
     }
 
+    /// The cap on one entry's text.
+    pub fn max_entry(&self) -> usize {
+        self.max_entry
+    }
+
     pub fn frame(&mut self, buf: &[u8], end: End) -> Frame {
         self.truncated = false;
         if buf.is_empty() {

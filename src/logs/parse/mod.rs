@@ -121,11 +121,13 @@ impl Parser {
 
     /// Builds the entry framed by the last [`Parser::frame`] call from exactly its bytes.
     pub fn build<'a>(&mut self, bytes: &'a [u8]) -> LogEntry<'a> {
-        match self {
-            Parser::Stderr(p) => p.build(bytes),
-            Parser::Csv(p) => p.build(bytes),
-            Parser::Json(p) => p.build(bytes),
-        }
+        let (mut e, max) = match self {
+            Parser::Stderr(p) => (p.build(bytes), p.max_entry()),
+            Parser::Csv(p) => (p.build(bytes), p.max_entry()),
+            Parser::Json(p) => (p.build(bytes), p.max_entry()),
+        };
+        e.cap(max);
+        e
     }
 }
 

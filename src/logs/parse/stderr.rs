@@ -120,6 +120,11 @@ impl StderrParser {
         }
     }
 
+    /// The cap on one entry's text.
+    pub fn max_entry(&self) -> usize {
+        self.max_entry
+    }
+
     pub fn frame(&mut self, buf: &[u8], end: End) -> Frame {
         self.lines.clear();
         self.truncated = false;
