@@ -364,3 +364,67 @@ fn truncated_file_is_read_again_from_the_start() {
         (200..205).map(|i| format!("line {i}")).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn discovers_the_log_from_the_server_and_batches_early_when_full() {
+    use postgres_agent::db::Db;
+    use postgres_agent::logs::source::discover;
+
+    let server = PgServer::start();
+    let state = tempfile::tempdir().expect("state");
+    let config = support::agent_config(
+        &server,
+        state.path(),
+        "[logs]\nstart_at = beginning\npoll_interval_ms = 20\n",
+    );
+    let rt = support::rt();
+    let found = rt.block_on(async {
+        let db = Db::new(&config.postgres, &config.safety).expect("pool");
+        let mut session = db.session().await.expect("session");
+        discover(&mut session).await.expect("discover")
+    });
+    assert_eq!(found.dir, server.log_dir());
+    let expected_format = if server.major() >= 15 {
+        LogFormat::Jsonlog
+    } else {
+        LogFormat::Csvlog
+    };
+    assert_eq!(found.format, expected_format);
+    assert_eq!(found.prefix, "%m [%p] %q%u@%d ");
+
+    let settings = TailSettings::from_config(&config, Some(&found)).expect("settings");
+    let mut tailer = Tailer::open(settings).expect("tailer");
+    for i in 0..20 {
+        server.psql(
+            "postgres",
+            &format!("do $$ begin raise log 'discover-me {i}'; end $$"),
+        );
+    }
+    // An early batch: max entries reached long before the deadline.
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let batch = rt.block_on(tailer.next_batch(3, deadline)).expect("batch");
+    assert_eq!(batch.entries.len(), 3);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The rest arrives within a short deadline.
+    let mut all = batch.entries;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let rest = rt
+        .block_on(tailer.next_batch(10_000, deadline))
+        .expect("batch");
+    all.extend(rest.entries);
+    let seen = all
+        .iter()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("discover-me")
+        })
+        .count();
+    assert_eq!(seen, 20, "entries: {all:?}");
+    tailer
+        .commit(&rest.position.expect("position"))
+        .expect("commit");
+    assert!(state.path().join("log_position.json").exists());
+}

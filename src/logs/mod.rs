@@ -38,6 +38,7 @@ pub mod entry;
 pub mod parse;
 pub mod position;
 pub mod reader;
+pub mod settings;
 pub mod source;
 pub mod stats;
 pub mod tail;

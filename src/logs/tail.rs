@@ -13,17 +13,18 @@
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::Value;
 
-use super::parse::{End, LogFormat, Parser, MAX_ENTRY_BYTES};
+use super::parse::{End, Parser};
 use super::position::{
     fingerprint, FileId, Position, PositionError, PositionStore, FINGERPRINT_BYTES,
 };
 use super::reader::EntryReader;
+pub use super::settings::TailSettings;
 use super::source::{LogFile, LogSource};
-use super::{finish_entry, stats, Finisher};
+use super::{finish_entry, stats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
@@ -37,38 +38,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TailError + '_ {
     move |source| TailError::Io {
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// What the tailer follows and how.
-#[derive(Debug, Clone)]
-pub struct TailSettings {
-    pub source: LogSource,
-    pub format: LogFormat,
-    /// `log_line_prefix` for stderr logs.
-    pub prefix: String,
-    /// Where `log_position.json` lives (`agent.state_dir`).
-    pub state_dir: PathBuf,
-    /// With no saved position: start at the end of the newest file (true) or the start of the
-    /// oldest (false).
-    pub start_at_end: bool,
-    pub poll_interval: Duration,
-    pub max_entry_bytes: usize,
-    pub finisher: Finisher,
-}
-
-impl TailSettings {
-    pub fn new(source: LogSource, format: LogFormat, prefix: &str, state_dir: &Path) -> Self {
-        TailSettings {
-            source,
-            format,
-            prefix: prefix.to_string(),
-            state_dir: state_dir.to_path_buf(),
-            start_at_end: true,
-            poll_interval: Duration::from_millis(100),
-            max_entry_bytes: MAX_ENTRY_BYTES,
-            finisher: Finisher::default(),
-        }
     }
 }
 
