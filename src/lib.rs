@@ -12,6 +12,7 @@ pub mod config;
 pub mod correlation;
 pub mod daemon;
 pub mod db;
+pub mod logs;
 pub mod once;
 pub mod ship;
 pub mod telemetry;

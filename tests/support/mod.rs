@@ -6,6 +6,7 @@
 pub mod child;
 pub mod collect;
 pub mod listener;
+pub mod logs;
 pub mod pg;
 
 use std::path::Path;
