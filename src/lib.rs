@@ -9,5 +9,6 @@
 pub mod check;
 pub mod config;
 pub mod db;
+pub mod privacy;
 pub mod ship;
 pub mod telemetry;
