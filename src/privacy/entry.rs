@@ -103,45 +103,72 @@ impl Privacy {
     fn obfuscate_log(&self, fields: &mut LogFields<'_>) {
         let opts = self.options();
         for field in [&mut *fields.statement, &mut *fields.query] {
-            mask_tail(field, 0, opts);
+            update(field, |t| obfuscate_with(t, opts));
         }
-        if let Some((at, part)) = fields.message.as_deref().and_then(messages::message_sql) {
-            let numbers = part == SqlPart::Statement;
-            mask_tail(fields.message, at, ObfuscateOptions { numbers, ..opts });
-        }
-        if let Some(at) = fields.detail.as_deref().and_then(messages::detail_sql) {
-            mask_tail(fields.detail, at, opts);
-        }
-        for field in [&mut *fields.detail, &mut *fields.context] {
-            let spans = field
-                .as_deref()
-                .map(messages::parameter_lists)
-                .unwrap_or_default();
-            mask_spans(field, &spans, opts);
-        }
-        let spans = fields
-            .context
-            .as_deref()
-            .map(messages::context_sql)
-            .unwrap_or_default();
-        mask_spans(fields.context, &spans, opts);
+        update(fields.message, |t| obfuscate_message_with(t, opts));
+        update(fields.detail, |t| match messages::detail_sql(t) {
+            Some(at) => mask_spans(t, &[(at, t.len())], opts),
+            None => obfuscate_parameters_with(t, opts),
+        });
+        update(fields.context, |t| {
+            let mut spans = messages::parameter_lists(t);
+            spans.extend(messages::context_sql(t));
+            spans.sort_unstable();
+            mask_spans(t, &spans, opts)
+        });
     }
 }
 
-fn mask_tail(field: &mut Option<String>, at: usize, opts: ObfuscateOptions) {
-    let len = field.as_ref().map_or(0, String::len);
-    mask_spans(field, &[(at, len)], opts);
+/// The SQL of a `statement:`, `execute <name>:`, `parse`/`bind` or auto_explain `plan:` message
+/// obfuscated (plans keep their numbers: costs and row counts); other messages unchanged.
+pub fn obfuscate_message(message: &str) -> Cow<'_, str> {
+    obfuscate_message_with(message, ObfuscateOptions::default())
 }
 
-/// Obfuscates each span of `field` independently (spans must not overlap).
-fn mask_spans(field: &mut Option<String>, spans: &[(usize, usize)], opts: ObfuscateOptions) {
-    let Some(text) = field.as_mut() else {
-        return;
+fn obfuscate_message_with(message: &str, opts: ObfuscateOptions) -> Cow<'_, str> {
+    match messages::message_sql(message) {
+        Some((at, part)) => {
+            let numbers = part == SqlPart::Statement;
+            mask_spans(
+                message,
+                &[(at, message.len())],
+                ObfuscateOptions { numbers, ..opts },
+            )
+        }
+        None => Cow::Borrowed(message),
+    }
+}
+
+/// Every value of the `parameters: $1 = '...', $2 = NULL` lists in a DETAIL or CONTEXT text masked
+/// (`$1 = ?, $2 = NULL`); text without such a list unchanged.
+pub fn obfuscate_parameters(text: &str) -> Cow<'_, str> {
+    obfuscate_parameters_with(text, ObfuscateOptions::default())
+}
+
+fn obfuscate_parameters_with(text: &str, opts: ObfuscateOptions) -> Cow<'_, str> {
+    // Values are quoted by the server with '' doubling only, whatever the session's settings.
+    let opts = ObfuscateOptions {
+        strings: StringMode::Standard,
+        ..opts
     };
+    mask_spans(text, &messages::parameter_lists(text), opts)
+}
+
+fn update(field: &mut Option<String>, f: impl Fn(&str) -> Cow<'_, str>) {
+    if let Some(text) = field.as_mut() {
+        if let Cow::Owned(new) = f(text) {
+            *text = new;
+        }
+    }
+}
+
+/// Obfuscates each span of `text` independently (spans sorted, not overlapping); a span already
+/// redacted is left alone.
+fn mask_spans<'t>(text: &'t str, spans: &[(usize, usize)], opts: ObfuscateOptions) -> Cow<'t, str> {
     let mut out: Option<String> = None;
     let mut copied = 0;
     for &(start, end) in spans {
-        let Some(part) = text.get(start..end) else {
+        let (Some(part), Some(keep)) = (text.get(start..end), text.get(copied..start)) else {
             continue;
         };
         if part == REDACTED {
@@ -149,13 +176,16 @@ fn mask_spans(field: &mut Option<String>, spans: &[(usize, usize)], opts: Obfusc
         }
         if let Cow::Owned(masked) = obfuscate_with(part, opts) {
             let buf = out.get_or_insert_with(|| String::with_capacity(text.len()));
-            buf.push_str(text.get(copied..start).unwrap_or(""));
+            buf.push_str(keep);
             buf.push_str(&masked);
             copied = end;
         }
     }
-    if let Some(mut buf) = out {
-        buf.push_str(text.get(copied..).unwrap_or(""));
-        *text = buf;
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut buf) => {
+            buf.push_str(&text[copied..]);
+            Cow::Owned(buf)
+        }
     }
 }

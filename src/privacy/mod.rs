@@ -2,16 +2,16 @@
 //!
 //! Three tools, all pure functions over text (no I/O), used by the collectors and the log pipeline:
 //!
-//! - **Obfuscation** ([`obfuscate`], [`obfuscate_cow`], [`obfuscate_with`]): every literal becomes
+//! - **Obfuscation** ([`obfuscate()`], [`obfuscate_cow`], [`obfuscate_with`]): every literal becomes
 //!   [`PLACEHOLDER`] (`?`): `'...'` strings (with `''` escapes), `E'...'` (backslash escapes), `U&'...'`,
 //!   `N'...'`, `$$...$$` and `$tag$...$tag$`, `B'...'`/`X'...'`, and numbers (integers, decimals,
 //!   exponents, `0x`/`0o`/`0b`, `_` separators). Comments, identifiers (`"quoted"` ones too), keywords,
 //!   `$n` parameters, operators, casts and whitespace are copied byte for byte, so correlation comments
 //!   survive and the text stays readable. Text cut by `track_activity_query_size` inside a literal
 //!   ends in an unterminated literal, which is masked whole: nothing of it is shown.
-//! - **Fingerprints** ([`fingerprint`]): 16 hex digits of XXH3-64 over the normalised token stream
+//! - **Fingerprints** ([`fingerprint()`]): 16 hex digits of XXH3-64 over the normalised token stream
 //!   (literals, parameters and comments removed, whitespace and case normalised, `IN (...)` lists of
-//!   literals collapsed); see [`fingerprint`'s module](fingerprint) for the exact rules.
+//!   literals collapsed); see [the `fingerprint` module](mod@fingerprint) for the exact rules.
 //! - **Log secret redaction** ([`RedactClasses`], [`redact_log_secrets`]): the classes of pganalyze's
 //!   `filter_log_secret` (credential, parsing_error, statement_text, statement_parameter, table_data,
 //!   plus `all`/`none`), replacing spans with [`REDACTED`].
@@ -27,7 +27,9 @@
 //!   Redaction runs first, on the raw text; obfuscation (if enabled) then masks the literals of the
 //!   statement fields, of `statement:`/`execute ...:`/`plan:` messages (plans keep their numbers),
 //!   `prepare:` details, `parameters: $1 = '...'` lists and `SQL statement "..."` context lines.
-//!   Correlation IDs must be extracted before (comments are kept anyway).
+//!   Correlation IDs must be extracted before (comments are kept anyway). The pieces are also public on
+//!   their own: [`obfuscate_message`] and [`obfuscate_parameters`] for a single message or DETAIL,
+//!   [`redact_log_secrets`] for redaction without obfuscation, [`redact_credentials`] for any text.
 //!
 //! # Why a hand-written lexer
 //! pg_query (libpg_query) needs libclang to build and, like sqlparser's tokenizer, rejects text cut
@@ -55,7 +57,7 @@ mod proptests;
 #[cfg(test)]
 mod redact_tests;
 
-pub use entry::{LogFields, Privacy};
+pub use entry::{obfuscate_message, obfuscate_parameters, LogFields, Privacy};
 pub use fingerprint::{fingerprint, normalize};
 pub use lexer::StringMode;
 pub use obfuscate::{

@@ -299,3 +299,29 @@ fn config_builds_the_policy() {
         p.redact.contains(RedactClass::TableData) && !p.redact.contains(RedactClass::ParsingError)
     );
 }
+
+#[test]
+fn message_and_parameter_helpers() {
+    assert_eq!(
+        obfuscate_message("duration: 1.2 ms  statement: SELECT * FROM t WHERE a = 'x' -- c"),
+        "duration: 1.2 ms  statement: SELECT * FROM t WHERE a = ? -- c"
+    );
+    assert_eq!(
+        obfuscate_message("execute <unnamed>: SELECT $1 LIMIT 5"),
+        "execute <unnamed>: SELECT $1 LIMIT ?"
+    );
+    let untouched = "checkpoint complete: wrote 3 buffers (0.0%)";
+    assert!(matches!(
+        obfuscate_message(untouched),
+        std::borrow::Cow::Borrowed(_)
+    ));
+    assert_eq!(
+        obfuscate_parameters("parameters: $1 = 'it''s', $2 = NULL, $3 = '5'"),
+        "parameters: $1 = ?, $2 = NULL, $3 = ?"
+    );
+    // A DETAIL line cut inside a value masks the rest.
+    assert_eq!(
+        obfuscate_parameters("parameters: $1 = 'x', $2 = 'abc"),
+        "parameters: $1 = ?, $2 = ?"
+    );
+}
