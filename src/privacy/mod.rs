@@ -53,6 +53,8 @@ pub mod obfuscate;
 pub mod redact;
 
 #[cfg(test)]
+mod lexer_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod redact_tests;
