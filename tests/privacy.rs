@@ -290,7 +290,9 @@ fn psql_may_fail(server: &PgServer, sql: &str) {
 const PASSWORDS: [&str; 3] = ["S3cretPw", "An0therPw", "Err0rPw"];
 const SYNTAX: [&str; 2] = ["Synt4xToken", "Synt4xSecret"];
 const PARAM: &str = "P4ramSecret";
+const PARAM_ERR: &str = "P4ramErr";
 const ROW: &str = "ann@example.org";
+const CONTEXT_SQL: &str = "Ctx5ecret";
 
 fn texts(entries: &[Entry]) -> String {
     entries
@@ -309,7 +311,10 @@ fn redacted(entries: &[Entry], privacy: &Privacy) -> String {
 #[test]
 fn real_log_lines_lose_passwords_syntax_errors_parameters_and_rows_per_class() {
     let server = PgServer::start_with(PgOptions {
-        conf: vec!["log_statement = 'all'".into()],
+        conf: vec![
+            "log_statement = 'all'".into(),
+            "log_parameter_max_length_on_error = -1".into(),
+        ],
         ..PgOptions::default()
     });
     server.psql("postgres", "CREATE ROLE bob LOGIN PASSWORD 'S3cretPw!x'");
@@ -322,6 +327,10 @@ fn real_log_lines_lose_passwords_syntax_errors_parameters_and_rows_per_class() {
     server.psql("postgres", "CREATE TABLE u (email text UNIQUE)");
     server.psql("postgres", "INSERT INTO u VALUES ('ann@example.org')");
     psql_may_fail(&server, "INSERT INTO u VALUES ('ann@example.org')");
+    psql_may_fail(
+        &server,
+        "DO $$ BEGIN PERFORM 1/0 FROM (SELECT 'Ctx5ecret' AS s) x; END $$",
+    );
     rt().block_on(async {
         let (client, conn) =
             tokio_postgres::connect(&server.conn_str("postgres"), tokio_postgres::NoTls)
