@@ -14,5 +14,6 @@ pub mod daemon;
 pub mod db;
 pub mod logs;
 pub mod once;
+pub mod privacy;
 pub mod ship;
 pub mod telemetry;
