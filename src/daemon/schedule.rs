@@ -36,13 +36,16 @@ impl Schedule {
         self.interval
     }
 
-    /// The next tick not in the past relative to `now` (the first tick is at `start`).
+    /// The next tick to run at or after `now`. A tick late by at most [`Schedule::grace`] (timer
+    /// jitter, a cycle that finished just after its successor's time) still runs, at once; ticks
+    /// later than that are skipped and counted.
     pub fn next_after(&mut self, now: Instant) -> Tick {
         let wanted = self.last.map_or(0, |l| l + 1);
-        let elapsed = now.saturating_duration_since(self.start);
-        // The first tick index whose time is >= now.
-        let interval_ns = self.interval.as_nanos();
-        let due = elapsed.as_nanos().div_ceil(interval_ns) as u64;
+        let elapsed = now
+            .saturating_duration_since(self.start)
+            .saturating_sub(self.grace());
+        // The first tick index whose time is >= now - grace.
+        let due = elapsed.as_nanos().div_ceil(self.interval.as_nanos()) as u64;
         let index = wanted.max(due);
         self.last = Some(index);
         Tick {
@@ -53,6 +56,11 @@ impl Schedule {
                     .saturating_mul(u32::try_from(index).unwrap_or(u32::MAX)),
             skipped: index - wanted,
         }
+    }
+
+    /// How late a tick may be and still run: a twentieth of the interval, at most one second.
+    pub fn grace(&self) -> Duration {
+        (self.interval / 20).min(Duration::from_secs(1))
     }
 
     /// Changes the interval (config reload): the new schedule starts at the next tick of the old one.
@@ -94,6 +102,16 @@ mod tests {
         let t = s.next_after(start + Duration::from_secs(35));
         assert_eq!((t.index, t.skipped), (4, 3));
         assert_eq!(t.at, start + Duration::from_secs(40));
+    }
+
+    #[test]
+    fn slightly_late_tick_still_runs() {
+        let start = Instant::now();
+        let mut s = Schedule::new(start, Duration::from_secs(60));
+        let t = s.next_after(start + Duration::from_millis(3));
+        assert_eq!((t.index, t.skipped), (0, 0));
+        let t = s.next_after(start + Duration::from_millis(60_500));
+        assert_eq!((t.index, t.skipped), (1, 0));
     }
 
     #[test]
