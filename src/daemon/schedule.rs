@@ -63,14 +63,13 @@ impl Schedule {
         (self.interval / 20).min(Duration::from_secs(1))
     }
 
-    /// Changes the interval (config reload): the new schedule starts at the next tick of the old one.
+    /// Changes the interval (config reload): the new grid starts one new interval from `now`.
     pub fn set_interval(&mut self, interval: Duration, now: Instant) {
         if interval == self.interval {
             return;
         }
-        let next = self.next_after(now);
-        self.start = next.at;
         self.interval = interval.max(Duration::from_millis(1));
+        self.start = now + self.interval;
         self.last = None;
     }
 }
@@ -124,14 +123,15 @@ mod tests {
     }
 
     #[test]
-    fn interval_change_starts_at_the_next_old_tick() {
+    fn interval_change_starts_a_new_grid() {
         let start = Instant::now();
         let mut s = Schedule::new(start, Duration::from_secs(60));
         s.next_after(start);
-        s.set_interval(Duration::from_secs(5), start + Duration::from_secs(1));
-        let t = s.next_after(start + Duration::from_secs(2));
-        assert_eq!(t.at, start + Duration::from_secs(60));
-        let t = s.next_after(start + Duration::from_secs(61));
-        assert_eq!(t.at, start + Duration::from_secs(65));
+        let now = start + Duration::from_secs(1);
+        s.set_interval(Duration::from_secs(5), now);
+        let t = s.next_after(now);
+        assert_eq!((t.at, t.skipped), (now + Duration::from_secs(5), 0));
+        let t = s.next_after(now + Duration::from_secs(6));
+        assert_eq!(t.at, now + Duration::from_secs(10));
     }
 }
