@@ -9,7 +9,7 @@ use std::time::Duration;
 use postgres_agent::ship::batch::BatchKind;
 use postgres_agent::ship::breaker::CircuitState;
 use postgres_agent::ship::{DrainStop, Shipper};
-use support::listener::{ship_config, test_batch, Behavior, Listener};
+use support::fault_listener::{ship_config, test_batch, Behavior, Listener};
 
 const BUDGET: Duration = Duration::from_secs(30);
 

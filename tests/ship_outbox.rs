@@ -14,7 +14,7 @@ use postgres_agent::ship::batch::BatchKind;
 use postgres_agent::ship::outbox::{self, budget, charge, NewBatch, Outbox, MAX_DEAD_LETTERS};
 use postgres_agent::ship::{DrainStop, Shipper};
 use proptest::prelude::*;
-use support::listener::{ship_config, test_batch, Behavior, Listener};
+use support::fault_listener::{ship_config, test_batch, Behavior, Listener};
 use uuid::Uuid;
 
 const MIB: u64 = 1024 * 1024;

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-pub mod listener;
+pub mod fault_listener;
 pub mod pg;
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! A real HTTP(S) listener inside the test process, standing in for the ingestion endpoint: it
+//! A fault-injecting HTTP(S) listener inside the test process, standing in for the ingestion endpoint: it
 //! records every request (headers and gunzipped JSON body) and answers as told: accept, a given
 //! status with or without Retry-After, or stall. Stopping it makes the port refuse connections;
 //! it can come back on the same port.
