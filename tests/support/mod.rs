@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod child;
+pub mod collect;
 pub mod fault_listener;
+pub mod listener;
+pub mod logs;
 pub mod pg;
 
 use std::path::Path;
