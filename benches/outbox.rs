@@ -130,7 +130,7 @@ fn config(dir: &std::path::Path, url: &str) -> Config {
     Config::load_with(Some(&path), Vec::<(String, String)>::new()).expect("config")
 }
 
-/// About 50 KB of pg_activity-like JSON: 160 backends with realistic field spread.
+/// About 50 KB of pg_activity-like JSON: 107 backends with realistic field spread.
 fn batch(kind: BatchKind, seed: u64) -> Batch {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut rnd = move || {
@@ -147,7 +147,7 @@ fn batch(kind: BatchKind, seed: u64) -> Batch {
         "shipments",
         "audit_log",
     ];
-    let data: Vec<Value> = (0..160)
+    let data: Vec<Value> = (0..107)
         .map(|i| {
             let t = tables[(rnd() % 6) as usize];
             json!({
