@@ -3,8 +3,9 @@
 //! are still printed; each failure is logged on stderr).
 //!
 //! The statement baseline under `agent.state_dir` is read and updated, so two runs report the
-//! statement activity between them. Until delivery to a listener is built (issue 5), a run without
-//! `--dry-run` prints batches the same way, as the no-listener default does.
+//! statement activity between them. Without `--dry-run` and with `listener.url` set, the batches go
+//! through the outbox and one drain pass (docs/shipping.md); exit status 1 also when they could not
+//! all be delivered (they stay queued for the next run or the daemon).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use crate::collect::Collectors;
 use crate::config::Config;
 use crate::db::Db;
 use crate::ship::batch::Batch;
+use crate::ship::{DrainStop, Shipper};
 
 /// Runs one cycle and prints its batches.
 pub fn run(config: &Config, dry_run: bool) -> ExitCode {
@@ -33,23 +35,56 @@ pub fn run(config: &Config, dry_run: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !dry_run && config.listener.url.is_some() {
-        tracing::warn!(
-            "delivery to listener.url is not in this build yet; printing batches to stdout"
-        );
-    }
+    let shipper = match (dry_run, &config.listener.url) {
+        (false, Some(_)) => match Shipper::open(config) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("postgres-agent: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let mut collectors = Collectors::new(config);
     let report = runtime.block_on(collectors.run_cycle(&db, config));
     db.close();
-    if let Err(e) = print_batches(&report.batches) {
-        eprintln!("postgres-agent: cannot write to stdout: {e}");
-        return ExitCode::FAILURE;
-    }
-    if report.all_ok() {
+    let delivered = match &shipper {
+        Some(shipper) => runtime.block_on(ship(shipper, &report.batches, config)),
+        None => match print_batches(&report.batches) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("postgres-agent: cannot write to stdout: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if report.all_ok() && delivered {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Enqueues the batches and runs one drain pass; true when the outbox ended empty.
+async fn ship(shipper: &Shipper, batches: &[Batch], config: &Config) -> bool {
+    for batch in batches {
+        if let Err(e) = shipper.enqueue(batch) {
+            eprintln!(
+                "postgres-agent: batch {} ({}): {e}",
+                batch.batch_id, batch.kind
+            );
+        }
+    }
+    // Enough for every batch of one cycle plus a slow answer; a backlog left by earlier runs may
+    // need more than one run.
+    let report = shipper.drain(config.listener.timeout * 2).await;
+    if report.stopped != DrainStop::Empty {
+        eprintln!(
+            "postgres-agent: {} batch(es) delivered, {} still queued in the outbox ({:?}); see `postgres-agent status`",
+            report.delivered, report.remaining, report.stopped
+        );
+    }
+    report.stopped == DrainStop::Empty
 }
 
 /// Writes each batch as one JSON line.
