@@ -396,3 +396,17 @@ fn https_with_ca_file_and_rejection_without_it() {
         );
     });
 }
+
+#[test]
+fn shipper_can_be_shared_across_tasks() {
+    fn is_send<T: Send>(_: &T) {}
+    fn is_sync<T: Sync>() {}
+    is_sync::<Shipper>();
+    let dir = tempfile::tempdir().unwrap();
+    let shipper = Shipper::open(&ship_config(dir.path(), None, "")).unwrap();
+    // The daemon spawns drains on a multi-task runtime: the future must be Send.
+    let drain = shipper.drain(Duration::from_secs(1));
+    is_send(&drain);
+    let report = support::rt().block_on(drain);
+    assert_eq!(report.stopped, DrainStop::NoListener);
+}

@@ -531,3 +531,50 @@ fn status_command_reads_the_outbox_while_it_is_open() {
         drop(shipper);
     });
 }
+
+/// Child side of the proxy test: ship one batch to an address only the proxy can reach.
+#[test]
+#[ignore = "run as a child process by http_proxy_from_the_environment_is_used"]
+fn child_ship_through_proxy() {
+    let dir = std::env::var(CHILD_ENV).expect("run by the parent test");
+    support::rt().block_on(async {
+        // 192.0.2.0/24 is TEST-NET-1: never routed, so only a proxy can deliver this.
+        let url = "http://192.0.2.1:9/ingest";
+        let config = ship_config(Path::new(&dir), Some(url), "[listener]\ntimeout_s = 3\n");
+        let shipper = Shipper::open(&config).unwrap();
+        shipper
+            .enqueue(&test_batch(BatchKind::Locks, 1, 77))
+            .unwrap();
+        let r = shipper.drain(Duration::from_secs(10)).await;
+        println!("DRAIN {:?} {}", r.stopped, r.delivered);
+    });
+}
+
+#[test]
+fn http_proxy_from_the_environment_is_used() {
+    support::rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        // The test listener answers absolute-form proxy requests too (axum routes on the path).
+        let proxy = Listener::start().await;
+        let mut cmd = child(
+            "child_ship_through_proxy",
+            &[
+                (CHILD_ENV, dir.path().display().to_string()),
+                ("HTTP_PROXY", format!("http://{}", proxy.addr)),
+            ],
+        );
+        cmd.env_remove("NO_PROXY").env_remove("no_proxy");
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("DRAIN Empty 1"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = proxy.accepted();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body["data"][0]["seed"], 77);
+    });
+}
