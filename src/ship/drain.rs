@@ -143,8 +143,13 @@ impl Shipper {
                     }
                     let t = inner.breaker.on_failure(now, &reason);
                     self.persist_transition(&mut inner, t);
-                    let _ =
-                        self.with_outbox(&mut inner, |ob| ob.record_failure(batch.seq, &reason));
+                    // Only the attempt count and last error are lost if this fails; the batch stays.
+                    if let Err(e) =
+                        self.with_outbox(&mut inner, |ob| ob.record_failure(batch.seq, &reason))
+                    {
+                        tracing::error!(event = "outbox_error", error = %e,
+                            "cannot record the failed attempt");
+                    }
                     return DrainStop::Failed;
                 }
                 Outcome::Reject { status, reason } => {
