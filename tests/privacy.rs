@@ -290,7 +290,9 @@ fn psql_may_fail(server: &PgServer, sql: &str) {
 const PASSWORDS: [&str; 3] = ["S3cretPw", "An0therPw", "Err0rPw"];
 const SYNTAX: [&str; 2] = ["Synt4xToken", "Synt4xSecret"];
 const PARAM: &str = "P4ramSecret";
+const PARAM_ERR: &str = "P4ramErr";
 const ROW: &str = "ann@example.org";
+const CONTEXT_SQL: &str = "Ctx5ecret";
 
 fn texts(entries: &[Entry]) -> String {
     entries
@@ -309,7 +311,10 @@ fn redacted(entries: &[Entry], privacy: &Privacy) -> String {
 #[test]
 fn real_log_lines_lose_passwords_syntax_errors_parameters_and_rows_per_class() {
     let server = PgServer::start_with(PgOptions {
-        conf: vec!["log_statement = 'all'".into()],
+        conf: vec![
+            "log_statement = 'all'".into(),
+            "log_parameter_max_length_on_error = -1".into(),
+        ],
         ..PgOptions::default()
     });
     server.psql("postgres", "CREATE ROLE bob LOGIN PASSWORD 'S3cretPw!x'");
@@ -322,6 +327,10 @@ fn real_log_lines_lose_passwords_syntax_errors_parameters_and_rows_per_class() {
     server.psql("postgres", "CREATE TABLE u (email text UNIQUE)");
     server.psql("postgres", "INSERT INTO u VALUES ('ann@example.org')");
     psql_may_fail(&server, "INSERT INTO u VALUES ('ann@example.org')");
+    psql_may_fail(
+        &server,
+        "DO $$ BEGIN PERFORM 1/0 FROM (SELECT 'Ctx5ecret' AS s) x; END $$",
+    );
     rt().block_on(async {
         let (client, conn) =
             tokio_postgres::connect(&server.conn_str("postgres"), tokio_postgres::NoTls)
@@ -332,6 +341,11 @@ fn real_log_lines_lose_passwords_syntax_errors_parameters_and_rows_per_class() {
             .query("SELECT $1::text AS v", &[&PARAM])
             .await
             .unwrap();
+        let err = client
+            .query("SELECT $1::text::int AS n", &[&PARAM_ERR])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("22P02"), "{err}");
         drop(client);
         let _ = task.await;
     });
@@ -349,7 +363,8 @@ fn real_log_lines_lose_passwords_syntax_errors_parameters_and_rows_per_class() {
         ("jsonlog", parse_jsonlog(&read_logs(&server, "json"))),
     ] {
         let raw = texts(&entries);
-        for secret in PASSWORDS.iter().chain(&SYNTAX).chain(&[PARAM, ROW]) {
+        let every = [PARAM, PARAM_ERR, ROW, CONTEXT_SQL];
+        for secret in PASSWORDS.iter().chain(&SYNTAX).chain(&every) {
             assert!(
                 raw.contains(secret),
                 "{format}: the raw log should hold {secret}"
@@ -359,15 +374,33 @@ fn real_log_lines_lose_passwords_syntax_errors_parameters_and_rows_per_class() {
             raw.contains("Key (email)=(ann@example.org) already exists."),
             "{format}"
         );
+        assert!(raw.contains("SQL statement \"SELECT 1/0 FROM (SELECT 'Ctx5ecret' AS s) x\""));
+        assert!(
+            raw.contains("unnamed portal with parameters: $1 = 'P4ramErr'"),
+            "{format}"
+        );
 
         // Defaults: obfuscation on, credential + parsing_error.
         let out = redacted(&entries, &Privacy::default());
-        for secret in PASSWORDS.iter().chain(&SYNTAX).chain(&[PARAM]) {
+        for secret in PASSWORDS.iter().chain(&SYNTAX).chain(&[PARAM, CONTEXT_SQL]) {
             assert!(
                 !out.contains(secret),
                 "{format}, defaults: {secret} shipped:\n{out}"
             );
         }
+        assert!(
+            out.contains("SQL statement \"SELECT ?/? FROM (SELECT ? AS s) x\""),
+            "{format}:\n{out}"
+        );
+        assert!(
+            out.contains("unnamed portal with parameters: $1 = ?"),
+            "{format}:\n{out}"
+        );
+        // Not a default class: the input quoted by the error message stays (as with pganalyze).
+        assert!(
+            out.contains("invalid input syntax for type integer: \"P4ramErr\""),
+            "{format}"
+        );
         assert!(
             out.contains("statement: CREATE ROLE bob LOGIN PASSWORD [redacted]"),
             "{format}:\n{out}"
@@ -399,13 +432,18 @@ fn real_log_lines_lose_passwords_syntax_errors_parameters_and_rows_per_class() {
         for secret in PASSWORDS
             .iter()
             .chain(&SYNTAX)
-            .chain(&[PARAM, ROW, "end-of-test-marker"])
+            .chain(&every)
+            .chain(&["end-of-test-marker"])
         {
             assert!(
                 !out.contains(secret),
                 "{format}, all: {secret} shipped:\n{out}"
             );
         }
+        assert!(
+            out.contains("unnamed portal with parameters: $1 = [redacted]"),
+            "{format}:\n{out}"
+        );
         assert!(
             out.contains("Key (email)=[redacted] already exists."),
             "{format}:\n{out}"
