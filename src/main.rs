@@ -58,7 +58,12 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Show outbox depth and age, circuit state, last successful cycle and send.
+    ///
+    /// Reads the outbox database read-only, so it is safe while the daemon runs.
     Status {
+        /// Print the figures as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
         /// Path of the INI config file.
         config: Option<PathBuf>,
     },
@@ -69,12 +74,20 @@ fn main() -> ExitCode {
     let explicit = |positional: &Option<PathBuf>| positional.clone().or_else(|| cli.config.clone());
     match &cli.command {
         Command::Run { config } => with_config(explicit(config), |_config| not_yet("run", 6)),
-        Command::Once { config, .. } => with_config(explicit(config), |_config| not_yet("once", 3)),
+        Command::Once { config, dry_run } => with_config(explicit(config), |config| {
+            postgres_agent::once::run(&config, *dry_run)
+        }),
         Command::Check { config } => with_config(explicit(config), |config| {
             postgres_agent::check::run(&config)
         }),
-        Command::ParseLog { .. } => not_yet("parse-log", 4),
-        Command::Status { config } => with_config(explicit(config), |_config| not_yet("status", 5)),
+        Command::ParseLog {
+            format,
+            prefix,
+            files,
+        } => parse_log(cli.config.clone(), format, prefix, files),
+        Command::Status { config, json } => {
+            with_config(explicit(config), |config| status(&config, *json))
+        }
     }
 }
 
@@ -87,6 +100,66 @@ fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> ExitCode) -> Exi
         Err(e) => {
             eprintln!("postgres-agent: configuration error: {e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn status(config: &Config, json: bool) -> ExitCode {
+    match postgres_agent::ship::status::read(config) {
+        Ok(report) if json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postgres-agent: status: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Ok(report) => {
+            print!("{}", report.to_text());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postgres-agent: status: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `parse-log` needs no config, but uses `correlation.keys` from one when given or found.
+fn parse_log(
+    config: Option<PathBuf>,
+    format: &str,
+    prefix: &Option<String>,
+    files: &[PathBuf],
+) -> ExitCode {
+    use postgres_agent::logs::{cli, stats, Finisher};
+    let correlation_keys = match Config::load(config.as_deref()) {
+        Ok(c) => c.correlation.keys,
+        Err(e) => {
+            eprintln!("postgres-agent: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let opts = cli::ParseLogOptions {
+        format: format.to_string(),
+        prefix: prefix.clone(),
+        files: files.to_vec(),
+        finisher: Finisher { correlation_keys },
+    };
+    let before = stats::snapshot();
+    match cli::run(&opts, std::io::stdout().lock()) {
+        Ok(_) => {
+            eprintln!("{}", cli::summary(&before));
+            ExitCode::SUCCESS
+        }
+        Err(cli::ParseLogError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postgres-agent: parse-log: {e}");
+            ExitCode::FAILURE
         }
     }
 }

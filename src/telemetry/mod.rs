@@ -1,3 +1,5 @@
-//! The agent's view of itself: its structured logs, and (issue 6) /health and /metrics.
+//! The agent's view of itself: its structured logs, its metrics, and the /health and /metrics endpoint.
 
 pub mod logging;
+pub mod metrics;
+pub mod server;

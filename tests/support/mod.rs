@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod child;
+pub mod collect;
+pub mod listener;
+pub mod logs;
 pub mod pg;
 
 use std::path::Path;

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Soak benchmark: the daemon at 1 s cycles for several minutes against a server with 5,000 statements
+# and 100 busy sessions, shipping to a local HTTP listener. Prints peak RSS, CPU per cycle, and whether
+# RSS grows (mean RSS of the second quarter of the run vs the last quarter).
+#
+#   bench/soak.sh [SECONDS]   (default 300)
+#
+# With `prometheus-postgres-exporter` installed (apt-get install prometheus-postgres-exporter), the
+# same load is also scraped every second by postgres_exporter and its peak RSS printed alongside.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-300}
+. bench/pg-cluster.sh
+
+cargo build --release --quiet
+BIN=$PWD/target/release/postgres-agent
+WORK=$(mktemp -d /tmp/pga-soak.XXXXXX)
+chmod 755 "$WORK"
+trap 'kill ${AGENT_PID:-} ${LISTENER_PID:-} ${EXPORTER_PID:-} 2>/dev/null || true; pg_stop; rm -rf "$WORK"' EXIT
+
+pg_start "$WORK/pg"
+pg_workload 5000 100
+echo "server: $("$PGB_BIN/postgres" --version), $(pg_psql -At -c 'SELECT count(*) FROM pg_stat_statements') statements, $(pg_psql -At -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'") client sessions"
+
+# A listener that acknowledges every batch.
+LPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 - "$LPORT" >"$WORK/listener.log" 2>&1 <<'PY' &
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+LISTENER_PID=$!
+
+MPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$WORK/agent.ini" <<INI
+[agent]
+project_id = soak
+collection_interval_s = 1
+state_dir = $WORK/state
+[postgres]
+host = $PGB_SOCK
+port = $PGB_PORT
+user = postgres
+[listener]
+url = http://127.0.0.1:$LPORT/ingest
+[logs]
+path = $PGB_DATA/log
+[telemetry]
+listen = 127.0.0.1:$MPORT
+[logging]
+level = warn
+INI
+
+"$BIN" run "$WORK/agent.ini" >/dev/null 2>"$WORK/agent.err" &
+AGENT_PID=$!
+
+if command -v prometheus-postgres-exporter >/dev/null 2>&1; then
+  EPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  DATA_SOURCE_NAME="host=$PGB_SOCK port=$PGB_PORT user=postgres dbname=postgres sslmode=disable" \
+    prometheus-postgres-exporter --web.listen-address="127.0.0.1:$EPORT" >/dev/null 2>&1 &
+  EXPORTER_PID=$!
+fi
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+cycles() { curl -s "127.0.0.1:$MPORT/metrics" | awk '/^postgres_agent_cycles_total/ {s += $2} END {print s + 0}'; }
+
+sleep 3
+cpu0=$(ticks "$AGENT_PID"); c0=$(cycles)
+: >"$WORK/rss"
+for ((i = 0; i < DURATION; i++)); do
+  kill -0 "$AGENT_PID" 2>/dev/null || { echo "agent died:"; cat "$WORK/agent.err"; exit 1; }
+  rss_kb "$AGENT_PID" >>"$WORK/rss"
+  [ -n "${EXPORTER_PID:-}" ] && curl -s "127.0.0.1:$EPORT/metrics" >/dev/null
+  sleep 1
+done
+cpu1=$(ticks "$AGENT_PID"); c1=$(cycles)
+hz=$(getconf CLK_TCK)
+peak=$(hwm_kb "$AGENT_PID")
+n=$(wc -l <"$WORK/rss")
+q2=$(awk -v n="$n" 'NR > n/4 && NR <= n/2 {s += $1; c++} END {printf "%.0f", s / c}' "$WORK/rss")
+q4=$(awk -v n="$n" 'NR > 3*n/4 {s += $1; c++} END {printf "%.0f", s / c}' "$WORK/rss")
+cyc=$((c1 - c0))
+echo "soak: ${DURATION}s at 1 s cycles, $cyc cycles"
+awk -v p="$peak" 'BEGIN {printf "peak RSS: %.1f MiB\n", p / 1024}'
+awk -v t="$((cpu1 - cpu0))" -v hz="$hz" -v c="$cyc" 'BEGIN {printf "CPU per cycle: %.2f ms (%.2f%% of one core at 1 s cycles)\n", 1000 * t / hz / c, 100 * t / hz / c}'
+awk -v a="$q2" -v b="$q4" 'BEGIN {printf "mean RSS second quarter %.1f MiB, last quarter %.1f MiB: %s\n", a/1024, b/1024, (b > a * 1.05 ? "GROWS" : "flat")}'
+echo "outbox after run: $("$BIN" status "$WORK/agent.ini" 2>/dev/null | head -3 | tr '\n' ' ')"
+if [ -n "${EXPORTER_PID:-}" ]; then
+  awk -v p="$(hwm_kb "$EXPORTER_PID")" 'BEGIN {printf "postgres_exporter peak RSS on the same load: %.1f MiB\n", p / 1024}'
+fi

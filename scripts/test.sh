@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what is missing, then every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+updated=no
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$updated" = no ]; then apt-get update -qq; updated=yes; fi
+  echo "== installing $*"
+  apt-get install -y -qq "$@" >/dev/null
+}
+
+have_initdb() {
+  [ -n "${PG_BINDIR:-}" ] && [ -x "$PG_BINDIR/initdb" ] && return 0
+  command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ] && return 0
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+
+# PostgreSQL server with contrib (pg_stat_statements, auto_explain) for the test servers.
+if ! have_initdb || ! compgen -G '/usr/share/postgresql/*/extension/pg_stat_statements.control' >/dev/null; then
+  apt_install postgresql postgresql-contrib
+fi
+# TLS tests generate certificates with openssl; the unit tests run systemd-analyze.
+command -v openssl >/dev/null 2>&1 || apt_install openssl
+command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
+
+echo "== cargo test"
+cargo test --locked --no-fail-fast

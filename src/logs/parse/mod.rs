@@ -1,0 +1,179 @@
+//! Parsers for the three server log formats, sharing one incremental interface.
+//!
+//! A parser works in two steps on a byte buffer that the caller refills: [`Parser::frame`] finds
+//! where the next entry ends (without allocating and without borrowing the buffer, so a reader can
+//! refill it when more data is needed), then [`Parser::build`] turns exactly those bytes into a
+//! [`LogEntry`] borrowing from them. The same parsers serve the offline `parse-log` command and the
+//! live tailer; [`End`] tells them how much of the buffer is final.
+//!
+//! A line that fits no format becomes an entry with `error_severity` null and its raw text as
+//! `message`; an entry larger than the cap is cut to it and marked `truncated`, and the rest of it is
+//! skipped (and counted) rather than buffered.
+
+pub mod csv;
+pub mod json;
+pub mod prefix;
+pub mod stderr;
+pub mod time;
+
+use super::entry::LogEntry;
+
+/// The default cap on one entry's size (1 MiB).
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+
+/// A server log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Stderr,
+    Csvlog,
+    Jsonlog,
+}
+
+impl LogFormat {
+    /// Parses `stderr`, `csvlog` or `jsonlog`.
+    pub fn from_name(name: &str) -> Option<LogFormat> {
+        match name {
+            "stderr" => Some(LogFormat::Stderr),
+            "csvlog" | "csv" => Some(LogFormat::Csvlog),
+            "jsonlog" | "json" => Some(LogFormat::Jsonlog),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Stderr => "stderr",
+            LogFormat::Csvlog => "csvlog",
+            LogFormat::Jsonlog => "jsonlog",
+        }
+    }
+
+    /// The format PostgreSQL writes to a file with this name's extension, if it says.
+    pub fn from_file_name(name: &str) -> Option<LogFormat> {
+        if name.ends_with(".json") {
+            Some(LogFormat::Jsonlog)
+        } else if name.ends_with(".csv") {
+            Some(LogFormat::Csvlog)
+        } else {
+            None
+        }
+    }
+}
+
+/// How final the end of the buffer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// More bytes may follow the buffer.
+    More,
+    /// The writer is quiet: a buffer ending on a line boundary ends an entry, but a line without its
+    /// newline is still being written. (Only stderr needs this: its entries have no end marker.)
+    Quiet,
+    /// Nothing follows: the rest of the buffer is final, even without a newline.
+    Eof,
+}
+
+/// What the next bytes of the buffer are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// An entry spans this many bytes; call [`Parser::build`] on exactly them.
+    Entry(usize),
+    /// This many bytes belong to an entry already cut at the size cap; drop them.
+    Skip(usize),
+    /// The buffer ends before the entry does.
+    NeedMore,
+}
+
+/// One of the three parsers.
+#[derive(Debug)]
+pub enum Parser {
+    Stderr(stderr::StderrParser),
+    Csv(csv::CsvParser),
+    Json(json::JsonParser),
+}
+
+impl Parser {
+    /// A parser for `format`; `prefix` is the `log_line_prefix` of stderr logs.
+    pub fn new(format: LogFormat, prefix: &str, max_entry: usize) -> Parser {
+        match format {
+            LogFormat::Stderr => Parser::Stderr(stderr::StderrParser::new(prefix, max_entry)),
+            LogFormat::Csvlog => Parser::Csv(csv::CsvParser::new(max_entry)),
+            LogFormat::Jsonlog => Parser::Json(json::JsonParser::new(max_entry)),
+        }
+    }
+
+    pub fn format(&self) -> LogFormat {
+        match self {
+            Parser::Stderr(_) => LogFormat::Stderr,
+            Parser::Csv(_) => LogFormat::Csvlog,
+            Parser::Json(_) => LogFormat::Jsonlog,
+        }
+    }
+
+    /// Finds the extent of the next entry at the start of `buf`. Never returns `NeedMore` for a
+    /// non-empty buffer at [`End::Eof`], nor for a buffer longer than the entry cap.
+    pub fn frame(&mut self, buf: &[u8], end: End) -> Frame {
+        match self {
+            Parser::Stderr(p) => p.frame(buf, end),
+            Parser::Csv(p) => p.frame(buf, end),
+            Parser::Json(p) => p.frame(buf, end),
+        }
+    }
+
+    /// Builds the entry framed by the last [`Parser::frame`] call from exactly its bytes.
+    pub fn build<'a>(&mut self, bytes: &'a [u8]) -> LogEntry<'a> {
+        let (mut e, max) = match self {
+            Parser::Stderr(p) => (p.build(bytes), p.max_entry()),
+            Parser::Csv(p) => (p.build(bytes), p.max_entry()),
+            Parser::Json(p) => (p.build(bytes), p.max_entry()),
+        };
+        e.cap(max);
+        e
+    }
+}
+
+/// Guesses the format from the first non-empty line of a sample.
+pub fn detect_format(sample: &[u8]) -> LogFormat {
+    let line = sample
+        .split(|b| *b == b'\n')
+        .find(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .unwrap_or(b"");
+    if line.first() == Some(&b'{') {
+        return LogFormat::Jsonlog;
+    }
+    if let Some((_, n)) = time::parse_pg_time(line) {
+        if line.get(n) == Some(&b',') {
+            return LogFormat::Csvlog;
+        }
+    }
+    LogFormat::Stderr
+}
+
+/// Common `log_line_prefix` values, tried in order when none is given: PostgreSQL's default since
+/// 10, Debian's, and the ones pgBadger's documentation recommends.
+pub const COMMON_PREFIXES: &[&str] = &[
+    "%m [%p] ",
+    "%m [%p] %q%u@%d ",
+    "%t [%p]: [%l-1] user=%u,db=%d,app=%a,client=%h ",
+    "%t [%p]: user=%u,db=%d,app=%a,client=%h ",
+    "%m [%p] %q[user=%u,db=%d,app=%a] ",
+    "%t [%p-%l] %q%u@%d ",
+    "%t [%p]: [%l-1] ",
+    "%m %u %d [%p] ",
+    "%t ",
+    "%m ",
+    "",
+];
+
+/// Picks the common prefix under which most of the sample's lines parse as entries.
+pub fn detect_prefix(sample: &[u8]) -> &'static str {
+    let lines: Vec<&[u8]> = sample.split(|b| *b == b'\n').take(200).collect();
+    let mut best = ("%m [%p] ", 0usize);
+    for candidate in COMMON_PREFIXES {
+        let p = stderr::StderrParser::new(candidate, MAX_ENTRY_BYTES);
+        let hits = lines.iter().filter(|l| p.is_entry_line(l)).count();
+        if hits > best.1 {
+            best = (candidate, hits);
+        }
+    }
+    best.0
+}

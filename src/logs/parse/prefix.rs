@@ -1,0 +1,416 @@
+//! `log_line_prefix`, compiled once into a matcher that splits a stderr line into its prefix fields
+//! and the text after the prefix, working on `&[u8]` without allocating.
+//!
+//! Every escape PostgreSQL documents is understood (`%a %u %d %r %h %b %p %P %t %m %n %i %e %c %l %s
+//! %v %x %q %Q %%`), with padding (`%-10u`, `%10p`). Escapes with a fixed shape (numbers, timestamps,
+//! session ids, SQLSTATEs) are matched by shape; free text (user, database, application, host, ps
+//! display, backend type) extends to a following literal, and the matcher backtracks when a value
+//! contains that literal, bounded by a step budget so no input can make it slow. A match is only
+//! accepted when the text after the prefix is what the caller expects (a severity such as `LOG:  `),
+//! which is what disambiguates prefixes like `%u %d `. `%q` ends the prefix for processes that have no
+//! session, so both shapes are tried.
+
+use memchr::memmem;
+
+use super::time::{parse_epoch, parse_pg_time};
+
+/// Fields a prefix escape can carry; the index into [`PrefixFields`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    AppName,
+    User,
+    Db,
+    RemoteHostPort,
+    RemoteHost,
+    BackendType,
+    Pid,
+    LeaderPid,
+    TimeNoMs,
+    TimeMs,
+    Epoch,
+    Ps,
+    SqlState,
+    SessionId,
+    LineNum,
+    SessionStart,
+    Vxid,
+    Txid,
+    QueryId,
+}
+
+const FIELDS: usize = 19;
+
+/// Where each escape's value lies in the matched line (`start..end`, padding removed); None when
+/// the escape is absent from the prefix or printed nothing.
+pub type PrefixFields = [Option<(u32, u32)>; FIELDS];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Item {
+    Lit(Vec<u8>),
+    Esc {
+        field: Field,
+        pad: i32,
+    },
+    /// `%q`: non-session processes stop writing the prefix here.
+    Quit,
+}
+
+/// The most backtracking steps one line may take before it is declared not to match.
+const STEP_BUDGET: u32 = 4096;
+
+/// A compiled `log_line_prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefix {
+    items: Vec<Item>,
+    source: String,
+}
+
+impl Prefix {
+    /// Compiles a `log_line_prefix` value. Unknown escapes are ignored, as PostgreSQL ignores them.
+    pub fn compile(source: &str) -> Prefix {
+        let b = source.as_bytes();
+        let mut items: Vec<Item> = Vec::new();
+        let mut lit: Vec<u8> = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] != b'%' || i + 1 >= b.len() {
+                lit.push(b[i]);
+                i += 1;
+                continue;
+            }
+            i += 1;
+            if b[i] == b'%' {
+                lit.push(b'%');
+                i += 1;
+                continue;
+            }
+            let mut pad: i32 = 0;
+            let neg = b[i] == b'-';
+            if neg {
+                i += 1;
+            }
+            while i < b.len() && b[i].is_ascii_digit() {
+                pad = pad.saturating_mul(10).saturating_add((b[i] - b'0') as i32);
+                i += 1;
+            }
+            if neg {
+                pad = -pad;
+            }
+            let Some(&c) = b.get(i) else { break };
+            i += 1;
+            let field = match c {
+                b'a' => Field::AppName,
+                b'u' => Field::User,
+                b'd' => Field::Db,
+                b'r' => Field::RemoteHostPort,
+                b'h' => Field::RemoteHost,
+                b'b' => Field::BackendType,
+                b'p' => Field::Pid,
+                b'P' => Field::LeaderPid,
+                b't' => Field::TimeNoMs,
+                b'm' => Field::TimeMs,
+                b'n' => Field::Epoch,
+                b'i' => Field::Ps,
+                b'e' => Field::SqlState,
+                b'c' => Field::SessionId,
+                b'l' => Field::LineNum,
+                b's' => Field::SessionStart,
+                b'v' => Field::Vxid,
+                b'x' => Field::Txid,
+                b'Q' => Field::QueryId,
+                b'q' => {
+                    flush(&mut items, &mut lit);
+                    items.push(Item::Quit);
+                    continue;
+                }
+                _ => continue,
+            };
+            flush(&mut items, &mut lit);
+            items.push(Item::Esc { field, pad });
+        }
+        flush(&mut items, &mut lit);
+        Prefix {
+            items,
+            source: source.to_string(),
+        }
+    }
+
+    /// The `log_line_prefix` text this was compiled from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Matches the prefix at the start of `line`. `accept(rest)` says whether the text after a
+    /// candidate prefix is acceptable. Returns the fields and the offset where that text starts.
+    pub fn matches(
+        &self,
+        line: &[u8],
+        accept: &dyn Fn(&[u8]) -> bool,
+    ) -> Option<(PrefixFields, usize)> {
+        let mut fields: PrefixFields = [None; FIELDS];
+        let mut budget = STEP_BUDGET;
+        let mut m = Matcher {
+            items: &self.items,
+            line,
+            accept,
+            budget: &mut budget,
+        };
+        let end = m.at(0, 0, &mut fields)?;
+        Some((fields, end))
+    }
+}
+
+fn flush(items: &mut Vec<Item>, lit: &mut Vec<u8>) {
+    if !lit.is_empty() {
+        items.push(Item::Lit(std::mem::take(lit)));
+    }
+}
+
+struct Matcher<'p, 'a> {
+    items: &'p [Item],
+    line: &'a [u8],
+    accept: &'p dyn Fn(&[u8]) -> bool,
+    budget: &'p mut u32,
+}
+
+impl Matcher<'_, '_> {
+    fn at(&mut self, i: usize, pos: usize, f: &mut PrefixFields) -> Option<usize> {
+        if *self.budget == 0 {
+            return None;
+        }
+        *self.budget -= 1;
+        let line = self.line;
+        let Some(item) = self.items.get(i) else {
+            return (self.accept)(&line[pos..]).then_some(pos);
+        };
+        match item {
+            Item::Lit(l) => {
+                if line[pos..].starts_with(l) {
+                    self.at(i + 1, pos + l.len(), f)
+                } else {
+                    None
+                }
+            }
+            Item::Quit => {
+                if let Some(end) = self.at(i + 1, pos, f) {
+                    return Some(end);
+                }
+                (self.accept)(&line[pos..]).then_some(pos)
+            }
+            Item::Esc { field, pad } => {
+                let (field, pad) = (*field, *pad);
+                let start = if pad > 0 { skip_spaces(line, pos) } else { pos };
+                if let Some(n) = shape_len(field, &line[start..]) {
+                    let mut end = start + n;
+                    if pad < 0 {
+                        while end < line.len() && line[end] == b' ' && end - pos < (-pad) as usize {
+                            end += 1;
+                        }
+                    }
+                    let r = self.at(i + 1, end, f)?;
+                    f[field as usize] = (n > 0).then_some((start as u32, (start + n) as u32));
+                    return Some(r);
+                }
+                if !is_free(field) {
+                    return None;
+                }
+                self.free_text(i, field, pad, pos, f)
+            }
+        }
+    }
+
+    /// Tries each place a free-text value could end, shortest first.
+    fn free_text(
+        &mut self,
+        i: usize,
+        field: Field,
+        pad: i32,
+        pos: usize,
+        f: &mut PrefixFields,
+    ) -> Option<usize> {
+        let line = self.line;
+        let width = pad.unsigned_abs() as usize;
+        let try_end = |m: &mut Self, end: usize, f: &mut PrefixFields| -> Option<usize> {
+            let r = m.at(i + 1, end, f)?;
+            let (s, e) = if pad != 0 {
+                trim_spaces(line, pos, end)
+            } else {
+                (pos, end)
+            };
+            f[field as usize] = (e > s).then_some((s as u32, e as u32));
+            Some(r)
+        };
+        if width > 0 && pos + width <= line.len() {
+            if let Some(r) = try_end(self, pos + width, f) {
+                return Some(r);
+            }
+        }
+        match self.items.get(i + 1) {
+            Some(Item::Lit(l)) => {
+                let finder = memmem::Finder::new(l);
+                let mut from = pos;
+                while let Some(off) = finder.find(&line[from..]) {
+                    if *self.budget == 0 {
+                        return None;
+                    }
+                    if let Some(r) = try_end(self, from + off, f) {
+                        return Some(r);
+                    }
+                    from += off + 1;
+                }
+                None
+            }
+            _ => {
+                for end in pos..=line.len() {
+                    if *self.budget == 0 {
+                        return None;
+                    }
+                    if let Some(r) = try_end(self, end, f) {
+                        return Some(r);
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+fn is_free(field: Field) -> bool {
+    matches!(
+        field,
+        Field::AppName
+            | Field::User
+            | Field::Db
+            | Field::RemoteHostPort
+            | Field::RemoteHost
+            | Field::BackendType
+            | Field::Ps
+    )
+}
+
+fn skip_spaces(line: &[u8], mut pos: usize) -> usize {
+    while pos < line.len() && line[pos] == b' ' {
+        pos += 1;
+    }
+    pos
+}
+
+fn trim_spaces(line: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
+    while s < e && line[s] == b' ' {
+        s += 1;
+    }
+    while e > s && line[e - 1] == b' ' {
+        e -= 1;
+    }
+    (s, e)
+}
+
+fn count_while(b: &[u8], pred: impl Fn(u8) -> bool) -> usize {
+    b.iter().position(|c| !pred(*c)).unwrap_or(b.len())
+}
+
+/// The length of a fixed-shape escape's value at the start of `b`, or None when `b` does not start
+/// with that shape (or the escape is free text).
+fn shape_len(field: Field, b: &[u8]) -> Option<usize> {
+    let digits = count_while(b, |c| c.is_ascii_digit());
+    match field {
+        Field::Pid | Field::LineNum | Field::Txid => (digits > 0).then_some(digits),
+        Field::LeaderPid => Some(digits),
+        Field::QueryId => {
+            let sign = usize::from(b.first() == Some(&b'-'));
+            let n = count_while(&b[sign..], |c| c.is_ascii_digit());
+            (n > 0).then_some(sign + n)
+        }
+        Field::TimeMs | Field::TimeNoMs | Field::SessionStart => parse_pg_time(b).map(|(_, n)| n),
+        Field::Epoch => parse_epoch(b).map(|(_, n)| n),
+        Field::SessionId => {
+            let a = count_while(b, |c| c.is_ascii_hexdigit());
+            if a == 0 || b.get(a) != Some(&b'.') {
+                return None;
+            }
+            let c = count_while(&b[a + 1..], |c| c.is_ascii_hexdigit());
+            (c > 0).then_some(a + 1 + c)
+        }
+        Field::Vxid => {
+            if digits == 0 || b.get(digits) != Some(&b'/') {
+                // Processes without a backend id print nothing here.
+                return Some(0);
+            }
+            let c = count_while(&b[digits + 1..], |c| c.is_ascii_digit());
+            Some(if c > 0 { digits + 1 + c } else { 0 })
+        }
+        Field::SqlState => {
+            let n = count_while(&b[..b.len().min(5)], |c| {
+                c.is_ascii_digit() || c.is_ascii_uppercase()
+            });
+            (n == 5).then_some(5)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_accept(rest: &[u8]) -> bool {
+        rest.starts_with(b"LOG:  ") || rest.starts_with(b"ERROR:  ")
+    }
+
+    fn get<'a>(line: &'a [u8], f: &PrefixFields, k: Field) -> Option<&'a str> {
+        f[k as usize].map(|(s, e)| std::str::from_utf8(&line[s as usize..e as usize]).unwrap())
+    }
+
+    #[test]
+    fn matches_common_prefix_and_quit() {
+        let p = Prefix::compile("%m [%p] %q%u@%d ");
+        let line = b"2026-11-27 03:05:14.889 UTC [11309] postgres@my db LOG:  hi";
+        let (f, end) = p.matches(line, &log_accept).unwrap();
+        assert_eq!(&line[end..], b"LOG:  hi");
+        assert_eq!(get(line, &f, Field::User), Some("postgres"));
+        assert_eq!(get(line, &f, Field::Db), Some("my db"));
+        assert_eq!(get(line, &f, Field::Pid), Some("11309"));
+        let line = b"2026-11-27 03:05:14.889 UTC [11300] LOG:  starting";
+        let (f, end) = p.matches(line, &log_accept).unwrap();
+        assert_eq!(&line[end..], b"LOG:  starting");
+        assert_eq!(get(line, &f, Field::User), None);
+    }
+
+    #[test]
+    fn backtracks_when_a_value_contains_the_literal() {
+        let p = Prefix::compile("%u@%d:%a ");
+        let line = b"a@b@c:x y:psql ERROR:  boom";
+        let (f, end) = p.matches(line, &log_accept).unwrap();
+        assert_eq!(get(line, &f, Field::User), Some("a"));
+        assert_eq!(get(line, &f, Field::Db), Some("b@c"));
+        assert_eq!(get(line, &f, Field::AppName), Some("x y:psql"));
+        assert_eq!(&line[end..], b"ERROR:  boom");
+    }
+
+    #[test]
+    fn handles_padding() {
+        let p = Prefix::compile("%-10u|%8p|%-6v|");
+        let line = b"bob       |     123|3/7   |LOG:  x";
+        let (f, _) = p.matches(line, &log_accept).unwrap();
+        assert_eq!(get(line, &f, Field::User), Some("bob"));
+        assert_eq!(get(line, &f, Field::Pid), Some("123"));
+        assert_eq!(get(line, &f, Field::Vxid), Some("3/7"));
+        let line = b"          |     123|      |LOG:  x";
+        let (f, _) = p.matches(line, &log_accept).unwrap();
+        assert_eq!(get(line, &f, Field::User), None);
+        assert_eq!(get(line, &f, Field::Vxid), None);
+    }
+
+    #[test]
+    fn rejects_lines_without_the_prefix() {
+        let p = Prefix::compile("%m [%p] ");
+        assert!(p.matches(b"\tcontinued", &log_accept).is_none());
+        assert!(p
+            .matches(b"2026-11-27 03:05:14.889 UTC [x] LOG:  a", &log_accept)
+            .is_none());
+        assert_eq!(
+            Prefix::compile("%%%z").items,
+            vec![Item::Lit(b"%".to_vec())]
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! A reader that turns a byte stream into entries with a bounded buffer: it refills in chunks, frames
+//! with the format's parser, and hands out entries borrowing from its buffer together with the byte
+//! offset just past each one (what the tailer persists).
+//!
+//! The buffer never holds more than one entry cap plus one chunk, whatever the input size.
+
+use std::io::{self, Read};
+
+use super::entry::LogEntry;
+use super::parse::{End, Frame, Parser};
+use super::stats;
+
+/// Bytes read per refill.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Reads entries from any `Read`.
+#[derive(Debug)]
+pub struct EntryReader<R> {
+    src: R,
+    parser: Parser,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The source returned end of file.
+    src_done: bool,
+    /// Offset in the source of `buf[start]`.
+    offset: u64,
+    /// How to treat the end of data when the source is at end of file right now.
+    at_end: End,
+}
+
+impl<R: Read> EntryReader<R> {
+    /// `offset` is the source position the first byte read will have (for positions).
+    pub fn new(src: R, parser: Parser, offset: u64) -> EntryReader<R> {
+        EntryReader {
+            src,
+            parser,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            src_done: false,
+            offset,
+            at_end: End::Eof,
+        }
+    }
+
+    /// What the end of the source means: [`End::Eof`] for a finished file (the default),
+    /// [`End::Quiet`] or [`End::More`] for a file still being written.
+    pub fn set_end(&mut self, at_end: End) {
+        self.at_end = at_end;
+    }
+
+    /// Offset in the source just past the last entry (or skipped bytes) handed out.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn parser(&self) -> &Parser {
+        &self.parser
+    }
+
+    /// Bytes read but not yet framed.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.src
+    }
+
+    pub fn into_inner(self) -> R {
+        self.src
+    }
+
+    /// The next entry and the offset just past it; None when the source has no complete entry left
+    /// (at a finished file's end, or until a growing file grows).
+    pub fn next_entry(&mut self) -> io::Result<Option<(LogEntry<'_>, u64)>> {
+        loop {
+            let end = if self.src_done {
+                self.at_end
+            } else {
+                End::More
+            };
+            match self.parser.frame(&self.buf[self.start..self.end], end) {
+                Frame::Entry(n) => {
+                    let s = self.start;
+                    self.start += n;
+                    self.offset += n as u64;
+                    let entry = self.parser.build(&self.buf[s..s + n]);
+                    stats::count_entry(&entry);
+                    return Ok(Some((entry, self.offset)));
+                }
+                Frame::Skip(n) => {
+                    self.start += n;
+                    self.offset += n as u64;
+                    stats::count_skipped(n);
+                }
+                Frame::NeedMore => {
+                    if self.src_done {
+                        // Read again on the next call: a growing file may have grown.
+                        self.src_done = false;
+                        return Ok(None);
+                    }
+                    self.fill()?;
+                }
+            }
+        }
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < self.end + CHUNK_BYTES {
+            self.buf.resize(self.end + CHUNK_BYTES, 0);
+        }
+        loop {
+            match self.src.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.src_done = true;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

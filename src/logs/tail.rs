@@ -1,0 +1,376 @@
+//! Following the server log: reads new entries as they are written, across rotation (by time, size
+//! or `pg_rotate_logfile()`), truncation and deletion, and hands them out in bounded batches whose
+//! position is persisted only when the caller commits it (see the contract in `logs`).
+//!
+//! The followed file is polled (`logs.poll_interval_ms`): a stat and a read per poll. inotify is not
+//! used: it misses changes on NFS and some bind mounts, and rotation still needs a directory check,
+//! so a poll over (inode, size) is both simpler and sufficient. When the current file stops growing
+//! and a newer one exists, the current one is read to its end before moving on (the logging
+//! collector opens the new file before it stops writing the old one). A stderr entry at the very
+//! end of a file is emitted once the file has been quiet for one poll (its continuation lines are
+//! written in the same write as its first line).
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+use super::parse::{End, Parser};
+use super::position::{
+    fingerprint, FileId, Position, PositionError, PositionStore, FINGERPRINT_BYTES,
+};
+use super::reader::EntryReader;
+pub use super::settings::TailSettings;
+use super::source::{LogFile, LogSource};
+use super::{finish_entry, stats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Position(#[from] PositionError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TailError + '_ {
+    move |source| TailError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Entries ready for a `pg_logs` batch and the position to commit once they are in the outbox.
+#[derive(Debug, Clone, Default)]
+pub struct LogBatch {
+    /// Finished entries (see [`super::finish_entry`]) as JSON values for `Batch::data`.
+    pub entries: Vec<Value>,
+    /// None when no file has been opened yet.
+    pub position: Option<Position>,
+}
+
+struct Current {
+    file: LogFile,
+    reader: EntryReader<File>,
+    /// Size at the previous poll, to tell a quiet file from a growing one.
+    last_size: u64,
+    fingerprint: (u64, u32),
+}
+
+/// Follows the server log. See the module documentation of `logs` for the commit contract.
+pub struct Tailer {
+    settings: TailSettings,
+    store: PositionStore,
+    committed: Option<Position>,
+    current: Option<Current>,
+    /// Files read to their end, so a file is never read twice.
+    finished: Vec<FileId>,
+    /// Entries read but not yet handed out (kept here so a dropped `next_batch` loses nothing).
+    pending: Vec<Value>,
+}
+
+impl Tailer {
+    /// Loads the saved position; files are opened on the first read.
+    pub fn open(settings: TailSettings) -> Result<Tailer, TailError> {
+        let store = PositionStore::new(&settings.state_dir);
+        let committed = store.load()?;
+        Ok(Tailer {
+            settings,
+            store,
+            committed,
+            current: None,
+            finished: Vec::new(),
+            pending: Vec::new(),
+        })
+    }
+
+    /// The last committed position.
+    pub fn committed(&self) -> Option<&Position> {
+        self.committed.as_ref()
+    }
+
+    /// Persists `position` (fsync'd) as the point reading resumes from after a restart. Call it
+    /// only once the entries up to it are durably stored elsewhere (the outbox).
+    pub fn commit(&mut self, position: &Position) -> Result<(), TailError> {
+        self.store.save(position)?;
+        self.committed = Some(position.clone());
+        Ok(())
+    }
+
+    /// At startup: `enqueued` is the position stored with the newest `pg_logs` batch still in the
+    /// outbox. A crash between enqueue and commit left the saved position behind it; this moves it
+    /// forward so those entries are not read twice.
+    pub fn reconcile(&mut self, enqueued: &Position) -> Result<(), TailError> {
+        let ahead = match &self.committed {
+            None => true,
+            Some(c) if c.id() == enqueued.id() => enqueued.offset > c.offset,
+            Some(c) => enqueued.modified_ns >= c.modified_ns,
+        };
+        if ahead {
+            self.commit(enqueued)?;
+            self.current = None;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Forgets what was read since the last commit (for example after the outbox refused a batch):
+    /// the next read starts again at the committed position.
+    pub fn rewind(&mut self) {
+        self.current = None;
+        self.pending.clear();
+        self.finished.clear();
+    }
+
+    /// Entries readable now, at most `max` (see below), without waiting; and the position after them.
+    pub fn take_batch(&mut self, max: usize) -> Result<LogBatch, TailError> {
+        self.fill(max)?;
+        // The position is only known after everything read so far, so all pending entries go out
+        // together: more than `max` only if a `next_batch` with a larger `max` was dropped.
+        Ok(LogBatch {
+            entries: std::mem::take(&mut self.pending),
+            position: self.position(),
+        })
+    }
+
+    /// Waits until `max` entries are read (an early batch) or `deadline` passes, polling every
+    /// `poll_interval`; returns what was read. Cancel-safe: entries read before the future is
+    /// dropped stay in the tailer for the next call.
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<LogBatch, TailError> {
+        loop {
+            self.fill(max)?;
+            let now = tokio::time::Instant::now();
+            if self.pending.len() >= max || now >= deadline {
+                return self.take_batch(max);
+            }
+            let wait = self.settings.poll_interval.min(deadline - now);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn position(&self) -> Option<Position> {
+        let Some(cur) = &self.current else {
+            return self.committed.clone();
+        };
+        Some(Position {
+            path: cur.file.path.clone(),
+            dev: cur.file.id.dev,
+            ino: cur.file.id.ino,
+            offset: cur.reader.offset(),
+            fingerprint: cur.fingerprint.0,
+            fingerprint_len: cur.fingerprint.1,
+            modified_ns: nanos(cur.file.modified),
+        })
+    }
+
+    /// Reads entries into `pending` until it holds `max` or nothing more is readable now.
+    fn fill(&mut self, max: usize) -> Result<(), TailError> {
+        if self.current.is_none() && !self.open_first()? {
+            return Ok(());
+        }
+        // Each pass either reads entries, switches file, or stops; switching is bounded by the
+        // number of files in the directory.
+        for _ in 0..10_000 {
+            self.read_available(max)?;
+            if self.pending.len() >= max {
+                return Ok(());
+            }
+            let Some(cur) = self.current.as_mut() else {
+                return Ok(());
+            };
+            let path = cur.file.path.clone();
+            let meta = cur.reader.get_ref().metadata().map_err(io_err(&path))?;
+            let read_to = cur.reader.offset() + cur.reader.buffered() as u64;
+            if meta.len() < read_to {
+                // Truncated in place (copytruncate, or log_truncate_on_rotation reusing the name).
+                stats::count_file_truncated();
+                self.reopen_current_at(0)?;
+                continue;
+            }
+            cur.file.modified = meta.modified().unwrap_or(cur.file.modified);
+            let quiet = meta.len() == cur.last_size;
+            if quiet && cur.reader.buffered() > 0 {
+                // Quiet for a poll: a complete stderr entry at the end is final.
+                cur.reader.set_end(End::Quiet);
+                self.read_available(max)?;
+                if let Some(cur) = self.current.as_mut() {
+                    cur.reader.set_end(End::More);
+                }
+                if self.pending.len() >= max {
+                    return Ok(());
+                }
+            }
+            if let Some(cur) = self.current.as_mut() {
+                cur.last_size = meta.len();
+            }
+            // Rotation shows as the current file going quiet; only then list the directory.
+            if !quiet {
+                return Ok(());
+            }
+            let Some(next) = self.next_file()? else {
+                return Ok(());
+            };
+            // A newer file exists: the current one is complete. Drain it, then move on.
+            if let Some(cur) = self.current.as_mut() {
+                cur.reader.set_end(End::Eof);
+            }
+            self.read_available(max)?;
+            if self.pending.len() >= max {
+                if let Some(cur) = self.current.as_mut() {
+                    cur.reader.set_end(End::More);
+                }
+                return Ok(());
+            }
+            if let Some(cur) = self.current.take() {
+                self.finished.push(cur.file.id);
+                if self.finished.len() > 256 {
+                    self.finished.remove(0);
+                }
+            }
+            self.open_file(next, 0)?;
+        }
+        Ok(())
+    }
+
+    fn read_available(&mut self, max: usize) -> Result<(), TailError> {
+        let Some(cur) = self.current.as_mut() else {
+            return Ok(());
+        };
+        while self.pending.len() < max {
+            let next = cur.reader.next_entry().map_err(io_err(&cur.file.path))?;
+            let Some((mut entry, _)) = next else { break };
+            finish_entry(&mut entry, &self.settings.finisher);
+            match serde_json::to_value(&entry) {
+                Ok(v) => self.pending.push(v),
+                Err(e) => {
+                    return Err(TailError::Io {
+                        path: cur.file.path.clone(),
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+        if cur.fingerprint.1 < FINGERPRINT_BYTES as u32 {
+            cur.fingerprint =
+                fingerprint(&cur.file.path, FINGERPRINT_BYTES).unwrap_or(cur.fingerprint);
+        }
+        Ok(())
+    }
+
+    /// Opens the file to start with: the committed one, else per `start_at_end`. False when there
+    /// is no file yet.
+    fn open_first(&mut self) -> Result<bool, TailError> {
+        let files = self.list()?;
+        if let Some(pos) = self.committed.clone() {
+            if let Some(f) = files
+                .iter()
+                .find(|f| f.id == pos.id() && pos.matches(&f.path))
+            {
+                let offset = if f.size < pos.offset {
+                    stats::count_file_truncated();
+                    0
+                } else {
+                    pos.offset
+                };
+                self.open_file(f.clone(), offset)?;
+                return Ok(true);
+            }
+            // The committed file is gone (or its inode was reused): continue with what came after.
+            let next = files
+                .into_iter()
+                .find(|f| nanos(f.modified) > pos.modified_ns && f.id != pos.id());
+            return match next {
+                Some(f) => {
+                    self.open_file(f, 0)?;
+                    Ok(true)
+                }
+                None => Ok(false),
+            };
+        }
+        let pick = if self.settings.start_at_end {
+            files.last().cloned().map(|f| {
+                let size = f.size;
+                (f, size)
+            })
+        } else {
+            files.first().cloned().map(|f| (f, 0))
+        };
+        match pick {
+            Some((f, offset)) => {
+                self.open_file(f, offset)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<LogFile>, TailError> {
+        match self.settings.source.files() {
+            Ok(f) => Ok(f),
+            Err(source) => Err(TailError::Io {
+                path: match &self.settings.source {
+                    LogSource::File(p) => p.clone(),
+                    LogSource::Dir { dir, .. } => dir.clone(),
+                },
+                source,
+            }),
+        }
+    }
+
+    /// The file to read after the current one, if it is finished.
+    fn next_file(&self) -> Result<Option<LogFile>, TailError> {
+        let Some(cur) = &self.current else {
+            return Ok(None);
+        };
+        let files = self.list()?;
+        let key = (cur.file.modified, cur.file.path.as_path());
+        Ok(files.into_iter().find(|f| {
+            f.id != cur.file.id
+                && !self.finished.contains(&f.id)
+                && match &self.settings.source {
+                    // One path: a different file there means it was replaced.
+                    LogSource::File(_) => true,
+                    LogSource::Dir { .. } => f.order_key() > key,
+                }
+        }))
+    }
+
+    fn reopen_current_at(&mut self, offset: u64) -> Result<(), TailError> {
+        if let Some(cur) = self.current.take() {
+            self.open_file(cur.file, offset)?;
+        }
+        Ok(())
+    }
+
+    fn open_file(&mut self, file: LogFile, offset: u64) -> Result<(), TailError> {
+        let mut f = File::open(&file.path).map_err(io_err(&file.path))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(io_err(&file.path))?;
+        let parser = Parser::new(
+            self.settings.format,
+            &self.settings.prefix,
+            self.settings.max_entry_bytes,
+        );
+        let mut reader = EntryReader::new(f, parser, offset);
+        reader.set_end(End::More);
+        let fp = fingerprint(&file.path, FINGERPRINT_BYTES).unwrap_or((0, 0));
+        self.current = Some(Current {
+            last_size: file.size,
+            file,
+            reader,
+            fingerprint: fp,
+        });
+        Ok(())
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

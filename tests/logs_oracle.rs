@@ -1,0 +1,260 @@
+//! The three-format oracle: a real server writes stderr, csvlog and jsonlog at once while a workload
+//! makes it log every kind of entry; the entries parsed from the stderr and csv files must equal the
+//! entries parsed from the jsonlog file, as multisets (the logging collector may interleave
+//! concurrent processes differently per destination), on every field each format carries.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use postgres_agent::logs::classify::sqlstate_class;
+use postgres_agent::logs::parse::LogFormat;
+use serde_json::{Map, Value};
+use support::logs::{log_files, parse_file, start_logging_server, workload};
+
+/// Which jsonlog keys a `log_line_prefix` carries, split at `%q` (keys after it are only written for
+/// processes with a session).
+fn carried(prefix: &str) -> (Vec<&'static str>, Vec<&'static str>) {
+    let (before, after) = prefix.split_once("%q").unwrap_or((prefix, ""));
+    let keys = |p: &str| {
+        let mut k = Vec::new();
+        let mut chars = p.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '%' {
+                continue;
+            }
+            while chars
+                .peek()
+                .is_some_and(|c| *c == '-' || c.is_ascii_digit())
+            {
+                chars.next();
+            }
+            match chars.next() {
+                Some('a') => k.push("application_name"),
+                Some('u') => k.push("user"),
+                Some('d') => k.push("dbname"),
+                Some('r') => k.extend(["remote_host", "remote_port"]),
+                Some('h') => k.push("remote_host"),
+                Some('b') => k.push("backend_type"),
+                Some('p') => k.push("pid"),
+                Some('P') => k.push("leader_pid"),
+                Some('t' | 'm' | 'n') => k.push("timestamp"),
+                Some('i') => k.push("ps"),
+                Some('e') => k.push("state_code"),
+                Some('c') => k.push("session_id"),
+                Some('s') => k.push("session_start"),
+                Some('v') => k.push("vxid"),
+                Some('x') => k.push("txid"),
+                Some('Q') => k.push("query_id"),
+                _ => {}
+            }
+        }
+        k
+    };
+    (keys(before), keys(after))
+}
+
+/// Keys every stderr entry carries whatever the prefix: the message and its auxiliary lines, and
+/// everything derived from them.
+const STDERR_BODY: &[&str] = &[
+    "error_severity",
+    "message",
+    "detail",
+    "hint",
+    "internal_query",
+    "internal_position",
+    "context",
+    "statement",
+    "cursor_position",
+    "func_name",
+    "file_name",
+    "file_line_num",
+    "event",
+    "duration_ms",
+    "correlation",
+    "extracted",
+    "truncated",
+];
+
+/// What the stderr parser should produce for a jsonlog entry under `prefix`.
+fn stderr_view(json: &Value, prefix: &str) -> Value {
+    let (before, after) = carried(prefix);
+    let obj = json.as_object().expect("entry object");
+    // jsonlog writes `ps` exactly for processes with a session (MyProcPort).
+    let has_session = obj.contains_key("ps");
+    let mut out = Map::new();
+    // With log_error_verbosity = verbose, stderr writes the SQLSTATE before the message.
+    let verbose = obj.contains_key("func_name");
+    for (k, v) in obj {
+        let k_ = k.as_str();
+        // These escapes print only for processes with a session, whatever jsonlog writes (a
+        // parallel worker has the leader's application_name but no session).
+        let needs_session = matches!(
+            k_,
+            "application_name" | "user" | "dbname" | "remote_host" | "remote_port" | "ps"
+        );
+        let keep = STDERR_BODY.contains(&k_)
+            || (verbose && k_ == "state_code")
+            || (before.contains(&k_) && (has_session || !needs_session))
+            || (has_session && after.contains(&k_));
+        // An empty ps display prints nothing, like an absent one.
+        if keep && !(k == "ps" && v == "") {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    // Without %e stderr has no SQLSTATE, so an error no message rule recognises is just `error`.
+    if !verbose && !before.contains(&"state_code") && !after.contains(&"state_code") {
+        if let Some(code) = obj.get("state_code").and_then(Value::as_str) {
+            if obj.get("event").and_then(Value::as_str) == Some(sqlstate_class(code)) {
+                out.insert("event".into(), "error".into());
+            }
+        }
+    }
+    if prefix.contains("%t") && !prefix.contains("%m") && !prefix.contains("%n") {
+        // %t has whole seconds.
+        if let Some(Value::String(ts)) = out.get_mut("timestamp") {
+            ts.replace_range(20..23, "000");
+        }
+    }
+    Value::Object(out)
+}
+
+fn sorted(values: impl IntoIterator<Item = Value>) -> Vec<String> {
+    let mut v: Vec<String> = values.into_iter().map(|v| v.to_string()).collect();
+    v.sort();
+    v
+}
+
+fn assert_same(label: &str, expected: Vec<String>, actual: Vec<String>) {
+    if expected == actual {
+        return;
+    }
+    let mut counts: BTreeMap<&String, i64> = BTreeMap::new();
+    for e in &expected {
+        *counts.entry(e).or_default() += 1;
+    }
+    for a in &actual {
+        *counts.entry(a).or_default() -= 1;
+    }
+    let diff: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n != 0)
+        .take(10)
+        .map(|(k, n)| format!("{} {k}", if *n > 0 { "missing:" } else { "extra:  " }))
+        .collect();
+    panic!(
+        "{label}: {} expected vs {} parsed entries differ:\n{}",
+        expected.len(),
+        actual.len(),
+        diff.join("\n")
+    );
+}
+
+fn oracle(prefix: &str, timezone: &str) {
+    let started = std::time::SystemTime::now();
+    let server = start_logging_server(prefix, timezone);
+    workload(&server);
+    server.stop();
+    let one = |ext: &str| {
+        let files = log_files(&server, ext);
+        assert_eq!(files.len(), 1, "one {ext} file expected: {files:?}");
+        files[0].clone()
+    };
+    let json = parse_file(&one("json"), LogFormat::Jsonlog, "");
+    let csv = parse_file(&one("csv"), LogFormat::Csvlog, "");
+    let stderr = parse_file(&one("log"), LogFormat::Stderr, prefix);
+
+    // The corpus covers what it claims to.
+    let events: Vec<&str> = json.iter().filter_map(|e| e["event"].as_str()).collect();
+    for needed in [
+        "connection_received",
+        "connection_authorized",
+        "disconnection",
+        "statement_duration",
+        "statement",
+        "data_exception",
+        "syntax_error_or_access_rule_violation",
+        "deadlock_detected",
+        "lock_waiting",
+        "lock_acquired",
+        "temp_file_created",
+        "auth_failed",
+        "autovacuum_completed",
+        "autoanalyze_completed",
+        "checkpoint_starting",
+        "checkpoint_complete",
+        "auto_explain",
+        "statement_canceled",
+        "server_start",
+        "server_shutdown",
+    ] {
+        assert!(events.contains(&needed), "no {needed} entry in {events:?}");
+    }
+    assert!(
+        json.iter().all(|e| !e["error_severity"].is_null()),
+        "unparsed jsonlog line"
+    );
+    assert!(json
+        .iter()
+        .any(|e| e["message"].as_str().unwrap_or("").contains("😀")));
+    assert!(
+        json.iter().any(|e| e.get("leader_pid").is_some()),
+        "no parallel worker entry"
+    );
+    assert!(
+        json.iter().any(|e| e.get("func_name").is_some()),
+        "no verbose entry"
+    );
+    assert!(json.iter().any(|e| e.get("internal_query").is_some()));
+    assert!(json
+        .iter()
+        .any(|e| e["extracted"]["plan"]["Plan"].is_object()));
+    // Timestamps were converted from log_timezone to UTC correctly.
+    let since = |ts: &str| {
+        let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+            .expect("rfc3339");
+        (t - time::OffsetDateTime::from(started)).whole_seconds()
+    };
+    for e in &json {
+        let s = since(e["timestamp"].as_str().expect("timestamp"));
+        assert!((-2..600).contains(&s), "timestamp off by {s} s: {e}");
+    }
+
+    assert_same("csvlog vs jsonlog", sorted(json.clone()), sorted(csv));
+    assert_same(
+        &format!("stderr ({prefix:?}) vs jsonlog"),
+        sorted(json.iter().map(|e| stderr_view(e, prefix))),
+        sorted(stderr),
+    );
+}
+
+#[test]
+fn oracle_debian_prefix() {
+    oracle("%m [%p] %q%u@%d ", "UTC");
+}
+
+#[test]
+fn oracle_pgbadger_prefix_with_zone_abbreviation() {
+    oracle(
+        "%t [%p]: [%l-1] user=%u,db=%d,app=%a,client=%h ",
+        "Europe/Berlin",
+    );
+}
+
+#[test]
+fn oracle_padded_prefix_with_numeric_offset() {
+    oracle(
+        "%n|%-10u|%-12d|%5p|%c|%e|%x|%-6v|%q%a|%r|%i|%Q|%b ",
+        "America/Sao_Paulo",
+    );
+}
+
+#[test]
+fn oracle_session_prefix() {
+    oracle("[%s] %h %P %l %m %e: ", "UTC");
+}
+
+#[test]
+fn oracle_empty_prefix() {
+    oracle("", "UTC");
+}

@@ -1,0 +1,113 @@
+//! A real HTTP listener inside the test process: records every request (headers and the gunzipped JSON
+//! body) and answers with a status the test can change at any time.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone, Default)]
+struct Shared {
+    received: Arc<Mutex<Vec<Received>>>,
+    status: Arc<AtomicU16>,
+}
+
+/// The listener runs on its own thread with its own runtime, so blocking tests can use it.
+pub struct Listener {
+    pub addr: SocketAddr,
+    shared: Shared,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+async fn ingest(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+    let gzip = headers.get("content-encoding").is_some_and(|v| v == "gzip");
+    let raw = if gzip {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut out)
+            .expect("gzip body");
+        out
+    } else {
+        body.to_vec()
+    };
+    let body: serde_json::Value = serde_json::from_slice(&raw).expect("JSON body");
+    let headers = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    s.received.lock().unwrap().push(Received { headers, body });
+    status
+}
+
+impl Listener {
+    pub fn start() -> Listener {
+        let shared = Shared::default();
+        shared.status.store(200, Ordering::SeqCst);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                let app = Router::new().route("/ingest", post(ingest)).with_state(s);
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        let addr = rx.recv().unwrap();
+        Listener {
+            addr,
+            shared,
+            _thread: thread,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/ingest", self.addr)
+    }
+
+    /// The status code answered from now on.
+    pub fn set_status(&self, status: u16) {
+        self.shared.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    /// Bodies of accepted (2xx-answered) requests are not distinguished here; tests set the status.
+    pub fn bodies_of_type(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.received()
+            .into_iter()
+            .map(|r| r.body)
+            .filter(|b| b["type"] == kind)
+            .collect()
+    }
+}

@@ -1,0 +1,179 @@
+//! Harness for the log pipeline tests: a server configured to log everything in all three formats,
+//! a workload that makes it log every kind of entry, and helpers to parse the files it wrote.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use postgres_agent::logs::parse::{LogFormat, Parser, MAX_ENTRY_BYTES};
+use postgres_agent::logs::reader::EntryReader;
+use postgres_agent::logs::{finish_entry, Finisher};
+use serde_json::Value;
+
+use super::pg::{PgOptions, PgServer, SUPERUSER};
+
+/// postgresql.conf lines that make the server log every kind of entry the parsers handle.
+pub fn verbose_logging(prefix: &str, timezone: &str) -> Vec<String> {
+    vec![
+        format!("log_line_prefix = '{prefix}'"),
+        format!("log_timezone = '{timezone}'"),
+        "log_min_duration_statement = 0".into(),
+        "log_statement = 'ddl'".into(),
+        "log_lock_waits = on".into(),
+        "deadlock_timeout = '200ms'".into(),
+        "log_temp_files = 0".into(),
+        "log_connections = on".into(),
+        "log_disconnections = on".into(),
+        "log_checkpoints = on".into(),
+        "log_autovacuum_min_duration = 0".into(),
+        "autovacuum_naptime = 1".into(),
+        "shared_preload_libraries = 'auto_explain'".into(),
+        "auto_explain.log_format = 'json'".into(),
+        "password_encryption = 'scram-sha-256'".into(),
+        "max_parallel_workers_per_gather = 2".into(),
+    ]
+}
+
+pub fn start_logging_server(prefix: &str, timezone: &str) -> PgServer {
+    PgServer::start_with(PgOptions {
+        conf: verbose_logging(prefix, timezone),
+        pg_stat_statements: false,
+    })
+}
+
+/// Runs psql without failing on SQL errors (the workload makes errors on purpose).
+pub fn psql_lenient(server: &PgServer, conn: &str, sql: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(server.bindir.join("psql"));
+    cmd.args(["-X", "-q", "-d", conn, "-c", sql]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run psql")
+}
+
+/// Makes the server log errors, multi-line and non-ASCII statements, a deadlock, lock waits, temp
+/// files, an authentication failure over TCP, autovacuum and autoanalyze, checkpoints, JSON
+/// auto_explain plans, a canceled statement, PL/pgSQL errors with QUERY/CONTEXT, verbose errors with
+/// LOCATION, and a parallel worker's error.
+pub fn workload(server: &PgServer) {
+    let db = server.conn_str("postgres");
+    let app = format!("{db} application_name='my app@x'");
+    let run = |conn: &str, sql: &str| psql_lenient(server, conn, sql, &[]);
+    run(
+        &db,
+        "create table t (id int primary key, v text); insert into t values (1, 'a'), (2, 'b')",
+    );
+    run(&db, "create table vac (id int, pad text) with (autovacuum_vacuum_threshold = 10, autovacuum_vacuum_scale_factor = 0, autovacuum_analyze_threshold = 10, autovacuum_analyze_scale_factor = 0)");
+    run(
+        &db,
+        "insert into vac select g, repeat('x', 100) from generate_series(1, 2000) g",
+    );
+    run(&db, "delete from vac where id % 2 = 0");
+    run(&app, "select 1/0");
+    run(&app, "selec 1");
+    run(&db, "select * from no_such_table");
+    run(&db, "select 'héllo\n\twörld ✓ 😀' as \"naïve\",\n  2 as x");
+    run(&db, "do $$ begin raise warning 'wärning %', 1; raise notice 'note' using detail = 'dé\ntail', hint = 'a hint'; end $$");
+    run(
+        &db,
+        "do $$ begin execute 'select * from no_such_in_plpgsql'; end $$",
+    );
+    run(&db, "do $$ begin raise exception 'boom' using detail = 'the detail', hint = 'the hint', errcode = 'P0001'; end $$");
+    run(&db, "set log_error_verbosity = verbose; select 1/0");
+    run(&db, "set statement_timeout = 100; select pg_sleep(2)");
+    run(&db, "set work_mem = '64kB'; select count(*) from (select g from generate_series(1, 50000) g order by g desc) s");
+    run(&db, "set auto_explain.log_min_duration = 0; select count(*) from t /* traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' */");
+    run(&db, "set force_parallel_mode = on; set parallel_setup_cost = 0; set parallel_tuple_cost = 0; select 1/(g - g) from generate_series(1, 3) g");
+    run(&db, "checkpoint");
+    // A password-protected role over TCP, allowed by pg_hba, with a wrong password.
+    run(&db, "create role pwuser login password 'right'");
+    let hba = server.data_dir.join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).expect("read pg_hba");
+    std::fs::write(
+        &hba,
+        format!("host all pwuser 127.0.0.1/32 scram-sha-256\n{text}"),
+    )
+    .expect("write pg_hba");
+    run(&db, "select pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(300));
+    let tcp = format!(
+        "host=127.0.0.1 port={} user=pwuser dbname=postgres",
+        server.port
+    );
+    psql_lenient(server, &tcp, "select 1", &[("PGPASSWORD", "wrong")]);
+    psql_lenient(
+        server,
+        &tcp,
+        "select 'ok over tcp'",
+        &[("PGPASSWORD", "right")],
+    );
+    // A lock wait that resolves, then a deadlock between two sessions.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            run(
+                &db,
+                "begin; update t set v = 'w' where id = 1; select pg_sleep(0.6); commit",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        s.spawn(|| run(&db, "update t set v = 'x' where id = 1"));
+    });
+    std::thread::scope(|s| {
+        s.spawn(|| run(&db, "begin; update t set v = 'd1' where id = 1; select pg_sleep(0.4); update t set v = 'd1' where id = 2; commit"));
+        s.spawn(|| run(&db, "begin; update t set v = 'd2' where id = 2; select pg_sleep(0.4); update t set v = 'd2' where id = 1; commit"));
+    });
+    wait_for_log(
+        server,
+        "automatic analyze of table",
+        Duration::from_secs(40),
+    );
+    wait_for_log(server, "automatic vacuum of table", Duration::from_secs(40));
+}
+
+/// Waits until some jsonlog file contains `needle`.
+pub fn wait_for_log(server: &PgServer, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        for f in log_files(server, "json") {
+            if std::fs::read_to_string(&f)
+                .unwrap_or_default()
+                .contains(needle)
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the server never logged {needle:?}");
+}
+
+/// The server's log files with this extension, oldest first.
+pub fn log_files(server: &PgServer, ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(server.log_dir())
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == ext));
+    files.sort();
+    files
+}
+
+/// Parses a file with the library's reader and finisher, as JSON values.
+pub fn parse_file(path: &Path, format: LogFormat, prefix: &str) -> Vec<Value> {
+    let file = std::fs::File::open(path).expect("open log");
+    let mut reader = EntryReader::new(file, Parser::new(format, prefix, MAX_ENTRY_BYTES), 0);
+    let finisher = Finisher {
+        correlation_keys: vec!["traceparent".into(), "correlation_id".into()],
+    };
+    let mut out = Vec::new();
+    while let Some((mut e, _)) = reader.next_entry().expect("read log") {
+        finish_entry(&mut e, &finisher);
+        out.push(serde_json::to_value(&e).expect("entry to json"));
+    }
+    out
+}
+
+pub fn superuser() -> &'static str {
+    SUPERUSER
+}
