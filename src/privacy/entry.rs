@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use super::fields::{LogFields, TextField};
 use super::lexer::StringMode;
 use super::messages::{self, SqlPart};
-use super::obfuscate::{obfuscate_with, ObfuscateOptions};
+use super::obfuscate::{obfuscate_keeping_numbers_in, obfuscate_with, ObfuscateOptions};
 use super::redact::{self, RedactClass, RedactClasses, REDACTED};
 use super::PrivacyError;
 use crate::config::PrivacyConfig;
@@ -92,20 +92,22 @@ impl Privacy {
 }
 
 /// The SQL of a `statement:`, `execute <name>:`, `parse`/`bind` or auto_explain `plan:` message
-/// obfuscated (plans keep their numbers: costs and row counts); other messages unchanged.
+/// obfuscated; a plan keeps the numbers of its statistics lines (costs, rows, times, buffers) and
+/// masks those of its query text, conditions and filters. Other messages are unchanged.
 pub fn obfuscate_message(message: &str) -> Cow<'_, str> {
     obfuscate_message_with(message, ObfuscateOptions::default())
 }
 
 fn obfuscate_message_with(message: &str, opts: ObfuscateOptions) -> Cow<'_, str> {
     match messages::message_sql(message) {
-        Some((at, part)) => {
-            let numbers = part == SqlPart::Statement;
-            mask_spans(
-                message,
-                &[(at, message.len())],
-                ObfuscateOptions { numbers, ..opts },
-            )
+        Some((at, SqlPart::Statement)) => mask_spans(message, &[(at, message.len())], opts),
+        Some((at, SqlPart::Plan)) => {
+            let plan = &message[at..];
+            let keep = messages::plan_statistics_lines(plan);
+            match obfuscate_keeping_numbers_in(plan, opts.strings, &keep) {
+                Cow::Borrowed(_) => Cow::Borrowed(message),
+                Cow::Owned(masked) => Cow::Owned(format!("{}{masked}", &message[..at])),
+            }
         }
         None => Cow::Borrowed(message),
     }

@@ -27,7 +27,7 @@
 //!   `Cow<str>` or `Option<Cow<str>>` ([`TextField`]), so `logs::LogEntry` fits as it is. A field
 //!   borrowed from the parser's buffer becomes owned only when its text changes.
 //!   Redaction runs first, on the raw text; obfuscation (if enabled) then masks the literals of the
-//!   statement fields, of `statement:`/`execute ...:`/`plan:` messages (plans keep their numbers),
+//!   statement fields, of `statement:`/`execute ...:`/`plan:` messages (a plan's statistics lines keep their numbers),
 //!   `prepare:` details, `parameters: $1 = '...'` lists and `SQL statement "..."` context lines.
 //!   Correlation IDs must be extracted before (comments are kept anyway). The pieces are also public on
 //!   their own: [`obfuscate_message`] and [`obfuscate_parameters`] for a single message or DETAIL,
