@@ -391,3 +391,48 @@ fn real_log_lines_lose_passwords_syntax_errors_parameters_and_rows_per_class() {
         );
     }
 }
+
+#[test]
+fn auto_explain_plans_keep_statistics_and_lose_query_literals() {
+    let server = PgServer::start_with(PgOptions {
+        conf: vec![
+            "shared_preload_libraries = 'pg_stat_statements,auto_explain'".into(),
+            "auto_explain.log_min_duration = 0".into(),
+            "auto_explain.log_analyze = on".into(),
+            "auto_explain.log_buffers = on".into(),
+        ],
+        ..PgOptions::default()
+    });
+    server.psql(
+        "postgres",
+        "CREATE TABLE acct (email text, n int); INSERT INTO acct VALUES ('a@b', 1)",
+    );
+    server.psql(
+        "postgres",
+        "SELECT * FROM acct\n WHERE email = 'Expl41n@example.org' AND n > 987654",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut plan = loop {
+        let found = parse_logs(&server, LogFormat::Stderr)
+            .into_iter()
+            .find(|e| e.message.contains("plan:") && e.message.contains("Expl41n"));
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no auto_explain plan logged");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(plan.message.contains("987654") && plan.message.contains("Filter: "));
+    apply(&mut plan, &Privacy::default());
+    let m = &plan.message;
+    assert!(!m.contains("Expl41n") && !m.contains("987654"), "{m}");
+    assert!(m.contains("WHERE email = ? AND n > ?"), "{m}");
+    assert!(
+        m.contains("(email = ?::text)") && m.contains("(n > ?)"),
+        "{m}"
+    );
+    assert!(
+        m.contains("(cost=") && m.contains("rows=") && m.contains("actual time="),
+        "{m}"
+    );
+}
