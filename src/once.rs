@@ -3,8 +3,9 @@
 //! are still printed; each failure is logged on stderr).
 //!
 //! The statement baseline under `agent.state_dir` is read and updated, so two runs report the
-//! statement activity between them. Until delivery to a listener is built (issue 5), a run without
-//! `--dry-run` prints batches the same way, as the no-listener default does.
+//! statement activity between them. Without `--dry-run` and with `listener.url` set, the batches go
+//! through the outbox and one bounded send pass (what is not delivered stays in the outbox for the
+//! daemon); with no listener they are printed, as the no-listener default does.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use crate::collect::Collectors;
 use crate::config::Config;
 use crate::db::Db;
 use crate::ship::batch::Batch;
+use crate::ship::Shipper;
 
 /// Runs one cycle and prints its batches.
 pub fn run(config: &Config, dry_run: bool) -> ExitCode {
@@ -33,16 +35,15 @@ pub fn run(config: &Config, dry_run: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !dry_run && config.listener.url.is_some() {
-        tracing::warn!(
-            "delivery to listener.url is not in this build yet; printing batches to stdout"
-        );
-    }
     let mut collectors = Collectors::new(config);
     let report = runtime.block_on(collectors.run_cycle(&db, config));
     db.close();
-    if let Err(e) = print_batches(&report.batches) {
-        eprintln!("postgres-agent: cannot write to stdout: {e}");
+    if dry_run || config.listener.url.is_none() {
+        if let Err(e) = print_batches(&report.batches) {
+            eprintln!("postgres-agent: cannot write to stdout: {e}");
+            return ExitCode::FAILURE;
+        }
+    } else if !ship(config, &report.batches, &runtime) {
         return ExitCode::FAILURE;
     }
     if report.all_ok() {
@@ -50,6 +51,38 @@ pub fn run(config: &Config, dry_run: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Writes the batches to the outbox and makes one bounded send pass. False when a batch could not
+/// be written to the outbox.
+fn ship(config: &Config, batches: &[Batch], runtime: &tokio::runtime::Runtime) -> bool {
+    let shipper = match Shipper::open(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("postgres-agent: {e}");
+            return false;
+        }
+    };
+    let mut ok = true;
+    for batch in batches {
+        if let Err(e) = shipper.enqueue(batch) {
+            eprintln!(
+                "postgres-agent: batch {} ({}): {e}",
+                batch.batch_id, batch.kind
+            );
+            ok = false;
+        }
+    }
+    let budget = config.listener.timeout * 3;
+    let report = runtime.block_on(shipper.drain(budget));
+    tracing::info!(sent = report.delivered, waiting = report.remaining, stopped = ?report.stopped, "send pass finished");
+    if report.remaining > 0 {
+        eprintln!(
+            "postgres-agent: {} batches wait in the outbox ({:?}); the daemon will send them",
+            report.remaining, report.stopped
+        );
+    }
+    ok
 }
 
 /// Writes each batch as one JSON line.
