@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use postgres_agent::config::Config;
+use postgres_agent::telemetry::logging::LogControl;
 
 /// sysexits.h EX_CONFIG.
 const EXIT_CONFIG: u8 = 78;
@@ -73,7 +74,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let explicit = |positional: &Option<PathBuf>| positional.clone().or_else(|| cli.config.clone());
     match &cli.command {
-        Command::Run { config } => with_config(explicit(config), |_config| not_yet("run", 6)),
+        Command::Run { config } => with_config_and_log(explicit(config), |config, log| {
+            postgres_agent::daemon::run(config.file.clone(), config, log)
+        }),
         Command::Once { config, dry_run } => with_config(explicit(config), |config| {
             postgres_agent::once::run(&config, *dry_run)
         }),
@@ -92,10 +95,22 @@ fn main() -> ExitCode {
 }
 
 fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    with_config_and_log(path, |config, _| f(config))
+}
+
+/// Loads the configuration and starts logging; the closure also gets the handle that changes the
+/// log level on reload.
+fn with_config_and_log(
+    path: Option<PathBuf>,
+    f: impl FnOnce(Config, LogControl) -> ExitCode,
+) -> ExitCode {
     match Config::load(path.as_deref()) {
         Ok(config) => {
-            postgres_agent::telemetry::logging::init(&config.logging.level, &config.logging.format);
-            f(config)
+            let log = postgres_agent::telemetry::logging::init(
+                &config.logging.level,
+                &config.logging.format,
+            );
+            f(config, log)
         }
         Err(e) => {
             eprintln!("postgres-agent: configuration error: {e}");
@@ -162,11 +177,4 @@ fn parse_log(
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_yet(command: &str, issue: u32) -> ExitCode {
-    eprintln!(
-        "postgres-agent: `{command}` is not available in this build yet (tracked in issue {issue})"
-    );
-    ExitCode::from(2)
 }

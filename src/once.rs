@@ -4,8 +4,8 @@
 //!
 //! The statement baseline under `agent.state_dir` is read and updated, so two runs report the
 //! statement activity between them. Without `--dry-run` and with `listener.url` set, the batches go
-//! through the outbox and one drain pass (docs/shipping.md); exit status 1 also when they could not
-//! all be delivered (they stay queued for the next run or the daemon).
+//! through the outbox and one bounded send pass (what is not delivered stays in the outbox for the
+//! daemon); with no listener they are printed, as the no-listener default does.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -14,7 +14,7 @@ use crate::collect::Collectors;
 use crate::config::Config;
 use crate::db::Db;
 use crate::ship::batch::Batch;
-use crate::ship::{DrainStop, Shipper};
+use crate::ship::Shipper;
 
 /// Runs one cycle and prints its batches.
 pub fn run(config: &Config, dry_run: bool) -> ExitCode {
@@ -35,56 +35,54 @@ pub fn run(config: &Config, dry_run: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shipper = match (dry_run, &config.listener.url) {
-        (false, Some(_)) => match Shipper::open(config) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("postgres-agent: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        _ => None,
-    };
     let mut collectors = Collectors::new(config);
     let report = runtime.block_on(collectors.run_cycle(&db, config));
     db.close();
-    let delivered = match &shipper {
-        Some(shipper) => runtime.block_on(ship(shipper, &report.batches, config)),
-        None => match print_batches(&report.batches) {
-            Ok(()) => true,
-            Err(e) => {
-                eprintln!("postgres-agent: cannot write to stdout: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-    };
-    if report.all_ok() && delivered {
+    if dry_run || config.listener.url.is_none() {
+        if let Err(e) = print_batches(&report.batches) {
+            eprintln!("postgres-agent: cannot write to stdout: {e}");
+            return ExitCode::FAILURE;
+        }
+    } else if !ship(config, &report.batches, &runtime) {
+        return ExitCode::FAILURE;
+    }
+    if report.all_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
 }
 
-/// Enqueues the batches and runs one drain pass; true when the outbox ended empty.
-async fn ship(shipper: &Shipper, batches: &[Batch], config: &Config) -> bool {
+/// Writes the batches to the outbox and makes one bounded send pass. False when a batch could not
+/// be written to the outbox.
+fn ship(config: &Config, batches: &[Batch], runtime: &tokio::runtime::Runtime) -> bool {
+    let shipper = match Shipper::open(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("postgres-agent: {e}");
+            return false;
+        }
+    };
+    let mut ok = true;
     for batch in batches {
         if let Err(e) = shipper.enqueue(batch) {
             eprintln!(
                 "postgres-agent: batch {} ({}): {e}",
                 batch.batch_id, batch.kind
             );
+            ok = false;
         }
     }
-    // Enough for every batch of one cycle plus a slow answer; a backlog left by earlier runs may
-    // need more than one run.
-    let report = shipper.drain(config.listener.timeout * 2).await;
-    if report.stopped != DrainStop::Empty {
+    let budget = config.listener.timeout * 3;
+    let report = runtime.block_on(shipper.drain(budget));
+    tracing::info!(sent = report.delivered, waiting = report.remaining, stopped = ?report.stopped, "send pass finished");
+    if report.remaining > 0 {
         eprintln!(
-            "postgres-agent: {} batch(es) delivered, {} still queued in the outbox ({:?}); see `postgres-agent status`",
-            report.delivered, report.remaining, report.stopped
+            "postgres-agent: {} batches wait in the outbox ({:?}); the daemon will send them",
+            report.remaining, report.stopped
         );
     }
-    report.stopped == DrainStop::Empty
+    ok
 }
 
 /// Writes each batch as one JSON line.

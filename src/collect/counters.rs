@@ -33,6 +33,10 @@ pub static ACTIVITY_ROWS_OMITTED: Counter = Counter::new();
 pub static STATEMENTS_OMITTED: Counter = Counter::new();
 /// The agent's own statements left out of pg_statements.
 pub static STATEMENTS_AGENT_OWN: Counter = Counter::new();
+/// Server execution + planning time of the agent's own statements, in microseconds (cumulative).
+pub static AGENT_EXEC_TIME_US: Counter = Counter::new();
+/// Calls of the agent's own statements (cumulative).
+pub static AGENT_CALLS: Counter = Counter::new();
 /// pg_stat_statements rows hidden by missing privileges (NULL queryid): grant pg_read_all_stats.
 pub static STATEMENTS_NO_PRIVILEGE: Counter = Counter::new();
 /// Entries re-baselined after a reset or an eviction (reported from zero, flagged).
@@ -58,6 +62,8 @@ pub struct CounterSnapshot {
     pub activity_rows_omitted: u64,
     pub statements_omitted: u64,
     pub statements_agent_own: u64,
+    pub agent_exec_time_us: u64,
+    pub agent_calls: u64,
     pub statements_no_privilege: u64,
     pub statements_reset_entries: u64,
     pub statements_text_missing: u64,
@@ -76,6 +82,8 @@ pub fn counters() -> CounterSnapshot {
         activity_rows_omitted: ACTIVITY_ROWS_OMITTED.get(),
         statements_omitted: STATEMENTS_OMITTED.get(),
         statements_agent_own: STATEMENTS_AGENT_OWN.get(),
+        agent_exec_time_us: AGENT_EXEC_TIME_US.get(),
+        agent_calls: AGENT_CALLS.get(),
         statements_no_privilege: STATEMENTS_NO_PRIVILEGE.get(),
         statements_reset_entries: STATEMENTS_RESET_ENTRIES.get(),
         statements_text_missing: STATEMENTS_TEXT_MISSING.get(),

@@ -21,7 +21,9 @@ use super::{col, counters, query_text, round_ms, CollectError, Collected, Collec
 use crate::db::Session;
 use crate::ship::batch::{now_rfc3339, BatchKind};
 use baseline::{Delta, Entry, Key, Snapshot};
-use columns::{ExtVersion, Unit, COUNTERS, INFO_SINCE, STATS_SINCE_SINCE, TOTAL_EXEC, TOTAL_PLAN};
+use columns::{
+    ExtVersion, Unit, CALLS, COUNTERS, INFO_SINCE, STATS_SINCE_SINCE, TOTAL_EXEC, TOTAL_PLAN,
+};
 use texts::{Lookup, TextCache};
 
 /// Upper bound on rows read from pg_stat_statements per cycle (pg_stat_statements.max is usually
@@ -170,10 +172,21 @@ impl Collector for StatementsCollector {
         let (mut deltas, full_reset) = baseline::deltas(&prev, &cur);
         let resets = deltas.iter().filter(|d| d.reset).count() as u64;
         counters::STATEMENTS_RESET_ENTRIES.add(resets);
-        let before = deltas.len();
-        deltas.retain(|d| !self.texts.is_agent(d.key.queryid));
-        let mut agent_own = (before - deltas.len()) as u64;
         let total = |d: &Delta| value(&cur, d, TOTAL_EXEC) + value(&cur, d, TOTAL_PLAN);
+        // The agent's own cost to the server, for /metrics: its statements' time and calls.
+        let agent_cost = |d: &Delta| {
+            counters::AGENT_EXEC_TIME_US.add((total(d) * 1000.0) as u64);
+            counters::AGENT_CALLS.add(value(&cur, d, CALLS) as u64);
+        };
+        let before = deltas.len();
+        deltas.retain(|d| {
+            let own = self.texts.is_agent(d.key.queryid);
+            if own {
+                agent_cost(d);
+            }
+            !own
+        });
+        let mut agent_own = (before - deltas.len()) as u64;
         deltas.sort_by(|a, b| total(b).total_cmp(&total(a)).then(a.key.cmp(&b.key)));
 
         let max = config.safety.max_statement_rows;
@@ -196,6 +209,7 @@ impl Collector for StatementsCollector {
             for d in &deltas[window] {
                 if self.texts.is_agent(d.key.queryid) {
                     agent_own += 1;
+                    agent_cost(d);
                 } else {
                     chosen.push(d.clone());
                 }
