@@ -1,6 +1,6 @@
 //! End to end through the real binary: `postgres-agent once` against a real PostgreSQL delivers its
-//! batches to a real listener through the outbox; with the listener down they stay queued, `status`
-//! shows them, and the next run delivers them in order.
+//! batches to a real listener through the outbox; with the listener failing they stay queued,
+//! `status` shows them, and the next run delivers them in order.
 
 mod support;
 
@@ -52,11 +52,11 @@ fn once_delivers_through_the_outbox_and_keeps_batches_through_an_outage() {
             assert_eq!(r.authorization.as_deref(), Some("Bearer k"));
         }
 
-        // The listener fails: the run exits 1 and the batches stay queued.
+        // The listener fails: the batches stay queued (safely: the run still succeeds).
         listener.set(Behavior::Status(503, Some("0".into())));
         let (code, stderr) = once(&server, state.path(), &listener.url()).await;
-        assert_eq!(code, 1, "{stderr}");
-        assert!(stderr.contains("still queued"), "{stderr}");
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stderr.contains("4 batches wait in the outbox"), "{stderr}");
         let ini = state.path().join("agent.ini");
         let status = agent(&["status", "--json", ini.to_str().unwrap()], &[]);
         let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
