@@ -518,7 +518,8 @@ fn status_command_reads_the_outbox_while_it_is_open() {
         assert!(text.contains("HTTP 400"), "{text}");
         assert!(text.contains("last send:     20"), "{text}");
 
-        let out = support::agent(&["status", "--json", ini], &[]);
+        // `--config` after the subcommand works too (it used to be shadowed by the positional).
+        let out = support::agent(&["status", "--json", "--config", ini], &[]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let o = &v["outbox"];
         assert_eq!(o["depth"], 3);
