@@ -410,3 +410,33 @@ fn shipper_can_be_shared_across_tasks() {
     let report = support::rt().block_on(drain);
     assert_eq!(report.stopped, DrainStop::NoListener);
 }
+
+#[test]
+fn a_drain_pass_stops_at_its_budget_and_the_next_continues_in_order() {
+    support::rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = Listener::start().await;
+        let shipper = Shipper::open(&ship_config(dir.path(), Some(&listener.url()), "")).unwrap();
+        let batches: Vec<_> = (0..5)
+            .map(|i| test_batch(BatchKind::PgActivity, 2, i))
+            .collect();
+        for b in &batches {
+            shipper.enqueue(b).unwrap();
+        }
+        // Each answer takes 300 ms: a 500 ms budget allows two requests (the second one starts
+        // inside the budget and is allowed to finish).
+        listener.set(Behavior::Stall(Duration::from_millis(300)));
+        let r = shipper.drain(Duration::from_millis(500)).await;
+        assert_eq!(
+            (r.stopped, r.delivered, r.remaining),
+            (DrainStop::Budget, 2, 3)
+        );
+        assert!(r.elapsed_ms >= 500, "{r:?}");
+        listener.set(Behavior::Accept);
+        let r = shipper.drain(BUDGET).await;
+        assert_eq!((r.stopped, r.delivered), (DrainStop::Empty, 3));
+        let got: Vec<String> = listener.received().iter().map(|r| r.batch_id()).collect();
+        let want: Vec<String> = batches.iter().map(|b| b.batch_id.to_string()).collect();
+        assert_eq!(got, want);
+    });
+}
