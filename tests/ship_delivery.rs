@@ -109,8 +109,9 @@ fn retry_after_is_honoured_and_stalls_time_out() {
             DrainStop::Failed,
             "a stalled listener is a timeout"
         );
+        // The 3 s stall is cut off by the 1 s timeout, not waited out.
         assert!(
-            started.elapsed() < Duration::from_millis(2500),
+            started.elapsed() < Duration::from_millis(2900),
             "{:?}",
             started.elapsed()
         );
