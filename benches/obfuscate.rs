@@ -174,7 +174,8 @@ fn main() {
     measure("log entry (defaults: redact+mask)", &entries, secs, |m| {
         let mut message = Some(m.to_string());
         let mut detail = Some("parameters: $1 = 'ann@example.com', $2 = '42'".to_string());
-        let (mut hint, mut context, mut statement, mut query) = (None, None, None, None);
+        let [mut hint, mut context, mut statement, mut query]: [Option<String>; 4] =
+            Default::default();
         privacy.apply_to_log(LogFields {
             sqlstate: Some("00000"),
             message: &mut message,

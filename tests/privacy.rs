@@ -1,6 +1,6 @@
 //! The privacy module on real PostgreSQL output: query texts read from pg_stat_activity of busy
 //! sessions (complete, and cut by a small track_activity_query_size), and real server log lines
-//! (stderr and jsonlog) holding passwords, syntax errors, bind parameters and row data.
+//! (stderr, csvlog and jsonlog, read by the agent's own parsers) holding passwords, syntax errors, bind parameters and row data.
 
 mod support;
 
@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use postgres_agent::db::Db;
+use postgres_agent::logs::parse::{LogFormat, Parser, MAX_ENTRY_BYTES};
+use postgres_agent::logs::reader::EntryReader;
+use postgres_agent::logs::LogEntry;
 use postgres_agent::privacy::{fingerprint, obfuscate, LogFields, Privacy, RedactClasses};
 use support::{agent_config, rt, PgOptions, PgServer};
 
@@ -157,113 +160,55 @@ fn texts_cut_by_track_activity_query_size_never_leak_the_cut_literal() {
     db.close();
 }
 
-/// One log entry's jsonlog-named text fields.
-#[derive(Default, Debug, Clone)]
-struct Entry {
-    state_code: Option<String>,
-    message: Option<String>,
-    detail: Option<String>,
-    hint: Option<String>,
-    context: Option<String>,
-    statement: Option<String>,
-    internal_query: Option<String>,
-}
-
-impl Entry {
-    fn apply(&mut self, privacy: &Privacy) {
-        privacy.apply_to_log(LogFields {
-            sqlstate: self.state_code.as_deref(),
-            message: &mut self.message,
-            detail: &mut self.detail,
-            hint: &mut self.hint,
-            context: &mut self.context,
-            statement: &mut self.statement,
-            query: &mut self.internal_query,
-        });
-    }
-
-    fn all_text(&self) -> String {
-        [
-            &self.message,
-            &self.detail,
-            &self.hint,
-            &self.context,
-            &self.statement,
-            &self.internal_query,
-        ]
-        .iter()
-        .filter_map(|f| f.as_deref())
-        .collect::<Vec<_>>()
-        .join("\n")
-    }
-}
-
-/// Minimal reader of the harness's stderr format (`%m [%p] %q%u@%d SEVERITY:  text`): enough to feed
-/// real lines to the privacy module; the real parser is the log pipeline's.
-fn parse_stderr(text: &str) -> Vec<Entry> {
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut last: Option<&'static str> = None;
-    for line in text.lines() {
-        if let Some(cont) = line.strip_prefix('\t') {
-            if let (Some(e), Some(field)) = (entries.last_mut(), last) {
-                let f = field_mut(e, field);
-                if let Some(t) = f.as_mut() {
-                    t.push('\n');
-                    t.push_str(cont);
-                }
-            }
+/// Every entry of the server's log files in `format`, parsed by the agent's own log parsers.
+fn parse_logs(server: &PgServer, format: LogFormat) -> Vec<LogEntry<'static>> {
+    let ext = match format {
+        LogFormat::Stderr => "log",
+        LogFormat::Csvlog => "csv",
+        LogFormat::Jsonlog => "json",
+    };
+    let mut entries = Vec::new();
+    for file in std::fs::read_dir(server.log_dir()).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some(ext) {
             continue;
         }
-        let Some((head, body)) = line.split_once(":  ") else {
-            continue;
-        };
-        let severity = head.rsplit(' ').next().unwrap_or("");
-        let field = match severity {
-            "DETAIL" => "detail",
-            "HINT" => "hint",
-            "CONTEXT" => "context",
-            "STATEMENT" => "statement",
-            "QUERY" => "internal_query",
-            _ => {
-                entries.push(Entry::default());
-                "message"
-            }
-        };
-        if let Some(e) = entries.last_mut() {
-            *field_mut(e, field) = Some(body.to_string());
+        let parser = Parser::new(format, HARNESS_PREFIX, MAX_ENTRY_BYTES);
+        let mut reader = EntryReader::new(std::fs::File::open(&path).unwrap(), parser, 0);
+        while let Some((entry, _)) = reader.next_entry().unwrap() {
+            entries.push(entry.into_owned());
         }
-        last = Some(field);
     }
+    assert!(!entries.is_empty(), "no {ext} log entries");
     entries
 }
 
-fn field_mut<'a>(e: &'a mut Entry, name: &str) -> &'a mut Option<String> {
-    match name {
-        "detail" => &mut e.detail,
-        "hint" => &mut e.hint,
-        "context" => &mut e.context,
-        "statement" => &mut e.statement,
-        "internal_query" => &mut e.internal_query,
-        _ => &mut e.message,
-    }
+/// The harness's `log_line_prefix` (tests/support/pg.rs).
+const HARNESS_PREFIX: &str = "%m [%p] %q%u@%d ";
+
+fn apply(entry: &mut LogEntry<'_>, privacy: &Privacy) {
+    privacy.apply_to_log(LogFields {
+        sqlstate: entry.state_code.as_deref(),
+        message: &mut entry.message,
+        detail: &mut entry.detail,
+        hint: &mut entry.hint,
+        context: &mut entry.context,
+        statement: &mut entry.statement,
+        query: &mut entry.internal_query,
+    });
 }
 
-fn parse_jsonlog(text: &str) -> Vec<Entry> {
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| {
-            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-            Entry {
-                state_code: s("state_code"),
-                message: s("message"),
-                detail: s("detail"),
-                hint: s("hint"),
-                context: s("context"),
-                statement: s("statement"),
-                internal_query: s("internal_query"),
-            }
-        })
-        .collect()
+fn all_text(e: &LogEntry<'_>) -> String {
+    [
+        &e.detail,
+        &e.hint,
+        &e.context,
+        &e.statement,
+        &e.internal_query,
+    ]
+    .iter()
+    .filter_map(|f| f.as_deref())
+    .fold(e.message.to_string(), |acc, t| acc + "\n" + t)
 }
 
 fn read_logs(server: &PgServer, ext: &str) -> String {
@@ -294,17 +239,13 @@ const PARAM_ERR: &str = "P4ramErr";
 const ROW: &str = "ann@example.org";
 const CONTEXT_SQL: &str = "Ctx5ecret";
 
-fn texts(entries: &[Entry]) -> String {
-    entries
-        .iter()
-        .map(Entry::all_text)
-        .collect::<Vec<_>>()
-        .join("\n")
+fn texts(entries: &[LogEntry<'_>]) -> String {
+    entries.iter().map(all_text).collect::<Vec<_>>().join("\n")
 }
 
-fn redacted(entries: &[Entry], privacy: &Privacy) -> String {
+fn redacted(entries: &[LogEntry<'static>], privacy: &Privacy) -> String {
     let mut entries = entries.to_vec();
-    entries.iter_mut().for_each(|e| e.apply(privacy));
+    entries.iter_mut().for_each(|e| apply(e, privacy));
     texts(&entries)
 }
 
@@ -351,17 +292,17 @@ fn real_log_lines_lose_passwords_syntax_errors_parameters_and_rows_per_class() {
     });
     server.psql("postgres", "SELECT 'end-of-test-marker'");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !(read_logs(&server, "log").contains("end-of-test-marker")
-        && read_logs(&server, "json").contains("end-of-test-marker"))
+    while !["log", "csv", "json"]
+        .iter()
+        .all(|ext| read_logs(&server, ext).contains("end-of-test-marker"))
     {
         assert!(Instant::now() < deadline, "log lines never arrived");
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    for (format, entries) in [
-        ("stderr", parse_stderr(&read_logs(&server, "log"))),
-        ("jsonlog", parse_jsonlog(&read_logs(&server, "json"))),
-    ] {
+    for format in [LogFormat::Stderr, LogFormat::Csvlog, LogFormat::Jsonlog] {
+        let entries = parse_logs(&server, format);
+        let format = format.as_str();
         let raw = texts(&entries);
         let every = [PARAM, PARAM_ERR, ROW, CONTEXT_SQL];
         for secret in PASSWORDS.iter().chain(&SYNTAX).chain(&every) {
@@ -449,4 +390,49 @@ fn real_log_lines_lose_passwords_syntax_errors_parameters_and_rows_per_class() {
             "{format}:\n{out}"
         );
     }
+}
+
+#[test]
+fn auto_explain_plans_keep_statistics_and_lose_query_literals() {
+    let server = PgServer::start_with(PgOptions {
+        conf: vec![
+            "shared_preload_libraries = 'pg_stat_statements,auto_explain'".into(),
+            "auto_explain.log_min_duration = 0".into(),
+            "auto_explain.log_analyze = on".into(),
+            "auto_explain.log_buffers = on".into(),
+        ],
+        ..PgOptions::default()
+    });
+    server.psql(
+        "postgres",
+        "CREATE TABLE acct (email text, n int); INSERT INTO acct VALUES ('a@b', 1)",
+    );
+    server.psql(
+        "postgres",
+        "SELECT * FROM acct\n WHERE email = 'Expl41n@example.org' AND n > 987654",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut plan = loop {
+        let found = parse_logs(&server, LogFormat::Stderr)
+            .into_iter()
+            .find(|e| e.message.contains("plan:") && e.message.contains("Expl41n"));
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no auto_explain plan logged");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(plan.message.contains("987654") && plan.message.contains("Filter: "));
+    apply(&mut plan, &Privacy::default());
+    let m = &plan.message;
+    assert!(!m.contains("Expl41n") && !m.contains("987654"), "{m}");
+    assert!(m.contains("WHERE email = ? AND n > ?"), "{m}");
+    assert!(
+        m.contains("(email = ?::text)") && m.contains("(n > ?)"),
+        "{m}"
+    );
+    assert!(
+        m.contains("(cost=") && m.contains("rows=") && m.contains("actual time="),
+        "{m}"
+    );
 }

@@ -4,41 +4,13 @@
 
 use std::borrow::Cow;
 
+use super::fields::{LogFields, TextField};
 use super::lexer::StringMode;
 use super::messages::{self, SqlPart};
-use super::obfuscate::{obfuscate_with, ObfuscateOptions};
+use super::obfuscate::{obfuscate_keeping_numbers_in, obfuscate_with, ObfuscateOptions};
 use super::redact::{self, RedactClass, RedactClasses, REDACTED};
 use super::PrivacyError;
 use crate::config::PrivacyConfig;
-
-/// The text fields of one log entry, borrowed from whatever type the log pipeline uses, named as in
-/// PostgreSQL's jsonlog. Fields the source format lacks stay `None`.
-pub struct LogFields<'a> {
-    /// `state_code` (SQLSTATE), when the format carries it.
-    pub sqlstate: Option<&'a str>,
-    pub message: &'a mut Option<String>,
-    pub detail: &'a mut Option<String>,
-    pub hint: &'a mut Option<String>,
-    pub context: &'a mut Option<String>,
-    /// `statement`: the client statement the entry is about.
-    pub statement: &'a mut Option<String>,
-    /// `internal_query`: the query of a PL/pgSQL or SPI failure.
-    pub query: &'a mut Option<String>,
-}
-
-impl LogFields<'_> {
-    /// Every text field, for scans that apply to all of them.
-    pub(super) fn texts(&mut self) -> [&mut Option<String>; 6] {
-        [
-            &mut *self.message,
-            &mut *self.detail,
-            &mut *self.hint,
-            &mut *self.context,
-            &mut *self.statement,
-            &mut *self.query,
-        ]
-    }
-}
 
 /// The validated `[privacy]` settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,20 +92,22 @@ impl Privacy {
 }
 
 /// The SQL of a `statement:`, `execute <name>:`, `parse`/`bind` or auto_explain `plan:` message
-/// obfuscated (plans keep their numbers: costs and row counts); other messages unchanged.
+/// obfuscated; a plan keeps the numbers of its statistics lines (costs, rows, times, buffers) and
+/// masks those of its query text, conditions and filters. Other messages are unchanged.
 pub fn obfuscate_message(message: &str) -> Cow<'_, str> {
     obfuscate_message_with(message, ObfuscateOptions::default())
 }
 
 fn obfuscate_message_with(message: &str, opts: ObfuscateOptions) -> Cow<'_, str> {
     match messages::message_sql(message) {
-        Some((at, part)) => {
-            let numbers = part == SqlPart::Statement;
-            mask_spans(
-                message,
-                &[(at, message.len())],
-                ObfuscateOptions { numbers, ..opts },
-            )
+        Some((at, SqlPart::Statement)) => mask_spans(message, &[(at, message.len())], opts),
+        Some((at, SqlPart::Plan)) => {
+            let plan = &message[at..];
+            let keep = messages::plan_statistics_lines(plan);
+            match obfuscate_keeping_numbers_in(plan, opts.strings, &keep) {
+                Cow::Borrowed(_) => Cow::Borrowed(message),
+                Cow::Owned(masked) => Cow::Owned(format!("{}{masked}", &message[..at])),
+            }
         }
         None => Cow::Borrowed(message),
     }
@@ -154,12 +128,12 @@ fn obfuscate_parameters_with(text: &str, opts: ObfuscateOptions) -> Cow<'_, str>
     mask_spans(text, &messages::parameter_lists(text), opts)
 }
 
-fn update(field: &mut Option<String>, f: impl Fn(&str) -> Cow<'_, str>) {
-    if let Some(text) = field.as_mut() {
-        if let Cow::Owned(new) = f(text) {
-            *text = new;
-        }
-    }
+fn update(field: &mut dyn TextField, f: impl Fn(&str) -> Cow<'_, str>) {
+    let new = match field.text().map(f) {
+        Some(Cow::Owned(new)) => new,
+        _ => return,
+    };
+    field.replace(new);
 }
 
 /// Obfuscates each span of `text` independently (spans sorted, not overlapping); a span already

@@ -38,6 +38,39 @@ pub fn message_sql(message: &str) -> Option<(usize, SqlPart)> {
     None
 }
 
+/// The lines of a text-format EXPLAIN plan whose numbers are statistics (costs, rows, widths, times,
+/// buffers, memory), as byte ranges of `plan`. Everything else keeps numbers masked: condition and
+/// filter lines (`Index Cond`, `Filter`, `Join Filter`, `Recheck Cond`, `Run Condition`...), key and
+/// `Output` lines, and the `Query Text:` with every line that follows it up to the first plan node
+/// (a line with `(cost=` or `(actual`). Unknown shapes thus fail safe: masked.
+pub fn plan_statistics_lines(plan: &str) -> Vec<(usize, usize)> {
+    let mut keep = Vec::new();
+    let mut in_query_text = false;
+    for (start, line) in lines(plan) {
+        let trimmed = line.trim_start();
+        let body = trimmed.strip_prefix("->").map_or(trimmed, str::trim_start);
+        if body.starts_with("Query Text:") {
+            in_query_text = true;
+            continue;
+        }
+        // auto_explain always prints costs, so a node line ends the query; SQL text may itself hold
+        // a line starting with `->` (jsonb), hence not that.
+        let node = line.contains("(cost=") || line.contains("(actual");
+        if in_query_text && !node {
+            continue;
+        }
+        in_query_text = false;
+        let label = body.split_once(": ").map_or("", |(label, _)| label);
+        let condition = ["Cond", "Filter", "Key", "Output", "Condition", "Param"]
+            .iter()
+            .any(|w| label.contains(w));
+        if !condition {
+            keep.push((start, start + line.len()));
+        }
+    }
+    keep
+}
+
 /// Where the statement in a DETAIL starts: `prepare: <sql>` (logged with `execute` of a named
 /// prepared statement).
 pub fn detail_sql(detail: &str) -> Option<usize> {

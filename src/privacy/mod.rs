@@ -23,9 +23,11 @@
 //! - log entries: `privacy.apply_to_log(LogFields { sqlstate: entry.state_code.as_deref(),
 //!   message: &mut entry.message, detail: &mut entry.detail, hint: &mut entry.hint,
 //!   context: &mut entry.context, statement: &mut entry.statement, query: &mut entry.internal_query })`.
-//!   The fields are disjoint borrows of the entry, so any entry type with `Option<String>` fields fits.
+//!   The fields are disjoint borrows of the entry; each may be a `String`, `Option<String>`,
+//!   `Cow<str>` or `Option<Cow<str>>` ([`TextField`]), so `logs::LogEntry` fits as it is. A field
+//!   borrowed from the parser's buffer becomes owned only when its text changes.
 //!   Redaction runs first, on the raw text; obfuscation (if enabled) then masks the literals of the
-//!   statement fields, of `statement:`/`execute ...:`/`plan:` messages (plans keep their numbers),
+//!   statement fields, of `statement:`/`execute ...:`/`plan:` messages (a plan's statistics lines keep their numbers),
 //!   `prepare:` details, `parameters: $1 = '...'` lists and `SQL statement "..."` context lines.
 //!   Correlation IDs must be extracted before (comments are kept anyway). The pieces are also public on
 //!   their own: [`obfuscate_message`] and [`obfuscate_parameters`] for a single message or DETAIL,
@@ -46,6 +48,7 @@
 //! obfuscated.
 
 pub mod entry;
+pub mod fields;
 pub mod fingerprint;
 pub mod lexer;
 pub mod messages;
@@ -59,7 +62,8 @@ mod proptests;
 #[cfg(test)]
 mod redact_tests;
 
-pub use entry::{obfuscate_message, obfuscate_parameters, LogFields, Privacy};
+pub use entry::{obfuscate_message, obfuscate_parameters, Privacy};
+pub use fields::{LogFields, TextField};
 pub use fingerprint::{fingerprint, normalize};
 pub use lexer::StringMode;
 pub use obfuscate::{

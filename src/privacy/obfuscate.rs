@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::lexer::{Lexer, StringMode, TokenKind};
+use super::lexer::{Lexer, LiteralStyle, StringMode, TokenKind};
 
 /// What a masked literal becomes. `?` like the Datadog agent rather than pg_stat_statements' `$n`:
 /// numbering would collide with the real `$n` parameters that stay in the text.
@@ -25,8 +25,7 @@ pub fn unterminated_masked_total() -> u64 {
 pub struct ObfuscateOptions {
     /// How plain `'...'` strings treat backslashes (the server's `standard_conforming_strings`).
     pub strings: StringMode,
-    /// Mask numbers too (true for query text). EXPLAIN plans keep them: costs and row counts are not
-    /// user data, while the strings in their filters are.
+    /// Mask numbers too (true for query text); false masks strings only.
     pub numbers: bool,
 }
 
@@ -51,13 +50,30 @@ pub fn obfuscate_cow(sql: &str) -> Cow<'_, str> {
 
 /// Masks literals per `options`; borrows `sql` unchanged when there is nothing to mask.
 pub fn obfuscate_with(sql: &str, options: ObfuscateOptions) -> Cow<'_, str> {
+    mask(sql, options.strings, |_| !options.numbers)
+}
+
+/// Masks every literal except numbers that start inside one of the `keep` byte ranges (sorted):
+/// for EXPLAIN plans, whose cost and row-count lines are not user data while their conditions are.
+pub fn obfuscate_keeping_numbers_in<'s>(
+    sql: &'s str,
+    strings: StringMode,
+    keep: &[(usize, usize)],
+) -> Cow<'s, str> {
+    mask(sql, strings, |at| {
+        let i = keep.partition_point(|&(_, end)| end <= at);
+        keep.get(i).is_some_and(|&(start, _)| start <= at)
+    })
+}
+
+fn mask(sql: &str, strings: StringMode, keep_number_at: impl Fn(usize) -> bool) -> Cow<'_, str> {
     let mut out: Option<String> = None;
     let mut copied = 0;
-    for token in Lexer::new(sql, options.strings) {
+    for token in Lexer::new(sql, strings) {
         let TokenKind::Literal { style, terminated } = token.kind else {
             continue;
         };
-        if !options.numbers && style == super::lexer::LiteralStyle::Number {
+        if style == LiteralStyle::Number && keep_number_at(token.start) {
             continue;
         }
         if !terminated {

@@ -87,7 +87,7 @@ proptest! {
         let _ = fingerprint(&s);
         let _ = super::redact::credential_spans(&s);
         let all = super::Privacy { redact: super::RedactClasses::ALL, ..super::Privacy::default() };
-        for prefix in ["", "duration: 1 ms  statement: ", "execute x: ", "parameters: ", "Key (a)=(", "SQL statement \"", "COPY t, line 1: \""] {
+        for prefix in ["", "duration: 1 ms  statement: ", "execute x: ", "duration: 1 ms  plan:\nQuery Text: ", "parameters: ", "Key (a)=(", "SQL statement \"", "COPY t, line 1: \""] {
             let text = format!("{prefix}{s}");
             let mut f: [Option<String>; 6] = std::array::from_fn(|_| Some(text.clone()));
             let [m, d, h, c, st, q] = &mut f;

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::entry::LogFields;
+use super::fields::{LogFields, TextField};
 use super::lexer::{tokens, TokenKind};
 use super::messages;
 use super::PrivacyError;
@@ -143,7 +143,7 @@ pub fn redact_log_secrets(fields: &mut LogFields<'_>, classes: RedactClasses) ->
         }
     }
     let parsing = classes.contains(RedactClass::ParsingError)
-        && is_parsing_error(fields.sqlstate, fields.message.as_deref());
+        && is_parsing_error(fields.sqlstate, fields.message.text());
     if parsing || classes.contains(RedactClass::StatementText) {
         n += whole(fields.statement) + whole(fields.query);
         n += edit(fields.message, |m| {
@@ -178,10 +178,10 @@ pub fn redact_credentials(text: &str) -> std::borrow::Cow<'_, str> {
     if credential_spans(text).is_empty() {
         return std::borrow::Cow::Borrowed(text);
     }
-    let mut field = Some(text.to_string());
+    let mut field = text.to_string();
     let n = edit(&mut field, credential_spans);
     REDACTED_SPANS.fetch_add(n as u64, Ordering::Relaxed);
-    std::borrow::Cow::Owned(field.unwrap_or_default())
+    std::borrow::Cow::Owned(field)
 }
 
 /// Removes password values from any text: see [`RedactClass::Credential`]. A `PASSWORD` literal is
@@ -306,10 +306,10 @@ fn parameter_value_spans(text: &str) -> Vec<(usize, usize)> {
     spans
 }
 
-fn whole(field: &mut Option<String>) -> usize {
-    match field {
+fn whole(field: &mut dyn TextField) -> usize {
+    match field.text() {
         Some(text) if !text.is_empty() && text != REDACTED => {
-            *text = REDACTED.to_string();
+            field.replace(REDACTED.to_string());
             1
         }
         _ => 0,
@@ -317,8 +317,8 @@ fn whole(field: &mut Option<String>) -> usize {
 }
 
 /// Replaces the spans `find` returns in `field`; overlapping or touching spans become one.
-fn edit(field: &mut Option<String>, find: impl Fn(&str) -> Vec<(usize, usize)>) -> usize {
-    let Some(text) = field.as_mut() else {
+fn edit(field: &mut dyn TextField, find: impl Fn(&str) -> Vec<(usize, usize)>) -> usize {
+    let Some(text) = field.text() else {
         return 0;
     };
     let mut spans = find(text);
@@ -347,6 +347,6 @@ fn edit(field: &mut Option<String>, find: impl Fn(&str) -> Vec<(usize, usize)>) 
         count += 1;
     }
     out.push_str(text.get(copied..).unwrap_or(""));
-    *text = out;
+    field.replace(out);
     count
 }

@@ -325,3 +325,28 @@ fn message_and_parameter_helpers() {
         "parameters: $1 = ?, $2 = ?"
     );
 }
+
+#[test]
+fn plans_keep_statistics_but_mask_conditions_and_query_text() {
+    let plan = concat!(
+        "duration: 3.0 ms  plan:\n",
+        "Query Text: SELECT * FROM t\n  WHERE e = 'a@b' AND n > 4242\n  AND d\n  ->> 'k' = 777\n",
+        "Sort  (cost=10.00..10.01 rows=3 width=4) (actual time=0.1..0.2 rows=1 loops=1)\n",
+        "  Sort Key: n\n",
+        "  ->  Seq Scan on t  (cost=0.00..1.50 rows=1 width=4)\n",
+        "        Filter: ((e = 'a@b'::text) AND (n > 4242))\n",
+        "        Rows Removed by Filter: 9\n",
+        "        Buffers: shared hit=31"
+    );
+    let want = concat!(
+        "duration: 3.0 ms  plan:\n",
+        "Query Text: SELECT * FROM t\n  WHERE e = ? AND n > ?\n  AND d\n  ->> ? = ?\n",
+        "Sort  (cost=10.00..10.01 rows=3 width=4) (actual time=0.1..0.2 rows=1 loops=1)\n",
+        "  Sort Key: n\n",
+        "  ->  Seq Scan on t  (cost=0.00..1.50 rows=1 width=4)\n",
+        "        Filter: ((e = ?::text) AND (n > ?))\n",
+        "        Rows Removed by Filter: ?\n",
+        "        Buffers: shared hit=31"
+    );
+    assert_eq!(obfuscate_message(plan), want);
+}
