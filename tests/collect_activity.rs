@@ -69,7 +69,10 @@ fn live_sessions_carry_state_timing_and_correlation_from_each_comment_style() {
         assert_eq!(sc["wait_event"], "PgSleep");
         assert_eq!(sc["datname"], "postgres");
         assert!(sc["query_duration_ms"].as_f64().unwrap() >= 0.0);
-        assert!(sc["query"].as_str().unwrap().contains("pg_sleep(60)"));
+        // Literals are masked by default; the sqlcommenter comment is kept.
+        assert!(sc["query"].as_str().unwrap().contains("pg_sleep(?)"), "{sc}");
+        assert!(sc["query"].as_str().unwrap().contains("traceparent="), "{sc}");
+        assert_eq!(sc["fingerprint"].as_str().map(str::len), Some(16));
         assert_eq!(sc["correlation"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(sc["correlation"]["span_id"], "00f067aa0ba902b7");
         assert_eq!(sc["correlation"]["id"], "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -153,8 +156,38 @@ fn long_texts_are_cut_and_flagged_and_the_row_bound_is_counted() {
         assert_eq!(cut.len(), 4, "{b}");
         for r in cut {
             assert_eq!(r["query_truncated"], true);
-            assert_eq!(r["query"].as_str().unwrap().len(), 100);
+            // Cut at 100 bytes inside the literal: the unterminated literal is masked whole.
+            assert_eq!(r["query"], "SELECT ?");
         }
         drop(keep);
+    });
+}
+
+#[test]
+fn literals_are_masked_by_default_and_sent_when_obfuscation_is_off() {
+    let server = PgServer::start();
+    let state = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let c = client(&server, "postgres", "secrets").await;
+        c.batch_execute("SELECT 'alice@example.com' AS email, 4111111111111111 AS card /* request_id=r1 */")
+            .await
+            .unwrap();
+        let find = |b: &Value| -> Value {
+            b["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["application_name"] == "secrets")
+                .cloned()
+                .unwrap()
+        };
+        let config = agent_config(&server, state.path(), "");
+        let masked = find(&serde_json::to_value(batch(&cycle(&config).await, BatchKind::PgActivity)).unwrap());
+        assert_eq!(masked["query"], "SELECT ? AS email, ? AS card /* request_id=r1 */");
+        assert_eq!(masked["correlation"]["id"], "r1");
+        let config = agent_config(&server, state.path(), "[privacy]\nobfuscate_queries = false\n");
+        let raw = find(&serde_json::to_value(batch(&cycle(&config).await, BatchKind::PgActivity)).unwrap());
+        assert!(raw["query"].as_str().unwrap().contains("alice@example.com"), "{raw}");
+        assert_eq!(raw["fingerprint"], masked["fingerprint"], "fingerprints ignore obfuscation");
     });
 }

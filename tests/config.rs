@@ -196,6 +196,11 @@ fn error_paths_name_file_section_key_and_value() {
             &["redact_log_secrets", "`bogus`"],
         ),
         (
+            "[privacy]\nredact_log_secrets = none,credential\n",
+            &[],
+            &["redact_log_secrets", "`none` cannot be combined"],
+        ),
+        (
             "[postgres]\npassword_file = /nonexistent/pw\n",
             &[],
             &[

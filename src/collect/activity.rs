@@ -35,6 +35,9 @@ pub struct ActivityRecord {
     pub query_id: Option<String>,
     pub query: Option<String>,
     pub query_truncated: bool,
+    /// Stable hash of the normalised text (literals, comments and whitespace ignored): groups the
+    /// same statement across values; null without a text.
+    pub fingerprint: Option<String>,
     /// Active: how long the current query has run. Otherwise: how long the last query ran.
     pub query_duration_ms: Option<f64>,
     /// How long the current transaction has been open.
@@ -104,14 +107,15 @@ impl Collector for ActivityCollector {
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
             let raw: Option<String> = col(row, QUERY, "query")?;
-            let (query, query_truncated, correlation) = match raw {
+            let (query, query_truncated, correlation, fingerprint) = match raw {
                 Some(raw) => {
                     let correlation = correlation::extract(&raw, &config.correlation.keys);
+                    let fingerprint = (!raw.is_empty()).then(|| crate::privacy::fingerprint(&raw));
                     let (text, cut) = query_text(&raw, config);
                     let server_cut = raw.len() + 1 >= server.track_activity_query_size;
-                    (Some(text), cut || server_cut, correlation)
+                    (Some(text), cut || server_cut, correlation, fingerprint)
                 }
-                None => (None, false, None),
+                None => (None, false, None, None),
             };
             let ts = |name: &'static str| -> Result<Option<String>, CollectError> {
                 Ok(col::<Option<time::OffsetDateTime>>(row, QUERY, name)?.map(format_rfc3339))
@@ -137,6 +141,7 @@ impl Collector for ActivityCollector {
                 query_id: col::<Option<i64>>(row, QUERY, "query_id")?.map(|q| q.to_string()),
                 query,
                 query_truncated,
+                fingerprint,
                 query_duration_ms: col::<Option<f64>>(row, QUERY, "query_ms")?
                     .map(|v| round_ms(v.max(0.0))),
                 xact_duration_ms: col::<Option<f64>>(row, QUERY, "xact_ms")?

@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
+use crate::privacy::Privacy;
 use crate::db::{Db, DbError, ServerInfo, Session, QUERY_TAG};
 use crate::ship::batch::{AgentInfo, Batch, BatchKind};
 
@@ -119,18 +120,24 @@ pub trait Collector {
 }
 
 /// The text of one query as the agent emits it: cut to `safety.max_query_length` bytes at a
-/// character boundary, with whether it was cut. Every query text in every batch goes through here, so
-/// the privacy layer has one place to act. Correlation tags must be read from `raw` before this.
+/// character boundary, then passed through the privacy policy (literals masked unless
+/// `privacy.obfuscate_queries = false`, credentials redacted either way); with whether it was cut.
+/// Every query text in every batch goes through here. Correlation tags and fingerprints must be read
+/// from `raw` before this.
 pub fn query_text(raw: &str, config: &Config) -> (String, bool) {
     let max = config.safety.max_query_length;
-    if raw.len() <= max {
-        return (raw.to_string(), false);
-    }
-    let mut end = max;
-    while !raw.is_char_boundary(end) {
-        end -= 1;
-    }
-    (raw[..end].to_string(), true)
+    let (cut, truncated) = if raw.len() <= max {
+        (raw, false)
+    } else {
+        let mut end = max;
+        while !raw.is_char_boundary(end) {
+            end -= 1;
+        }
+        (&raw[..end], true)
+    };
+    // Config validation already rejected a policy Privacy cannot build; the default is the strictest.
+    let privacy = Privacy::from_config(&config.privacy).unwrap_or_default();
+    (privacy.query_text(cut).into_owned(), truncated)
 }
 
 /// How one collector fared in a cycle.

@@ -326,11 +326,18 @@ impl Config {
             },
             privacy: PrivacyConfig {
                 obfuscate_queries: v.bool("privacy", "obfuscate_queries")?,
-                redact_log_secrets: v.list(
-                    "privacy",
-                    "redact_log_secrets",
-                    Some(keys::REDACT_CLASSES),
-                )?,
+                redact_log_secrets: {
+                    let classes =
+                        v.list("privacy", "redact_log_secrets", Some(keys::REDACT_CLASSES))?;
+                    if classes.len() > 1 && classes.iter().any(|c| c == "none") {
+                        return Err(v.bad(
+                            "privacy",
+                            "redact_log_secrets",
+                            "`none` cannot be combined with other classes",
+                        ));
+                    }
+                    classes
+                },
             },
             telemetry: TelemetryConfig {
                 listen: telemetry_listen,

@@ -200,6 +200,20 @@ fn pool_error_message(e: deadpool_postgres::PoolError) -> String {
     }
 }
 
+/// The query with [`QUERY_TAG`] in front and again after its first keyword: PostgreSQL 18 drops
+/// leading comments from pg_stat_statements texts, so the second tag is what identifies the agent's
+/// statements there.
+pub fn tagged(sql: &str) -> Cow<'_, str> {
+    let trimmed = sql.trim_start();
+    let body = trimmed.strip_prefix(QUERY_TAG).unwrap_or(trimmed).trim_start();
+    let (keyword, rest) = body.split_once(char::is_whitespace).unwrap_or((body, ""));
+    let rest = rest.trim_start();
+    if trimmed.starts_with(QUERY_TAG) && rest.starts_with(QUERY_TAG) {
+        return Cow::Borrowed(sql);
+    }
+    Cow::Owned(format!("{QUERY_TAG} {keyword} {QUERY_TAG} {rest}"))
+}
+
 /// The `-c` options sent in the startup packet of every session.
 pub fn session_options(safety: &SafetyConfig) -> String {
     format!(
@@ -229,11 +243,7 @@ impl Session {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<Vec<Row>, DbError> {
-        let sql: Cow<str> = if sql.trim_start().starts_with(QUERY_TAG) {
-            Cow::Borrowed(sql)
-        } else {
-            Cow::Owned(format!("{QUERY_TAG} {sql}"))
-        };
+        let sql = tagged(sql);
         let Some(client) = self.client.as_ref() else {
             return Err(DbError::Pool("session already discarded".into()));
         };
@@ -309,5 +319,20 @@ impl ServerInfo {
             host: pg.host.clone(),
             port: pg.port,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_in_front_and_after_the_first_keyword_once() {
+        let t = tagged("SELECT 1");
+        assert_eq!(t, "/* postgres-agent */ SELECT /* postgres-agent */ 1");
+        assert_eq!(tagged(&t), t, "already tagged texts are kept");
+        assert!(matches!(tagged(&t), Cow::Borrowed(_)));
+        assert_eq!(tagged("/* postgres-agent */ SHOW jit"), "/* postgres-agent */ SHOW /* postgres-agent */ jit");
+        assert!(crate::collect::is_agent_text(&tagged("SELECT x FROM y")["/* postgres-agent */ ".len()..]));
     }
 }
