@@ -18,6 +18,7 @@ TXNS=${TXNS:-120000}
 COPIES=${COPIES:-6}
 PREFIX='%m [%p] %q%u@%d '
 WORK=$(mktemp -d /tmp/pga-parse-bench-XXXX)
+chmod 755 "$WORK"   # the server runs as the postgres user
 cleanup() { pg_stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 

@@ -280,10 +280,11 @@ impl Tailer {
                 self.open_file(f.clone(), offset)?;
                 return Ok(true);
             }
-            // The committed file is gone (or its inode was reused): continue with what came after.
+            // The committed file is gone (or its inode was reused by a new file, whose fingerprint
+            // differs): continue with the files written after it.
             let next = files
                 .into_iter()
-                .find(|f| nanos(f.modified) > pos.modified_ns && f.id != pos.id());
+                .find(|f| nanos(f.modified) > pos.modified_ns);
             return match next {
                 Some(f) => {
                     self.open_file(f, 0)?;
