@@ -8,7 +8,7 @@
 # parse-log then runs again on a file COPIES times larger (the same real log concatenated) to show
 # that its peak memory does not depend on the file size.
 #
-# Usage: bench/parse_log.sh            TXNS=200000 COPIES=8 bench/parse_log.sh
+# Usage: bench/parse_log.sh            TXNS=200000 COPIES=8 KEEP_LOG=/tmp/real.log bench/parse_log.sh
 # Needs: pgbadger and time (apt-get install -y pgbadger time), PostgreSQL server binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +44,7 @@ sleep 1
 SMALL=$WORK/small.log
 cat "$PGB_DATA"/log/*.log >"$SMALL"
 pg_stop
+[ -n "${KEEP_LOG:-}" ] && cp "$SMALL" "$KEEP_LOG"
 LARGE=$WORK/large.log
 for _ in $(seq "$COPIES"); do cat "$SMALL"; done >"$LARGE"
 

@@ -83,11 +83,11 @@ pub enum Frame {
     NeedMore,
 }
 
-/// One of the three parsers.
+/// One of the three parsers (boxed: their state differs a lot in size).
 #[derive(Debug)]
 pub enum Parser {
-    Stderr(stderr::StderrParser),
-    Csv(csv::CsvParser),
+    Stderr(Box<stderr::StderrParser>),
+    Csv(Box<csv::CsvParser>),
     Json(json::JsonParser),
 }
 
@@ -95,8 +95,10 @@ impl Parser {
     /// A parser for `format`; `prefix` is the `log_line_prefix` of stderr logs.
     pub fn new(format: LogFormat, prefix: &str, max_entry: usize) -> Parser {
         match format {
-            LogFormat::Stderr => Parser::Stderr(stderr::StderrParser::new(prefix, max_entry)),
-            LogFormat::Csvlog => Parser::Csv(csv::CsvParser::new(max_entry)),
+            LogFormat::Stderr => {
+                Parser::Stderr(Box::new(stderr::StderrParser::new(prefix, max_entry)))
+            }
+            LogFormat::Csvlog => Parser::Csv(Box::new(csv::CsvParser::new(max_entry))),
             LogFormat::Jsonlog => Parser::Json(json::JsonParser::new(max_entry)),
         }
     }
