@@ -92,12 +92,16 @@ pub async fn checks(config: &Config) -> Vec<CheckResult> {
             out.push(check_connection(&mut session, &db).await);
             out.push(check_privileges(&mut session, &config.postgres.user).await);
             out.push(check_statements_extension(&mut session).await);
+            out.push(check_logs(config, Some(&mut session)).await);
         }
-        Err(e) => out.push(CheckResult::fail(
-            "connection",
-            e.to_string(),
-            "check [postgres] host/port/user/password, that the server runs, and pg_hba.conf",
-        )),
+        Err(e) => {
+            out.push(CheckResult::fail(
+                "connection",
+                e.to_string(),
+                "check [postgres] host/port/user/password, that the server runs, and pg_hba.conf",
+            ));
+            out.push(check_logs(config, None).await);
+        }
     }
     db.close();
     out
@@ -164,27 +168,111 @@ async fn check_privileges(session: &mut Session, user: &str) -> CheckResult {
 }
 
 async fn check_statements_extension(session: &mut Session) -> CheckResult {
-    let sql = "SELECT current_setting('shared_preload_libraries') ~ 'pg_stat_statements', \
-               (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements')";
-    match session.query_opt("check_pgss", sql, &[]).await {
-        Ok(Some(row)) => {
-            let loaded: bool = row.try_get(0).unwrap_or(false);
-            let version: Option<String> = row.try_get(1).unwrap_or(None);
-            match (loaded, version) {
-                (true, Some(v)) => CheckResult::ok("pg_stat_statements", format!("loaded and created (version {v})")),
-                (false, _) => CheckResult::fail(
-                    "pg_stat_statements",
-                    "not in shared_preload_libraries: statement statistics are disabled",
-                    "add pg_stat_statements to shared_preload_libraries in postgresql.conf and restart the server",
-                ),
-                (true, None) => CheckResult::fail(
-                    "pg_stat_statements",
-                    "loaded but the extension is not created in this database",
-                    "CREATE EXTENSION pg_stat_statements; (as a superuser, in [postgres] database)",
-                ),
-            }
+    let name = "pg_stat_statements";
+    let sql = "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'), \
+               (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries')";
+    let row = match session.query_opt("check_pgss", sql, &[]).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return CheckResult::fail(name, "no answer", "check the server"),
+        Err(e) => return CheckResult::fail(name, e.to_string(), "check the server"),
+    };
+    let version: Option<String> = row.try_get(0).unwrap_or(None);
+    // Hidden from roles without pg_read_all_settings (pg_monitor has it).
+    let preload: Option<String> = row.try_get(1).unwrap_or(None);
+    let preload_fix = "add pg_stat_statements to shared_preload_libraries in postgresql.conf and restart the server";
+    let Some(version) = version else {
+        return match preload {
+            Some(p) if !p.contains("pg_stat_statements") => CheckResult::fail(
+                name,
+                "not loaded and not created: statement statistics are disabled",
+                format!("{preload_fix}, then CREATE EXTENSION pg_stat_statements;"),
+            ),
+            _ => CheckResult::fail(
+                name,
+                "the extension is not created in this database: statement statistics are disabled",
+                "CREATE EXTENSION pg_stat_statements; (as a superuser, in [postgres] database)",
+            ),
+        };
+    };
+    // Created is not enough: reading it proves the library is loaded.
+    match session
+        .query(
+            "check_pgss_read",
+            "SELECT count(*) FROM pg_stat_statements(false)",
+            &[],
+        )
+        .await
+    {
+        Ok(_) => CheckResult::ok(name, format!("loaded and created (version {version})")),
+        Err(e) if e.sqlstate() == Some("55000") => CheckResult::fail(
+            name,
+            "created but not loaded: statement statistics are disabled",
+            preload_fix,
+        ),
+        Err(e) => CheckResult::fail(name, e.to_string(), "GRANT pg_monitor to the agent's role"),
+    }
+}
+
+async fn check_logs(config: &Config, session: Option<&mut Session>) -> CheckResult {
+    use crate::logs::settings::TailSettings;
+    use crate::logs::source::{self, LogSource};
+    if !config.logs.enabled {
+        return CheckResult::ok("logs", "disabled ([logs] enabled = false)");
+    }
+    let server = match session {
+        Some(s) if config.logs.path.is_none() || config.logs.line_prefix.is_none() => {
+            source::discover(s).await.ok()
         }
-        Ok(None) => CheckResult::fail("pg_stat_statements", "no answer", "check the server"),
-        Err(e) => CheckResult::fail("pg_stat_statements", e.to_string(), "check the server"),
+        _ => None,
+    };
+    let settings = match TailSettings::from_config(config, server.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            return CheckResult::fail(
+                "logs",
+                e.to_string(),
+                "set [logs] path to the server's log file or directory (log_directory)",
+            )
+        }
+    };
+    let fix = "give the agent's user read access (add it to the postgres group), or set [logs] enabled = false";
+    let files = match settings.source.files() {
+        Ok(f) => f,
+        Err(e) => {
+            return CheckResult::fail(
+                "logs",
+                format!("cannot list {:?}: {e}", settings.source),
+                fix,
+            )
+        }
+    };
+    let where_ = match &settings.source {
+        LogSource::File(p) => p.display().to_string(),
+        LogSource::Dir { dir, .. } => dir.display().to_string(),
+    };
+    let Some(newest) = files.last() else {
+        return CheckResult::ok(
+            "logs",
+            format!(
+                "{where_}: no {} file yet; it will be followed when one appears",
+                settings.format.as_str()
+            ),
+        );
+    };
+    match std::fs::File::open(&newest.path) {
+        Ok(_) => CheckResult::ok(
+            "logs",
+            format!(
+                "{} is readable ({}, {} files)",
+                newest.path.display(),
+                settings.format.as_str(),
+                files.len()
+            ),
+        ),
+        Err(e) => CheckResult::fail(
+            "logs",
+            format!("cannot read {}: {e}", newest.path.display()),
+            fix,
+        ),
     }
 }

@@ -7,10 +7,13 @@
 //! the listener through a circuit breaker. [`telemetry`] covers the agent's own logs and metrics.
 
 pub mod check;
+pub mod collect;
 pub mod config;
 pub mod correlation;
 pub mod daemon;
 pub mod db;
 pub mod logs;
+pub mod once;
+pub mod privacy;
 pub mod ship;
 pub mod telemetry;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use postgres_agent::config::Config;
+use postgres_agent::telemetry::logging::LogControl;
 
 /// sysexits.h EX_CONFIG.
 const EXIT_CONFIG: u8 = 78;
@@ -58,7 +59,12 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Show outbox depth and age, circuit state, last successful cycle and send.
+    ///
+    /// Reads the outbox database read-only, so it is safe while the daemon runs.
     Status {
+        /// Print the figures as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
         /// Path of the INI config file.
         config: Option<PathBuf>,
     },
@@ -68,8 +74,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let explicit = |positional: &Option<PathBuf>| positional.clone().or_else(|| cli.config.clone());
     match &cli.command {
-        Command::Run { config } => with_config(explicit(config), |_config| not_yet("run", 6)),
-        Command::Once { config, .. } => with_config(explicit(config), |_config| not_yet("once", 3)),
+        Command::Run { config } => with_config_and_log(explicit(config), |config, log| {
+            postgres_agent::daemon::run(config.file.clone(), config, log)
+        }),
+        Command::Once { config, dry_run } => with_config(explicit(config), |config| {
+            postgres_agent::once::run(&config, *dry_run)
+        }),
         Command::Check { config } => with_config(explicit(config), |config| {
             postgres_agent::check::run(&config)
         }),
@@ -78,19 +88,56 @@ fn main() -> ExitCode {
             prefix,
             files,
         } => parse_log(cli.config.clone(), format, prefix, files),
-        Command::Status { config } => with_config(explicit(config), |_config| not_yet("status", 5)),
+        Command::Status { config, json } => {
+            with_config(explicit(config), |config| status(&config, *json))
+        }
     }
 }
 
 fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    with_config_and_log(path, |config, _| f(config))
+}
+
+/// Loads the configuration and starts logging; the closure also gets the handle that changes the
+/// log level on reload.
+fn with_config_and_log(
+    path: Option<PathBuf>,
+    f: impl FnOnce(Config, LogControl) -> ExitCode,
+) -> ExitCode {
     match Config::load(path.as_deref()) {
         Ok(config) => {
-            postgres_agent::telemetry::logging::init(&config.logging.level, &config.logging.format);
-            f(config)
+            let log = postgres_agent::telemetry::logging::init(
+                &config.logging.level,
+                &config.logging.format,
+            );
+            f(config, log)
         }
         Err(e) => {
             eprintln!("postgres-agent: configuration error: {e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn status(config: &Config, json: bool) -> ExitCode {
+    match postgres_agent::ship::status::read(config) {
+        Ok(report) if json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postgres-agent: status: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Ok(report) => {
+            print!("{}", report.to_text());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postgres-agent: status: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -130,11 +177,4 @@ fn parse_log(
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_yet(command: &str, issue: u32) -> ExitCode {
-    eprintln!(
-        "postgres-agent: `{command}` is not available in this build yet (tracked in issue {issue})"
-    );
-    ExitCode::from(2)
 }

@@ -1,4 +1,327 @@
-//! The daemon: the drift-free collection loop, signals, config reload, and systemd integration.
+//! The daemon (`postgres-agent run`): the drift-free collection loop, the log task, signals, config
+//! reload, systemd integration and the telemetry endpoint.
+//!
+//! One cancellation token stops everything. SIGTERM/SIGINT: no new cycle starts, a cycle in progress
+//! is abandoned, the log task writes its buffered entries to the outbox and saves its position, one
+//! last send is attempted within [`SHUTDOWN_SEND_BUDGET`], the pool is closed, exit 0. SIGHUP reloads
+//! the configuration; an invalid one is logged and the old one kept.
+//!
+//! The runtime is a current-thread one with at most two blocking threads (name resolution), well
+//! inside the unit's `TasksMax=10`: the agent's work is small and mostly waiting on I/O.
 
+mod cycle;
+mod logtask;
 pub mod notify;
 pub mod schedule;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::collect::Collectors;
+use crate::config::Config;
+use crate::db::Db;
+use crate::ship::Shipper;
+use crate::telemetry::logging::LogControl;
+use crate::telemetry::server::Telemetry;
+use logtask::{LogShared, LogTask};
+use schedule::Schedule;
+
+/// The last send attempt on shutdown may take this long.
+pub const SHUTDOWN_SEND_BUDGET: Duration = Duration::from_millis(500);
+/// The log task's final flush may take this long.
+const SHUTDOWN_LOG_FLUSH: Duration = Duration::from_millis(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("cannot open the outbox: {0}")]
+    Ship(#[from] crate::ship::ShipError),
+    #[error("cannot listen on telemetry.listen = {addr}: {source}")]
+    Telemetry {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. `path` is the config file to re-read on SIGHUP.
+pub fn run(path: Option<PathBuf>, config: Config, log: LogControl) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(2)
+        .thread_name("postgres-agent")
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(async move {
+            let mut daemon = Daemon::start(path, config, log).await?;
+            daemon.run().await
+        }),
+        Err(e) => Err(DaemonError::Runtime(e)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "postgres-agent stopped");
+            eprintln!("postgres-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Daemon {
+    path: Option<PathBuf>,
+    config: Arc<Config>,
+    log: LogControl,
+    db: Db,
+    shipper: Arc<Shipper>,
+    telemetry: Telemetry,
+    collectors: Collectors,
+    server: Arc<Mutex<Option<crate::db::ServerInfo>>>,
+    log_task: Option<LogTask>,
+    shutdown: CancellationToken,
+    telemetry_task: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl Daemon {
+    async fn start(
+        path: Option<PathBuf>,
+        config: Config,
+        log: LogControl,
+    ) -> Result<Daemon, DaemonError> {
+        let config = Arc::new(config);
+        let db = Db::new(&config.postgres, &config.safety)?;
+        let shipper = Arc::new(Shipper::open(&config)?);
+        let telemetry = Telemetry::new(config.agent.collection_interval);
+        let mut daemon = Daemon {
+            path,
+            collectors: Collectors::new(&config),
+            config,
+            log,
+            db,
+            shipper,
+            telemetry,
+            server: Arc::new(Mutex::new(None)),
+            log_task: None,
+            shutdown: CancellationToken::new(),
+            telemetry_task: None,
+        };
+        daemon.start_telemetry().await?;
+        daemon.start_log_task();
+        Ok(daemon)
+    }
+
+    async fn start_telemetry(&mut self) -> Result<(), DaemonError> {
+        if let Some((token, handle)) = self.telemetry_task.take() {
+            token.cancel();
+            let _ = handle.await;
+        }
+        if let Some(addr) = self.config.telemetry.listen {
+            let token = self.shutdown.child_token();
+            let (bound, handle) =
+                crate::telemetry::server::serve(addr, self.telemetry.clone(), token.clone())
+                    .await
+                    .map_err(|source| DaemonError::Telemetry { addr, source })?;
+            tracing::info!(address = %bound, "serving /health and /metrics");
+            self.telemetry_task = Some((token, handle));
+        }
+        Ok(())
+    }
+
+    fn start_log_task(&mut self) {
+        if !self.config.logs.enabled {
+            return;
+        }
+        let shared = LogShared {
+            shipper: self.shipper.clone(),
+            telemetry: self.telemetry.clone(),
+            server: self.server.clone(),
+        };
+        self.log_task = Some(LogTask::spawn(self.config.clone(), self.db.clone(), shared));
+    }
+
+    async fn run(&mut self) -> Result<(), DaemonError> {
+        let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+        let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+        let watchdog = notify::Watchdog::from_env();
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w.period));
+        watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let mut schedule = Schedule::new(Instant::now(), self.config.agent.collection_interval);
+        notify::ready("started; first cycle now");
+        tracing::info!(
+            interval_s = self.config.agent.collection_interval.as_secs(),
+            listener = self.config.listener.url.as_deref().unwrap_or("stdout"),
+            "postgres-agent running"
+        );
+        'cycles: loop {
+            let tick = schedule.next_after(Instant::now());
+            if tick.skipped > 0 {
+                self.telemetry.metrics.cycles_skipped.inc_by(tick.skipped);
+                tracing::warn!(
+                    skipped = tick.skipped,
+                    "the previous cycle overran its interval; skipping missed ticks"
+                );
+            }
+            // Wait for the tick, answering signals and the watchdog meanwhile.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(tick.at) => break,
+                    _ = sigterm.recv() => break 'cycles,
+                    _ = sigint.recv() => break 'cycles,
+                    _ = sighup.recv() => {
+                        if self.reload().await {
+                            schedule.set_interval(self.config.agent.collection_interval, Instant::now());
+                            continue 'cycles;
+                        }
+                    }
+                    _ = watchdog_tick.tick(), if watchdog.is_some() => notify::watchdog(),
+                }
+            }
+            // Run the cycle; a stop signal abandons it (everything it wrote is already durable).
+            let mut reload_pending = false;
+            {
+                let fut = self.cycle();
+                tokio::pin!(fut);
+                loop {
+                    tokio::select! {
+                        _ = &mut fut => break,
+                        _ = sigterm.recv() => break 'cycles,
+                        _ = sigint.recv() => break 'cycles,
+                        _ = sighup.recv() => reload_pending = true,
+                        _ = watchdog_tick.tick(), if watchdog.is_some() => notify::watchdog(),
+                    }
+                }
+            }
+            if reload_pending && self.reload().await {
+                schedule.set_interval(self.config.agent.collection_interval, Instant::now());
+            }
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    async fn cycle(&mut self) {
+        let report = self.collectors.run_cycle(&self.db, &self.config).await;
+        if let Some(s) = &report.server {
+            if let Ok(mut guard) = self.server.lock() {
+                *guard = Some(s.clone());
+            }
+        }
+        cycle::record_cycle(&self.telemetry.metrics, &report);
+        cycle::enqueue_all(&report, &self.shipper, &self.telemetry);
+        let drain = if self.config.listener.url.is_some() {
+            let d = self
+                .shipper
+                .drain(cycle::drain_budget(self.config.agent.collection_interval))
+                .await;
+            cycle::record_drain(&self.telemetry.metrics, &d);
+            Some(d)
+        } else {
+            None
+        };
+        cycle::record_shipping(&self.telemetry.metrics, &self.shipper);
+        self.telemetry
+            .metrics
+            .db_connections_open
+            .set(self.db.open_connections() as i64);
+        let summary = cycle::summary(&report, drain.as_ref());
+        self.telemetry.record_cycle(if report.server.is_some() {
+            None
+        } else {
+            Some("the database was unreachable".to_string())
+        });
+        tracing::info!(summary = %summary, "cycle finished");
+        notify::status(&summary);
+    }
+
+    /// Re-reads the configuration; returns true when a new one took effect.
+    async fn reload(&mut self) -> bool {
+        notify::reloading();
+        let new = match Config::load(self.path.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload rejected; keeping the running configuration");
+                notify::reloaded("reload rejected: invalid configuration");
+                return false;
+            }
+        };
+        if new == *self.config {
+            tracing::info!("configuration reloaded: unchanged");
+            notify::reloaded("configuration unchanged");
+            return false;
+        }
+        let old = self.config.clone();
+        if new.postgres != old.postgres || new.safety != old.safety {
+            match Db::new(&new.postgres, &new.safety) {
+                Ok(db) => {
+                    self.db.close();
+                    self.db = db;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration reload rejected: [postgres]; keeping the running configuration");
+                    notify::reloaded("reload rejected");
+                    return false;
+                }
+            }
+        }
+        if let Err(e) = self.shipper.reconfigure(&new) {
+            tracing::error!(error = %e, "listener settings could not be applied; keeping the previous ones");
+        }
+        self.log.set_level(&new.logging.level);
+        self.telemetry.set_interval(new.agent.collection_interval);
+        self.config = Arc::new(new);
+        if self.config.telemetry != old.telemetry {
+            if let Err(e) = self.start_telemetry().await {
+                tracing::error!(error = %e, "telemetry endpoint not restarted");
+            }
+        }
+        if self.config.logs != old.logs
+            || self.config.correlation != old.correlation
+            || self.config.privacy != old.privacy
+            || self.config.agent != old.agent
+        {
+            // The old task flushes its buffer into the outbox and saves its position first.
+            if let Some(task) = self.log_task.take() {
+                task.stop(Duration::from_secs(5)).await;
+            }
+            self.start_log_task();
+        }
+        tracing::info!("configuration reloaded");
+        notify::reloaded("configuration reloaded");
+        true
+    }
+
+    async fn stop(&mut self) {
+        notify::stopping();
+        tracing::info!("stopping");
+        if let Some(task) = self.log_task.take() {
+            task.stop(SHUTDOWN_LOG_FLUSH).await;
+        }
+        if self.config.listener.url.is_some() {
+            let d = self.shipper.drain(SHUTDOWN_SEND_BUDGET).await;
+            tracing::info!(
+                sent = d.delivered,
+                waiting = d.remaining,
+                "final send before exit"
+            );
+        }
+        self.db.close();
+        self.shutdown.cancel();
+        if let Some((_, handle)) = self.telemetry_task.take() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), handle).await;
+        }
+        tracing::info!("stopped");
+    }
+}

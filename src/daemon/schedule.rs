@@ -36,13 +36,16 @@ impl Schedule {
         self.interval
     }
 
-    /// The next tick not in the past relative to `now` (the first tick is at `start`).
+    /// The next tick to run at or after `now`. A tick late by at most [`Schedule::grace`] (timer
+    /// jitter, a cycle that finished just after its successor's time) still runs, at once; ticks
+    /// later than that are skipped and counted.
     pub fn next_after(&mut self, now: Instant) -> Tick {
         let wanted = self.last.map_or(0, |l| l + 1);
-        let elapsed = now.saturating_duration_since(self.start);
-        // The first tick index whose time is >= now.
-        let interval_ns = self.interval.as_nanos();
-        let due = elapsed.as_nanos().div_ceil(interval_ns) as u64;
+        let elapsed = now
+            .saturating_duration_since(self.start)
+            .saturating_sub(self.grace());
+        // The first tick index whose time is >= now - grace.
+        let due = elapsed.as_nanos().div_ceil(self.interval.as_nanos()) as u64;
         let index = wanted.max(due);
         self.last = Some(index);
         Tick {
@@ -55,14 +58,18 @@ impl Schedule {
         }
     }
 
-    /// Changes the interval (config reload): the new schedule starts at the next tick of the old one.
+    /// How late a tick may be and still run: a twentieth of the interval, at most one second.
+    pub fn grace(&self) -> Duration {
+        (self.interval / 20).min(Duration::from_secs(1))
+    }
+
+    /// Changes the interval (config reload): the new grid starts one new interval from `now`.
     pub fn set_interval(&mut self, interval: Duration, now: Instant) {
         if interval == self.interval {
             return;
         }
-        let next = self.next_after(now);
-        self.start = next.at;
         self.interval = interval.max(Duration::from_millis(1));
+        self.start = now + self.interval;
         self.last = None;
     }
 }
@@ -97,6 +104,16 @@ mod tests {
     }
 
     #[test]
+    fn slightly_late_tick_still_runs() {
+        let start = Instant::now();
+        let mut s = Schedule::new(start, Duration::from_secs(60));
+        let t = s.next_after(start + Duration::from_millis(3));
+        assert_eq!((t.index, t.skipped), (0, 0));
+        let t = s.next_after(start + Duration::from_millis(60_500));
+        assert_eq!((t.index, t.skipped), (1, 0));
+    }
+
+    #[test]
     fn exactly_on_a_tick_runs_that_tick() {
         let start = Instant::now();
         let mut s = Schedule::new(start, Duration::from_secs(10));
@@ -106,14 +123,15 @@ mod tests {
     }
 
     #[test]
-    fn interval_change_starts_at_the_next_old_tick() {
+    fn interval_change_starts_a_new_grid() {
         let start = Instant::now();
         let mut s = Schedule::new(start, Duration::from_secs(60));
         s.next_after(start);
-        s.set_interval(Duration::from_secs(5), start + Duration::from_secs(1));
-        let t = s.next_after(start + Duration::from_secs(2));
-        assert_eq!(t.at, start + Duration::from_secs(60));
-        let t = s.next_after(start + Duration::from_secs(61));
-        assert_eq!(t.at, start + Duration::from_secs(65));
+        let now = start + Duration::from_secs(1);
+        s.set_interval(Duration::from_secs(5), now);
+        let t = s.next_after(now);
+        assert_eq!((t.at, t.skipped), (now + Duration::from_secs(5), 0));
+        let t = s.next_after(now + Duration::from_secs(6));
+        assert_eq!(t.at, now + Duration::from_secs(10));
     }
 }

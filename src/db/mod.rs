@@ -31,7 +31,7 @@ pub const QUERY_TAG: &str = "/* postgres-agent */";
 pub enum DbError {
     #[error("cannot connect to PostgreSQL at {target}: {message}")]
     Connect { target: String, message: String },
-    #[error("query {name} failed: {source}")]
+    #[error("query {name} failed: {}", server_message(source))]
     Query {
         name: &'static str,
         #[source]
@@ -56,6 +56,29 @@ impl DbError {
         match self {
             DbError::Query { source, .. } => source.code().map(|c| c.code()),
             _ => None,
+        }
+    }
+}
+
+/// The server's own words for an error (severity, SQLSTATE, message, detail, hint), or the client's.
+fn server_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                m.push_str(&format!(" (detail: {d})"));
+            }
+            if let Some(h) = db.hint() {
+                m.push_str(&format!(" (hint: {h})"));
+            }
+            m
+        }
+        None => {
+            let mut m = e.to_string();
+            if let Some(s) = std::error::Error::source(e) {
+                m.push_str(&format!(": {s}"));
+            }
+            m
         }
     }
 }

@@ -1,3 +1,62 @@
-//! Shipping: the batch envelope, and (issue 5) the durable outbox, circuit breaker and HTTP delivery.
+//! Shipping: the batch envelope, the durable outbox, the circuit breaker and HTTP(S) delivery to the
+//! listener (docs/shipping.md describes the guarantees and the transport for users).
+//!
+//! The daemon holds one [`Shipper`]:
+//!
+//! ```no_run
+//! # async fn cycle(config: &postgres_agent::config::Config, batch: postgres_agent::ship::batch::Batch)
+//! #     -> Result<(), postgres_agent::ship::ShipError> {
+//! use std::time::Duration;
+//! use postgres_agent::ship::Shipper;
+//!
+//! let shipper = Shipper::open(config)?;          // opens <state_dir>/outbox.db when a listener is set
+//! shipper.enqueue(&batch)?;                      // durable when it returns (or one stdout line)
+//! let report = shipper.drain(Duration::from_secs(20)).await; // oldest first, within the budget
+//! let stats = shipper.stats()?;                  // depth/bytes/evictions per type, breaker, ...
+//! shipper.reconfigure(config)?;                  // on SIGHUP: listener, breaker and cap; queue kept
+//! # let _ = (report, stats); Ok(()) }
+//! ```
+//!
+//! - [`Shipper::enqueue`] never sends: it serializes, gzips, splits a body over 8 MiB into linked
+//!   parts ([`prepare`]), and commits every part to the outbox ([`outbox`]) before returning. With no
+//!   `listener.url` it prints the batch as one JSON line on stdout instead and the outbox is unused.
+//!   It is synchronous and short (one SQLite transaction per part, fsynced); call it from the task
+//!   that built the batch.
+//! - [`Shipper::drain`] sends oldest-first while the [`breaker`] allows, stopping at the first
+//!   failed request (the rest waits for the next pass), at a `Retry-After`, or when the budget is
+//!   spent; a request already started is allowed to finish ([`http`]). One drain runs at a time.
+//! - [`Shipper::stats`] and [`status`] read the same figures; `status` opens the database read-only
+//!   so it works while the daemon runs.
+//!
+//! Every batch that leaves the outbox without a 2xx is counted: evictions per type, dead letters per
+//! type, dropped dead letters, enqueue failures, and replaced corrupt databases.
 
 pub mod batch;
+pub mod breaker;
+pub mod http;
+pub mod outbox;
+pub mod prepare;
+pub mod shipper;
+pub mod status;
+
+pub use shipper::{DrainReport, DrainStop, EnqueueReport, ProcessStats, ShipStats, Shipper};
+
+/// Errors of the shipping side.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error(transparent)]
+    Outbox(#[from] outbox::OutboxError),
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    #[error(transparent)]
+    Prepare(#[from] prepare::PrepareError),
+    #[error("cannot serialize batch {batch_id}: {source}")]
+    Json {
+        batch_id: uuid::Uuid,
+        source: serde_json::Error,
+    },
+    #[error("cannot write the batch to stdout: {source}")]
+    Stdout { source: std::io::Error },
+    #[error("the outbox is not open")]
+    NoOutbox,
+}

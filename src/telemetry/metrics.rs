@@ -56,10 +56,10 @@ pub struct Metrics {
     pub outbox_evictions: Family<TypeLabel, Counter>,
     pub dead_letters: Gauge,
     pub breaker_state: Gauge,
-    pub log_lines_read: Counter,
     pub log_entries_parsed: Counter,
     pub log_lines_unparsed: Counter,
     pub log_entries_truncated: Counter,
+    pub log_files_truncated: Counter,
     pub dropped_records: Family<CollectorLabel, Counter>,
     pub process_resident_memory_bytes: Gauge,
     pub process_cpu_seconds: FloatGauge,
@@ -147,11 +147,6 @@ impl Metrics {
             self.breaker_state.clone(),
         );
         r.register(
-            "log_lines_read",
-            "Server log lines read",
-            self.log_lines_read.clone(),
-        );
-        r.register(
             "log_entries_parsed",
             "Server log entries parsed",
             self.log_entries_parsed.clone(),
@@ -165,6 +160,11 @@ impl Metrics {
             "log_entries_truncated",
             "Server log entries cut at the size cap",
             self.log_entries_truncated.clone(),
+        );
+        r.register(
+            "log_files_truncated",
+            "Times a followed log file shrank below the saved position",
+            self.log_files_truncated.clone(),
         );
         r.register(
             "dropped_records",
@@ -186,6 +186,23 @@ impl Metrics {
             "Connections the agent holds open to the server",
             self.db_connections_open.clone(),
         );
+    }
+
+    /// Counts a batch of `records` records of `kind` with `outcome`.
+    pub fn count_batch(&self, kind: crate::ship::batch::BatchKind, records: usize, outcome: &str) {
+        self.batches
+            .get_or_create(&TypeOutcomeLabel {
+                r#type: kind.as_str().to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        if outcome == "enqueued" || outcome == "printed" {
+            self.records
+                .get_or_create(&TypeLabel {
+                    r#type: kind.as_str().to_string(),
+                })
+                .inc_by(records as u64);
+        }
     }
 
     /// Reads the agent's own RSS and CPU time from /proc/self.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod collect;
 pub mod listener;
 pub mod logs;
 pub mod pg;

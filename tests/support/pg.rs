@@ -272,8 +272,11 @@ impl PgServer {
             "log_filename = 'postgresql-%Y-%m-%d_%H%M%S.log'".to_string(),
             "log_line_prefix = '%m [%p] %q%u@%d '".to_string(),
             "track_io_timing = on".to_string(),
-            "compute_query_id = on".to_string(),
         ];
+        // compute_query_id exists from PostgreSQL 14 (13 computes it inside pg_stat_statements).
+        if major >= 14 {
+            conf.push("compute_query_id = on".to_string());
+        }
         if options.pg_stat_statements {
             conf.push("shared_preload_libraries = 'pg_stat_statements'".to_string());
             conf.push("pg_stat_statements.track = 'all'".to_string());

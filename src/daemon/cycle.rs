@@ -1,0 +1,189 @@
+//! One collection cycle as the daemon runs it: collect, write every batch to the outbox (or stdout),
+//! drain the outbox within a budget, and publish the figures to /metrics, /health and systemd.
+
+use std::time::{Duration, SystemTime};
+
+use crate::collect::{counters, CycleReport, Outcome};
+use crate::ship::breaker::CircuitState;
+use crate::ship::{DrainReport, Shipper};
+use crate::telemetry::metrics::{
+    set_counter, CollectorLabel, CollectorOutcomeLabel, Metrics, OutcomeLabel, TypeLabel,
+};
+use crate::telemetry::server::Telemetry;
+
+/// Writes a cycle's batches durably (or prints them with no listener). Returns how many failed.
+pub fn enqueue_all(report: &CycleReport, shipper: &Shipper, telemetry: &Telemetry) -> usize {
+    let mut failed = 0;
+    for batch in &report.batches {
+        match shipper.enqueue(batch) {
+            Ok(r) => {
+                let outcome = if r.stdout { "printed" } else { "enqueued" };
+                telemetry
+                    .metrics
+                    .count_batch(batch.kind, batch.count, outcome);
+            }
+            Err(e) => {
+                failed += 1;
+                telemetry
+                    .metrics
+                    .count_batch(batch.kind, batch.count, "failed");
+                tracing::error!(r#type = %batch.kind, batch_id = %batch.batch_id, error = %e, "cannot write the batch to the outbox");
+            }
+        }
+    }
+    failed
+}
+
+/// How long one cycle may spend sending the backlog: half the interval, at most 30 s, so a long backlog
+/// drains over several cycles without delaying collection.
+pub fn drain_budget(interval: Duration) -> Duration {
+    (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(30))
+}
+
+/// A one-line summary for logs and systemd's STATUS=.
+pub fn summary(report: &CycleReport, drain: Option<&DrainReport>) -> String {
+    let ok = report
+        .runs
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Ok { .. }))
+        .count();
+    let records: usize = report.batches.iter().map(|b| b.count).sum();
+    let mut s = format!(
+        "cycle {:.0} ms: {ok}/{} collectors ok, {records} records",
+        report.duration.as_secs_f64() * 1000.0,
+        report.runs.len()
+    );
+    if report.server.is_none() {
+        s.push_str(", database unreachable");
+    }
+    if let Some(d) = drain {
+        s.push_str(&format!(
+            ", sent {} batches, {} waiting",
+            d.delivered, d.remaining
+        ));
+    }
+    s
+}
+
+/// Publishes a cycle's collector figures.
+pub fn record_cycle(metrics: &Metrics, report: &CycleReport) {
+    let outcome = match (report.server.is_some(), report.all_ok()) {
+        (true, true) => "ok",
+        (true, false) => "partial",
+        (false, _) => "failed",
+    };
+    metrics
+        .cycles
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.into(),
+        })
+        .inc();
+    metrics
+        .cycle_duration_seconds
+        .set(report.duration.as_secs_f64());
+    if report.server.is_some() {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        metrics.last_success_timestamp_seconds.set(now);
+    }
+    for run in &report.runs {
+        metrics
+            .collector_duration_seconds
+            .get_or_create(&CollectorLabel {
+                collector: run.name.into(),
+            })
+            .set(run.duration.as_secs_f64());
+        let outcome = match &run.outcome {
+            Outcome::Ok { .. } => "ok",
+            Outcome::Skipped => "skipped",
+            Outcome::Failed(m) if m.contains("did not finish") => "timeout",
+            Outcome::Failed(_) => "failed",
+        };
+        metrics
+            .collector_runs
+            .get_or_create(&CollectorOutcomeLabel {
+                collector: run.name.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+    let c = counters();
+    let dropped = [
+        ("activity", c.activity_rows_omitted),
+        ("statements", c.statements_omitted),
+        ("locks", c.locks_omitted),
+    ];
+    for (name, total) in dropped {
+        set_counter(
+            &metrics.dropped_records.get_or_create(&CollectorLabel {
+                collector: name.into(),
+            }),
+            total,
+        );
+    }
+    metrics
+        .server_query_seconds
+        .set(c.agent_exec_time_us as f64 / 1e6);
+    metrics.server_query_calls.set(c.agent_calls as i64);
+}
+
+/// Publishes the outbox, breaker and log-reader figures.
+pub fn record_shipping(metrics: &Metrics, shipper: &Shipper) {
+    if let Ok(stats) = shipper.stats() {
+        if let Some(o) = &stats.outbox {
+            metrics.outbox_bytes.set(o.file_bytes as i64);
+            metrics.dead_letters.set(o.dead_letters as i64);
+            let now_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            metrics.outbox_oldest_age_seconds.set(
+                o.oldest_enqueued_ms
+                    .map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0),
+            );
+            for k in &o.kinds {
+                let label = TypeLabel {
+                    r#type: k.kind.clone(),
+                };
+                metrics
+                    .outbox_batches
+                    .get_or_create(&label)
+                    .set(k.depth as i64);
+                set_counter(&metrics.outbox_evictions.get_or_create(&label), k.evicted);
+            }
+        }
+        if let Some(b) = &stats.breaker {
+            metrics.breaker_state.set(match b.state {
+                CircuitState::Closed => 0,
+                CircuitState::HalfOpen => 1,
+                CircuitState::Open => 2,
+            });
+        }
+    }
+    let logs = crate::logs::stats::snapshot();
+    set_counter(&metrics.log_entries_parsed, logs.entries);
+    set_counter(&metrics.log_lines_unparsed, logs.unparsed);
+    set_counter(&metrics.log_entries_truncated, logs.truncated);
+    set_counter(&metrics.log_files_truncated, logs.files_truncated);
+}
+
+/// Counts a drain pass's outcomes per batch (types are not broken down by the drain report).
+pub fn record_drain(metrics: &Metrics, drain: &DrainReport) {
+    for (outcome, n) in [
+        ("sent", drain.delivered),
+        ("send_failed", drain.failed),
+        ("dead_lettered", drain.dead_lettered),
+    ] {
+        if n > 0 {
+            metrics
+                .batches
+                .get_or_create(&crate::telemetry::metrics::TypeOutcomeLabel {
+                    r#type: "all".into(),
+                    outcome: outcome.into(),
+                })
+                .inc_by(n);
+        }
+    }
+}

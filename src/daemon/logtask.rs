@@ -1,0 +1,166 @@
+//! The background log task: follows the server log, and writes a `pg_logs` batch into the outbox every
+//! cycle (and early when `logs.max_buffered_entries` are buffered), committing the log position only
+//! after the batch is in the outbox. On shutdown it writes what it holds and saves its position.
+//!
+//! Where the log is comes from `[logs]`, completed by asking the server (`logs::source::discover`)
+//! when `logs.path` is unset; while neither is possible it retries every interval.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db::{Db, ServerInfo};
+use crate::logs::settings::TailSettings;
+use crate::logs::source;
+use crate::logs::tail::{LogBatch, Tailer};
+use crate::ship::batch::{AgentInfo, Batch, BatchKind};
+use crate::ship::Shipper;
+use crate::telemetry::server::Telemetry;
+
+/// What the log task shares with the main loop.
+#[derive(Clone)]
+pub struct LogShared {
+    pub shipper: Arc<Shipper>,
+    pub telemetry: Telemetry,
+    /// The server's identity, as the last cycle read it, for the batch envelope.
+    pub server: Arc<Mutex<Option<ServerInfo>>>,
+}
+
+/// A running log task.
+pub struct LogTask {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl LogTask {
+    pub fn spawn(config: Arc<Config>, db: Db, shared: LogShared) -> LogTask {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move { run(config, db, shared, token).await });
+        LogTask { stop, handle }
+    }
+
+    /// Stops the task after it has written its buffered entries and saved its position, waiting at
+    /// most `deadline`.
+    pub async fn stop(self, deadline: Duration) {
+        self.stop.cancel();
+        if tokio::time::timeout(deadline, self.handle).await.is_err() {
+            tracing::warn!("the log task did not finish its flush in time");
+        }
+    }
+}
+
+async fn settings(config: &Config, db: &Db) -> Result<TailSettings, String> {
+    let server = if config.logs.path.is_none() || config.logs.line_prefix.is_none() {
+        match db.session().await {
+            Ok(mut s) => source::discover(&mut s).await.ok(),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let mut settings =
+        TailSettings::from_config(config, server.as_ref()).map_err(|e| e.to_string())?;
+    settings.finisher.correlation_keys = config.correlation.keys.clone();
+    Ok(settings)
+}
+
+async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationToken) {
+    let interval = config.agent.collection_interval;
+    let mut warned = false;
+    let mut tailer = loop {
+        let attempt = match settings(&config, &db).await {
+            Ok(s) => Tailer::open(s).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(t) => break t,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, "cannot follow the server log yet; retrying every interval");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => continue,
+                }
+            }
+        }
+    };
+    tracing::info!("following the server log");
+    let max = config.logs.max_buffered_entries;
+    loop {
+        let deadline = Instant::now() + interval;
+        let batch = tokio::select! {
+            _ = stop.cancelled() => break,
+            b = tailer.next_batch(max, deadline) => b,
+        };
+        match batch {
+            Ok(b) => ship(&mut tailer, b, &config, &shared),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the server log failed; retrying");
+                tailer.rewind();
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        }
+    }
+    // Shutdown: whatever is readable now goes into the outbox, then the position is saved.
+    match tailer.take_batch(usize::MAX) {
+        Ok(b) => ship(&mut tailer, b, &config, &shared),
+        Err(e) => tracing::warn!(error = %e, "final read of the server log failed"),
+    }
+}
+
+/// Writes one pg_logs batch to the outbox and commits its position; on failure re-reads from the
+/// committed position next time, so nothing is lost.
+fn ship(tailer: &mut Tailer, batch: LogBatch, config: &Config, shared: &LogShared) {
+    let Some(position) = batch.position else {
+        return;
+    };
+    if batch.entries.is_empty() {
+        // Nothing to ship, but the position may have moved past lines that made no entry.
+        if let Err(e) = tailer.commit(&position) {
+            tracing::warn!(error = %e, "cannot save the log position");
+        }
+        return;
+    }
+    let server = shared.server.lock().ok().and_then(|s| s.clone());
+    let mut b = Batch::new(
+        BatchKind::PgLogs,
+        &config.agent.project_id,
+        AgentInfo::new(&config.agent.hostname),
+        server,
+        config.agent.collection_interval.as_secs(),
+        batch.entries,
+    );
+    if let Ok(v) = serde_json::to_value(&position) {
+        b.extra.insert("log_position".into(), v);
+    }
+    let count = b.count;
+    match shared.shipper.enqueue(&b) {
+        Ok(r) => {
+            let outcome = if r.stdout { "printed" } else { "enqueued" };
+            shared
+                .telemetry
+                .metrics
+                .count_batch(BatchKind::PgLogs, count, outcome);
+            if let Err(e) = tailer.commit(&position) {
+                tracing::warn!(error = %e, "cannot save the log position; entries may be read again after a restart");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, entries = count, "cannot write the pg_logs batch to the outbox; will read these entries again");
+            shared
+                .telemetry
+                .metrics
+                .count_batch(BatchKind::PgLogs, count, "failed");
+            tailer.rewind();
+        }
+    }
+}

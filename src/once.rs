@@ -1,0 +1,97 @@
+//! `postgres-agent once [--dry-run]`: one collection cycle, each batch printed as one JSON line on
+//! stdout. Exit status 0 when every collector succeeded, 1 when any failed (the batches of the others
+//! are still printed; each failure is logged on stderr).
+//!
+//! The statement baseline under `agent.state_dir` is read and updated, so two runs report the
+//! statement activity between them. Without `--dry-run` and with `listener.url` set, the batches go
+//! through the outbox and one bounded send pass (what is not delivered stays in the outbox for the
+//! daemon); with no listener they are printed, as the no-listener default does.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::collect::Collectors;
+use crate::config::Config;
+use crate::db::Db;
+use crate::ship::batch::Batch;
+use crate::ship::Shipper;
+
+/// Runs one cycle and prints its batches.
+pub fn run(config: &Config, dry_run: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("postgres-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let db = match Db::new(&config.postgres, &config.safety) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("postgres-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut collectors = Collectors::new(config);
+    let report = runtime.block_on(collectors.run_cycle(&db, config));
+    db.close();
+    if dry_run || config.listener.url.is_none() {
+        if let Err(e) = print_batches(&report.batches) {
+            eprintln!("postgres-agent: cannot write to stdout: {e}");
+            return ExitCode::FAILURE;
+        }
+    } else if !ship(config, &report.batches, &runtime) {
+        return ExitCode::FAILURE;
+    }
+    if report.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Writes the batches to the outbox and makes one bounded send pass. False when a batch could not
+/// be written to the outbox.
+fn ship(config: &Config, batches: &[Batch], runtime: &tokio::runtime::Runtime) -> bool {
+    let shipper = match Shipper::open(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("postgres-agent: {e}");
+            return false;
+        }
+    };
+    let mut ok = true;
+    for batch in batches {
+        if let Err(e) = shipper.enqueue(batch) {
+            eprintln!(
+                "postgres-agent: batch {} ({}): {e}",
+                batch.batch_id, batch.kind
+            );
+            ok = false;
+        }
+    }
+    let budget = config.listener.timeout * 3;
+    let report = runtime.block_on(shipper.drain(budget));
+    tracing::info!(sent = report.delivered, waiting = report.remaining, stopped = ?report.stopped, "send pass finished");
+    if report.remaining > 0 {
+        eprintln!(
+            "postgres-agent: {} batches wait in the outbox ({:?}); the daemon will send them",
+            report.remaining, report.stopped
+        );
+    }
+    ok
+}
+
+/// Writes each batch as one JSON line.
+pub fn print_batches(batches: &[Batch]) -> std::io::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for batch in batches {
+        serde_json::to_writer(&mut out, batch)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}

@@ -1,0 +1,165 @@
+//! The privacy policy as the rest of the agent uses it: built once from `[privacy]`, applied to query
+//! texts (activity, locks, statements) and to the text fields of log entries. It owns the order of
+//! operations (redaction on the raw text first, then literal obfuscation) and nothing else.
+
+use std::borrow::Cow;
+
+use super::fields::{LogFields, TextField};
+use super::lexer::StringMode;
+use super::messages::{self, SqlPart};
+use super::obfuscate::{obfuscate_keeping_numbers_in, obfuscate_with, ObfuscateOptions};
+use super::redact::{self, RedactClass, RedactClasses, REDACTED};
+use super::PrivacyError;
+use crate::config::PrivacyConfig;
+
+/// The validated `[privacy]` settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Privacy {
+    pub obfuscate_queries: bool,
+    pub redact: RedactClasses,
+    /// The server's `standard_conforming_strings` (on unless the collector learnt otherwise).
+    pub strings: StringMode,
+}
+
+impl Default for Privacy {
+    fn default() -> Self {
+        Privacy {
+            obfuscate_queries: true,
+            redact: RedactClasses::DEFAULT,
+            strings: StringMode::Standard,
+        }
+    }
+}
+
+impl Privacy {
+    pub fn from_config(config: &PrivacyConfig) -> Result<Privacy, PrivacyError> {
+        Ok(Privacy {
+            obfuscate_queries: config.obfuscate_queries,
+            redact: RedactClasses::parse(&config.redact_log_secrets)?,
+            strings: StringMode::Standard,
+        })
+    }
+
+    fn options(&self) -> ObfuscateOptions {
+        ObfuscateOptions {
+            strings: self.strings,
+            numbers: true,
+        }
+    }
+
+    /// A query text as it may leave the host (pg_stat_activity, locks, pg_stat_statements): literals
+    /// masked when `obfuscate_queries`; otherwise unchanged except for credentials when that class is
+    /// redacted, so `ALTER ROLE ... PASSWORD` is never shipped from activity either.
+    pub fn query_text<'t>(&self, sql: &'t str) -> Cow<'t, str> {
+        if self.obfuscate_queries {
+            return obfuscate_with(sql, self.options());
+        }
+        if !self.redact.contains(RedactClass::Credential) {
+            return Cow::Borrowed(sql);
+        }
+        redact::redact_credentials(sql)
+    }
+
+    /// Applies the policy to a log entry: redaction of the configured classes, then (when
+    /// `obfuscate_queries`) literal masking of `statement`, `query`, the SQL of `statement:`/`execute`/
+    /// `plan:` messages, `prepare:` details, `SQL statement "..."` context lines and parameter lists.
+    /// Returns the number of spans redacted.
+    pub fn apply_to_log(&self, mut fields: LogFields<'_>) -> usize {
+        let redacted = redact::redact_log_secrets(&mut fields, self.redact);
+        if self.obfuscate_queries {
+            self.obfuscate_log(&mut fields);
+        }
+        redacted
+    }
+
+    fn obfuscate_log(&self, fields: &mut LogFields<'_>) {
+        let opts = self.options();
+        for field in [&mut *fields.statement, &mut *fields.query] {
+            update(field, |t| obfuscate_with(t, opts));
+        }
+        update(fields.message, |t| obfuscate_message_with(t, opts));
+        update(fields.detail, |t| match messages::detail_sql(t) {
+            Some(at) => mask_spans(t, &[(at, t.len())], opts),
+            None => obfuscate_parameters_with(t, opts),
+        });
+        update(fields.context, |t| {
+            let mut spans = messages::parameter_lists(t);
+            spans.extend(messages::context_sql(t));
+            spans.sort_unstable();
+            mask_spans(t, &spans, opts)
+        });
+    }
+}
+
+/// The SQL of a `statement:`, `execute <name>:`, `parse`/`bind` or auto_explain `plan:` message
+/// obfuscated; a plan keeps the numbers of its statistics lines (costs, rows, times, buffers) and
+/// masks those of its query text, conditions and filters. Other messages are unchanged.
+pub fn obfuscate_message(message: &str) -> Cow<'_, str> {
+    obfuscate_message_with(message, ObfuscateOptions::default())
+}
+
+fn obfuscate_message_with(message: &str, opts: ObfuscateOptions) -> Cow<'_, str> {
+    match messages::message_sql(message) {
+        Some((at, SqlPart::Statement)) => mask_spans(message, &[(at, message.len())], opts),
+        Some((at, SqlPart::Plan)) => {
+            let plan = &message[at..];
+            let keep = messages::plan_statistics_lines(plan);
+            match obfuscate_keeping_numbers_in(plan, opts.strings, &keep) {
+                Cow::Borrowed(_) => Cow::Borrowed(message),
+                Cow::Owned(masked) => Cow::Owned(format!("{}{masked}", &message[..at])),
+            }
+        }
+        None => Cow::Borrowed(message),
+    }
+}
+
+/// Every value of the `parameters: $1 = '...', $2 = NULL` lists in a DETAIL or CONTEXT text masked
+/// (`$1 = ?, $2 = NULL`); text without such a list unchanged.
+pub fn obfuscate_parameters(text: &str) -> Cow<'_, str> {
+    obfuscate_parameters_with(text, ObfuscateOptions::default())
+}
+
+fn obfuscate_parameters_with(text: &str, opts: ObfuscateOptions) -> Cow<'_, str> {
+    // Values are quoted by the server with '' doubling only, whatever the session's settings.
+    let opts = ObfuscateOptions {
+        strings: StringMode::Standard,
+        ..opts
+    };
+    mask_spans(text, &messages::parameter_lists(text), opts)
+}
+
+fn update(field: &mut dyn TextField, f: impl Fn(&str) -> Cow<'_, str>) {
+    let new = match field.text().map(f) {
+        Some(Cow::Owned(new)) => new,
+        _ => return,
+    };
+    field.replace(new);
+}
+
+/// Obfuscates each span of `text` independently (spans sorted, not overlapping); a span already
+/// redacted is left alone.
+fn mask_spans<'t>(text: &'t str, spans: &[(usize, usize)], opts: ObfuscateOptions) -> Cow<'t, str> {
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    for &(start, end) in spans {
+        let (Some(part), Some(keep)) = (text.get(start..end), text.get(copied..start)) else {
+            continue;
+        };
+        if part == REDACTED {
+            continue;
+        }
+        if let Cow::Owned(masked) = obfuscate_with(part, opts) {
+            let buf = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            buf.push_str(keep);
+            buf.push_str(&masked);
+            copied = end;
+        }
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut buf) => {
+            buf.push_str(&text[copied..]);
+            Cow::Owned(buf)
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Literal masking of query text: every literal token (strings of every style, numbers, bit strings,
+//! dollar-quoted bodies, and whatever is cut off unterminated at the end) becomes [`PLACEHOLDER`];
+//! everything else (comments, identifiers, keywords, `$n` parameters, operators, whitespace) is copied
+//! byte for byte, so the text keeps its shape and its correlation comments.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::lexer::{Lexer, LiteralStyle, StringMode, TokenKind};
+
+/// What a masked literal becomes. `?` like the Datadog agent rather than pg_stat_statements' `$n`:
+/// numbering would collide with the real `$n` parameters that stay in the text.
+pub const PLACEHOLDER: &str = "?";
+
+static UNTERMINATED_MASKED: AtomicU64 = AtomicU64::new(0);
+
+/// How many texts ended in an unterminated literal (cut by `track_activity_query_size`, or simply
+/// malformed) whose tail was masked.
+pub fn unterminated_masked_total() -> u64 {
+    UNTERMINATED_MASKED.load(Ordering::Relaxed)
+}
+
+/// Options of [`obfuscate_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObfuscateOptions {
+    /// How plain `'...'` strings treat backslashes (the server's `standard_conforming_strings`).
+    pub strings: StringMode,
+    /// Mask numbers too (true for query text); false masks strings only.
+    pub numbers: bool,
+}
+
+impl Default for ObfuscateOptions {
+    fn default() -> Self {
+        ObfuscateOptions {
+            strings: StringMode::Standard,
+            numbers: true,
+        }
+    }
+}
+
+/// `sql` with every literal replaced by [`PLACEHOLDER`] (standard-conforming strings).
+pub fn obfuscate(sql: &str) -> String {
+    obfuscate_with(sql, ObfuscateOptions::default()).into_owned()
+}
+
+/// Like [`obfuscate`], without allocating when `sql` holds no literal.
+pub fn obfuscate_cow(sql: &str) -> Cow<'_, str> {
+    obfuscate_with(sql, ObfuscateOptions::default())
+}
+
+/// Masks literals per `options`; borrows `sql` unchanged when there is nothing to mask.
+pub fn obfuscate_with(sql: &str, options: ObfuscateOptions) -> Cow<'_, str> {
+    mask(sql, options.strings, |_| !options.numbers)
+}
+
+/// Masks every literal except numbers that start inside one of the `keep` byte ranges (sorted):
+/// for EXPLAIN plans, whose cost and row-count lines are not user data while their conditions are.
+pub fn obfuscate_keeping_numbers_in<'s>(
+    sql: &'s str,
+    strings: StringMode,
+    keep: &[(usize, usize)],
+) -> Cow<'s, str> {
+    mask(sql, strings, |at| {
+        let i = keep.partition_point(|&(_, end)| end <= at);
+        keep.get(i).is_some_and(|&(start, _)| start <= at)
+    })
+}
+
+fn mask(sql: &str, strings: StringMode, keep_number_at: impl Fn(usize) -> bool) -> Cow<'_, str> {
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    for token in Lexer::new(sql, strings) {
+        let TokenKind::Literal { style, terminated } = token.kind else {
+            continue;
+        };
+        if style == LiteralStyle::Number && keep_number_at(token.start) {
+            continue;
+        }
+        if !terminated {
+            UNTERMINATED_MASKED.fetch_add(1, Ordering::Relaxed);
+        }
+        let buf = out.get_or_insert_with(|| String::with_capacity(sql.len()));
+        buf.push_str(&sql[copied..token.start]);
+        buf.push_str(PLACEHOLDER);
+        copied = token.end;
+    }
+    match out {
+        None => Cow::Borrowed(sql),
+        Some(mut buf) => {
+            buf.push_str(&sql[copied..]);
+            Cow::Owned(buf)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_literal_style_is_masked() {
+        let cases = [
+            (
+                "SELECT * FROM u WHERE email = 'a@b.c'",
+                "SELECT * FROM u WHERE email = ?",
+            ),
+            ("SELECT 'it''s secret'", "SELECT ?"),
+            (r"SELECT E'it\'s \\ secret'", "SELECT ?"),
+            (r"SELECT e'\x41'", "SELECT ?"),
+            (r"SELECT U&'d\0061ta' UESCAPE '!'", "SELECT ? UESCAPE ?"),
+            ("SELECT $$body ' with quote$$", "SELECT ?"),
+            ("SELECT $fn$ $$ nested $$ $fn$", "SELECT ?"),
+            ("SELECT B'1010', X'DEADBEEF'", "SELECT ?, ?"),
+            ("SELECT 42, -3.5, 1e10, 2.5E-3, .5", "SELECT ?, -?, ?, ?, ?"),
+            ("SELECT 0xFF, 0o17, 0b1010, 1_000_000", "SELECT ?, ?, ?, ?"),
+            ("SELECT N'national'", "SELECT ?"),
+            ("SELECT '2024-01-01'::date", "SELECT ?::date"),
+            ("SELECT 'a'\n'b'", "SELECT ?"),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(obfuscate(sql), want, "input {sql:?}");
+        }
+    }
+
+    #[test]
+    fn structure_comments_params_and_identifiers_are_kept() {
+        let sql = "/*controller='users',traceparent='00-abc-def-01'*/ SELECT \"Col 1\", t.x2\n\
+                   FROM t -- note 'kept'\nWHERE id = $1 AND tag IN ('a', 'b') LIMIT 10";
+        let want = "/*controller='users',traceparent='00-abc-def-01'*/ SELECT \"Col 1\", t.x2\n\
+                    FROM t -- note 'kept'\nWHERE id = $1 AND tag IN (?, ?) LIMIT ?";
+        assert_eq!(obfuscate(sql), want);
+    }
+
+    #[test]
+    fn no_literal_means_no_allocation() {
+        let sql = "SELECT a, b FROM t WHERE id = $1 /* app='x' */";
+        assert!(matches!(obfuscate_cow(sql), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn unterminated_tails_are_masked_whole() {
+        for (sql, want) in [
+            (
+                "SELECT * FROM t WHERE pw = 'hunt",
+                "SELECT * FROM t WHERE pw = ?",
+            ),
+            (r"SELECT E'ab\'cd", "SELECT ?"),
+            ("DO $x$ BEGIN RAISE 'secret", "DO ?"),
+            ("SELECT X'DEAD", "SELECT ?"),
+            ("SELECT 1 /* trace='abc", "SELECT ? /* trace='abc"),
+        ] {
+            assert_eq!(obfuscate(sql), want, "input {sql:?}");
+        }
+    }
+
+    #[test]
+    fn standard_conforming_strings_off() {
+        let sql = r"SELECT 'a\' secret' FROM t";
+        let off = ObfuscateOptions {
+            strings: StringMode::Escape,
+            numbers: true,
+        };
+        assert_eq!(obfuscate_with(sql, off), "SELECT ? FROM t");
+    }
+
+    #[test]
+    fn numbers_can_be_kept_for_plans() {
+        let plan =
+            "Seq Scan on t  (cost=0.00..35.50 rows=10 width=4)\n  Filter: (email = 'x@y'::text)";
+        let opts = ObfuscateOptions {
+            numbers: false,
+            ..ObfuscateOptions::default()
+        };
+        assert_eq!(
+            obfuscate_with(plan, opts),
+            "Seq Scan on t  (cost=0.00..35.50 rows=10 width=4)\n  Filter: (email = ?::text)"
+        );
+    }
+
+    #[test]
+    fn obfuscation_is_idempotent() {
+        let sql = "SELECT data ? 'k', 'v' FROM t WHERE n > 5";
+        let once = obfuscate(sql);
+        assert_eq!(obfuscate(&once), once);
+    }
+}

@@ -1,0 +1,253 @@
+//! Delivery of one stored batch to the listener over HTTP(S), and the classification of the answer.
+//!
+//! reqwest with rustls (ring provider): the system trust store plus `listener.ca_file`; proxies from
+//! `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY`. Each request is a `POST` of the stored gzip body
+//! (`Content-Encoding: gzip`) or, with `listener.compress = false`, of the decompressed JSON, with
+//! `Authorization: Bearer`, `Idempotency-Key: <batch_id>` and `User-Agent: postgres-agent/<version>`.
+//!
+//! Answers: 2xx delivered; 408, 429, 5xx, timeouts and connection errors retried later (honouring
+//! `Retry-After`); 401 and 403 also retried, since they mean the agent's key is wrong, not the batch;
+//! every other 4xx rejects the batch for good (dead letter).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use flate2::read::GzDecoder;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
+use reqwest::StatusCode;
+use uuid::Uuid;
+
+use crate::config::ListenerConfig;
+
+/// `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("postgres-agent/", env!("CARGO_PKG_VERSION"));
+
+/// Longest `Retry-After` honoured; a listener asking for more is retried after this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Bytes of a rejection's response body kept as the dead letter's reason.
+const REASON_BYTES: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("listener.ca_file {}: {detail}", path.display())]
+    CaFile { path: PathBuf, detail: String },
+    #[error("listener.api_key is not a valid HTTP header value")]
+    BadApiKey,
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
+/// What became of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// 2xx.
+    Delivered { status: u16 },
+    /// Try again later; `retry_after` when the listener said when.
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Can never succeed: dead-letter it.
+    Reject { status: u16, reason: String },
+}
+
+/// The configured HTTP client for the listener.
+pub struct Sender {
+    client: reqwest::Client,
+    url: String,
+    compress: bool,
+}
+
+impl Sender {
+    /// Builds the client for `listener` (whose `url` must be set).
+    pub fn new(listener: &ListenerConfig, url: &str) -> Result<Sender, HttpError> {
+        crate::db::tls::install_crypto_provider();
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if !listener.api_key.is_empty() {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", listener.api_key.expose()))
+                .map_err(|_| HttpError::BadApiKey)?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .default_headers(headers)
+            .timeout(listener.timeout)
+            .connect_timeout(listener.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(50));
+        if let Some(path) = &listener.ca_file {
+            builder = builder.tls_certs_merge(read_ca_file(path)?);
+        }
+        Ok(Sender {
+            client: builder.build().map_err(HttpError::Client)?,
+            url: url.to_string(),
+            compress: listener.compress,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// POSTs one stored batch (`gz_body` is the gzip of its JSON envelope).
+    pub async fn send(&self, batch_id: Uuid, gz_body: &[u8]) -> Outcome {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("Idempotency-Key", batch_id.to_string());
+        if self.compress {
+            req = req.header(CONTENT_ENCODING, "gzip").body(gz_body.to_vec());
+        } else {
+            let mut json = Vec::with_capacity(gz_body.len() * 8);
+            if let Err(e) = GzDecoder::new(gz_body).read_to_end(&mut json) {
+                return Outcome::Reject {
+                    status: 0,
+                    reason: format!("stored body does not decompress: {e}"),
+                };
+            }
+            req = req.body(json);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Retry {
+                    reason: describe(&e),
+                    retry_after: None,
+                }
+            }
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        if status.is_success() {
+            return Outcome::Delivered {
+                status: status.as_u16(),
+            };
+        }
+        let body = excerpt(resp).await;
+        let reason = if body.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            format!("HTTP {status}: {body}")
+        };
+        if is_retryable(status) {
+            Outcome::Retry {
+                reason,
+                retry_after,
+            }
+        } else {
+            Outcome::Reject {
+                status: status.as_u16(),
+                reason,
+            }
+        }
+    }
+}
+
+/// 408, 429, 5xx, and the two statuses that blame the agent's credentials rather than the batch.
+pub fn is_retryable(status: StatusCode) -> bool {
+    status.is_server_error()
+        || matches!(
+            status,
+            StatusCode::REQUEST_TIMEOUT
+                | StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+        )
+        || !status.is_client_error()
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date, capped at [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, HttpError> {
+    let bad = |detail: String| HttpError::CaFile {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| bad(format!("not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("contains no certificates".into()));
+    }
+    Ok(certs)
+}
+
+/// A one-line description of a transport error, with its causes (reqwest's Display alone says
+/// little more than "error sending request").
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        source = err.source();
+    }
+    s
+}
+
+async fn excerpt(mut resp: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < REASON_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.truncate(REASON_BYTES);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_statuses() {
+        for s in [408, 429, 500, 502, 503, 504, 401, 403] {
+            assert!(is_retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [400, 404, 409, 410, 413, 422] {
+            assert!(!is_retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+    }
+
+    #[test]
+    fn parses_retry_after_both_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

@@ -1,0 +1,204 @@
+//! The outbox database file: opening it with the right pragmas, creating the schema, detecting a
+//! corrupt or unreadable file, and moving such a file aside so a fresh one can take its place.
+//!
+//! It does not know about batches or eviction; that is `outbox/mod.rs`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::OutboxError;
+
+/// How long a statement waits for a lock held by another connection (the `status` command, or a
+/// second agent process) before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Corrupt files moved aside that are kept for inspection; older ones are deleted so repeated
+/// corruption cannot fill the disk.
+const KEEP_CORRUPT_COPIES: usize = 2;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS outbox (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_id     TEXT    NOT NULL,
+    kind         TEXT    NOT NULL,
+    collected_at TEXT    NOT NULL,
+    enqueued_ms  INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    charge       INTEGER NOT NULL,
+    body         BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_id     TEXT    NOT NULL,
+    kind         TEXT    NOT NULL,
+    collected_at TEXT    NOT NULL,
+    enqueued_ms  INTEGER NOT NULL,
+    dead_ms      INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL,
+    http_status  INTEGER,
+    reason       TEXT    NOT NULL,
+    charge       INTEGER NOT NULL,
+    body         BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS breaker (
+    id                   INTEGER PRIMARY KEY CHECK (id = 1),
+    state                TEXT    NOT NULL,
+    consecutive_failures INTEGER NOT NULL,
+    opened_ms            INTEGER,
+    transition_from      TEXT,
+    transition_to        TEXT,
+    transition_ms        INTEGER,
+    transition_reason    TEXT
+);
+";
+
+/// The `-wal` and `-shm` companions of a database file.
+pub fn companions(path: &Path) -> [PathBuf; 2] {
+    let with = |suffix: &str| {
+        let mut s = path.as_os_str().to_owned();
+        s.push(suffix);
+        PathBuf::from(s)
+    };
+    [with("-wal"), with("-shm")]
+}
+
+/// Bytes on disk of the database plus its write-ahead log.
+pub fn file_bytes(path: &Path) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    size(path) + size(&companions(path)[0])
+}
+
+/// True when an error means the file itself is damaged (as opposed to a busy lock or a full disk).
+pub fn is_corruption(e: &rusqlite::Error, path: &Path) -> bool {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => true,
+        // An existing path SQLite cannot open at all (a directory, a file it cannot lock or map) is
+        // as unusable as a corrupt one; a missing file is not (the directory is the problem).
+        Some(ErrorCode::CannotOpen) => path.exists(),
+        _ => false,
+    }
+}
+
+/// Opens (creating if needed) the database read-write with WAL, `synchronous = FULL`, and the schema,
+/// then checks its integrity. `wal_limit_bytes` bounds the write-ahead log between checkpoints.
+pub fn open_rw(path: &Path, wal_limit_bytes: u64) -> Result<Connection, OutboxError> {
+    let ctx = |source| OutboxError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(ctx)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(ctx)?;
+    // `quick_check` first: a file of garbage fails here with NOTADB, a truncated or scribbled one
+    // with a report that is not "ok". Both are handled by the caller as corruption.
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(ctx)?;
+    if check != "ok" {
+        return Err(OutboxError::Corrupt {
+            path: path.to_path_buf(),
+            detail: check,
+        });
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(ctx)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OutboxError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("cannot switch to WAL mode (journal_mode is {mode})"),
+        });
+    }
+    // FULL: every commit fsyncs the WAL, so a batch whose enqueue returned survives power loss,
+    // not only a crash of the process. At a handful of batches per minute the cost is invisible.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(ctx)?;
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(ctx)?;
+    let wal_pages = (wal_limit_bytes / page_size.max(512) as u64).max(16);
+    conn.pragma_update(None, "wal_autocheckpoint", wal_pages as i64)
+        .map_err(ctx)?;
+    conn.pragma_update(None, "journal_size_limit", wal_limit_bytes as i64)
+        .map_err(ctx)?;
+    conn.execute_batch(SCHEMA).map_err(ctx)?;
+    Ok(conn)
+}
+
+/// Opens the database read-only for `status`, which must work while the daemon writes to it:
+/// WAL readers never block the writer, and a busy timeout rides out a checkpoint.
+pub fn open_ro(path: &Path) -> Result<Connection, OutboxError> {
+    let ctx = |source| OutboxError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(ctx)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(ctx)?;
+    Ok(conn)
+}
+
+/// Renames a damaged database (and its WAL and shared-memory files) to
+/// `<name>.corrupt-<unix milliseconds>` so a fresh one can be created, and deletes all but the newest
+/// [`KEEP_CORRUPT_COPIES`] earlier copies. Returns the new name.
+pub fn move_aside(path: &Path) -> Result<PathBuf, OutboxError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut target = path.as_os_str().to_owned();
+    target.push(format!(".corrupt-{stamp}"));
+    let target = PathBuf::from(target);
+    let io = |source| OutboxError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        std::fs::rename(path, &target).map_err(io)?;
+    }
+    for (companion, suffix) in companions(path).iter().zip(["-wal", "-shm"]) {
+        if companion.exists() {
+            let mut t = target.as_os_str().to_owned();
+            t.push(suffix);
+            std::fs::rename(companion, PathBuf::from(t)).map_err(io)?;
+        }
+    }
+    prune_corrupt_copies(path);
+    Ok(target)
+}
+
+fn prune_corrupt_copies(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.corrupt-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    // Copies are grouped by their stamp (the main file plus optional -wal/-shm).
+    let mut stamps: Vec<u128> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let rest = n.strip_prefix(&prefix)?;
+            rest.split('-').next()?.parse().ok()
+        })
+        .collect();
+    stamps.sort_unstable();
+    stamps.dedup();
+    let excess = stamps.len().saturating_sub(KEEP_CORRUPT_COPIES);
+    for stamp in &stamps[..excess] {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.join(format!("{prefix}{stamp}{suffix}")));
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Turning a [`Batch`] into what the outbox stores: the JSON envelope, gzip-compressed, split into
+//! parts when the compressed body would exceed the per-request limit.
+//!
+//! Splitting halves `data` until every part fits. Each part is a complete envelope with its own
+//! `batch_id` (so the listener's idempotency still works per request), its own `count` and
+//! `with_correlation`, and three extra fields linking it to the original: `part_of` (the original
+//! `batch_id`), `part` (1-based) and `parts`. A batch that fits is stored unchanged, without them.
+//! A single record too large on its own is stored as a one-record part rather than dropped; the
+//! listener decides (a 413 makes it a counted dead letter).
+
+use std::io::Write;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::batch::Batch;
+use super::outbox::NewBatch;
+
+/// Largest compressed request body the agent sends (before splitting).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Room left for the part fields when deciding whether a part fits.
+const PART_FIELDS_SLACK: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("cannot serialize batch {batch_id} ({kind}): {source}")]
+    Json {
+        batch_id: Uuid,
+        kind: String,
+        source: serde_json::Error,
+    },
+    #[error("cannot compress batch {batch_id}: {source}")]
+    Gzip {
+        batch_id: Uuid,
+        source: std::io::Error,
+    },
+}
+
+/// gzip of `bytes` at the default level (about 8-10x on these JSON batches).
+pub fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut enc = GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 6 + 64),
+        Compression::default(),
+    );
+    enc.write_all(bytes)?;
+    enc.finish()
+}
+
+/// Serializes and compresses `batch`, splitting it so each body is at most `max_body` bytes.
+pub fn prepare(batch: &Batch, max_body: usize) -> Result<Vec<NewBatch>, PrepareError> {
+    let whole = encode(batch)?;
+    if whole.len() <= max_body || batch.data.len() <= 1 {
+        return Ok(vec![new_batch(batch, whole)]);
+    }
+    let mut ranges = Vec::new();
+    split(
+        batch,
+        0,
+        batch.data.len(),
+        max_body.saturating_sub(PART_FIELDS_SLACK),
+        &mut ranges,
+    )?;
+    let parts = ranges.len();
+    tracing::info!(
+        event = "batch_split",
+        batch_id = %batch.batch_id,
+        kind = %batch.kind,
+        records = batch.data.len(),
+        compressed_bytes = whole.len(),
+        parts,
+        "batch over the request size limit split into parts"
+    );
+    ranges
+        .into_iter()
+        .enumerate()
+        .map(|(i, (lo, hi))| {
+            let mut part = sub_batch(batch, lo, hi);
+            part.extra
+                .insert("part_of".into(), Value::String(batch.batch_id.to_string()));
+            part.extra.insert("part".into(), Value::from(i + 1));
+            part.extra.insert("parts".into(), Value::from(parts));
+            let body = encode(&part)?;
+            Ok(new_batch(&part, body))
+        })
+        .collect()
+}
+
+/// Appends to `out` the record ranges of `batch.data[lo..hi]`, halved until each fits `limit`.
+fn split(
+    batch: &Batch,
+    lo: usize,
+    hi: usize,
+    limit: usize,
+    out: &mut Vec<(usize, usize)>,
+) -> Result<(), PrepareError> {
+    if hi - lo <= 1 || encode(&sub_batch(batch, lo, hi))?.len() <= limit {
+        out.push((lo, hi));
+        return Ok(());
+    }
+    let mid = lo + (hi - lo) / 2;
+    split(batch, lo, mid, limit, out)?;
+    split(batch, mid, hi, limit, out)
+}
+
+fn sub_batch(batch: &Batch, lo: usize, hi: usize) -> Batch {
+    let data: Vec<Value> = batch.data[lo..hi].to_vec();
+    let with_correlation = data
+        .iter()
+        .filter(|r| r.get("correlation").is_some_and(|c| !c.is_null()))
+        .count();
+    Batch {
+        batch_id: Uuid::now_v7(),
+        count: data.len(),
+        with_correlation,
+        data,
+        ..batch.clone()
+    }
+}
+
+fn encode(batch: &Batch) -> Result<Vec<u8>, PrepareError> {
+    let json = serde_json::to_vec(batch).map_err(|source| PrepareError::Json {
+        batch_id: batch.batch_id,
+        kind: batch.kind.to_string(),
+        source,
+    })?;
+    gzip(&json).map_err(|source| PrepareError::Gzip {
+        batch_id: batch.batch_id,
+        source,
+    })
+}
+
+fn new_batch(batch: &Batch, body: Vec<u8>) -> NewBatch {
+    NewBatch {
+        batch_id: batch.batch_id,
+        kind: batch.kind,
+        collected_at: batch.collected_at.clone(),
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ship::batch::{AgentInfo, BatchKind};
+    use flate2::read::GzDecoder;
+    use std::io::Read;
+
+    fn batch(records: usize) -> Batch {
+        // Distinct pseudo-random text per record so compression cannot hide the size.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let data = (0..records)
+            .map(|i| {
+                let text: String = (0..200)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        char::from(b'a' + (x % 26) as u8)
+                    })
+                    .collect();
+                serde_json::json!({"i": i, "text": text, "correlation": if i % 2 == 0 { Value::Null } else { Value::from("c") }})
+            })
+            .collect();
+        Batch::new(BatchKind::PgLogs, "p", AgentInfo::new("h"), None, 60, data)
+    }
+
+    fn decode(body: &[u8]) -> Batch {
+        let mut s = String::new();
+        GzDecoder::new(body).read_to_string(&mut s).unwrap();
+        serde_json::from_str(&s).unwrap()
+    }
+
+    #[test]
+    fn small_batch_is_one_unchanged_part() {
+        let b = batch(3);
+        let parts = prepare(&b, MAX_BODY_BYTES).unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].batch_id, b.batch_id);
+        assert_eq!(decode(&parts[0].body), b);
+    }
+
+    #[test]
+    fn large_batch_is_split_into_linked_parts_that_keep_every_record() {
+        let b = batch(400);
+        let limit = 16 * 1024;
+        let parts = prepare(&b, limit).unwrap();
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        let mut records = Vec::new();
+        let mut correlated = 0;
+        for (i, p) in parts.iter().enumerate() {
+            assert!(p.body.len() <= limit, "part {i} is {} bytes", p.body.len());
+            let d = decode(&p.body);
+            assert_eq!(d.batch_id, p.batch_id);
+            assert_ne!(d.batch_id, b.batch_id);
+            assert_eq!(d.extra["part_of"], Value::String(b.batch_id.to_string()));
+            assert_eq!(d.extra["part"], Value::from(i + 1));
+            assert_eq!(d.extra["parts"], Value::from(parts.len()));
+            assert_eq!(d.count, d.data.len());
+            correlated += d.with_correlation;
+            records.extend(d.data);
+        }
+        assert_eq!(records, b.data, "every record once, in order");
+        assert_eq!(correlated, b.with_correlation);
+    }
+
+    #[test]
+    fn a_single_oversized_record_is_kept() {
+        let b = batch(1);
+        let parts = prepare(&b, 10).unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(decode(&parts[0].body).data, b.data);
+    }
+}

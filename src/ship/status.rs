@@ -1,0 +1,202 @@
+//! `postgres-agent status`: reads the outbox database read-only (safe while the daemon writes to
+//! it) and renders depth, bytes and age per type, dead letters, evictions, the circuit breaker and
+//! the last successful send, as text or JSON.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::batch::format_rfc3339;
+use super::outbox::{self, now_ms, schema, OutboxStats};
+use super::ShipError;
+use crate::config::Config;
+
+/// Everything `status` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// None: batches go to stdout and the outbox is unused.
+    pub listener_url: Option<String>,
+    pub outbox_path: PathBuf,
+    pub max_size_bytes: u64,
+    /// None when the outbox database does not exist yet.
+    pub outbox: Option<OutboxStats>,
+    /// When this report was made (unix milliseconds).
+    pub now_ms: i64,
+}
+
+/// Reads the status of the outbox configured in `config`.
+pub fn read(config: &Config) -> Result<StatusReport, ShipError> {
+    let path = config.agent.state_dir.join(outbox::FILE_NAME);
+    let stats = if path.exists() {
+        let conn = schema::open_ro(&path)?;
+        Some(
+            outbox::stats::read(&conn, &path).map_err(|source| outbox::OutboxError::Sqlite {
+                path: path.clone(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+    Ok(StatusReport {
+        listener_url: config.listener.url.clone(),
+        outbox_path: path,
+        max_size_bytes: config.buffer.max_size_bytes,
+        outbox: stats,
+        now_ms: now_ms(),
+    })
+}
+
+impl StatusReport {
+    /// The human-readable form.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = self.write_text(&mut s);
+        s
+    }
+
+    fn write_text(&self, s: &mut String) -> std::fmt::Result {
+        match &self.listener_url {
+            Some(url) => writeln!(s, "listener:      {url}")?,
+            None => writeln!(
+                s,
+                "listener:      none (listener.url is empty): batches go to stdout as JSON lines, \
+                 the outbox is unused"
+            )?,
+        }
+        let Some(o) = &self.outbox else {
+            return writeln!(
+                s,
+                "outbox:        {} does not exist yet (nothing has been queued)",
+                self.outbox_path.display()
+            );
+        };
+        writeln!(
+            s,
+            "outbox:        {} ({} on disk, cap {})",
+            o.path.display(),
+            bytes(o.file_bytes),
+            bytes(self.max_size_bytes)
+        )?;
+        match &o.breaker {
+            Some(b) => {
+                write!(
+                    s,
+                    "circuit:       {} ({} consecutive failures)",
+                    b.state, b.consecutive_failures
+                )?;
+                if let Some(t) = &b.last_transition {
+                    write!(
+                        s,
+                        "; last transition {} -> {} {}: {}",
+                        t.from,
+                        t.to,
+                        self.when(t.at_ms),
+                        t.reason
+                    )?;
+                }
+                writeln!(s)?;
+            }
+            None => writeln!(s, "circuit:       closed (no failure recorded)")?,
+        }
+        match o.last_success_ms {
+            Some(ms) => writeln!(s, "last send:     {}", self.when(ms))?,
+            None => writeln!(s, "last send:     never")?,
+        }
+        write!(s, "queued:        {} batches, {}", o.depth, bytes(o.bytes))?;
+        match o.oldest_enqueued_ms {
+            Some(ms) => writeln!(s, ", oldest enqueued {}", self.when(ms))?,
+            None => writeln!(s)?,
+        }
+        writeln!(
+            s,
+            "  {:<15} {:>7} {:>10} {:>10} {:>10} {:>8} {:>6}",
+            "type", "queued", "bytes", "oldest", "delivered", "evicted", "dead"
+        )?;
+        for k in &o.kinds {
+            let age = k
+                .oldest_enqueued_ms
+                .map(|ms| age(self.now_ms - ms))
+                .unwrap_or_else(|| "-".into());
+            writeln!(
+                s,
+                "  {:<15} {:>7} {:>10} {:>10} {:>10} {:>8} {:>6}",
+                k.kind,
+                k.depth,
+                bytes(k.bytes),
+                age,
+                k.delivered,
+                k.evicted,
+                k.dead_lettered
+            )?;
+        }
+        writeln!(
+            s,
+            "evicted:       {} batches at the size cap (since the database was created)",
+            o.evicted
+        )?;
+        writeln!(
+            s,
+            "dead letters:  {} kept, {} dropped",
+            o.dead_letters, o.dead_letters_dropped
+        )?;
+        for d in &o.recent_dead_letters {
+            let status = d
+                .http_status
+                .map(|h| format!("HTTP {h}"))
+                .unwrap_or_default();
+            writeln!(
+                s,
+                "  {} {} {} {}: {}",
+                d.batch_id,
+                d.kind,
+                status,
+                self.when(d.dead_ms),
+                d.reason
+            )?;
+        }
+        if o.recreated > 0 {
+            writeln!(
+                s,
+                "recovered:     a corrupt outbox was moved aside and replaced {} time(s); see the \
+                 {}.corrupt-* files",
+                o.recreated,
+                o.path.display()
+            )?;
+        }
+        Ok(())
+    }
+
+    fn when(&self, ms: i64) -> String {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+            .map(format_rfc3339)
+            .unwrap_or_else(|_| ms.to_string());
+        format!("{t} ({} ago)", age(self.now_ms - ms))
+    }
+}
+
+fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,110 @@
+//! `postgres-agent check` against real servers: every line OK, and each failure with its fix.
+
+mod support;
+
+use support::{agent, PgOptions, PgServer};
+
+fn check(server: &PgServer, extra: &str) -> (i32, String) {
+    let state = tempfile::tempdir().unwrap();
+    let ini = server.agent_ini(state.path(), extra);
+    let path = state.path().join("agent.ini");
+    std::fs::write(&path, ini).unwrap();
+    let out = agent(&["check", path.to_str().unwrap()], &[]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn line<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("no {name} line in:\n{out}"))
+}
+
+#[test]
+fn all_checks_pass_on_a_well_set_up_server() {
+    let server = PgServer::start();
+    let (code, out) = check(&server, "");
+    assert_eq!(code, 0, "{out}");
+    for name in [
+        "config",
+        "state_dir",
+        "connection",
+        "privileges",
+        "pg_stat_statements",
+        "logs",
+    ] {
+        assert!(line(&out, name).starts_with("OK"), "{out}");
+    }
+    assert!(
+        line(&out, "logs").contains(&server.log_dir().display().to_string()),
+        "{out}"
+    );
+}
+
+#[test]
+fn each_failure_names_its_fix() {
+    let server = PgServer::start_with(PgOptions {
+        pg_stat_statements: false,
+        ..Default::default()
+    });
+    server.psql("postgres", "CREATE ROLE watcher LOGIN");
+    let (code, out) = check(
+        &server,
+        "[postgres]\nuser = watcher\n[logs]\npath = /nonexistent/pg/log\n",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(line(&out, "privileges").starts_with("FAIL"), "{out}");
+    assert!(out.contains("GRANT pg_monitor TO \"watcher\""), "{out}");
+    assert!(
+        line(&out, "pg_stat_statements").starts_with("FAIL"),
+        "{out}"
+    );
+    assert!(out.contains("CREATE EXTENSION pg_stat_statements"), "{out}");
+    assert!(
+        line(&out, "logs").starts_with("FAIL") && out.contains("/nonexistent/pg/log"),
+        "{out}"
+    );
+
+    // With pg_monitor granted, the privilege check passes.
+    server.psql("postgres", "GRANT pg_monitor TO watcher");
+    let (_, out) = check(
+        &server,
+        "[postgres]\nuser = watcher\n[logs]\nenabled = false\n",
+    );
+    assert!(line(&out, "privileges").starts_with("OK"), "{out}");
+    // pg_monitor can read shared_preload_libraries, so the fix names the real cause.
+    assert!(
+        line(&out, "pg_stat_statements").starts_with("FAIL"),
+        "{out}"
+    );
+    assert!(
+        out.contains("add pg_stat_statements to shared_preload_libraries"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unreachable_server_and_unwritable_state_dir_fail() {
+    let server = PgServer::start();
+    let (code, out) = check(&server, "[postgres]\nport = 1\n[logs]\nenabled = false\n");
+    assert_eq!(code, 1);
+    assert!(
+        line(&out, "connection").starts_with("FAIL") && out.contains("pg_hba.conf"),
+        "{out}"
+    );
+    let state = tempfile::tempdir().unwrap();
+    let blocker = state.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let ini = format!(
+        "{}\n",
+        server.agent_ini(&blocker.join("state"), "[logs]\nenabled = false\n")
+    );
+    let path = state.path().join("agent.ini");
+    std::fs::write(&path, ini).unwrap();
+    let out = agent(&["check", path.to_str().unwrap()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(line(&text, "state_dir").starts_with("FAIL"), "{text}");
+}

@@ -1,0 +1,274 @@
+//! End-to-end: the real binary as a child process against a real server and an in-process listener.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::child::AgentChild;
+use support::listener::Listener;
+use support::{PgOptions, PgServer};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes the agent's config for `server` and returns its path.
+fn write_config(
+    server: &PgServer,
+    state: &Path,
+    listener: Option<&Listener>,
+    telemetry_port: u16,
+    extra: &str,
+) -> String {
+    let listener = listener
+        .map(|l| format!("[listener]\nurl = {}\ncompress = true\n", l.url()))
+        .unwrap_or_default();
+    let ini = format!(
+        "[agent]\nproject_id = e2e\ncollection_interval_s = {{interval}}\nstate_dir = {}\n\n\
+         [postgres]\nhost = {}\nport = {}\nuser = postgres\n\n{listener}\n\
+         [telemetry]\nlisten = 127.0.0.1:{telemetry_port}\n\n[logging]\nlevel = debug\n\n{extra}\n",
+        state.display(),
+        server.socket_dir.display(),
+        server.port,
+    );
+    let path = state.join("agent.ini");
+    std::fs::create_dir_all(state).unwrap();
+    std::fs::write(&path, ini.replace("{interval}", "60")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn set_interval(path: &str, seconds: u64) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("collection_interval_s") {
+                format!("collection_interval_s = {seconds}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(path, text).unwrap();
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_stops_promptly_with_exit_0_and_flushes_the_log() {
+    let server = PgServer::start_with(PgOptions {
+        conf: vec!["log_min_duration_statement = 0".into()],
+        ..Default::default()
+    });
+    let listener = Listener::start();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(&server, state.path(), Some(&listener), port, "");
+    let mut agent = AgentChild::spawn(&["run", &config], &[]);
+    // The first cycle runs at once; the next would be 60 s later.
+    wait_until(Duration::from_secs(20), "the first cycle's batches", || {
+        listener.bodies_of_type("system_metrics").len() == 1
+    });
+    agent.wait_for_line(Duration::from_secs(10), "the log task", |l| {
+        l.contains("following the server log")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    server.psql("postgres", "SELECT 'flush-marker-7391' AS marker");
+    std::thread::sleep(Duration::from_millis(300));
+
+    agent.signal("TERM");
+    let (status, took) = agent.wait_exit(Duration::from_secs(10));
+    println!("SIGTERM to exit: {took:?}");
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr_text());
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let logs = listener.bodies_of_type("pg_logs");
+    let all = serde_json::to_string(&logs).unwrap();
+    assert!(
+        all.contains("flush-marker-7391"),
+        "the log line written before SIGTERM was not shipped: {all}"
+    );
+    // Nothing left behind in the outbox.
+    let out = support::agent(&["status", &config], &[]);
+    let status_text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status_text}");
+}
+
+#[test]
+fn sighup_applies_a_good_config_and_rejects_a_broken_one() {
+    let server = PgServer::start();
+    let listener = Listener::start();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(&server, state.path(), Some(&listener), port, "");
+    let agent = AgentChild::spawn(&["run", &config], &[]);
+    wait_until(Duration::from_secs(20), "the first cycle", || {
+        listener.bodies_of_type("pg_activity").len() == 1
+    });
+
+    // A broken config: rejected, the agent keeps running on the old one.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        good.replace(
+            "[telemetry]",
+            "[safety]\nmax_connections = lots\n[telemetry]",
+        ),
+    )
+    .unwrap();
+    agent.signal("HUP");
+    let line = agent.wait_for_line(Duration::from_secs(10), "the rejection", |l| {
+        l.contains("reload rejected")
+    });
+    assert!(
+        line.contains("max_connections") && line.contains("lots"),
+        "{line}"
+    );
+    assert_eq!(http_get(port, "/health").0, 200);
+
+    // A good config with a 1 s interval: cycles speed up without a restart.
+    std::fs::write(&config, &good).unwrap();
+    set_interval(&config, 1);
+    agent.signal("HUP");
+    agent.wait_for_line(Duration::from_secs(10), "the reload", |l| {
+        l.contains("configuration reloaded")
+    });
+    let before = listener.bodies_of_type("pg_activity").len();
+    wait_until(Duration::from_secs(70), "faster cycles", || {
+        listener.bodies_of_type("pg_activity").len() >= before + 3
+    });
+}
+
+#[test]
+fn health_turns_503_when_the_server_stops_and_200_when_it_returns() {
+    let server = PgServer::start();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        &server,
+        state.path(),
+        None,
+        port,
+        "[logs]\nenabled = false\n",
+    );
+    set_interval(&config, 1);
+    let _agent = AgentChild::spawn(&["run", &config], &[]);
+    wait_until(Duration::from_secs(20), "healthy", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http_get(port, "/health").0 == 200
+    });
+    server.stop();
+    wait_until(
+        Duration::from_secs(30),
+        "503 while the server is down",
+        || http_get(port, "/health").0 == 503,
+    );
+    let (_, body) = http_get(port, "/health");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "unhealthy");
+    assert!(!body["reasons"].as_array().unwrap().is_empty(), "{body}");
+    server.restart_after_stop();
+    wait_until(
+        Duration::from_secs(30),
+        "200 once the server is back",
+        || http_get(port, "/health").0 == 200,
+    );
+    let (_, metrics) = http_get(port, "/metrics");
+    assert!(
+        metrics.contains("postgres_agent_cycles_total{outcome=\"failed\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn notifies_systemd_ready_watchdog_and_stopping() {
+    let server = PgServer::start();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        &server,
+        state.path(),
+        None,
+        port,
+        "[logs]\nenabled = false\n",
+    );
+    let socket_path = state.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut agent = AgentChild::spawn(
+        &["run", &config],
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline
+        && messages
+            .iter()
+            .filter(|m: &&String| m.contains("WATCHDOG=1"))
+            .count()
+            < 5
+    {
+        if let Ok(n) = socket.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(
+        messages.iter().any(|m| m.contains("READY=1")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 5,
+        "{messages:?}"
+    );
+    agent.signal("TERM");
+    let (status, _) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    let mut stopping = false;
+    while let Ok(n) = socket.recv(&mut buf) {
+        stopping |= String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
+    // STATUS= carries the last cycle's summary.
+    assert!(
+        messages.iter().any(|m| m.contains("STATUS=cycle")),
+        "{messages:?}"
+    );
+}
