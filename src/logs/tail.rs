@@ -185,7 +185,7 @@ impl Tailer {
             };
             let path = cur.file.path.clone();
             let meta = cur.reader.get_ref().metadata().map_err(io_err(&path))?;
-            let read_to = cur.reader.offset() + cur.reader.buffered() as u64;
+            let read_to = cur.reader.read_position();
             if meta.len() < read_to {
                 // Truncated in place (copytruncate, or log_truncate_on_rotation reusing the name).
                 stats::count_file_truncated();

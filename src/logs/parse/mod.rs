@@ -12,6 +12,7 @@
 
 pub mod csv;
 pub mod json;
+pub mod jsoncap;
 pub mod prefix;
 pub mod stderr;
 pub mod time;
@@ -75,10 +76,14 @@ pub enum End {
 /// What the next bytes of the buffer are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame {
-    /// An entry spans this many bytes; call [`Parser::build`] on exactly them.
+    /// An entry spans this many bytes; call [`Parser::build`] on exactly them. (Zero when an entry
+    /// assembled from absorbed bytes ends at the end of the input.)
     Entry(usize),
     /// This many bytes belong to an entry already cut at the size cap; drop them.
     Skip(usize),
+    /// This many bytes were taken into an entry still being assembled (a jsonlog line over the cap
+    /// whose long strings are being cut); drop them from the buffer, nothing is lost.
+    Absorb(usize),
     /// The buffer ends before the entry does.
     NeedMore,
 }

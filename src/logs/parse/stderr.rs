@@ -436,7 +436,7 @@ mod tests {
                     out.push(p.build(&input[pos..pos + n]).into_owned());
                     pos += n;
                 }
-                Frame::Skip(n) => pos += n,
+                Frame::Skip(n) | Frame::Absorb(n) => pos += n,
                 Frame::NeedMore => return out,
             }
         }
@@ -494,7 +494,7 @@ garbage line\n\
                     out.push(p.build(&log[pos..pos + n]).into_owned());
                     pos += n;
                 }
-                Frame::Skip(n) => pos += n,
+                Frame::Skip(n) | Frame::Absorb(n) => pos += n,
                 Frame::NeedMore if avail >= log.len() => break,
                 Frame::NeedMore => {}
             }
@@ -524,7 +524,7 @@ garbage line\n\
                     out.push(p.build(&log[pos..pos + n]).into_owned());
                     pos += n
                 }
-                Frame::Skip(n) => pos += n,
+                Frame::Skip(n) | Frame::Absorb(n) => pos += n,
                 Frame::NeedMore => unreachable!(),
             }
         }
