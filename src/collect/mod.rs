@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
-use crate::db::{Db, DbError, ServerInfo, Session};
+use crate::db::{Db, DbError, ServerInfo, Session, QUERY_TAG};
 use crate::ship::batch::{AgentInfo, Batch, BatchKind};
 
 pub use counters::{counters, CounterSnapshot};
@@ -330,53 +330,60 @@ fn make_batch<C: Collector>(
     Ok(batch)
 }
 
-/// Reads the server identity and the settings collectors need, in two small queries.
+/// Reads the server identity (the fields of [`ServerInfo`]) and the settings collectors need, in one
+/// query. pg_settings hides superuser-only rows from roles without pg_read_all_settings instead of
+/// failing, so a less privileged role simply gets no paths. The tag sits after `SELECT` because
+/// PostgreSQL 18 drops leading comments from pg_stat_statements texts (see [`is_agent_text`]).
 async fn server_context(db: &Db, config: &Config) -> Result<ServerContext, DbError> {
     let mut session = db.session().await?;
-    let info = ServerInfo::fetch(&mut session, &config.postgres).await?;
-    // pg_settings hides superuser-only rows from roles without pg_read_all_settings instead of
-    // failing, so a less privileged role simply gets no paths.
-    let rows = session
-        .query(
-            "server_settings",
-            "SELECT name, setting FROM pg_settings \
-             WHERE name IN ('track_activity_query_size', 'data_directory', 'log_directory')",
+    let row = session
+        .query_opt(
+            "server_context",
+            "SELECT /* postgres-agent */ \
+             (SELECT system_identifier::text FROM pg_control_system()) AS system_identifier, \
+             current_setting('server_version_num')::int AS version_num, \
+             (SELECT setting FROM pg_settings WHERE name = 'track_activity_query_size') AS tas, \
+             (SELECT setting FROM pg_settings WHERE name = 'data_directory') AS data_directory, \
+             (SELECT setting FROM pg_settings WHERE name = 'log_directory') AS log_directory",
             &[],
         )
         .await?;
-    let mut ctx = ServerContext {
-        info,
-        track_activity_query_size: 1024,
-        data_directory: None,
-        log_directory: None,
+    let text = |name: &str| -> Option<String> {
+        row.as_ref()
+            .and_then(|r| r.try_get::<_, Option<String>>(name).ok().flatten())
     };
-    for row in rows {
-        let (Ok(name), Ok(Some(value))) = (
-            row.try_get::<_, String>(0),
-            row.try_get::<_, Option<String>>(1),
-        ) else {
-            continue;
-        };
-        match name.as_str() {
-            "track_activity_query_size" => {
-                if let Ok(n) = value.parse() {
-                    ctx.track_activity_query_size = n;
-                }
-            }
-            "data_directory" => ctx.data_directory = Some(value),
-            "log_directory" => ctx.log_directory = Some(value),
-            _ => {}
-        }
-    }
-    if let (Some(log), Some(data)) = (&ctx.log_directory, &ctx.data_directory) {
-        if !log.starts_with('/') {
-            ctx.log_directory = Some(format!("{data}/{log}"));
-        }
-    }
-    if ctx.data_directory.is_none() {
-        ctx.log_directory = ctx.log_directory.filter(|l| l.starts_with('/'));
-    }
-    Ok(ctx)
+    let info = ServerInfo {
+        system_identifier: text("system_identifier").unwrap_or_default(),
+        version_num: row
+            .as_ref()
+            .and_then(|r| r.try_get::<_, i32>("version_num").ok())
+            .unwrap_or(0),
+        host: config.postgres.host.clone(),
+        port: config.postgres.port,
+    };
+    let data_directory = text("data_directory");
+    let log_directory = match (text("log_directory"), &data_directory) {
+        (Some(log), _) if log.starts_with('/') => Some(log),
+        (Some(log), Some(data)) => Some(format!("{data}/{log}")),
+        _ => None,
+    };
+    Ok(ServerContext {
+        info,
+        track_activity_query_size: text("tas").and_then(|t| t.parse().ok()).unwrap_or(1024),
+        data_directory,
+        log_directory,
+    })
+}
+
+/// Whether a pg_stat_statements text is one of the agent's own statements. Agent queries carry the
+/// tag both first (added by [`Session::query`]) and right after their first keyword, because
+/// PostgreSQL 18 stores statement texts without their leading comments.
+pub fn is_agent_text(text: &str) -> bool {
+    let text = text.trim_start();
+    text.starts_with(QUERY_TAG)
+        || text
+            .split_once(char::is_whitespace)
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(QUERY_TAG))
 }
 
 /// Reads a column, mapping a type mismatch to an error that names the query and the column.
@@ -416,6 +423,17 @@ mod tests {
         assert!(cut);
         assert!(text.len() <= 64 && text.len() >= 63, "{}", text.len());
         assert!(long.starts_with(&text));
+    }
+
+    #[test]
+    fn agent_texts_are_recognised_with_the_tag_first_or_after_the_first_keyword() {
+        assert!(is_agent_text("/* postgres-agent */ SELECT $1"));
+        assert!(is_agent_text(
+            "SELECT /* postgres-agent */ pid FROM pg_stat_activity"
+        ));
+        assert!(!is_agent_text("SELECT pid FROM t /* postgres-agent */"));
+        assert!(!is_agent_text("SELECT $1"));
+        assert!(!is_agent_text(""));
     }
 
     #[test]

@@ -92,6 +92,15 @@ impl Sender {
         &self.url
     }
 
+    /// Checks that the listener answers and does not refuse the key, without sending a batch: a GET
+    /// to the URL with the same headers. Returns the HTTP status, or why no answer came.
+    pub async fn probe(&self) -> Result<u16, String> {
+        match self.client.get(&self.url).send().await {
+            Ok(resp) => Ok(resp.status().as_u16()),
+            Err(e) => Err(describe(&e)),
+        }
+    }
+
     /// POSTs one stored batch (`gz_body` is the gzip of its JSON envelope).
     pub async fn send(&self, batch_id: Uuid, gz_body: &[u8]) -> Outcome {
         let mut req = self

@@ -33,13 +33,15 @@
 
 pub mod batch;
 pub mod breaker;
+pub mod drain;
 pub mod http;
 pub mod outbox;
 pub mod prepare;
 pub mod shipper;
 pub mod status;
 
-pub use shipper::{DrainReport, DrainStop, EnqueueReport, ProcessStats, ShipStats, Shipper};
+pub use drain::{DrainReport, DrainStop};
+pub use shipper::{EnqueueReport, ProcessStats, ShipStats, Shipper};
 
 /// Errors of the shipping side.
 #[derive(Debug, thiserror::Error)]

@@ -1,53 +1,21 @@
 //! [`Shipper`]: the one object the daemon holds for shipping. It ties the outbox, the breaker and the
-//! HTTP sender together, and switches to stdout JSON lines when no listener is configured.
+//! HTTP sender together, and switches to stdout JSON lines when no listener is configured. Sending
+//! (`drain`) lives in `drain.rs`.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::batch::Batch;
-use super::breaker::{Breaker, BreakerState, Permit, Transition};
-use super::http::{Outcome, Sender};
-use super::outbox::{self, now_ms, EvictionReport, Outbox, OutboxError, OutboxStats};
+use super::breaker::{Breaker, BreakerState};
+use super::http::Sender;
+use super::outbox::{self, EvictionReport, Outbox, OutboxError, OutboxStats};
 use super::prepare::{prepare, MAX_BODY_BYTES};
 use super::ShipError;
 use crate::config::Config;
-
-/// Why a drain pass ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DrainStop {
-    /// Nothing left to send.
-    Empty,
-    /// The time budget ran out with batches left.
-    Budget,
-    /// The circuit is open.
-    BreakerOpen,
-    /// The listener asked to wait (Retry-After) and the time has not come.
-    RetryAfter,
-    /// A request failed; the rest waits for the next pass.
-    Failed,
-    /// No listener configured (stdout mode): nothing to drain.
-    NoListener,
-    /// The outbox could not be read or written (logged).
-    OutboxError,
-}
-
-/// What one drain pass did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DrainReport {
-    pub delivered: u64,
-    pub delivered_bytes: u64,
-    pub failed: u64,
-    pub dead_lettered: u64,
-    pub remaining: u64,
-    pub stopped: DrainStop,
-    pub elapsed_ms: u64,
-}
 
 /// What [`Shipper::enqueue`] did with a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -62,15 +30,15 @@ pub struct EnqueueReport {
 
 /// Counters of this process, beside the persistent ones in the outbox.
 #[derive(Debug, Default)]
-struct ProcessCounters {
-    stdout_lines: AtomicU64,
+pub(super) struct ProcessCounters {
+    pub(super) stdout_lines: AtomicU64,
     /// Batches lost because neither the outbox nor stdout would take them.
-    enqueue_failures: AtomicU64,
-    evicted: AtomicU64,
-    dead_lettered: AtomicU64,
-    delivered: AtomicU64,
-    send_failures: AtomicU64,
-    outbox_recreated: AtomicU64,
+    pub(super) enqueue_failures: AtomicU64,
+    pub(super) evicted: AtomicU64,
+    pub(super) dead_lettered: AtomicU64,
+    pub(super) delivered: AtomicU64,
+    pub(super) send_failures: AtomicU64,
+    pub(super) outbox_recreated: AtomicU64,
 }
 
 /// Figures for `/metrics` and `status`.
@@ -99,17 +67,17 @@ pub struct ProcessStats {
     pub outbox_recreated: u64,
 }
 
-struct Inner {
-    path: PathBuf,
-    max_size_bytes: u64,
-    max_body_bytes: usize,
-    outbox: Option<Outbox>,
-    sender: Option<Arc<Sender>>,
-    breaker: Breaker,
+pub(super) struct Inner {
+    pub(super) path: PathBuf,
+    pub(super) max_size_bytes: u64,
+    pub(super) max_body_bytes: usize,
+    pub(super) outbox: Option<Outbox>,
+    pub(super) sender: Option<Arc<Sender>>,
+    pub(super) breaker: Breaker,
     /// Set from Retry-After: no request before this time (unix ms).
-    not_before_ms: i64,
+    pub(super) not_before_ms: i64,
     /// What was last written to the database, so unchanged state is not rewritten per request.
-    saved_breaker: Option<BreakerState>,
+    pub(super) saved_breaker: Option<BreakerState>,
 }
 
 /// The shipping side of the agent. Cheap to share (`&Shipper` from any task): every method takes
@@ -118,8 +86,8 @@ struct Inner {
 pub struct Shipper {
     inner: Mutex<Inner>,
     /// One drain at a time, so FIFO and the half-open single probe hold.
-    drain_lock: tokio::sync::Mutex<()>,
-    counters: ProcessCounters,
+    pub(super) drain_lock: tokio::sync::Mutex<()>,
+    pub(super) counters: ProcessCounters,
 }
 
 impl Shipper {
@@ -199,7 +167,7 @@ impl Shipper {
         Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back), so the
         // state behind a poisoned mutex is still usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -269,7 +237,7 @@ impl Shipper {
 
     /// Runs `f` on the open outbox; a corrupt database is moved aside, replaced, and `f` retried
     /// once on the fresh one.
-    fn with_outbox<T>(
+    pub(super) fn with_outbox<T>(
         &self,
         inner: &mut Inner,
         f: impl Fn(&mut Outbox) -> Result<T, OutboxError>,
@@ -311,160 +279,6 @@ impl Shipper {
                 reason = why,
                 "outbox full: dropped the oldest dead letters to make room"
             );
-        }
-    }
-
-    /// Sends queued batches oldest-first until the outbox is empty, the breaker opens, a request
-    /// fails, or `budget` is spent. A request already started is allowed to finish, so a pass can
-    /// overrun the budget by at most one `listener.timeout_s`.
-    pub async fn drain(&self, budget: Duration) -> DrainReport {
-        let _one_at_a_time = self.drain_lock.lock().await;
-        let started = Instant::now();
-        let mut report = DrainReport {
-            delivered: 0,
-            delivered_bytes: 0,
-            failed: 0,
-            dead_lettered: 0,
-            remaining: 0,
-            stopped: DrainStop::Empty,
-            elapsed_ms: 0,
-        };
-        report.stopped = self.drain_loop(started, budget, &mut report).await;
-        report.remaining = self
-            .stats()
-            .ok()
-            .and_then(|s| s.outbox.map(|o| o.depth))
-            .unwrap_or(0);
-        report.elapsed_ms = started.elapsed().as_millis() as u64;
-        if report.delivered + report.failed + report.dead_lettered > 0 {
-            tracing::info!(event = "drain", delivered = report.delivered, failed = report.failed,
-                dead_lettered = report.dead_lettered, remaining = report.remaining,
-                stopped = ?report.stopped, elapsed_ms = report.elapsed_ms, "outbox drain pass");
-        }
-        report
-    }
-
-    async fn drain_loop(
-        &self,
-        started: Instant,
-        budget: Duration,
-        report: &mut DrainReport,
-    ) -> DrainStop {
-        loop {
-            if started.elapsed() >= budget {
-                return DrainStop::Budget;
-            }
-            let (sender, batch) = {
-                let mut inner = self.lock();
-                let Some(sender) = inner.sender.clone() else {
-                    return DrainStop::NoListener;
-                };
-                let now = now_ms();
-                if now < inner.not_before_ms {
-                    return DrainStop::RetryAfter;
-                }
-                let (permit, transition) = inner.breaker.permit(now);
-                self.persist_transition(&mut inner, transition);
-                if let Permit::Wait { .. } = permit {
-                    return DrainStop::BreakerOpen;
-                }
-                match self.with_outbox(&mut inner, |ob| ob.oldest()) {
-                    Ok(Some(b)) => (sender, b),
-                    Ok(None) => return DrainStop::Empty,
-                    Err(e) => {
-                        tracing::error!(event = "outbox_error", error = %e, "cannot read the outbox");
-                        return DrainStop::OutboxError;
-                    }
-                }
-            };
-            let outcome = sender.send(batch.batch_id, &batch.body).await;
-            let mut inner = self.lock();
-            let now = now_ms();
-            match outcome {
-                Outcome::Delivered { status } => {
-                    tracing::debug!(event = "batch_delivered", batch_id = %batch.batch_id,
-                        kind = %batch.kind, status, bytes = batch.body.len());
-                    let t = inner.breaker.on_success(now);
-                    self.persist_transition(&mut inner, t);
-                    if let Err(e) = self.with_outbox(&mut inner, |ob| ob.ack(batch.seq, batch.kind))
-                    {
-                        // Delivered but still queued: it will be sent again with the same
-                        // Idempotency-Key, which the listener deduplicates.
-                        tracing::error!(event = "outbox_error", error = %e, batch_id = %batch.batch_id,
-                            "delivered batch could not be removed from the outbox");
-                        return DrainStop::OutboxError;
-                    }
-                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    report.delivered += 1;
-                    report.delivered_bytes += batch.body.len() as u64;
-                }
-                Outcome::Retry {
-                    reason,
-                    retry_after,
-                } => {
-                    tracing::warn!(event = "send_failed", batch_id = %batch.batch_id,
-                        kind = %batch.kind, attempts = batch.attempts + 1, error = %reason,
-                        retry_after_s = retry_after.map(|d| d.as_secs()),
-                        "listener did not take the batch; it stays in the outbox");
-                    self.counters.send_failures.fetch_add(1, Ordering::Relaxed);
-                    report.failed += 1;
-                    if let Some(delay) = retry_after {
-                        inner.not_before_ms = now.saturating_add(delay.as_millis() as i64);
-                    }
-                    let t = inner.breaker.on_failure(now, &reason);
-                    self.persist_transition(&mut inner, t);
-                    let _ =
-                        self.with_outbox(&mut inner, |ob| ob.record_failure(batch.seq, &reason));
-                    return DrainStop::Failed;
-                }
-                Outcome::Reject { status, reason } => {
-                    tracing::error!(event = "batch_dead_lettered", batch_id = %batch.batch_id,
-                        kind = %batch.kind, status, error = %reason,
-                        "listener rejected the batch for good; moved it to the dead letters");
-                    // The listener answered, so it is reachable: that is a success for the breaker.
-                    let t = inner.breaker.on_success(now);
-                    self.persist_transition(&mut inner, t);
-                    let status = (status != 0).then_some(status);
-                    match self
-                        .with_outbox(&mut inner, |ob| ob.dead_letter(batch.seq, status, &reason))
-                    {
-                        Ok(dropped) => {
-                            if dropped > 0 {
-                                tracing::warn!(
-                                    event = "dead_letters_dropped",
-                                    count = dropped,
-                                    "dead letter limit reached; dropped the oldest"
-                                );
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(event = "outbox_error", error = %e,
-                                "cannot move the batch to the dead letters");
-                            return DrainStop::OutboxError;
-                        }
-                    }
-                    self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    report.dead_lettered += 1;
-                }
-            }
-        }
-    }
-
-    /// Logs a breaker transition and saves the breaker state (failure counts included).
-    fn persist_transition(&self, inner: &mut Inner, transition: Option<Transition>) {
-        if let Some(t) = &transition {
-            tracing::warn!(event = "circuit_transition", from = %t.from, to = %t.to,
-                reason = %t.reason, "circuit breaker changed state");
-        }
-        let state = inner.breaker.state().clone();
-        if inner.saved_breaker.as_ref() == Some(&state) {
-            return;
-        }
-        match self.with_outbox(inner, |ob| ob.save_breaker(&state)) {
-            Ok(()) => inner.saved_breaker = Some(state),
-            Err(e) => {
-                tracing::error!(event = "outbox_error", error = %e, "cannot persist the breaker state")
-            }
         }
     }
 

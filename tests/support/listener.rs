@@ -63,6 +63,11 @@ async fn ingest(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Sta
     status
 }
 
+/// GET (used by `check`): answers the configured status and records nothing.
+async fn probe(State(s): State<Shared>) -> StatusCode {
+    StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+}
+
 impl Listener {
     pub fn start() -> Listener {
         let shared = Shared::default();
@@ -77,7 +82,9 @@ impl Listener {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
-                let app = Router::new().route("/ingest", post(ingest)).with_state(s);
+                let app = Router::new()
+                    .route("/ingest", post(ingest).get(probe))
+                    .with_state(s);
                 axum::serve(listener, app).await.unwrap();
             });
         });

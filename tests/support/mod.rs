@@ -5,6 +5,7 @@
 
 pub mod child;
 pub mod collect;
+pub mod fault_listener;
 pub mod listener;
 pub mod logs;
 pub mod pg;

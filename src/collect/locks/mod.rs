@@ -67,7 +67,7 @@ fn waiting_sql(version_num: i32) -> String {
         "a.query_start"
     };
     format!(
-        "SELECT l.pid, l.locktype, l.mode, l.database, d.datname::text AS datname, l.relation, \
+        "SELECT /* postgres-agent */ l.pid, l.locktype, l.mode, l.database, d.datname::text AS datname, l.relation, \
          CASE WHEN c.oid IS NOT NULL THEN format('%I.%I', n.nspname, c.relname) END AS relation_name, \
          l.page, l.tuple, l.virtualxid, l.transactionid::text AS transactionid, l.classid, l.objid, \
          l.objsubid, {TAG} AS tag, \
@@ -89,7 +89,7 @@ fn waiting_sql(version_num: i32) -> String {
     )
 }
 
-const PROCS_SQL: &str = "SELECT a.pid, a.state, left(a.query, $2) AS query, \
+const PROCS_SQL: &str = "SELECT /* postgres-agent */ a.pid, a.state, left(a.query, $2) AS query, \
      (extract(epoch FROM now() - a.xact_start) * 1000)::float8 AS xact_ms, \
      ARRAY(SELECT l.tag || '=' || l.mode FROM \
            (SELECT concat_ws(':', l.locktype, l.database, l.relation, l.page, l.tuple, l.virtualxid, \
@@ -98,7 +98,7 @@ const PROCS_SQL: &str = "SELECT a.pid, a.state, left(a.query, $2) AS query, \
            WHERE l.tag = ANY($3)) AS held \
      FROM pg_stat_activity a WHERE a.pid = ANY($1)";
 
-const SUMMARY_SQL: &str = "SELECT mode, count(*) AS n FROM pg_locks \
+const SUMMARY_SQL: &str = "SELECT /* postgres-agent */ mode, count(*) AS n FROM pg_locks \
      WHERE granted AND pid IS DISTINCT FROM pg_backend_pid() GROUP BY mode ORDER BY mode";
 
 impl Collector for LocksCollector {

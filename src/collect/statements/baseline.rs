@@ -238,9 +238,10 @@ pub fn save(state_dir: &Path, snap: &Snapshot) -> Result<(), BaselineError> {
     let write = |path: &Path| -> std::io::Result<()> {
         std::fs::create_dir_all(state_dir)?;
         let tmp = path.with_extension("json.tmp");
+        // One buffer, one write: serde_json emits many small pieces.
+        let bytes = serde_json::to_vec(&file)?;
         let mut f = std::fs::File::create(&tmp)?;
-        serde_json::to_writer(&mut f, &file)?;
-        f.flush()?;
+        f.write_all(&bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };

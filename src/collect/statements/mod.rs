@@ -347,7 +347,7 @@ async fn extension(session: &mut Session) -> Result<Result<Extension, String>, C
     let row = session
         .query_opt(
             QUERY,
-            "SELECT e.extversion, n.nspname::text AS schema FROM pg_extension e \
+            "SELECT /* postgres-agent */ e.extversion, n.nspname::text AS schema FROM pg_extension e \
              JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'",
             &[],
         )
@@ -380,7 +380,10 @@ async fn snapshot(
     const QUERY: &str = "statements_snapshot";
     let (mut stats_reset, mut dealloc) = (None, None);
     if ext.version >= INFO_SINCE {
-        let sql = format!("SELECT dealloc, stats_reset FROM {}", ext.info_view);
+        let sql = format!(
+            "SELECT /* postgres-agent */ dealloc, stats_reset FROM {}",
+            ext.info_view
+        );
         if let Some(row) = session.query_opt("statements_info", &sql, &[]).await? {
             dealloc = col::<Option<i64>>(&row, "statements_info", "dealloc")?;
             stats_reset =
@@ -400,7 +403,7 @@ async fn snapshot(
         "NULL::int8"
     };
     let sql = format!(
-        "SELECT userid, dbid, {toplevel} AS toplevel, queryid, {since} AS since, {} \
+        "SELECT /* postgres-agent */ userid, dbid, {toplevel} AS toplevel, queryid, {since} AS since, {} \
          FROM {}(false) LIMIT $1",
         columns::select_list(ext.version, &layout),
         ext.function

@@ -4,14 +4,16 @@
 //! cached) and in what crosses the wire (only the requested texts, cut to the length limit).
 //!
 //! The cache also remembers which queryids are the agent's own statements (their text starts with
-//! [`QUERY_TAG`]), so those are dropped before any text is fetched in later cycles.
+//! the agent's tag, see [`is_agent_text`]), so those are dropped before any text is fetched in later cycles.
 
 use std::collections::HashMap;
 
 use tokio_postgres::types::Type;
 
-use super::super::{col, CollectError};
-use crate::db::{Session, QUERY_TAG};
+use super::super::{col, is_agent_text, CollectError};
+use crate::db::Session;
+#[cfg(test)]
+use crate::db::QUERY_TAG;
 
 /// Texts beyond this many bytes in total empty the cache (it refills with what is reported).
 const MAX_CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -55,7 +57,7 @@ impl TextCache {
             self.known.clear();
             self.bytes = 0;
         }
-        let known = if text.trim_start().starts_with(QUERY_TAG) {
+        let known = if is_agent_text(&text) {
             Known::Agent
         } else {
             self.bytes += text.len();
@@ -78,7 +80,7 @@ impl TextCache {
             return Ok(());
         }
         let sql = format!(
-            "SELECT DISTINCT ON (queryid) queryid, left(query, $2) AS query \
+            "SELECT /* postgres-agent */ DISTINCT ON (queryid) queryid, left(query, $2) AS query \
              FROM {function}(true) WHERE queryid = ANY($1) ORDER BY queryid"
         );
         let ids: Vec<i64> = queryids.to_vec();
@@ -109,7 +111,7 @@ pub async fn names(
     let rows = session
         .query(
             QUERY,
-            "SELECT 'd' AS kind, oid, datname::text AS name FROM pg_database WHERE oid = ANY($1) \
+            "SELECT /* postgres-agent */ 'd' AS kind, oid, datname::text AS name FROM pg_database WHERE oid = ANY($1) \
              UNION ALL \
              SELECT 'r', oid, rolname::text FROM pg_roles WHERE oid = ANY($2)",
             &[(&dbids, Type::OID_ARRAY), (&userids, Type::OID_ARRAY)],

@@ -111,7 +111,11 @@ impl Collector for SystemCollector {
         let postgres_processes = match ctx.session.as_deref_mut() {
             Some(session) => {
                 let row = session
-                    .query_opt("system_backend_pid", "SELECT pg_backend_pid() AS pid", &[])
+                    .query_opt(
+                        "system_backend_pid",
+                        "SELECT /* postgres-agent */ pg_backend_pid() AS pid",
+                        &[],
+                    )
                     .await?;
                 match row {
                     Some(r) => processes(col(&r, "system_backend_pid", "pid")?),

@@ -15,19 +15,23 @@
 //! - A corrupt or unreadable file is moved aside (`outbox.db.corrupt-<ms>`) and a fresh one created
 //!   ([`Outbox::open`], [`Outbox::recover`]).
 //!
-//! This file owns the rows; `schema.rs` owns the file, `stats.rs` reads figures for `status`.
+//! This file owns the rows; `evict.rs` makes room at the cap, `schema.rs` owns the file, `stats.rs`
+//! keeps the counters and reads the figures for `status`.
 
+mod evict;
 pub mod schema;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use crate::ship::batch::BatchKind;
-use crate::ship::breaker::{BreakerState, CircuitState, Transition};
+use crate::ship::breaker::BreakerState;
 
+use evict::{drop_oldest_dead_letter, make_room};
+use stats::{bump, set};
 pub use stats::{DeadLetterInfo, KindStats, OutboxStats};
 
 /// Bytes charged per stored batch on top of its body: row metadata, its index entry and the partly
@@ -262,9 +266,7 @@ impl Outbox {
     /// Changes the cap (on reload), evicting at once if the outbox is over the new budget.
     pub fn set_max_size(&mut self, max_size_bytes: u64) -> Result<EvictionReport, OutboxError> {
         self.max_size_bytes = max_size_bytes;
-        let _ = self
-            .conn
-            .pragma_update(None, "journal_size_limit", (max_size_bytes / 16) as i64);
+        schema::set_wal_limit(&self.conn, max_size_bytes / 16);
         let path = self.path.clone();
         let err = |source| OutboxError::Sqlite {
             path: path.clone(),
@@ -470,96 +472,5 @@ impl Outbox {
         {
             tracing::debug!(error = %e, "outbox checkpoint skipped");
         }
-    }
-}
-
-/// Deletes dead letters, then the oldest batches, until `cost` more bytes fit in `budget`.
-/// Returns what was removed and the new charged total.
-fn make_room(
-    tx: &Transaction<'_>,
-    mut charged: u64,
-    cost: u64,
-    budget: u64,
-) -> rusqlite::Result<(EvictionReport, u64)> {
-    let mut report = EvictionReport::default();
-    while charged + cost > budget {
-        if let Some(freed) = drop_oldest_dead_letter(tx)? {
-            charged = charged.saturating_sub(freed);
-            report.dead_letters_dropped += 1;
-            continue;
-        }
-        let oldest: Option<(String, String, i64)> = tx
-            .query_row(
-                "DELETE FROM outbox WHERE seq = (SELECT min(seq) FROM outbox)
-                 RETURNING kind, batch_id, charge",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let Some((kind, id, freed)) = oldest else {
-            // Nothing left to evict; the mirror was stale. Trust the now-empty tables.
-            charged = 0;
-            break;
-        };
-        charged = charged.saturating_sub(freed as u64);
-        bump(tx, &format!("evicted.{kind}"), 1)?;
-        if let (Some(kind), Ok(id)) = (BatchKind::parse(&kind), Uuid::parse_str(&id)) {
-            report.evicted.push((kind, id));
-        }
-    }
-    Ok((report, charged))
-}
-
-fn drop_oldest_dead_letter(tx: &Connection) -> rusqlite::Result<Option<u64>> {
-    let freed: Option<i64> = tx
-        .query_row(
-            "DELETE FROM dead_letters WHERE seq = (SELECT min(seq) FROM dead_letters)
-             RETURNING charge",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if freed.is_some() {
-        bump(tx, "dead_letters_dropped", 1)?;
-    }
-    Ok(freed.map(|c| c as u64))
-}
-
-fn bump(conn: &Connection, name: &str, by: i64) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO counters (name, value) VALUES (?1, ?2)
-         ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-        params![name, by],
-    )
-    .map(|_| ())
-}
-
-fn set(conn: &Connection, name: &str, value: i64) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT OR REPLACE INTO counters (name, value) VALUES (?1, ?2)",
-        params![name, value],
-    )
-    .map(|_| ())
-}
-
-/// Kept for the stats reader: the breaker columns back into a state.
-pub(crate) fn breaker_from_row(
-    state: &str,
-    failures: u32,
-    opened_ms: Option<i64>,
-    transition: Option<(String, String, i64, String)>,
-) -> BreakerState {
-    BreakerState {
-        state: CircuitState::parse(state).unwrap_or(CircuitState::Closed),
-        consecutive_failures: failures,
-        opened_ms,
-        last_transition: transition.and_then(|(from, to, at_ms, reason)| {
-            Some(Transition {
-                from: CircuitState::parse(&from)?,
-                to: CircuitState::parse(&to)?,
-                at_ms,
-                reason,
-            })
-        }),
     }
 }

@@ -119,16 +119,24 @@ pub fn open_rw(path: &Path, wal_limit_bytes: u64) -> Result<Connection, OutboxEr
     // not only a crash of the process. At a handful of batches per minute the cost is invisible.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(ctx)?;
-    let page_size: i64 = conn
-        .query_row("PRAGMA page_size", [], |r| r.get(0))
-        .map_err(ctx)?;
-    let wal_pages = (wal_limit_bytes / page_size.max(512) as u64).max(16);
-    conn.pragma_update(None, "wal_autocheckpoint", wal_pages as i64)
-        .map_err(ctx)?;
-    conn.pragma_update(None, "journal_size_limit", wal_limit_bytes as i64)
-        .map_err(ctx)?;
+    set_wal_limit(&conn, wal_limit_bytes);
     conn.execute_batch(SCHEMA).map_err(ctx)?;
     Ok(conn)
+}
+
+/// Bounds the write-ahead log: checkpoint after about `bytes` of it, and truncate it back to that
+/// size afterwards. Failure leaves SQLite's defaults (1000 pages), which is logged, not fatal.
+pub fn set_wal_limit(conn: &Connection, bytes: u64) {
+    let result = conn
+        .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+        .and_then(|page_size| {
+            let pages = (bytes / page_size.max(512) as u64).max(16);
+            conn.pragma_update(None, "wal_autocheckpoint", pages as i64)?;
+            conn.pragma_update(None, "journal_size_limit", bytes as i64)
+        });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot bound the outbox write-ahead log");
+    }
 }
 
 /// Opens the database read-only for `status`, which must work while the daemon writes to it:

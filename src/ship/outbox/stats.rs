@@ -1,14 +1,14 @@
-//! Figures read out of an outbox database: depth, bytes and age per type, dead letters, counters,
-//! breaker state. Works on any connection, so `status` can use a read-only one while the daemon
-//! writes.
+//! The outbox's persistent counters (written by the outbox in its transactions) and the figures
+//! read out of the database: depth, bytes and age per type, dead letters, counters, breaker state.
+//! Reading works on any connection, so `status` can use a read-only one while the daemon writes.
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::ship::batch::BatchKind;
-use crate::ship::breaker::BreakerState;
+use crate::ship::breaker::{BreakerState, CircuitState, Transition};
 
 /// Per-type figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -152,7 +152,7 @@ pub fn read_breaker(conn: &Connection) -> rusqlite::Result<Option<BreakerState>>
                 (Some(f), Some(t), Some(at), Some(reason)) => Some((f, t, at, reason)),
                 _ => None,
             };
-            Ok(super::breaker_from_row(
+            Ok(breaker_from_row(
                 &r.get::<_, String>(0)?,
                 r.get(1)?,
                 r.get(2)?,
@@ -161,4 +161,45 @@ pub fn read_breaker(conn: &Connection) -> rusqlite::Result<Option<BreakerState>>
         },
     )
     .optional()
+}
+
+/// Adds `by` to a counter.
+pub(super) fn bump(conn: &Connection, name: &str, by: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        params![name, by],
+    )
+    .map(|_| ())
+}
+
+/// Sets a value (times, not counts).
+pub(super) fn set(conn: &Connection, name: &str, value: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO counters (name, value) VALUES (?1, ?2)",
+        params![name, value],
+    )
+    .map(|_| ())
+}
+
+/// The breaker columns back into a state.
+fn breaker_from_row(
+    state: &str,
+    failures: u32,
+    opened_ms: Option<i64>,
+    transition: Option<(String, String, i64, String)>,
+) -> BreakerState {
+    BreakerState {
+        state: CircuitState::parse(state).unwrap_or(CircuitState::Closed),
+        consecutive_failures: failures,
+        opened_ms,
+        last_transition: transition.and_then(|(from, to, at_ms, reason)| {
+            Some(Transition {
+                from: CircuitState::parse(&from)?,
+                to: CircuitState::parse(&to)?,
+                at_ms,
+                reason,
+            })
+        }),
+    }
 }

@@ -1,0 +1,205 @@
+//! One drain pass of [`Shipper`]: send the oldest batches while the breaker, `Retry-After` and the
+//! time budget allow, acknowledging, retrying or dead-lettering each by the listener's answer.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::breaker::{Permit, Transition};
+use super::http::Outcome;
+use super::outbox::now_ms;
+use super::shipper::{Inner, Shipper};
+
+/// Why a drain pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainStop {
+    /// Nothing left to send.
+    Empty,
+    /// The time budget ran out with batches left.
+    Budget,
+    /// The circuit is open.
+    BreakerOpen,
+    /// The listener asked to wait (Retry-After) and the time has not come.
+    RetryAfter,
+    /// A request failed; the rest waits for the next pass.
+    Failed,
+    /// No listener configured (stdout mode): nothing to drain.
+    NoListener,
+    /// The outbox could not be read or written (logged).
+    OutboxError,
+}
+
+/// What one drain pass did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DrainReport {
+    pub delivered: u64,
+    pub delivered_bytes: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    pub remaining: u64,
+    pub stopped: DrainStop,
+    pub elapsed_ms: u64,
+}
+
+impl Shipper {
+    /// Sends queued batches oldest-first until the outbox is empty, the breaker opens, a request
+    /// fails, or `budget` is spent. A request already started is allowed to finish, so a pass can
+    /// overrun the budget by at most one `listener.timeout_s`.
+    pub async fn drain(&self, budget: Duration) -> DrainReport {
+        let _one_at_a_time = self.drain_lock.lock().await;
+        let started = Instant::now();
+        let mut report = DrainReport {
+            delivered: 0,
+            delivered_bytes: 0,
+            failed: 0,
+            dead_lettered: 0,
+            remaining: 0,
+            stopped: DrainStop::Empty,
+            elapsed_ms: 0,
+        };
+        report.stopped = self.drain_loop(started, budget, &mut report).await;
+        report.remaining = self
+            .stats()
+            .ok()
+            .and_then(|s| s.outbox.map(|o| o.depth))
+            .unwrap_or(0);
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        if report.delivered + report.failed + report.dead_lettered > 0 {
+            tracing::info!(event = "drain", delivered = report.delivered, failed = report.failed,
+                dead_lettered = report.dead_lettered, remaining = report.remaining,
+                stopped = ?report.stopped, elapsed_ms = report.elapsed_ms, "outbox drain pass");
+        }
+        report
+    }
+
+    async fn drain_loop(
+        &self,
+        started: Instant,
+        budget: Duration,
+        report: &mut DrainReport,
+    ) -> DrainStop {
+        loop {
+            if started.elapsed() >= budget {
+                return DrainStop::Budget;
+            }
+            let (sender, batch) = {
+                let mut inner = self.lock();
+                let Some(sender) = inner.sender.clone() else {
+                    return DrainStop::NoListener;
+                };
+                let now = now_ms();
+                if now < inner.not_before_ms {
+                    return DrainStop::RetryAfter;
+                }
+                let (permit, transition) = inner.breaker.permit(now);
+                self.persist_transition(&mut inner, transition);
+                if let Permit::Wait { .. } = permit {
+                    return DrainStop::BreakerOpen;
+                }
+                match self.with_outbox(&mut inner, |ob| ob.oldest()) {
+                    Ok(Some(b)) => (sender, b),
+                    Ok(None) => return DrainStop::Empty,
+                    Err(e) => {
+                        tracing::error!(event = "outbox_error", error = %e, "cannot read the outbox");
+                        return DrainStop::OutboxError;
+                    }
+                }
+            };
+            let outcome = sender.send(batch.batch_id, &batch.body).await;
+            let mut inner = self.lock();
+            let now = now_ms();
+            match outcome {
+                Outcome::Delivered { status } => {
+                    tracing::debug!(event = "batch_delivered", batch_id = %batch.batch_id,
+                        kind = %batch.kind, status, bytes = batch.body.len());
+                    let t = inner.breaker.on_success(now);
+                    self.persist_transition(&mut inner, t);
+                    if let Err(e) = self.with_outbox(&mut inner, |ob| ob.ack(batch.seq, batch.kind))
+                    {
+                        // Delivered but still queued: it will be sent again with the same
+                        // Idempotency-Key, which the listener deduplicates.
+                        tracing::error!(event = "outbox_error", error = %e, batch_id = %batch.batch_id,
+                            "delivered batch could not be removed from the outbox");
+                        return DrainStop::OutboxError;
+                    }
+                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    report.delivered += 1;
+                    report.delivered_bytes += batch.body.len() as u64;
+                }
+                Outcome::Retry {
+                    reason,
+                    retry_after,
+                } => {
+                    tracing::warn!(event = "send_failed", batch_id = %batch.batch_id,
+                        kind = %batch.kind, attempts = batch.attempts + 1, error = %reason,
+                        retry_after_s = retry_after.map(|d| d.as_secs()),
+                        "listener did not take the batch; it stays in the outbox");
+                    self.counters.send_failures.fetch_add(1, Ordering::Relaxed);
+                    report.failed += 1;
+                    if let Some(delay) = retry_after {
+                        inner.not_before_ms = now.saturating_add(delay.as_millis() as i64);
+                    }
+                    let t = inner.breaker.on_failure(now, &reason);
+                    self.persist_transition(&mut inner, t);
+                    // Only the attempt count and last error are lost if this fails; the batch stays.
+                    if let Err(e) =
+                        self.with_outbox(&mut inner, |ob| ob.record_failure(batch.seq, &reason))
+                    {
+                        tracing::error!(event = "outbox_error", error = %e,
+                            "cannot record the failed attempt");
+                    }
+                    return DrainStop::Failed;
+                }
+                Outcome::Reject { status, reason } => {
+                    tracing::error!(event = "batch_dead_lettered", batch_id = %batch.batch_id,
+                        kind = %batch.kind, status, error = %reason,
+                        "listener rejected the batch for good; moved it to the dead letters");
+                    // The listener answered, so it is reachable: that is a success for the breaker.
+                    let t = inner.breaker.on_success(now);
+                    self.persist_transition(&mut inner, t);
+                    let status = (status != 0).then_some(status);
+                    match self
+                        .with_outbox(&mut inner, |ob| ob.dead_letter(batch.seq, status, &reason))
+                    {
+                        Ok(dropped) => {
+                            if dropped > 0 {
+                                tracing::warn!(
+                                    event = "dead_letters_dropped",
+                                    count = dropped,
+                                    "dead letter limit reached; dropped the oldest"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(event = "outbox_error", error = %e,
+                                "cannot move the batch to the dead letters");
+                            return DrainStop::OutboxError;
+                        }
+                    }
+                    self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    report.dead_lettered += 1;
+                }
+            }
+        }
+    }
+
+    /// Logs a breaker transition and saves the breaker state (failure counts included).
+    fn persist_transition(&self, inner: &mut Inner, transition: Option<Transition>) {
+        if let Some(t) = &transition {
+            tracing::warn!(event = "circuit_transition", from = %t.from, to = %t.to,
+                reason = %t.reason, "circuit breaker changed state");
+        }
+        let state = inner.breaker.state().clone();
+        if inner.saved_breaker.as_ref() == Some(&state) {
+            return;
+        }
+        match self.with_outbox(inner, |ob| ob.save_breaker(&state)) {
+            Ok(()) => inner.saved_breaker = Some(state),
+            Err(e) => {
+                tracing::error!(event = "outbox_error", error = %e, "cannot persist the breaker state")
+            }
+        }
+    }
+}
