@@ -4,11 +4,12 @@
 # A throwaway cluster (bench/pg-cluster.sh) logs every statement (log_min_duration_statement = 0,
 # log_connections/disconnections on, prefix '%m [%p] %q%u@%d ') while pgbench runs its TPC-B-like
 # workload. The log it wrote is parsed by `postgres-agent parse-log` (release build) to /dev/null and
-# by pgBadger (single job, same prefix) in the same run; both are timed with /usr/bin/time -v.
+# by pgBadger (single job, same prefix) in the same run; both are timed with /usr/bin/time -v (wall
+# clock and CPU time: on a shared machine CPU time is the steadier basis for the ratio).
 # parse-log then runs again on a file COPIES times larger (the same real log concatenated) to show
 # that its peak memory does not depend on the file size.
 #
-# Usage: bench/parse_log.sh            TXNS=200000 COPIES=8 bench/parse_log.sh
+# Usage: bench/parse_log.sh            TXNS=200000 COPIES=8 KEEP_LOG=/tmp/real.log bench/parse_log.sh
 # Needs: pgbadger and time (apt-get install -y pgbadger time), PostgreSQL server binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ TXNS=${TXNS:-120000}
 COPIES=${COPIES:-6}
 PREFIX='%m [%p] %q%u@%d '
 WORK=$(mktemp -d /tmp/pga-parse-bench-XXXX)
+chmod 755 "$WORK"   # the server runs as the postgres user
 cleanup() { pg_stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
@@ -43,22 +45,24 @@ sleep 1
 SMALL=$WORK/small.log
 cat "$PGB_DATA"/log/*.log >"$SMALL"
 pg_stop
+[ -n "${KEEP_LOG:-}" ] && cp "$SMALL" "$KEEP_LOG"
 LARGE=$WORK/large.log
 for _ in $(seq "$COPIES"); do cat "$SMALL"; done >"$LARGE"
 
-# Runs a command under /usr/bin/time -v; prints "seconds peak_rss_kb".
+# Runs a command under /usr/bin/time -v; prints "wall_seconds cpu_seconds peak_rss_kb".
 measure() {
   /usr/bin/time -v "$@" >/dev/null 2>"$WORK/time.txt"
-  local wall rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/time.txt")
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.txt")
-  python3 - "$wall" "$rss" <<'PY'
+  python3 - "$WORK/time.txt" <<'PY'
 import sys
-parts = [float(p) for p in sys.argv[1].split(":")]
+f = {}
+for line in open(sys.argv[1]):
+    k, _, v = line.strip().rpartition(": ")
+    f[k] = v
 secs = 0.0
-for p in parts:
-    secs = secs * 60 + p
-print(f"{secs:.3f} {sys.argv[2]}")
+for p in f["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":"):
+    secs = secs * 60 + float(p)
+cpu = float(f["User time (seconds)"]) + float(f["System time (seconds)"])
+print(f"{secs:.3f} {cpu:.3f} {f['Maximum resident set size (kbytes)']}")
 PY
 }
 
@@ -66,20 +70,23 @@ entries=$("$BIN" parse-log --prefix "$PREFIX" "$SMALL" 2>/dev/null | wc -l)
 bytes_small=$(stat -c %s "$SMALL")
 bytes_large=$(stat -c %s "$LARGE")
 
-read -r t_small rss_small < <(measure "$BIN" parse-log --prefix "$PREFIX" "$SMALL")
-read -r t_large rss_large < <(measure "$BIN" parse-log --prefix "$PREFIX" "$LARGE")
-read -r t_badger rss_badger < <(measure pgbadger -j 1 --quiet --prefix "$PREFIX" -f stderr -o "$WORK/report.html" "$SMALL")
+read -r t_small c_small rss_small < <(measure "$BIN" parse-log --prefix "$PREFIX" "$SMALL")
+read -r t_large c_large rss_large < <(measure "$BIN" parse-log --prefix "$PREFIX" "$LARGE")
+read -r t_badger c_badger rss_badger < <(measure pgbadger -j 1 --quiet --prefix "$PREFIX" -f stderr -o "$WORK/report.html" "$SMALL")
 
-python3 - "$bytes_small" "$bytes_large" "$entries" "$COPIES" "$t_small" "$rss_small" "$t_large" "$rss_large" "$t_badger" "$rss_badger" <<'PY'
+python3 - "$bytes_small" "$bytes_large" "$entries" "$COPIES" "$t_small" "$c_small" "$rss_small" \
+  "$t_large" "$c_large" "$rss_large" "$t_badger" "$c_badger" "$rss_badger" <<'PY'
 import sys
 bs, bl, n, copies = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-ts, rs, tl, rl, tb, rb = (float(x) for x in sys.argv[5:])
+ts, cs, rs, tl, cl, rl, tb, cb, rb = (float(x) for x in sys.argv[5:])
 mb = 1024 * 1024
-def row(name, size, entries, t, rss):
-    print(f"{name:<34} {size/mb:9.1f} MB {entries:>10} entries {t:8.2f} s {size/mb/t:9.1f} MB/s {entries/t:12.0f} entries/s {rss/1024:8.1f} MB peak RSS")
+def row(name, size, entries, t, c, rss):
+    print(f"{name:<34} {size/mb:7.1f} MB {entries:>9} entries  wall {t:7.2f} s  cpu {c:7.2f} s"
+          f"  {size/mb/t:7.1f} MB/s  {entries/t:10.0f} entries/s  {rss/1024:6.1f} MB peak RSS")
 print("parse-log benchmark: real stderr log from pgbench, log_min_duration_statement = 0")
-row("postgres-agent parse-log", bs, n, ts, rs)
-row(f"postgres-agent parse-log (x{copies})", bl, n * copies, tl, rl)
-row("pgbadger -j 1", bs, n, tb, rb)
-print(f"speed-up over pgBadger: {tb/ts:.1f}x; parse-log peak RSS {rs/1024:.1f} MB at {bs/mb:.0f} MB vs {rl/1024:.1f} MB at {bl/mb:.0f} MB")
+row("postgres-agent parse-log", bs, n, ts, cs, rs)
+row(f"postgres-agent parse-log (x{copies})", bl, n * copies, tl, cl, rl)
+row("pgbadger -j 1", bs, n, tb, cb, rb)
+print(f"speed-up over pgBadger: {tb/ts:.1f}x wall clock, {cb/cs:.1f}x CPU time")
+print(f"parse-log peak RSS: {rs/1024:.1f} MB for {bs/mb:.0f} MB, {rl/1024:.1f} MB for {bl/mb:.0f} MB")
 PY

@@ -229,6 +229,9 @@ fn tail_child_process() {
         line.push(b'\n');
         out.write_all(&line).expect("enqueue");
         out.sync_data().expect("fsync");
+        // Widen the window between enqueue and commit so kills land in it: only `reconcile`
+        // keeps those batches from being read twice.
+        std::thread::sleep(Duration::from_millis(8));
         tailer.commit(&position).expect("commit");
         batches += 1;
         if batches >= max_batches {

@@ -24,7 +24,10 @@ pub struct EntryReader<R> {
     /// The source returned end of file.
     src_done: bool,
     /// Offset in the source of `buf[start]`.
-    offset: u64,
+    consumed: u64,
+    /// Offset just past the last entry or skipped bytes handed out: where reading can resume. Bytes
+    /// absorbed into an entry still being assembled do not move it.
+    boundary: u64,
     /// How to treat the end of data when the source is at end of file right now.
     at_end: End,
 }
@@ -39,7 +42,8 @@ impl<R: Read> EntryReader<R> {
             start: 0,
             end: 0,
             src_done: false,
-            offset,
+            consumed: offset,
+            boundary: offset,
             at_end: End::Eof,
         }
     }
@@ -50,9 +54,15 @@ impl<R: Read> EntryReader<R> {
         self.at_end = at_end;
     }
 
-    /// Offset in the source just past the last entry (or skipped bytes) handed out.
+    /// Offset in the source just past the last entry (or skipped bytes) handed out: a position to
+    /// resume from.
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.boundary
+    }
+
+    /// Offset in the source of the next byte to read.
+    pub fn read_position(&self) -> u64 {
+        self.consumed + self.buffered() as u64
     }
 
     pub fn parser(&self) -> &Parser {
@@ -85,15 +95,21 @@ impl<R: Read> EntryReader<R> {
                 Frame::Entry(n) => {
                     let s = self.start;
                     self.start += n;
-                    self.offset += n as u64;
+                    self.consumed += n as u64;
+                    self.boundary = self.consumed;
                     let entry = self.parser.build(&self.buf[s..s + n]);
                     stats::count_entry(&entry);
-                    return Ok(Some((entry, self.offset)));
+                    return Ok(Some((entry, self.boundary)));
                 }
                 Frame::Skip(n) => {
                     self.start += n;
-                    self.offset += n as u64;
+                    self.consumed += n as u64;
+                    self.boundary = self.consumed;
                     stats::count_skipped(n);
+                }
+                Frame::Absorb(n) => {
+                    self.start += n;
+                    self.consumed += n as u64;
                 }
                 Frame::NeedMore => {
                     if self.src_done {

@@ -185,7 +185,7 @@ impl Tailer {
             };
             let path = cur.file.path.clone();
             let meta = cur.reader.get_ref().metadata().map_err(io_err(&path))?;
-            let read_to = cur.reader.offset() + cur.reader.buffered() as u64;
+            let read_to = cur.reader.read_position();
             if meta.len() < read_to {
                 // Truncated in place (copytruncate, or log_truncate_on_rotation reusing the name).
                 stats::count_file_truncated();
@@ -280,10 +280,11 @@ impl Tailer {
                 self.open_file(f.clone(), offset)?;
                 return Ok(true);
             }
-            // The committed file is gone (or its inode was reused): continue with what came after.
+            // The committed file is gone (or its inode was reused by a new file, whose fingerprint
+            // differs): continue with the files written after it.
             let next = files
                 .into_iter()
-                .find(|f| nanos(f.modified) > pos.modified_ns && f.id != pos.id());
+                .find(|f| nanos(f.modified) > pos.modified_ns);
             return match next {
                 Some(f) => {
                     self.open_file(f, 0)?;

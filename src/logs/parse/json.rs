@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use memchr::memchr;
 use serde::Deserialize;
 
+use super::jsoncap::JsonCapper;
 use super::time::parse_pg_time;
 use super::{End, Frame};
 use crate::logs::entry::{cap_text, severity, state_code, trim_eol, LogEntry};
@@ -70,16 +71,20 @@ struct Record<'a> {
 #[derive(Debug)]
 pub struct JsonParser {
     max_entry: usize,
-    skip_line: bool,
     truncated: bool,
+    /// A line longer than the cap, being read with its long strings cut.
+    capping: Option<JsonCapper>,
+    /// A capped line complete and ready for `build`.
+    ready: Option<Vec<u8>>,
 }
 
 impl JsonParser {
     pub fn new(max_entry: usize) -> JsonParser {
         JsonParser {
             max_entry: max_entry.max(64),
-            skip_line: false,
             truncated: false,
+            capping: None,
+            ready: None,
         }
     }
 
@@ -90,78 +95,128 @@ impl JsonParser {
 
     pub fn frame(&mut self, buf: &[u8], end: End) -> Frame {
         self.truncated = false;
+        self.ready = None;
         if buf.is_empty() {
+            if end == End::Eof && self.capping.is_some() {
+                // The input ended inside a capped line: what was taken in is the entry.
+                self.ready = self.capping.take().map(|c| c.out);
+                self.truncated = true;
+                return Frame::Entry(0);
+            }
             return Frame::NeedMore;
         }
         let nl = memchr(b'\n', buf);
-        if self.skip_line {
-            return match nl {
-                Some(i) => {
-                    self.skip_line = false;
-                    Frame::Skip(i + 1)
+        if self.capping.is_none() {
+            match nl {
+                Some(i) if i <= self.max_entry => return Frame::Entry(i + 1),
+                None if end == End::Eof && buf.len() <= self.max_entry => {
+                    return Frame::Entry(buf.len())
                 }
-                None => Frame::Skip(buf.len()),
-            };
-        }
-        match nl {
-            Some(i) if i <= self.max_entry => Frame::Entry(i + 1),
-            None if end == End::Eof && buf.len() <= self.max_entry => Frame::Entry(buf.len()),
-            None if buf.len() <= self.max_entry => Frame::NeedMore,
-            _ => {
-                // Longer than the cap: keep the first part as an unparsed, truncated entry.
-                self.truncated = true;
-                self.skip_line = nl.is_none();
-                let n = nl.map_or(buf.len(), |i| i + 1);
-                Frame::Entry(n)
+                None if buf.len() <= self.max_entry => return Frame::NeedMore,
+                // Longer than the cap: read it through the capper.
+                _ => self.capping = Some(JsonCapper::default()),
             }
+        }
+        let (per_string, total) = (self.max_entry / 2, self.max_entry * 4);
+        let Some(capper) = self.capping.as_mut() else {
+            return Frame::NeedMore;
+        };
+        match nl {
+            Some(i) => capper.feed(&buf[..i], per_string, total),
+            None => capper.feed(buf, per_string, total),
+        }
+        let n = nl.map_or(buf.len(), |i| i + 1);
+        if nl.is_some() || end == End::Eof {
+            self.ready = self.capping.take().map(|c| c.out);
+            self.truncated = true;
+            Frame::Entry(n)
+        } else {
+            Frame::Absorb(n)
         }
     }
 
     pub fn build<'a>(&mut self, bytes: &'a [u8]) -> LogEntry<'a> {
-        if self.truncated {
-            let mut e = LogEntry::unparsed(&bytes[..bytes.len().min(self.max_entry)]);
+        if let Some(line) = self.ready.take() {
+            let mut e = match serde_json::from_slice::<Record<'_>>(&line) {
+                Ok(r) => entry(r).into_owned(),
+                Err(_) => LogEntry::unparsed(&line[..line.len().min(self.max_entry)]).into_owned(),
+            };
             cap_text(&mut e.message, self.max_entry);
             e.truncated = true;
             return e;
         }
         let line = trim_eol(bytes);
-        let Ok(r) = serde_json::from_slice::<Record<'a>>(line) else {
-            return LogEntry::unparsed(line);
-        };
-        let time = |t: Option<Cow<'a, str>>| {
-            t.and_then(|t| parse_pg_time(t.as_bytes()).and_then(|(ts, _)| ts))
-        };
-        LogEntry {
-            timestamp: time(r.timestamp),
-            user: r.user,
-            dbname: r.dbname,
-            pid: r.pid,
-            remote_host: r.remote_host,
-            remote_port: r.remote_port,
-            session_id: r.session_id,
-            line_num: r.line_num,
-            ps: r.ps,
-            session_start: time(r.session_start),
-            vxid: r.vxid,
-            txid: r.txid,
-            error_severity: r.error_severity.and_then(|s| severity(s.as_bytes())),
-            state_code: r.state_code.and_then(state_code),
-            message: r.message.unwrap_or_default(),
-            detail: r.detail,
-            hint: r.hint,
-            internal_query: r.internal_query,
-            internal_position: r.internal_position,
-            context: r.context,
-            statement: r.statement,
-            cursor_position: r.cursor_position,
-            func_name: r.func_name,
-            file_name: r.file_name,
-            file_line_num: r.file_line_num,
-            application_name: r.application_name,
-            backend_type: r.backend_type,
-            leader_pid: r.leader_pid,
-            query_id: r.query_id,
-            ..LogEntry::default()
+        match serde_json::from_slice::<Record<'a>>(line) {
+            Ok(r) => entry(r),
+            Err(_) => LogEntry::unparsed(line),
         }
+    }
+}
+
+fn entry(r: Record<'_>) -> LogEntry<'_> {
+    let time = |t: Option<Cow<'_, str>>| {
+        t.and_then(|t| parse_pg_time(t.as_bytes()).and_then(|(ts, _)| ts))
+    };
+    LogEntry {
+        timestamp: time(r.timestamp),
+        user: r.user,
+        dbname: r.dbname,
+        pid: r.pid,
+        remote_host: r.remote_host,
+        remote_port: r.remote_port,
+        session_id: r.session_id,
+        line_num: r.line_num,
+        ps: r.ps,
+        session_start: time(r.session_start),
+        vxid: r.vxid,
+        txid: r.txid,
+        error_severity: r.error_severity.and_then(|s| severity(s.as_bytes())),
+        state_code: r.state_code.and_then(state_code),
+        message: r.message.unwrap_or_default(),
+        detail: r.detail,
+        hint: r.hint,
+        internal_query: r.internal_query,
+        internal_position: r.internal_position,
+        context: r.context,
+        statement: r.statement,
+        cursor_position: r.cursor_position,
+        func_name: r.func_name,
+        file_name: r.file_name,
+        file_line_num: r.file_line_num,
+        application_name: r.application_name,
+        backend_type: r.backend_type,
+        leader_pid: r.leader_pid,
+        query_id: r.query_id,
+        ..LogEntry::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Parser;
+    use crate::logs::parse::LogFormat;
+    use crate::logs::reader::EntryReader;
+
+    #[test]
+    fn a_line_over_the_cap_keeps_its_fields_with_long_strings_cut() {
+        let big = "x".repeat(3 << 20);
+        let mut log = format!(
+            "{{\"timestamp\":\"2026-11-27 03:05:14.907 UTC\",\"pid\":9,\"error_severity\":\"LOG\",\"message\":\"duration: 1.0 ms\",\"statement\":\"select '{big}'\",\"application_name\":\"app\",\"query_id\":5}}\n"
+        );
+        log.push_str("{\"pid\":10,\"error_severity\":\"LOG\",\"message\":\"next\"}\n");
+        let parser = Parser::new(LogFormat::Jsonlog, "", 1 << 20);
+        let mut reader = EntryReader::new(std::io::Cursor::new(log.clone()), parser, 0);
+        let (e, offset) = reader.next_entry().unwrap().unwrap();
+        assert_eq!(e.pid, Some(9));
+        assert_eq!(e.application_name.as_deref(), Some("app"));
+        assert_eq!(e.query_id, Some(5));
+        assert!(e.truncated);
+        assert!(e.statement.as_deref().unwrap().len() <= 1 << 20);
+        assert_eq!(offset as usize, log.find("\n{\"pid\":10").unwrap() + 1);
+        drop(e);
+        let (e, offset) = reader.next_entry().unwrap().unwrap();
+        assert_eq!(e.message, "next");
+        assert!(!e.truncated);
+        assert_eq!(offset as usize, log.len());
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod csv;
 pub mod json;
+pub mod jsoncap;
 pub mod prefix;
 pub mod stderr;
 pub mod time;
@@ -75,19 +76,23 @@ pub enum End {
 /// What the next bytes of the buffer are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame {
-    /// An entry spans this many bytes; call [`Parser::build`] on exactly them.
+    /// An entry spans this many bytes; call [`Parser::build`] on exactly them. (Zero when an entry
+    /// assembled from absorbed bytes ends at the end of the input.)
     Entry(usize),
     /// This many bytes belong to an entry already cut at the size cap; drop them.
     Skip(usize),
+    /// This many bytes were taken into an entry still being assembled (a jsonlog line over the cap
+    /// whose long strings are being cut); drop them from the buffer, nothing is lost.
+    Absorb(usize),
     /// The buffer ends before the entry does.
     NeedMore,
 }
 
-/// One of the three parsers.
+/// One of the three parsers (boxed: their state differs a lot in size).
 #[derive(Debug)]
 pub enum Parser {
-    Stderr(stderr::StderrParser),
-    Csv(csv::CsvParser),
+    Stderr(Box<stderr::StderrParser>),
+    Csv(Box<csv::CsvParser>),
     Json(json::JsonParser),
 }
 
@@ -95,8 +100,10 @@ impl Parser {
     /// A parser for `format`; `prefix` is the `log_line_prefix` of stderr logs.
     pub fn new(format: LogFormat, prefix: &str, max_entry: usize) -> Parser {
         match format {
-            LogFormat::Stderr => Parser::Stderr(stderr::StderrParser::new(prefix, max_entry)),
-            LogFormat::Csvlog => Parser::Csv(csv::CsvParser::new(max_entry)),
+            LogFormat::Stderr => {
+                Parser::Stderr(Box::new(stderr::StderrParser::new(prefix, max_entry)))
+            }
+            LogFormat::Csvlog => Parser::Csv(Box::new(csv::CsvParser::new(max_entry))),
             LogFormat::Jsonlog => Parser::Json(json::JsonParser::new(max_entry)),
         }
     }

@@ -78,6 +78,9 @@ pub struct StderrParser {
     lines: Vec<Line>,
     fields: PrefixFields,
     truncated: bool,
+    /// The classification of the line that ended the last entry, which starts the next call's
+    /// buffer: (line length, kind, text offset, prefix fields). Saves matching each line twice.
+    lookahead: Option<(usize, Kind, usize, PrefixFields)>,
 }
 
 impl StderrParser {
@@ -90,6 +93,7 @@ impl StderrParser {
             lines: Vec::new(),
             fields: Default::default(),
             truncated: false,
+            lookahead: None,
         }
     }
 
@@ -128,6 +132,7 @@ impl StderrParser {
     pub fn frame(&mut self, buf: &[u8], end: End) -> Frame {
         self.lines.clear();
         self.truncated = false;
+        let lookahead = self.lookahead.take();
         if buf.is_empty() {
             return Frame::NeedMore;
         }
@@ -147,17 +152,19 @@ impl StderrParser {
             None if buf.len() > self.max_entry => {
                 // A runaway line: keep its first part, drop the rest as it arrives.
                 self.skip_line = true;
-                let first = &buf[..self.max_entry];
-                if self.skip_continuations
-                    && !matches!(self.classify(first, None).0, Kind::Start(_) | Kind::Other)
-                {
+                let mut fields = PrefixFields::default();
+                let (kind, text) = self.classify(&buf[..self.max_entry], Some(&mut fields));
+                let starts = matches!(kind, Kind::Start(_));
+                if self.skip_continuations && !starts && !matches!(kind, Kind::Other) {
                     return Frame::Skip(buf.len());
                 }
-                self.skip_continuations = false;
+                // Its continuation lines, if any, belong to the cut entry.
+                self.skip_continuations = starts;
                 self.truncated = true;
+                self.fields = fields;
                 self.lines.push(Line {
-                    kind: Kind::Other,
-                    text: 0,
+                    kind: if starts { kind } else { Kind::Other },
+                    text: if starts { text } else { 0 },
                     end: self.max_entry,
                 });
                 return Frame::Entry(buf.len());
@@ -165,7 +172,15 @@ impl StderrParser {
             None => return Frame::NeedMore,
         };
         let mut fields = PrefixFields::default();
-        let (kind, text) = self.classify(&buf[..line_len], Some(&mut fields));
+        let (kind, text) = match lookahead {
+            // Valid only for the same line, which the caller's contract (consume exactly the
+            // framed bytes) guarantees; the length check guards against misuse.
+            Some((len, kind, text, f)) if len == line_len => {
+                fields = f;
+                (kind, text)
+            }
+            _ => self.classify(&buf[..line_len], Some(&mut fields)),
+        };
         if self.skip_continuations {
             if matches!(kind, Kind::Cont | Kind::Aux(_)) {
                 return Frame::Skip(next);
@@ -216,8 +231,10 @@ impl StderrParser {
                 }
                 return Frame::NeedMore;
             };
-            let (kind, text) = self.classify(&rest[..i], None);
+            let mut next_fields = PrefixFields::default();
+            let (kind, text) = self.classify(&rest[..i], Some(&mut next_fields));
             if !matches!(kind, Kind::Cont | Kind::Aux(_)) {
+                self.lookahead = Some((i, kind, text, next_fields));
                 return Frame::Entry(pos);
             }
             self.lines.push(Line {
@@ -313,7 +330,7 @@ impl StderrParser {
 }
 
 fn text(b: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(trim_eol(b))
+    str_of(trim_eol(b))
 }
 
 /// `42601: ` before the message, written when log_error_verbosity is verbose.
@@ -330,6 +347,9 @@ fn verbose_sqlstate(m: &str) -> Option<&str> {
 /// Removes a trailing ` at character N` and returns N.
 fn strip_position(m: &mut Cow<'_, str>) -> Option<u32> {
     const MARK: &str = " at character ";
+    if !m.as_bytes().last().is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
     let at = m.rfind(MARK)?;
     let n: u32 = m[at + MARK.len()..].parse().ok()?;
     match m {
@@ -343,8 +363,12 @@ fn get<'a>(line: &'a [u8], f: &PrefixFields, k: Field) -> Option<&'a [u8]> {
     f[k as usize].map(|(s, e)| &line[s as usize..e as usize])
 }
 
+/// UTF-8 text, borrowed when valid (`from_utf8` is much faster than `from_utf8_lossy`'s chunking).
 fn str_of(b: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(b)
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
 }
 
 fn num<T: std::str::FromStr>(b: &[u8]) -> Option<T> {
@@ -412,7 +436,7 @@ mod tests {
                     out.push(p.build(&input[pos..pos + n]).into_owned());
                     pos += n;
                 }
-                Frame::Skip(n) => pos += n,
+                Frame::Skip(n) | Frame::Absorb(n) => pos += n,
                 Frame::NeedMore => return out,
             }
         }
@@ -448,6 +472,43 @@ garbage line\n\
     }
 
     #[test]
+    fn keeps_the_prefix_of_a_runaway_line() {
+        let mut log =
+            b"2026-11-27 03:06:44.543 UTC [77] LOG:  duration: 1.0 ms  statement: select '"
+                .to_vec();
+        log.extend(std::iter::repeat_n(b'x', 5000));
+        log.extend_from_slice(b"'\n\tand more\n2026-11-27 03:06:44.544 UTC [77] LOG:  next\n");
+        let mut p = StderrParser::new("%m [%p] ", 1000);
+        let mut out = Vec::new();
+        let mut pos = 0;
+        // Fed in pieces smaller than the line, as a reader would.
+        let mut avail = 1500;
+        loop {
+            let end = if avail >= log.len() {
+                End::Eof
+            } else {
+                End::More
+            };
+            match p.frame(&log[pos..avail.min(log.len())], end) {
+                Frame::Entry(n) => {
+                    out.push(p.build(&log[pos..pos + n]).into_owned());
+                    pos += n;
+                }
+                Frame::Skip(n) | Frame::Absorb(n) => pos += n,
+                Frame::NeedMore if avail >= log.len() => break,
+                Frame::NeedMore => {}
+            }
+            avail = (avail.max(pos) + 1500).min(log.len() + 1500);
+        }
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].pid, Some(77));
+        assert_eq!(out[0].error_severity, Some("LOG"));
+        assert!(out[0].truncated);
+        assert!(out[0].message.len() <= 1000);
+        assert_eq!(out[1].message, "next");
+    }
+
+    #[test]
     fn caps_runaway_entries() {
         let mut log = b"LOG:  start\n".to_vec();
         for _ in 0..100 {
@@ -463,7 +524,7 @@ garbage line\n\
                     out.push(p.build(&log[pos..pos + n]).into_owned());
                     pos += n
                 }
-                Frame::Skip(n) => pos += n,
+                Frame::Skip(n) | Frame::Absorb(n) => pos += n,
                 Frame::NeedMore => unreachable!(),
             }
         }
