@@ -154,8 +154,11 @@ fn parse_log(
     files: &[PathBuf],
 ) -> ExitCode {
     use postgres_agent::logs::{cli, stats, Finisher};
-    let correlation_keys = match Config::load(config.as_deref()) {
-        Ok(c) => c.correlation.keys,
+    let (correlation_keys, privacy) = match Config::load(config.as_deref()) {
+        Ok(c) => (
+            c.correlation.keys,
+            postgres_agent::privacy::Privacy::from_config(&c.privacy).unwrap_or_default(),
+        ),
         Err(e) => {
             eprintln!("postgres-agent: configuration error: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -165,7 +168,10 @@ fn parse_log(
         format: format.to_string(),
         prefix: prefix.clone(),
         files: files.to_vec(),
-        finisher: Finisher { correlation_keys },
+        finisher: Finisher {
+            correlation_keys,
+            privacy,
+        },
     };
     let before = stats::snapshot();
     match cli::run(&opts, std::io::stdout().lock()) {

@@ -169,9 +169,11 @@ fn literals_are_masked_by_default_and_sent_when_obfuscation_is_off() {
     let state = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let c = client(&server, "postgres", "secrets").await;
-        c.batch_execute("SELECT 'alice@example.com' AS email, 4111111111111111 AS card /* request_id=r1 */")
-            .await
-            .unwrap();
+        c.batch_execute(
+            "SELECT 'alice@example.com' AS email, 4111111111111111 AS card /* request_id=r1 */",
+        )
+        .await
+        .unwrap();
         let find = |b: &Value| -> Value {
             b["data"]
                 .as_array()
@@ -182,12 +184,29 @@ fn literals_are_masked_by_default_and_sent_when_obfuscation_is_off() {
                 .unwrap()
         };
         let config = agent_config(&server, state.path(), "");
-        let masked = find(&serde_json::to_value(batch(&cycle(&config).await, BatchKind::PgActivity)).unwrap());
-        assert_eq!(masked["query"], "SELECT ? AS email, ? AS card /* request_id=r1 */");
+        let masked = find(
+            &serde_json::to_value(batch(&cycle(&config).await, BatchKind::PgActivity)).unwrap(),
+        );
+        assert_eq!(
+            masked["query"],
+            "SELECT ? AS email, ? AS card /* request_id=r1 */"
+        );
         assert_eq!(masked["correlation"]["id"], "r1");
-        let config = agent_config(&server, state.path(), "[privacy]\nobfuscate_queries = false\n");
-        let raw = find(&serde_json::to_value(batch(&cycle(&config).await, BatchKind::PgActivity)).unwrap());
-        assert!(raw["query"].as_str().unwrap().contains("alice@example.com"), "{raw}");
-        assert_eq!(raw["fingerprint"], masked["fingerprint"], "fingerprints ignore obfuscation");
+        let config = agent_config(
+            &server,
+            state.path(),
+            "[privacy]\nobfuscate_queries = false\n",
+        );
+        let raw = find(
+            &serde_json::to_value(batch(&cycle(&config).await, BatchKind::PgActivity)).unwrap(),
+        );
+        assert!(
+            raw["query"].as_str().unwrap().contains("alice@example.com"),
+            "{raw}"
+        );
+        assert_eq!(
+            raw["fingerprint"], masked["fingerprint"],
+            "fingerprints ignore obfuscation"
+        );
     });
 }

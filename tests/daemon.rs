@@ -106,7 +106,10 @@ fn sigterm_stops_promptly_with_exit_0_and_flushes_the_log() {
         l.contains("following the server log")
     });
     std::thread::sleep(Duration::from_millis(500));
-    server.psql("postgres", "SELECT 'flush-marker-7391' AS marker");
+    server.psql(
+        "postgres",
+        "SELECT 'secret-literal-5521' AS flush_marker_7391",
+    );
     std::thread::sleep(Duration::from_millis(300));
 
     agent.signal("TERM");
@@ -117,8 +120,18 @@ fn sigterm_stops_promptly_with_exit_0_and_flushes_the_log() {
     let logs = listener.bodies_of_type("pg_logs");
     let all = serde_json::to_string(&logs).unwrap();
     assert!(
-        all.contains("flush-marker-7391"),
+        all.contains("flush_marker_7391"),
         "the log line written before SIGTERM was not shipped: {all}"
+    );
+    // Literals are masked in shipped log statements (privacy.obfuscate_queries defaults to true),
+    // and the agent's own statements are left out.
+    assert!(
+        !all.contains("secret-literal-5521"),
+        "a literal left the host: {all}"
+    );
+    assert!(
+        !all.contains("/* postgres-agent */"),
+        "the agent's own log entries were shipped: {all}"
     );
     // Nothing left behind in the outbox.
     let out = support::agent(&["status", &config], &[]);

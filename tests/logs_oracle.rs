@@ -72,6 +72,7 @@ const STDERR_BODY: &[&str] = &[
     "event",
     "duration_ms",
     "correlation",
+    "fingerprint",
     "extracted",
     "truncated",
 ];

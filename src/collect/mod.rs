@@ -25,8 +25,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
-use crate::privacy::Privacy;
 use crate::db::{Db, DbError, ServerInfo, Session, QUERY_TAG};
+use crate::privacy::Privacy;
 use crate::ship::batch::{AgentInfo, Batch, BatchKind};
 
 pub use counters::{counters, CounterSnapshot};
@@ -424,12 +424,16 @@ mod tests {
     #[test]
     fn query_text_cuts_at_a_character_boundary_and_flags_it() {
         let c = config(64);
-        assert_eq!(query_text("SELECT 1", &c), ("SELECT 1".to_string(), false));
-        let long = format!("SELECT '{}'", "é".repeat(100));
+        assert_eq!(query_text("SELECT x", &c), ("SELECT x".to_string(), false));
+        assert_eq!(query_text("SELECT 1", &c), ("SELECT ?".to_string(), false));
+        let long = format!("SELECT {}", "é".repeat(100));
         let (text, cut) = query_text(&long, &c);
         assert!(cut);
         assert!(text.len() <= 64 && text.len() >= 63, "{}", text.len());
         assert!(long.starts_with(&text));
+        // A literal cut by the bound is masked whole.
+        let long = format!("SELECT '{}'", "é".repeat(100));
+        assert_eq!(query_text(&long, &c), ("SELECT ?".to_string(), true));
     }
 
     #[test]

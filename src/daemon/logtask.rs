@@ -5,6 +5,7 @@
 //! Where the log is comes from `[logs]`, completed by asking the server (`logs::source::discover`)
 //! when `logs.path` is unset; while neither is possible it retries every interval.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::db::{Db, ServerInfo};
+use crate::db::{Db, ServerInfo, APPLICATION_NAME, QUERY_TAG};
 use crate::logs::settings::TailSettings;
 use crate::logs::source;
 use crate::logs::tail::{LogBatch, Tailer};
@@ -110,11 +111,42 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             }
         }
     }
-    // Shutdown: whatever is readable now goes into the outbox, then the position is saved.
-    match tailer.take_batch(usize::MAX) {
-        Ok(b) => ship(&mut tailer, b, &config, &shared),
-        Err(e) => tracing::warn!(error = %e, "final read of the server log failed"),
+    // Shutdown: whatever is readable now goes into the outbox, `max` entries at a time so memory
+    // stays bounded, then the position is saved. Bounded in time by the caller's deadline.
+    loop {
+        match tailer.take_batch(max) {
+            Ok(b) if b.entries.is_empty() => {
+                ship(&mut tailer, b, &config, &shared);
+                break;
+            }
+            Ok(b) => ship(&mut tailer, b, &config, &shared),
+            Err(e) => {
+                tracing::warn!(error = %e, "final read of the server log failed");
+                break;
+            }
+        }
     }
+}
+
+/// Log entries about the agent's own sessions left out of pg_logs (as the collectors leave out its
+/// sessions and statements).
+pub static AGENT_OWN_ENTRIES: AtomicU64 = AtomicU64::new(0);
+
+/// An entry written by one of the agent's sessions: its application_name when the format carries it,
+/// else the agent's query tag in the logged text.
+fn is_agent_entry(e: &serde_json::Value) -> bool {
+    let own = match e.get("application_name").and_then(|a| a.as_str()) {
+        Some(app) => app == APPLICATION_NAME,
+        None => ["message", "statement"].iter().any(|k| {
+            e.get(*k)
+                .and_then(|v| v.as_str())
+                .is_some_and(|t| t.contains(QUERY_TAG))
+        }),
+    };
+    if own {
+        AGENT_OWN_ENTRIES.fetch_add(1, Ordering::Relaxed);
+    }
+    own
 }
 
 /// Writes one pg_logs batch to the outbox and commits its position; on failure re-reads from the
@@ -130,6 +162,17 @@ fn ship(tailer: &mut Tailer, batch: LogBatch, config: &Config, shared: &LogShare
         }
         return;
     }
+    let entries: Vec<serde_json::Value> = batch
+        .entries
+        .into_iter()
+        .filter(|e| !is_agent_entry(e))
+        .collect();
+    if entries.is_empty() {
+        if let Err(e) = tailer.commit(&position) {
+            tracing::warn!(error = %e, "cannot save the log position");
+        }
+        return;
+    }
     let server = shared.server.lock().ok().and_then(|s| s.clone());
     let mut b = Batch::new(
         BatchKind::PgLogs,
@@ -137,7 +180,7 @@ fn ship(tailer: &mut Tailer, batch: LogBatch, config: &Config, shared: &LogShare
         AgentInfo::new(&config.agent.hostname),
         server,
         config.agent.collection_interval.as_secs(),
-        batch.entries,
+        entries,
     );
     if let Ok(v) = serde_json::to_value(&position) {
         b.extra.insert("log_position".into(), v);

@@ -205,13 +205,17 @@ fn pool_error_message(e: deadpool_postgres::PoolError) -> String {
 /// statements there.
 pub fn tagged(sql: &str) -> Cow<'_, str> {
     let trimmed = sql.trim_start();
-    let body = trimmed.strip_prefix(QUERY_TAG).unwrap_or(trimmed).trim_start();
+    let body = trimmed
+        .strip_prefix(QUERY_TAG)
+        .unwrap_or(trimmed)
+        .trim_start();
     let (keyword, rest) = body.split_once(char::is_whitespace).unwrap_or((body, ""));
     let rest = rest.trim_start();
-    if trimmed.starts_with(QUERY_TAG) && rest.starts_with(QUERY_TAG) {
-        return Cow::Borrowed(sql);
+    match (trimmed.starts_with(QUERY_TAG), rest.starts_with(QUERY_TAG)) {
+        (true, true) => Cow::Borrowed(sql),
+        (false, true) => Cow::Owned(format!("{QUERY_TAG} {body}")),
+        _ => Cow::Owned(format!("{QUERY_TAG} {keyword} {QUERY_TAG} {rest}")),
     }
-    Cow::Owned(format!("{QUERY_TAG} {keyword} {QUERY_TAG} {rest}"))
 }
 
 /// The `-c` options sent in the startup packet of every session.
@@ -332,7 +336,16 @@ mod tests {
         assert_eq!(t, "/* postgres-agent */ SELECT /* postgres-agent */ 1");
         assert_eq!(tagged(&t), t, "already tagged texts are kept");
         assert!(matches!(tagged(&t), Cow::Borrowed(_)));
-        assert_eq!(tagged("/* postgres-agent */ SHOW jit"), "/* postgres-agent */ SHOW /* postgres-agent */ jit");
-        assert!(crate::collect::is_agent_text(&tagged("SELECT x FROM y")["/* postgres-agent */ ".len()..]));
+        assert_eq!(
+            tagged("/* postgres-agent */ SHOW jit"),
+            "/* postgres-agent */ SHOW /* postgres-agent */ jit"
+        );
+        assert_eq!(
+            tagged("SELECT /* postgres-agent */ 1"),
+            "/* postgres-agent */ SELECT /* postgres-agent */ 1"
+        );
+        assert!(crate::collect::is_agent_text(
+            &tagged("SELECT x FROM y")["/* postgres-agent */ ".len()..]
+        ));
     }
 }

@@ -84,6 +84,10 @@ pub struct LogEntry<'a> {
     pub duration_ms: Option<f64>,
     /// Derived: the correlation tags found in the statement (or the logged statement text).
     pub correlation: Option<Correlation>,
+    /// Derived: the fingerprint of the statement text (see `privacy::fingerprint`), taken before
+    /// obfuscation; groups entries of the same statement and joins them to activity records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// Derived: numbers and structures the classifier pulled out of the message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extracted: Option<Map<String, Value>>,
@@ -140,6 +144,7 @@ impl LogEntry<'_> {
             event: self.event,
             duration_ms: self.duration_ms,
             correlation: self.correlation,
+            fingerprint: self.fingerprint,
             extracted: self.extracted,
             truncated: self.truncated,
         }

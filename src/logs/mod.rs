@@ -46,6 +46,7 @@ pub mod tail;
 pub use entry::LogEntry;
 
 use crate::correlation;
+use crate::privacy::{LogFields, Privacy};
 pub use parse::LogFormat;
 
 /// The settings [`finish_entry`] needs.
@@ -53,6 +54,9 @@ pub use parse::LogFormat;
 pub struct Finisher {
     /// `correlation.keys`: comment keys whose value is the correlation ID.
     pub correlation_keys: Vec<String>,
+    /// The `[privacy]` policy: obfuscation of statement texts and redaction of log secrets. The
+    /// default is the configuration's default (obfuscate, redact credentials and parsing errors).
+    pub privacy: Privacy,
 }
 
 /// The last step of every entry, in this order: classification (`event`, `duration_ms`,
@@ -62,15 +66,69 @@ pub struct Finisher {
 pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
     classify::classify(e);
     let keys = &f.correlation_keys;
-    e.correlation = match statement_text(e) {
-        Some(sql) => correlation::extract(sql, keys),
-        // auto_explain: the statement is the plan's "Query Text".
-        None => e
-            .extracted
+    let plan_text = || {
+        e.extracted
             .as_ref()
             .and_then(|x| x.get("plan")?.get("Query Text")?.as_str())
-            .and_then(|sql| correlation::extract(sql, keys)),
     };
+    // auto_explain: the statement is the plan's "Query Text".
+    let sql = statement_text(e).or_else(plan_text);
+    let correlation = sql.and_then(|sql| correlation::extract(sql, keys));
+    let fingerprint = sql.map(crate::privacy::fingerprint);
+    e.correlation = correlation;
+    e.fingerprint = fingerprint;
+    f.privacy.apply_to_log(LogFields {
+        sqlstate: e.state_code.as_deref(),
+        message: &mut e.message,
+        detail: &mut e.detail,
+        hint: &mut e.hint,
+        context: &mut e.context,
+        statement: &mut e.statement,
+        query: &mut e.internal_query,
+    });
+    if f.privacy.obfuscate_queries {
+        mask_json_plan(e);
+    }
+}
+
+/// auto_explain's JSON plan carries the statement as "Query Text" and conditions with literals
+/// (filters, index conditions): mask every string in the plan that holds SQL.
+fn mask_json_plan(e: &mut LogEntry<'_>) {
+    const SQL_KEYS: &[&str] = &[
+        "Query Text",
+        "Filter",
+        "Index Cond",
+        "Recheck Cond",
+        "Join Filter",
+        "Hash Cond",
+        "Merge Cond",
+        "One-Time Filter",
+        "TID Cond",
+        "Output",
+    ];
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    match v {
+                        serde_json::Value::String(s) if SQL_KEYS.contains(&k.as_str()) => {
+                            if let std::borrow::Cow::Owned(masked) =
+                                crate::privacy::obfuscate_cow(s)
+                            {
+                                *s = masked;
+                            }
+                        }
+                        _ => walk(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if let Some(plan) = e.extracted.as_mut().and_then(|x| x.get_mut("plan")) {
+        walk(plan);
+    }
 }
 
 /// The SQL text an entry carries: `statement`, else the text a `duration: ... statement:` or

@@ -8,6 +8,7 @@ use super::parse::{detect_format, detect_prefix, LogFormat, MAX_ENTRY_BYTES};
 use super::source::{LogSource, ServerLogging};
 use super::Finisher;
 use crate::config::Config;
+use crate::privacy::Privacy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -100,6 +101,7 @@ impl TailSettings {
             max_entry_bytes: MAX_ENTRY_BYTES,
             finisher: Finisher {
                 correlation_keys: config.correlation.keys.clone(),
+                privacy: Privacy::from_config(&config.privacy).unwrap_or_default(),
             },
         })
     }

@@ -32,6 +32,13 @@ impl Default for Privacy {
 }
 
 impl Privacy {
+    /// No masking and no redaction: texts pass through unchanged (offline parsing tests).
+    pub const PASS_THROUGH: Privacy = Privacy {
+        obfuscate_queries: false,
+        redact: RedactClasses::NONE,
+        strings: StringMode::Standard,
+    };
+
     pub fn from_config(config: &PrivacyConfig) -> Result<Privacy, PrivacyError> {
         Ok(Privacy {
             obfuscate_queries: config.obfuscate_queries,
