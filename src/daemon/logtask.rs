@@ -91,6 +91,17 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             }
         }
     };
+    // A crash between writing a batch to the outbox and saving the position would read those
+    // entries again: resume after the newest pg_logs batch still waiting in the outbox instead.
+    if let Some(enqueued) = shared
+        .shipper
+        .newest_field(BatchKind::PgLogs, "log_position")
+        .and_then(|v| serde_json::from_value(v).ok())
+    {
+        if let Err(e) = tailer.reconcile(&enqueued) {
+            tracing::warn!(error = %e, "cannot reconcile the log position with the outbox");
+        }
+    }
     tracing::info!("following the server log");
     let max = config.logs.max_buffered_entries;
     loop {

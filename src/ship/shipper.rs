@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
-use super::batch::Batch;
+use super::batch::{Batch, BatchKind};
 use super::breaker::{Breaker, BreakerState};
 use super::http::Sender;
 use super::outbox::{self, EvictionReport, Outbox, OutboxError, OutboxStats};
@@ -262,6 +262,23 @@ impl Shipper {
             }
             other => Ok(other?),
         }
+    }
+
+    /// A batch-level field (for example `log_position`) of the newest waiting batch of `kind`:
+    /// what the log reader needs on start to skip entries already written to the outbox before a
+    /// crash. None in stdout mode, when nothing of that kind waits, or when the body is unreadable.
+    pub fn newest_field(&self, kind: BatchKind, field: &str) -> Option<serde_json::Value> {
+        let mut inner = self.lock();
+        if inner.sender.is_none() {
+            return None;
+        }
+        let body = self
+            .with_outbox(&mut inner, |ob| ob.newest_body(kind))
+            .ok()??;
+        let mut json = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json).ok()?;
+        let mut value: serde_json::Value = serde_json::from_slice(&json).ok()?;
+        value.get_mut(field).map(serde_json::Value::take)
     }
 
     fn log_evictions(&self, report: &EvictionReport, why: &str) {

@@ -319,6 +319,18 @@ impl Outbox {
         }))
     }
 
+    /// The gzipped body of the newest waiting batch of `kind`, if any.
+    pub fn newest_body(&self, kind: BatchKind) -> Result<Option<Vec<u8>>, OutboxError> {
+        self.conn
+            .query_row(
+                "SELECT body FROM outbox WHERE kind = ?1 ORDER BY seq DESC LIMIT 1",
+                [kind.as_str()],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     /// Deletes a delivered batch and records the success time. False when it was no longer there
     /// (evicted while it was being sent).
     pub fn ack(&mut self, seq: i64, kind: BatchKind) -> Result<bool, OutboxError> {
