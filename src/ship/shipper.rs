@@ -269,9 +269,7 @@ impl Shipper {
     /// crash. None in stdout mode, when nothing of that kind waits, or when the body is unreadable.
     pub fn newest_field(&self, kind: BatchKind, field: &str) -> Option<serde_json::Value> {
         let mut inner = self.lock();
-        if inner.sender.is_none() {
-            return None;
-        }
+        inner.sender.as_ref()?;
         let body = self
             .with_outbox(&mut inner, |ob| ob.newest_body(kind))
             .ok()??;
