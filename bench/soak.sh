@@ -3,7 +3,7 @@
 # and 100 busy sessions, shipping to a local HTTP listener. Prints peak RSS, CPU per cycle, and whether
 # RSS grows (mean RSS of the second quarter of the run vs the last quarter).
 #
-#   bench/soak.sh [SECONDS]   (default 300)
+#   bench/soak.sh [SECONDS]   (default 300; AGENT_BIN=path to skip the build)
 #
 # With `prometheus-postgres-exporter` installed (apt-get install prometheus-postgres-exporter), the
 # same load is also scraped every second by postgres_exporter and its peak RSS printed alongside.
@@ -12,8 +12,13 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-300}
 . bench/pg-cluster.sh
 
-cargo build --release --quiet
-BIN=$PWD/target/release/postgres-agent
+# AGENT_BIN: an already built release binary (default: build one here).
+if [ -n "${AGENT_BIN:-}" ]; then
+  BIN=$AGENT_BIN
+else
+  cargo build --release --quiet
+  BIN=$PWD/target/release/postgres-agent
+fi
 WORK=$(mktemp -d /tmp/pga-soak.XXXXXX)
 chmod 755 "$WORK"
 trap 'kill ${AGENT_PID:-} ${LISTENER_PID:-} ${EXPORTER_PID:-} 2>/dev/null || true; pg_stop; rm -rf "$WORK"' EXIT
