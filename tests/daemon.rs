@@ -137,6 +137,14 @@ fn sigterm_stops_promptly_with_exit_0_and_flushes_the_log() {
     let out = support::agent(&["status", &config], &[]);
     let status_text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{status_text}");
+    assert!(
+        status_text.contains("last cycle:") && status_text.contains("collectors ok"),
+        "{status_text}"
+    );
+    assert!(
+        !status_text.contains("last success:  never"),
+        "{status_text}"
+    );
 }
 
 #[test]

@@ -243,6 +243,13 @@ impl Daemon {
             Some("the database was unreachable".to_string())
         });
         tracing::info!(summary = %summary, "cycle finished");
+        if let Err(e) = crate::ship::status::LastCycle::save(
+            &self.config.agent.state_dir,
+            report.server.is_some(),
+            &summary,
+        ) {
+            tracing::warn!(error = %e, "cannot record the cycle for `status`");
+        }
         notify::status(&summary);
     }
 

@@ -23,6 +23,53 @@ pub struct StatusReport {
     pub outbox: Option<OutboxStats>,
     /// When this report was made (unix milliseconds).
     pub now_ms: i64,
+    /// The daemon's last collection cycle (`<state_dir>/last_cycle.json`), if it has run.
+    pub last_cycle: Option<LastCycle>,
+}
+
+/// What the daemon records after every cycle, for `status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct LastCycle {
+    /// When the cycle finished (unix milliseconds).
+    pub at_ms: i64,
+    /// The database was reachable and the cycle produced its batches.
+    pub ok: bool,
+    /// When the last cycle with `ok` finished.
+    pub last_ok_ms: Option<i64>,
+    pub summary: String,
+}
+
+/// File name of [`LastCycle`] under `agent.state_dir`.
+pub const LAST_CYCLE_FILE: &str = "last_cycle.json";
+
+impl LastCycle {
+    /// Records a finished cycle (write to a temporary file, then rename: readers never see half).
+    pub fn save(state_dir: &std::path::Path, ok: bool, summary: &str) -> std::io::Result<()> {
+        let at_ms = now_ms();
+        let previous = LastCycle::load(state_dir);
+        let record = LastCycle {
+            at_ms,
+            ok,
+            last_ok_ms: if ok {
+                Some(at_ms)
+            } else {
+                previous.and_then(|p| p.last_ok_ms)
+            },
+            summary: summary.to_string(),
+        };
+        let tmp = state_dir.join(format!("{LAST_CYCLE_FILE}.tmp"));
+        std::fs::create_dir_all(state_dir)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&record).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, state_dir.join(LAST_CYCLE_FILE))
+    }
+
+    pub fn load(state_dir: &std::path::Path) -> Option<LastCycle> {
+        let bytes = std::fs::read(state_dir.join(LAST_CYCLE_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
 }
 
 /// Reads the status of the outbox configured in `config`.
@@ -45,6 +92,7 @@ pub fn read(config: &Config) -> Result<StatusReport, ShipError> {
         max_size_bytes: config.buffer.max_size_bytes,
         outbox: stats,
         now_ms: now_ms(),
+        last_cycle: LastCycle::load(&config.agent.state_dir),
     })
 }
 
@@ -57,6 +105,19 @@ impl StatusReport {
     }
 
     fn write_text(&self, s: &mut String) -> std::fmt::Result {
+        match &self.last_cycle {
+            Some(c) => {
+                writeln!(s, "last cycle:    {} ({})", self.when(c.at_ms), c.summary)?;
+                match c.last_ok_ms {
+                    Some(ms) => writeln!(s, "last success:  {}", self.when(ms))?,
+                    None => writeln!(s, "last success:  never")?,
+                }
+            }
+            None => writeln!(
+                s,
+                "last cycle:    none recorded (the daemon has not run here)"
+            )?,
+        }
         match &self.listener_url {
             Some(url) => writeln!(s, "listener:      {url}")?,
             None => writeln!(
