@@ -52,8 +52,11 @@ pg_psql() {
 
 pg_workload() {
   local statements=$1 sessions=$2
-  pg_psql -c "SELECT format('CREATE TABLE t%s (id int PRIMARY KEY, v int)', i) FROM generate_series(0, 49) i \gexec" >/dev/null
-  pg_psql -c "SELECT format('INSERT INTO t%s SELECT g, g FROM generate_series(1, 1000) g', i) FROM generate_series(0, 49) i \gexec" >/dev/null
+  # \gexec only works in a script, not with -c.
+  pg_psql >/dev/null <<'SQL'
+SELECT format('CREATE TABLE t%s (id int PRIMARY KEY, v int)', i) FROM generate_series(0, 49) i \gexec
+SELECT format('INSERT INTO t%s SELECT g, g FROM generate_series(1, 1000) g', i) FROM generate_series(0, 49) i \gexec
+SQL
   # Distinct statements: 50 tables x a growing number of predicates (constants are normalised away).
   python3 - "$statements" >"$PGB_DIR/statements.sql" <<'PY'
 import sys
