@@ -120,6 +120,9 @@ pub fn open_rw(path: &Path, wal_limit_bytes: u64) -> Result<Connection, OutboxEr
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(ctx)?;
     set_wal_limit(&conn, wal_limit_bytes);
+    // The outbox is read oldest-first and written once: a small page cache (256 KiB instead of
+    // SQLite's 2 MB) costs nothing and keeps the daemon's memory small.
+    conn.pragma_update(None, "cache_size", -256).map_err(ctx)?;
     conn.execute_batch(SCHEMA).map_err(ctx)?;
     Ok(conn)
 }
