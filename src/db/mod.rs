@@ -296,36 +296,6 @@ pub struct ServerInfo {
     pub port: u16,
 }
 
-impl ServerInfo {
-    /// Reads pg_control_system() and server_version_num.
-    pub async fn fetch(session: &mut Session, pg: &PostgresConfig) -> Result<ServerInfo, DbError> {
-        let row = session
-            .query_opt(
-                "server_info",
-                "SELECT (SELECT system_identifier::text FROM pg_control_system()), \
-                 current_setting('server_version_num')::int",
-                &[],
-            )
-            .await?;
-        let (system_identifier, version_num) = match row {
-            Some(r) => (
-                r.try_get::<_, Option<String>>(0)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default(),
-                r.try_get::<_, i32>(1).unwrap_or(0),
-            ),
-            None => (String::new(), 0),
-        };
-        Ok(ServerInfo {
-            system_identifier,
-            version_num,
-            host: pg.host.clone(),
-            port: pg.port,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use memchr::{memchr, memchr2};
 
 use super::time::parse_pg_time;
 use super::{End, Frame};
-use crate::logs::entry::{cap_text, severity, state_code, LogEntry};
+use crate::logs::entry::{severity, state_code, LogEntry};
 
 const MAX_COLUMNS: usize = 26;
 const MIN_COLUMNS: usize = 23;
@@ -248,18 +248,7 @@ impl CsvParser {
         if let Some(loc) = nonempty(22) {
             e.set_location(&loc);
         }
-        for t in [
-            &mut e.statement,
-            &mut e.detail,
-            &mut e.context,
-            &mut e.internal_query,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            e.truncated |= cap_text(t, self.max_entry);
-        }
-        e.truncated |= cap_text(&mut e.message, self.max_entry);
+        e.cap(self.max_entry);
         e
     }
 }

@@ -15,7 +15,7 @@ use memchr::memchr;
 use super::prefix::{Field, Prefix, PrefixFields};
 use super::time::{parse_epoch, parse_pg_time};
 use super::{End, Frame};
-use crate::logs::entry::{cap_text, severity, state_code, trim_eol, LogEntry};
+use crate::logs::entry::{severity, state_code, trim_eol, LogEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Aux {
@@ -313,18 +313,7 @@ impl StderrParser {
         if self.truncated {
             e.truncated = true;
         }
-        for f in [
-            &mut e.statement,
-            &mut e.detail,
-            &mut e.context,
-            &mut e.internal_query,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            e.truncated |= cap_text(f, self.max_entry);
-        }
-        e.truncated |= cap_text(&mut e.message, self.max_entry);
+        e.cap(self.max_entry);
         e
     }
 }
