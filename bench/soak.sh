@@ -93,6 +93,10 @@ q4=$(awk -v n="$n" 'NR > 3*n/4 {s += $1; c++} END {printf "%.0f", s / c}' "$WORK
 cyc=$((c1 - c0))
 echo "soak: ${DURATION}s at 1 s cycles, $cyc cycles"
 awk -v p="$peak" 'BEGIN {printf "peak RSS: %.1f MiB\n", p / 1024}'
+# Where the resident memory is at the end: heap and stacks (anon) vs pages of the binary and libraries.
+awk '/^Rss(Anon|File|Shmem):/ {printf "  %s %.1f MiB", $1, $2 / 1024} END {print ""}' "/proc/$AGENT_PID/status"
+awk '/^[0-9a-f]+-[0-9a-f]+ / {name = ($6 == "" ? "[anon]" : $6)} /^Rss:/ {r[name] += $2}
+     END {for (n in r) if (r[n] >= 256) printf "  %6.1f MiB %s\n", r[n] / 1024, n}' "/proc/$AGENT_PID/smaps" | sort -rn
 awk -v t="$((cpu1 - cpu0))" -v hz="$hz" -v c="$cyc" 'BEGIN {printf "CPU per cycle: %.2f ms (%.2f%% of one core at 1 s cycles)\n", 1000 * t / hz / c, 100 * t / hz / c}'
 awk -v a="$q2" -v b="$q4" 'BEGIN {printf "mean RSS second quarter %.1f MiB, last quarter %.1f MiB: %s\n", a/1024, b/1024, (b > a * 1.05 ? "GROWS" : "flat")}'
 echo "outbox after run: $("$BIN" status "$WORK/agent.ini" 2>/dev/null | head -3 | tr '\n' ' ')"

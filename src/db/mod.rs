@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use futures_util::TryStreamExt;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
@@ -253,19 +254,68 @@ impl Session {
         };
         match tokio::time::timeout(self.timeout, client.query_typed(sql.as_ref(), params)).await {
             Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(source)) => {
-                if source.is_closed() || source.code().is_none() {
-                    self.discard();
-                }
-                Err(DbError::Query { name, source })
+            Ok(Err(source)) => Err(self.failed(name, source)),
+            Err(_) => Err(self.timed_out(name)),
+        }
+    }
+
+    /// Runs a query and hands each row to `each` as it arrives, so a large result (every
+    /// pg_stat_statements entry) is never held whole: the connection reads ahead at most one
+    /// network buffer. The client deadline covers the whole result. If `each` fails, the rest of the
+    /// result is abandoned and the connection discarded. Returns the number of rows seen.
+    pub async fn for_each_row<E: From<DbError>>(
+        &mut self,
+        name: &'static str,
+        sql: &str,
+        params: &[Param<'_>],
+        mut each: impl FnMut(&Row) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        enum Failure<E> {
+            Db(tokio_postgres::Error),
+            Row(E),
+        }
+        let sql = tagged(sql);
+        let Some(client) = self.client.as_ref() else {
+            return Err(DbError::Pool("session already discarded".into()).into());
+        };
+        let work = async {
+            let rows = client
+                .query_typed_raw(sql.as_ref(), params.iter().map(|(v, t)| (*v, t.clone())))
+                .await
+                .map_err(Failure::Db)?;
+            let mut rows = std::pin::pin!(rows);
+            let mut seen = 0;
+            while let Some(row) = rows.try_next().await.map_err(Failure::Db)? {
+                each(&row).map_err(Failure::Row)?;
+                seen += 1;
             }
-            Err(_) => {
+            Ok(seen)
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(seen)) => Ok(seen),
+            Ok(Err(Failure::Db(source))) => Err(self.failed(name, source).into()),
+            Ok(Err(Failure::Row(e))) => {
                 self.discard();
-                Err(DbError::Deadline {
-                    name,
-                    timeout: self.timeout,
-                })
+                Err(e)
             }
+            Err(_) => Err(self.timed_out(name).into()),
+        }
+    }
+
+    /// A query error; a broken connection (no SQLSTATE) is not returned to the pool.
+    fn failed(&mut self, name: &'static str, source: tokio_postgres::Error) -> DbError {
+        if source.is_closed() || source.code().is_none() {
+            self.discard();
+        }
+        DbError::Query { name, source }
+    }
+
+    /// The client deadline fired: the connection may be mid-result, so it is discarded.
+    fn timed_out(&mut self, name: &'static str) -> DbError {
+        self.discard();
+        DbError::Deadline {
+            name,
+            timeout: self.timeout,
         }
     }
 

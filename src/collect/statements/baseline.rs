@@ -10,7 +10,7 @@
 //! cannot be told from ordinary growth; that limit is documented in docs/protocol.md.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -127,7 +127,7 @@ pub enum BaselineError {
 
 /// The on-disk form: compact rows instead of objects (a snapshot holds up to
 /// pg_stat_statements.max entries and is rewritten every cycle).
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct File {
     format: u32,
     system_identifier: String,
@@ -205,47 +205,62 @@ pub fn usable(saved: &Snapshot, cur: &Snapshot) -> bool {
 }
 
 /// Writes the snapshot atomically (temporary file, fsync, rename), so a crash leaves the old or the
-/// new baseline, never half of one.
+/// new baseline, never half of one. The snapshot is serialized straight from memory through a small
+/// buffer: no copy of its entries and no whole-file buffer.
 pub fn save(state_dir: &Path, snap: &Snapshot) -> Result<(), BaselineError> {
     let path = path(state_dir);
-    let file = File {
+    let file = FileRef {
         format: FORMAT,
-        system_identifier: snap.system_identifier.clone(),
-        extversion: snap.extversion.clone(),
-        columns: snap
-            .layout
-            .iter()
-            .map(|&i| COUNTERS[i].name.to_string())
-            .collect(),
-        taken_at: snap.taken_at.clone(),
-        stats_reset: snap.stats_reset.clone(),
+        system_identifier: &snap.system_identifier,
+        extversion: &snap.extversion,
+        columns: snap.layout.iter().map(|&i| COUNTERS[i].name).collect(),
+        taken_at: &snap.taken_at,
+        stats_reset: snap.stats_reset.as_deref(),
         dealloc: snap.dealloc,
-        entries: snap
-            .entries
-            .iter()
-            .map(|(k, e)| {
-                (
-                    k.userid,
-                    k.dbid,
-                    k.queryid,
-                    k.toplevel,
-                    e.stats_since,
-                    e.values.clone(),
-                )
-            })
-            .collect(),
+        entries: EntriesRef(&snap.entries),
     };
     let write = |path: &Path| -> std::io::Result<()> {
         std::fs::create_dir_all(state_dir)?;
         let tmp = path.with_extension("json.tmp");
-        // One buffer, one write: serde_json emits many small pieces.
-        let bytes = serde_json::to_vec(&file)?;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
+        let mut out = BufWriter::with_capacity(64 * 1024, std::fs::File::create(&tmp)?);
+        serde_json::to_writer(&mut out, &file)?;
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        drop(out);
         std::fs::rename(&tmp, path)
     };
     write(&path).map_err(|source| BaselineError::Write { path, source })
+}
+
+/// [`File`] borrowing from a snapshot, for [`save`].
+#[derive(Serialize)]
+struct FileRef<'a> {
+    format: u32,
+    system_identifier: &'a str,
+    extversion: &'a str,
+    columns: Vec<&'static str>,
+    taken_at: &'a str,
+    stats_reset: Option<&'a str>,
+    dealloc: Option<i64>,
+    entries: EntriesRef<'a>,
+}
+
+/// Serializes each entry as a [`Row`] without building one.
+struct EntriesRef<'a>(&'a HashMap<Key, Entry>);
+
+impl Serialize for EntriesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(k, e)| {
+            (
+                k.userid,
+                k.dbid,
+                k.queryid,
+                k.toplevel,
+                e.stats_since,
+                &e.values,
+            )
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -409,40 +409,42 @@ async fn snapshot(
         ext.function
     );
     let taken_at = now_rfc3339();
-    let rows = session
-        .query(QUERY, &sql, &[(&MAX_ENTRIES, Type::INT8)])
+    // Rows are streamed into the compact snapshot one at a time: holding the result whole costs
+    // several times the snapshot itself (every row keeps its wire buffer and column offsets).
+    let mut entries = HashMap::new();
+    session
+        .for_each_row(QUERY, &sql, &[(&MAX_ENTRIES, Type::INT8)], |row| {
+            let Some(queryid) = col::<Option<i64>>(row, QUERY, "queryid")? else {
+                // Another role's entry, hidden without pg_read_all_stats.
+                counters::STATEMENTS_NO_PRIVILEGE.incr();
+                return Ok::<(), CollectError>(());
+            };
+            let key = Key {
+                userid: col(row, QUERY, "userid")?,
+                dbid: col(row, QUERY, "dbid")?,
+                queryid,
+                toplevel: col(row, QUERY, "toplevel")?,
+            };
+            let mut values = Vec::with_capacity(layout.len());
+            for (i, &counter) in layout.iter().enumerate() {
+                let v: Option<f64> = row.try_get(5 + i).map_err(|e| CollectError::Column {
+                    query: QUERY,
+                    column: COUNTERS[counter].name,
+                    message: e.to_string(),
+                })?;
+                values.push(v.unwrap_or(0.0));
+            }
+            let stats_since = col(row, QUERY, "since")?;
+            entries.insert(
+                key,
+                Entry {
+                    stats_since,
+                    values,
+                },
+            );
+            Ok(())
+        })
         .await?;
-    let mut entries = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let Some(queryid) = col::<Option<i64>>(row, QUERY, "queryid")? else {
-            // Another role's entry, hidden without pg_read_all_stats.
-            counters::STATEMENTS_NO_PRIVILEGE.incr();
-            continue;
-        };
-        let key = Key {
-            userid: col(row, QUERY, "userid")?,
-            dbid: col(row, QUERY, "dbid")?,
-            queryid,
-            toplevel: col(row, QUERY, "toplevel")?,
-        };
-        let mut values = Vec::with_capacity(layout.len());
-        for i in 0..layout.len() {
-            let v: Option<f64> = row.try_get(5 + i).map_err(|e| CollectError::Column {
-                query: QUERY,
-                column: COUNTERS[layout[i]].name,
-                message: e.to_string(),
-            })?;
-            values.push(v.unwrap_or(0.0));
-        }
-        let stats_since = col(row, QUERY, "since")?;
-        entries.insert(
-            key,
-            Entry {
-                stats_since,
-                values,
-            },
-        );
-    }
     Ok(Snapshot {
         system_identifier: system_identifier.to_string(),
         extversion: ext.version_text.clone(),
