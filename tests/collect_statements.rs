@@ -268,3 +268,63 @@ fn without_the_extension_statements_are_skipped_and_the_rest_still_run() {
         assert_eq!(report.batches.len(), 3);
     });
 }
+
+#[test]
+fn a_failed_cycle_loses_no_calls_the_next_one_reports_both_intervals() {
+    let server = PgServer::start();
+    let state = tempfile::tempdir().unwrap();
+    server.psql(
+        "postgres",
+        "CREATE ROLE watcher LOGIN; GRANT pg_monitor TO watcher; \
+         CREATE TABLE gap_probe AS SELECT g AS id FROM generate_series(1, 10) g",
+    );
+    let config = agent_config(&server, state.path(), "[postgres]\nuser = watcher\n");
+    rt().block_on(async {
+        let app = client(&server, "postgres", "app").await;
+        let db = Db::new(&config.postgres, &config.safety).unwrap();
+        let mut collectors = Collectors::new(&config);
+        let first = statements(&collectors.run_cycle(&db, &config).await);
+        assert_eq!(first["baseline"], "new");
+        let probe = |n: usize| {
+            let app = &app;
+            async move {
+                for i in 0..n {
+                    app.batch_execute(&format!("SELECT count(*) FROM gap_probe WHERE id < {i}"))
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        probe(4).await;
+        // The snapshot query fails after the baseline was taken for subtraction.
+        server.psql(
+            "postgres",
+            "REVOKE EXECUTE ON FUNCTION pg_stat_statements(boolean) FROM PUBLIC",
+        );
+        let failed = collectors.run_cycle(&db, &config).await;
+        let run = failed.runs.iter().find(|r| r.name == "statements").unwrap();
+        assert!(
+            matches!(run.outcome, Outcome::Failed(_)),
+            "{:?}",
+            failed.runs
+        );
+        assert!(failed
+            .batches
+            .iter()
+            .all(|b| b.kind != BatchKind::PgStatements));
+        server.psql(
+            "postgres",
+            "GRANT EXECUTE ON FUNCTION pg_stat_statements(boolean) TO PUBLIC",
+        );
+        probe(2).await;
+        // The next cycle subtracts the last good snapshot: the failed interval is not lost.
+        let third = statements(&collectors.run_cycle(&db, &config).await);
+        assert_eq!(third["baseline"], "continued", "{third}");
+        assert_eq!(third["interval_start"], first["interval_end"]);
+        let rec = matching(&third, "FROM gap_probe");
+        assert_eq!(rec.len(), 1, "{third}");
+        assert_eq!(rec[0]["calls"], 6);
+        assert_never_negative(&third);
+        db.close();
+    });
+}

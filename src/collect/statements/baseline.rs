@@ -37,6 +37,8 @@ pub struct Entry {
     /// `stats_since` as Unix microseconds (17+).
     pub stats_since: Option<i64>,
     pub values: Vec<f64>,
+    /// Set while a [`Fold`] runs: the new snapshot has this entry.
+    pub seen: bool,
 }
 
 /// Every entry at one moment.
@@ -65,44 +67,163 @@ pub struct Delta {
     pub reset: bool,
 }
 
-/// The deltas between two snapshots of the same server and layout, for entries that ran (calls > 0).
-/// Also returns whether a full reset happened in between.
-pub fn deltas(prev: &Snapshot, cur: &Snapshot) -> (Vec<Delta>, bool) {
-    let full_reset = matches!((&prev.stats_reset, &cur.stats_reset), (Some(a), Some(b)) if a != b);
-    let calls_at = cur.layout.iter().position(|&i| i == CALLS);
-    let mut out = Vec::new();
-    for (key, entry) in &cur.entries {
-        let (values, reset) = match prev.entries.get(key) {
-            _ if full_reset => (entry.values.clone(), true),
-            None => (entry.values.clone(), false),
+/// What a new snapshot says about itself before its entries are read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    pub taken_at: String,
+    pub stats_reset: Option<String>,
+    pub dealloc: Option<i64>,
+}
+
+impl Snapshot {
+    /// A snapshot with no entries yet, to fold the first one into.
+    pub fn empty(system_identifier: &str, extversion: &str, layout: Vec<usize>) -> Snapshot {
+        Snapshot {
+            system_identifier: system_identifier.to_string(),
+            extversion: extversion.to_string(),
+            layout,
+            taken_at: String::new(),
+            stats_reset: None,
+            dealloc: None,
+            entries: HashMap::new(),
+        }
+    }
+}
+
+/// Folds a new snapshot, one entry at a time, into the previous one, collecting the deltas of the
+/// entries that ran (calls > 0) on the way: the previous snapshot becomes the new one in place, so
+/// only one copy of up to pg_stat_statements.max entries is ever held.
+///
+/// A fold abandoned halfway (the query failed) leaves a mix of old and new entries: the caller must
+/// drop that snapshot, not keep it as a baseline.
+pub struct Fold<'a> {
+    snap: &'a mut Snapshot,
+    full_reset: bool,
+    calls_at: Option<usize>,
+    /// The first snapshot has nothing to subtract from: it only becomes the baseline.
+    keep_deltas: bool,
+    deltas: Vec<Delta>,
+    /// The entry being read (see [`Fold::values`]) and the difference to its previous values.
+    values: Vec<f64>,
+    diff: Vec<f64>,
+}
+
+impl<'a> Fold<'a> {
+    /// Starts folding the snapshot described by `meta` into `snap`. With `keep_deltas` false (no
+    /// usable previous snapshot) every entry is taken as it is and no deltas are produced.
+    pub fn new(snap: &'a mut Snapshot, meta: &Meta, keep_deltas: bool) -> Fold<'a> {
+        let full_reset =
+            matches!((&snap.stats_reset, &meta.stats_reset), (Some(a), Some(b)) if a != b);
+        let calls_at = snap.layout.iter().position(|&i| i == CALLS);
+        for e in snap.entries.values_mut() {
+            e.seen = false;
+        }
+        snap.taken_at.clone_from(&meta.taken_at);
+        snap.stats_reset.clone_from(&meta.stats_reset);
+        snap.dealloc = meta.dealloc;
+        let width = snap.layout.len();
+        Fold {
+            snap,
+            full_reset,
+            calls_at,
+            keep_deltas,
+            deltas: Vec::new(),
+            values: Vec::with_capacity(width),
+            diff: Vec::with_capacity(width),
+        }
+    }
+
+    /// The buffer to fill with the next entry's values, in the snapshot's layout, before
+    /// [`Fold::entry`].
+    pub fn values(&mut self) -> &mut Vec<f64> {
+        self.values.clear();
+        &mut self.values
+    }
+
+    /// Folds in the entry whose values were just written to [`Fold::values`].
+    pub fn entry(&mut self, key: Key, stats_since: Option<i64>) {
+        let now = &self.values;
+        let (delta, reset) = match self.snap.entries.get_mut(&key) {
+            None => {
+                self.snap.entries.insert(
+                    key,
+                    Entry {
+                        stats_since,
+                        values: now.clone(),
+                        seen: true,
+                    },
+                );
+                (now, self.full_reset)
+            }
             Some(old) => {
                 let evicted =
-                    matches!((old.stats_since, entry.stats_since), (Some(a), Some(b)) if a != b);
-                let diff: Vec<f64> = entry
-                    .values
-                    .iter()
-                    .zip(&old.values)
-                    .map(|(now, then)| now - then)
-                    .collect();
+                    matches!((old.stats_since, stats_since), (Some(a), Some(b)) if a != b);
+                self.diff.clear();
+                self.diff
+                    .extend(now.iter().zip(&old.values).map(|(now, then)| now - then));
                 // Float sums can wobble by rounding; only a clear step back means a reset.
-                let went_back = diff.iter().any(|d| *d < -1e-6);
-                if evicted || went_back || diff.len() != entry.values.len() {
-                    (entry.values.clone(), true)
+                let went_back = self.diff.iter().any(|d| *d < -1e-6);
+                let whole =
+                    self.full_reset || evicted || went_back || old.values.len() != now.len();
+                old.values.clone_from(now);
+                old.stats_since = stats_since;
+                old.seen = true;
+                if whole {
+                    (now, true)
                 } else {
-                    (diff.into_iter().map(|d| d.max(0.0)).collect(), false)
+                    for d in &mut self.diff {
+                        *d = d.max(0.0);
+                    }
+                    (&self.diff, false)
                 }
             }
         };
-        let calls = calls_at.map_or(0.0, |i| values[i]);
-        if calls > 0.0 {
-            out.push(Delta {
-                key: *key,
-                values,
+        let calls = self
+            .calls_at
+            .map_or(0.0, |i| delta.get(i).copied().unwrap_or(0.0));
+        if self.keep_deltas && calls > 0.0 {
+            self.deltas.push(Delta {
+                key,
+                values: delta.clone(),
                 reset,
             });
         }
     }
-    (out, full_reset)
+
+    /// Ends the fold: entries the new snapshot no longer has are dropped. Returns the deltas and
+    /// whether a full reset happened in between.
+    pub fn finish(self) -> (Vec<Delta>, bool) {
+        self.snap.entries.retain(|_, e| e.seen);
+        (self.deltas, self.full_reset)
+    }
+}
+
+/// The deltas between two snapshots of the same server and layout: [`Fold`] over `cur`'s entries.
+#[cfg(test)]
+pub fn deltas(prev: &Snapshot, cur: &Snapshot) -> (Vec<Delta>, bool) {
+    let mut snap = prev.clone();
+    let meta = Meta {
+        taken_at: cur.taken_at.clone(),
+        stats_reset: cur.stats_reset.clone(),
+        dealloc: cur.dealloc,
+    };
+    let mut fold = Fold::new(&mut snap, &meta, true);
+    for (key, entry) in &cur.entries {
+        fold.values().extend_from_slice(&entry.values);
+        fold.entry(*key, entry.stats_since);
+    }
+    let out = fold.finish();
+    assert_eq!(
+        snap.entries
+            .keys()
+            .collect::<std::collections::BTreeSet<_>>(),
+        cur.entries.keys().collect(),
+        "the folded snapshot holds exactly the new entries"
+    );
+    for (key, entry) in &snap.entries {
+        assert_eq!(entry.values, cur.entries[key].values);
+    }
+    out
 }
 
 /// Why a saved baseline was not used.
@@ -184,6 +305,7 @@ pub fn load(state_dir: &Path) -> Result<Option<Snapshot>, BaselineError> {
                 Entry {
                     stats_since,
                     values,
+                    seen: true,
                 },
             )
         })
@@ -199,9 +321,9 @@ pub fn load(state_dir: &Path) -> Result<Option<Snapshot>, BaselineError> {
     }))
 }
 
-/// Whether `saved` can serve as the baseline of `cur`: same server, same layout.
-pub fn usable(saved: &Snapshot, cur: &Snapshot) -> bool {
-    saved.system_identifier == cur.system_identifier && saved.layout == cur.layout
+/// Whether `saved` can serve as the baseline of a snapshot of this server in this counter layout.
+pub fn usable(saved: &Snapshot, system_identifier: &str, layout: &[usize]) -> bool {
+    saved.system_identifier == system_identifier && saved.layout == layout
 }
 
 /// Writes the snapshot atomically (temporary file, fsync, rename), so a crash leaves the old or the
@@ -288,6 +410,7 @@ mod tests {
                         Entry {
                             stats_since: *since,
                             values: v.to_vec(),
+                            seen: true,
                         },
                     )
                 })
@@ -373,13 +496,9 @@ mod tests {
         save(dir.path(), &s).unwrap();
         let back = load(dir.path()).unwrap().unwrap();
         assert_eq!(back, s);
-        assert!(usable(&back, &s));
-        let mut other = s.clone();
-        other.layout = vec![0, 1];
-        assert!(!usable(&back, &other));
-        other = s.clone();
-        other.system_identifier = "2".into();
-        assert!(!usable(&back, &other));
+        assert!(usable(&back, "1", &s.layout));
+        assert!(!usable(&back, "1", &[0, 1]));
+        assert!(!usable(&back, "2", &s.layout));
         std::fs::write(path(dir.path()), b"{not json").unwrap();
         assert!(matches!(load(dir.path()), Err(BaselineError::Parse { .. })));
     }

@@ -20,7 +20,7 @@ use tokio_postgres::types::Type;
 use super::{col, counters, query_text, round_ms, CollectError, Collected, Collector, Context};
 use crate::db::Session;
 use crate::ship::batch::{now_rfc3339, BatchKind};
-use baseline::{Delta, Entry, Key, Snapshot};
+use baseline::{Delta, Fold, Key, Meta, Snapshot};
 use columns::{
     ExtVersion, Unit, CALLS, COUNTERS, INFO_SINCE, STATS_SINCE_SINCE, TOTAL_EXEC, TOTAL_PLAN,
 };
@@ -51,13 +51,36 @@ pub struct StatementRecord {
     pub mean_exec_time_ms: f64,
     /// Every counter of [`columns::COUNTERS`]; null when this server's extension does not track it.
     #[serde(flatten)]
-    pub counters: Map<String, Value>,
+    pub counters: Counters,
+}
+
+/// The delta of every counter of [`COUNTERS`], in that order; `None` where this server's extension
+/// does not track it. Serialized as one field per counter (counts as integers, times in
+/// milliseconds rounded to microseconds), without a map of names per record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counters(Vec<Option<f64>>);
+
+impl Serialize for Counters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(COUNTERS.len()))?;
+        for (c, v) in COUNTERS.iter().zip(&self.0) {
+            match (v, c.unit) {
+                (None, _) => map.serialize_entry(c.name, &())?,
+                (Some(v), Unit::Count) => map.serialize_entry(c.name, &(v.round() as i64))?,
+                (Some(v), Unit::Ms) => map.serialize_entry(c.name, &round_ms(*v))?,
+            }
+        }
+        map.end()
+    }
 }
 
 pub struct StatementsCollector {
     state_dir: PathBuf,
     baseline: Option<Snapshot>,
     tried_disk: bool,
+    /// The baseline kept last was also saved: the file can stand in for it.
+    saved: bool,
     texts: TextCache,
     warned_unavailable: bool,
     warned_save: bool,
@@ -78,6 +101,7 @@ impl StatementsCollector {
             state_dir: state_dir.to_path_buf(),
             baseline: None,
             tried_disk: false,
+            saved: true,
             texts: TextCache::default(),
             warned_unavailable: false,
             warned_save: false,
@@ -101,8 +125,9 @@ impl StatementsCollector {
         None
     }
 
-    /// The baseline to subtract from: in memory, else the saved one (once per process).
-    fn previous(&mut self, cur: &Snapshot) -> Option<Snapshot> {
+    /// The baseline to subtract from: in memory, else the saved one (see `collect`), if it is of
+    /// this server and counter layout.
+    fn previous(&mut self, system_identifier: &str, layout: &[usize]) -> Option<Snapshot> {
         if self.baseline.is_none() && !self.tried_disk {
             self.tried_disk = true;
             match baseline::load(&self.state_dir) {
@@ -114,7 +139,7 @@ impl StatementsCollector {
             }
         }
         let prev = self.baseline.take()?;
-        if baseline::usable(&prev, cur) {
+        if baseline::usable(&prev, system_identifier, layout) {
             Some(prev)
         } else {
             counters::STATEMENTS_BASELINE_DISCARDED.incr();
@@ -126,7 +151,9 @@ impl StatementsCollector {
     }
 
     fn keep(&mut self, snap: Snapshot) {
-        match baseline::save(&self.state_dir, &snap) {
+        let saved = baseline::save(&self.state_dir, &snap);
+        self.saved = saved.is_ok();
+        match saved {
             Ok(()) => self.warned_save = false,
             Err(e) if !self.warned_save => {
                 self.warned_save = true;
@@ -147,6 +174,22 @@ impl Collector for StatementsCollector {
         &mut self,
         ctx: &mut Context<'_>,
     ) -> Result<Option<Collected<StatementRecord>>, CollectError> {
+        let out = self.report(ctx).await;
+        if self.baseline.is_none() {
+            // The cycle took the baseline and failed before keeping the new one (a half-folded
+            // snapshot is never kept). The saved baseline is the last one kept if that save
+            // succeeded: the next cycle subtracts it and reports the failed interval too.
+            self.tried_disk = !self.saved;
+        }
+        out
+    }
+}
+
+impl StatementsCollector {
+    async fn report(
+        &mut self,
+        ctx: &mut Context<'_>,
+    ) -> Result<Option<Collected<StatementRecord>>, CollectError> {
         let config = ctx.config;
         let dbname = config.postgres.database.clone();
         let (session, server) = ctx.db()?;
@@ -154,22 +197,41 @@ impl Collector for StatementsCollector {
             Ok(ext) => ext,
             Err(reason) => return Ok(self.unavailable(&dbname, &reason)),
         };
-        let cur = match snapshot(session, &ext, &server.info.system_identifier).await {
-            Ok(s) => s,
-            // 55000: the extension exists but its library is not in shared_preload_libraries.
-            Err(CollectError::Db(e)) if e.sqlstate() == Some("55000") => {
-                return Ok(self.unavailable(&dbname, &e.to_string()));
-            }
-            Err(e) => return Err(e),
+        let sysid = &server.info.system_identifier;
+        // 55000: the extension exists but its library is not in shared_preload_libraries.
+        let not_loaded = |e: &CollectError| match e {
+            CollectError::Db(e) if e.sqlstate() == Some("55000") => Some(e.to_string()),
+            _ => None,
         };
+        let meta = match meta(session, &ext).await {
+            Ok(m) => m,
+            Err(e) => match not_loaded(&e) {
+                Some(reason) => return Ok(self.unavailable(&dbname, &reason)),
+                None => return Err(e),
+            },
+        };
+        let layout = columns::layout(ext.version);
+        let prev = self.previous(sysid, &layout);
+        let first = prev.is_none();
+        let mut cur = prev.unwrap_or_else(|| Snapshot::empty(sysid, &ext.version_text, layout));
+        cur.extversion.clone_from(&ext.version_text);
+        let interval_start = std::mem::take(&mut cur.taken_at);
+        let prev_dealloc = cur.dealloc;
+        let mut fold = Fold::new(&mut cur, &meta, !first);
+        if let Err(e) = fold_entries(session, &ext, &mut fold).await {
+            return match not_loaded(&e) {
+                Some(reason) => Ok(self.unavailable(&dbname, &reason)),
+                None => Err(e),
+            };
+        }
+        let (mut deltas, full_reset) = fold.finish();
         self.warned_unavailable = false;
-        let Some(prev) = self.previous(&cur) else {
+        if first {
             let mut collected = Collected::new(Vec::new());
             batch_fields(&mut collected.extra, None, &cur, 0, false, "new");
             self.keep(cur);
             return Ok(Some(collected));
-        };
-        let (mut deltas, full_reset) = baseline::deltas(&prev, &cur);
+        }
         let resets = deltas.iter().filter(|d| d.reset).count() as u64;
         counters::STATEMENTS_RESET_ENTRIES.add(resets);
         let total = |d: &Delta| value(&cur, d, TOTAL_EXEC) + value(&cur, d, TOTAL_PLAN);
@@ -247,17 +309,25 @@ impl Collector for StatementsCollector {
                     (None, false)
                 }
             };
-            records.push(record(d, &prev, &cur, query, query_truncated, &dbs, &roles));
+            records.push(record(
+                d,
+                &interval_start,
+                &cur,
+                query,
+                query_truncated,
+                &dbs,
+                &roles,
+            ));
         }
         let mut collected = Collected::new(records);
-        let evicted = match (prev.dealloc, cur.dealloc) {
+        let evicted = match (prev_dealloc, cur.dealloc) {
             (Some(a), Some(b)) if b >= a && !full_reset => Some(b - a),
             (_, Some(b)) if full_reset => Some(b),
             _ => None,
         };
         batch_fields(
             &mut collected.extra,
-            Some(&prev),
+            Some(&interval_start),
             &cur,
             omitted,
             full_reset,
@@ -273,7 +343,7 @@ impl Collector for StatementsCollector {
 
 fn batch_fields(
     extra: &mut Map<String, Value>,
-    prev: Option<&Snapshot>,
+    interval_start: Option<&str>,
     cur: &Snapshot,
     omitted: u64,
     stats_reset: bool,
@@ -281,7 +351,7 @@ fn batch_fields(
 ) {
     extra.insert(
         "interval_start".into(),
-        prev.map_or(Value::Null, |p| p.taken_at.clone().into()),
+        interval_start.map_or(Value::Null, Value::from),
     );
     extra.insert("interval_end".into(), cur.taken_at.clone().into());
     extra.insert("omitted".into(), omitted.into());
@@ -301,24 +371,21 @@ fn value(snap: &Snapshot, d: &Delta, counter: usize) -> f64 {
 
 fn record(
     d: &Delta,
-    prev: &Snapshot,
+    interval_start: &str,
     cur: &Snapshot,
     query: Option<String>,
     query_truncated: bool,
     dbs: &HashMap<u32, String>,
     roles: &HashMap<u32, String>,
 ) -> StatementRecord {
-    let mut counters = Map::new();
-    for (i, c) in COUNTERS.iter().enumerate() {
-        let v = match cur.layout.iter().position(|&l| l == i) {
-            None => Value::Null,
-            Some(p) => match c.unit {
-                Unit::Count => Value::from(d.values[p].round() as i64),
-                Unit::Ms => Value::from(round_ms(d.values[p])),
-            },
-        };
-        counters.insert(c.name.to_string(), v);
-    }
+    let counters = Counters(
+        (0..COUNTERS.len())
+            .map(|i| {
+                let p = cur.layout.iter().position(|&l| l == i)?;
+                d.values.get(p).copied()
+            })
+            .collect(),
+    );
     let calls = value(cur, d, columns::CALLS);
     StatementRecord {
         queryid: d.key.queryid.to_string(),
@@ -329,7 +396,7 @@ fn record(
         username: roles.get(&d.key.userid).cloned(),
         query,
         query_truncated,
-        interval_start: prev.taken_at.clone(),
+        interval_start: interval_start.to_string(),
         interval_end: cur.taken_at.clone(),
         reset: d.reset,
         mean_exec_time_ms: if calls > 0.0 {
@@ -371,13 +438,9 @@ async fn extension(session: &mut Session) -> Result<Result<Extension, String>, C
     }))
 }
 
-/// Reads every entry's counters (no texts) and, on 1.9+, the reset time and eviction count.
-async fn snapshot(
-    session: &mut Session,
-    ext: &Extension,
-    system_identifier: &str,
-) -> Result<Snapshot, CollectError> {
-    const QUERY: &str = "statements_snapshot";
+/// What the new snapshot says about itself: when it is taken and, on 1.9+, the reset time and the
+/// eviction count.
+async fn meta(session: &mut Session, ext: &Extension) -> Result<Meta, CollectError> {
     let (mut stats_reset, mut dealloc) = (None, None);
     if ext.version >= INFO_SINCE {
         let sql = format!(
@@ -391,6 +454,22 @@ async fn snapshot(
                     .map(format_rfc3339_micros);
         }
     }
+    Ok(Meta {
+        taken_at: now_rfc3339(),
+        stats_reset,
+        dealloc,
+    })
+}
+
+/// Reads every entry's counters (no texts) into `fold`. Rows are folded in one at a time as they
+/// arrive: holding the result whole would cost several times the snapshot itself (every row keeps
+/// its wire buffer and column offsets).
+async fn fold_entries(
+    session: &mut Session,
+    ext: &Extension,
+    fold: &mut Fold<'_>,
+) -> Result<(), CollectError> {
+    const QUERY: &str = "statements_snapshot";
     let layout = columns::layout(ext.version);
     let toplevel = if ext.version >= INFO_SINCE {
         "toplevel"
@@ -408,10 +487,6 @@ async fn snapshot(
         columns::select_list(ext.version, &layout),
         ext.function
     );
-    let taken_at = now_rfc3339();
-    // Rows are streamed into the compact snapshot one at a time: holding the result whole costs
-    // several times the snapshot itself (every row keeps its wire buffer and column offsets).
-    let mut entries = HashMap::new();
     session
         .for_each_row(QUERY, &sql, &[(&MAX_ENTRIES, Type::INT8)], |row| {
             let Some(queryid) = col::<Option<i64>>(row, QUERY, "queryid")? else {
@@ -425,7 +500,8 @@ async fn snapshot(
                 queryid,
                 toplevel: col(row, QUERY, "toplevel")?,
             };
-            let mut values = Vec::with_capacity(layout.len());
+            let stats_since = col(row, QUERY, "since")?;
+            let values = fold.values();
             for (i, &counter) in layout.iter().enumerate() {
                 let v: Option<f64> = row.try_get(5 + i).map_err(|e| CollectError::Column {
                     query: QUERY,
@@ -434,26 +510,11 @@ async fn snapshot(
                 })?;
                 values.push(v.unwrap_or(0.0));
             }
-            let stats_since = col(row, QUERY, "since")?;
-            entries.insert(
-                key,
-                Entry {
-                    stats_since,
-                    values,
-                },
-            );
+            fold.entry(key, stats_since);
             Ok(())
         })
         .await?;
-    Ok(Snapshot {
-        system_identifier: system_identifier.to_string(),
-        extversion: ext.version_text.clone(),
-        layout,
-        taken_at,
-        stats_reset,
-        dealloc,
-        entries,
-    })
+    Ok(())
 }
 
 /// stats_reset is compared across cycles: keep microseconds so two resets in one second differ.

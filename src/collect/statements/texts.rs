@@ -15,8 +15,9 @@ use crate::db::Session;
 #[cfg(test)]
 use crate::db::QUERY_TAG;
 
-/// Texts beyond this many bytes in total empty the cache (it refills with what is reported).
-const MAX_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// Texts beyond this many bytes in total empty the cache (it refills with what is reported). Twice
+/// the most one cycle can report at the defaults (500 entries of up to 4,096 bytes).
+const MAX_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 enum Known {
