@@ -10,7 +10,7 @@ use super::entry::LogEntry;
 use super::parse::{End, Frame, Parser};
 use super::stats;
 
-/// Bytes read per refill.
+/// Bytes read per refill by default (bulk parsing: `parse-log`).
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Reads entries from any `Read`.
@@ -30,6 +30,8 @@ pub struct EntryReader<R> {
     boundary: u64,
     /// How to treat the end of data when the source is at end of file right now.
     at_end: End,
+    /// Bytes read per refill.
+    chunk: usize,
 }
 
 impl<R: Read> EntryReader<R> {
@@ -45,7 +47,15 @@ impl<R: Read> EntryReader<R> {
             consumed: offset,
             boundary: offset,
             at_end: End::Eof,
+            chunk: CHUNK_BYTES,
         }
+    }
+
+    /// Reads `bytes` per refill instead of [`CHUNK_BYTES`]: a smaller buffer for a reader that
+    /// lives as long as the process (the daemon's tailer).
+    pub fn with_chunk(mut self, bytes: usize) -> EntryReader<R> {
+        self.chunk = bytes.max(1);
+        self
     }
 
     /// What the end of the source means: [`End::Eof`] for a finished file (the default),
@@ -129,8 +139,8 @@ impl<R: Read> EntryReader<R> {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.len() < self.end + CHUNK_BYTES {
-            self.buf.resize(self.end + CHUNK_BYTES, 0);
+        if self.buf.len() < self.end + self.chunk {
+            self.buf.resize(self.end + self.chunk, 0);
         }
         loop {
             match self.src.read(&mut self.buf[self.end..]) {

@@ -26,6 +26,10 @@ pub use super::settings::TailSettings;
 use super::source::{LogFile, LogSource};
 use super::{finish_entry, stats};
 
+/// Bytes read per refill while tailing: the server writes its log in small appends, and this
+/// buffer lives as long as the daemon (parse-log reads in larger chunks).
+const TAIL_CHUNK_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
     #[error("{}: {source}", path.display())]
@@ -357,7 +361,7 @@ impl Tailer {
             &self.settings.prefix,
             self.settings.max_entry_bytes,
         );
-        let mut reader = EntryReader::new(f, parser, offset);
+        let mut reader = EntryReader::new(f, parser, offset).with_chunk(TAIL_CHUNK_BYTES);
         reader.set_end(End::More);
         let fp = fingerprint(&file.path, FINGERPRINT_BYTES).unwrap_or((0, 0));
         self.current = Some(Current {
