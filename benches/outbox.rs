@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use postgres_agent::config::Config;
-use postgres_agent::ship::batch::{AgentInfo, Batch, BatchKind};
+use postgres_agent::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use postgres_agent::ship::{DrainStop, Shipper};
 use serde_json::{json, Value};
 
@@ -169,6 +169,10 @@ fn batch(kind: BatchKind, seed: u64) -> Batch {
                 "correlation": if i % 4 == 0 { Value::from(format!("{:016x}", rnd())) } else { Value::Null },
             })
         })
+        .collect();
+    let data = data
+        .iter()
+        .map(|v| Record::new(v).expect("a JSON value serializes"))
         .collect();
     Batch::new(kind, "bench", AgentInfo::new("db1"), None, 60, data)
 }

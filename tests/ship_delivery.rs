@@ -305,7 +305,9 @@ fn oversized_batch_is_split_never_dropped() {
             assert_eq!(req.idempotency_key, req.batch_id());
             records.extend(req.body["data"].as_array().unwrap().clone());
         }
-        assert_eq!(records, batch.data);
+        let sent: Vec<serde_json::Value> =
+            batch.data.iter().map(|r| r.to_value().unwrap()).collect();
+        assert_eq!(records, sent);
     });
 }
 

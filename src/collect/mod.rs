@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use crate::config::Config;
 use crate::db::{Db, DbError, ServerInfo, Session, QUERY_TAG};
 use crate::privacy::Privacy;
-use crate::ship::batch::{AgentInfo, Batch, BatchKind};
+use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 
 pub use counters::{counters, CounterSnapshot};
 
@@ -323,8 +323,8 @@ fn make_batch<C: Collector>(
     let data = collected
         .records
         .iter()
-        .map(serde_json::to_value)
-        .collect::<Result<Vec<Value>, _>>()?;
+        .map(Record::new)
+        .collect::<Result<Vec<Record>, _>>()?;
     let mut batch = Batch::new(
         C::KIND,
         &config.agent.project_id,

@@ -17,7 +17,7 @@ use crate::db::{Db, ServerInfo, APPLICATION_NAME, QUERY_TAG};
 use crate::logs::settings::TailSettings;
 use crate::logs::source;
 use crate::logs::tail::{LogBatch, Tailer};
-use crate::ship::batch::{AgentInfo, Batch, BatchKind};
+use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::ship::Shipper;
 use crate::telemetry::server::Telemetry;
 
@@ -173,11 +173,18 @@ fn ship(tailer: &mut Tailer, batch: LogBatch, config: &Config, shared: &LogShare
         }
         return;
     }
-    let entries: Vec<serde_json::Value> = batch
-        .entries
-        .into_iter()
-        .filter(|e| !is_agent_entry(e))
-        .collect();
+    let mut entries = Vec::with_capacity(batch.entries.len());
+    for e in batch.entries.into_iter().filter(|e| !is_agent_entry(e)) {
+        match Record::new(&e) {
+            Ok(r) => entries.push(r),
+            Err(e) => {
+                // Not expected for a JSON value; re-read these entries rather than drop one.
+                tracing::error!(error = %e, "cannot serialize a log entry; will read these entries again");
+                tailer.rewind();
+                return;
+            }
+        }
+    }
     if entries.is_empty() {
         if let Err(e) = tailer.commit(&position) {
             tracing::warn!(error = %e, "cannot save the log position");

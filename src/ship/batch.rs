@@ -1,6 +1,8 @@
 //! The batch envelope of the wire protocol (docs/protocol.md): one batch per data type per cycle.
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -84,7 +86,46 @@ pub struct Batch {
     /// Type-specific batch-level fields (for example `omitted` for pg_statements).
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-    pub data: Vec<Value>,
+    pub data: Vec<Record>,
+}
+
+/// One record of a batch, held as its serialized JSON from the moment it is collected: compact
+/// (a tree of `Value`s costs several times the text) and written into the body as it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Record(Box<RawValue>);
+
+impl Record {
+    pub fn new<T: Serialize + ?Sized>(record: &T) -> Result<Record, serde_json::Error> {
+        serde_json::value::to_raw_value(record).map(Record)
+    }
+
+    /// The record's JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The record parsed into a tree, for inspection.
+    pub fn to_value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// Whether the record has a non-null `correlation` (only that field is decoded).
+    pub fn has_correlation(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Probe {
+            #[serde(default)]
+            correlation: Option<IgnoredAny>,
+        }
+        serde_json::from_str::<Probe>(self.0.get()).is_ok_and(|p| p.correlation.is_some())
+    }
+}
+
+/// Records are equal when their JSON texts are.
+impl PartialEq for Record {
+    fn eq(&self, other: &Record) -> bool {
+        self.json() == other.json()
+    }
 }
 
 impl Batch {
@@ -95,12 +136,9 @@ impl Batch {
         agent: AgentInfo,
         server: Option<ServerInfo>,
         interval_s: u64,
-        data: Vec<Value>,
+        data: Vec<Record>,
     ) -> Batch {
-        let with_correlation = data
-            .iter()
-            .filter(|r| r.get("correlation").is_some_and(|c| !c.is_null()))
-            .count();
+        let with_correlation = data.iter().filter(|r| r.has_correlation()).count();
         Batch {
             schema_version: SCHEMA_VERSION,
             batch_id: Uuid::now_v7(),

@@ -106,11 +106,8 @@ fn split(
 }
 
 fn sub_batch(batch: &Batch, lo: usize, hi: usize) -> Batch {
-    let data: Vec<Value> = batch.data[lo..hi].to_vec();
-    let with_correlation = data
-        .iter()
-        .filter(|r| r.get("correlation").is_some_and(|c| !c.is_null()))
-        .count();
+    let data = batch.data[lo..hi].to_vec();
+    let with_correlation = data.iter().filter(|r| r.has_correlation()).count();
     Batch {
         batch_id: Uuid::now_v7(),
         count: data.len(),
@@ -144,7 +141,7 @@ fn new_batch(batch: &Batch, body: Vec<u8>) -> NewBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ship::batch::{AgentInfo, BatchKind};
+    use crate::ship::batch::{AgentInfo, BatchKind, Record};
     use flate2::read::GzDecoder;
     use std::io::Read;
 
@@ -161,7 +158,7 @@ mod tests {
                         char::from(b'a' + (x % 26) as u8)
                     })
                     .collect();
-                serde_json::json!({"i": i, "text": text, "correlation": if i % 2 == 0 { Value::Null } else { Value::from("c") }})
+                Record::new(&serde_json::json!({"i": i, "text": text, "correlation": if i % 2 == 0 { Value::Null } else { Value::from("c") }})).unwrap()
             })
             .collect();
         Batch::new(BatchKind::PgLogs, "p", AgentInfo::new("h"), None, 60, data)

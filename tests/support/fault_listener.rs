@@ -265,10 +265,10 @@ pub fn test_batch(
     records: usize,
     seed: u64,
 ) -> postgres_agent::ship::batch::Batch {
-    use postgres_agent::ship::batch::{AgentInfo, Batch};
+    use postgres_agent::ship::batch::{AgentInfo, Batch, Record};
     let data = (0..records)
         .map(|i| {
-            serde_json::json!({
+            let v = serde_json::json!({
                 "pid": 10_000 + i,
                 "seed": seed,
                 "datname": "app",
@@ -278,7 +278,8 @@ pub fn test_batch(
                 "wait_event_type": null,
                 "backend_start": "2026-11-27T00:00:00.000Z",
                 "correlation": if i % 4 == 0 { Value::from(format!("req-{seed}-{i}")) } else { Value::Null },
-            })
+            });
+            Record::new(&v).expect("a JSON value serializes")
         })
         .collect();
     Batch::new(
