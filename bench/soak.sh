@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Soak benchmark: the daemon at 1 s cycles for several minutes against a server with 5,000 statements
-# and 100 busy sessions, shipping to a local HTTP listener. Prints peak RSS, CPU per cycle, and whether
-# RSS grows (mean RSS of the second quarter of the run vs the last quarter).
+# and 100 busy sessions, shipping to a local HTTP listener. Prints peak RSS (and where the resident
+# memory is), CPU per cycle, and whether RSS grows (mean RSS of the second quarter of the run vs the
+# last quarter); then restarts the daemon on the same state and prints its peak RSS again.
 #
 #   bench/soak.sh [SECONDS]   (default 300; AGENT_BIN=path to skip the build)
 #
@@ -103,3 +104,12 @@ echo "outbox after run: $("$BIN" status "$WORK/agent.ini" 2>/dev/null | head -3 
 if [ -n "${EXPORTER_PID:-}" ]; then
   awk -v p="$(hwm_kb "$EXPORTER_PID")" 'BEGIN {printf "postgres_exporter peak RSS on the same load: %.1f MiB\n", p / 1024}'
 fi
+
+# A restart on the same state: the statement baseline, log position and outbox are read from disk.
+kill -TERM "$AGENT_PID"
+wait "$AGENT_PID" 2>/dev/null || true
+"$BIN" run "$WORK/agent.ini" >/dev/null 2>>"$WORK/agent.err" &
+AGENT_PID=$!
+sleep 15
+kill -0 "$AGENT_PID" 2>/dev/null || { echo "agent died after restart:"; cat "$WORK/agent.err"; exit 1; }
+awk -v p="$(hwm_kb "$AGENT_PID")" 'BEGIN {printf "after a restart on the same state (baseline and log position read from disk): peak RSS %.1f MiB over 15 s\n", p / 1024}'

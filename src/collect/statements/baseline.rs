@@ -10,7 +10,7 @@
 //! cannot be told from ordinary growth; that limit is documented in docs/protocol.md.
 
 use std::collections::HashMap;
-use std::io::{BufWriter, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -259,7 +259,7 @@ struct File {
     stats_reset: Option<String>,
     dealloc: Option<i64>,
     /// [userid, dbid, queryid, toplevel, stats_since, values...]
-    entries: Vec<Row>,
+    entries: EntriesIn,
 }
 
 /// userid, dbid, queryid, toplevel, stats_since, values.
@@ -273,13 +273,14 @@ pub fn path(state_dir: &Path) -> PathBuf {
 /// or format is treated as unusable (`Ok(None)` after the caller counts it) through [`usable`].
 pub fn load(state_dir: &Path) -> Result<Option<Snapshot>, BaselineError> {
     let path = path(state_dir);
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(BaselineError::Read { path, source }),
     };
-    let file: File =
-        serde_json::from_slice(&text).map_err(|source| BaselineError::Parse { path, source })?;
+    // Read through a small buffer straight into the entry map: no copy of the file in memory.
+    let file: File = serde_json::from_reader(BufReader::with_capacity(64 * 1024, f))
+        .map_err(|source| BaselineError::Parse { path, source })?;
     if file.format != FORMAT {
         return Ok(None);
     }
@@ -290,26 +291,8 @@ pub fn load(state_dir: &Path) -> Result<Option<Snapshot>, BaselineError> {
             None => return Ok(None),
         }
     }
-    let entries = file
-        .entries
-        .into_iter()
-        .filter(|e| e.5.len() == layout.len())
-        .map(|(userid, dbid, queryid, toplevel, stats_since, values)| {
-            (
-                Key {
-                    userid,
-                    dbid,
-                    queryid,
-                    toplevel,
-                },
-                Entry {
-                    stats_since,
-                    values,
-                    seen: true,
-                },
-            )
-        })
-        .collect();
+    let mut entries = file.entries.0;
+    entries.retain(|_, e| e.values.len() == layout.len());
     Ok(Some(Snapshot {
         system_identifier: file.system_identifier,
         extversion: file.extversion,
@@ -319,6 +302,45 @@ pub fn load(state_dir: &Path) -> Result<Option<Snapshot>, BaselineError> {
         dealloc: file.dealloc,
         entries,
     }))
+}
+
+/// The saved entries, read row by row (see [`Row`]) into the map.
+struct EntriesIn(HashMap<Key, Entry>);
+
+impl<'de> Deserialize<'de> for EntriesIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EntriesIn, D::Error> {
+        struct Rows;
+        impl<'de> serde::de::Visitor<'de> for Rows {
+            type Value = EntriesIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of [userid, dbid, queryid, toplevel, stats_since, values]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<EntriesIn, A::Error> {
+                let mut entries = HashMap::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some((userid, dbid, queryid, toplevel, stats_since, values)) =
+                    seq.next_element::<Row>()?
+                {
+                    let key = Key {
+                        userid,
+                        dbid,
+                        queryid,
+                        toplevel,
+                    };
+                    let entry = Entry {
+                        stats_since,
+                        values,
+                        seen: true,
+                    };
+                    entries.insert(key, entry);
+                }
+                Ok(EntriesIn(entries))
+            }
+        }
+        d.deserialize_seq(Rows)
+    }
 }
 
 /// Whether `saved` can serve as the baseline of a snapshot of this server in this counter layout.
