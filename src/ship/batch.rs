@@ -170,3 +170,36 @@ pub fn format_rfc3339(t: time::OffsetDateTime) -> String {
         .format(FMT)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn records_are_written_verbatim_and_count_only_non_null_correlations() {
+        let values = [
+            json!({"pid": 1, "correlation": {"trace_id": "abc"}}),
+            json!({"pid": 2, "correlation": null}),
+            json!({"pid": 3, "query": "SELECT '\"correlation\": 1'"}),
+            json!({"pid": 4, "nested": {"correlation": "x"}}),
+        ];
+        let data: Vec<Record> = values.iter().map(|v| Record::new(v).unwrap()).collect();
+        let b = Batch::new(
+            BatchKind::PgActivity,
+            "p",
+            AgentInfo::new("h"),
+            None,
+            60,
+            data,
+        );
+        assert_eq!(b.count, 4);
+        assert_eq!(b.with_correlation, 1);
+        let text = serde_json::to_string(&b).unwrap();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["data"], Value::from(values.to_vec()));
+        let decoded: Batch = serde_json::from_str(&text).unwrap();
+        assert_eq!(decoded, b);
+        assert_eq!(decoded.data[2].to_value().unwrap(), values[2]);
+    }
+}
