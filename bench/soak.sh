@@ -7,7 +7,8 @@
 #   bench/soak.sh [SECONDS]   (default 300; AGENT_BIN=path to skip the build)
 #
 # With `prometheus-postgres-exporter` installed (apt-get install prometheus-postgres-exporter), the
-# same load is also scraped every second by postgres_exporter and its peak RSS printed alongside.
+# same load is also scraped every second by postgres_exporter (its default collectors plus a query over
+# every pg_stat_statements entry) and its peak RSS printed alongside.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-300}
@@ -66,8 +67,30 @@ AGENT_PID=$!
 
 if command -v prometheus-postgres-exporter >/dev/null 2>&1; then
   EPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  # Its default collectors plus every pg_stat_statements entry (as its example queries.yaml does, with
+  # PostgreSQL 13+ column names), so both tools read the same statements.
+  cat >"$WORK/queries.yaml" <<'YAML'
+pg_stat_statements:
+  query: "SELECT r.rolname, d.datname, s.queryid::text AS queryid, s.calls, s.total_exec_time / 1000 AS total_time_seconds, s.rows, s.shared_blks_hit, s.shared_blks_read, s.shared_blks_dirtied, s.shared_blks_written, s.temp_blks_read, s.temp_blks_written, s.blk_read_time / 1000 AS blk_read_time_seconds, s.blk_write_time / 1000 AS blk_write_time_seconds FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid JOIN pg_database d ON d.oid = s.dbid"
+  metrics:
+    - rolname: {usage: LABEL, description: role}
+    - datname: {usage: LABEL, description: database}
+    - queryid: {usage: LABEL, description: query id}
+    - calls: {usage: COUNTER, description: calls}
+    - total_time_seconds: {usage: COUNTER, description: execution time}
+    - rows: {usage: COUNTER, description: rows}
+    - shared_blks_hit: {usage: COUNTER, description: shared hits}
+    - shared_blks_read: {usage: COUNTER, description: shared reads}
+    - shared_blks_dirtied: {usage: COUNTER, description: shared dirtied}
+    - shared_blks_written: {usage: COUNTER, description: shared written}
+    - temp_blks_read: {usage: COUNTER, description: temp read}
+    - temp_blks_written: {usage: COUNTER, description: temp written}
+    - blk_read_time_seconds: {usage: COUNTER, description: read time}
+    - blk_write_time_seconds: {usage: COUNTER, description: write time}
+YAML
   DATA_SOURCE_NAME="host=$PGB_SOCK port=$PGB_PORT user=postgres dbname=postgres sslmode=disable" \
-    prometheus-postgres-exporter --web.listen-address="127.0.0.1:$EPORT" >/dev/null 2>&1 &
+    prometheus-postgres-exporter --web.listen-address="127.0.0.1:$EPORT" \
+    --extend.query-path="$WORK/queries.yaml" >/dev/null 2>"$WORK/exporter.err" &
   EXPORTER_PID=$!
 fi
 
@@ -102,7 +125,8 @@ awk -v t="$((cpu1 - cpu0))" -v hz="$hz" -v c="$cyc" 'BEGIN {printf "CPU per cycl
 awk -v a="$q2" -v b="$q4" 'BEGIN {printf "mean RSS second quarter %.1f MiB, last quarter %.1f MiB: %s\n", a/1024, b/1024, (b > a * 1.05 ? "GROWS" : "flat")}'
 echo "outbox after run: $("$BIN" status "$WORK/agent.ini" 2>/dev/null | head -3 | tr '\n' ' ')"
 if [ -n "${EXPORTER_PID:-}" ]; then
-  awk -v p="$(hwm_kb "$EXPORTER_PID")" 'BEGIN {printf "postgres_exporter peak RSS on the same load: %.1f MiB\n", p / 1024}'
+  series=$(curl -s "127.0.0.1:$EPORT/metrics" | grep -c '^pg_stat_statements_calls' || true)
+  awk -v p="$(hwm_kb "$EXPORTER_PID")" -v n="$series" 'BEGIN {printf "postgres_exporter peak RSS on the same load (scraped every second, %d statements exported): %.1f MiB\n", n, p / 1024}'
 fi
 
 # A restart on the same state: the statement baseline, log position and outbox are read from disk.
