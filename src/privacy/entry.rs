@@ -17,7 +17,8 @@ use crate::config::PrivacyConfig;
 pub struct Privacy {
     pub obfuscate_queries: bool,
     pub redact: RedactClasses,
-    /// The server's `standard_conforming_strings` (on unless the collector learnt otherwise).
+    /// How plain strings read: [`StringMode::Either`], since any session may turn
+    /// `standard_conforming_strings` off for itself.
     pub strings: StringMode,
 }
 
@@ -26,7 +27,7 @@ impl Default for Privacy {
         Privacy {
             obfuscate_queries: true,
             redact: RedactClasses::DEFAULT,
-            strings: StringMode::Standard,
+            strings: StringMode::Either,
         }
     }
 }
@@ -43,7 +44,7 @@ impl Privacy {
         Ok(Privacy {
             obfuscate_queries: config.obfuscate_queries,
             redact: RedactClasses::parse(&config.redact_log_secrets)?,
-            strings: StringMode::Standard,
+            strings: StringMode::Either,
         })
     }
 

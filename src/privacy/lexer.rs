@@ -14,6 +14,10 @@ pub enum StringMode {
     Standard,
     /// `standard_conforming_strings = off`: a backslash escapes the next character, as in `E'...'`.
     Escape,
+    /// Not known: any session may turn the setting off for itself. The lexer reads plain strings as
+    /// [`StringMode::Standard`]; a masker masks what either reading takes for a literal
+    /// (see `obfuscate`).
+    Either,
 }
 
 /// What a literal token is, for callers that treat styles differently.

@@ -67,9 +67,19 @@ pub fn obfuscate_keeping_numbers_in<'s>(
 }
 
 fn mask(sql: &str, strings: StringMode, keep_number_at: impl Fn(usize) -> bool) -> Cow<'_, str> {
+    let lexed = match strings {
+        // The two readings differ only where a backslash sits in a plain string.
+        StringMode::Either if memchr::memchr(b'\\', sql.as_bytes()).is_some() => {
+            let mut spans = literal_spans(sql, StringMode::Standard, &keep_number_at);
+            spans.extend(literal_spans(sql, StringMode::Escape, &keep_number_at));
+            return replace_spans(sql, union(spans));
+        }
+        StringMode::Either => StringMode::Standard,
+        mode => mode,
+    };
     let mut out: Option<String> = None;
     let mut copied = 0;
-    for token in Lexer::new(sql, strings) {
+    for token in Lexer::new(sql, lexed) {
         let TokenKind::Literal { style, terminated } = token.kind else {
             continue;
         };
@@ -91,6 +101,61 @@ fn mask(sql: &str, strings: StringMode, keep_number_at: impl Fn(usize) -> bool) 
             Cow::Owned(buf)
         }
     }
+}
+
+/// A literal's byte range, and whether it ran unterminated to the end.
+type Span = (usize, usize, bool);
+
+fn literal_spans(sql: &str, mode: StringMode, keep_number_at: impl Fn(usize) -> bool) -> Vec<Span> {
+    Lexer::new(sql, mode)
+        .filter_map(|t| match t.kind {
+            TokenKind::Literal { style, .. }
+                if style == LiteralStyle::Number && keep_number_at(t.start) =>
+            {
+                None
+            }
+            TokenKind::Literal { terminated, .. } => Some((t.start, t.end, !terminated)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Overlapping spans merged into one (sorted by start).
+fn union(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.sort_unstable_by_key(|s| s.0);
+    let mut out: Vec<Span> = Vec::with_capacity(spans.len());
+    for s in spans {
+        match out.last_mut() {
+            Some(last) if s.0 < last.1 => {
+                last.1 = last.1.max(s.1);
+                last.2 |= s.2;
+            }
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
+/// `sql` with each span replaced by [`PLACEHOLDER`]; spans are sorted, disjoint and on char
+/// boundaries (lexer tokens always are).
+fn replace_spans(sql: &str, spans: Vec<Span>) -> Cow<'_, str> {
+    if spans.is_empty() {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut copied = 0;
+    let mut unterminated = false;
+    for (start, end, cut) in spans {
+        out.push_str(&sql[copied..start]);
+        out.push_str(PLACEHOLDER);
+        copied = end;
+        unterminated |= cut;
+    }
+    out.push_str(&sql[copied..]);
+    if unterminated {
+        UNTERMINATED_MASKED.fetch_add(1, Ordering::Relaxed);
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -161,6 +226,27 @@ mod tests {
             numbers: true,
         };
         assert_eq!(obfuscate_with(sql, off), "SELECT ? FROM t");
+    }
+
+    #[test]
+    fn an_unknown_setting_masks_what_either_reading_calls_a_literal() {
+        let either = ObfuscateOptions {
+            strings: StringMode::Either,
+            numbers: true,
+        };
+        for (sql, want) in [
+            // Written for `off`: the standard reading alone would send "secret" (and takes the
+            // last quote for an unterminated string, so the rest is masked too).
+            (r"SELECT 'a\' secret' FROM t", "SELECT ?"),
+            // Written for `on`: the escape reading alone would send "secret".
+            (r"SELECT 'a\', 'secret' FROM t", "SELECT ?"),
+            (r"SELECT 'C:\dir\' AS p, 5", "SELECT ?"),
+            // No backslash in a string: both readings agree, nothing extra is masked.
+            ("SELECT 'x', 5 FROM t", "SELECT ?, ? FROM t"),
+            (r"SELECT E'\'', 5 FROM t", "SELECT ?, ? FROM t"),
+        ] {
+            assert_eq!(obfuscate_with(sql, either), want, "input {sql:?}");
+        }
     }
 
     #[test]

@@ -132,6 +132,36 @@ proptest! {
     }
 
     #[test]
+    fn no_literal_body_leaks_whatever_the_sessions_string_setting(
+        t in 0..TEMPLATES.len(),
+        off in any::<bool>(),
+        styles in proptest::collection::vec(any::<u8>(), 3),
+        bodies in proptest::collection::vec(body(), 3),
+        digits in "[0-9]{12}",
+    ) {
+        // A statement from a session with standard_conforming_strings on or off (plain strings
+        // with backslash escapes), among every other style: the agent cannot know which.
+        let lits: Vec<(String, String)> = styles
+            .iter()
+            .zip(&bodies)
+            .map(|(s, b)| match s % 8 {
+                0 if off => (
+                    format!("'{}'", b.replace('\\', "\\\\").replace('\'', "\\'")),
+                    b.to_string(),
+                ),
+                _ => literal(*s, b, &digits),
+            })
+            .collect();
+        let sql = fill(TEMPLATES[t], &lits.iter().map(|l| l.0.clone()).collect::<Vec<_>>());
+        let either = ObfuscateOptions { strings: StringMode::Either, numbers: true };
+        let out = obfuscate_with(&sql, either);
+        for (_, leak) in &lits {
+            prop_assert!(!out.contains(leak.as_str()), "leaked {leak:?}: {sql:?} -> {out:?}");
+        }
+        prop_assert!(!out.contains(MARK), "{sql:?} -> {out:?}");
+    }
+
+    #[test]
     fn fingerprints_ignore_literal_values(
         t in 0..TEMPLATES.len(),
         a in proptest::collection::vec(body(), 3),
