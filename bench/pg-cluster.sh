@@ -80,8 +80,12 @@ SQL
   sleep 2
 }
 
+# Safe under `set -e` (it runs from EXIT traps): no step's failure may skip stopping the server.
 pg_stop() {
-  [ -n "${PGB_LOAD_PID:-}" ] && kill "$PGB_LOAD_PID" 2>/dev/null && wait "$PGB_LOAD_PID" 2>/dev/null
+  if [ -n "${PGB_LOAD_PID:-}" ]; then
+    kill "$PGB_LOAD_PID" 2>/dev/null || true
+    wait "$PGB_LOAD_PID" 2>/dev/null || true
+  fi
   if [ -f "$PGB_DATA/postmaster.pid" ]; then
     local pid
     pid=$(head -1 "$PGB_DATA/postmaster.pid")

@@ -57,7 +57,9 @@ pub fn normalize(sql: &str) -> String {
         match *norm {
             Norm::Literal => out.push('?'),
             Norm::Text(start, end, TokenKind::Word) => {
-                out.extend(sql[start..end].chars().map(|c| c.to_ascii_lowercase()))
+                let at = out.len();
+                out.push_str(&sql[start..end]);
+                out[at..].make_ascii_lowercase();
             }
             Norm::Text(start, end, _) => out.push_str(&sql[start..end]),
         }

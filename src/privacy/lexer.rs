@@ -416,18 +416,68 @@ pub fn tokens(src: &str) -> Lexer<'_> {
     Lexer::new(src, StringMode::Standard)
 }
 
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT_CONT: u8 = 4;
+const OP_CHAR: u8 = 8;
+
+/// The character classes of every byte, looked up once per byte in the hot loops.
+static CLASSES: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut class = 0;
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            class |= SPACE;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            class |= IDENT_START | IDENT_CONT;
+        }
+        if c.is_ascii_digit() || c == b'$' {
+            class |= IDENT_CONT;
+        }
+        if matches!(
+            c,
+            b'+' | b'-'
+                | b'*'
+                | b'/'
+                | b'<'
+                | b'>'
+                | b'='
+                | b'~'
+                | b'!'
+                | b'@'
+                | b'#'
+                | b'%'
+                | b'^'
+                | b'&'
+                | b'|'
+                | b'`'
+                | b'?'
+        ) {
+            class |= OP_CHAR;
+        }
+        t[b] = class;
+        b += 1;
+    }
+    t
+}
+
 fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+    CLASSES[b as usize] & SPACE != 0
 }
 
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    CLASSES[b as usize] & IDENT_START != 0
 }
 
 fn is_ident_cont(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    CLASSES[b as usize] & IDENT_CONT != 0
 }
 
 fn is_op_char(b: u8) -> bool {
-    b"+-*/<>=~!@#%^&|`?".contains(&b)
+    CLASSES[b as usize] & OP_CHAR != 0
 }

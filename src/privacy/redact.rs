@@ -189,6 +189,33 @@ pub fn redact_credentials(text: &str) -> std::borrow::Cow<'_, str> {
 /// lexed under the wrong `standard_conforming_strings`, its real end may lie further on.
 pub fn credential_spans(text: &str) -> Vec<(usize, usize)> {
     let mut spans = Vec::new();
+    // Every form but the URI needs the word: most texts are settled by one SIMD scan.
+    if contains_ignore_case(text, b"password") {
+        password_spans(text, &mut spans);
+        spans.extend(conninfo_spans(text));
+    }
+    if memchr::memmem::find(text.as_bytes(), b"://").is_some() {
+        spans.extend(uri_spans(text));
+    }
+    spans
+}
+
+/// Whether `text` contains `word` (lowercase ASCII) in any case.
+fn contains_ignore_case(text: &str, word: &[u8]) -> bool {
+    let bytes = text.as_bytes();
+    let Some(&first) = word.first() else {
+        return true;
+    };
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), bytes).any(|i| {
+        bytes
+            .get(i..i + word.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(word))
+    })
+}
+
+/// `PASSWORD 'literal'` (CREATE/ALTER ROLE, CREATE USER MAPPING ...), through the end of the
+/// statement.
+fn password_spans(text: &str, spans: &mut Vec<(usize, usize)>) {
     let mut after_password = false;
     let mut redacting: Option<usize> = None;
     for t in tokens(text) {
@@ -210,9 +237,6 @@ pub fn credential_spans(text: &str) -> Vec<(usize, usize)> {
     if let Some(start) = redacting {
         spans.push((start, text.trim_end().len().max(start)));
     }
-    spans.extend(conninfo_spans(text));
-    spans.extend(uri_spans(text));
-    spans
 }
 
 /// `password=value`, `password = 'quoted \' value'` (libpq conninfo), case-insensitive, anywhere.
