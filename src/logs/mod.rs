@@ -140,7 +140,7 @@ pub fn statement_text<'e>(e: &'e LogEntry<'_>) -> Option<&'e str> {
     let m: &str = &e.message;
     let m = m
         .strip_prefix("duration: ")
-        .and_then(|r| r.split_once(" ms  ").map(|(_, r)| r))
+        .and_then(|r| memchr::memmem::find(r.as_bytes(), b" ms  ").map(|i| &r[i + 5..]))
         .unwrap_or(m);
     for marker in ["statement: ", "execute "] {
         if let Some(rest) = m.strip_prefix(marker) {

@@ -20,9 +20,31 @@ pub fn fingerprint(sql: &str) -> String {
     format!("{:016x}", fingerprint_u64(sql))
 }
 
+/// Scratch space kept between fingerprints, per buffer.
+const KEPT_BYTES: usize = 64 * 1024;
+
 /// The fingerprint as a number.
 pub fn fingerprint_u64(sql: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(normalize(sql).as_bytes())
+    thread_local! {
+        // Reused across calls: fingerprinting runs once per log entry and activity record.
+        static BUFFERS: std::cell::RefCell<(Vec<Norm>, String)> = Default::default();
+    }
+    BUFFERS.with(|b| match b.try_borrow_mut() {
+        Ok(mut b) => {
+            let (stream, out) = &mut *b;
+            normalize_into(sql, stream, out);
+            let hash = xxhash_rust::xxh3::xxh3_64(out.as_bytes());
+            // A rare huge text must not pin its buffers for the life of the process.
+            if out.capacity() > KEPT_BYTES {
+                *out = String::new();
+            }
+            if stream.capacity() > KEPT_BYTES / std::mem::size_of::<Norm>() {
+                *stream = Vec::new();
+            }
+            hash
+        }
+        Err(_) => xxhash_rust::xxh3::xxh3_64(normalize(sql).as_bytes()),
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -34,7 +56,15 @@ enum Norm {
 
 /// The normalised text that [`fingerprint`] hashes (see the module doc).
 pub fn normalize(sql: &str) -> String {
-    let mut stream: Vec<Norm> = Vec::new();
+    let mut out = String::new();
+    normalize_into(sql, &mut Vec::new(), &mut out);
+    out
+}
+
+/// [`normalize`] into `out`, with `stream` as scratch space (both cleared first).
+fn normalize_into(sql: &str, stream: &mut Vec<Norm>, out: &mut String) {
+    stream.clear();
+    out.clear();
     for token in tokens(sql) {
         let norm = match token.kind {
             TokenKind::Whitespace | TokenKind::LineComment | TokenKind::BlockComment { .. } => {
@@ -43,13 +73,13 @@ pub fn normalize(sql: &str) -> String {
             TokenKind::Literal { .. } | TokenKind::Param => Norm::Literal,
             kind => Norm::Text(token.start, token.end, kind),
         };
-        if norm == Norm::Literal && drops_unary_minus(sql, &stream) {
+        if norm == Norm::Literal && drops_unary_minus(sql, stream) {
             stream.pop();
         }
         stream.push(norm);
-        collapse_literal_list(sql, &mut stream);
+        collapse_literal_list(sql, stream);
     }
-    let mut out = String::with_capacity(sql.len());
+    out.reserve(sql.len());
     for (i, norm) in stream.iter().enumerate() {
         if i > 0 {
             out.push(' ');
@@ -64,7 +94,6 @@ pub fn normalize(sql: &str) -> String {
             Norm::Text(start, end, _) => out.push_str(&sql[start..end]),
         }
     }
-    out
 }
 
 fn text<'a>(sql: &'a str, norm: Option<&Norm>) -> Option<(&'a str, TokenKind)> {
@@ -125,12 +154,9 @@ const SIGN_KEYWORDS: &[&str] = &[
 /// After a closing `)` or `]`: if the bracket holds only `?, ?, ...` and is preceded by `IN` or
 /// `ARRAY`, reduce it to `( ? )`.
 fn collapse_literal_list(sql: &str, stream: &mut Vec<Norm>) {
-    let Some((_, close)) = text(sql, stream.last()) else {
-        return;
-    };
-    let open = match close {
-        TokenKind::CloseParen => TokenKind::OpenParen,
-        TokenKind::CloseBracket => TokenKind::OpenBracket,
+    let open = match stream.last() {
+        Some(Norm::Text(_, _, TokenKind::CloseParen)) => TokenKind::OpenParen,
+        Some(Norm::Text(_, _, TokenKind::CloseBracket)) => TokenKind::OpenBracket,
         _ => return,
     };
     let end = stream.len() - 1;
