@@ -67,57 +67,38 @@ pub fn obfuscate_keeping_numbers_in<'s>(
 }
 
 fn mask(sql: &str, strings: StringMode, keep_number_at: impl Fn(usize) -> bool) -> Cow<'_, str> {
-    let lexed = match strings {
-        // The two readings differ only where a backslash sits in a plain string.
-        StringMode::Either if memchr::memchr(b'\\', sql.as_bytes()).is_some() => {
-            let mut spans = literal_spans(sql, StringMode::Standard, &keep_number_at);
-            spans.extend(literal_spans(sql, StringMode::Escape, &keep_number_at));
-            return replace_spans(sql, union(spans));
-        }
+    // The two readings differ only where a backslash sits in a plain string.
+    if strings == StringMode::Either && memchr::memchr(b'\\', sql.as_bytes()).is_some() {
+        let mut spans: Vec<Span> =
+            literal_spans(sql, StringMode::Standard, &keep_number_at).collect();
+        spans.extend(literal_spans(sql, StringMode::Escape, &keep_number_at));
+        return replace_spans(sql, union(spans));
+    }
+    let mode = match strings {
         StringMode::Either => StringMode::Standard,
         mode => mode,
     };
-    let mut out: Option<String> = None;
-    let mut copied = 0;
-    for token in Lexer::new(sql, lexed) {
-        let TokenKind::Literal { style, terminated } = token.kind else {
-            continue;
-        };
-        if style == LiteralStyle::Number && keep_number_at(token.start) {
-            continue;
-        }
-        if !terminated {
-            UNTERMINATED_MASKED.fetch_add(1, Ordering::Relaxed);
-        }
-        let buf = out.get_or_insert_with(|| String::with_capacity(sql.len()));
-        buf.push_str(&sql[copied..token.start]);
-        buf.push_str(PLACEHOLDER);
-        copied = token.end;
-    }
-    match out {
-        None => Cow::Borrowed(sql),
-        Some(mut buf) => {
-            buf.push_str(&sql[copied..]);
-            Cow::Owned(buf)
-        }
-    }
+    replace_spans(sql, literal_spans(sql, mode, keep_number_at))
 }
 
 /// A literal's byte range, and whether it ran unterminated to the end.
 type Span = (usize, usize, bool);
 
-fn literal_spans(sql: &str, mode: StringMode, keep_number_at: impl Fn(usize) -> bool) -> Vec<Span> {
-    Lexer::new(sql, mode)
-        .filter_map(|t| match t.kind {
-            TokenKind::Literal { style, .. }
-                if style == LiteralStyle::Number && keep_number_at(t.start) =>
-            {
-                None
-            }
-            TokenKind::Literal { terminated, .. } => Some((t.start, t.end, !terminated)),
-            _ => None,
-        })
-        .collect()
+/// The literals of `sql` read in `mode`, except numbers `keep_number_at` keeps, as they are lexed.
+fn literal_spans<'s>(
+    sql: &'s str,
+    mode: StringMode,
+    keep_number_at: impl Fn(usize) -> bool + 's,
+) -> impl Iterator<Item = Span> + 's {
+    Lexer::new(sql, mode).filter_map(move |t| match t.kind {
+        TokenKind::Literal { style, .. }
+            if style == LiteralStyle::Number && keep_number_at(t.start) =>
+        {
+            None
+        }
+        TokenKind::Literal { terminated, .. } => Some((t.start, t.end, !terminated)),
+        _ => None,
+    })
 }
 
 /// Overlapping spans merged into one (sorted by start).
@@ -137,25 +118,28 @@ fn union(mut spans: Vec<Span>) -> Vec<Span> {
 }
 
 /// `sql` with each span replaced by [`PLACEHOLDER`]; spans are sorted, disjoint and on char
-/// boundaries (lexer tokens always are).
-fn replace_spans(sql: &str, spans: Vec<Span>) -> Cow<'_, str> {
-    if spans.is_empty() {
-        return Cow::Borrowed(sql);
-    }
-    let mut out = String::with_capacity(sql.len());
+/// boundaries (lexer tokens always are). Borrows `sql` when there is no span.
+fn replace_spans(sql: &str, spans: impl IntoIterator<Item = Span>) -> Cow<'_, str> {
+    let mut out: Option<String> = None;
     let mut copied = 0;
     let mut unterminated = false;
     for (start, end, cut) in spans {
-        out.push_str(&sql[copied..start]);
-        out.push_str(PLACEHOLDER);
+        let buf = out.get_or_insert_with(|| String::with_capacity(sql.len()));
+        buf.push_str(&sql[copied..start]);
+        buf.push_str(PLACEHOLDER);
         copied = end;
         unterminated |= cut;
     }
-    out.push_str(&sql[copied..]);
     if unterminated {
         UNTERMINATED_MASKED.fetch_add(1, Ordering::Relaxed);
     }
-    Cow::Owned(out)
+    match out {
+        None => Cow::Borrowed(sql),
+        Some(mut buf) => {
+            buf.push_str(&sql[copied..]);
+            Cow::Owned(buf)
+        }
+    }
 }
 
 #[cfg(test)]
