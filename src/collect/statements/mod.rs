@@ -79,11 +79,11 @@ pub struct StatementsCollector {
     state_dir: PathBuf,
     baseline: Option<Snapshot>,
     tried_disk: bool,
-    /// The baseline kept last was also saved: the file can stand in for it.
-    saved: bool,
     texts: TextCache,
     warned_unavailable: bool,
-    warned_save: bool,
+    /// The last save of the baseline failed (and was warned about once). While false, the file
+    /// holds the baseline kept last and can stand in for it.
+    save_failed: bool,
 }
 
 /// Where the extension lives, and its version.
@@ -101,10 +101,9 @@ impl StatementsCollector {
             state_dir: state_dir.to_path_buf(),
             baseline: None,
             tried_disk: false,
-            saved: true,
             texts: TextCache::default(),
             warned_unavailable: false,
-            warned_save: false,
+            save_failed: false,
         }
     }
 
@@ -151,12 +150,10 @@ impl StatementsCollector {
     }
 
     fn keep(&mut self, snap: Snapshot) {
-        let saved = baseline::save(&self.state_dir, &snap);
-        self.saved = saved.is_ok();
-        match saved {
-            Ok(()) => self.warned_save = false,
-            Err(e) if !self.warned_save => {
-                self.warned_save = true;
+        match baseline::save(&self.state_dir, &snap) {
+            Ok(()) => self.save_failed = false,
+            Err(e) if !self.save_failed => {
+                self.save_failed = true;
                 tracing::warn!(error = %e, "cannot save the statement baseline; deltas will not survive a restart");
             }
             Err(_) => {}
@@ -179,7 +176,7 @@ impl Collector for StatementsCollector {
             // The cycle took the baseline and failed before keeping the new one (a half-folded
             // snapshot is never kept). The saved baseline is the last one kept if that save
             // succeeded: the next cycle subtracts it and reports the failed interval too.
-            self.tried_disk = !self.saved;
+            self.tried_disk = self.save_failed;
         }
         out
     }
