@@ -35,15 +35,8 @@ impl CheckResult {
 
 /// Runs every check, prints the results on stdout, and returns the exit code.
 pub fn run(config: &Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("postgres-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::command_runtime() else {
+        return ExitCode::FAILURE;
     };
     let results = runtime.block_on(checks(config));
     let mut failed = false;

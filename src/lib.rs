@@ -17,3 +17,18 @@ pub mod once;
 pub mod privacy;
 pub mod ship;
 pub mod telemetry;
+
+/// A current-thread runtime for the one-shot commands (`once`, `check`); None, after printing why,
+/// when it cannot start.
+pub(crate) fn command_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("postgres-agent: cannot start the runtime: {e}");
+            None
+        }
+    }
+}

@@ -18,15 +18,8 @@ use crate::ship::Shipper;
 
 /// Runs one cycle and prints its batches.
 pub fn run(config: &Config, dry_run: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("postgres-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::command_runtime() else {
+        return ExitCode::FAILURE;
     };
     let db = match Db::new(&config.postgres, &config.safety) {
         Ok(db) => db,
