@@ -119,6 +119,11 @@ impl Record {
         }
         serde_json::from_str::<Probe>(self.0.get()).is_ok_and(|p| p.correlation.is_some())
     }
+
+    /// How many of `records` have a correlation: a batch's `with_correlation`.
+    pub fn correlated(records: &[Record]) -> usize {
+        records.iter().filter(|r| r.has_correlation()).count()
+    }
 }
 
 /// Records are equal when their JSON texts are.
@@ -138,7 +143,7 @@ impl Batch {
         interval_s: u64,
         data: Vec<Record>,
     ) -> Batch {
-        let with_correlation = data.iter().filter(|r| r.has_correlation()).count();
+        let with_correlation = Record::correlated(&data);
         Batch {
             schema_version: SCHEMA_VERSION,
             batch_id: Uuid::now_v7(),

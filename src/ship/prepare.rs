@@ -15,7 +15,7 @@ use flate2::Compression;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::batch::Batch;
+use super::batch::{Batch, Record};
 use super::outbox::NewBatch;
 
 /// Largest compressed request body the agent sends (before splitting).
@@ -105,15 +105,23 @@ fn split(
     split(batch, mid, hi, limit, out)
 }
 
+/// Records `lo..hi` of `batch` under a new batch_id. The envelope is copied field by field: cloning
+/// the whole batch would copy every record of an oversized batch once per part.
 fn sub_batch(batch: &Batch, lo: usize, hi: usize) -> Batch {
     let data = batch.data[lo..hi].to_vec();
-    let with_correlation = data.iter().filter(|r| r.has_correlation()).count();
     Batch {
+        schema_version: batch.schema_version,
         batch_id: Uuid::now_v7(),
+        project_id: batch.project_id.clone(),
+        kind: batch.kind,
+        agent: batch.agent.clone(),
+        server: batch.server.clone(),
+        collected_at: batch.collected_at.clone(),
+        interval_s: batch.interval_s,
         count: data.len(),
-        with_correlation,
+        with_correlation: Record::correlated(&data),
+        extra: batch.extra.clone(),
         data,
-        ..batch.clone()
     }
 }
 
@@ -141,7 +149,7 @@ fn new_batch(batch: &Batch, body: Vec<u8>) -> NewBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ship::batch::{AgentInfo, BatchKind, Record};
+    use crate::ship::batch::{AgentInfo, BatchKind};
     use flate2::read::GzDecoder;
     use std::io::Read;
 
