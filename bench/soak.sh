@@ -53,6 +53,7 @@ host = $PGB_SOCK
 port = $PGB_PORT
 user = postgres
 [listener]
+protocol = batch
 url = http://127.0.0.1:$LPORT/ingest
 [logs]
 path = $PGB_DATA/log

@@ -123,7 +123,7 @@ fn main() {
 
 fn config(dir: &std::path::Path, url: &str) -> Config {
     let ini = format!(
-        "[agent]\nstate_dir = {}\n[listener]\nurl = {url}\napi_key = bench\n",
+        "[agent]\nstate_dir = {}\n[listener]\nprotocol = batch\nurl = {url}\napi_key = bench\n",
         dir.display()
     );
     let path = dir.join("agent.ini");

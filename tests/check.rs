@@ -115,7 +115,7 @@ fn listener_reachability_and_key() {
     let server = PgServer::start();
     let listener = Listener::start();
     let base = format!(
-        "[listener]\nurl = {}\napi_key = k-123\n[logs]\nenabled = false\n",
+        "[listener]\nprotocol = batch\nurl = {}\napi_key = k-123\n[logs]\nenabled = false\n",
         listener.url()
     );
     let (code, out) = check(&server, &base);

@@ -110,7 +110,7 @@ fn secrets_from_files_and_never_in_debug_output() {
         dir.path(),
         "a.ini",
         &format!(
-            "[postgres]\npassword_file = {}\n[listener]\nurl = https://example.test/in\napi_key_file = {}\n",
+            "[agent]\nproject_id = shop\n[postgres]\npassword_file = {}\n[listener]\nurl = https://example.test/in\napi_key_file = {}\n",
             pw.display(),
             key.display()
         ),

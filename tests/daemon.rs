@@ -27,7 +27,12 @@ fn write_config(
     extra: &str,
 ) -> String {
     let listener = listener
-        .map(|l| format!("[listener]\nurl = {}\ncompress = true\n", l.url()))
+        .map(|l| {
+            format!(
+                "[listener]\nprotocol = batch\nurl = {}\ncompress = true\n",
+                l.url()
+            )
+        })
         .unwrap_or_default();
     let ini = format!(
         "[agent]\nproject_id = e2e\ncollection_interval_s = {{interval}}\nstate_dir = {}\n\n\

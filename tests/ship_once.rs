@@ -10,7 +10,7 @@ use support::{agent, PgServer};
 async fn once(server: &PgServer, state: &std::path::Path, url: &str) -> (i32, String) {
     std::fs::create_dir_all(state).unwrap();
     let ini = state.join("agent.ini");
-    let extra = format!("[listener]\nurl = {url}\napi_key = k\ntimeout_s = 2\n");
+    let extra = format!("[listener]\nprotocol = batch\nurl = {url}\napi_key = k\ntimeout_s = 2\n");
     std::fs::write(&ini, server.agent_ini(state, &extra)).unwrap();
     let ini = ini.to_str().unwrap().to_string();
     // The listener runs on this thread's runtime: run the binary off it.

@@ -128,12 +128,52 @@ pub struct SafetyConfig {
     pub max_query_length: usize,
 }
 
+/// What goes on the wire (`listener.protocol`; docs/protocol.md describes both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// The Bitville listener's `POST /ingest/postgres`: one `{correlation_id, project, timestamp,
+    /// source, data}` object per request, never compressed.
+    Bitville,
+    /// This agent's batch envelope, gzip, one batch per request.
+    Batch,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Bitville => "bitville",
+            Protocol::Batch => "batch",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "bitville" => Some(Protocol::Bitville),
+            "batch" => Some(Protocol::Batch),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Longest `project` the Bitville listener accepts.
+pub const BITVILLE_MAX_PROJECT_LEN: usize = 50;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// None: batches go to stdout as JSON lines.
     pub url: Option<String>,
     pub api_key: Secret,
     pub timeout: Duration,
+    pub protocol: Protocol,
+    /// Most requests per rolling minute (both protocols).
+    pub max_requests_per_minute: u32,
+    /// gzip bodies; the batch protocol only.
     pub compress: bool,
     pub ca_file: Option<PathBuf>,
 }
@@ -263,13 +303,29 @@ impl Config {
                 )
             })?),
         };
+        let protocol =
+            Protocol::parse(&v.choice("listener", "protocol")?).unwrap_or(Protocol::Bitville);
+        let project_id = v.str("agent", "project_id")?;
+        if listener_url.is_some() && protocol == Protocol::Bitville {
+            let chars = project_id.chars().count();
+            if chars == 0 || chars > BITVILLE_MAX_PROJECT_LEN {
+                return Err(v.bad(
+                    "agent",
+                    "project_id",
+                    format!(
+                        "the Bitville listener needs a project of 1 to {BITVILLE_MAX_PROJECT_LEN} characters \
+                         (listener.protocol = bitville); this one has {chars}"
+                    ),
+                ));
+            }
+        }
         let hostname = v
             .opt_str("agent", "hostname")
             .unwrap_or_else(system_hostname);
         Ok(Config {
             file: raw.file.clone(),
             agent: AgentConfig {
-                project_id: v.str("agent", "project_id")?,
+                project_id,
                 collection_interval: Duration::from_secs(v.int("agent", "collection_interval_s")?),
                 state_dir: PathBuf::from(v.nonempty("agent", "state_dir")?),
                 hostname,
@@ -300,6 +356,8 @@ impl Config {
                 url: listener_url,
                 api_key: v.secret_or_file("listener", "api_key", "api_key_file")?,
                 timeout: Duration::from_secs(v.int("listener", "timeout_s")?),
+                protocol,
+                max_requests_per_minute: v.int("listener", "max_requests_per_minute")? as u32,
                 compress: v.bool("listener", "compress")?,
                 ca_file: v.opt_str("listener", "ca_file").map(PathBuf::from),
             },
