@@ -4,7 +4,12 @@
 //! - sqlcommenter: `/*key='value',...*/`, keys and values URL-encoded; `traceparent` is split into
 //!   `trace_id` and `span_id`;
 //! - Marginalia: `/*application:Shop,controller:orders,action:show*/`;
-//! - plain `key=value` pairs such as `/* correlation_id=abc-123 */`.
+//! - plain `key=value` pairs such as `/* correlation_id=abc-123 */`;
+//! - the Bitville PHP agent's `/* correlation:<id> */` (a Marginalia-style pair, key `correlation`).
+//!
+//! Outside comments, the Bitville PHP agent also sets `application_name = 'bitville-<id>'`; the
+//! pseudo-key `application_name` in `correlation.keys` takes the ID from there (the agent's own
+//! `bitville-postgres-agent` never counts).
 //!
 //! Keys are normalised (lower case, `-` -> `_`). `correlation.keys` lists, in order of preference,
 //! which keys hold the correlation ID. Comments inside string literals are ignored. Bounded: at most
@@ -33,20 +38,52 @@ pub struct Correlation {
     pub tags: BTreeMap<String, String>,
 }
 
+/// The pseudo-key of `correlation.keys` that reads the ID from `application_name`.
+pub const APPLICATION_NAME_KEY: &str = "application_name";
+
+/// Prefix of the Bitville PHP agent's `application_name`: `bitville-<id>`.
+pub const APPLICATION_NAME_PREFIX: &str = "bitville-";
+
 /// Extracts correlation tags from every comment in `sql`; None when there are none.
 pub fn extract(sql: &str, keys: &[String]) -> Option<Correlation> {
-    let has = |needle: &[u8]| memchr::memmem::find(sql.as_bytes(), needle).is_some();
-    if !has(b"/*") && !has(b"--") {
-        return None;
-    }
+    extract_from(Some(sql), None, keys)
+}
+
+/// The ID in an `application_name` of the form `bitville-<id>` (the Bitville PHP agent's), where
+/// `<id>` is 1 to 128 letters, digits, `-`, `_`, `.` or `:`. The agent's own name never matches.
+pub fn application_name_id(application_name: &str) -> Option<&str> {
+    let id = application_name.strip_prefix(APPLICATION_NAME_PREFIX)?;
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'));
+    (ok && application_name != crate::db::APPLICATION_NAME).then_some(id)
+}
+
+/// Correlation of one statement from its SQL comments and its session's `application_name`; None
+/// when neither carries anything.
+pub fn extract_from(
+    sql: Option<&str>,
+    application_name: Option<&str>,
+    keys: &[String],
+) -> Option<Correlation> {
+    let app_id = application_name
+        .filter(|_| keys.iter().any(|k| k == APPLICATION_NAME_KEY))
+        .and_then(application_name_id);
     let mut tags = BTreeMap::new();
-    for body in comments(sql) {
-        parse_pairs(body, &mut tags);
-        if tags.len() >= MAX_TAGS {
-            break;
+    if let Some(sql) = sql {
+        let has = |needle: &[u8]| memchr::memmem::find(sql.as_bytes(), needle).is_some();
+        if has(b"/*") || has(b"--") {
+            for body in comments(sql) {
+                parse_pairs(body, &mut tags);
+                if tags.len() >= MAX_TAGS {
+                    break;
+                }
+            }
         }
     }
-    if tags.is_empty() {
+    if tags.is_empty() && app_id.is_none() {
         return None;
     }
     let (trace_id, span_id) = tags
@@ -55,10 +92,10 @@ pub fn extract(sql: &str, keys: &[String]) -> Option<Correlation> {
         .map_or((None, None), |(t, s)| (Some(t), Some(s)));
     let id = keys.iter().find_map(|k| {
         let k = normalise_key(k);
-        if k == "traceparent" {
-            trace_id.clone()
-        } else {
-            tags.get(k.as_ref()).cloned()
+        match k.as_ref() {
+            "traceparent" => trace_id.clone(),
+            APPLICATION_NAME_KEY => app_id.map(|id| cut(id.to_string())),
+            _ => tags.get(k.as_ref()).cloned(),
         }
     });
     Some(Correlation {
@@ -328,6 +365,68 @@ mod tests {
         let c = extract("/*traceparent='00-0000-zz-01'*/ SELECT 1", &keys()).unwrap();
         assert_eq!(c.trace_id, None);
         assert_eq!(c.id, None);
+    }
+
+    /// The default `correlation.keys`.
+    fn default_keys() -> Vec<String> {
+        crate::config::keys::spec("correlation", "keys")
+            .unwrap()
+            .default
+            .split(',')
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn bitville_php_agent_comment_is_the_id_by_default() {
+        let id = "550e8400-e29b-41d4-a716-446655440000";
+        let sql = format!("/* correlation:{id} */ SELECT * FROM orders WHERE id = 1");
+        let c = extract(&sql, &default_keys()).unwrap();
+        assert_eq!(c.id.as_deref(), Some(id));
+        // As PHP's preg_match allows it: spaces inside the comment, upper-case hex.
+        let c = extract("SELECT 1 /*correlation:ABC-12*/", &default_keys()).unwrap();
+        assert_eq!(c.id.as_deref(), Some("ABC-12"));
+    }
+
+    #[test]
+    fn bitville_application_name_is_the_id_unless_a_comment_says_otherwise() {
+        let keys = default_keys();
+        let without_app = self::keys();
+        let app = "bitville-550e8400-e29b-41d4-a716-446655440000";
+        let c = extract_from(Some("SELECT 1"), Some(app), &keys).unwrap();
+        assert_eq!(
+            c.id.as_deref(),
+            Some("550e8400-e29b-41d4-a716-446655440000")
+        );
+        let c = extract_from(None, Some(app), &keys).unwrap();
+        assert!(c.id.is_some());
+        let c = extract_from(Some("/* correlation:abc */ SELECT 1"), Some(app), &keys).unwrap();
+        assert_eq!(c.id.as_deref(), Some("abc"));
+        // PHP's fallback id: 'fallback-' . uniqid('', true).
+        let c = extract_from(
+            None,
+            Some("bitville-fallback-5f1a2b3c4d5e6.12345678"),
+            &keys,
+        );
+        assert_eq!(
+            c.unwrap().id.as_deref(),
+            Some("fallback-5f1a2b3c4d5e6.12345678")
+        );
+        for not_an_id in [
+            crate::db::APPLICATION_NAME,
+            "bitville-",
+            "bitville-a b",
+            "psql",
+            "xbitville-abc",
+        ] {
+            assert_eq!(
+                extract_from(None, Some(not_an_id), &keys),
+                None,
+                "{not_an_id}"
+            );
+        }
+        // Without the pseudo-key, application_name is not read.
+        assert_eq!(extract_from(None, Some(app), &without_app), None);
     }
 
     proptest::proptest! {

@@ -38,6 +38,7 @@ fn new_batch(kind: BatchKind, len: usize, seed: u64) -> NewBatch {
         kind,
         collected_at: "2026-11-27T00:00:00.000Z".into(),
         body: noise(len, seed),
+        protocol: postgres_agent::config::Protocol::Batch,
     }
 }
 

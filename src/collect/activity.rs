@@ -107,15 +107,23 @@ impl Collector for ActivityCollector {
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
             let raw: Option<String> = col(row, QUERY, "query")?;
+            let application_name: Option<String> = col(row, QUERY, "application_name")?;
+            let app = application_name.as_deref();
+            let keys = &config.correlation.keys;
             let (query, query_truncated, correlation, fingerprint) = match raw {
                 Some(raw) => {
-                    let correlation = correlation::extract(&raw, &config.correlation.keys);
+                    let correlation = correlation::extract_from(Some(&raw), app, keys);
                     let fingerprint = (!raw.is_empty()).then(|| crate::privacy::fingerprint(&raw));
                     let (text, cut) = query_text(&raw, config);
                     let server_cut = raw.len() + 1 >= server.track_activity_query_size;
                     (Some(text), cut || server_cut, correlation, fingerprint)
                 }
-                None => (None, false, None, None),
+                None => (
+                    None,
+                    false,
+                    correlation::extract_from(None, app, keys),
+                    None,
+                ),
             };
             let ts = |name: &'static str| -> Result<Option<String>, CollectError> {
                 Ok(col::<Option<time::OffsetDateTime>>(row, QUERY, name)?.map(format_rfc3339))
@@ -125,7 +133,7 @@ impl Collector for ActivityCollector {
                 leader_pid: col(row, QUERY, "leader_pid")?,
                 datname: col(row, QUERY, "datname")?,
                 usename: col(row, QUERY, "usename")?,
-                application_name: col(row, QUERY, "application_name")?,
+                application_name,
                 client_addr: col(row, QUERY, "client_addr")?,
                 client_port: col(row, QUERY, "client_port")?,
                 backend_type: col(row, QUERY, "backend_type")?,

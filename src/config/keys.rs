@@ -122,7 +122,7 @@ pub const KEYS: &[KeySpec] = &[
     k("logs", "poll_interval_ms", "100", Int(10, 60_000), "How often the log is checked for new data."),
     k("logs", "max_buffered_entries", "500", Int(1, 1_000_000), "Entries held in memory before a pg_logs batch is written early."),
     k("logs", "start_at", "end", Choice(&["end", "beginning"]), "Where to start reading on first start (no saved position)."),
-    k("correlation", "keys", "correlation_id,request_id,x_request_id,traceparent", List, "Comment keys whose value is the correlation ID, in order of preference."),
+    k("correlation", "keys", "correlation_id,correlation,request_id,x_request_id,traceparent,application_name", List, "Comment keys whose value is the correlation ID, in order of preference; `application_name` takes it from an `application_name` of the form `bitville-<id>`."),
     k("privacy", "obfuscate_queries", "true", Bool, "Replace literals in query texts with placeholders before they leave the host."),
     k("privacy", "redact_log_secrets", "credential,parsing_error", List, "Log secret classes to redact: credential, parsing_error, statement_text, statement_parameter, table_data, all, none."),
     k("telemetry", "listen", "127.0.0.1:9188", Str, "Address of the /health and /metrics endpoint; empty = disabled."),

@@ -73,7 +73,7 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
     };
     // auto_explain: the statement is the plan's "Query Text".
     let sql = statement_text(e).or_else(plan_text);
-    let correlation = sql.and_then(|sql| correlation::extract(sql, keys));
+    let correlation = correlation::extract_from(sql, e.application_name.as_deref(), keys);
     let fingerprint = sql.map(crate::privacy::fingerprint);
     e.correlation = correlation;
     e.fingerprint = fingerprint;
@@ -134,10 +134,15 @@ fn mask_json_plan(e: &mut LogEntry<'_>) {
 /// The SQL text an entry carries: `statement`, else the text a `duration: ... statement:` or
 /// `statement:` message logs.
 pub fn statement_text<'e>(e: &'e LogEntry<'_>) -> Option<&'e str> {
-    if let Some(s) = e.statement.as_deref() {
+    statement_of(e.statement.as_deref(), &e.message)
+}
+
+/// [`statement_text`] from an entry's `statement` field and message.
+pub fn statement_of<'e>(statement: Option<&'e str>, message: &'e str) -> Option<&'e str> {
+    if let Some(s) = statement {
         return Some(s);
     }
-    let m: &str = &e.message;
+    let m = message;
     let m = m
         .strip_prefix("duration: ")
         .and_then(|r| memchr::memmem::find(r.as_bytes(), b" ms  ").map(|i| &r[i + 5..]))

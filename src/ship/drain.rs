@@ -21,8 +21,10 @@ pub enum DrainStop {
     Budget,
     /// The circuit is open.
     BreakerOpen,
-    /// The listener asked to wait (Retry-After) and the time has not come.
+    /// The listener asked to wait (Retry-After, or a 429) and the time has not come.
     RetryAfter,
+    /// `listener.max_requests_per_minute` is reached and the next free slot is past the budget.
+    RateLimited,
     /// A request failed; the rest waits for the next pass.
     Failed,
     /// No listener configured (stdout mode): nothing to drain.
@@ -38,6 +40,8 @@ pub struct DrainReport {
     pub delivered_bytes: u64,
     pub failed: u64,
     pub dead_lettered: u64,
+    /// Requests answered 429.
+    pub throttled: u64,
     pub remaining: u64,
     pub stopped: DrainStop,
     pub elapsed_ms: u64,
@@ -45,8 +49,9 @@ pub struct DrainReport {
 
 impl Shipper {
     /// Sends queued batches oldest-first until the outbox is empty, the breaker opens, a request
-    /// fails, or `budget` is spent. A request already started is allowed to finish, so a pass can
-    /// overrun the budget by at most one `listener.timeout_s`.
+    /// fails, or `budget` is spent. Requests are paced to `listener.max_requests_per_minute`: a pass
+    /// waits for a free slot when one comes within the budget. A request already started is allowed
+    /// to finish, so a pass can overrun the budget by at most one `listener.timeout_s`.
     pub async fn drain(&self, budget: Duration) -> DrainReport {
         let _one_at_a_time = self.drain_lock.lock().await;
         let started = Instant::now();
@@ -55,6 +60,7 @@ impl Shipper {
             delivered_bytes: 0,
             failed: 0,
             dead_lettered: 0,
+            throttled: 0,
             remaining: 0,
             stopped: DrainStop::Empty,
             elapsed_ms: 0,
@@ -84,6 +90,14 @@ impl Shipper {
             if started.elapsed() >= budget {
                 return DrainStop::Budget;
             }
+            let slot = self.lock().rate.wait(Instant::now());
+            if let Some(wait) = slot {
+                if started.elapsed() + wait >= budget {
+                    return DrainStop::RateLimited;
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             let (sender, batch) = {
                 let mut inner = self.lock();
                 let Some(sender) = inner.sender.clone() else {
@@ -107,7 +121,10 @@ impl Shipper {
                     }
                 }
             };
-            let outcome = sender.send(batch.batch_id, &batch.body).await;
+            self.lock().rate.record(Instant::now());
+            let outcome = sender
+                .send(batch.batch_id, &batch.body, batch.protocol)
+                .await;
             let mut inner = self.lock();
             let now = now_ms();
             match outcome {
@@ -151,6 +168,20 @@ impl Shipper {
                             "cannot record the failed attempt");
                     }
                     return DrainStop::Failed;
+                }
+                Outcome::Throttled { retry_after } => {
+                    // The listener's rate limit, not a failure: the breaker is left alone.
+                    tracing::warn!(event = "send_throttled", batch_id = %batch.batch_id,
+                        kind = %batch.kind, retry_after_s = retry_after.as_secs(),
+                        "listener answered 429 (rate limited); sending again after Retry-After");
+                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                    report.throttled += 1;
+                    inner.not_before_ms = now.saturating_add(retry_after.as_millis() as i64);
+                    if let Err(e) = self.with_outbox(&mut inner, |ob| ob.bump("throttled", 1)) {
+                        tracing::error!(event = "outbox_error", error = %e,
+                            "cannot count the throttled request");
+                    }
+                    return DrainStop::RetryAfter;
                 }
                 Outcome::Reject { status, reason } => {
                     tracing::error!(event = "batch_dead_lettered", batch_id = %batch.batch_id,

@@ -5,9 +5,13 @@
 //! (`Content-Encoding: gzip`) or, with `listener.compress = false`, of the decompressed JSON, with
 //! `Authorization: Bearer`, `Idempotency-Key: <batch_id>` and `User-Agent: postgres-agent/<version>`.
 //!
-//! Answers: 2xx delivered; 408, 429, 5xx, timeouts and connection errors retried later (honouring
-//! `Retry-After`); 401 and 403 also retried, since they mean the agent's key is wrong, not the batch;
-//! every other 4xx rejects the batch for good (dead letter).
+//! A bitville-protocol body is always sent uncompressed (the Bitville listener reads it with
+//! `req.json()`, which does not decode gzip).
+//!
+//! Answers: 2xx delivered; 429 throttled (wait for `Retry-After`, not a breaker failure); 408, 5xx,
+//! timeouts and connection errors retried later (honouring `Retry-After`); 401 and 403 also retried,
+//! since they mean the agent's key is wrong, not the batch; every other 4xx rejects the batch for
+//! good (dead letter).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,7 +22,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, C
 use reqwest::StatusCode;
 use uuid::Uuid;
 
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, Protocol};
 
 /// `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("postgres-agent/", env!("CARGO_PKG_VERSION"));
@@ -51,7 +55,13 @@ pub enum Outcome {
     },
     /// Can never succeed: dead-letter it.
     Reject { status: u16, reason: String },
+    /// 429: the listener's rate limit. Not a failure of the listener (the breaker ignores it); the
+    /// request is sent again after `retry_after`.
+    Throttled { retry_after: Duration },
 }
+
+/// Wait after a 429 that did not say how long (the Bitville listener always does).
+pub const DEFAULT_THROTTLE: Duration = Duration::from_secs(10);
 
 /// The configured HTTP client for the listener.
 pub struct Sender {
@@ -101,13 +111,15 @@ impl Sender {
         }
     }
 
-    /// POSTs one stored batch (`gz_body` is the gzip of its JSON envelope).
-    pub async fn send(&self, batch_id: Uuid, gz_body: &[u8]) -> Outcome {
+    /// POSTs one stored request (`gz_body` is the gzip of its JSON body). A batch-protocol body is
+    /// sent compressed unless `listener.compress = false`; a bitville body is always sent as plain
+    /// JSON, since the Bitville listener does not decode `Content-Encoding: gzip`.
+    pub async fn send(&self, batch_id: Uuid, gz_body: &[u8], protocol: Protocol) -> Outcome {
         let mut req = self
             .client
             .post(&self.url)
             .header("Idempotency-Key", batch_id.to_string());
-        if self.compress {
+        if self.compress && protocol == Protocol::Batch {
             req = req.header(CONTENT_ENCODING, "gzip").body(gz_body.to_vec());
         } else {
             let mut json = Vec::with_capacity(gz_body.len() * 8);
@@ -137,6 +149,11 @@ impl Sender {
         if status.is_success() {
             return Outcome::Delivered {
                 status: status.as_u16(),
+            };
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Outcome::Throttled {
+                retry_after: retry_after.unwrap_or(DEFAULT_THROTTLE),
             };
         }
         let body = excerpt(resp).await;

@@ -17,14 +17,16 @@
 //! # let _ = (report, stats); Ok(()) }
 //! ```
 //!
-//! - [`Shipper::enqueue`] never sends: it serializes, gzips, splits a body over 8 MiB into linked
-//!   parts ([`prepare`]), and commits every part to the outbox ([`outbox`]) before returning. With no
+//! - [`Shipper::enqueue`] never sends: it encodes the batch for `listener.protocol` ([`encode`]:
+//!   the batch envelope, or Bitville payloads), gzips each request for storage, splits a body over
+//!   8 MiB into linked parts, and commits them to the outbox ([`outbox`]) before returning. With no
 //!   `listener.url` it prints the batch as one JSON line on stdout instead and the outbox is unused.
 //!   It is synchronous and short (one SQLite transaction per part, fsynced); call it from the task
 //!   that built the batch.
-//! - [`Shipper::drain`] sends oldest-first while the [`breaker`] allows, stopping at the first
-//!   failed request (the rest waits for the next pass), at a `Retry-After`, or when the budget is
-//!   spent; a request already started is allowed to finish ([`http`]). One drain runs at a time.
+//! - [`Shipper::drain`] sends oldest-first while the [`breaker`] allows and within
+//!   `listener.max_requests_per_minute` ([`ratelimit`]), stopping at the first failed request (the
+//!   rest waits for the next pass), at a `Retry-After` or 429, or when the budget is spent; a
+//!   request already started is allowed to finish ([`http`]). One drain runs at a time.
 //! - [`Shipper::stats`] and [`status`] read the same figures; `status` opens the database read-only
 //!   so it works while the daemon runs.
 //!
@@ -34,9 +36,10 @@
 pub mod batch;
 pub mod breaker;
 pub mod drain;
+pub mod encode;
 pub mod http;
 pub mod outbox;
-pub mod prepare;
+pub mod ratelimit;
 pub mod shipper;
 pub mod status;
 
@@ -51,7 +54,7 @@ pub enum ShipError {
     #[error(transparent)]
     Http(#[from] http::HttpError),
     #[error(transparent)]
-    Prepare(#[from] prepare::PrepareError),
+    Prepare(#[from] encode::PrepareError),
     #[error("cannot serialize batch {batch_id}: {source}")]
     Json {
         batch_id: uuid::Uuid,

@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use super::batch::{Batch, BatchKind};
 use super::breaker::{Breaker, BreakerState};
+use super::encode::{EncodeCounters, Encoder, MAX_BODY_BYTES};
 use super::http::Sender;
 use super::outbox::{self, EvictionReport, Outbox, OutboxError, OutboxStats};
-use super::prepare::{prepare, MAX_BODY_BYTES};
+use super::ratelimit::RateLimiter;
 use super::ShipError;
 use crate::config::Config;
 
@@ -39,6 +40,8 @@ pub(super) struct ProcessCounters {
     pub(super) delivered: AtomicU64,
     pub(super) send_failures: AtomicU64,
     pub(super) outbox_recreated: AtomicU64,
+    /// 429 answers.
+    pub(super) throttled: AtomicU64,
 }
 
 /// Figures for `/metrics` and `status`.
@@ -65,12 +68,14 @@ pub struct ProcessStats {
     pub delivered: u64,
     pub send_failures: u64,
     pub outbox_recreated: u64,
+    pub throttled: u64,
+    /// Correlated payloads made, statements merged and repeats not sent (bitville protocol).
+    pub encode: EncodeCounters,
 }
 
 pub(super) struct Inner {
     pub(super) path: PathBuf,
     pub(super) max_size_bytes: u64,
-    pub(super) max_body_bytes: usize,
     pub(super) outbox: Option<Outbox>,
     pub(super) sender: Option<Arc<Sender>>,
     pub(super) breaker: Breaker,
@@ -78,6 +83,8 @@ pub(super) struct Inner {
     pub(super) not_before_ms: i64,
     /// What was last written to the database, so unchanged state is not rewritten per request.
     pub(super) saved_breaker: Option<BreakerState>,
+    /// `listener.max_requests_per_minute`, over both protocols and the backlog.
+    pub(super) rate: RateLimiter,
 }
 
 /// The shipping side of the agent. Cheap to share (`&Shipper` from any task): every method takes
@@ -85,6 +92,8 @@ pub(super) struct Inner {
 /// request.
 pub struct Shipper {
     inner: Mutex<Inner>,
+    /// Turns batches into stored requests (`listener.protocol`); locked only while encoding.
+    encoder: Mutex<Encoder>,
     /// One drain at a time, so FIFO and the half-open single probe hold.
     pub(super) drain_lock: tokio::sync::Mutex<()>,
     pub(super) counters: ProcessCounters,
@@ -103,7 +112,6 @@ impl Shipper {
             inner: Mutex::new(Inner {
                 path: config.agent.state_dir.join(outbox::FILE_NAME),
                 max_size_bytes: config.buffer.max_size_bytes,
-                max_body_bytes,
                 outbox: None,
                 sender: None,
                 breaker: Breaker::new(
@@ -113,7 +121,9 @@ impl Shipper {
                 ),
                 not_before_ms: 0,
                 saved_breaker: None,
+                rate: RateLimiter::new(config.listener.max_requests_per_minute),
             }),
+            encoder: Mutex::new(Encoder::new(config, max_body_bytes)),
             drain_lock: tokio::sync::Mutex::new(()),
             counters: ProcessCounters::default(),
         };
@@ -144,6 +154,10 @@ impl Shipper {
         inner.breaker.failure_threshold = config.circuit_breaker.failure_threshold.max(1);
         inner.breaker.recovery_timeout = config.circuit_breaker.recovery_timeout;
         inner.max_size_bytes = config.buffer.max_size_bytes;
+        inner
+            .rate
+            .set_limit(config.listener.max_requests_per_minute);
+        self.encoder().reconfigure(config);
         if sender.is_some() && inner.outbox.is_none() {
             let opened = Outbox::open(&inner.path, inner.max_size_bytes)?;
             if let Some(saved) = opened.load_breaker()? {
@@ -167,45 +181,53 @@ impl Shipper {
         Ok(())
     }
 
+    fn encoder(&self) -> MutexGuard<'_, Encoder> {
+        // Encoding holds no state a panic could leave half-written beyond the dedup memory.
+        self.encoder.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back), so the
         // state behind a poisoned mutex is still usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a batch: with a listener, stores it durably in the outbox (split if too large) and
-    /// returns once it is committed; without one, prints it as one JSON line on stdout.
+    /// Takes a batch: with a listener, encodes it for `listener.protocol` ([`super::encode`]) and
+    /// stores its requests durably in the outbox in one transaction, returning once they are
+    /// committed; without one, prints it as one JSON line on stdout.
     pub fn enqueue(&self, batch: &Batch) -> Result<EnqueueReport, ShipError> {
-        let (stdout_mode, max_body) = {
-            let inner = self.lock();
-            (inner.sender.is_none(), inner.max_body_bytes)
-        };
+        let stdout_mode = self.lock().sender.is_none();
         if stdout_mode {
             return self.print(batch);
         }
-        let parts = prepare(batch, max_body).inspect_err(|_| {
+        let fail = |e| {
             self.counters
                 .enqueue_failures
                 .fetch_add(1, Ordering::Relaxed);
-        })?;
-        let mut report = EnqueueReport {
-            stored_parts: 0,
-            evicted: 0,
-            stdout: false,
+            e
         };
+        let encoded = self.encoder().encode(batch).map_err(|e| fail(e.into()))?;
         let mut inner = self.lock();
-        for part in &parts {
-            let result = self.with_outbox(&mut inner, |ob| ob.push(part));
-            let eviction = result.inspect_err(|_| {
-                self.counters
-                    .enqueue_failures
-                    .fetch_add(1, Ordering::Relaxed);
-            })?;
-            report.evicted += eviction.evicted.len();
-            report.stored_parts += usize::from(eviction.stored);
-            self.log_evictions(&eviction, "buffer.max_size_mb reached");
-        }
-        Ok(report)
+        let eviction = self
+            .with_outbox(&mut inner, |ob| {
+                let r = ob.push_all(&encoded.rows)?;
+                if encoded.merged > 0 {
+                    ob.bump("correlated_merged", encoded.merged as i64)?;
+                }
+                Ok(r)
+            })
+            .map_err(fail)?;
+        self.log_evictions(&eviction, "buffer.max_size_mb reached");
+        let evicted_own = eviction
+            .evicted
+            .iter()
+            .filter(|(_, id)| encoded.rows.iter().any(|r| r.batch_id == *id))
+            .count();
+        Ok(EnqueueReport {
+            stored_parts: encoded.rows.len() - evicted_own,
+            evicted: eviction.evicted.len(),
+            stdout: false,
+        })
     }
 
     fn print(&self, batch: &Batch) -> Result<EnqueueReport, ShipError> {
@@ -276,6 +298,10 @@ impl Shipper {
         let mut json = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json).ok()?;
         let mut value: serde_json::Value = serde_json::from_slice(&json).ok()?;
+        // Batch protocol: an envelope field; bitville: inside `data`.
+        if value.get(field).is_none() {
+            value = value.get_mut("data")?.take();
+        }
         value.get_mut(field).map(serde_json::Value::take)
     }
 
@@ -324,6 +350,8 @@ impl Shipper {
                 delivered: load(&c.delivered),
                 send_failures: load(&c.send_failures),
                 outbox_recreated: load(&c.outbox_recreated),
+                throttled: load(&c.throttled),
+                encode: self.encoder().counters(),
             },
         })
     }

@@ -217,6 +217,14 @@ impl StatusReport {
                 d.reason
             )?;
         }
+        if o.correlated_merged > 0 || o.throttled > 0 {
+            writeln!(
+                s,
+                "rate limit:    {} correlated statements merged into their ID's payload, {} requests \
+                 answered 429 and sent again",
+                o.correlated_merged, o.throttled
+            )?;
+        }
         if o.recreated > 0 {
             writeln!(
                 s,

@@ -46,6 +46,8 @@ pub struct LockRecord {
     pub query: Option<String>,
     pub query_truncated: bool,
     pub xact_duration_ms: Option<f64>,
+    /// When the waiting statement started (RFC 3339 UTC).
+    pub query_start: Option<String>,
     pub correlation: Option<Correlation>,
     pub blocked_by: Vec<Blocker>,
     /// The chain contains a cycle (a deadlock not yet broken by the server).
@@ -75,7 +77,7 @@ fn waiting_sql(version_num: i32) -> String {
          pg_blocking_pids(l.pid) AS blockers, a.state, a.usename::text AS usename, a.application_name, \
          a.backend_type, left(a.query, $1) AS query, \
          (extract(epoch FROM now() - a.xact_start) * 1000)::float8 AS xact_ms, \
-         count(*) OVER () AS total \
+         a.query_start, count(*) OVER () AS total \
          FROM pg_locks l \
          LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
          LEFT JOIN pg_database d ON d.oid = l.database \
@@ -90,6 +92,7 @@ fn waiting_sql(version_num: i32) -> String {
 }
 
 const PROCS_SQL: &str = "SELECT /* postgres-agent */ a.pid, a.state, left(a.query, $2) AS query, \
+     a.application_name, \
      (extract(epoch FROM now() - a.xact_start) * 1000)::float8 AS xact_ms, \
      ARRAY(SELECT l.tag || '=' || l.mode FROM \
            (SELECT concat_ws(':', l.locktype, l.database, l.relation, l.page, l.tuple, l.virtualxid, \
@@ -144,7 +147,9 @@ impl Collector for LocksCollector {
                 col::<Option<Vec<i32>>>(row, Q, "blockers")?.unwrap_or_default();
             waits.insert(pid, Wait { tag, blockers });
             let raw: Option<String> = col(row, Q, "query")?;
-            let (query, query_truncated, correlation) = text(raw, config, keys, tas);
+            let application_name: Option<String> = col(row, Q, "application_name")?;
+            let (query, query_truncated, correlation) =
+                text(raw, application_name.as_deref(), config, keys, tas);
             records.push(LockRecord {
                 pid,
                 locktype: col(row, Q, "locktype")?,
@@ -163,12 +168,14 @@ impl Collector for LocksCollector {
                 waiting_ms: col::<Option<f64>>(row, Q, "waiting_ms")?.map(|v| round_ms(v.max(0.0))),
                 state: col(row, Q, "state")?,
                 usename: col(row, Q, "usename")?,
-                application_name: col(row, Q, "application_name")?,
+                application_name,
                 backend_type: col(row, Q, "backend_type")?,
                 query,
                 query_truncated,
                 xact_duration_ms: col::<Option<f64>>(row, Q, "xact_ms")?
                     .map(|v| round_ms(v.max(0.0))),
+                query_start: col::<Option<time::OffsetDateTime>>(row, Q, "query_start")?
+                    .map(crate::ship::batch::format_rfc3339),
                 correlation,
                 blocked_by: Vec::new(),
                 cycle: false,
@@ -223,13 +230,14 @@ impl Collector for LocksCollector {
 /// The text fields of a query: correlation from the raw text first, then the emitted text.
 fn text(
     raw: Option<String>,
+    application_name: Option<&str>,
     config: &crate::config::Config,
     keys: &[String],
     track_activity_query_size: usize,
 ) -> (Option<String>, bool, Option<Correlation>) {
     match raw {
         Some(raw) => {
-            let correlation = correlation::extract(&raw, keys);
+            let correlation = correlation::extract_from(Some(&raw), application_name, keys);
             let (t, cut) = query_text(&raw, config);
             (
                 Some(t),
@@ -237,7 +245,11 @@ fn text(
                 correlation,
             )
         }
-        None => (None, false, None),
+        None => (
+            None,
+            false,
+            correlation::extract_from(None, application_name, keys),
+        ),
     }
 }
 
@@ -264,8 +276,14 @@ async fn blocker_procs(
     let mut procs = HashMap::with_capacity(rows.len());
     for row in &rows {
         let raw: Option<String> = col(row, Q, "query")?;
-        let (query, query_truncated, correlation) =
-            text(raw, config, &config.correlation.keys, tas);
+        let application_name: Option<String> = col(row, Q, "application_name")?;
+        let (query, query_truncated, correlation) = text(
+            raw,
+            application_name.as_deref(),
+            config,
+            &config.correlation.keys,
+            tas,
+        );
         let held = col::<Vec<String>>(row, Q, "held")?
             .into_iter()
             .filter_map(|h| {

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
+use crate::config::Protocol;
 use crate::ship::batch::BatchKind;
 use crate::ship::breaker::BreakerState;
 
@@ -77,17 +78,19 @@ impl OutboxError {
     }
 }
 
-/// A batch ready to store: its envelope serialized and gzip-compressed.
+/// One request ready to store: its JSON body, gzip-compressed, and the protocol it is written in.
+/// In the batch protocol a row is one (part of a) batch; in the bitville protocol it is one payload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewBatch {
     pub batch_id: Uuid,
     pub kind: BatchKind,
     pub collected_at: String,
-    /// gzip of the JSON envelope.
+    /// gzip of the JSON body.
     pub body: Vec<u8>,
+    pub protocol: Protocol,
 }
 
-/// A batch read back for sending.
+/// A stored request read back for sending.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredBatch {
     pub seq: i64,
@@ -96,6 +99,7 @@ pub struct StoredBatch {
     pub enqueued_ms: i64,
     pub attempts: u32,
     pub body: Vec<u8>,
+    pub protocol: Protocol,
 }
 
 /// What a push or a cap change had to remove to make room.
@@ -221,16 +225,39 @@ impl Outbox {
 
     /// Stores a batch durably, first evicting what must go to keep the budget.
     pub fn push(&mut self, batch: &NewBatch) -> Result<EvictionReport, OutboxError> {
-        let cost = charge(batch.body.len());
+        self.push_all(std::slice::from_ref(batch))
+    }
+
+    /// Stores several requests in one transaction (one fsync), in order, first evicting what must
+    /// go to keep the budget. When together they exceed the budget they are stored one by one, so
+    /// the cap evicts the oldest of them rather than all.
+    pub fn push_all(&mut self, batches: &[NewBatch]) -> Result<EvictionReport, OutboxError> {
         let budget = budget(self.max_size_bytes);
-        if cost > budget {
-            // Evicting everything else would not make room: the batch itself is what the cap evicts.
-            self.bump(&format!("evicted.{}", batch.kind), 1)?;
-            return Ok(EvictionReport {
-                evicted: vec![(batch.kind, batch.batch_id)],
-                dead_letters_dropped: 0,
-                stored: false,
-            });
+        let cost: u64 = batches.iter().map(|b| charge(b.body.len())).sum();
+        if batches.len() > 1 && cost > budget {
+            let mut total = EvictionReport {
+                stored: true,
+                ..EvictionReport::default()
+            };
+            for b in batches {
+                let r = self.push_all(std::slice::from_ref(b))?;
+                total.evicted.extend(r.evicted);
+                total.dead_letters_dropped += r.dead_letters_dropped;
+                total.stored &= r.stored;
+            }
+            return Ok(total);
+        }
+        if let [batch] = batches {
+            if cost > budget {
+                // Evicting everything else would not make room: the batch itself is what the cap
+                // evicts.
+                self.bump(&format!("evicted.{}", batch.kind), 1)?;
+                return Ok(EvictionReport {
+                    evicted: vec![(batch.kind, batch.batch_id)],
+                    dead_letters_dropped: 0,
+                    stored: false,
+                });
+            }
         }
         let path = self.path.clone();
         let err = |source| OutboxError::Sqlite {
@@ -239,19 +266,22 @@ impl Outbox {
         };
         let tx = self.conn.transaction().map_err(err)?;
         let (report, charged) = make_room(&tx, self.charged, cost, budget).map_err(err)?;
-        tx.execute(
-            "INSERT INTO outbox (batch_id, kind, collected_at, enqueued_ms, charge, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                batch.batch_id.to_string(),
-                batch.kind.as_str(),
-                batch.collected_at,
-                now_ms(),
-                cost as i64,
-                batch.body
-            ],
-        )
-        .map_err(err)?;
+        for batch in batches {
+            tx.execute(
+                "INSERT INTO outbox (batch_id, kind, collected_at, enqueued_ms, charge, body, protocol)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    batch.batch_id.to_string(),
+                    batch.kind.as_str(),
+                    batch.collected_at,
+                    now_ms(),
+                    charge(batch.body.len()) as i64,
+                    batch.body,
+                    batch.protocol.as_str(),
+                ],
+            )
+            .map_err(err)?;
+        }
         tx.commit().map_err(err)?;
         self.charged = charged + cost;
         if !report.evicted.is_empty() {
@@ -285,7 +315,7 @@ impl Outbox {
         let row = self
             .conn
             .query_row(
-                "SELECT seq, batch_id, kind, enqueued_ms, attempts, body
+                "SELECT seq, batch_id, kind, enqueued_ms, attempts, body, protocol
                  FROM outbox ORDER BY seq LIMIT 1",
                 [],
                 |r| {
@@ -296,12 +326,13 @@ impl Outbox {
                         r.get::<_, i64>(3)?,
                         r.get::<_, u32>(4)?,
                         r.get::<_, Vec<u8>>(5)?,
+                        r.get::<_, String>(6)?,
                     ))
                 },
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        let Some((seq, id, kind, enqueued_ms, attempts, body)) = row else {
+        let Some((seq, id, kind, enqueued_ms, attempts, body, protocol)) = row else {
             return Ok(None);
         };
         let bad = |detail: String| OutboxError::BadRow {
@@ -316,6 +347,8 @@ impl Outbox {
             enqueued_ms,
             attempts,
             body,
+            protocol: Protocol::parse(&protocol)
+                .ok_or_else(|| bad(format!("unknown protocol {protocol:?}")))?,
         }))
     }
 

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts     INTEGER NOT NULL DEFAULT 0,
     last_error   TEXT,
     charge       INTEGER NOT NULL,
-    body         BLOB    NOT NULL
+    body         BLOB    NOT NULL,
+    protocol     TEXT    NOT NULL DEFAULT 'batch'
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -124,7 +125,22 @@ pub fn open_rw(path: &Path, wal_limit_bytes: u64) -> Result<Connection, OutboxEr
     // SQLite's 2 MB) costs nothing and keeps the daemon's memory small.
     conn.pragma_update(None, "cache_size", -256).map_err(ctx)?;
     conn.execute_batch(SCHEMA).map_err(ctx)?;
+    add_protocol_column(&conn).map_err(ctx)?;
     Ok(conn)
+}
+
+/// Outboxes written before the wire protocol became a setting hold only batch-protocol rows: give
+/// them the `protocol` column with that value.
+fn add_protocol_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('outbox') WHERE name = 'protocol'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE outbox ADD COLUMN protocol TEXT NOT NULL DEFAULT 'batch'")?;
+    }
+    Ok(())
 }
 
 /// Bounds the write-ahead log: checkpoint after about `bytes` of it, and truncate it back to that

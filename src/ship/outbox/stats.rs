@@ -61,6 +61,11 @@ pub struct OutboxStats {
     pub last_success_ms: Option<i64>,
     /// Times a corrupt database was replaced by a fresh one (as recorded in the fresh one).
     pub recreated: u64,
+    /// Correlated statements merged into another payload of their correlation ID because the
+    /// request budget was spent (bitville protocol).
+    pub correlated_merged: u64,
+    /// Requests the listener answered 429 (rate limited); they were sent again later.
+    pub throttled: u64,
     pub breaker: Option<BreakerState>,
 }
 
@@ -131,6 +136,8 @@ pub fn read(conn: &Connection, path: &Path) -> rusqlite::Result<OutboxStats> {
         dead_letters_dropped: counter("dead_letters_dropped")?,
         last_success_ms,
         recreated: counter("recreated")?,
+        correlated_merged: counter("correlated_merged")?,
+        throttled: counter("throttled")?,
         breaker: read_breaker(conn)?,
     })
 }

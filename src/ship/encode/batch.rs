@@ -1,5 +1,5 @@
-//! Turning a [`Batch`] into what the outbox stores: the JSON envelope, gzip-compressed, split into
-//! parts when the compressed body would exceed the per-request limit.
+//! The `batch` protocol: a [`Batch`] becomes what the outbox stores as its JSON envelope,
+//! gzip-compressed, split into parts when the compressed body would exceed the per-request limit.
 //!
 //! Splitting halves `data` until every part fits. Each part is a complete envelope with its own
 //! `batch_id` (so the listener's idempotency still works per request), its own `count` and
@@ -15,8 +15,9 @@ use flate2::Compression;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::batch::{Batch, Record};
-use super::outbox::NewBatch;
+use crate::config::Protocol;
+use crate::ship::batch::{Batch, Record};
+use crate::ship::outbox::NewBatch;
 
 /// Largest compressed request body the agent sends (before splitting).
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -96,18 +97,32 @@ fn split(
     limit: usize,
     out: &mut Vec<(usize, usize)>,
 ) -> Result<(), PrepareError> {
-    if hi - lo <= 1 || encode(&sub_batch(batch, lo, hi))?.len() <= limit {
+    split_by(lo, hi, limit, out, &mut |lo, hi| {
+        encode(&sub_batch(batch, lo, hi)).map(|b| b.len())
+    })
+}
+
+/// Appends to `out` the ranges of `lo..hi`, halved until `size(range)` is at most `limit` or the
+/// range is one item.
+pub(super) fn split_by<E>(
+    lo: usize,
+    hi: usize,
+    limit: usize,
+    out: &mut Vec<(usize, usize)>,
+    size: &mut impl FnMut(usize, usize) -> Result<usize, E>,
+) -> Result<(), E> {
+    if hi - lo <= 1 || size(lo, hi)? <= limit {
         out.push((lo, hi));
         return Ok(());
     }
     let mid = lo + (hi - lo) / 2;
-    split(batch, lo, mid, limit, out)?;
-    split(batch, mid, hi, limit, out)
+    split_by(lo, mid, limit, out, size)?;
+    split_by(mid, hi, limit, out, size)
 }
 
 /// Records `lo..hi` of `batch` under a new batch_id. The envelope is copied field by field: cloning
 /// the whole batch would copy every record of an oversized batch once per part.
-fn sub_batch(batch: &Batch, lo: usize, hi: usize) -> Batch {
+pub(super) fn sub_batch(batch: &Batch, lo: usize, hi: usize) -> Batch {
     let data = batch.data[lo..hi].to_vec();
     Batch {
         schema_version: batch.schema_version,
@@ -143,6 +158,7 @@ fn new_batch(batch: &Batch, body: Vec<u8>) -> NewBatch {
         kind: batch.kind,
         collected_at: batch.collected_at.clone(),
         body,
+        protocol: Protocol::Batch,
     }
 }
 

@@ -1,0 +1,151 @@
+//! The wire-protocol seam: an [`Encoder`] turns one neutral [`Batch`] into the requests the outbox
+//! stores and the sender posts (`listener.protocol`; docs/protocol.md describes both protocols).
+//!
+//! - `batch` ([`batch`]): the batch envelope as one request (split into linked parts over 8 MiB).
+//! - `bitville` ([`bitville`], [`correlated`]): what the Bitville listener's `POST /ingest/postgres`
+//!   accepts, one `{correlation_id, project, timestamp, source, data}` object per request: one
+//!   aggregate payload per batch, plus one payload per correlated statement (merged per correlation
+//!   ID when a cycle has more than the request budget allows).
+//!
+//! Every request is stored gzip-compressed in the outbox with the protocol it was written in, so a
+//! queued request is always sent as what it is; the sender decides on the wire encoding from that.
+//! Encoding happens when a batch is enqueued, so the outbox, breaker, retries, dead letters and
+//! `status` work on requests the same way for both protocols.
+
+pub mod batch;
+pub mod bitville;
+pub mod correlated;
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::{Config, Protocol};
+use crate::ship::batch::Batch;
+use crate::ship::outbox::NewBatch;
+
+pub use batch::{gzip, PrepareError, MAX_BODY_BYTES};
+
+/// What encoding one batch produced.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    /// The requests to store, in sending order.
+    pub rows: Vec<NewBatch>,
+    /// Correlated-statement payloads among `rows` (bitville only).
+    pub correlated_payloads: usize,
+    /// Statements that went into another statement's payload of the same correlation ID because
+    /// the request budget was spent (bitville only).
+    pub merged: usize,
+    /// Statements not sent again because the same statement (pid and start) was sent before.
+    pub repeated: usize,
+}
+
+/// Figures of the encoder since the process started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EncodeCounters {
+    pub correlated_payloads: u64,
+    pub correlated_merged: u64,
+    pub correlated_repeated: u64,
+}
+
+/// Turns batches into stored requests for the configured protocol. Holds the bitville encoder's
+/// memory of statements already sent and its request budget, so one instance serves every batch.
+pub struct Encoder {
+    protocol: Protocol,
+    project: String,
+    max_body: usize,
+    planner: correlated::Planner,
+    counters: EncodeCounters,
+}
+
+impl Encoder {
+    pub fn new(config: &Config, max_body: usize) -> Encoder {
+        Encoder {
+            protocol: config.listener.protocol,
+            project: config.agent.project_id.clone(),
+            max_body,
+            planner: correlated::Planner::new(&config_budget(config), Instant::now()),
+            counters: EncodeCounters::default(),
+        }
+    }
+
+    /// Applies a reloaded configuration; the memory of sent statements is kept.
+    pub fn reconfigure(&mut self, config: &Config) {
+        self.protocol = config.listener.protocol;
+        self.project = config.agent.project_id.clone();
+        self.planner.set_budget(&config_budget(config));
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    pub fn counters(&self) -> EncodeCounters {
+        self.counters
+    }
+
+    /// The requests for `batch` in the configured protocol.
+    pub fn encode(&mut self, batch: &Batch) -> Result<Encoded, PrepareError> {
+        match self.protocol {
+            Protocol::Batch => Ok(Encoded {
+                rows: batch::prepare(batch, self.max_body)?,
+                ..Encoded::default()
+            }),
+            Protocol::Bitville => {
+                let statements = correlated::statements(batch);
+                let plan = self.planner.plan(statements, Instant::now());
+                let mut rows = Vec::with_capacity(plan.payloads.len() + 1);
+                for payload in &plan.payloads {
+                    rows.push(correlated::encode(payload, batch, &self.project)?);
+                }
+                // The aggregate goes last, so the newest stored request of a type is its
+                // aggregate (the log reader resumes from the newest pg_logs aggregate).
+                rows.extend(bitville::aggregate(batch, &self.project, self.max_body)?);
+                self.counters.correlated_payloads += plan.payloads.len() as u64;
+                self.counters.correlated_merged += plan.merged as u64;
+                self.counters.correlated_repeated += plan.repeated as u64;
+                Ok(Encoded {
+                    correlated_payloads: plan.payloads.len(),
+                    merged: plan.merged,
+                    repeated: plan.repeated,
+                    rows,
+                })
+            }
+        }
+    }
+}
+
+/// The request budget the correlated payloads may use.
+fn config_budget(config: &Config) -> correlated::Budget {
+    correlated::Budget::new(
+        config.listener.max_requests_per_minute,
+        config.agent.collection_interval,
+    )
+}
+
+/// `rfc3339` as Unix seconds with a fractional part.
+pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some(t.unix_timestamp_nanos() as f64 / 1e9)
+}
+
+/// Unix seconds now.
+pub fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// gzip of `json` for storage, as a [`NewBatch`].
+fn stored(json: Vec<u8>, batch_id: uuid::Uuid, batch: &Batch) -> Result<NewBatch, PrepareError> {
+    let body = gzip(&json).map_err(|source| PrepareError::Gzip { batch_id, source })?;
+    Ok(NewBatch {
+        batch_id,
+        kind: batch.kind,
+        collected_at: batch.collected_at.clone(),
+        body,
+        protocol: Protocol::Bitville,
+    })
+}
