@@ -92,7 +92,7 @@ fn retry_after_is_honoured_and_stalls_time_out() {
         let batch = test_batch(BatchKind::PgStatements, 5, 3);
         shipper.enqueue(&batch).unwrap();
 
-        listener.set(Behavior::Status(429, Some("2".into())));
+        listener.set(Behavior::Status(503, Some("2".into())));
         assert_eq!(shipper.drain(BUDGET).await.stopped, DrainStop::Failed);
         listener.set(Behavior::Accept);
         // Within the Retry-After window nothing is sent.

@@ -164,6 +164,10 @@ impl fmt::Display for Protocol {
 /// Longest `project` the Bitville listener accepts.
 pub const BITVILLE_MAX_PROJECT_LEN: usize = 50;
 
+/// Aggregate requests per cycle in the bitville protocol: activity, statements, locks, system
+/// metrics and (at least) one pg_log.
+pub const BITVILLE_AGGREGATES_PER_CYCLE: u32 = 5;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// None: batches go to stdout as JSON lines.
@@ -315,6 +319,24 @@ impl Config {
                     format!(
                         "the Bitville listener needs a project of 1 to {BITVILLE_MAX_PROJECT_LEN} characters \
                          (listener.protocol = bitville); this one has {chars}"
+                    ),
+                ));
+            }
+            let interval = v.int("agent", "collection_interval_s")?;
+            let limit = v.int("listener", "max_requests_per_minute")?;
+            let per_cycle = u64::from(BITVILLE_AGGREGATES_PER_CYCLE);
+            let needed = (per_cycle * 60).div_ceil(interval);
+            if needed > limit {
+                return Err(v.bad(
+                    "listener",
+                    "max_requests_per_minute",
+                    format!(
+                        "listener.protocol = bitville sends {per_cycle} requests per cycle, so \
+                         agent.collection_interval_s = {interval} needs {needed} requests per minute \
+                         before any correlated statement; raise collection_interval_s to at least \
+                         {} or this limit (the Bitville listener allows BITVILLE_RATE_LIMIT, 100 by \
+                         default, per client IP)",
+                        (per_cycle * 60).div_ceil(limit)
                     ),
                 ));
             }

@@ -249,7 +249,7 @@ impl axum::serve::Listener for TlsListener {
 pub fn ship_config(state_dir: &std::path::Path, url: Option<&str>, extra: &str) -> Config {
     std::fs::create_dir_all(state_dir).unwrap();
     let mut ini = format!(
-        "[agent]\nproject_id = test-project\nstate_dir = {}\n\n[listener]\nprotocol = batch\nurl = {}\napi_key = test-key\ntimeout_s = 2\n\n",
+        "[agent]\nproject_id = test-project\nstate_dir = {}\n\n[listener]\nprotocol = batch\nmax_requests_per_minute = 100000\nurl = {}\napi_key = test-key\ntimeout_s = 2\n\n",
         state_dir.display(),
         url.unwrap_or("")
     );

@@ -28,9 +28,7 @@ use crate::ship::outbox::NewBatch;
 pub const MAX_SEEN: usize = 50_000;
 /// A sent statement not seen again for this long is forgotten.
 pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
-/// Aggregate requests per cycle in the bitville protocol: activity, statements, locks, system
-/// metrics and (at least) one pg_log.
-pub const AGGREGATES_PER_CYCLE: u32 = 5;
+pub use crate::config::BITVILLE_AGGREGATES_PER_CYCLE as AGGREGATES_PER_CYCLE;
 
 /// One statement with a correlation ID.
 #[derive(Debug, Clone, PartialEq)]
