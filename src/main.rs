@@ -114,6 +114,7 @@ fn with_config_and_log(
                 &config.logging.level,
                 &config.logging.format,
             );
+            config.log_notices();
             f(config, log)
         }
         Err(e) => {

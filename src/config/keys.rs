@@ -113,6 +113,7 @@ pub const KEYS: &[KeySpec] = &[
     k("listener", "compress", "true", Bool, "gzip request bodies (Content-Encoding: gzip); batch protocol only, bitville bodies are never compressed."),
     k("listener", "ca_file", "", Str, "Extra PEM CA certificate(s) trusted for the listener, besides the system store."),
     k("buffer", "max_size_mb", "100", Int(1, 100_000), "Cap on the on-disk outbox (database + WAL); oldest batches are evicted beyond it."),
+    k("buffer", "python_buffer_path", "/var/lib/bitville-postgres-agent/buffer", Str, "Directory of the Python agent's persist-queue buffer; unsent payloads found there are sent once, before new data, and the file is left as it is."),
     k("circuit_breaker", "failure_threshold", "5", Int(1, 1000), "Consecutive send failures that open the circuit."),
     k("circuit_breaker", "recovery_timeout_s", "60", Int(1, 86_400), "Seconds the circuit stays open before one probe is allowed."),
     k("logs", "enabled", "true", Bool, "Tail the PostgreSQL server log."),
