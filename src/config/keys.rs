@@ -95,7 +95,7 @@ pub const KEYS: &[KeySpec] = &[
     k("postgres", "sslmode", "prefer", Choice(SSLMODES), "libpq sslmode: disable, allow, prefer, require, verify-ca or verify-full. Falls back to PGSSLMODE."),
     k("postgres", "sslrootcert", "", Str, "PEM file of CA certificates for verify-ca/verify-full; empty = the system store."),
     k("postgres", "connect_timeout_s", "5", Int(1, 300), "Seconds to wait for a connection to be established."),
-    k("safety", "max_connections", "5", Int(1, 20), "Most connections the agent ever holds open to the server."),
+    k("safety", "max_connections", "5", Int(1, 5), "Most connections the agent ever holds open to the server (1 to 5: never more than 5)."),
     k("safety", "statement_timeout_ms", "5000", Int(100, 600_000), "Server-side statement_timeout of every agent session."),
     k("safety", "lock_timeout_ms", "1000", Int(10, 600_000), "Server-side lock_timeout of every agent session."),
     k("safety", "idle_in_transaction_timeout_ms", "10000", Int(100, 3_600_000), "idle_in_transaction_session_timeout of every agent session."),
