@@ -63,7 +63,7 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
-    #[error("{old} and {new} set [{section}] {key} to different values; keep only the second")]
+    #[error("{old} and {new} set [{section}] {key} to different values; set it only once")]
     AliasConflict {
         /// The Python agent's name where it was given, and its value (quoted, or `<redacted>`).
         old: String,
