@@ -1,38 +1,13 @@
 //! The Python agent's INI file and environment variables load unchanged: each old name warns once,
 //! and an old and a new name that disagree are an error naming both.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use postgres_agent::config::Config;
-
-/// The Python agent's config/agent.ini.example, comments included, placeholders replaced.
-const PYTHON_EXAMPLE: &str = "\
-# Bitville PostgreSQL agent
-[database]
-# The server to monitor
-host = 5.9.121.222
-port = 5432
-name = postgres
-user = bitville_monitor
-password = <your-password-here>
-statement_timeout_ms = 5000
-
-[collection]
-# Seconds between collections
-interval_s = 60
-log_path = /var/log/postgresql/postgresql-main.log
-
-[listener]
-url = https://88.198.22.206:8443/ingest/postgres
-api_key = <your-api-key-here>
-project_id = bitville
-
-[buffer]
-# persist-queue directory
-path = /var/lib/bitville-postgres-agent/buffer
-max_size_mb = 100
-";
+use support::python::PYTHON_EXAMPLE;
 
 const PASSWORD: &str = "pw-9f3e-from-the-ini";
 const API_KEY: &str = "key-71c2-from-the-ini";
