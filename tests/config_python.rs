@@ -240,6 +240,27 @@ fn same_values_precedence_and_libpq_with_aliases() {
 }
 
 #[test]
+fn renaming_an_old_key_is_an_unchanged_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Config::load_with(
+        Some(&write(dir.path(), "[collection]\ninterval_s = 30\n")),
+        env(&[]),
+    )
+    .unwrap();
+    let new = Config::load_with(
+        Some(&write(dir.path(), "[agent]\ncollection_interval_s = 30\n")),
+        env(&[]),
+    )
+    .unwrap();
+    assert_eq!(old.notices.len(), 1);
+    assert!(new.notices.is_empty());
+    assert_eq!(
+        old, new,
+        "notices are not compared (a reload sees no change)"
+    );
+}
+
+#[test]
 fn unknown_and_bad_old_keys_are_errors_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, &[&str])] = &[

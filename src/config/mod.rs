@@ -336,7 +336,8 @@ impl Config {
         Config::from_raw(&raw)
     }
 
-    /// Stage two: checks every value and builds the typed sections.
+    /// Stage two: checks every value and builds the typed sections. Expects the Python agent's names
+    /// already merged ([`aliases::resolve`], as [`Config::load_with`] does).
     pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
         let v = Validator { raw };
         let listener_url = v.opt_str("listener", "url");
