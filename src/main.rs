@@ -1,10 +1,11 @@
 //! The `postgres-agent` command line: parses arguments, loads the configuration, and calls into the
 //! library. Exit status: 0 success, 1 runtime failure, 2 usage error, 78 configuration error.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use postgres_agent::config::Config;
 use postgres_agent::telemetry::logging::LogControl;
 
@@ -16,9 +17,18 @@ const EXIT_CONFIG: u8 = 78;
 /// Config file: the CONFIG argument or --config, else $BITVILLE_PG_CONFIG_PATH, else
 /// /etc/bitville/postgres-agent.ini if it exists, else built-in defaults. Any key can be overridden
 /// with BITVILLE_PG_<SECTION>_<KEY>; the connection also honours PGHOST, PGPORT, PGUSER, PGDATABASE,
-/// PGPASSWORD and PGSSLMODE.
+/// PGPASSWORD and PGSSLMODE. The Python agent's INI keys and BITVILLE_PG_* variables are read too.
+///
+/// `postgres-agent CONFIG` (a path and no command, how the Python agent was started) is the same as
+/// `postgres-agent run CONFIG`.
 #[derive(Parser, Debug)]
-#[command(name = "postgres-agent", version, about, long_about)]
+#[command(
+    name = "postgres-agent",
+    version,
+    about,
+    long_about,
+    override_usage = "postgres-agent [OPTIONS] <COMMAND>\n       postgres-agent CONFIG   (the same as `run CONFIG`)"
+)]
 struct Cli {
     /// Path of the INI config file.
     #[arg(long, global = true, value_name = "PATH")]
@@ -46,6 +56,11 @@ enum Command {
     },
     /// Check config, database access and privileges, extensions, log access and the listener.
     Check {
+        /// Only validate the configuration (file, environment, `*_file` secrets readable); touch
+        /// neither the network, the database nor the disk. Exit 0, or 78 with the error. For systemd
+        /// `ExecStartPre`, where an outage of the database or listener must not stop the service.
+        #[arg(long)]
+        config_only: bool,
         /// Path of the INI config file.
         #[arg(id = "config_path", value_name = "CONFIG")]
         config: Option<PathBuf>,
@@ -75,7 +90,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(implicit_run(std::env::args_os().collect()));
     let explicit = |positional: &Option<PathBuf>| positional.clone().or_else(|| cli.config.clone());
     match &cli.command {
         Command::Run { config } => with_config_and_log(explicit(config), |config, log| {
@@ -84,8 +99,15 @@ fn main() -> ExitCode {
         Command::Once { config, dry_run } => with_config(explicit(config), |config| {
             postgres_agent::once::run(&config, *dry_run)
         }),
-        Command::Check { config } => with_config(explicit(config), |config| {
-            postgres_agent::check::run(&config)
+        Command::Check {
+            config,
+            config_only,
+        } => with_config(explicit(config), |config| {
+            if *config_only {
+                postgres_agent::check::config_only(&config)
+            } else {
+                postgres_agent::check::run(&config)
+            }
         }),
         Command::ParseLog {
             format,
@@ -96,6 +118,22 @@ fn main() -> ExitCode {
             with_config(explicit(config), |config| status(&config, *json))
         }
     }
+}
+
+/// The Python agent's form `postgres-agent /path/to/config.ini`: a first argument that is neither a
+/// subcommand nor a flag is the config path of `run`.
+fn implicit_run(mut args: Vec<OsString>) -> Vec<OsString> {
+    let Some(first) = args.get(1) else {
+        return args;
+    };
+    let is_command = first == "help"
+        || Cli::command()
+            .get_subcommands()
+            .any(|c| first == c.get_name() || c.get_all_aliases().any(|a| first == a));
+    if !is_command && !first.to_string_lossy().starts_with('-') {
+        args.insert(1, OsString::from("run"));
+    }
+    args
 }
 
 fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
@@ -114,6 +152,7 @@ fn with_config_and_log(
                 &config.logging.level,
                 &config.logging.format,
             );
+            config.log_notices();
             f(config, log)
         }
         Err(e) => {

@@ -166,9 +166,9 @@ fn error_paths_name_file_section_key_and_value() {
             ],
         ),
         (
-            "[safety]\nmax_connections = 50\n",
+            "[safety]\nmax_connections = 6\n",
             &[],
-            &["max_connections = \"50\"", "from 1 to 20"],
+            &["max_connections = \"6\"", "from 1 to 5"],
         ),
         (
             "[listener]\ncompress = perhaps\n",

@@ -87,7 +87,44 @@ fn unit_has_the_required_directives() {
         "TimeoutStopSec=30s",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
+        "RestartPreventExitStatus=78",
+        "ExecStartPre=/usr/local/bin/postgres-agent check --config-only /etc/bitville/postgres-agent.ini",
+        "ExecStart=/usr/local/bin/postgres-agent run /etc/bitville/postgres-agent.ini",
     ] {
         assert!(text.lines().any(|l| l.starts_with(d)), "unit lacks {d}");
     }
+    // A full `check` at boot would stop the service during a database or listener outage.
+    let pre: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ExecStartPre="))
+        .collect();
+    assert_eq!(pre.len(), 1, "{pre:?}");
+    assert!(pre[0].contains("check --config-only"), "{pre:?}");
+    // PrivateUsers= broke peer authentication and reading the group-readable server log.
+    assert!(
+        !text.lines().any(|l| l.starts_with("PrivateUsers=")),
+        "the unit must not set PrivateUsers="
+    );
+}
+
+/// The ExecStartPre command line works on the binary: 0 on a good file, 78 on a bad one.
+#[test]
+fn exec_start_pre_exits_78_on_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.ini");
+    std::fs::write(&good, "[agent]\nproject_id = unit\n").unwrap();
+    let bad = dir.path().join("bad.ini");
+    std::fs::write(&bad, "[safety]\nmax_connections = 6\n").unwrap();
+    let run = |path: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_postgres-agent"))
+            .args(["check", "--config-only"])
+            .arg(path)
+            .env_clear()
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(run(&good), Some(0));
+    assert_eq!(run(&bad), Some(78));
 }

@@ -5,15 +5,19 @@
 //! given); [`Config::from_raw`] checks every value and reads `*_file` secrets. Only a validated
 //! `Config` reaches the rest of the program. Every error names the file or variable, the section, the
 //! key and the value (secrets are shown as `<redacted>`); the CLI maps them to exit status 78.
+//! [`aliases`] lets the Python agent's INI file and variables be used unchanged.
 
+pub mod aliases;
 pub mod keys;
 pub mod raw;
+mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::{Origin, RawConfig, ENV_CONFIG_PATH};
+use validate::Validator;
 
 /// The default config path, used when it exists and no other is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bitville/postgres-agent.ini";
@@ -58,6 +62,15 @@ pub enum ConfigError {
         /// Already quoted, or `<redacted>` for secrets.
         value: String,
         reason: String,
+    },
+    #[error("{old} and {new} set [{section}] {key} to different values; set it only once")]
+    AliasConflict {
+        /// The Python agent's name where it was given, and its value (quoted, or `<redacted>`).
+        old: String,
+        /// Our name where it was given, and its value.
+        new: String,
+        section: &'static str,
+        key: &'static str,
     },
 }
 
@@ -185,6 +198,8 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BufferConfig {
     pub max_size_bytes: u64,
+    /// The Python agent's persist-queue buffer directory, to be sent once; None when empty.
+    pub python_buffer_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -227,7 +242,7 @@ pub struct LoggingConfig {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was loaded from, if any.
     pub file: Option<PathBuf>,
@@ -242,6 +257,42 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub telemetry: TelemetryConfig,
     pub logging: LoggingConfig,
+    /// One line per Python agent name used (see [`aliases`]), to be logged at WARN once logging runs;
+    /// not a setting, so left out of comparisons.
+    pub notices: Vec<String>,
+}
+
+/// Equal settings; `notices` are not compared, so renaming an old key is an unchanged reload.
+impl PartialEq for Config {
+    fn eq(&self, other: &Config) -> bool {
+        let Config {
+            file,
+            agent,
+            postgres,
+            safety,
+            listener,
+            buffer,
+            circuit_breaker,
+            logs,
+            correlation,
+            privacy,
+            telemetry,
+            logging,
+            notices: _,
+        } = self;
+        *file == other.file
+            && *agent == other.agent
+            && *postgres == other.postgres
+            && *safety == other.safety
+            && *listener == other.listener
+            && *buffer == other.buffer
+            && *circuit_breaker == other.circuit_breaker
+            && *logs == other.logs
+            && *correlation == other.correlation
+            && *privacy == other.privacy
+            && *telemetry == other.telemetry
+            && *logging == other.logging
+    }
 }
 
 /// Chooses the config file: the explicit path, else `BITVILLE_PG_CONFIG_PATH`, else the default path
@@ -284,11 +335,13 @@ impl Config {
         };
         let env: Vec<(String, String)> = env.into_iter().collect();
         raw.apply_env(env.iter().cloned())?;
+        aliases::resolve(&mut raw)?;
         raw.apply_libpq_env(env);
         Config::from_raw(&raw)
     }
 
-    /// Stage two: checks every value and builds the typed sections.
+    /// Stage two: checks every value and builds the typed sections. Expects the Python agent's names
+    /// already merged ([`aliases::resolve`], as [`Config::load_with`] does).
     pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
         let v = Validator { raw };
         let listener_url = v.opt_str("listener", "url");
@@ -385,6 +438,7 @@ impl Config {
             },
             buffer: BufferConfig {
                 max_size_bytes: v.int("buffer", "max_size_mb")? * 1024 * 1024,
+                python_buffer_path: v.opt_str("buffer", "python_buffer_path").map(PathBuf::from),
             },
             circuit_breaker: BreakerConfig {
                 failure_threshold: v.int("circuit_breaker", "failure_threshold")? as u32,
@@ -426,7 +480,15 @@ impl Config {
                 level: v.choice("logging", "level")?,
                 format: v.choice("logging", "format")?,
             },
+            notices: raw.notices.clone(),
         })
+    }
+
+    /// Logs each notice at WARN; call once logging is initialised.
+    pub fn log_notices(&self) {
+        for notice in &self.notices {
+            tracing::warn!("{notice}");
+        }
     }
 }
 
@@ -435,158 +497,4 @@ fn system_hostname() -> String {
         .nodename()
         .to_string_lossy()
         .into_owned()
-}
-
-/// Reads typed values out of a [`RawConfig`], producing errors that name where each value came from.
-struct Validator<'a> {
-    raw: &'a RawConfig,
-}
-
-impl Validator<'_> {
-    fn bad(
-        &self,
-        section: &'static str,
-        key: &'static str,
-        reason: impl Into<String>,
-    ) -> ConfigError {
-        let rv = self.raw.get(section, key);
-        let value = if raw::is_secret(section, key) {
-            "<redacted>".to_string()
-        } else {
-            format!("{:?}", rv.value)
-        };
-        ConfigError::BadValue {
-            origin: rv.origin,
-            section,
-            key,
-            value,
-            reason: reason.into(),
-        }
-    }
-
-    fn str(&self, section: &'static str, key: &'static str) -> Result<String, ConfigError> {
-        Ok(self.raw.get(section, key).value.trim().to_string())
-    }
-
-    fn opt_str(&self, section: &'static str, key: &'static str) -> Option<String> {
-        let v = self.raw.get(section, key).value.trim().to_string();
-        (!v.is_empty()).then_some(v)
-    }
-
-    fn nonempty(&self, section: &'static str, key: &'static str) -> Result<String, ConfigError> {
-        self.opt_str(section, key)
-            .ok_or_else(|| self.bad(section, key, "must not be empty"))
-    }
-
-    fn int(&self, section: &'static str, key: &'static str) -> Result<u64, ConfigError> {
-        let (lo, hi) = match keys::spec(section, key).map(|s| s.kind) {
-            Some(keys::Kind::Int(lo, hi)) => (lo, hi),
-            _ => (0, u64::MAX),
-        };
-        let text = self.raw.get(section, key).value;
-        let n: u64 = text.trim().replace('_', "").parse().map_err(|_| {
-            self.bad(
-                section,
-                key,
-                format!("expected a whole number from {lo} to {hi}"),
-            )
-        })?;
-        if n < lo || n > hi {
-            return Err(self.bad(section, key, format!("must be from {lo} to {hi}")));
-        }
-        Ok(n)
-    }
-
-    fn millis(&self, section: &'static str, key: &'static str) -> Result<Duration, ConfigError> {
-        self.int(section, key).map(Duration::from_millis)
-    }
-
-    fn bool(&self, section: &'static str, key: &'static str) -> Result<bool, ConfigError> {
-        match self
-            .raw
-            .get(section, key)
-            .value
-            .trim()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "true" | "yes" | "on" | "1" => Ok(true),
-            "false" | "no" | "off" | "0" => Ok(false),
-            _ => Err(self.bad(section, key, "expected true or false")),
-        }
-    }
-
-    fn choice(&self, section: &'static str, key: &'static str) -> Result<String, ConfigError> {
-        let value = self.raw.get(section, key).value.trim().to_ascii_lowercase();
-        let Some(keys::Kind::Choice(allowed)) = keys::spec(section, key).map(|s| s.kind) else {
-            return Ok(value);
-        };
-        if allowed.contains(&value.as_str()) {
-            Ok(value)
-        } else {
-            let mut reason = format!("expected one of: {}", allowed.join(", "));
-            if let Some(n) = keys::nearest(&value, allowed.iter().copied()) {
-                reason.push_str(&format!(" (did you mean `{n}`?)"));
-            }
-            Err(self.bad(section, key, reason))
-        }
-    }
-
-    fn list(
-        &self,
-        section: &'static str,
-        key: &'static str,
-        allowed: Option<&[&str]>,
-    ) -> Result<Vec<String>, ConfigError> {
-        let items: Vec<String> = self
-            .raw
-            .get(section, key)
-            .value
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if let Some(allowed) = allowed {
-            if let Some(bad) = items.iter().find(|i| !allowed.contains(&i.as_str())) {
-                return Err(self.bad(
-                    section,
-                    key,
-                    format!("`{bad}` is not one of: {}", allowed.join(", ")),
-                ));
-            }
-        }
-        Ok(items)
-    }
-
-    /// A secret given inline or through a file; both at once is an error.
-    fn secret_or_file(
-        &self,
-        section: &'static str,
-        key: &'static str,
-        file_key: &'static str,
-    ) -> Result<Secret, ConfigError> {
-        let inline = self.opt_str(section, key);
-        let Some(path) = self.opt_str(section, file_key) else {
-            return Ok(Secret::new(inline.unwrap_or_default()));
-        };
-        let explicit_inline = self
-            .raw
-            .values
-            .get(&(section, key))
-            .is_some_and(|v| !matches!(&v.origin, Origin::Env(n) if n.starts_with("PG")));
-        if inline.is_some() && explicit_inline {
-            return Err(self.bad(
-                section,
-                file_key,
-                format!("set either `{key}` or `{file_key}`, not both"),
-            ));
-        }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| self.bad(section, file_key, format!("cannot read the file: {e}")))?;
-        let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
-        if first.is_empty() {
-            return Err(self.bad(section, file_key, "the file is empty"));
-        }
-        Ok(Secret::new(first))
-    }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::aliases::{self, Alias};
 use super::keys::{self, Kind};
 use super::ConfigError;
 
@@ -37,6 +38,8 @@ impl fmt::Display for Origin {
 pub struct RawValue {
     pub value: String,
     pub origin: Origin,
+    /// Set when the value was given under the Python agent's name for this key.
+    pub alias: Option<&'static Alias>,
 }
 
 /// Known keys that were set explicitly, by file or environment.
@@ -44,6 +47,11 @@ pub struct RawValue {
 pub struct RawConfig {
     pub file: Option<PathBuf>,
     pub values: BTreeMap<(&'static str, &'static str), RawValue>,
+    /// Values given under the Python agent's names, in the order read; [`aliases::resolve`] moves
+    /// them into `values`.
+    pub aliased: Vec<(&'static Alias, RawValue)>,
+    /// One line per Python agent name used, for a warning once logging runs.
+    pub notices: Vec<String>,
 }
 
 impl RawConfig {
@@ -55,7 +63,7 @@ impl RawConfig {
         })?;
         let mut raw = RawConfig {
             file: Some(path.to_path_buf()),
-            values: BTreeMap::new(),
+            ..RawConfig::default()
         };
         let origin = Origin::File(path.to_path_buf());
         for (section, props) in ini.iter() {
@@ -69,24 +77,28 @@ impl RawConfig {
                 continue;
             };
             let section = section.trim().to_ascii_lowercase();
-            let Some(&section_name) = keys::SECTIONS.iter().find(|s| **s == section) else {
+            let all_sections = || keys::SECTIONS.iter().chain(aliases::OLD_SECTIONS).copied();
+            let Some(section_name) = all_sections().find(|s| *s == section) else {
                 return Err(ConfigError::UnknownSection {
                     origin,
-                    suggestion: keys::nearest(&section, keys::SECTIONS.iter().copied())
-                        .map(str::to_string),
+                    suggestion: keys::nearest(&section, all_sections()).map(str::to_string),
                     section,
                 });
             };
             for (key, value) in props.iter() {
                 let key = key.trim().to_ascii_lowercase();
-                let spec = lookup(section_name, &key, &origin)?;
-                raw.values.insert(
-                    (spec.section, spec.key),
-                    RawValue {
-                        value: unquote(value.trim()).to_string(),
-                        origin: origin.clone(),
-                    },
-                );
+                let value = RawValue {
+                    value: unquote(value.trim()).to_string(),
+                    origin: origin.clone(),
+                    alias: None,
+                };
+                if let Some(spec) = keys::spec(section_name, &key) {
+                    raw.values.insert((spec.section, spec.key), value);
+                } else if let Some(alias) = aliases::by_ini(section_name, &key) {
+                    raw.aliased.push((alias, value));
+                } else {
+                    return Err(unknown_key(section_name, &key, &origin));
+                }
             }
         }
         Ok(raw)
@@ -105,6 +117,15 @@ impl RawConfig {
                 continue;
             }
             let origin = Origin::Env(name.clone());
+            if let Some(alias) = aliases::by_env(&name) {
+                let value = RawValue {
+                    value,
+                    origin,
+                    alias: None,
+                };
+                self.aliased.push((alias, value));
+                continue;
+            }
             let rest = rest.to_ascii_lowercase();
             // Section names may contain underscores (circuit_breaker), so match the longest section.
             let section = keys::SECTIONS
@@ -129,8 +150,12 @@ impl RawConfig {
                     })
                 }
             };
-            self.values
-                .insert((spec.section, spec.key), RawValue { value, origin });
+            let value = RawValue {
+                value,
+                origin,
+                alias: None,
+            };
+            self.values.insert((spec.section, spec.key), value);
         }
         Ok(())
     }
@@ -162,6 +187,7 @@ impl RawConfig {
                 .or_insert(RawValue {
                     value,
                     origin: Origin::Env(name),
+                    alias: None,
                 });
         }
     }
@@ -177,34 +203,40 @@ impl RawConfig {
                 .unwrap_or("")
                 .to_string(),
             origin: Origin::Default,
+            alias: None,
         }
     }
 }
 
-fn lookup(
-    section: &'static str,
-    key: &str,
-    origin: &Origin,
-) -> Result<&'static keys::KeySpec, ConfigError> {
-    keys::spec(section, key).ok_or_else(|| ConfigError::UnknownKey {
+/// An unknown key, with the nearest known key of the section (ours or the Python agent's) as hint.
+fn unknown_key(section: &str, key: &str, origin: &Origin) -> ConfigError {
+    let ours = keys::KEYS
+        .iter()
+        .filter(|s| s.section == section)
+        .map(|s| s.key);
+    let old = aliases::ALIASES
+        .iter()
+        .filter(|a| a.old_section == section)
+        .map(|a| a.old_key);
+    ConfigError::UnknownKey {
         origin: origin.clone(),
         section: section.to_string(),
         key: key.to_string(),
-        suggestion: keys::nearest(
-            key,
-            keys::KEYS
-                .iter()
-                .filter(|s| s.section == section)
-                .map(|s| s.key),
-        )
-        .map(str::to_string),
-    })
+        suggestion: keys::nearest(key, ours.chain(old)).map(str::to_string),
+    }
 }
 
 fn nearest_env(rest: &str) -> Option<String> {
+    let old = aliases::ALIASES.iter().map(|a| {
+        a.env
+            .strip_prefix(ENV_PREFIX)
+            .unwrap_or(a.env)
+            .to_ascii_lowercase()
+    });
     let names: Vec<String> = keys::KEYS
         .iter()
         .map(|s| format!("{}_{}", s.section, s.key))
+        .chain(old)
         .collect();
     keys::nearest(rest, names.iter().map(String::as_str))
         .map(|n| format!("{ENV_PREFIX}{}", n.to_ascii_uppercase()))

@@ -272,7 +272,10 @@ impl Daemon {
     async fn reload(&mut self) -> bool {
         notify::reloading();
         let new = match Config::load(self.path.as_deref()) {
-            Ok(c) => c,
+            Ok(c) => {
+                c.log_notices();
+                c
+            }
             Err(e) => {
                 tracing::error!(error = %e, "configuration reload rejected; keeping the running configuration");
                 notify::reloaded("reload rejected: invalid configuration");

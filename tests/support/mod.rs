@@ -9,6 +9,7 @@ pub mod fault_listener;
 pub mod listener;
 pub mod logs;
 pub mod pg;
+pub mod python;
 
 use std::path::Path;
 use std::process::{Command, Output};

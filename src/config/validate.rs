@@ -1,0 +1,186 @@
+//! Stage two of configuration: reads typed values out of a [`RawConfig`], producing errors that name
+//! where each value came from (the file or variable, section, key and value; secrets redacted).
+
+use std::time::Duration;
+
+use super::raw::{self, Origin, RawConfig};
+use super::{keys, ConfigError, Secret};
+
+/// Reads typed values out of a [`RawConfig`], producing errors that name where each value came from.
+pub(super) struct Validator<'a> {
+    pub(super) raw: &'a RawConfig,
+}
+
+impl Validator<'_> {
+    pub(super) fn bad(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        reason: impl Into<String>,
+    ) -> ConfigError {
+        let rv = self.raw.get(section, key);
+        let value = if raw::is_secret(section, key) {
+            "<redacted>".to_string()
+        } else {
+            format!("{:?}", rv.value)
+        };
+        // A value from the Python agent's file is named as it is written there.
+        let (section, key) = match rv.alias {
+            Some(a) if matches!(rv.origin, Origin::File(_)) => (a.old_section, a.old_key),
+            _ => (section, key),
+        };
+        ConfigError::BadValue {
+            origin: rv.origin,
+            section,
+            key,
+            value,
+            reason: reason.into(),
+        }
+    }
+
+    pub(super) fn str(
+        &self,
+        section: &'static str,
+        key: &'static str,
+    ) -> Result<String, ConfigError> {
+        Ok(self.raw.get(section, key).value.trim().to_string())
+    }
+
+    pub(super) fn opt_str(&self, section: &'static str, key: &'static str) -> Option<String> {
+        let v = self.raw.get(section, key).value.trim().to_string();
+        (!v.is_empty()).then_some(v)
+    }
+
+    pub(super) fn nonempty(
+        &self,
+        section: &'static str,
+        key: &'static str,
+    ) -> Result<String, ConfigError> {
+        self.opt_str(section, key)
+            .ok_or_else(|| self.bad(section, key, "must not be empty"))
+    }
+
+    pub(super) fn int(&self, section: &'static str, key: &'static str) -> Result<u64, ConfigError> {
+        let (lo, hi) = match keys::spec(section, key).map(|s| s.kind) {
+            Some(keys::Kind::Int(lo, hi)) => (lo, hi),
+            _ => (0, u64::MAX),
+        };
+        let text = self.raw.get(section, key).value;
+        let n: u64 = text.trim().replace('_', "").parse().map_err(|_| {
+            self.bad(
+                section,
+                key,
+                format!("expected a whole number from {lo} to {hi}"),
+            )
+        })?;
+        if n < lo || n > hi {
+            return Err(self.bad(section, key, format!("must be from {lo} to {hi}")));
+        }
+        Ok(n)
+    }
+
+    pub(super) fn millis(
+        &self,
+        section: &'static str,
+        key: &'static str,
+    ) -> Result<Duration, ConfigError> {
+        self.int(section, key).map(Duration::from_millis)
+    }
+
+    pub(super) fn bool(
+        &self,
+        section: &'static str,
+        key: &'static str,
+    ) -> Result<bool, ConfigError> {
+        match self
+            .raw
+            .get(section, key)
+            .value
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(self.bad(section, key, "expected true or false")),
+        }
+    }
+
+    pub(super) fn choice(
+        &self,
+        section: &'static str,
+        key: &'static str,
+    ) -> Result<String, ConfigError> {
+        let value = self.raw.get(section, key).value.trim().to_ascii_lowercase();
+        let Some(keys::Kind::Choice(allowed)) = keys::spec(section, key).map(|s| s.kind) else {
+            return Ok(value);
+        };
+        if allowed.contains(&value.as_str()) {
+            Ok(value)
+        } else {
+            let mut reason = format!("expected one of: {}", allowed.join(", "));
+            if let Some(n) = keys::nearest(&value, allowed.iter().copied()) {
+                reason.push_str(&format!(" (did you mean `{n}`?)"));
+            }
+            Err(self.bad(section, key, reason))
+        }
+    }
+
+    pub(super) fn list(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        allowed: Option<&[&str]>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let items: Vec<String> = self
+            .raw
+            .get(section, key)
+            .value
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(allowed) = allowed {
+            if let Some(bad) = items.iter().find(|i| !allowed.contains(&i.as_str())) {
+                return Err(self.bad(
+                    section,
+                    key,
+                    format!("`{bad}` is not one of: {}", allowed.join(", ")),
+                ));
+            }
+        }
+        Ok(items)
+    }
+
+    /// A secret given inline or through a file; both at once is an error.
+    pub(super) fn secret_or_file(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        file_key: &'static str,
+    ) -> Result<Secret, ConfigError> {
+        let inline = self.opt_str(section, key);
+        let Some(path) = self.opt_str(section, file_key) else {
+            return Ok(Secret::new(inline.unwrap_or_default()));
+        };
+        let explicit_inline = self
+            .raw
+            .values
+            .get(&(section, key))
+            .is_some_and(|v| !matches!(&v.origin, Origin::Env(n) if n.starts_with("PG")));
+        if inline.is_some() && explicit_inline {
+            return Err(self.bad(
+                section,
+                file_key,
+                format!("set either `{key}` or `{file_key}`, not both"),
+            ));
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| self.bad(section, file_key, format!("cannot read the file: {e}")))?;
+        let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
+        if first.is_empty() {
+            return Err(self.bad(section, file_key, "the file is empty"));
+        }
+        Ok(Secret::new(first))
+    }
+}
