@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod bitville;
 pub mod child;
 pub mod collect;
 pub mod fault_listener;

@@ -1,0 +1,434 @@
+//! Bitville interoperability: the agent against a listener that enforces the Bitville listener's
+//! contract (tests/support/bitville.rs), through the shipper and through the real daemon with a real
+//! PostgreSQL and correlated traffic of both PHP-agent styles.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use postgres_agent::config::Config;
+use postgres_agent::ship::batch::{AgentInfo, Batch, BatchKind, Record};
+use postgres_agent::ship::breaker::CircuitState;
+use postgres_agent::ship::{DrainStop, Shipper};
+use serde_json::{json, Value};
+use support::bitville::BitvilleListener;
+
+const KEY: &str = "key-shop-123";
+
+/// A raw HTTP/1.1 request; returns (status, headers, body).
+fn request(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{head}\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (headers, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, headers.to_ascii_lowercase(), body.to_string())
+}
+
+fn post(addr: SocketAddr, auth: Option<&str>, extra: &str, body: &[u8]) -> (u16, String, String) {
+    let mut head = "POST /ingest/postgres HTTP/1.1\r\nContent-Type: application/json".to_string();
+    if let Some(a) = auth {
+        head.push_str(&format!("\r\nAuthorization: {a}"));
+    }
+    head.push_str(extra);
+    request(addr, &head, body)
+}
+
+#[test]
+fn the_test_listener_enforces_the_bitville_contract() {
+    let l = BitvilleListener::start(&[(KEY, "shop")], 10);
+    let bearer = format!("Bearer {KEY}");
+    let good = json!({"project": "shop", "timestamp": 1.5, "source": "pg_log", "data": {}, "extra": 1});
+    assert_eq!(request(l.addr, "GET /health HTTP/1.1", b"").0, 200);
+    assert_eq!(post(l.addr, None, "", good.to_string().as_bytes()).0, 401);
+    assert_eq!(
+        post(l.addr, Some("Bearer nope"), "", good.to_string().as_bytes()).0,
+        401
+    );
+    let gz = postgres_agent::ship::encode::gzip(good.to_string().as_bytes()).unwrap();
+    let (status, _, body) = post(l.addr, Some(&bearer), "\r\nContent-Encoding: gzip", &gz);
+    assert_eq!(status, 400);
+    assert!(body.contains("Invalid JSON payload"), "{body}");
+    for bad in [
+        json!({"project": "shop", "timestamp": 1, "source": "pg_locks", "data": {}}),
+        json!({"project": "x".repeat(51), "timestamp": 1, "source": "pg_log", "data": {}}),
+        json!({"project": "", "timestamp": 1, "source": "pg_log", "data": {}}),
+        json!({"correlation_id": null, "project": "shop", "timestamp": 1, "source": "pg_log", "data": {}}),
+        json!({"project": "shop", "timestamp": "1", "source": "pg_log", "data": {}}),
+        json!({"project": "shop", "timestamp": 1, "source": "pg_log", "data": []}),
+    ] {
+        let (status, _, body) = post(l.addr, Some(&bearer), "", bad.to_string().as_bytes());
+        assert_eq!(status, 400, "{bad}");
+        assert!(body.contains("Payload validation failed"), "{body}");
+    }
+    assert_eq!(
+        post(l.addr, Some(&bearer), "", good.to_string().as_bytes()).0,
+        200
+    );
+    let rows = l.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].project, "shop");
+    assert_eq!(rows[0].correlation_id, "");
+    assert!(rows[0].payload.get("extra").is_none(), "unknown keys stripped");
+    // 10 allowed in the window (the 401s and 400s count too); the next is 429 with Retry-After.
+    let (status, headers, _) = post(l.addr, Some(&bearer), "", good.to_string().as_bytes());
+    assert_eq!(status, 429);
+    let retry: u64 = headers
+        .lines()
+        .find_map(|h| h.strip_prefix("retry-after: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+}
+
+fn shipper_config(dir: &std::path::Path, url: &str, extra: &str) -> Config {
+    let ini = format!(
+        "[agent]\nproject_id = shop\nstate_dir = {}\n[listener]\nurl = {url}\napi_key = {KEY}\n\
+         timeout_s = 2\n{extra}\n",
+        dir.display()
+    );
+    let path = dir.join("agent.ini");
+    std::fs::write(&path, ini).unwrap();
+    Config::load_with(Some(&path), Vec::<(String, String)>::new()).unwrap()
+}
+
+fn batch(kind: BatchKind, records: &[Value]) -> Batch {
+    let data = records.iter().map(|r| Record::new(r).unwrap()).collect();
+    Batch::new(kind, "shop", AgentInfo::new("db1"), None, 60, data)
+}
+
+fn session(pid: i64, id: Option<&str>, start: &str) -> Value {
+    json!({"pid": pid, "state": "active", "datname": "shop", "usename": "php",
+           "query": "SELECT * FROM orders WHERE id = ?", "query_start": start,
+           "query_duration_ms": 2500.0, "wait_event_type": null,
+           "correlation": id.map(|id| json!({"id": id}))})
+}
+
+fn cycle(ids: &[&str]) -> Vec<Batch> {
+    let start = "2026-11-28T10:00:00.000Z";
+    let sessions: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| session(100 + i as i64, Some(id), start))
+        .chain([session(99, None, start)])
+        .collect();
+    vec![
+        batch(BatchKind::PgActivity, &sessions),
+        batch(BatchKind::PgStatements, &[json!({"queryid": "1", "calls": 3})]),
+        batch(BatchKind::Locks, &[]),
+        batch(BatchKind::SystemMetrics, &[json!({"interval_s": 0.1, "load": {"load1": 0.5}})]),
+        batch(
+            BatchKind::PgLogs,
+            &[json!({"timestamp": "2026-11-28T10:00:03.500Z", "error_severity": "LOG",
+                     "message": "duration: 1500.000 ms  statement: /* correlation:log-1 */ SELECT ?",
+                     "duration_ms": 1500.0, "correlation": {"id": "log-1"}})],
+        ),
+    ]
+}
+
+#[test]
+fn every_record_type_is_accepted_and_every_correlation_id_links() {
+    support::rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let l = BitvilleListener::start(&[(KEY, "shop")], 100);
+        let shipper = Shipper::open(&shipper_config(dir.path(), &l.url(), "")).unwrap();
+        for b in cycle(&["php-a", "php-b"]) {
+            shipper.enqueue(&b).unwrap();
+        }
+        let r = shipper.drain(Duration::from_secs(20)).await;
+        assert_eq!(r.stopped, DrainStop::Empty, "{r:?} {:?}", l.failures());
+        assert_eq!(r.dead_lettered, 0);
+        let t = l.tally();
+        assert_eq!((t.invalid, t.bad_json, t.rate_limited), (0, 0, 0), "{:?}", l.failures());
+        // Five aggregates and three correlated statements.
+        assert_eq!(t.stored, 8);
+        let sources: Vec<String> = l
+            .rows()
+            .iter()
+            .filter(|r| r.correlation_id.is_empty())
+            .map(|r| r.payload["source"].as_str().unwrap().to_string())
+            .collect();
+        for s in support::bitville::SOURCES {
+            assert!(sources.iter().any(|x| x == s), "{s} in {sources:?}");
+        }
+        for id in ["php-a", "php-b"] {
+            let rows = l.by_correlation(id);
+            assert_eq!(rows.len(), 1, "{id}");
+            let p = &rows[0].payload;
+            assert_eq!(p["source"], "pg_stat_activity");
+            assert_eq!(p["data"]["query"], "SELECT * FROM orders WHERE id = ?");
+            assert_eq!(p["data"]["duration_ms"], 2500.0);
+            // The statement's start, not the collection time.
+            assert_eq!(p["timestamp"].as_f64().unwrap(), 1_795_860_000.0);
+        }
+        let log = l.by_correlation("log-1");
+        assert_eq!(log[0].payload["source"], "pg_log");
+        assert_eq!(log[0].payload["data"]["duration_ms"], 1500.0);
+        assert!((log[0].timestamp - 1_795_860_002.0).abs() < 1e-3);
+
+        // The same sessions next cycle are not sent again.
+        for b in cycle(&["php-a", "php-b"]) {
+            shipper.enqueue(&b).unwrap();
+        }
+        shipper.drain(Duration::from_secs(20)).await;
+        assert_eq!(l.by_correlation("php-a").len(), 1);
+        assert_eq!(l.by_correlation("log-1").len(), 2, "log entries are events");
+    });
+}
+
+#[test]
+fn a_429_waits_for_retry_after_and_is_not_a_breaker_failure() {
+    support::rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let l = BitvilleListener::start(&[(KEY, "shop")], 2);
+        let config = shipper_config(
+            dir.path(),
+            &l.url(),
+            "[circuit_breaker]\nfailure_threshold = 1\n",
+        );
+        let shipper = Shipper::open(&config).unwrap();
+        for b in cycle(&[]) {
+            shipper.enqueue(&b).unwrap();
+        }
+        let r = shipper.drain(Duration::from_secs(5)).await;
+        assert_eq!((r.delivered, r.throttled), (2, 1), "{r:?}");
+        assert_eq!(r.stopped, DrainStop::RetryAfter);
+        let again = shipper.drain(Duration::from_secs(5)).await;
+        assert_eq!(again.stopped, DrainStop::RetryAfter, "waits for Retry-After");
+        assert_eq!(l.tally().rate_limited, 1, "no second request inside the window");
+        let stats = shipper.stats().unwrap();
+        assert_eq!(stats.breaker.unwrap().state, CircuitState::Closed);
+        let o = stats.outbox.unwrap();
+        // Six requests (five aggregates and the log entry's statement), two delivered.
+        assert_eq!((o.depth, o.dead_letters, o.throttled), (4, 0, 1));
+    });
+}
+
+#[test]
+fn requests_are_paced_under_max_requests_per_minute() {
+    support::rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let l = BitvilleListener::start(&[(KEY, "shop")], 6);
+        let shipper = Shipper::open(&shipper_config(
+            dir.path(),
+            &l.url(),
+            "max_requests_per_minute = 5\n[agent]\ncollection_interval_s = 60\n",
+        ))
+        .unwrap();
+        for b in cycle(&["a", "b", "c"]) {
+            shipper.enqueue(&b).unwrap();
+        }
+        let r = shipper.drain(Duration::from_secs(2)).await;
+        assert_eq!((r.delivered, r.stopped), (5, DrainStop::RateLimited), "{r:?}");
+        assert_eq!(l.tally().rate_limited, 0, "the agent never hits the listener's limit");
+    });
+}
+
+#[test]
+fn over_the_budget_statements_merge_per_correlation_id_and_every_id_links() {
+    support::rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let l = BitvilleListener::start(&[(KEY, "shop")], 100);
+        // 8 per minute less 5 aggregates of a 60 s cycle: room for 3 correlated payloads.
+        let shipper = Shipper::open(&shipper_config(
+            dir.path(),
+            &l.url(),
+            "max_requests_per_minute = 8\n",
+        ))
+        .unwrap();
+        let ids: Vec<String> = (0..10).map(|i| format!("req-{}", i % 2)).collect();
+        let start = "2026-11-28T10:00:00.000Z";
+        let sessions: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| session(200 + i as i64, Some(id), start))
+            .collect();
+        shipper
+            .enqueue(&batch(BatchKind::PgActivity, &sessions))
+            .unwrap();
+        let r = shipper.drain(Duration::from_secs(5)).await;
+        assert_eq!(r.delivered, 3, "{r:?}");
+        for id in ["req-0", "req-1"] {
+            let rows = l.by_correlation(id);
+            assert_eq!(rows.len(), 1);
+            let d = &rows[0].payload["data"];
+            assert_eq!(d["merged"], 5);
+            assert_eq!(d["queries"].as_array().unwrap().len(), 5);
+            assert_eq!(d["duration_ms"], 12_500.0);
+        }
+        let stats = shipper.stats().unwrap();
+        assert_eq!(stats.outbox.unwrap().correlated_merged, 8);
+        assert_eq!(stats.process.encode.correlated_merged, 8);
+    });
+}
+
+async fn connect(server: &support::PgServer, application_name: &str) -> tokio_postgres::Client {
+    let conn = format!(
+        "{} application_name={application_name}",
+        server.conn_str("postgres")
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// A client session with `application_name` running `sql` in the background.
+async fn session_running(server: &support::PgServer, application_name: &str, sql: &str) {
+    let client = connect(server, application_name).await;
+    let sql = sql.to_string();
+    tokio::spawn(async move {
+        let _ = client.batch_execute(&sql).await;
+    });
+}
+
+/// The daemon against the contract listener with traffic of both PHP-agent styles: sessions with
+/// `application_name = 'bitville-<uuid>'` (one of them waiting on a lock) and statements tagged
+/// `/* correlation:<uuid> */` logged with their duration.
+#[test]
+fn daemon_links_both_php_agent_styles_with_no_dead_letters_and_no_429() {
+    let server = support::PgServer::start_with(support::PgOptions {
+        conf: vec!["log_min_duration_statement = 0".into()],
+        ..Default::default()
+    });
+    server.psql("postgres", "CREATE TABLE orders (id int)");
+    let l = BitvilleListener::start(&[(KEY, "shop")], 100);
+    let state = tempfile::tempdir().unwrap();
+    let ini = server.agent_ini(
+        state.path(),
+        &format!(
+            "[agent]\nproject_id = shop\ncollection_interval_s = 5\n\
+             [listener]\nurl = {}\napi_key = {KEY}\n[logging]\nformat = text\n",
+            l.url()
+        ),
+    );
+    let ini = ini.replace("[agent]\nproject_id = test\n", "[agent]\n");
+    let path = state.path().join("agent.ini");
+    std::fs::write(&path, ini).unwrap();
+
+    let running = "550e8400-e29b-41d4-a716-446655440001";
+    let waiting = "550e8400-e29b-41d4-a716-446655440002";
+    let logged = [
+        "550e8400-e29b-41d4-a716-446655440003",
+        "550e8400-e29b-41d4-a716-446655440004",
+    ];
+    let rt = support::rt();
+    let mut agent = support::child::AgentChild::spawn(&[path.to_str().unwrap()], &[]);
+    rt.block_on(async {
+        session_running(
+            &server,
+            &format!("bitville-{running}"),
+            "SELECT pg_sleep(120)",
+        )
+        .await;
+        let holder = connect(&server, "holder").await;
+        holder
+            .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        session_running(
+            &server,
+            &format!("bitville-{waiting}"),
+            "SELECT count(*) FROM orders",
+        )
+        .await;
+        let (tagged, connection) =
+            tokio_postgres::connect(&server.conn_str("postgres"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let ids = [running, waiting, logged[0], logged[1]];
+        let mut i = 0;
+        loop {
+            let id = logged[i % 2];
+            i += 1;
+            tagged
+                .batch_execute(&format!(
+                    "/* correlation:{id} */ SELECT pg_sleep(0.02), {i} AS n"
+                ))
+                .await
+                .unwrap();
+            let found = [running, waiting]
+                .iter()
+                .all(|id| !l.by_correlation(id).is_empty())
+                && logged.iter().all(|id| {
+                    l.by_correlation(id)
+                        .iter()
+                        .any(|r| r.payload["source"] == "pg_log")
+                });
+            let aggregates = l
+                .rows()
+                .iter()
+                .filter(|r| r.payload["data"]["sessions"].is_array())
+                .count();
+            if found && aggregates >= 3 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every ID linked: {:?}; tally {:?}; failures {:?}\n{}",
+                ids.map(|id| l.by_correlation(id).len()),
+                l.tally(),
+                l.failures(),
+                agent.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        holder.batch_execute("ROLLBACK").await.unwrap();
+    });
+    agent.signal("TERM");
+    let (status, _) = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{}", agent.stderr_text());
+
+    let t = l.tally();
+    assert_eq!(
+        (t.invalid, t.bad_json, t.unauthorized, t.not_found, t.rate_limited),
+        (0, 0, 0, 0, 0),
+        "{:?}",
+        l.failures()
+    );
+    let stderr = agent.stderr_text();
+    assert!(!stderr.contains("batch_dead_lettered"), "{stderr}");
+    let r = &l.by_correlation(running)[0].payload;
+    assert_eq!(r["source"], "pg_stat_activity");
+    assert!(r["data"]["query"].as_str().unwrap().contains("pg_sleep"), "{r}");
+    assert!(r["data"]["duration_ms"].is_number(), "{r}");
+    assert_eq!(l.by_correlation(running).len(), 1, "sent once across cycles");
+    let rows = l.by_correlation(waiting);
+    let w = &rows
+        .iter()
+        .find(|r| r.payload["source"] == "pg_stat_activity")
+        .unwrap_or_else(|| panic!("the waiter was not seen waiting: {rows:?}"))
+        .payload;
+    assert_eq!(w["data"]["wait_event_type"], "Lock", "{w}");
+    for id in logged {
+        let rows = l.by_correlation(id);
+        // The tagged session's statements also show in pg_stat_activity (running, or idle with
+        // its last statement); the log entries carry the full duration.
+        let p = &rows
+            .iter()
+            .find(|r| r.payload["source"] == "pg_log")
+            .unwrap_or_else(|| panic!("no pg_log row for {id}: {rows:?}"))
+            .payload;
+        let q = p["data"]["query"].as_str().unwrap();
+        assert!(q.contains(&format!("correlation:{id}")), "{q}");
+        assert!(!q.contains("0.02"), "literals masked: {q}");
+        assert!(p["data"]["duration_ms"].as_f64().unwrap() >= 20.0, "{p}");
+    }
+    // Every row is a payload the listener stores under the key's project.
+    assert!(l.rows().iter().all(|r| r.project == "shop"));
+}
