@@ -32,6 +32,7 @@ fn all_checks_pass_on_a_well_set_up_server() {
         "state_dir",
         "connection",
         "privileges",
+        "filesystems",
         "pg_stat_statements",
         "logs",
     ] {
