@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::db::{Db, Session};
+use crate::ship::probe::{self, Verdict};
 
 /// How one check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,24 +131,16 @@ async fn check_listener(config: &Config) -> CheckResult {
     let Some(url) = &config.listener.url else {
         return CheckResult::ok(name, "no listener.url: batches are printed to stdout");
     };
-    let sender = match crate::ship::http::Sender::new(&config.listener, url) {
-        Ok(s) => s,
-        Err(e) => {
-            return CheckResult::fail(name, e.to_string(), "fix [listener] ca_file or api_key")
-        }
-    };
-    match sender.probe().await {
-        Ok(status @ (401 | 403)) => CheckResult::fail(
-            name,
-            format!("{url} refused the API key (HTTP {status})"),
-            "set the key issued for this project in [listener] api_key_file",
-        ),
-        Ok(status) => CheckResult::ok(name, format!("{url} answers (HTTP {status} to a GET) and did not refuse the key")),
-        Err(e) => CheckResult::fail(
-            name,
-            format!("{url} is not reachable: {e}"),
-            "check [listener] url, the network path and proxies, and [listener] ca_file for a private CA",
-        ),
+    let p = probe::probe(&config.listener, url).await;
+    CheckResult {
+        name,
+        status: match p.verdict {
+            Verdict::Ok => Status::Ok,
+            Verdict::Warn => Status::Warn,
+            Verdict::Fail => Status::Fail,
+        },
+        detail: p.detail,
+        fix: p.fix,
     }
 }
 
