@@ -214,6 +214,32 @@ fn bitville_listener_takes_the_key_and_the_payloads_without_storing_the_probe() 
         "{out}"
     );
 
+    // Anything else fails with the status and the start of the body: here an endpoint that stores
+    // a payload the Bitville listener would refuse, and a server error with a long body.
+    bitville.set_answer(Some((200, r#"{"success":true,"row_id":1}"#)));
+    let (code, out) = check(&server, &bitville_ini(&bitville.url(), "k-good"));
+    assert_eq!(code, 1, "{out}");
+    let l = line(&out, "listener");
+    assert!(
+        l.starts_with("FAIL") && l.contains("answered 200") && l.contains(r#""row_id":1"#),
+        "{out}"
+    );
+    let long = format!("boom {}", "x".repeat(400));
+    bitville.set_answer(Some((500, &long)));
+    let (code, out) = check(&server, &bitville_ini(&bitville.url(), "k-good"));
+    assert_eq!(code, 1, "{out}");
+    let l = line(&out, "listener");
+    assert!(
+        l.starts_with("FAIL") && l.contains("answered 500") && l.contains(": boom"),
+        "{out}"
+    );
+    assert!(
+        l.contains(&long[..200]) && !l.contains(&long[..201]),
+        "the first 200 bytes of the body: {out}"
+    );
+    assert!(out.contains("the listener's log"), "{out}");
+    bitville.set_answer(None);
+
     // Rate limited: nothing is known to be wrong, so a warning and exit 0.
     bitville.set_rate_limited(true);
     let (code, out) = check(&server, &bitville_ini(&bitville.url(), "k-good"));

@@ -191,7 +191,11 @@ async fn probe_bitville(sender: &Sender, url: &str) -> Probe {
                     &body
                 }
             ),
-            Some(not_bitville_fix),
+            Some(if status.is_server_error() {
+                "the listener failed to answer: see the listener's log, then run check again"
+            } else {
+                not_bitville_fix
+            }),
         ),
     }
 }

@@ -29,6 +29,8 @@ const SOURCES: [&str; 4] = [
 struct Shared {
     key: String,
     rate_limited: AtomicBool,
+    /// When set, `/ingest/postgres` answers this status and body to everything.
+    answer: Mutex<Option<(u16, String)>>,
     stored: Mutex<Vec<Value>>,
     /// "METHOD path" of every request, in order.
     seen: Mutex<Vec<String>>,
@@ -99,6 +101,10 @@ async fn ingest(
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
         return r;
     }
+    if let Some((status, body)) = s.answer.lock().unwrap().clone() {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (status, body).into_response();
+    }
     if method != Method::POST {
         return json_response(StatusCode::NOT_FOUND, json!({"error": "Not Found"}));
     }
@@ -157,6 +163,7 @@ impl BitvilleListener {
         let shared = Arc::new(Shared {
             key: key.to_string(),
             rate_limited: AtomicBool::new(false),
+            answer: Mutex::new(None),
             stored: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
         });
@@ -198,6 +205,12 @@ impl BitvilleListener {
     /// Answer 429 to every `/ingest/postgres` request from now on (or stop).
     pub fn set_rate_limited(&self, on: bool) {
         self.shared.rate_limited.store(on, Ordering::SeqCst);
+    }
+
+    /// Answer `status` with `body` to every `/ingest/postgres` request from now on (None: as the
+    /// Bitville listener does).
+    pub fn set_answer(&self, answer: Option<(u16, &str)>) {
+        *self.shared.answer.lock().unwrap() = answer.map(|(s, b)| (s, b.to_string()));
     }
 
     /// Payloads that passed validation and were stored.
