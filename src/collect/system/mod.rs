@@ -75,9 +75,7 @@ impl SystemCollector {
             self.prev = Some(Sample::read());
         }
     }
-}
 
-impl SystemCollector {
     /// Says once, not every cycle, that the filesystems go unmeasured and which grant would fix it.
     fn note_hidden_directories(&mut self, hidden: bool, user: &str) {
         if hidden && !self.warned_hidden {
