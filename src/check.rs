@@ -1,15 +1,36 @@
-//! `postgres-agent check`: each prerequisite on its own line with OK/FAIL and, for a failure, the fix.
-//! Usable as systemd `ExecStartPre`; exits non-zero if any check fails.
+//! `postgres-agent check`: each prerequisite on its own line with OK, WARN or FAIL and, unless OK,
+//! the fix. Usable as systemd `ExecStartPre`: exits non-zero only if a check fails; a WARN names
+//! something the daemon will do without (it degrades and says so once in its log).
 
 use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::db::{Db, Session};
+use crate::ship::probe::{self, Verdict};
+
+/// How one check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// The agent runs, without something (named in the detail).
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
 
 /// The outcome of one check.
 pub struct CheckResult {
     pub name: &'static str,
-    pub ok: bool,
+    pub status: Status,
     pub detail: String,
     pub fix: Option<String>,
 }
@@ -18,15 +39,23 @@ impl CheckResult {
     fn ok(name: &'static str, detail: impl Into<String>) -> CheckResult {
         CheckResult {
             name,
-            ok: true,
+            status: Status::Ok,
             detail: detail.into(),
             fix: None,
+        }
+    }
+    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> CheckResult {
+        CheckResult {
+            name,
+            status: Status::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
         }
     }
     fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> CheckResult {
         CheckResult {
             name,
-            ok: false,
+            status: Status::Fail,
             detail: detail.into(),
             fix: Some(fix.into()),
         }
@@ -50,16 +79,11 @@ pub fn run(config: &Config) -> ExitCode {
 fn print(results: &[CheckResult]) -> bool {
     let mut failed = false;
     for r in results {
-        println!(
-            "{:<4} {:<18} {}",
-            if r.ok { "OK" } else { "FAIL" },
-            r.name,
-            r.detail
-        );
+        println!("{:<4} {:<18} {}", r.status.label(), r.name, r.detail);
         if let Some(fix) = &r.fix {
             println!("     {:<18} fix: {fix}", "");
         }
-        failed |= !r.ok;
+        failed |= r.status == Status::Fail;
     }
     failed
 }
@@ -100,6 +124,7 @@ pub async fn checks(config: &Config) -> Vec<CheckResult> {
         Ok(mut session) => {
             out.push(check_connection(&mut session, &db).await);
             out.push(check_privileges(&mut session, &config.postgres.user).await);
+            out.push(check_filesystems(&mut session, &config.postgres.user).await);
             out.push(check_statements_extension(&mut session).await);
             out.push(check_logs(config, Some(&mut session)).await);
         }
@@ -122,24 +147,16 @@ async fn check_listener(config: &Config) -> CheckResult {
     let Some(url) = &config.listener.url else {
         return CheckResult::ok(name, "no listener.url: batches are printed to stdout");
     };
-    let sender = match crate::ship::http::Sender::new(&config.listener, url) {
-        Ok(s) => s,
-        Err(e) => {
-            return CheckResult::fail(name, e.to_string(), "fix [listener] ca_file or api_key")
-        }
-    };
-    match sender.probe().await {
-        Ok(status @ (401 | 403)) => CheckResult::fail(
-            name,
-            format!("{url} refused the API key (HTTP {status})"),
-            "set the key issued for this project in [listener] api_key_file",
-        ),
-        Ok(status) => CheckResult::ok(name, format!("{url} answers (HTTP {status} to a GET) and did not refuse the key")),
-        Err(e) => CheckResult::fail(
-            name,
-            format!("{url} is not reachable: {e}"),
-            "check [listener] url, the network path and proxies, and [listener] ca_file for a private CA",
-        ),
+    let p = probe::probe(&config.listener, url).await;
+    CheckResult {
+        name,
+        status: match p.verdict {
+            Verdict::Ok => Status::Ok,
+            Verdict::Warn => Status::Warn,
+            Verdict::Fail => Status::Fail,
+        },
+        detail: p.detail,
+        fix: p.fix,
     }
 }
 
@@ -188,18 +205,67 @@ async fn check_connection(session: &mut Session, db: &Db) -> CheckResult {
     }
 }
 
+/// What the role may see. pg_monitor includes pg_read_all_stats (other sessions' queries,
+/// pg_stat_statements texts) and pg_read_all_settings (the data and log directories).
 async fn check_privileges(session: &mut Session, user: &str) -> CheckResult {
-    let sql = "SELECT rolsuper OR pg_has_role(current_user, 'pg_monitor', 'USAGE') FROM pg_roles WHERE rolname = current_user";
-    match session.query_opt("check_privileges", sql, &[]).await {
-        Ok(Some(row)) if row.try_get::<_, bool>(0).unwrap_or(false) => {
-            CheckResult::ok("privileges", format!("role {user} has pg_monitor (or is superuser)"))
+    let name = "privileges";
+    let sql = "SELECT rolsuper OR pg_has_role(current_user, 'pg_monitor', 'USAGE'), \
+               pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'), \
+               pg_has_role(current_user, 'pg_read_all_settings', 'USAGE') \
+               FROM pg_roles WHERE rolname = current_user";
+    let row = match session.query_opt("check_privileges", sql, &[]).await {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return CheckResult::fail(name, "the role is not in pg_roles", "check the role")
         }
-        Ok(_) => CheckResult::fail(
-            "privileges",
-            format!("role {user} lacks pg_monitor: other sessions' queries and pg_stat_statements texts are hidden"),
-            format!("GRANT pg_monitor TO \"{user}\";"),
+        Err(e) => return CheckResult::fail(name, e.to_string(), "check the role"),
+    };
+    let has = |i: usize| row.try_get::<_, bool>(i).unwrap_or(false);
+    let (monitor, stats, settings) = (has(0), has(1), has(2));
+    let grant = format!("GRANT pg_monitor TO \"{user}\";");
+    match (monitor, stats, settings) {
+        (true, _, _) => CheckResult::ok(name, format!("role {user} has pg_monitor (or is superuser)")),
+        (false, true, true) => CheckResult::ok(
+            name,
+            format!("role {user} has pg_read_all_stats and pg_read_all_settings: everything the agent reads is visible"),
         ),
-        Err(e) => CheckResult::fail("privileges", e.to_string(), "check the role"),
+        (false, true, false) => CheckResult::warn(
+            name,
+            format!(
+                "role {user} has pg_read_all_stats but not pg_monitor: activity, statements and locks are complete; \
+                 the data and log directories are hidden (no log discovery, no filesystem metrics)"
+            ),
+            format!("{grant} (or GRANT pg_read_all_settings TO \"{user}\";)"),
+        ),
+        (false, false, _) => CheckResult::fail(
+            name,
+            format!("role {user} lacks pg_monitor: other sessions' queries and pg_stat_statements texts are hidden"),
+            grant,
+        ),
+    }
+}
+
+/// Filesystem metrics need the data directory's path, hidden without pg_read_all_settings.
+async fn check_filesystems(session: &mut Session, user: &str) -> CheckResult {
+    let name = "filesystems";
+    let sql = "SELECT (SELECT setting FROM pg_settings WHERE name = 'data_directory')";
+    match session.query_opt("check_data_directory", sql, &[]).await {
+        Ok(Some(row)) => match row.try_get::<_, Option<String>>(0).unwrap_or(None) {
+            Some(dir) => CheckResult::ok(
+                name,
+                format!("data_directory {dir} is visible: its filesystem (and the log directory's) is measured"),
+            ),
+            None => CheckResult::warn(
+                name,
+                format!(
+                    "data_directory is hidden from role {user}: the filesystems of the data and log \
+                     directories are not measured (the other host metrics are)"
+                ),
+                format!("GRANT pg_read_all_settings TO \"{user}\"; (included in pg_monitor)"),
+            ),
+        },
+        Ok(None) => CheckResult::fail(name, "no answer", "check the server"),
+        Err(e) => CheckResult::fail(name, e.to_string(), "check the server"),
     }
 }
 
@@ -255,15 +321,37 @@ async fn check_logs(config: &Config, session: Option<&mut Session>) -> CheckResu
     if !config.logs.enabled {
         return CheckResult::ok("logs", "disabled ([logs] enabled = false)");
     }
+    let mut hidden_from = None;
     let server = match session {
         Some(s) if config.logs.path.is_none() || config.logs.line_prefix.is_none() => {
-            source::discover(s).await.ok()
+            match source::discover(s).await {
+                Ok(found) => Some(found),
+                Err(source::DiscoverError::Hidden { role }) => {
+                    hidden_from = Some(role);
+                    None
+                }
+                Err(_) => None,
+            }
         }
         _ => None,
     };
-    let settings = match TailSettings::from_config(config, server.as_ref()) {
-        Ok(s) => s,
-        Err(e) => {
+    let settings = match (TailSettings::from_config(config, server.as_ref()), hidden_from) {
+        (Ok(s), _) => s,
+        // The role cannot see where the log is; the daemon runs without logs until told.
+        (Err(_), Some(role)) if config.logs.path.is_none() => {
+            return CheckResult::warn(
+                "logs",
+                format!(
+                    "the server's log location is hidden from role {role} (log_directory and \
+                     data_directory need pg_read_all_settings): server logs will not be collected"
+                ),
+                format!(
+                    "GRANT pg_read_all_settings TO \"{role}\"; (included in pg_monitor), or set [logs] path \
+                     to the server's log directory"
+                ),
+            )
+        }
+        (Err(e), _) => {
             return CheckResult::fail(
                 "logs",
                 e.to_string(),

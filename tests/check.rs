@@ -1,7 +1,10 @@
 //! `postgres-agent check` against real servers: every line OK, and each failure with its fix.
 
+#[path = "support/bitville_probe.rs"]
+mod bitville_probe;
 mod support;
 
+use bitville_probe::BitvilleListener;
 use support::{agent, PgOptions, PgServer};
 
 fn check(server: &PgServer, extra: &str) -> (i32, String) {
@@ -32,6 +35,7 @@ fn all_checks_pass_on_a_well_set_up_server() {
         "state_dir",
         "connection",
         "privileges",
+        "filesystems",
         "pg_stat_statements",
         "logs",
     ] {
@@ -110,7 +114,7 @@ fn unreachable_server_and_unwritable_state_dir_fail() {
 }
 
 #[test]
-fn listener_reachability_and_key() {
+fn batch_listener_reachability_url_and_key() {
     use support::listener::Listener;
     let server = PgServer::start();
     let listener = Listener::start();
@@ -120,25 +124,149 @@ fn listener_reachability_and_key() {
     );
     let (code, out) = check(&server, &base);
     assert_eq!(code, 0, "{out}");
-    assert!(line(&out, "listener").starts_with("OK"), "{out}");
+    let l = line(&out, "listener");
+    assert!(l.starts_with("OK") && l.contains("protocol batch"), "{out}");
     assert_eq!(listener.received().len(), 0, "check must not send a batch");
     listener.set_status(401);
     let (code, out) = check(&server, &base);
     assert_eq!(code, 1);
     assert!(
-        line(&out, "listener").starts_with("FAIL") && out.contains("refused the API key"),
+        line(&out, "listener").starts_with("FAIL") && out.contains("refused listener.api_key"),
         "{out}"
     );
     assert!(
         !out.contains("k-123"),
         "the key must never be printed: {out}"
     );
+    // A URL with no such route is a wrong URL, not a working listener.
+    for status in [404, 405] {
+        listener.set_status(status);
+        let (code, out) = check(&server, &base);
+        assert_eq!(code, 1, "{out}");
+        let l = line(&out, "listener");
+        assert!(
+            l.starts_with("FAIL") && l.contains("not an ingest endpoint"),
+            "{out}"
+        );
+    }
+    // Other answers (a 400 to a bodiless GET, say) still prove a listener is there.
+    listener.set_status(400);
+    let (code, out) = check(&server, &base);
+    assert_eq!(code, 0, "{out}");
     let (_, out) = check(
         &server,
-        "[listener]\nurl = http://127.0.0.1:1/ingest\n[logs]\nenabled = false\n",
+        "[listener]\nurl = http://127.0.0.1:1/ingest/postgres\n[logs]\nenabled = false\n",
     );
     assert!(
         line(&out, "listener").starts_with("FAIL") && out.contains("not reachable"),
         "{out}"
     );
+}
+
+fn bitville_ini(url: &str, key: &str) -> String {
+    format!(
+        "[listener]\nprotocol = bitville\nurl = {url}\napi_key = {key}\n[logs]\nenabled = false\n"
+    )
+}
+
+#[test]
+fn bitville_listener_takes_the_key_and_the_payloads_without_storing_the_probe() {
+    let server = PgServer::start();
+    let bitville = BitvilleListener::start("k-good");
+    let (code, out) = check(&server, &bitville_ini(&bitville.url(), "k-good"));
+    assert_eq!(code, 0, "{out}");
+    let l = line(&out, "listener");
+    assert!(
+        l.starts_with("OK")
+            && l.contains("protocol bitville")
+            && l.contains("accepted listener.api_key"),
+        "{out}"
+    );
+    assert!(bitville.stored().is_empty(), "the probe must store nothing");
+    assert_eq!(
+        bitville.seen(),
+        ["GET /health", "POST /ingest/postgres"],
+        "one health check, one probe"
+    );
+
+    // Wrong key: the listener authenticates before it validates.
+    let (code, out) = check(&server, &bitville_ini(&bitville.url(), "k-wrong"));
+    assert_eq!(code, 1, "{out}");
+    let l = line(&out, "listener");
+    assert!(
+        l.starts_with("FAIL") && l.contains("refused listener.api_key"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("k-wrong"),
+        "the key must never be printed: {out}"
+    );
+
+    // A URL the listener does not route: 404, and the right URL in the message.
+    let wrong = format!("{}/ingest/mysql", bitville.base());
+    let (code, out) = check(&server, &bitville_ini(&wrong, "k-good"));
+    assert_eq!(code, 1, "{out}");
+    let l = line(&out, "listener");
+    assert!(
+        l.starts_with("FAIL")
+            && l.contains("not the Bitville ingest endpoint")
+            && l.contains(&bitville.url()),
+        "{out}"
+    );
+
+    // Anything else fails with the status and the start of the body: here an endpoint that stores
+    // a payload the Bitville listener would refuse, and a server error with a long body.
+    bitville.set_answer(Some((200, r#"{"success":true,"row_id":1}"#)));
+    let (code, out) = check(&server, &bitville_ini(&bitville.url(), "k-good"));
+    assert_eq!(code, 1, "{out}");
+    let l = line(&out, "listener");
+    assert!(
+        l.starts_with("FAIL") && l.contains("answered 200") && l.contains(r#""row_id":1"#),
+        "{out}"
+    );
+    let long = format!("boom {}", "x".repeat(400));
+    bitville.set_answer(Some((500, &long)));
+    let (code, out) = check(&server, &bitville_ini(&bitville.url(), "k-good"));
+    assert_eq!(code, 1, "{out}");
+    let l = line(&out, "listener");
+    assert!(
+        l.starts_with("FAIL") && l.contains("answered 500") && l.contains(": boom"),
+        "{out}"
+    );
+    assert!(
+        l.contains(&long[..200]) && !l.contains(&long[..201]),
+        "the first 200 bytes of the body: {out}"
+    );
+    assert!(out.contains("the listener's log"), "{out}");
+    bitville.set_answer(None);
+
+    // Rate limited: nothing is known to be wrong, so a warning and exit 0.
+    bitville.set_rate_limited(true);
+    let (code, out) = check(&server, &bitville_ini(&bitville.url(), "k-good"));
+    assert_eq!(code, 0, "{out}");
+    let l = line(&out, "listener");
+    assert!(l.starts_with("WARN") && l.contains("429"), "{out}");
+    assert!(bitville.stored().is_empty());
+}
+
+#[test]
+fn a_batch_listener_is_not_a_bitville_listener() {
+    use support::listener::Listener;
+    let server = PgServer::start();
+    let batch = Listener::start();
+    let (code, out) = check(&server, &bitville_ini(&batch.url(), "k-123"));
+    assert_eq!(code, 1, "{out}");
+    let l = line(&out, "listener");
+    assert!(
+        l.starts_with("FAIL")
+            && l.contains("protocol bitville")
+            && l.contains("this is not a Bitville listener: GET")
+            && l.contains("/health answered 404"),
+        "{out}"
+    );
+    assert!(
+        out.contains("protocol = batch"),
+        "the fix names the other protocol: {out}"
+    );
+    assert_eq!(batch.received().len(), 0);
 }

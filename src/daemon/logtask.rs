@@ -3,7 +3,8 @@
 //! after the batch is in the outbox. On shutdown it writes what it holds and saves its position.
 //!
 //! Where the log is comes from `[logs]`, completed by asking the server (`logs::source::discover`)
-//! when `logs.path` is unset; while neither is possible it retries every interval.
+//! when `logs.path` is unset; while neither is possible it retries every interval, having warned
+//! once (a role without pg_read_all_settings cannot see the location: the warning names the grant).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,16 +56,29 @@ impl LogTask {
 }
 
 async fn settings(config: &Config, db: &Db) -> Result<TailSettings, String> {
+    let mut hidden = None;
     let server = if config.logs.path.is_none() || config.logs.line_prefix.is_none() {
         match db.session().await {
-            Ok(mut s) => source::discover(&mut s).await.ok(),
+            Ok(mut s) => match source::discover(&mut s).await {
+                Ok(found) => Some(found),
+                Err(e @ source::DiscoverError::Hidden { .. }) => {
+                    hidden = Some(e);
+                    None
+                }
+                Err(_) => None,
+            },
             Err(_) => None,
         }
     } else {
         None
     };
-    let mut settings =
-        TailSettings::from_config(config, server.as_ref()).map_err(|e| e.to_string())?;
+    let mut settings = TailSettings::from_config(config, server.as_ref()).map_err(|e| {
+        // Without [logs] path, a hidden location is the reason; say which grant unlocks it.
+        match (&config.logs.path, hidden) {
+            (None, Some(h)) => h.to_string(),
+            _ => e.to_string(),
+        }
+    })?;
     settings.finisher.correlation_keys = config.correlation.keys.clone();
     Ok(settings)
 }

@@ -88,23 +88,48 @@ pub struct ServerLogging {
     pub logging_collector: bool,
 }
 
-/// Asks the server where and how it logs; prefers jsonlog, then csvlog, then stderr.
-pub async fn discover(session: &mut Session) -> Result<ServerLogging, DbError> {
+/// Why the server's logging could not be learned.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// `data_directory` and `log_directory` are shown only to superusers and members of
+    /// `pg_read_all_settings` (which `pg_monitor` includes).
+    #[error(
+        "the server's log location is hidden from role {role}: log_directory and data_directory \
+         are shown only to superusers and members of pg_read_all_settings (included in pg_monitor); \
+         GRANT pg_read_all_settings TO \"{role}\", or set [logs] path to the server's log directory"
+    )]
+    Hidden { role: String },
+}
+
+/// Asks the server where and how it logs; prefers jsonlog, then csvlog, then stderr. Reads
+/// pg_settings, which hides superuser-only settings from other roles instead of raising an error
+/// (an error would land in the very log the agent reads, every time it asks).
+pub async fn discover(session: &mut Session) -> Result<ServerLogging, DiscoverError> {
     let rows = session
         .query(
             "log_settings",
-            "SELECT current_setting('data_directory'), current_setting('log_directory'), \
-             current_setting('log_destination'), current_setting('log_line_prefix'), \
-             current_setting('logging_collector')",
+            "SELECT current_user::text, \
+             (SELECT setting FROM pg_settings WHERE name = 'data_directory'), \
+             (SELECT setting FROM pg_settings WHERE name = 'log_directory'), \
+             (SELECT setting FROM pg_settings WHERE name = 'log_destination'), \
+             (SELECT setting FROM pg_settings WHERE name = 'log_line_prefix'), \
+             (SELECT setting FROM pg_settings WHERE name = 'logging_collector')",
             &[],
         )
         .await?;
-    let get = |i: usize| -> String {
+    let get = |i: usize| -> Option<String> {
         rows.first()
-            .and_then(|r| r.try_get::<_, String>(i).ok())
-            .unwrap_or_default()
+            .and_then(|r| r.try_get::<_, Option<String>>(i).ok().flatten())
     };
-    let (data_dir, log_dir, dest, prefix, collector) = (get(0), get(1), get(2), get(3), get(4));
+    let role = get(0).unwrap_or_default();
+    let (data_dir, log_dir) = (get(1), get(2));
+    let (dest, prefix, collector) = (
+        get(3).unwrap_or_default(),
+        get(4).unwrap_or_default(),
+        get(5).unwrap_or_default(),
+    );
     let dests: Vec<String> = dest.split(',').map(|d| d.trim().to_lowercase()).collect();
     let format = if dests.iter().any(|d| d == "jsonlog") {
         LogFormat::Jsonlog
@@ -113,11 +138,10 @@ pub async fn discover(session: &mut Session) -> Result<ServerLogging, DbError> {
     } else {
         LogFormat::Stderr
     };
-    let log_dir = Path::new(&log_dir);
-    let dir = if log_dir.is_absolute() {
-        log_dir.to_path_buf()
-    } else {
-        Path::new(&data_dir).join(log_dir)
+    let dir = match (log_dir, data_dir) {
+        (Some(log), _) if Path::new(&log).is_absolute() => PathBuf::from(log),
+        (Some(log), Some(data)) => Path::new(&data).join(log),
+        _ => return Err(DiscoverError::Hidden { role }),
     };
     Ok(ServerLogging {
         dir,

@@ -102,13 +102,9 @@ impl Sender {
         &self.url
     }
 
-    /// Checks that the listener answers and does not refuse the key, without sending a batch: a GET
-    /// to the URL with the same headers. Returns the HTTP status, or why no answer came.
-    pub async fn probe(&self) -> Result<u16, String> {
-        match self.client.get(&self.url).send().await {
-            Ok(resp) => Ok(resp.status().as_u16()),
-            Err(e) => Err(describe(&e)),
-        }
+    /// The configured client (TLS, proxies, timeouts, `Authorization`), for `check`'s probe.
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// POSTs one stored request (`gz_body` is the gzip of its JSON body). A batch-protocol body is
@@ -218,7 +214,7 @@ fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, HttpError> {
 
 /// A one-line description of a transport error, with its causes (reqwest's Display alone says
 /// little more than "error sending request").
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let mut s = if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {

@@ -39,6 +39,7 @@ pub mod drain;
 pub mod encode;
 pub mod http;
 pub mod outbox;
+pub mod probe;
 pub mod ratelimit;
 pub mod shipper;
 pub mod status;

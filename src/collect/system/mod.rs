@@ -64,6 +64,8 @@ pub struct Processes {
 #[derive(Default)]
 pub struct SystemCollector {
     prev: Option<Sample>,
+    /// The data directory was hidden (and this was warned about once); cleared when it shows.
+    warned_hidden: bool,
 }
 
 impl SystemCollector {
@@ -72,6 +74,21 @@ impl SystemCollector {
         if self.prev.is_none() {
             self.prev = Some(Sample::read());
         }
+    }
+
+    /// Says once, not every cycle, that the filesystems go unmeasured and which grant would fix it.
+    fn note_hidden_directories(&mut self, hidden: bool, user: &str) {
+        if hidden && !self.warned_hidden {
+            tracing::warn!(
+                role = user,
+                "filesystem metrics of the data and log directories are off: data_directory is shown only \
+                 to superusers and members of pg_read_all_settings; GRANT pg_read_all_settings (or pg_monitor) \
+                 to the agent's role; the other host metrics are still collected"
+            );
+        } else if !hidden && self.warned_hidden {
+            tracing::info!("data_directory is visible again: filesystem metrics resume");
+        }
+        self.warned_hidden = hidden;
     }
 }
 
@@ -97,6 +114,10 @@ impl Collector for SystemCollector {
         let cur = Sample::read();
         let mut filesystems = Vec::new();
         if let Some(server) = ctx.server {
+            self.note_hidden_directories(
+                server.data_directory.is_none(),
+                &ctx.config.postgres.user,
+            );
             for (role, dir) in [
                 ("data_directory", &server.data_directory),
                 ("log_directory", &server.log_directory),
