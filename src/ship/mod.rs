@@ -37,6 +37,7 @@ pub mod drain;
 pub mod http;
 pub mod outbox;
 pub mod prepare;
+pub mod python_buffer;
 pub mod shipper;
 pub mod status;
 
