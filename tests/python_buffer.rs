@@ -235,25 +235,28 @@ fn a_buffer_left_with_a_write_ahead_log_is_read_through_it_without_changing_it()
     );
 }
 
-#[test]
-fn the_marker_is_saved_at_least_every_hundred_items() {
-    let (_tmp, buffer, state) = setup("buffer");
-    {
-        let conn = Connection::open(buffer.join("data.db")).unwrap();
-        let text = r#"{"correlation_id": "", "project": "p", "timestamp": 1.0, "source": "pg_log", "data": {}}"#;
-        let blob = serde_pickle::value_to_vec(
-            &serde_pickle::Value::String(text.into()),
-            serde_pickle::SerOptions::new(),
+/// Appends `n` valid items to the buffer's table, as the Python agent's `put(json.dumps(p))`.
+fn append_items(buffer: &Path, n: usize) {
+    let conn = Connection::open(buffer.join("data.db")).unwrap();
+    let text = r#"{"correlation_id": "", "project": "p", "timestamp": 1.0, "source": "pg_log", "data": {}}"#;
+    let blob = serde_pickle::value_to_vec(
+        &serde_pickle::Value::String(text.into()),
+        serde_pickle::SerOptions::new(),
+    )
+    .unwrap();
+    for _ in 0..n {
+        conn.execute(
+            "INSERT INTO queue_default (data, timestamp) VALUES (?1, 0)",
+            [&blob],
         )
         .unwrap();
-        for _ in 0..250 {
-            conn.execute(
-                "INSERT INTO queue_default (data, timestamp) VALUES (?1, 0)",
-                [&blob],
-            )
-            .unwrap();
-        }
     }
+}
+
+#[test]
+fn the_marker_is_saved_every_marker_every_items() {
+    let (_tmp, buffer, state) = setup("buffer");
+    append_items(&buffer, 250);
     let mut pushed = 0;
     let report = import(&buffer, &state, |p: LegacyPayload| {
         let saved = python_buffer::marker(&state)
@@ -269,6 +272,31 @@ fn the_marker_is_saved_at_least_every_hundred_items() {
     })
     .unwrap();
     assert_eq!((report.pushed, pushed), (256, 256));
+}
+
+#[test]
+fn a_crash_mid_import_repeats_at_most_marker_every_pushes() {
+    let (_tmp, buffer, state) = setup("buffer");
+    append_items(&buffer, 250);
+    let mut seen = Vec::new();
+    // A panic inside `push` stands in for the process dying: nothing after it runs.
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        import(&buffer, &state, |p: LegacyPayload| {
+            if seen.len() == 180 {
+                panic!("crash");
+            }
+            seen.push(p.id);
+            Ok::<_, String>(())
+        })
+    }));
+    assert!(crashed.is_err());
+    let (_, rest) = collect(&buffer, &state);
+    let repeated = rest.iter().filter(|p| seen.contains(&p.id)).count();
+    assert!(repeated as u64 <= MARKER_EVERY, "{repeated} pushed twice");
+    seen.extend(rest.iter().map(|p| p.id));
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, (2..=257).collect::<Vec<i64>>(), "nothing lost");
 }
 
 #[test]
