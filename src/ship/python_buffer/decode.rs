@@ -307,6 +307,41 @@ mod tests {
         assert_eq!(v["data"]["s"], "NaN", "a string that reads NaN stays");
     }
 
+    /// Pickles written by Python 3.11 (tests/fixtures/python_buffer/make_fixture.py).
+    fn python_pickle(name: &str) -> Vec<u8> {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/python_buffer/pickles"
+        );
+        std::fs::read(format!("{dir}/{name}.pickle")).unwrap()
+    }
+
+    #[test]
+    fn every_python_3_protocol_and_both_item_forms_decode_alike() {
+        let mut bodies = Vec::new();
+        for name in [
+            "str-protocol0",
+            "str-protocol2",
+            "str-protocol4",
+            "str-protocol5",
+            "dict-protocol2",
+            "dict-protocol4",
+        ] {
+            let d = decode(&python_pickle(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(d.source, "pg_stat_statements", "{name}");
+            assert_eq!(d.timestamp, 1764300020.25, "{name}");
+            let v = parse(&d.json);
+            let query = v["data"]["query"].as_str().unwrap();
+            assert!(
+                query.starts_with("SELECT 'é' xxx") && query.len() > 300,
+                "{name}"
+            );
+            assert_eq!(v["data"]["ratio"], Json::Null, "{name}");
+            bodies.push(v);
+        }
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    }
+
     #[test]
     fn non_finite_words_are_replaced_only_outside_strings() {
         let text =
