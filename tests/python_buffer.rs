@@ -332,3 +332,45 @@ fn a_database_that_is_not_a_persist_queue_is_an_error_naming_it() {
     assert!(matches!(err, PythonBufferError::NotAQueue { .. }), "{err}");
     assert!(err.to_string().contains("data.db"), "{err}");
 }
+
+#[test]
+fn a_marker_beyond_the_files_highest_id_means_another_file() {
+    // Same inode but a marker past any `_id` this file ever issued: the file was replaced and its
+    // inode number reused, so it is imported from its beginning.
+    let (_tmp, buffer, state) = setup("buffer");
+    collect(&buffer, &state);
+    let path = state.join(python_buffer::MARKER_FILE_NAME);
+    let mut marker: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    marker["last_id"] = json!(1000);
+    fs::write(&path, serde_json::to_vec(&marker).unwrap()).unwrap();
+    let (report, got) = collect(&buffer, &state);
+    assert_eq!((report.pushed, report.already_imported), (6, 0));
+    assert_eq!(got.len(), 6);
+}
+
+#[test]
+fn the_log_is_read_even_when_the_shm_index_cannot_be_used() {
+    let (_tmp, buffer, state) = setup("buffer-unclean");
+    // SQLite cannot map its -shm index when a directory stands in its place, as when the
+    // directory is not writable for this agent and the Python agent left none.
+    fs::remove_file(buffer.join("data.db-shm")).unwrap();
+    fs::create_dir(buffer.join("data.db-shm")).unwrap();
+    let files = ["data.db", "data.db-wal"].map(|f| fs::read(buffer.join(f)).unwrap());
+    let (report, _) = collect(&buffer, &state);
+    assert_eq!(report.pushed, 2);
+    assert_eq!(
+        ["data.db", "data.db-wal"].map(|f| fs::read(buffer.join(f)).unwrap()),
+        files
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("data.db"), vec![0x5a; 8192]).unwrap();
+    let state = tmp.path().join("state");
+    let err = import(tmp.path(), &state, |_| Ok::<_, String>(())).unwrap_err();
+    assert!(matches!(err, PythonBufferError::Open { .. }), "{err}");
+    assert!(err.to_string().contains("data.db"), "{err}");
+    assert!(!state.exists(), "no marker");
+}

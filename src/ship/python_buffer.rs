@@ -304,8 +304,9 @@ fn save(path: &Path, state: &mut ImportMarker) -> Result<(), PythonBufferError> 
 }
 
 /// Opens the Python buffer without any write. When no `-wal` or `-journal` holds part of the
-/// database, it is opened `immutable`: no locks, no `-shm` created. Otherwise SQLite must read
-/// through the log, which a read-only connection can do as long as it may use the `-shm` index.
+/// database, it is opened `immutable`: no locks, no `-shm` created. Otherwise SQLite reads through
+/// the log, with the `-shm` index (creating it when missing and the directory allows, else building
+/// it in memory); nothing is checkpointed.
 fn open_read_only(db: &Path) -> Result<Connection, PythonBufferError> {
     let sidecar = |suffix: &str| {
         let mut p = db.as_os_str().to_owned();
@@ -332,9 +333,8 @@ fn open_read_only(db: &Path) -> Result<Connection, PythonBufferError> {
     uri.push_str(if has_log { "?mode=ro" } else { "?immutable=1" });
     let hint = if has_log {
         ". Part of it is still in its write-ahead log or journal (the Python agent did not stop \
-         cleanly, or still runs), which a read-only reader can use only with write access to the \
-         directory for SQLite's -shm index: stop the Python agent, or start and stop it once so \
-         SQLite folds the log into the file, or give this agent write access to the directory"
+         cleanly, or still runs), and SQLite could not read that read-only: stop the Python \
+         agent, or start and stop it once so SQLite folds the log into the file"
     } else {
         ""
     };
