@@ -374,3 +374,42 @@ fn a_file_that_is_not_a_database_is_an_error_naming_it() {
     assert!(err.to_string().contains("data.db"), "{err}");
     assert!(!state.exists(), "no marker");
 }
+
+#[test]
+fn a_damaged_page_stops_the_import_with_its_progress_recorded() {
+    let (_tmp, buffer, state) = setup("buffer");
+    append_items(&buffer, 250);
+    let db = buffer.join("data.db");
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    // Scribble over the last page: a leaf holding the newest rows.
+    let mut bytes = fs::read(&db).unwrap();
+    let len = bytes.len();
+    bytes[len - 4096..].fill(0xa5);
+    fs::write(&db, bytes).unwrap();
+
+    let mut first = Vec::new();
+    let err = import(&buffer, &state, |p: LegacyPayload| {
+        first.push(p.id);
+        Ok::<_, String>(())
+    })
+    .unwrap_err();
+    assert!(matches!(err, PythonBufferError::Read { .. }), "{err}");
+    assert!(err.to_string().contains("data.db"), "{err}");
+    assert!(
+        !first.is_empty() && first.len() < 256,
+        "{} pushed",
+        first.len()
+    );
+    let marker = python_buffer::marker(&state).unwrap().unwrap();
+    assert_eq!(Some(&marker.last_id), first.last());
+
+    let mut second = Vec::new();
+    let _ = import(&buffer, &state, |p: LegacyPayload| {
+        second.push(p.id);
+        Ok::<_, String>(())
+    });
+    assert!(second.is_empty(), "nothing pushed twice: {second:?}");
+}

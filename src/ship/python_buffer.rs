@@ -61,7 +61,7 @@ pub struct LegacyPayload {
 /// What one [`import`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ImportReport {
-    /// Items in the Python buffer when it was opened.
+    /// Items in the Python buffer: `already_imported + pushed + skipped`.
     pub found: u64,
     /// Items pushed by this run.
     pub pushed: u64,
@@ -208,28 +208,41 @@ pub fn import<E: Display>(
     };
     let start_after = state.last_id;
 
-    let (found, already_imported): (i64, i64) = conn
+    // Counted over the imported prefix only (an index range), and not fatal: a damaged page there
+    // must not stop the import of the rows after it.
+    let already_imported = conn
         .query_row(
-            &format!("SELECT count(*), coalesce(sum(_id <= ?1), 0) FROM {TABLE}"),
+            &format!("SELECT count(*) FROM {TABLE} WHERE _id <= ?1"),
             [start_after],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get::<_, i64>(0),
         )
-        .map_err(read_err(start_after))?;
+        .map(|n| n.max(0) as u64)
+        .unwrap_or_else(|e| {
+            tracing::warn!(event = "python_buffer_count_failed", db = %db_path.display(),
+                error = %e, "cannot count the imported items; reporting the marker's totals");
+            state.pushed + state.skipped
+        });
     let mut report = ImportReport {
-        found: found.max(0) as u64,
-        already_imported: already_imported.max(0) as u64,
+        found: already_imported,
+        already_imported,
         db_path: Some(db_path.clone()),
         ..ImportReport::default()
     };
-    if report.found == report.already_imported {
+    let unsent: bool = conn
+        .query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM {TABLE} WHERE _id > ?1)"),
+            [start_after],
+            |r| r.get(0),
+        )
+        .map_err(read_err(start_after))?;
+    if !unsent {
         if !state.complete && report.found > 0 {
             state.complete = true;
             save(&marker_path, &mut state)?;
         }
         return Ok(report);
     }
-    tracing::info!(event = "python_buffer_import", db = %db_path.display(),
-        unsent = report.found - report.already_imported, after_id = start_after,
+    tracing::info!(event = "python_buffer_import", db = %db_path.display(), after_id = start_after,
         "sending the Python agent's unsent payloads before new data");
 
     let mut stmt = conn
@@ -239,13 +252,21 @@ pub fn import<E: Display>(
         .map_err(read_err(start_after))?;
     let mut rows = stmt.query([start_after]).map_err(read_err(start_after))?;
     let mut unsaved = 0;
-    while let Some(row) = rows.next().map_err(read_err(state.last_id))? {
-        let id: i64 = row.get(0).map_err(read_err(state.last_id))?;
-        let decoded = match row.get_ref(1).map_err(read_err(state.last_id))? {
-            ValueRef::Blob(b) | ValueRef::Text(b) => decode::decode(b),
-            ValueRef::Null => Err(DecodeError::Stored("NULL")),
-            ValueRef::Integer(_) | ValueRef::Real(_) => Err(DecodeError::Stored("a number")),
+    loop {
+        // A read error (a damaged page) ends the import; what was pushed before it is recorded.
+        let row = rows.next().and_then(|row| match row {
+            Some(r) => Ok(Some((r.get::<_, i64>(0)?, item_bytes(r.get_ref(1)?)))),
+            None => Ok(None),
+        });
+        let (id, item) = match row {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(source) => {
+                let err = read_err(state.last_id)(source);
+                return Err(stop(&marker_path, &mut state, err));
+            }
         };
+        let decoded = item.and_then(decode::decode);
         match decoded {
             Ok(d) => {
                 let payload = LegacyPayload {
@@ -260,11 +281,7 @@ pub fn import<E: Display>(
                         id,
                         message: e.to_string(),
                     };
-                    if let Err(save_err) = save(&marker_path, &mut state) {
-                        tracing::error!(event = "python_buffer_marker_failed", error = %save_err,
-                            "cannot record the import's progress; some payloads will be pushed again");
-                    }
-                    return Err(err);
+                    return Err(stop(&marker_path, &mut state, err));
                 }
                 report.pushed += 1;
                 state.pushed += 1;
@@ -287,6 +304,7 @@ pub fn import<E: Display>(
     }
     state.complete = true;
     save(&marker_path, &mut state)?;
+    report.found += report.pushed + report.skipped;
     if report.skipped > 0 {
         tracing::warn!(event = "python_buffer_items_skipped", db = %db_path.display(),
             skipped = report.skipped, logged = report.skipped.min(SKIP_WARNINGS),
@@ -296,6 +314,27 @@ pub fn import<E: Display>(
         pushed = report.pushed, skipped = report.skipped,
         "the Python agent's buffer is imported; the file was not modified and can be deleted");
     Ok(report)
+}
+
+/// The stored `data` of one row: bytes to unpickle, or why there are none.
+fn item_bytes(value: ValueRef<'_>) -> Result<&[u8], DecodeError> {
+    match value {
+        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b),
+        ValueRef::Null => Err(DecodeError::Stored("NULL")),
+        ValueRef::Integer(_) | ValueRef::Real(_) => Err(DecodeError::Stored("a number")),
+    }
+}
+
+/// Records the progress so far before an import ends with `err`, so the next attempt neither
+/// repeats nor misses an item.
+fn stop(path: &Path, state: &mut ImportMarker, err: PythonBufferError) -> PythonBufferError {
+    if state.last_id > 0 {
+        if let Err(save_err) = save(path, state) {
+            tracing::error!(event = "python_buffer_marker_failed", error = %save_err,
+                "cannot record the import's progress; some payloads will be pushed again");
+        }
+    }
+    err
 }
 
 fn save(path: &Path, state: &mut ImportMarker) -> Result<(), PythonBufferError> {
