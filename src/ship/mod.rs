@@ -40,6 +40,7 @@ pub mod encode;
 pub mod http;
 pub mod outbox;
 pub mod probe;
+pub mod python_buffer;
 pub mod ratelimit;
 pub mod shipper;
 pub mod status;
