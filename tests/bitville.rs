@@ -48,7 +48,8 @@ fn post(addr: SocketAddr, auth: Option<&str>, extra: &str, body: &[u8]) -> (u16,
 fn the_test_listener_enforces_the_bitville_contract() {
     let l = BitvilleListener::start(&[(KEY, "shop")], 10);
     let bearer = format!("Bearer {KEY}");
-    let good = json!({"project": "shop", "timestamp": 1.5, "source": "pg_log", "data": {}, "extra": 1});
+    let good =
+        json!({"project": "shop", "timestamp": 1.5, "source": "pg_log", "data": {}, "extra": 1});
     assert_eq!(request(l.addr, "GET /health HTTP/1.1", b"").0, 200);
     assert_eq!(post(l.addr, None, "", good.to_string().as_bytes()).0, 401);
     assert_eq!(
@@ -79,7 +80,10 @@ fn the_test_listener_enforces_the_bitville_contract() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].project, "shop");
     assert_eq!(rows[0].correlation_id, "");
-    assert!(rows[0].payload.get("extra").is_none(), "unknown keys stripped");
+    assert!(
+        rows[0].payload.get("extra").is_none(),
+        "unknown keys stripped"
+    );
     // 10 allowed in the window (the 401s and 400s count too); the next is 429 with Retry-After.
     let (status, headers, _) = post(l.addr, Some(&bearer), "", good.to_string().as_bytes());
     assert_eq!(status, 429);
@@ -126,14 +130,22 @@ fn cycle(ids: &[&str]) -> Vec<Batch> {
         .collect();
     vec![
         batch(BatchKind::PgActivity, &sessions),
-        batch(BatchKind::PgStatements, &[json!({"queryid": "1", "calls": 3})]),
+        batch(
+            BatchKind::PgStatements,
+            &[json!({"queryid": "1", "calls": 3})],
+        ),
         batch(BatchKind::Locks, &[]),
-        batch(BatchKind::SystemMetrics, &[json!({"interval_s": 0.1, "load": {"load1": 0.5}})]),
+        batch(
+            BatchKind::SystemMetrics,
+            &[json!({"interval_s": 0.1, "load": {"load1": 0.5}})],
+        ),
         batch(
             BatchKind::PgLogs,
-            &[json!({"timestamp": "2026-11-28T10:00:03.500Z", "error_severity": "LOG",
+            &[
+                json!({"timestamp": "2026-11-28T10:00:03.500Z", "error_severity": "LOG",
                      "message": "duration: 1500.000 ms  statement: /* correlation:log-1 */ SELECT ?",
-                     "duration_ms": 1500.0, "correlation": {"id": "log-1"}})],
+                     "duration_ms": 1500.0, "correlation": {"id": "log-1"}}),
+            ],
         ),
     ]
 }
@@ -151,7 +163,12 @@ fn every_record_type_is_accepted_and_every_correlation_id_links() {
         assert_eq!(r.stopped, DrainStop::Empty, "{r:?} {:?}", l.failures());
         assert_eq!(r.dead_lettered, 0);
         let t = l.tally();
-        assert_eq!((t.invalid, t.bad_json, t.rate_limited), (0, 0, 0), "{:?}", l.failures());
+        assert_eq!(
+            (t.invalid, t.bad_json, t.rate_limited),
+            (0, 0, 0),
+            "{:?}",
+            l.failures()
+        );
         // Five aggregates and three correlated statements.
         assert_eq!(t.stored, 8);
         let sources: Vec<String> = l
@@ -206,8 +223,16 @@ fn a_429_waits_for_retry_after_and_is_not_a_breaker_failure() {
         assert_eq!((r.delivered, r.throttled), (2, 1), "{r:?}");
         assert_eq!(r.stopped, DrainStop::RetryAfter);
         let again = shipper.drain(Duration::from_secs(5)).await;
-        assert_eq!(again.stopped, DrainStop::RetryAfter, "waits for Retry-After");
-        assert_eq!(l.tally().rate_limited, 1, "no second request inside the window");
+        assert_eq!(
+            again.stopped,
+            DrainStop::RetryAfter,
+            "waits for Retry-After"
+        );
+        assert_eq!(
+            l.tally().rate_limited,
+            1,
+            "no second request inside the window"
+        );
         let stats = shipper.stats().unwrap();
         assert_eq!(stats.breaker.unwrap().state, CircuitState::Closed);
         let o = stats.outbox.unwrap();
@@ -231,8 +256,16 @@ fn requests_are_paced_under_max_requests_per_minute() {
             shipper.enqueue(&b).unwrap();
         }
         let r = shipper.drain(Duration::from_secs(2)).await;
-        assert_eq!((r.delivered, r.stopped), (5, DrainStop::RateLimited), "{r:?}");
-        assert_eq!(l.tally().rate_limited, 0, "the agent never hits the listener's limit");
+        assert_eq!(
+            (r.delivered, r.stopped),
+            (5, DrainStop::RateLimited),
+            "{r:?}"
+        );
+        assert_eq!(
+            l.tally().rate_limited,
+            0,
+            "the agent never hits the listener's limit"
+        );
     });
 }
 
@@ -307,12 +340,20 @@ fn daemon_links_both_php_agent_styles_with_no_dead_letters_and_no_429() {
     server.psql("postgres", "CREATE TABLE orders (id int)");
     let l = BitvilleListener::start(&[(KEY, "shop")], 100);
     let state = tempfile::tempdir().unwrap();
+    // The Python agent's buffer, written by the real persist-queue package: six unsent payloads.
+    let python = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/python_buffer/buffer/data.db");
+    std::fs::copy(&fixture, python.path().join("data.db")).unwrap();
+    let before = std::fs::read(python.path().join("data.db")).unwrap();
     let ini = server.agent_ini(
         state.path(),
         &format!(
             "[agent]\nproject_id = shop\ncollection_interval_s = 5\n\
-             [listener]\nurl = {}\napi_key = {KEY}\n[logging]\nformat = text\n",
-            l.url()
+             [listener]\nurl = {}\napi_key = {KEY}\n[buffer]\npython_buffer_path = {}\n\
+             [logging]\nformat = text\n",
+            l.url(),
+            python.path().display()
         ),
     );
     let ini = ini.replace("[agent]\nproject_id = test\n", "[agent]\n");
@@ -396,7 +437,13 @@ fn daemon_links_both_php_agent_styles_with_no_dead_letters_and_no_429() {
 
     let t = l.tally();
     assert_eq!(
-        (t.invalid, t.bad_json, t.unauthorized, t.not_found, t.rate_limited),
+        (
+            t.invalid,
+            t.bad_json,
+            t.unauthorized,
+            t.not_found,
+            t.rate_limited
+        ),
         (0, 0, 0, 0, 0),
         "{:?}",
         l.failures()
@@ -405,9 +452,16 @@ fn daemon_links_both_php_agent_styles_with_no_dead_letters_and_no_429() {
     assert!(!stderr.contains("batch_dead_lettered"), "{stderr}");
     let r = &l.by_correlation(running)[0].payload;
     assert_eq!(r["source"], "pg_stat_activity");
-    assert!(r["data"]["query"].as_str().unwrap().contains("pg_sleep"), "{r}");
+    assert!(
+        r["data"]["query"].as_str().unwrap().contains("pg_sleep"),
+        "{r}"
+    );
     assert!(r["data"]["duration_ms"].is_number(), "{r}");
-    assert_eq!(l.by_correlation(running).len(), 1, "sent once across cycles");
+    assert_eq!(
+        l.by_correlation(running).len(),
+        1,
+        "sent once across cycles"
+    );
     let rows = l.by_correlation(waiting);
     let w = &rows
         .iter()
@@ -431,4 +485,17 @@ fn daemon_links_both_php_agent_styles_with_no_dead_letters_and_no_429() {
     }
     // Every row is a payload the listener stores under the key's project.
     assert!(l.rows().iter().all(|r| r.project == "shop"));
+    // The Python agent's unsent payloads went first, in order, and its file was left alone.
+    let first: Vec<Value> = l.rows().iter().take(6).map(|r| r.payload.clone()).collect();
+    for (i, p) in first.iter().enumerate() {
+        assert_eq!(p["project"], "shop-eu", "{p}");
+        assert_eq!(p["timestamp"], 1_764_300_000.25 + (i + 1) as f64, "{p}");
+    }
+    assert_eq!(first[3]["source"], "pg_stat_activity", "pg_locks converted");
+    assert_eq!(first[3]["data"]["converted_from"], "pg_locks");
+    assert_eq!(l.by_correlation("req-7f3a").len(), 1);
+    assert_eq!(
+        std::fs::read(python.path().join("data.db")).unwrap(),
+        before
+    );
 }

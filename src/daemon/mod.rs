@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::collect::Collectors;
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::db::Db;
 use crate::ship::Shipper;
 use crate::telemetry::logging::LogControl;
@@ -131,8 +131,47 @@ impl Daemon {
             telemetry_task: None,
         };
         daemon.start_telemetry().await?;
+        daemon.import_python_buffer().await;
         daemon.start_log_task();
         Ok(daemon)
+    }
+
+    /// Moves the unsent payloads of the Bitville Python agent's buffer (`buffer.python_buffer_path`)
+    /// into the outbox before anything new is collected, so they are sent first. The file itself is
+    /// never changed; a marker in the state directory remembers what was taken. Failures are logged
+    /// and the import is tried again at the next start.
+    async fn import_python_buffer(&self) {
+        let Some(dir) = self.config.buffer.python_buffer_path.clone() else {
+            return;
+        };
+        if self.config.listener.url.is_none() || self.config.listener.protocol != Protocol::Bitville
+        {
+            if dir.join(crate::ship::python_buffer::DB_FILE_NAME).exists() {
+                tracing::warn!(event = "python_buffer_not_imported", path = %dir.display(),
+                    "the Python agent's buffer is sent only to a Bitville listener \
+                     (listener.url set, listener.protocol = bitville); left as it is");
+            }
+            return;
+        }
+        let shipper = self.shipper.clone();
+        let state_dir = self.config.agent.state_dir.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            crate::ship::python_buffer::import(&dir, &state_dir, |p| {
+                shipper.enqueue_python_payload(&p)
+            })
+        });
+        match job.await {
+            Ok(Ok(r)) if r.pushed > 0 || r.skipped > 0 => {
+                tracing::info!(event = "python_buffer_imported", pushed = r.pushed,
+                    skipped = r.skipped, already_imported = r.already_imported,
+                    path = ?r.db_path, "queued the Python agent's unsent payloads for sending first")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(event = "python_buffer_import_failed", error = %e,
+                "cannot import the Python agent's buffer; trying again at the next start"),
+            Err(e) => tracing::error!(event = "python_buffer_import_failed", error = %e,
+                "the Python buffer import did not finish"),
+        }
     }
 
     async fn start_telemetry(&mut self) -> Result<(), DaemonError> {

@@ -11,12 +11,13 @@ use serde::Serialize;
 
 use super::batch::{Batch, BatchKind};
 use super::breaker::{Breaker, BreakerState};
-use super::encode::{EncodeCounters, Encoder, MAX_BODY_BYTES};
+use super::encode::{EncodeCounters, Encoder, PrepareError, MAX_BODY_BYTES};
 use super::http::Sender;
-use super::outbox::{self, EvictionReport, Outbox, OutboxError, OutboxStats};
+use super::outbox::{self, EvictionReport, NewBatch, Outbox, OutboxError, OutboxStats};
+use super::python_buffer::LegacyPayload;
 use super::ratelimit::RateLimiter;
 use super::ShipError;
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 
 /// What [`Shipper::enqueue`] did with a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -228,6 +229,35 @@ impl Shipper {
             evicted: eviction.evicted.len(),
             stdout: false,
         })
+    }
+
+    /// Stores one payload of the Bitville Python agent's buffer as a bitville request, so it is
+    /// sent (oldest first, before anything collected after it) like the agent's own.
+    pub fn enqueue_python_payload(&self, p: &LegacyPayload) -> Result<(), ShipError> {
+        let kind = match p.source.as_str() {
+            "pg_stat_statements" => BatchKind::PgStatements,
+            "pg_log" => BatchKind::PgLogs,
+            "system_metrics" => BatchKind::SystemMetrics,
+            _ => BatchKind::PgActivity,
+        };
+        let batch_id = uuid::Uuid::now_v7();
+        let body = super::encode::gzip(p.json.as_bytes())
+            .map_err(|source| ShipError::from(PrepareError::Gzip { batch_id, source }))?;
+        let collected_at =
+            time::OffsetDateTime::from_unix_timestamp_nanos((p.timestamp * 1e9) as i128)
+                .map(super::batch::format_rfc3339)
+                .unwrap_or_else(|_| super::batch::now_rfc3339());
+        let row = NewBatch {
+            batch_id,
+            kind,
+            collected_at,
+            body,
+            protocol: Protocol::Bitville,
+        };
+        let mut inner = self.lock();
+        let eviction = self.with_outbox(&mut inner, |ob| ob.push(&row))?;
+        self.log_evictions(&eviction, "buffer.max_size_mb reached");
+        Ok(())
     }
 
     fn print(&self, batch: &Batch) -> Result<EnqueueReport, ShipError> {

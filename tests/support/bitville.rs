@@ -124,7 +124,10 @@ async fn handle(
         }
         if w.count >= limit {
             let reset = w.start + Duration::from_secs(60);
-            let retry = reset.saturating_duration_since(now).as_millis().div_ceil(1000);
+            let retry = reset
+                .saturating_duration_since(now)
+                .as_millis()
+                .div_ceil(1000);
             inner.tally.rate_limited += 1;
             let mut r = json_response(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -181,10 +184,7 @@ async fn handle(
     let id = inner.rows.len() as u64 + 1;
     inner.rows.push(Row {
         id,
-        correlation_id: payload["correlation_id"]
-            .as_str()
-            .unwrap_or("")
-            .to_string(),
+        correlation_id: payload["correlation_id"].as_str().unwrap_or("").to_string(),
         project,
         source: "postgres_agent".into(),
         timestamp: payload["timestamp"].as_f64().unwrap_or(0.0),
@@ -226,7 +226,12 @@ pub fn validate(v: &Value) -> Result<Value, String> {
         .get("source")
         .and_then(Value::as_str)
         .filter(|s| SOURCES.contains(s))
-        .ok_or_else(|| format!("source must be one of {SOURCES:?}, got {:?}", o.get("source")))?;
+        .ok_or_else(|| {
+            format!(
+                "source must be one of {SOURCES:?}, got {:?}",
+                o.get("source")
+            )
+        })?;
     out.insert("source".into(), Value::from(source));
     let data = o
         .get("data")
