@@ -88,7 +88,7 @@ fn unit_has_the_required_directives() {
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "RestartPreventExitStatus=78",
-        "ExecStartPre=/usr/local/bin/postgres-agent check --config-only /etc/bitville/postgres-agent.ini",
+        "ExecStartPre=-/usr/local/bin/postgres-agent check --config-only /etc/bitville/postgres-agent.ini",
         "ExecStart=/usr/local/bin/postgres-agent run /etc/bitville/postgres-agent.ini",
     ] {
         assert!(text.lines().any(|l| l.starts_with(d)), "unit lacks {d}");

@@ -154,6 +154,11 @@ pub fn record_shipping(metrics: &Metrics, shipper: &Shipper) {
                 set_counter(&metrics.outbox_evictions.get_or_create(&label), k.evicted);
             }
         }
+        let p = &stats.process;
+        set_counter(&metrics.requests_throttled, p.throttled);
+        set_counter(&metrics.correlated_payloads, p.encode.correlated_payloads);
+        set_counter(&metrics.correlated_merged, p.encode.correlated_merged);
+        set_counter(&metrics.correlated_repeated, p.encode.correlated_repeated);
         if let Some(b) = &stats.breaker {
             metrics.breaker_state.set(match b.state {
                 CircuitState::Closed => 0,

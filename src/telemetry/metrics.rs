@@ -56,6 +56,10 @@ pub struct Metrics {
     pub outbox_evictions: Family<TypeLabel, Counter>,
     pub dead_letters: Gauge,
     pub breaker_state: Gauge,
+    pub requests_throttled: Counter,
+    pub correlated_payloads: Counter,
+    pub correlated_merged: Counter,
+    pub correlated_repeated: Counter,
     pub log_entries_parsed: Counter,
     pub log_lines_unparsed: Counter,
     pub log_entries_truncated: Counter,
@@ -145,6 +149,26 @@ impl Metrics {
             "breaker_state",
             "Circuit breaker: 0 closed, 1 half-open, 2 open",
             self.breaker_state.clone(),
+        );
+        r.register(
+            "requests_throttled",
+            "Requests the listener answered 429 (rate limited); sent again after Retry-After",
+            self.requests_throttled.clone(),
+        );
+        r.register(
+            "correlated_payloads",
+            "Correlated-statement payloads made (bitville protocol)",
+            self.correlated_payloads.clone(),
+        );
+        r.register(
+            "correlated_merged",
+            "Correlated statements merged into their correlation ID's payload for the request budget",
+            self.correlated_merged.clone(),
+        );
+        r.register(
+            "correlated_repeated",
+            "Correlated statements not sent again (same pid and query start seen before)",
+            self.correlated_repeated.clone(),
         );
         r.register(
             "log_entries_parsed",
