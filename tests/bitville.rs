@@ -499,3 +499,26 @@ fn daemon_links_both_php_agent_styles_with_no_dead_letters_and_no_429() {
         before
     );
 }
+
+#[test]
+fn batches_queued_in_the_batch_protocol_are_sent_as_bitville_after_a_switch() {
+    support::rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let l = BitvilleListener::start(&[(KEY, "shop")], 100);
+        // Queued while the agent spoke the batch protocol (never sent: nothing drained).
+        let old =
+            Shipper::open(&shipper_config(dir.path(), &l.url(), "protocol = batch\n")).unwrap();
+        for b in cycle(&["queued-1"]) {
+            old.enqueue(&b).unwrap();
+        }
+        drop(old);
+        let shipper = Shipper::open(&shipper_config(dir.path(), &l.url(), "")).unwrap();
+        let r = shipper.drain(Duration::from_secs(20)).await;
+        assert_eq!((r.stopped, r.dead_lettered), (DrainStop::Empty, 0), "{r:?}");
+        let t = l.tally();
+        assert_eq!((t.invalid, t.bad_json), (0, 0), "{:?}", l.failures());
+        assert_eq!(t.stored, 7, "five aggregates and two correlated statements");
+        assert_eq!(l.by_correlation("queued-1").len(), 1);
+        assert_eq!(l.by_correlation("log-1").len(), 1);
+    });
+}

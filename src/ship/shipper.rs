@@ -171,6 +171,9 @@ impl Shipper {
             }
             inner.outbox = Some(opened);
         }
+        if sender.is_some() && config.listener.protocol == Protocol::Bitville {
+            self.convert_queued(&mut inner);
+        }
         let max = inner.max_size_bytes;
         if let Some(ob) = inner.outbox.as_mut() {
             if ob.max_size_bytes() != max {
@@ -180,6 +183,53 @@ impl Shipper {
         }
         inner.sender = sender;
         Ok(())
+    }
+
+    /// Re-encodes batch-protocol requests still queued (written before `listener.protocol` became
+    /// `bitville`) as bitville requests, so switching protocols loses nothing. A request that cannot
+    /// be read back stays as it is (logged); it will be sent as written.
+    fn convert_queued(&self, inner: &mut Inner) {
+        let seqs = match self.with_outbox(inner, |ob| ob.seqs_in(Protocol::Batch)) {
+            Ok(seqs) => seqs,
+            Err(e) => {
+                tracing::error!(event = "outbox_error", error = %e, "cannot list queued batches");
+                return;
+            }
+        };
+        let mut converted = 0;
+        for seq in seqs {
+            let Ok(Some(body)) = self.with_outbox(inner, |ob| ob.body(seq)) else {
+                continue;
+            };
+            let mut json = Vec::new();
+            let batch =
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json)
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| {
+                        serde_json::from_slice::<Batch>(&json).map_err(|e| e.to_string())
+                    });
+            drop(json);
+            let rows = match batch {
+                Ok(batch) => self.encoder().encode(&batch).map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match rows {
+                Ok(encoded) => match self.with_outbox(inner, |ob| ob.replace(seq, &encoded.rows)) {
+                    Ok(()) => converted += 1,
+                    Err(e) => tracing::error!(event = "outbox_error", error = %e, seq,
+                        "cannot convert a queued batch to the bitville protocol"),
+                },
+                Err(e) => tracing::warn!(event = "convert_skipped", seq, error = %e,
+                    "a queued batch-protocol request cannot be read back; it is sent as written"),
+            }
+        }
+        if converted > 0 {
+            tracing::info!(
+                event = "queued_converted",
+                batches = converted,
+                "re-encoded batches queued in the batch protocol as bitville requests"
+            );
+        }
     }
 
     fn encoder(&self) -> MutexGuard<'_, Encoder> {

@@ -352,6 +352,70 @@ impl Outbox {
         }))
     }
 
+    /// Sequence numbers of the waiting requests written in `protocol`, oldest first.
+    pub fn seqs_in(&self, protocol: Protocol) -> Result<Vec<i64>, OutboxError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq FROM outbox WHERE protocol = ?1 ORDER BY seq")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([protocol.as_str()], |r| r.get::<_, i64>(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<i64>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The gzipped body of one waiting request, if it is still there.
+    pub fn body(&self, seq: i64) -> Result<Option<Vec<u8>>, OutboxError> {
+        self.conn
+            .query_row("SELECT body FROM outbox WHERE seq = ?1", [seq], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Replaces one waiting request by `rows` (the same data in another protocol) in one
+    /// transaction. The new rows queue behind everything already waiting.
+    pub fn replace(&mut self, seq: i64, rows: &[NewBatch]) -> Result<(), OutboxError> {
+        let path = self.path.clone();
+        let err = |source| OutboxError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let freed: Option<i64> = tx
+            .query_row(
+                "DELETE FROM outbox WHERE seq = ?1 RETURNING charge",
+                [seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        let mut added = 0;
+        for row in rows {
+            let cost = charge(row.body.len());
+            tx.execute(
+                "INSERT INTO outbox (batch_id, kind, collected_at, enqueued_ms, charge, body, protocol)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    row.batch_id.to_string(),
+                    row.kind.as_str(),
+                    row.collected_at,
+                    now_ms(),
+                    cost as i64,
+                    row.body,
+                    row.protocol.as_str(),
+                ],
+            )
+            .map_err(err)?;
+            added += cost;
+        }
+        tx.commit().map_err(err)?;
+        self.charged = (self.charged + added).saturating_sub(freed.unwrap_or(0) as u64);
+        Ok(())
+    }
+
     /// The gzipped body of the newest waiting batch of `kind`, if any.
     pub fn newest_body(&self, kind: BatchKind) -> Result<Option<Vec<u8>>, OutboxError> {
         self.conn
