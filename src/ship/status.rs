@@ -17,6 +17,10 @@ use crate::config::Config;
 pub struct StatusReport {
     /// None: batches go to stdout and the outbox is unused.
     pub listener_url: Option<String>,
+    /// `listener.protocol`.
+    pub protocol: &'static str,
+    /// Progress of the import of the Bitville Python agent's buffer, if one was imported.
+    pub python_buffer: Option<super::python_buffer::ImportMarker>,
     pub outbox_path: PathBuf,
     pub max_size_bytes: u64,
     /// None when the outbox database does not exist yet.
@@ -88,6 +92,10 @@ pub fn read(config: &Config) -> Result<StatusReport, ShipError> {
     };
     Ok(StatusReport {
         listener_url: config.listener.url.clone(),
+        protocol: config.listener.protocol.as_str(),
+        python_buffer: super::python_buffer::marker(&config.agent.state_dir)
+            .ok()
+            .flatten(),
         outbox_path: path,
         max_size_bytes: config.buffer.max_size_bytes,
         outbox: stats,
@@ -119,12 +127,26 @@ impl StatusReport {
             )?,
         }
         match &self.listener_url {
-            Some(url) => writeln!(s, "listener:      {url}")?,
+            Some(url) => writeln!(s, "listener:      {url} (protocol {})", self.protocol)?,
             None => writeln!(
                 s,
                 "listener:      none (listener.url is empty): batches go to stdout as JSON lines, \
                  the outbox is unused"
             )?,
+        }
+        if let Some(m) = &self.python_buffer {
+            writeln!(
+                s,
+                "python buffer: {} payloads queued from {}, {} skipped, {}",
+                m.pushed,
+                m.db_path.display(),
+                m.skipped,
+                if m.complete {
+                    "complete: the directory can be deleted"
+                } else {
+                    "not finished: continues at the next start"
+                }
+            )?;
         }
         let Some(o) = &self.outbox else {
             return writeln!(
