@@ -328,9 +328,10 @@ async fn session_running(server: &support::PgServer, application_name: &str, sql
     });
 }
 
-/// The daemon against the contract listener with traffic of both PHP-agent styles: sessions with
+/// The daemon, started as the Python agent was (its example INI file, a bare path), against the
+/// contract listener with traffic of both PHP-agent styles: sessions with
 /// `application_name = 'bitville-<uuid>'` (one of them waiting on a lock) and statements tagged
-/// `/* correlation:<uuid> */` logged with their duration.
+/// `/* correlation:<uuid> */` logged with their duration; and the Python agent's unsent buffer.
 #[test]
 fn daemon_links_both_php_agent_styles_with_no_dead_letters_and_no_429() {
     let server = support::PgServer::start_with(support::PgOptions {
@@ -346,19 +347,33 @@ fn daemon_links_both_php_agent_styles_with_no_dead_letters_and_no_429() {
         .join("tests/fixtures/python_buffer/buffer/data.db");
     std::fs::copy(&fixture, python.path().join("data.db")).unwrap();
     let before = std::fs::read(python.path().join("data.db")).unwrap();
-    let ini = server.agent_ini(
-        state.path(),
-        &format!(
-            "[agent]\nproject_id = shop\ncollection_interval_s = 5\n\
-             [listener]\nurl = {}\napi_key = {KEY}\n[buffer]\npython_buffer_path = {}\n\
-             [logging]\nformat = text\n",
-            l.url(),
-            python.path().display()
-        ),
-    );
-    let ini = ini.replace("[agent]\nproject_id = test\n", "[agent]\n");
+    // The Python agent's own example file, its values set for this server, run unchanged through
+    // the Python entry point's form (a bare path). What it lacks comes from our variables.
+    let ini = support::python::PYTHON_EXAMPLE
+        .replace("5.9.121.222", &server.socket_dir.display().to_string())
+        .replace("port = 5432", &format!("port = {}", server.port))
+        .replace("user = bitville_monitor", "user = postgres")
+        .replace("<your-password-here>", "unused-with-trust")
+        .replace("interval_s = 60", "interval_s = 5")
+        .replace(
+            "/var/log/postgresql/postgresql-main.log",
+            &server.log_dir().display().to_string(),
+        )
+        .replace("https://88.198.22.206:8443/ingest/postgres", &l.url())
+        .replace("<your-api-key-here>", KEY)
+        .replace("project_id = bitville", "project_id = shop")
+        .replace(
+            "/var/lib/bitville-postgres-agent/buffer",
+            &python.path().display().to_string(),
+        );
     let path = state.path().join("agent.ini");
     std::fs::write(&path, ini).unwrap();
+    let state_dir = state.path().display().to_string();
+    let env = [
+        ("BITVILLE_PG_AGENT_STATE_DIR", state_dir.as_str()),
+        ("BITVILLE_PG_TELEMETRY_LISTEN", ""),
+        ("BITVILLE_PG_LOGGING_FORMAT", "text"),
+    ];
 
     let running = "550e8400-e29b-41d4-a716-446655440001";
     let waiting = "550e8400-e29b-41d4-a716-446655440002";
@@ -367,7 +382,7 @@ fn daemon_links_both_php_agent_styles_with_no_dead_letters_and_no_429() {
         "550e8400-e29b-41d4-a716-446655440004",
     ];
     let rt = support::rt();
-    let mut agent = support::child::AgentChild::spawn(&[path.to_str().unwrap()], &[]);
+    let mut agent = support::child::AgentChild::spawn(&[path.to_str().unwrap()], &env);
     rt.block_on(async {
         session_running(
             &server,
@@ -521,4 +536,85 @@ fn batches_queued_in_the_batch_protocol_are_sent_as_bitville_after_a_switch() {
         assert_eq!(l.by_correlation("queued-1").len(), 1);
         assert_eq!(l.by_correlation("log-1").len(), 1);
     });
+}
+
+/// The same settings as the Python agent's twelve environment variables, and no file at all.
+#[test]
+fn the_python_agents_twelve_variables_run_the_daemon() {
+    let server = support::PgServer::start();
+    let l = BitvilleListener::start(&[(KEY, "shop")], 100);
+    let state = tempfile::tempdir().unwrap();
+    let python = tempfile::tempdir().unwrap();
+    let (host, port) = (
+        server.socket_dir.display().to_string(),
+        server.port.to_string(),
+    );
+    let (log, url, state_dir, buffer) = (
+        server.log_dir().display().to_string(),
+        l.url(),
+        state.path().display().to_string(),
+        python.path().display().to_string(),
+    );
+    let env = [
+        ("BITVILLE_PG_DB_HOST", host.as_str()),
+        ("BITVILLE_PG_DB_PORT", port.as_str()),
+        ("BITVILLE_PG_DB_NAME", "postgres"),
+        ("BITVILLE_PG_DB_USER", "postgres"),
+        ("BITVILLE_PG_DB_PASSWORD", "unused-with-trust"),
+        ("BITVILLE_PG_STATEMENT_TIMEOUT_MS", "5000"),
+        ("BITVILLE_PG_COLLECTION_INTERVAL_S", "5"),
+        ("BITVILLE_PG_LISTENER_URL", url.as_str()),
+        ("BITVILLE_PG_LISTENER_API_KEY", KEY),
+        ("BITVILLE_PG_PROJECT_ID", "shop"),
+        ("BITVILLE_PG_BUFFER_PATH", buffer.as_str()),
+        ("BITVILLE_PG_LOG_PATH", log.as_str()),
+        // Not the Python agent's: where this test keeps state, and no fixed telemetry port.
+        ("BITVILLE_PG_AGENT_STATE_DIR", state_dir.as_str()),
+        ("BITVILLE_PG_TELEMETRY_LISTEN", ""),
+    ];
+    let mut agent = support::child::AgentChild::spawn(&["run"], &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sources = || -> Vec<String> {
+        l.rows()
+            .iter()
+            .map(|r| r.payload["source"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let mut tries = 0;
+    while !support::bitville::SOURCES
+        .iter()
+        .all(|s| sources().iter().any(|x| x == s))
+    {
+        // Something for the log reader (following the log from its end) to ship.
+        if tries % 10 == 0 {
+            server.psql(
+                "postgres",
+                "DO $$ BEGIN RAISE LOG 'bitville test %', now(); END $$",
+            );
+        }
+        tries += 1;
+        assert!(
+            Instant::now() < deadline,
+            "sources {:?}, tally {:?}, failures {:?}\n{}",
+            sources(),
+            l.tally(),
+            l.failures(),
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.signal("TERM");
+    let (status, _) = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{}", agent.stderr_text());
+    let t = l.tally();
+    assert_eq!(
+        (t.invalid, t.bad_json, t.unauthorized, t.rate_limited),
+        (0, 0, 0, 0)
+    );
+    assert!(l.rows().iter().all(|r| r.payload["project"] == "shop"));
+    let stderr = agent.stderr_text();
+    assert!(
+        stderr.contains("BITVILLE_PG_DB_HOST"),
+        "one warning per old variable, naming it: {stderr}"
+    );
 }
