@@ -618,3 +618,38 @@ fn the_python_agents_twelve_variables_run_the_daemon() {
         "one warning per old variable, naming it: {stderr}"
     );
 }
+
+/// With a listener and the bitville protocol, a project the listener would refuse, or a cycle too
+/// short for its request budget, is a configuration error naming the key, not a stream of dead
+/// letters.
+#[test]
+fn bitville_settings_the_listener_would_refuse_are_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |extra: &str| {
+        let path = dir.path().join("agent.ini");
+        std::fs::write(
+            &path,
+            format!(
+                "[agent]\nstate_dir = {}\n{extra}\n[listener]\nurl = https://l.example/ingest/postgres\n",
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let out = support::agent(&["check", "--config-only", path.to_str().unwrap()], &[]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check("project_id =");
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("project_id") && err.contains("1 to 50"), "{err}");
+    let (code, err) = check(&format!("project_id = {}", "p".repeat(51)));
+    assert_eq!(code, Some(78), "{err}");
+    let (code, err) = check("project_id = shop\ncollection_interval_s = 2");
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("max_requests_per_minute") && err.contains("collection_interval_s"), "{err}");
+    assert_eq!(check("project_id = shop").0, Some(0));
+    // The batch protocol has no such limits.
+    assert_eq!(check("project_id =\n[listener]\nprotocol = batch").0, Some(0));
+}
