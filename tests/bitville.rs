@@ -643,13 +643,22 @@ fn bitville_settings_the_listener_would_refuse_are_configuration_errors() {
     };
     let (code, err) = check("project_id =");
     assert_eq!(code, Some(78), "{err}");
-    assert!(err.contains("project_id") && err.contains("1 to 50"), "{err}");
+    assert!(
+        err.contains("project_id") && err.contains("1 to 50"),
+        "{err}"
+    );
     let (code, err) = check(&format!("project_id = {}", "p".repeat(51)));
     assert_eq!(code, Some(78), "{err}");
     let (code, err) = check("project_id = shop\ncollection_interval_s = 2");
     assert_eq!(code, Some(78), "{err}");
-    assert!(err.contains("max_requests_per_minute") && err.contains("collection_interval_s"), "{err}");
+    assert!(
+        err.contains("max_requests_per_minute") && err.contains("collection_interval_s"),
+        "{err}"
+    );
     assert_eq!(check("project_id = shop").0, Some(0));
     // The batch protocol has no such limits.
-    assert_eq!(check("project_id =\n[listener]\nprotocol = batch").0, Some(0));
+    assert_eq!(
+        check("project_id =\n[listener]\nprotocol = batch").0,
+        Some(0)
+    );
 }

@@ -34,14 +34,14 @@ pub fn enqueue_all(report: &CycleReport, shipper: &Shipper, telemetry: &Telemetr
     failed
 }
 
-/// How long one cycle may spend sending the backlog: half the interval, at most 30 s, so a long backlog
-/// drains over several cycles without delaying collection.
+/// How long one drain pass may take: half the interval, at most 30 s; the delivery task starts the
+/// next pass at once while a backlog remains.
 pub fn drain_budget(interval: Duration) -> Duration {
     (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(30))
 }
 
-/// A one-line summary for logs and systemd's STATUS=.
-pub fn summary(report: &CycleReport, drain: Option<&DrainReport>) -> String {
+/// A one-line summary for logs and systemd's STATUS=; `waiting` is the outbox depth.
+pub fn summary(report: &CycleReport, waiting: Option<u64>) -> String {
     let ok = report
         .runs
         .iter()
@@ -56,11 +56,8 @@ pub fn summary(report: &CycleReport, drain: Option<&DrainReport>) -> String {
     if report.server.is_none() {
         s.push_str(", database unreachable");
     }
-    if let Some(d) = drain {
-        s.push_str(&format!(
-            ", sent {} batches, {} waiting",
-            d.delivered, d.remaining
-        ));
+    if let Some(w) = waiting {
+        s.push_str(&format!(", {w} requests waiting to be sent"));
     }
     s
 }

@@ -10,6 +10,7 @@
 //! inside the unit's `TasksMax=10`: the agent's work is small and mostly waiting on I/O.
 
 mod cycle;
+mod deliver;
 mod logtask;
 pub mod notify;
 pub mod schedule;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::collect::Collectors;
 use crate::config::{Config, Protocol};
@@ -29,6 +31,7 @@ use crate::db::Db;
 use crate::ship::Shipper;
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::server::Telemetry;
+use deliver::Delivery;
 use logtask::{LogShared, LogTask};
 use schedule::Schedule;
 
@@ -104,6 +107,9 @@ struct Daemon {
     server: Arc<Mutex<Option<crate::db::ServerInfo>>>,
     log_task: Option<LogTask>,
     shutdown: CancellationToken,
+    /// Every task the daemon spawns that must end before it exits.
+    tracker: TaskTracker,
+    delivery: Option<Delivery>,
     telemetry_task: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
@@ -128,11 +134,20 @@ impl Daemon {
             server: Arc::new(Mutex::new(None)),
             log_task: None,
             shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            delivery: None,
             telemetry_task: None,
         };
         daemon.start_telemetry().await?;
         daemon.import_python_buffer().await;
         daemon.start_log_task();
+        daemon.delivery = Some(Delivery::spawn(
+            &daemon.tracker,
+            daemon.shipper.clone(),
+            daemon.telemetry.clone(),
+            daemon.config.agent.collection_interval,
+            daemon.shutdown.child_token(),
+        ));
         Ok(daemon)
     }
 
@@ -275,22 +290,20 @@ impl Daemon {
         }
         cycle::record_cycle(&self.telemetry.metrics, &report);
         cycle::enqueue_all(&report, &self.shipper, &self.telemetry);
-        let drain = if self.config.listener.url.is_some() {
-            let d = self
-                .shipper
-                .drain(cycle::drain_budget(self.config.agent.collection_interval))
-                .await;
-            cycle::record_drain(&self.telemetry.metrics, &d);
-            Some(d)
-        } else {
-            None
-        };
-        cycle::record_shipping(&self.telemetry.metrics, &self.shipper);
+        // Sending is the delivery task's: a slow listener never holds up the next cycle.
+        if let Some(d) = &self.delivery {
+            d.wake();
+        }
+        let waiting = self
+            .shipper
+            .stats()
+            .ok()
+            .and_then(|s| s.outbox.map(|o| o.depth));
         self.telemetry
             .metrics
             .db_connections_open
             .set(self.db.open_connections() as i64);
-        let summary = cycle::summary(&report, drain.as_ref());
+        let summary = cycle::summary(&report, waiting);
         self.telemetry.record_cycle(if report.server.is_some() {
             None
         } else {
@@ -345,6 +358,9 @@ impl Daemon {
         }
         self.log.set_level(&new.logging.level);
         self.telemetry.set_interval(new.agent.collection_interval);
+        if let Some(d) = &self.delivery {
+            d.set_interval(new.agent.collection_interval);
+        }
         self.config = Arc::new(new);
         if self.config.telemetry != old.telemetry {
             if let Err(e) = self.start_telemetry().await {
@@ -370,11 +386,20 @@ impl Daemon {
     async fn stop(&mut self) {
         notify::stopping();
         tracing::info!("stopping");
+        let started = Instant::now();
+        // The delivery task starts no new request; one in flight may finish within the budget.
+        let idle = match self.delivery.take() {
+            Some(d) => d.stop(SHUTDOWN_SEND_BUDGET).await,
+            None => true,
+        };
         if let Some(task) = self.log_task.take() {
             task.stop(SHUTDOWN_LOG_FLUSH).await;
         }
-        if self.config.listener.url.is_some() {
-            let d = self.shipper.drain(SHUTDOWN_SEND_BUDGET).await;
+        // One last pass for what the log task just flushed, unless a request was abandoned in
+        // flight: sending it again now could repeat it.
+        let left = SHUTDOWN_SEND_BUDGET.saturating_sub(started.elapsed());
+        if idle && self.config.listener.url.is_some() && !left.is_zero() {
+            let d = self.shipper.drain(left).await;
             tracing::info!(
                 sent = d.delivered,
                 waiting = d.remaining,
@@ -383,6 +408,17 @@ impl Daemon {
         }
         self.db.close();
         self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_millis(200), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                event = "tasks_not_finished",
+                tasks = self.tracker.len(),
+                "tasks still running at exit"
+            );
+        }
         if let Some((_, handle)) = self.telemetry_task.take() {
             let _ = tokio::time::timeout(Duration::from_millis(200), handle).await;
         }

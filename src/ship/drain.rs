@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Permit, Transition};
 use super::http::Outcome;
@@ -31,6 +32,8 @@ pub enum DrainStop {
     NoListener,
     /// The outbox could not be read or written (logged).
     OutboxError,
+    /// The agent is stopping: no new request was started.
+    Shutdown,
 }
 
 /// What one drain pass did.
@@ -53,6 +56,12 @@ impl Shipper {
     /// waits for a free slot when one comes within the budget. A request already started is allowed
     /// to finish, so a pass can overrun the budget by at most one `listener.timeout_s`.
     pub async fn drain(&self, budget: Duration) -> DrainReport {
+        self.drain_until(budget, &CancellationToken::new()).await
+    }
+
+    /// [`Shipper::drain`] that starts no new request once `stop` is cancelled (a request in flight
+    /// finishes; the caller bounds how long it waits for that).
+    pub async fn drain_until(&self, budget: Duration, stop: &CancellationToken) -> DrainReport {
         let _one_at_a_time = self.drain_lock.lock().await;
         let started = Instant::now();
         let mut report = DrainReport {
@@ -65,7 +74,7 @@ impl Shipper {
             stopped: DrainStop::Empty,
             elapsed_ms: 0,
         };
-        report.stopped = self.drain_loop(started, budget, &mut report).await;
+        report.stopped = self.drain_loop(started, budget, stop, &mut report).await;
         report.remaining = self
             .stats()
             .ok()
@@ -84,9 +93,13 @@ impl Shipper {
         &self,
         started: Instant,
         budget: Duration,
+        stop: &CancellationToken,
         report: &mut DrainReport,
     ) -> DrainStop {
         loop {
+            if stop.is_cancelled() {
+                return DrainStop::Shutdown;
+            }
             if started.elapsed() >= budget {
                 return DrainStop::Budget;
             }
@@ -95,7 +108,10 @@ impl Shipper {
                 if started.elapsed() + wait >= budget {
                     return DrainStop::RateLimited;
                 }
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return DrainStop::Shutdown,
+                }
                 continue;
             }
             let (sender, batch) = {
