@@ -8,6 +8,7 @@
 //! [`aliases`] lets the Python agent's INI file and variables be used unchanged.
 
 pub mod aliases;
+pub mod env;
 pub mod keys;
 pub mod raw;
 mod validate;
@@ -63,6 +64,8 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("environment variable {name} is not valid UTF-8")]
+    EnvNotUnicode { name: String },
     #[error("{old} and {new} set [{section}] {key} to different values; set it only once")]
     AliasConflict {
         /// The Python agent's name where it was given, and its value (quoted, or `<redacted>`).
@@ -312,9 +315,10 @@ impl Config {
     /// Loads the configuration the way the binary does: the resolved file, the process environment,
     /// and the defaults.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        let env_path = std::env::var(ENV_CONFIG_PATH).ok();
-        let path = resolve_path(explicit, env_path.as_deref());
-        Config::load_with(path.as_deref(), std::env::vars())
+        let env = env::read(std::env::vars_os())?;
+        let env_path = env.iter().find(|(n, _)| n == ENV_CONFIG_PATH);
+        let path = resolve_path(explicit, env_path.map(|(_, v)| v.as_str()));
+        Config::load_with(path.as_deref(), env)
     }
 
     /// Loads from an optional file and an explicit set of environment variables.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::aliases::{self, Alias};
 use super::keys::{self, Kind};
-use super::ConfigError;
+use super::{env, ConfigError};
 
 /// Prefix of every environment override: `BITVILLE_PG_<SECTION>_<KEY>`.
 pub const ENV_PREFIX: &str = "BITVILLE_PG_";
@@ -160,23 +160,13 @@ impl RawConfig {
         Ok(())
     }
 
-    /// Fills keys that are still unset from the libpq environment variables.
+    /// Fills keys that are still unset from the libpq environment variables ([`env::LIBPQ`]).
     pub fn apply_libpq_env<I>(&mut self, vars: I)
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        const LIBPQ: &[(&str, &str)] = &[
-            ("PGHOST", "host"),
-            ("PGPORT", "port"),
-            ("PGUSER", "user"),
-            ("PGDATABASE", "database"),
-            ("PGPASSWORD", "password"),
-            ("PGSSLMODE", "sslmode"),
-            ("PGSSLROOTCERT", "sslrootcert"),
-            ("PGCONNECT_TIMEOUT", "connect_timeout_s"),
-        ];
         for (name, value) in vars {
-            let Some((_, key)) = LIBPQ.iter().find(|(var, _)| *var == name) else {
+            let Some((_, key)) = env::LIBPQ.iter().find(|(var, _)| *var == name) else {
                 continue;
             };
             let Some(spec) = keys::spec("postgres", key) else {
