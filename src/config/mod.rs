@@ -66,6 +66,15 @@ pub enum ConfigError {
     },
     #[error("environment variable {name} is not valid UTF-8")]
     EnvNotUnicode { name: String },
+    #[error("{origin}: [{section}] {key} is given more than once ({first}, then {second}); set it only once")]
+    DuplicateKey {
+        origin: Origin,
+        section: &'static str,
+        key: &'static str,
+        /// `key = value` as first given (quoted, or `<redacted>`).
+        first: String,
+        second: String,
+    },
     #[error("{old} and {new} set [{section}] {key} to different values; set it only once")]
     AliasConflict {
         /// The Python agent's name where it was given, and its value (quoted, or `<redacted>`).
@@ -340,7 +349,7 @@ impl Config {
         let env: Vec<(String, String)> = env.into_iter().collect();
         raw.apply_env(env.iter().cloned())?;
         aliases::resolve(&mut raw)?;
-        raw.apply_libpq_env(env);
+        raw.apply_libpq_env(env)?;
         Config::from_raw(&raw)
     }
 

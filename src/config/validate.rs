@@ -1,10 +1,113 @@
 //! Stage two of configuration: reads typed values out of a [`RawConfig`], producing errors that name
 //! where each value came from (the file or variable, section, key and value; secrets redacted).
+//!
+//! Also the two checks stage one makes as it reads each value, because a later value would hide them:
+//! no control characters ([`no_control_chars`]), and no key given twice in a file ([`Given`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use super::raw::{self, Origin, RawConfig};
+use super::raw::{self, Origin, RawConfig, RawValue};
 use super::{keys, ConfigError, Secret};
+
+/// The error for a value as given; a secret is shown as `<redacted>`.
+fn bad_value(
+    rv: &RawValue,
+    section: &'static str,
+    key: &'static str,
+    secret: bool,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::BadValue {
+        origin: rv.origin.clone(),
+        section,
+        key,
+        value: shown(&rv.value, secret),
+        reason: reason.into(),
+    }
+}
+
+fn shown(value: &str, secret: bool) -> String {
+    if secret {
+        "<redacted>".to_string()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+/// Why a value holding a control character is refused, or None.
+///
+/// Every character of the Unicode class Cc is refused (NUL, tab, CR, LF, ESC, DEL, U+0080 to U+009F),
+/// in every key: none has a use for one, and it would otherwise reach libpq (which cuts at a NUL), an
+/// HTTP header, a path or a log line. A `log_line_prefix` with a tab is read from the server when
+/// `[logs] line_prefix` is left empty. Callers pass a value as it will be used: INI and environment
+/// values trimmed (so a secret's trailing newline in a variable is still fine), a secret file's first
+/// line as it is.
+fn control_char(value: &str) -> Option<String> {
+    let c = value.chars().find(|c| c.is_control())?;
+    Some(format!(
+        "contains the control character U+{:04X}; control characters (tab included) are not allowed",
+        u32::from(c)
+    ))
+}
+
+/// Refuses a value from the environment holding a control character; `section` and `key` are ours.
+pub(super) fn no_control_chars(
+    rv: &RawValue,
+    section: &'static str,
+    key: &'static str,
+) -> Result<(), ConfigError> {
+    match control_char(rv.value.trim()) {
+        Some(reason) => Err(bad_value(
+            rv,
+            section,
+            key,
+            raw::is_secret(section, key),
+            reason,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The keys of one INI file seen so far, to refuse a key given twice.
+#[derive(Default)]
+pub(super) struct Given {
+    /// (section as written, our section, our key) -> (key as written, value as shown).
+    seen: HashMap<(&'static str, &'static str, &'static str), (&'static str, String)>,
+}
+
+impl Given {
+    /// Checks `[section] key = value` of the file, where `target` is our key that `key` sets: refuses
+    /// a control character, and a key given before in a section of the same name, under the same
+    /// name or under the other of our name and the Python agent's (rust-ini would keep the last).
+    pub(super) fn check(
+        &mut self,
+        section: &'static str,
+        key: &'static str,
+        target: (&'static str, &'static str),
+        rv: &RawValue,
+    ) -> Result<(), ConfigError> {
+        let secret = raw::is_secret(target.0, target.1);
+        if let Some(reason) = control_char(rv.value.trim()) {
+            return Err(bad_value(rv, section, key, secret, reason));
+        }
+        let value = shown(&rv.value, secret);
+        match self.seen.get(&(section, target.0, target.1)) {
+            Some((first_key, first_value)) => Err(ConfigError::DuplicateKey {
+                origin: rv.origin.clone(),
+                section,
+                key,
+                first: format!("{first_key} = {first_value}"),
+                second: format!("{key} = {value}"),
+            }),
+            None => {
+                self.seen
+                    .insert((section, target.0, target.1), (key, value));
+                Ok(())
+            }
+        }
+    }
+}
 
 /// Reads typed values out of a [`RawConfig`], producing errors that name where each value came from.
 pub(super) struct Validator<'a> {
@@ -19,23 +122,13 @@ impl Validator<'_> {
         reason: impl Into<String>,
     ) -> ConfigError {
         let rv = self.raw.get(section, key);
-        let value = if raw::is_secret(section, key) {
-            "<redacted>".to_string()
-        } else {
-            format!("{:?}", rv.value)
-        };
+        let secret = raw::is_secret(section, key);
         // A value from the Python agent's file is named as it is written there.
         let (section, key) = match rv.alias {
             Some(a) if matches!(rv.origin, Origin::File(_)) => (a.old_section, a.old_key),
             _ => (section, key),
         };
-        ConfigError::BadValue {
-            origin: rv.origin,
-            section,
-            key,
-            value,
-            reason: reason.into(),
-        }
+        bad_value(&rv, section, key, secret, reason)
     }
 
     pub(super) fn str(
@@ -180,6 +273,9 @@ impl Validator<'_> {
         let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
         if first.is_empty() {
             return Err(self.bad(section, file_key, "the file is empty"));
+        }
+        if let Some(reason) = control_char(first) {
+            return Err(self.bad(section, file_key, format!("its first line {reason}")));
         }
         Ok(Secret::new(first))
     }
