@@ -357,12 +357,7 @@ impl Config {
     /// already merged ([`aliases::resolve`], as [`Config::load_with`] does).
     pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
         let v = Validator { raw };
-        let listener_url = v.opt_str("listener", "url");
-        if let Some(url) = &listener_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(v.bad("listener", "url", "must start with https:// or http://"));
-            }
-        }
+        let listener_url = v.listener_url()?;
         let telemetry_listen = match v.opt_str("telemetry", "listen") {
             None => None,
             Some(s) => Some(s.parse().map_err(|_| {
@@ -415,7 +410,7 @@ impl Config {
             agent: AgentConfig {
                 project_id,
                 collection_interval: Duration::from_secs(v.int("agent", "collection_interval_s")?),
-                state_dir: PathBuf::from(v.nonempty("agent", "state_dir")?),
+                state_dir: v.state_dir()?,
                 hostname,
             },
             postgres: PostgresConfig {
@@ -442,7 +437,7 @@ impl Config {
             },
             listener: ListenerConfig {
                 url: listener_url,
-                api_key: v.secret_or_file("listener", "api_key", "api_key_file")?,
+                api_key: v.api_key()?,
                 timeout: Duration::from_secs(v.int("listener", "timeout_s")?),
                 protocol,
                 max_requests_per_minute: v.int("listener", "max_requests_per_minute")? as u32,

@@ -5,6 +5,7 @@
 //! no control characters ([`no_control_chars`]), and no key given twice in a file ([`Given`]).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{self, Origin, RawConfig, RawValue};
@@ -32,6 +33,18 @@ fn shown(value: &str, secret: bool) -> String {
         "<redacted>".to_string()
     } else {
         format!("{value:?}")
+    }
+}
+
+/// `url` with anything before an `@` in its authority replaced by `<redacted>`.
+fn without_userinfo(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..start], &url[start + at..]),
+        None => url.to_string(),
     }
 }
 
@@ -278,5 +291,75 @@ impl Validator<'_> {
             return Err(self.bad(section, file_key, format!("its first line {reason}")));
         }
         Ok(Secret::new(first))
+    }
+
+    /// `[listener] api_key` (or the first line of `api_key_file`): it must make a valid HTTP header
+    /// value after `Bearer `, else every request would fail at the outbox's first send.
+    pub(super) fn api_key(&self) -> Result<Secret, ConfigError> {
+        let key = self.secret_or_file("listener", "api_key", "api_key_file")?;
+        let header = format!("Bearer {}", key.expose());
+        if reqwest::header::HeaderValue::from_str(&header).is_err() {
+            let named = match self.opt_str("listener", "api_key_file") {
+                Some(_) => "api_key_file",
+                None => "api_key",
+            };
+            return Err(self.bad(
+                "listener",
+                named,
+                "the API key is not a valid HTTP header value",
+            ));
+        }
+        Ok(key)
+    }
+
+    /// `[listener] url`: None when empty, else an absolute http:// or https:// URL with a host and no
+    /// user name or password (the API key is the credential, and the URL appears in logs). Errors show
+    /// the URL with any user name and password replaced.
+    pub(super) fn listener_url(&self) -> Result<Option<String>, ConfigError> {
+        let Some(text) = self.opt_str("listener", "url") else {
+            return Ok(None);
+        };
+        let bad = |reason: String| match self.bad("listener", "url", reason) {
+            ConfigError::BadValue {
+                origin,
+                section,
+                key,
+                reason,
+                ..
+            } => ConfigError::BadValue {
+                origin,
+                section,
+                key,
+                value: format!("{:?}", without_userinfo(&text)),
+                reason,
+            },
+            other => other,
+        };
+        if !(text.starts_with("https://") || text.starts_with("http://")) {
+            return Err(bad("must start with https:// or http://".into()));
+        }
+        let url = reqwest::Url::parse(&text).map_err(|e| bad(format!("not a valid URL: {e}")))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("has no host".into()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "must not contain a user name or password; give the key as `api_key_file`".into(),
+            ));
+        }
+        Ok(Some(text))
+    }
+
+    /// `[agent] state_dir`: it is created when first needed, so it may be missing, but what is
+    /// there must be a directory. Anything else about it (a parent that is a file, no permission) is
+    /// left to `check` and the first write, where it is a runtime failure.
+    pub(super) fn state_dir(&self) -> Result<PathBuf, ConfigError> {
+        let dir = PathBuf::from(self.nonempty("agent", "state_dir")?);
+        match std::fs::metadata(&dir) {
+            Ok(meta) if !meta.is_dir() => {
+                Err(self.bad("agent", "state_dir", "exists and is not a directory"))
+            }
+            _ => Ok(dir),
+        }
     }
 }
