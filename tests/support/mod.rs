@@ -90,6 +90,22 @@ pub fn merge_ini(base: &str, extra: &str) -> String {
     merged
 }
 
+/// [`agent`] with environment values that need not be UTF-8.
+pub fn agent_os(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgres-agent"));
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if name.starts_with("BITVILLE_PG_") || name.starts_with("PG") || name == "RUST_LOG" {
+            cmd.env_remove(&k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run postgres-agent")
+}
+
 /// A current-thread tokio runtime for async test bodies.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
