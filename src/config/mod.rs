@@ -11,6 +11,7 @@ pub mod aliases;
 pub mod env;
 pub mod keys;
 pub mod raw;
+mod secret;
 mod validate;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::{Origin, RawConfig, ENV_CONFIG_PATH};
+pub use secret::Secret;
 use validate::Validator;
 
 /// The default config path, used when it exists and no other is given.
@@ -91,32 +93,6 @@ fn hint(suggestion: &Option<String>) -> String {
         .as_ref()
         .map(|s| format!(" (did you mean `{s}`?)"))
         .unwrap_or_default()
-}
-
-/// A secret string whose Debug and Display never show the value.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "<redacted>"
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
