@@ -86,6 +86,7 @@ fn a_read_variable_that_is_not_utf8_is_a_config_error_naming_it() {
         "PGHOST",
         "PGPASSWORD",
         "RUST_LOG",
+        "HTTPS_PROXY",
     ] {
         let out = agent_os(&["check", "--config-only", path], &[(name, bad)]);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -3,8 +3,8 @@
 //! `std::env::vars()` panics on the first variable whose name or value is not UTF-8, whoever it
 //! belongs to. So the environment is read with `vars_os()` and decided per name: a variable the agent
 //! does not read is skipped whatever its bytes; one it reads (`BITVILLE_PG_*`, the Python agent's
-//! `BITVILLE_PG_*` names, the libpq variables in [`LIBPQ`], `RUST_LOG`) must be UTF-8, else it is a
-//! configuration error naming it.
+//! `BITVILLE_PG_*` names, the libpq variables in [`LIBPQ`], `RUST_LOG`, the [`PROXY`] variables) must
+//! be UTF-8, else it is a configuration error naming it.
 
 use std::ffi::OsString;
 
@@ -26,9 +26,25 @@ pub const LIBPQ: &[(&str, &str)] = &[
 /// The agent's log filter, read by [`crate::telemetry::logging::init`].
 pub const RUST_LOG: &str = "RUST_LOG";
 
+/// The proxy variables the listener's HTTP client honours. It reads them with `std::env::var` and
+/// would silently send direct past a proxy whose variable is not UTF-8, so they are checked here.
+pub const PROXY: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 /// Does the agent read this variable?
 pub fn is_read(name: &str) -> bool {
-    name.starts_with(ENV_PREFIX) || name == RUST_LOG || LIBPQ.iter().any(|(v, _)| *v == name)
+    name.starts_with(ENV_PREFIX)
+        || name == RUST_LOG
+        || LIBPQ.iter().any(|(v, _)| *v == name)
+        || PROXY.contains(&name)
 }
 
 /// The variables the agent reads, as strings; the others are dropped unexamined.
@@ -101,6 +117,7 @@ mod tests {
             "BITVILLE_PG_CONFIG_PATH",
             "PGPASSWORD",
             "RUST_LOG",
+            "https_proxy",
         ] {
             let err = read(vec![(os(name.as_bytes()), os(b"a\xffb"))]).unwrap_err();
             let msg = err.to_string();
