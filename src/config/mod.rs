@@ -8,8 +8,10 @@
 //! [`aliases`] lets the Python agent's INI file and variables be used unchanged.
 
 pub mod aliases;
+pub mod env;
 pub mod keys;
 pub mod raw;
+mod secret;
 mod validate;
 
 use std::fmt;
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::{Origin, RawConfig, ENV_CONFIG_PATH};
+pub use secret::Secret;
 use validate::Validator;
 
 /// The default config path, used when it exists and no other is given.
@@ -63,6 +66,17 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("environment variable {name} is not valid UTF-8")]
+    EnvNotUnicode { name: String },
+    #[error("{origin}: [{section}] {key} is given more than once ({first}, then {second}); set it only once")]
+    DuplicateKey {
+        origin: Origin,
+        section: &'static str,
+        key: &'static str,
+        /// `key = value` as first given (quoted, or `<redacted>`).
+        first: String,
+        second: String,
+    },
     #[error("{old} and {new} set [{section}] {key} to different values; set it only once")]
     AliasConflict {
         /// The Python agent's name where it was given, and its value (quoted, or `<redacted>`).
@@ -79,32 +93,6 @@ fn hint(suggestion: &Option<String>) -> String {
         .as_ref()
         .map(|s| format!(" (did you mean `{s}`?)"))
         .unwrap_or_default()
-}
-
-/// A secret string whose Debug and Display never show the value.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "<redacted>"
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -312,9 +300,10 @@ impl Config {
     /// Loads the configuration the way the binary does: the resolved file, the process environment,
     /// and the defaults.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        let env_path = std::env::var(ENV_CONFIG_PATH).ok();
-        let path = resolve_path(explicit, env_path.as_deref());
-        Config::load_with(path.as_deref(), std::env::vars())
+        let env = env::read(std::env::vars_os())?;
+        let env_path = env.iter().find(|(n, _)| n == ENV_CONFIG_PATH);
+        let path = resolve_path(explicit, env_path.map(|(_, v)| v.as_str()));
+        Config::load_with(path.as_deref(), env)
     }
 
     /// Loads from an optional file and an explicit set of environment variables.
@@ -336,7 +325,7 @@ impl Config {
         let env: Vec<(String, String)> = env.into_iter().collect();
         raw.apply_env(env.iter().cloned())?;
         aliases::resolve(&mut raw)?;
-        raw.apply_libpq_env(env);
+        raw.apply_libpq_env(env)?;
         Config::from_raw(&raw)
     }
 
@@ -344,12 +333,7 @@ impl Config {
     /// already merged ([`aliases::resolve`], as [`Config::load_with`] does).
     pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
         let v = Validator { raw };
-        let listener_url = v.opt_str("listener", "url");
-        if let Some(url) = &listener_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(v.bad("listener", "url", "must start with https:// or http://"));
-            }
-        }
+        let listener_url = v.listener_url()?;
         let telemetry_listen = match v.opt_str("telemetry", "listen") {
             None => None,
             Some(s) => Some(s.parse().map_err(|_| {
@@ -402,7 +386,7 @@ impl Config {
             agent: AgentConfig {
                 project_id,
                 collection_interval: Duration::from_secs(v.int("agent", "collection_interval_s")?),
-                state_dir: PathBuf::from(v.nonempty("agent", "state_dir")?),
+                state_dir: v.state_dir()?,
                 hostname,
             },
             postgres: PostgresConfig {
@@ -429,7 +413,7 @@ impl Config {
             },
             listener: ListenerConfig {
                 url: listener_url,
-                api_key: v.secret_or_file("listener", "api_key", "api_key_file")?,
+                api_key: v.api_key()?,
                 timeout: Duration::from_secs(v.int("listener", "timeout_s")?),
                 protocol,
                 max_requests_per_minute: v.int("listener", "max_requests_per_minute")? as u32,

@@ -3,13 +3,14 @@
 //! Every value remembers where it came from, so a later validation error can name the file (or the
 //! environment variable), the section, the key and the value.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::aliases::{self, Alias};
 use super::keys::{self, Kind};
-use super::ConfigError;
+use super::{env, validate, ConfigError};
 
 /// Prefix of every environment override: `BITVILLE_PG_<SECTION>_<KEY>`.
 pub const ENV_PREFIX: &str = "BITVILLE_PG_";
@@ -66,6 +67,7 @@ impl RawConfig {
             ..RawConfig::default()
         };
         let origin = Origin::File(path.to_path_buf());
+        let mut given = validate::Given::default();
         for (section, props) in ini.iter() {
             let Some(section) = section else {
                 if let Some((key, _)) = props.iter().next() {
@@ -93,8 +95,16 @@ impl RawConfig {
                     alias: None,
                 };
                 if let Some(spec) = keys::spec(section_name, &key) {
-                    raw.values.insert((spec.section, spec.key), value);
+                    let target = (spec.section, spec.key);
+                    given.check(section_name, spec.key, target, &value)?;
+                    raw.values.insert(target, value);
                 } else if let Some(alias) = aliases::by_ini(section_name, &key) {
+                    given.check(
+                        section_name,
+                        alias.old_key,
+                        (alias.section, alias.key),
+                        &value,
+                    )?;
                     raw.aliased.push((alias, value));
                 } else {
                     return Err(unknown_key(section_name, &key, &origin));
@@ -123,6 +133,7 @@ impl RawConfig {
                     origin,
                     alias: None,
                 };
+                validate::no_control_chars(&value, alias.section, alias.key)?;
                 self.aliased.push((alias, value));
                 continue;
             }
@@ -155,41 +166,35 @@ impl RawConfig {
                 origin,
                 alias: None,
             };
+            validate::no_control_chars(&value, spec.section, spec.key)?;
             self.values.insert((spec.section, spec.key), value);
         }
         Ok(())
     }
 
-    /// Fills keys that are still unset from the libpq environment variables.
-    pub fn apply_libpq_env<I>(&mut self, vars: I)
+    /// Fills keys that are still unset from the libpq environment variables ([`env::LIBPQ`]).
+    pub fn apply_libpq_env<I>(&mut self, vars: I) -> Result<(), ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        const LIBPQ: &[(&str, &str)] = &[
-            ("PGHOST", "host"),
-            ("PGPORT", "port"),
-            ("PGUSER", "user"),
-            ("PGDATABASE", "database"),
-            ("PGPASSWORD", "password"),
-            ("PGSSLMODE", "sslmode"),
-            ("PGSSLROOTCERT", "sslrootcert"),
-            ("PGCONNECT_TIMEOUT", "connect_timeout_s"),
-        ];
         for (name, value) in vars {
-            let Some((_, key)) = LIBPQ.iter().find(|(var, _)| *var == name) else {
+            let Some((_, key)) = env::LIBPQ.iter().find(|(var, _)| *var == name) else {
                 continue;
             };
             let Some(spec) = keys::spec("postgres", key) else {
                 continue;
             };
-            self.values
-                .entry((spec.section, spec.key))
-                .or_insert(RawValue {
+            if let Entry::Vacant(slot) = self.values.entry((spec.section, spec.key)) {
+                let value = RawValue {
                     value,
                     origin: Origin::Env(name),
                     alias: None,
-                });
+                };
+                validate::no_control_chars(&value, spec.section, spec.key)?;
+                slot.insert(value);
+            }
         }
+        Ok(())
     }
 
     /// The value of a key: explicit if set, else the built-in default.

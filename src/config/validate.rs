@@ -1,10 +1,126 @@
 //! Stage two of configuration: reads typed values out of a [`RawConfig`], producing errors that name
 //! where each value came from (the file or variable, section, key and value; secrets redacted).
+//!
+//! Also the two checks stage one makes as it reads each value, because a later value would hide them:
+//! no control characters ([`no_control_chars`]), and no key given twice in a file ([`Given`]).
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{self, Origin, RawConfig};
+use super::raw::{self, Origin, RawConfig, RawValue};
 use super::{keys, ConfigError, Secret};
+
+/// The error for a value as given; a secret is shown as `<redacted>`.
+fn bad_value(
+    rv: &RawValue,
+    section: &'static str,
+    key: &'static str,
+    secret: bool,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::BadValue {
+        origin: rv.origin.clone(),
+        section,
+        key,
+        value: shown(&rv.value, secret),
+        reason: reason.into(),
+    }
+}
+
+fn shown(value: &str, secret: bool) -> String {
+    if secret {
+        "<redacted>".to_string()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+/// `url` with anything before an `@` in its authority replaced by `<redacted>`.
+fn without_userinfo(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..start], &url[start + at..]),
+        None => url.to_string(),
+    }
+}
+
+/// Why a value holding a control character is refused, or None.
+///
+/// Every character of the Unicode class Cc is refused (NUL, tab, CR, LF, ESC, DEL, U+0080 to U+009F),
+/// in every key: none has a use for one, and it would otherwise reach libpq (which cuts at a NUL), an
+/// HTTP header, a path or a log line. A `log_line_prefix` with a tab is read from the server when
+/// `[logs] line_prefix` is left empty. Callers pass a value as it will be used: INI and environment
+/// values trimmed (so a secret's trailing newline in a variable is still fine), a secret file's first
+/// line as it is.
+fn control_char(value: &str) -> Option<String> {
+    let c = value.chars().find(|c| c.is_control())?;
+    Some(format!(
+        "contains the control character U+{:04X}; control characters (tab included) are not allowed",
+        u32::from(c)
+    ))
+}
+
+/// Refuses a value from the environment holding a control character; `section` and `key` are ours.
+pub(super) fn no_control_chars(
+    rv: &RawValue,
+    section: &'static str,
+    key: &'static str,
+) -> Result<(), ConfigError> {
+    match control_char(rv.value.trim()) {
+        Some(reason) => Err(bad_value(
+            rv,
+            section,
+            key,
+            raw::is_secret(section, key),
+            reason,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The keys of one INI file seen so far, to refuse a key given twice.
+#[derive(Default)]
+pub(super) struct Given {
+    /// (section as written, our section, our key) -> (key as written, value as shown).
+    seen: HashMap<(&'static str, &'static str, &'static str), (&'static str, String)>,
+}
+
+impl Given {
+    /// Checks `[section] key = value` of the file, where `target` is our key that `key` sets: refuses
+    /// a control character, and a key given before in a section of the same name, under the same
+    /// name or under the other of our name and the Python agent's (rust-ini would keep the last).
+    pub(super) fn check(
+        &mut self,
+        section: &'static str,
+        key: &'static str,
+        target: (&'static str, &'static str),
+        rv: &RawValue,
+    ) -> Result<(), ConfigError> {
+        let secret = raw::is_secret(target.0, target.1);
+        if let Some(reason) = control_char(rv.value.trim()) {
+            return Err(bad_value(rv, section, key, secret, reason));
+        }
+        let value = shown(&rv.value, secret);
+        match self.seen.get(&(section, target.0, target.1)) {
+            Some((first_key, first_value)) => Err(ConfigError::DuplicateKey {
+                origin: rv.origin.clone(),
+                section,
+                key,
+                first: format!("{first_key} = {first_value}"),
+                second: format!("{key} = {value}"),
+            }),
+            None => {
+                self.seen
+                    .insert((section, target.0, target.1), (key, value));
+                Ok(())
+            }
+        }
+    }
+}
 
 /// Reads typed values out of a [`RawConfig`], producing errors that name where each value came from.
 pub(super) struct Validator<'a> {
@@ -19,23 +135,13 @@ impl Validator<'_> {
         reason: impl Into<String>,
     ) -> ConfigError {
         let rv = self.raw.get(section, key);
-        let value = if raw::is_secret(section, key) {
-            "<redacted>".to_string()
-        } else {
-            format!("{:?}", rv.value)
-        };
+        let secret = raw::is_secret(section, key);
         // A value from the Python agent's file is named as it is written there.
         let (section, key) = match rv.alias {
             Some(a) if matches!(rv.origin, Origin::File(_)) => (a.old_section, a.old_key),
             _ => (section, key),
         };
-        ConfigError::BadValue {
-            origin: rv.origin,
-            section,
-            key,
-            value,
-            reason: reason.into(),
-        }
+        bad_value(&rv, section, key, secret, reason)
     }
 
     pub(super) fn str(
@@ -181,6 +287,79 @@ impl Validator<'_> {
         if first.is_empty() {
             return Err(self.bad(section, file_key, "the file is empty"));
         }
+        if let Some(reason) = control_char(first) {
+            return Err(self.bad(section, file_key, format!("its first line {reason}")));
+        }
         Ok(Secret::new(first))
+    }
+
+    /// `[listener] api_key` (or the first line of `api_key_file`): it must make a valid HTTP header
+    /// value after `Bearer `, else every request would fail at the outbox's first send.
+    pub(super) fn api_key(&self) -> Result<Secret, ConfigError> {
+        let key = self.secret_or_file("listener", "api_key", "api_key_file")?;
+        let header = format!("Bearer {}", key.expose());
+        if reqwest::header::HeaderValue::from_str(&header).is_err() {
+            let named = match self.opt_str("listener", "api_key_file") {
+                Some(_) => "api_key_file",
+                None => "api_key",
+            };
+            return Err(self.bad(
+                "listener",
+                named,
+                "the API key is not a valid HTTP header value",
+            ));
+        }
+        Ok(key)
+    }
+
+    /// `[listener] url`: None when empty, else an absolute http:// or https:// URL with a host and no
+    /// user name or password (the API key is the credential, and the URL appears in logs). Errors show
+    /// the URL with any user name and password replaced.
+    pub(super) fn listener_url(&self) -> Result<Option<String>, ConfigError> {
+        let Some(text) = self.opt_str("listener", "url") else {
+            return Ok(None);
+        };
+        let bad = |reason: String| match self.bad("listener", "url", reason) {
+            ConfigError::BadValue {
+                origin,
+                section,
+                key,
+                reason,
+                ..
+            } => ConfigError::BadValue {
+                origin,
+                section,
+                key,
+                value: format!("{:?}", without_userinfo(&text)),
+                reason,
+            },
+            other => other,
+        };
+        if !(text.starts_with("https://") || text.starts_with("http://")) {
+            return Err(bad("must start with https:// or http://".into()));
+        }
+        let url = reqwest::Url::parse(&text).map_err(|e| bad(format!("not a valid URL: {e}")))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("has no host".into()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "must not contain a user name or password; give the key as `api_key_file`".into(),
+            ));
+        }
+        Ok(Some(text))
+    }
+
+    /// `[agent] state_dir`: it is created when first needed, so it may be missing, but what is
+    /// there must be a directory. Anything else about it (a parent that is a file, no permission) is
+    /// left to `check` and the first write, where it is a runtime failure.
+    pub(super) fn state_dir(&self) -> Result<PathBuf, ConfigError> {
+        let dir = PathBuf::from(self.nonempty("agent", "state_dir")?);
+        match std::fs::metadata(&dir) {
+            Ok(meta) if !meta.is_dir() => {
+                Err(self.bad("agent", "state_dir", "exists and is not a directory"))
+            }
+            _ => Ok(dir),
+        }
     }
 }

@@ -248,12 +248,12 @@ impl axum::serve::Listener for TlsListener {
 /// mode), plus extra INI text (later keys win).
 pub fn ship_config(state_dir: &std::path::Path, url: Option<&str>, extra: &str) -> Config {
     std::fs::create_dir_all(state_dir).unwrap();
-    let mut ini = format!(
+    let base = format!(
         "[agent]\nproject_id = test-project\nstate_dir = {}\n\n[listener]\nprotocol = batch\nmax_requests_per_minute = 100000\nurl = {}\napi_key = test-key\ntimeout_s = 2\n\n",
         state_dir.display(),
         url.unwrap_or("")
     );
-    ini.push_str(extra);
+    let ini = super::merge_ini(&base, extra);
     let path = state_dir.join("agent.ini");
     std::fs::write(&path, ini).unwrap();
     Config::load_with(Some(&path), Vec::<(String, String)>::new()).expect("valid test config")

@@ -437,12 +437,13 @@ impl PgServer {
 
     /// A TOML-free INI config pointing the agent at this server, for CLI tests.
     pub fn agent_ini(&self, state_dir: &Path, extra: &str) -> String {
-        format!(
-            "[agent]\nproject_id = test\nstate_dir = {}\n\n[postgres]\nhost = {}\nport = {}\nuser = {SUPERUSER}\ndatabase = postgres\n\n[telemetry]\nlisten =\n\n{extra}\n",
+        let base = format!(
+            "[agent]\nproject_id = test\nstate_dir = {}\n\n[postgres]\nhost = {}\nport = {}\nuser = {SUPERUSER}\ndatabase = postgres\n\n[telemetry]\nlisten =\n\n",
             state_dir.display(),
             self.socket_dir.display(),
             self.port
-        )
+        );
+        super::merge_ini(&base, &format!("{extra}\n"))
     }
 }
 
