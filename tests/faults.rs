@@ -150,3 +150,121 @@ fn a_hung_listener_delays_neither_cycles_nor_health_nor_shutdown() {
     let stderr = agent.stderr_text();
     assert!(stderr.contains("send_abandoned_at_shutdown"), "{stderr}");
 }
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// A full disk (a 96 KiB file-size limit on the agent, so no root is needed) while the listener is
+/// down: the outbox stops taking writes; cycles keep their schedule without spinning; `/health`
+/// says why; new batches are held in memory and, once the listener is back, delivered from there,
+/// each once; SIGTERM still exits 0 at once.
+#[test]
+fn a_full_disk_holds_batches_in_memory_and_delivery_goes_on() {
+    let server = PgServer::start();
+    let listener = support::listener::Listener::start();
+    listener.set_status(503);
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ini = server.agent_ini(
+        state.path(),
+        &format!(
+            "[listener]\nprotocol = batch\nurl = {}\ntimeout_s = 2\n\
+             [agent]\ncollection_interval_s = 1\n[logs]\nenabled = false\n\
+             [circuit_breaker]\nrecovery_timeout_s = 1\n",
+            listener.url()
+        ),
+    );
+    let ini = ini.replace(
+        "[telemetry]\nlisten =\n",
+        &format!("[telemetry]\nlisten = 127.0.0.1:{port}\n"),
+    );
+    let path = state.path().join("agent.ini");
+    std::fs::write(&path, ini).unwrap();
+    let mut agent = AgentChild::spawn_wrapped(
+        &["prlimit", "--fsize=98304", "--"],
+        &["run", path.to_str().unwrap()],
+        &[],
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some((503, body)) = get(port, "/health", Duration::from_secs(1)) {
+            if body.contains("does not take writes") {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the full outbox was never reported\n{}",
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Cycles go on, without spinning: under half a core over 3 s.
+    let (c0, t0) = (cycles(port), cpu_ticks(agent.pid()));
+    std::thread::sleep(Duration::from_secs(3));
+    let (c1, t1) = (cycles(port), cpu_ticks(agent.pid()));
+    assert!(
+        c1 >= c0 + 2,
+        "cycles stalled on the full disk: {c0} -> {c1}"
+    );
+    assert!(
+        t1 - t0 < 150,
+        "{} ticks of CPU in 3 s on a full disk",
+        t1 - t0
+    );
+
+    // The listener comes back: what is held in memory is delivered, each request once.
+    let before = listener.received().len();
+    listener.set_status(200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fresh = || -> Vec<String> {
+        listener.received()[before..]
+            .iter()
+            .filter(|r| r.body["type"] == "system_metrics")
+            .map(|r| r.body["batch_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    while fresh().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "held batches were not delivered\n{}",
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ids: Vec<String> = listener.received()[before..]
+        .iter()
+        .map(|r| r.body["batch_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "a delivered request was sent again"
+    );
+    let (_, body) = get(port, "/metrics", Duration::from_secs(1)).unwrap();
+    assert!(
+        body.lines().any(
+            |l| l.starts_with("postgres_agent_outbox_storage_failures_total") && !l.ends_with(" 0")
+        ),
+        "storage failures are counted"
+    );
+
+    agent.signal("TERM");
+    let (status, took) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr_text());
+    assert!(
+        took < Duration::from_secs(2),
+        "SIGTERM to exit took {took:?}"
+    );
+}

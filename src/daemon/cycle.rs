@@ -152,6 +152,9 @@ pub fn record_shipping(metrics: &Metrics, shipper: &Shipper) {
             }
         }
         let p = &stats.process;
+        set_counter(&metrics.storage_failures, p.storage_failures);
+        set_counter(&metrics.held_dropped, p.held_dropped);
+        metrics.held_requests.set(p.held_now as i64);
         set_counter(&metrics.requests_throttled, p.throttled);
         set_counter(&metrics.correlated_payloads, p.encode.correlated_payloads);
         set_counter(&metrics.correlated_merged, p.encode.correlated_merged);

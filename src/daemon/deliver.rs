@@ -123,4 +123,21 @@ async fn run(
 fn record(telemetry: &Telemetry, shipper: &Shipper, report: &DrainReport) {
     cycle::record_drain(&telemetry.metrics, report);
     cycle::record_shipping(&telemetry.metrics, shipper);
+    record_storage_health(telemetry, shipper);
+}
+
+/// `/health` is 503 while the outbox takes no writes: new data is then only in memory.
+pub fn record_storage_health(telemetry: &Telemetry, shipper: &Shipper) {
+    let Ok(stats) = shipper.stats() else {
+        return;
+    };
+    let p = &stats.process;
+    let reason = p.storage_error.as_ref().map(|e| {
+        format!(
+            "the outbox does not take writes ({e}): {} requests held in memory ({} bytes), \
+             {} dropped from memory so far",
+            p.held_now, p.held_bytes, p.held_dropped
+        )
+    });
+    telemetry.set_condition("outbox_storage", reason);
 }

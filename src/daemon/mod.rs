@@ -71,9 +71,19 @@ fn tune_allocator() {
     }
 }
 
+/// A file-size limit (`RLIMIT_FSIZE`, `LimitFSIZE=`) must fail the write (EFBIG), which the outbox
+/// handles like a full disk, instead of killing the agent with SIGXFSZ.
+fn ignore_file_size_signal() {
+    // SAFETY: installs the SIG_IGN disposition for one signal before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. `path` is the config file to re-read on SIGHUP.
 pub fn run(path: Option<PathBuf>, config: Config, log: LogControl) -> ExitCode {
     tune_allocator();
+    ignore_file_size_signal();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(2)
         .thread_name("postgres-agent")
@@ -290,6 +300,7 @@ impl Daemon {
         }
         cycle::record_cycle(&self.telemetry.metrics, &report);
         cycle::enqueue_all(&report, &self.shipper, &self.telemetry);
+        deliver::record_storage_health(&self.telemetry, &self.shipper);
         // Sending is the delivery task's: a slow listener never holds up the next cycle.
         if let Some(d) = &self.delivery {
             d.wake();

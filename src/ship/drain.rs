@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::batch::BatchKind;
 use super::breaker::{Permit, Transition};
+use super::held::Settled;
 use super::http::Outcome;
 use super::outbox::now_ms;
+use super::outbox::{NewBatch, StoredBatch};
 use super::shipper::{Inner, Shipper};
 
 /// Why a drain pass ended.
@@ -96,6 +99,11 @@ impl Shipper {
         stop: &CancellationToken,
         report: &mut DrainReport,
     ) -> DrainStop {
+        {
+            let mut inner = self.lock();
+            self.write_held(&mut inner);
+            self.remove_settled(&mut inner);
+        }
         loop {
             if stop.is_cancelled() {
                 return DrainStop::Shutdown;
@@ -114,7 +122,7 @@ impl Shipper {
                 }
                 continue;
             }
-            let (sender, batch) = {
+            let (sender, next) = {
                 let mut inner = self.lock();
                 let Some(sender) = inner.sender.clone() else {
                     return DrainStop::NoListener;
@@ -128,8 +136,14 @@ impl Shipper {
                 if let Permit::Wait { .. } = permit {
                     return DrainStop::BreakerOpen;
                 }
-                match self.with_outbox(&mut inner, |ob| ob.oldest()) {
-                    Ok(Some(b)) => (sender, b),
+                let after = inner.unremoved.cursor();
+                match self.with_outbox(&mut inner, |ob| ob.oldest_after(after)) {
+                    Ok(Some(b)) => (sender, Next::Stored(b)),
+                    // The outbox is done (or unreadable): requests held in memory are newer.
+                    Ok(None) | Err(_) if !inner.held.is_empty() => match inner.held.front() {
+                        Some(r) => (sender, Next::Held(r.clone())),
+                        None => return DrainStop::Empty,
+                    },
                     Ok(None) => return DrainStop::Empty,
                     Err(e) => {
                         tracing::error!(event = "outbox_error", error = %e, "cannot read the outbox");
@@ -137,36 +151,42 @@ impl Shipper {
                     }
                 }
             };
+            let (batch_id, kind, body, protocol) = next.request();
             self.lock().rate.record(Instant::now());
-            let outcome = sender
-                .send(batch.batch_id, &batch.body, batch.protocol)
-                .await;
+            let outcome = sender.send(batch_id, body, protocol).await;
             let mut inner = self.lock();
             let now = now_ms();
             match outcome {
                 Outcome::Delivered { status } => {
-                    tracing::debug!(event = "batch_delivered", batch_id = %batch.batch_id,
-                        kind = %batch.kind, status, bytes = batch.body.len());
+                    tracing::debug!(event = "batch_delivered", batch_id = %batch_id,
+                        kind = %kind, status, bytes = body.len());
                     let t = inner.breaker.on_success(now);
                     self.persist_transition(&mut inner, t);
-                    if let Err(e) = self.with_outbox(&mut inner, |ob| ob.ack(batch.seq, batch.kind))
-                    {
-                        // Delivered but still queued: it will be sent again with the same
-                        // Idempotency-Key, which the listener deduplicates.
-                        tracing::error!(event = "outbox_error", error = %e, batch_id = %batch.batch_id,
-                            "delivered batch could not be removed from the outbox");
-                        return DrainStop::OutboxError;
+                    match &next {
+                        Next::Stored(b) => {
+                            if let Err(e) = self.with_outbox(&mut inner, |ob| ob.ack(b.seq, b.kind))
+                            {
+                                // Delivered but not removable (a full or read-only disk): never
+                                // sent again; removed when the outbox takes writes.
+                                tracing::warn!(event = "outbox_error", error = %e, batch_id = %batch_id,
+                                    "delivered request could not be removed from the outbox yet");
+                                inner.unremoved.insert(b.seq, Settled::Delivered(b.kind));
+                            }
+                        }
+                        Next::Held(_) => {
+                            inner.held.pop_front();
+                        }
                     }
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     report.delivered += 1;
-                    report.delivered_bytes += batch.body.len() as u64;
+                    report.delivered_bytes += body.len() as u64;
                 }
                 Outcome::Retry {
                     reason,
                     retry_after,
                 } => {
-                    tracing::warn!(event = "send_failed", batch_id = %batch.batch_id,
-                        kind = %batch.kind, attempts = batch.attempts + 1, error = %reason,
+                    tracing::warn!(event = "send_failed", batch_id = %batch_id,
+                        kind = %kind, attempts = next.attempts() + 1, error = %reason,
                         retry_after_s = retry_after.map(|d| d.as_secs()),
                         "listener did not take the batch; it stays in the outbox");
                     self.counters.send_failures.fetch_add(1, Ordering::Relaxed);
@@ -176,58 +196,89 @@ impl Shipper {
                     }
                     let t = inner.breaker.on_failure(now, &reason);
                     self.persist_transition(&mut inner, t);
-                    // Only the attempt count and last error are lost if this fails; the batch stays.
-                    if let Err(e) =
-                        self.with_outbox(&mut inner, |ob| ob.record_failure(batch.seq, &reason))
-                    {
-                        tracing::error!(event = "outbox_error", error = %e,
-                            "cannot record the failed attempt");
+                    if let Next::Stored(b) = &next {
+                        // Only the attempt count and last error are lost if this fails.
+                        if let Err(e) =
+                            self.with_outbox(&mut inner, |ob| ob.record_failure(b.seq, &reason))
+                        {
+                            tracing::debug!(event = "outbox_error", error = %e,
+                                "cannot record the failed attempt");
+                        }
                     }
                     return DrainStop::Failed;
                 }
                 Outcome::Throttled { retry_after } => {
                     // The listener's rate limit, not a failure: the breaker is left alone.
-                    tracing::warn!(event = "send_throttled", batch_id = %batch.batch_id,
-                        kind = %batch.kind, retry_after_s = retry_after.as_secs(),
+                    tracing::warn!(event = "send_throttled", batch_id = %batch_id,
+                        kind = %kind, retry_after_s = retry_after.as_secs(),
                         "listener answered 429 (rate limited); sending again after Retry-After");
                     self.counters.throttled.fetch_add(1, Ordering::Relaxed);
                     report.throttled += 1;
                     inner.not_before_ms = now.saturating_add(retry_after.as_millis() as i64);
                     if let Err(e) = self.with_outbox(&mut inner, |ob| ob.bump("throttled", 1)) {
-                        tracing::error!(event = "outbox_error", error = %e,
+                        tracing::debug!(event = "outbox_error", error = %e,
                             "cannot count the throttled request");
                     }
                     return DrainStop::RetryAfter;
                 }
                 Outcome::Reject { status, reason } => {
-                    tracing::error!(event = "batch_dead_lettered", batch_id = %batch.batch_id,
-                        kind = %batch.kind, status, error = %reason,
+                    tracing::error!(event = "batch_dead_lettered", batch_id = %batch_id,
+                        kind = %kind, status, error = %reason,
                         "listener rejected the batch for good; moved it to the dead letters");
                     // The listener answered, so it is reachable: that is a success for the breaker.
                     let t = inner.breaker.on_success(now);
                     self.persist_transition(&mut inner, t);
                     let status = (status != 0).then_some(status);
-                    match self
-                        .with_outbox(&mut inner, |ob| ob.dead_letter(batch.seq, status, &reason))
-                    {
-                        Ok(dropped) => {
-                            if dropped > 0 {
-                                tracing::warn!(
-                                    event = "dead_letters_dropped",
-                                    count = dropped,
-                                    "dead letter limit reached; dropped the oldest"
-                                );
+                    match &next {
+                        Next::Stored(b) => match self
+                            .with_outbox(&mut inner, |ob| ob.dead_letter(b.seq, status, &reason))
+                        {
+                            Ok(dropped) => {
+                                if dropped > 0 {
+                                    tracing::warn!(
+                                        event = "dead_letters_dropped",
+                                        count = dropped,
+                                        "dead letter limit reached; dropped the oldest"
+                                    );
+                                }
                             }
-                        }
-                        Err(e) => {
-                            tracing::error!(event = "outbox_error", error = %e,
-                                "cannot move the batch to the dead letters");
-                            return DrainStop::OutboxError;
+                            Err(e) => {
+                                tracing::warn!(event = "outbox_error", error = %e,
+                                    "cannot move the batch to the dead letters yet");
+                                inner
+                                    .unremoved
+                                    .insert(b.seq, Settled::Rejected { status, reason });
+                            }
+                        },
+                        // Held in memory: there is nowhere to keep it; the log line above is
+                        // its record, and it is counted.
+                        Next::Held(_) => {
+                            inner.held.pop_front();
                         }
                     }
                     self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     report.dead_lettered += 1;
                 }
+            }
+        }
+    }
+
+    /// Removes settled requests the outbox could not remove before (acks, dead letters).
+    fn remove_settled(&self, inner: &mut Inner) {
+        if inner.unremoved.is_empty() {
+            return;
+        }
+        for (seq, how) in inner.unremoved.take() {
+            let result = match &how {
+                Settled::Delivered(kind) => {
+                    self.with_outbox(inner, |ob| ob.ack(seq, *kind).map(|_| ()))
+                }
+                Settled::Rejected { status, reason } => {
+                    self.with_outbox(inner, |ob| ob.dead_letter(seq, *status, reason).map(|_| ()))
+                }
+            };
+            if result.is_err() {
+                inner.unremoved.insert(seq, how);
             }
         }
     }
@@ -247,6 +298,28 @@ impl Shipper {
             Err(e) => {
                 tracing::error!(event = "outbox_error", error = %e, "cannot persist the breaker state")
             }
+        }
+    }
+}
+
+/// The next request of a drain pass: from the outbox, or held in memory.
+enum Next {
+    Stored(StoredBatch),
+    Held(NewBatch),
+}
+
+impl Next {
+    fn request(&self) -> (uuid::Uuid, BatchKind, &[u8], crate::config::Protocol) {
+        match self {
+            Next::Stored(b) => (b.batch_id, b.kind, &b.body, b.protocol),
+            Next::Held(r) => (r.batch_id, r.kind, &r.body, r.protocol),
+        }
+    }
+
+    fn attempts(&self) -> u32 {
+        match self {
+            Next::Stored(b) => b.attempts,
+            Next::Held(_) => 0,
         }
     }
 }

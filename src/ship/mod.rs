@@ -37,6 +37,7 @@ pub mod batch;
 pub mod breaker;
 pub mod drain;
 pub mod encode;
+pub mod held;
 pub mod http;
 pub mod outbox;
 pub mod probe;

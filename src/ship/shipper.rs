@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::batch::{Batch, BatchKind};
 use super::breaker::{Breaker, BreakerState};
 use super::encode::{EncodeCounters, Encoder, PrepareError, MAX_BODY_BYTES};
+use super::held::{Held, Unremoved};
 use super::http::Sender;
 use super::outbox::{self, EvictionReport, NewBatch, Outbox, OutboxError, OutboxStats};
 use super::python_buffer::LegacyPayload;
@@ -28,6 +29,10 @@ pub struct EnqueueReport {
     pub evicted: usize,
     /// True when written to stdout instead (no listener configured).
     pub stdout: bool,
+    /// Requests held in memory because the outbox could not take them (full disk, read-only state
+    /// directory): sent from memory, written to the outbox when it recovers, lost if the process
+    /// dies first.
+    pub held: usize,
 }
 
 /// Counters of this process, beside the persistent ones in the outbox.
@@ -43,6 +48,11 @@ pub(super) struct ProcessCounters {
     pub(super) outbox_recreated: AtomicU64,
     /// 429 answers.
     pub(super) throttled: AtomicU64,
+    /// Outbox writes that failed on the storage (full disk, read-only, I/O error).
+    pub(super) storage_failures: AtomicU64,
+    /// Requests held in memory (cumulative) and dropped from memory at its bound.
+    pub(super) held: AtomicU64,
+    pub(super) held_dropped: AtomicU64,
 }
 
 /// Figures for `/metrics` and `status`.
@@ -72,6 +82,16 @@ pub struct ProcessStats {
     pub throttled: u64,
     /// Correlated payloads made, statements merged and repeats not sent (bitville protocol).
     pub encode: EncodeCounters,
+    pub storage_failures: u64,
+    pub held_total: u64,
+    pub held_dropped: u64,
+    /// Requests in memory now, and their bytes.
+    pub held_now: usize,
+    pub held_bytes: usize,
+    /// Settled requests the outbox could not remove yet (never sent again).
+    pub unremoved: usize,
+    /// Why the outbox does not take writes, while it does not.
+    pub storage_error: Option<String>,
 }
 
 pub(super) struct Inner {
@@ -86,6 +106,19 @@ pub(super) struct Inner {
     pub(super) saved_breaker: Option<BreakerState>,
     /// `listener.max_requests_per_minute`, over both protocols and the backlog.
     pub(super) rate: RateLimiter,
+    /// Requests the outbox could not take ([`super::held`]).
+    pub(super) held: Held,
+    /// Settled requests whose removal from the outbox failed.
+    pub(super) unremoved: Unremoved,
+    /// The last storage error, until a write succeeds again.
+    pub(super) storage_error: Option<String>,
+}
+
+/// Where [`Shipper::store`] put a batch's requests.
+enum Stored {
+    Outbox(EvictionReport),
+    Memory,
+    Failed(ShipError),
 }
 
 /// The shipping side of the agent. Cheap to share (`&Shipper` from any task): every method takes
@@ -123,6 +156,9 @@ impl Shipper {
                 not_before_ms: 0,
                 saved_breaker: None,
                 rate: RateLimiter::new(config.listener.max_requests_per_minute),
+                held: Held::default(),
+                unremoved: Unremoved::default(),
+                storage_error: None,
             }),
             encoder: Mutex::new(Encoder::new(config, max_body_bytes)),
             drain_lock: tokio::sync::Mutex::new(()),
@@ -259,26 +295,125 @@ impl Shipper {
         };
         let encoded = self.encoder().encode(batch).map_err(|e| fail(e.into()))?;
         let mut inner = self.lock();
-        let eviction = self
-            .with_outbox(&mut inner, |ob| {
-                let r = ob.push_all(&encoded.rows)?;
-                if encoded.merged > 0 {
-                    ob.bump("correlated_merged", encoded.merged as i64)?;
+        if encoded.merged > 0 {
+            let _ = self.with_outbox(&mut inner, |ob| {
+                ob.bump("correlated_merged", encoded.merged as i64)
+            });
+        }
+        let rows = encoded.rows;
+        let n = rows.len();
+        match self.store(&mut inner, rows) {
+            Stored::Outbox(eviction) => {
+                self.log_evictions(&eviction, "buffer.max_size_mb reached");
+                Ok(EnqueueReport {
+                    stored_parts: n.saturating_sub(eviction.evicted.len()),
+                    evicted: eviction.evicted.len(),
+                    stdout: false,
+                    held: 0,
+                })
+            }
+            Stored::Memory => Ok(EnqueueReport {
+                stored_parts: 0,
+                evicted: 0,
+                stdout: false,
+                held: n,
+            }),
+            Stored::Failed(e) => Err(fail(e)),
+        }
+    }
+
+    /// Writes `rows` to the outbox after anything held in memory; on a full disk makes room by
+    /// evicting the oldest requests and tries once more; when the storage still refuses, holds
+    /// them in memory. Other errors are returned.
+    fn store(&self, inner: &mut Inner, rows: Vec<NewBatch>) -> Stored {
+        self.write_held(inner);
+        if !inner.held.is_empty() {
+            self.hold(inner, rows);
+            return Stored::Memory;
+        }
+        let mut result = self.with_outbox(inner, |ob| ob.push_all(&rows));
+        if let Err(ShipError::Outbox(e)) = &result {
+            if e.is_disk_full() {
+                let need: u64 = rows.iter().map(|r| outbox::charge(r.body.len())).sum();
+                match self.with_outbox(inner, |ob| ob.make_space(need)) {
+                    Ok(freed) => {
+                        self.log_evictions(&freed, "the disk is full");
+                        result = self.with_outbox(inner, |ob| ob.push_all(&rows));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot evict on a full disk"),
                 }
-                Ok(r)
-            })
-            .map_err(fail)?;
-        self.log_evictions(&eviction, "buffer.max_size_mb reached");
-        let evicted_own = eviction
-            .evicted
-            .iter()
-            .filter(|(_, id)| encoded.rows.iter().any(|r| r.batch_id == *id))
-            .count();
-        Ok(EnqueueReport {
-            stored_parts: encoded.rows.len() - evicted_own,
-            evicted: eviction.evicted.len(),
-            stdout: false,
-        })
+            }
+        }
+        match result {
+            Ok(eviction) => {
+                self.storage_recovered(inner);
+                Stored::Outbox(eviction)
+            }
+            Err(ShipError::Outbox(e)) if e.is_storage() => {
+                self.storage_failed(inner, &e);
+                self.hold(inner, rows);
+                Stored::Memory
+            }
+            Err(e) => Stored::Failed(e),
+        }
+    }
+
+    /// Moves requests held in memory into the outbox, in order, if it takes writes again.
+    pub(super) fn write_held(&self, inner: &mut Inner) {
+        if inner.held.is_empty() {
+            return;
+        }
+        let rows: Vec<NewBatch> = inner.held.rows().iter().cloned().collect();
+        match self.with_outbox(inner, |ob| ob.push_all(&rows)) {
+            Ok(eviction) => {
+                tracing::info!(
+                    event = "held_written",
+                    requests = rows.len(),
+                    "the outbox takes writes again; requests held in memory are stored"
+                );
+                inner.held.clear();
+                self.log_evictions(&eviction, "buffer.max_size_mb reached");
+                self.storage_recovered(inner);
+            }
+            Err(e) => tracing::debug!(error = %e, "the outbox still does not take writes"),
+        }
+    }
+
+    fn hold(&self, inner: &mut Inner, rows: Vec<NewBatch>) {
+        self.counters
+            .held
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        let dropped = inner.held.push(rows);
+        if !dropped.is_empty() {
+            self.counters
+                .held_dropped
+                .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            for (kind, id) in &dropped {
+                tracing::warn!(event = "held_dropped", kind = %kind, batch_id = %id,
+                    "memory bound reached while the outbox takes no writes: dropped the oldest request");
+            }
+        }
+    }
+
+    fn storage_failed(&self, inner: &mut Inner, e: &OutboxError) {
+        self.counters
+            .storage_failures
+            .fetch_add(1, Ordering::Relaxed);
+        if inner.storage_error.is_none() {
+            tracing::error!(event = "outbox_unwritable", error = %e,
+                "the outbox does not take writes (full disk, read-only or failing storage); \
+                 holding requests in memory and sending from there");
+        }
+        inner.storage_error = Some(e.to_string());
+    }
+
+    fn storage_recovered(&self, inner: &mut Inner) {
+        if inner.storage_error.take().is_some() {
+            tracing::info!(event = "outbox_writable", "the outbox takes writes again");
+        }
+        if let Some(ob) = inner.outbox.as_ref() {
+            ob.ensure_reserve();
+        }
     }
 
     /// Stores one payload of the Bitville Python agent's buffer as a bitville request, so it is
@@ -334,6 +469,7 @@ impl Shipper {
             stored_parts: 0,
             evicted: 0,
             stdout: true,
+            held: 0,
         })
     }
 
@@ -432,6 +568,13 @@ impl Shipper {
                 outbox_recreated: load(&c.outbox_recreated),
                 throttled: load(&c.throttled),
                 encode: self.encoder().counters(),
+                storage_failures: load(&c.storage_failures),
+                held_total: load(&c.held),
+                held_dropped: load(&c.held_dropped),
+                held_now: inner.held.len(),
+                held_bytes: inner.held.bytes(),
+                unremoved: inner.unremoved.len(),
+                storage_error: inner.storage_error.clone(),
             },
         })
     }

@@ -57,6 +57,9 @@ pub struct Metrics {
     pub dead_letters: Gauge,
     pub breaker_state: Gauge,
     pub requests_throttled: Counter,
+    pub storage_failures: Counter,
+    pub held_requests: Gauge,
+    pub held_dropped: Counter,
     pub correlated_payloads: Counter,
     pub correlated_merged: Counter,
     pub correlated_repeated: Counter,
@@ -149,6 +152,21 @@ impl Metrics {
             "breaker_state",
             "Circuit breaker: 0 closed, 1 half-open, 2 open",
             self.breaker_state.clone(),
+        );
+        r.register(
+            "outbox_storage_failures",
+            "Outbox writes refused by the storage (full disk, read-only or failing state directory)",
+            self.storage_failures.clone(),
+        );
+        r.register(
+            "held_requests",
+            "Requests held in memory because the outbox does not take writes",
+            self.held_requests.clone(),
+        );
+        r.register(
+            "held_dropped",
+            "Requests dropped from memory at its 16 MiB bound while the outbox took no writes",
+            self.held_dropped.clone(),
         );
         r.register(
             "requests_throttled",

@@ -25,6 +25,9 @@ pub struct HealthState {
     pub interval: Duration,
     pub last_success: Option<Instant>,
     pub last_error: Option<String>,
+    /// Conditions that make the agent unhealthy while they last (data that cannot be stored),
+    /// by name.
+    pub conditions: std::collections::BTreeMap<&'static str, String>,
 }
 
 /// Shared between the daemon and the endpoint.
@@ -48,6 +51,7 @@ impl Telemetry {
                 interval,
                 last_success: None,
                 last_error: None,
+                conditions: Default::default(),
             })),
         }
     }
@@ -61,6 +65,20 @@ impl Telemetry {
                     h.last_error = None;
                 }
                 Some(e) => h.last_error = Some(e),
+            }
+        }
+    }
+
+    /// Sets (`Some(reason)`) or clears a condition that makes `/health` answer 503.
+    pub fn set_condition(&self, name: &'static str, reason: Option<String>) {
+        if let Ok(mut h) = self.health.lock() {
+            match reason {
+                Some(r) => {
+                    h.conditions.insert(name, r);
+                }
+                None => {
+                    h.conditions.remove(name);
+                }
             }
         }
     }
@@ -98,6 +116,7 @@ impl Telemetry {
         if let (Some(e), false) = (&h.last_error, reasons.is_empty()) {
             reasons.push(format!("last error: {e}"));
         }
+        reasons.extend(h.conditions.values().cloned());
         let healthy = reasons.is_empty();
         (
             healthy,

@@ -17,7 +17,20 @@ pub struct AgentChild {
 impl AgentChild {
     /// Starts `postgres-agent ARGS` with a clean environment plus `env`.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> AgentChild {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgres-agent"));
+        AgentChild::spawn_wrapped(&[], args, env)
+    }
+
+    /// [`AgentChild::spawn`] under a wrapper command, e.g. `["prlimit", "--fsize=65536", "--"]`.
+    pub fn spawn_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> AgentChild {
+        let agent = env!("CARGO_BIN_EXE_postgres-agent");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(agent);
+                c
+            }
+            None => Command::new(agent),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -24,7 +24,7 @@ pub mod stats;
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use uuid::Uuid;
 
 use crate::config::Protocol;
@@ -38,6 +38,9 @@ pub use stats::{DeadLetterInfo, KindStats, OutboxStats};
 /// Bytes charged per stored batch on top of its body: row metadata, its index entry and the partly
 /// filled last overflow page (SQLite's default page size is 4 KiB).
 pub const ROW_OVERHEAD: u64 = 4096;
+
+/// Size of the reserve file kept beside the outbox (see [`Outbox::make_space`]).
+pub const RESERVE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Dead letters kept for inspection; older ones are dropped (and counted) beyond this.
 pub const MAX_DEAD_LETTERS: u64 = 100;
@@ -68,6 +71,37 @@ pub enum OutboxError {
 }
 
 impl OutboxError {
+    /// True when the storage, not the file, is the problem: a full disk (or file-size limit), a
+    /// read-only or unwritable state directory, an I/O error. Such a write can succeed later.
+    pub fn is_storage(&self) -> bool {
+        match self {
+            OutboxError::Io { .. } => true,
+            OutboxError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(
+                    ErrorCode::DiskFull
+                        | ErrorCode::ReadOnly
+                        | ErrorCode::SystemIoFailure
+                        | ErrorCode::PermissionDenied
+                        | ErrorCode::CannotOpen
+                )
+            ),
+            _ => false,
+        }
+    }
+
+    /// True for a full disk or a file-size limit, where evicting old requests can make room.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            OutboxError::Io { source, .. } => matches!(source.raw_os_error(), Some(28 | 27)),
+            OutboxError::Sqlite { source, .. } => {
+                source.sqlite_error_code() == Some(ErrorCode::DiskFull)
+                    || source.to_string().contains("database or disk is full")
+            }
+            _ => false,
+        }
+    }
+
     /// True when the database file itself is damaged and should be moved aside.
     pub fn is_corruption(&self) -> bool {
         match self {
@@ -152,7 +186,11 @@ impl Outbox {
             })?;
         }
         match schema::open_rw(path, max_size_bytes / 16) {
-            Ok(conn) => Outbox::from_conn(conn, path, max_size_bytes),
+            Ok(conn) => {
+                let outbox = Outbox::from_conn(conn, path, max_size_bytes)?;
+                outbox.ensure_reserve();
+                Ok(outbox)
+            }
             Err(e) if e.is_corruption() => Outbox::recover(path, max_size_bytes, &e),
             Err(e) => Err(e),
         }
@@ -310,14 +348,63 @@ impl Outbox {
         Ok(report)
     }
 
+    /// Path of the reserve file: space kept aside so that, when the disk fills up, deleting it lets
+    /// SQLite write the deletions that make room.
+    pub fn reserve_path(&self) -> PathBuf {
+        let mut p = self.path.as_os_str().to_owned();
+        p.push(".reserve");
+        PathBuf::from(p)
+    }
+
+    /// Creates the reserve file if it is missing; a disk too full for it is not an error (the
+    /// reserve comes back when there is room).
+    pub fn ensure_reserve(&self) {
+        let path = self.reserve_path();
+        if path.exists() {
+            return;
+        }
+        let result = std::fs::File::create(&path).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&vec![0u8; RESERVE_BYTES as usize])?;
+            f.sync_all()
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    /// On a full disk: gives the reserve back to the file system, evicts the oldest requests
+    /// (counted per type) until about `need` bytes of them are gone, and checkpoints so the freed
+    /// pages can be reused. Returns what was evicted.
+    pub fn make_space(&mut self, need: u64) -> Result<EvictionReport, OutboxError> {
+        let _ = std::fs::remove_file(self.reserve_path());
+        let path = self.path.clone();
+        let err = |source| OutboxError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let target = self.charged.saturating_sub(need.max(RESERVE_BYTES));
+        let (report, charged) = make_room(&tx, self.charged, 0, target).map_err(err)?;
+        tx.commit().map_err(err)?;
+        self.charged = charged;
+        self.checkpoint();
+        Ok(report)
+    }
+
     /// The oldest batch, if any.
     pub fn oldest(&self) -> Result<Option<StoredBatch>, OutboxError> {
+        self.oldest_after(0)
+    }
+
+    /// The oldest batch with a sequence number above `after`, if any.
+    pub fn oldest_after(&self, after: i64) -> Result<Option<StoredBatch>, OutboxError> {
         let row = self
             .conn
             .query_row(
                 "SELECT seq, batch_id, kind, enqueued_ms, attempts, body, protocol
-                 FROM outbox ORDER BY seq LIMIT 1",
-                [],
+                 FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                [after],
                 |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
