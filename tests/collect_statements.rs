@@ -328,3 +328,29 @@ fn a_failed_cycle_loses_no_calls_the_next_one_reports_both_intervals() {
         db.close();
     });
 }
+
+/// A damaged baseline file is moved aside (named in one error) and a new baseline starts; the
+/// cycle after that reports deltas again.
+#[test]
+fn a_damaged_baseline_is_moved_aside_and_a_new_one_starts() {
+    let server = PgServer::start();
+    let state = tempfile::tempdir().unwrap();
+    let config = agent_config(&server, state.path(), "");
+    rt().block_on(async {
+        let first = statements(&cycle(&config).await);
+        assert_eq!(first["baseline"], "new");
+        let file = state.path().join("statements-baseline.json");
+        std::fs::write(&file, b"{\"format\": 1, \"entries\": [garbage").unwrap();
+        let second = statements(&cycle(&config).await);
+        assert_eq!(second["baseline"], "new", "{second}");
+        let moved: Vec<String> = std::fs::read_dir(state.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("statements-baseline.json.corrupt-"))
+            .collect();
+        assert_eq!(moved.len(), 1, "{moved:?}");
+        let third = statements(&cycle(&config).await);
+        assert_eq!(third["baseline"], "continued", "{third}");
+    });
+}

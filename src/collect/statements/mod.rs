@@ -133,7 +133,13 @@ impl StatementsCollector {
                 Ok(saved) => self.baseline = saved,
                 Err(e) => {
                     counters::STATEMENTS_BASELINE_DISCARDED.incr();
-                    tracing::warn!(error = %e, "saved statement baseline unusable; starting a new one");
+                    // Kept for inspection, out of the way of the next save (at most two copies).
+                    let path = baseline::path(&self.state_dir);
+                    let moved = crate::ship::outbox::schema::move_aside(&path);
+                    tracing::error!(error = %e, file = %path.display(),
+                        moved_to = ?moved.as_ref().ok(),
+                        "the saved statement baseline is damaged; moved it aside and starting a \
+                         new one: the calls since its last save are not reported");
                 }
             }
         }
