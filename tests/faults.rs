@@ -268,3 +268,125 @@ fn a_full_disk_holds_batches_in_memory_and_delivery_goes_on() {
         "SIGTERM to exit took {took:?}"
     );
 }
+
+/// A small tmpfs of the test's own, unmounted on drop; None when this process cannot mount.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, mode: &str) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size=64m,{mode}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    fn remount(&self, mode: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {mode}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The state directory is read-only when the daemon starts (a tmpfs mounted `ro`; without the right
+/// to mount, a directory the agent may not write): it starts anyway, collection goes on, batches are
+/// delivered from memory, `/health` says why, and once the directory is writable again the outbox
+/// takes writes and `/health` recovers. (A running file system cannot be remounted read-only while
+/// the outbox holds it open for writing; the full-disk test covers writes failing under a running
+/// daemon.)
+#[test]
+fn a_read_only_state_directory_does_not_stop_delivery() {
+    let server = PgServer::start();
+    let listener = support::listener::Listener::start();
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let tmpfs = Tmpfs::mount(&state, "ro");
+    let port = free_port();
+    let config_dir = tempfile::tempdir().unwrap();
+    let ini = server.agent_ini(
+        &state,
+        &format!(
+            "[listener]\nprotocol = batch\nurl = {}\ntimeout_s = 2\n\
+             [agent]\ncollection_interval_s = 1\n[logs]\nenabled = false\n",
+            listener.url()
+        ),
+    );
+    let ini = ini.replace(
+        "[telemetry]\nlisten =\n",
+        &format!("[telemetry]\nlisten = 127.0.0.1:{port}\n"),
+    );
+    let path = config_dir.path().join("agent.ini");
+    std::fs::write(&path, ini).unwrap();
+    if tmpfs.is_none() {
+        // Not root: make the directory unwritable before the agent starts.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o500)).unwrap();
+    }
+    let mut agent = AgentChild::spawn(&["run", path.to_str().unwrap()], &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((503, body)) = get(port, "/health", Duration::from_secs(1)) {
+            if body.contains("does not take writes") {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the read-only state directory was never reported\n{}",
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Delivery goes on from memory.
+    let delivered = listener.bodies_of_type("system_metrics").len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while listener.bodies_of_type("system_metrics").len() < delivered + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing delivered while the state directory is read-only\n{}",
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Writable again: /health recovers.
+    match &tmpfs {
+        Some(fs) => fs.remount("rw"),
+        None => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(get(port, "/health", Duration::from_secs(1)), Some((200, _))) {
+        assert!(
+            Instant::now() < deadline,
+            "/health did not recover: {:?}\n{}",
+            get(port, "/health", Duration::from_secs(1)),
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.signal("TERM");
+    let (status, took) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr_text());
+    assert!(
+        took < Duration::from_secs(2),
+        "SIGTERM to exit took {took:?}"
+    );
+    drop(tmpfs);
+}

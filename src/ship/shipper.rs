@@ -196,16 +196,23 @@ impl Shipper {
             .set_limit(config.listener.max_requests_per_minute);
         self.encoder().reconfigure(config);
         if sender.is_some() && inner.outbox.is_none() {
-            let opened = Outbox::open(&inner.path, inner.max_size_bytes)?;
-            if let Some(saved) = opened.load_breaker()? {
-                let (t, r) = (
-                    inner.breaker.failure_threshold,
-                    inner.breaker.recovery_timeout,
-                );
-                inner.breaker = Breaker::new(t, r, saved.clone());
-                inner.saved_breaker = Some(saved);
+            match Outbox::open(&inner.path, inner.max_size_bytes) {
+                Ok(opened) => {
+                    if let Some(saved) = opened.load_breaker()? {
+                        let (t, r) = (
+                            inner.breaker.failure_threshold,
+                            inner.breaker.recovery_timeout,
+                        );
+                        inner.breaker = Breaker::new(t, r, saved.clone());
+                        inner.saved_breaker = Some(saved);
+                    }
+                    inner.outbox = Some(opened);
+                }
+                // An unwritable state directory: run on the memory queue; every later write
+                // tries to open the outbox again.
+                Err(e) if e.is_storage() => self.storage_failed(&mut inner, &e),
+                Err(e) => return Err(e.into()),
             }
-            inner.outbox = Some(opened);
         }
         if sender.is_some() && config.listener.protocol == Protocol::Bitville {
             self.convert_queued(&mut inner);
