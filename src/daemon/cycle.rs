@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::collect::{counters, CycleReport, Outcome};
+use crate::ship::batch::Batch;
 use crate::ship::breaker::CircuitState;
 use crate::ship::{DrainReport, Shipper};
 use crate::telemetry::metrics::{
@@ -12,9 +13,9 @@ use crate::telemetry::metrics::{
 use crate::telemetry::server::Telemetry;
 
 /// Writes a cycle's batches durably (or prints them with no listener). Returns how many failed.
-pub fn enqueue_all(report: &CycleReport, shipper: &Shipper, telemetry: &Telemetry) -> usize {
+pub fn enqueue_all(batches: &[Batch], shipper: &Shipper, telemetry: &Telemetry) -> usize {
     let mut failed = 0;
-    for batch in &report.batches {
+    for batch in batches {
         match shipper.enqueue(batch) {
             Ok(r) => {
                 let outcome = if r.stdout { "printed" } else { "enqueued" };

@@ -37,6 +37,8 @@ use schedule::Schedule;
 
 /// The last send attempt on shutdown may take this long.
 pub const SHUTDOWN_SEND_BUDGET: Duration = Duration::from_millis(500);
+/// Writing a cycle's batches to the outbox may take this long before it is reported as stalled.
+const PERSIST_DEADLINE: Duration = Duration::from_secs(10);
 /// The log task's final flush may take this long.
 const SHUTDOWN_LOG_FLUSH: Duration = Duration::from_millis(300);
 
@@ -292,43 +294,63 @@ impl Daemon {
     }
 
     async fn cycle(&mut self) {
-        let report = self.collectors.run_cycle(&self.db, &self.config).await;
+        let mut report = self.collectors.run_cycle(&self.db, &self.config).await;
         if let Some(s) = &report.server {
             if let Ok(mut guard) = self.server.lock() {
                 *guard = Some(s.clone());
             }
         }
         cycle::record_cycle(&self.telemetry.metrics, &report);
-        cycle::enqueue_all(&report, &self.shipper, &self.telemetry);
-        deliver::record_storage_health(&self.telemetry, &self.shipper);
+        let mut summary = cycle::summary(&report, None);
+        // Writing to the outbox is blocking I/O (SQLite, fsync): off the scheduler and under a
+        // deadline, so a hung disk cannot stall the next cycle, /health or a stop signal.
+        let batches = std::mem::take(&mut report.batches);
+        let (shipper, telemetry) = (self.shipper.clone(), self.telemetry.clone());
+        let job = tokio::task::spawn_blocking(move || {
+            cycle::enqueue_all(&batches, &shipper, &telemetry);
+            deliver::record_storage_health(&telemetry, &shipper);
+            shipper.stats().ok().and_then(|s| s.outbox.map(|o| o.depth))
+        });
+        match tokio::time::timeout(PERSIST_DEADLINE, job).await {
+            Ok(waiting) => {
+                self.telemetry.set_condition("outbox_stalled", None);
+                if let Some(w) = waiting.ok().flatten() {
+                    summary.push_str(&format!(", {w} requests waiting to be sent"));
+                }
+            }
+            Err(_) => {
+                self.telemetry.metrics.outbox_write_stalls.inc();
+                let why = format!(
+                    "writing the cycle's batches to the outbox did not finish within {} s \
+                     (a hung disk or file system?)",
+                    PERSIST_DEADLINE.as_secs()
+                );
+                tracing::error!(event = "outbox_write_stalled", "{why}");
+                self.telemetry.set_condition("outbox_stalled", Some(why));
+            }
+        }
         // Sending is the delivery task's: a slow listener never holds up the next cycle.
         if let Some(d) = &self.delivery {
             d.wake();
         }
-        let waiting = self
-            .shipper
-            .stats()
-            .ok()
-            .and_then(|s| s.outbox.map(|o| o.depth));
         self.telemetry
             .metrics
             .db_connections_open
             .set(self.db.open_connections() as i64);
-        let summary = cycle::summary(&report, waiting);
         self.telemetry.record_cycle(if report.server.is_some() {
             None
         } else {
             Some("the database was unreachable".to_string())
         });
         tracing::info!(summary = %summary, "cycle finished");
-        if let Err(e) = crate::ship::status::LastCycle::save(
-            &self.config.agent.state_dir,
-            report.server.is_some(),
-            &summary,
-        ) {
-            tracing::warn!(error = %e, "cannot record the cycle for `status`");
-        }
         notify::status(&summary);
+        // For `status`; a small file, but still disk I/O: not waited for.
+        let (dir, ok) = (self.config.agent.state_dir.clone(), report.server.is_some());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::ship::status::LastCycle::save(&dir, ok, &summary) {
+                tracing::debug!(error = %e, "cannot record the cycle for `status`");
+            }
+        });
     }
 
     /// Re-reads the configuration; returns true when a new one took effect.

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub breaker_state: Gauge,
     pub requests_throttled: Counter,
     pub storage_failures: Counter,
+    pub outbox_write_stalls: Counter,
     pub held_requests: Gauge,
     pub held_dropped: Counter,
     pub correlated_payloads: Counter,
@@ -157,6 +158,11 @@ impl Metrics {
             "outbox_storage_failures",
             "Outbox writes refused by the storage (full disk, read-only or failing state directory)",
             self.storage_failures.clone(),
+        );
+        r.register(
+            "outbox_write_stalls",
+            "Cycles whose outbox writes did not finish within 10 s (reported, not waited for)",
+            self.outbox_write_stalls.clone(),
         );
         r.register(
             "held_requests",
