@@ -92,10 +92,15 @@ pub fn run(path: Option<PathBuf>, config: Config, log: LogControl) -> ExitCode {
         .enable_all()
         .build();
     let result = match runtime {
-        Ok(rt) => rt.block_on(async move {
-            let mut daemon = Daemon::start(path, config, log).await?;
-            daemon.run().await
-        }),
+        Ok(rt) => {
+            let result = rt.block_on(async move {
+                let mut daemon = Daemon::start(path, config, log).await?;
+                daemon.run().await
+            });
+            // Blocking work stuck on a hung disk must not hold up the exit.
+            rt.shutdown_timeout(Duration::from_millis(500));
+            result
+        }
         Err(e) => Err(DaemonError::Runtime(e)),
     };
     match result {
