@@ -4,7 +4,8 @@
 # memory is), CPU per cycle, and whether RSS grows (mean RSS of the second quarter of the run vs the
 # last quarter); then restarts the daemon on the same state and prints its peak RSS again.
 #
-#   bench/soak.sh [SECONDS]   (default 300; AGENT_BIN=path to skip the build)
+#   bench/soak.sh [SECONDS]   (default 300; AGENT_BIN=path to skip the build; PROTOCOL=bitville to
+#                              ship in the Bitville protocol instead of the batch envelope)
 #
 # With `prometheus-postgres-exporter` installed (apt-get install prometheus-postgres-exporter), the
 # same load is also scraped every second by postgres_exporter (its default collectors plus a query over
@@ -12,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-300}
+PROTOCOL=${PROTOCOL:-batch}
 . bench/pg-cluster.sh
 
 # AGENT_BIN: an already built release binary (default: build one here).
@@ -53,7 +55,9 @@ host = $PGB_SOCK
 port = $PGB_PORT
 user = postgres
 [listener]
-protocol = batch
+protocol = $PROTOCOL
+# 1 s cycles send 5 aggregates a second in the bitville protocol; the soak listener has no limit.
+max_requests_per_minute = 100000
 url = http://127.0.0.1:$LPORT/ingest
 [logs]
 path = $PGB_DATA/log

@@ -47,6 +47,29 @@ fn cycles(port: u16) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// The daemon's configuration for these faults, written to `dir/agent.ini`: the batch protocol to
+/// `url`, 1 s cycles, no log reader, `/health` and `/metrics` on `port`, plus `extra`.
+fn fault_ini(
+    server: &PgServer,
+    state: &std::path::Path,
+    dir: &std::path::Path,
+    url: &str,
+    port: u16,
+    extra: &str,
+) -> std::path::PathBuf {
+    let ini = server.agent_ini(
+        state,
+        &format!(
+            "[listener]\nprotocol = batch\nurl = {url}\n\
+             [agent]\ncollection_interval_s = 1\n[logs]\nenabled = false\n\
+             [telemetry]\nlisten = 127.0.0.1:{port}\n{extra}"
+        ),
+    );
+    let path = dir.join("agent.ini");
+    std::fs::write(&path, ini).unwrap();
+    path
+}
+
 /// A listener that accepts connections, reads each request and never answers: counts the requests
 /// per `Idempotency-Key` as they arrive.
 fn hung_listener() -> (String, Arc<Mutex<HashMap<String, u32>>>) {
@@ -90,19 +113,14 @@ fn a_hung_listener_delays_neither_cycles_nor_health_nor_shutdown() {
     let (url, seen) = hung_listener();
     let state = tempfile::tempdir().unwrap();
     let port = free_port();
-    let ini = server.agent_ini(
+    let path = fault_ini(
+        &server,
         state.path(),
-        &format!(
-            "[listener]\nprotocol = batch\nurl = {url}\ntimeout_s = 30\n\
-             [agent]\ncollection_interval_s = 1\n[logs]\nenabled = false\n"
-        ),
+        state.path(),
+        &url,
+        port,
+        "[listener]\ntimeout_s = 30\n",
     );
-    let ini = ini.replace(
-        "[telemetry]\nlisten =\n",
-        &format!("[telemetry]\nlisten = 127.0.0.1:{port}\n"),
-    );
-    let path = state.path().join("agent.ini");
-    std::fs::write(&path, ini).unwrap();
     let mut agent = AgentChild::spawn(&["run", path.to_str().unwrap()], &[]);
 
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -172,21 +190,14 @@ fn a_full_disk_holds_batches_in_memory_and_delivery_goes_on() {
     listener.set_status(503);
     let state = tempfile::tempdir().unwrap();
     let port = free_port();
-    let ini = server.agent_ini(
+    let path = fault_ini(
+        &server,
         state.path(),
-        &format!(
-            "[listener]\nprotocol = batch\nurl = {}\ntimeout_s = 2\n\
-             [agent]\ncollection_interval_s = 1\n[logs]\nenabled = false\n\
-             [circuit_breaker]\nrecovery_timeout_s = 1\n",
-            listener.url()
-        ),
+        state.path(),
+        &listener.url(),
+        port,
+        "[listener]\ntimeout_s = 2\n[circuit_breaker]\nrecovery_timeout_s = 1\n",
     );
-    let ini = ini.replace(
-        "[telemetry]\nlisten =\n",
-        &format!("[telemetry]\nlisten = 127.0.0.1:{port}\n"),
-    );
-    let path = state.path().join("agent.ini");
-    std::fs::write(&path, ini).unwrap();
     let mut agent = AgentChild::spawn_wrapped(
         &["prlimit", "--fsize=98304", "--"],
         &["run", path.to_str().unwrap()],
@@ -318,20 +329,14 @@ fn a_read_only_state_directory_does_not_stop_delivery() {
     let tmpfs = Tmpfs::mount(&state, "ro");
     let port = free_port();
     let config_dir = tempfile::tempdir().unwrap();
-    let ini = server.agent_ini(
+    let path = fault_ini(
+        &server,
         &state,
-        &format!(
-            "[listener]\nprotocol = batch\nurl = {}\ntimeout_s = 2\n\
-             [agent]\ncollection_interval_s = 1\n[logs]\nenabled = false\n",
-            listener.url()
-        ),
+        config_dir.path(),
+        &listener.url(),
+        port,
+        "[listener]\ntimeout_s = 2\n",
     );
-    let ini = ini.replace(
-        "[telemetry]\nlisten =\n",
-        &format!("[telemetry]\nlisten = 127.0.0.1:{port}\n"),
-    );
-    let path = config_dir.path().join("agent.ini");
-    std::fs::write(&path, ini).unwrap();
     if tmpfs.is_none() {
         // Not root: make the directory unwritable before the agent starts.
         use std::os::unix::fs::PermissionsExt;

@@ -167,25 +167,12 @@ impl BitvilleListener {
             stored: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
         });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let s = shared.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                let app = Router::new()
-                    .route("/health", get(health))
-                    .route("/ingest/postgres", any(ingest))
-                    .fallback(not_found)
-                    .with_state(s);
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
-        let addr = rx.recv().unwrap();
+        let app = Router::new()
+            .route("/health", get(health))
+            .route("/ingest/postgres", any(ingest))
+            .fallback(not_found)
+            .with_state(shared.clone());
+        let (addr, thread) = crate::support::serve::serve_in_thread(app);
         BitvilleListener {
             addr,
             shared,

@@ -72,23 +72,10 @@ impl Listener {
     pub fn start() -> Listener {
         let shared = Shared::default();
         shared.status.store(200, Ordering::SeqCst);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let s = shared.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                let app = Router::new()
-                    .route("/ingest", post(ingest).get(probe))
-                    .with_state(s);
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
-        let addr = rx.recv().unwrap();
+        let app = Router::new()
+            .route("/ingest", post(ingest).get(probe))
+            .with_state(shared.clone());
+        let (addr, thread) = super::serve::serve_in_thread(app);
         Listener {
             addr,
             shared,

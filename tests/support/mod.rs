@@ -11,6 +11,7 @@ pub mod listener;
 pub mod logs;
 pub mod pg;
 pub mod python;
+pub mod serve;
 
 use std::path::Path;
 use std::process::{Command, Output};

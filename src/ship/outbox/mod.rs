@@ -157,6 +157,35 @@ pub struct Outbox {
     charged: u64,
 }
 
+/// Inserts one request; returns what it is charged.
+fn insert_row(tx: &Connection, row: &NewBatch) -> rusqlite::Result<u64> {
+    let cost = charge(row.body.len());
+    tx.execute(
+        "INSERT INTO outbox (batch_id, kind, collected_at, enqueued_ms, charge, body, protocol)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            row.batch_id.to_string(),
+            row.kind.as_str(),
+            row.collected_at,
+            now_ms(),
+            cost as i64,
+            row.body,
+            row.protocol.as_str(),
+        ],
+    )?;
+    Ok(cost)
+}
+
+/// Deletes one request; returns what it was charged, None when it was gone.
+fn delete_row(tx: &Connection, seq: i64) -> rusqlite::Result<Option<i64>> {
+    tx.query_row(
+        "DELETE FROM outbox WHERE seq = ?1 RETURNING charge",
+        [seq],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -305,20 +334,7 @@ impl Outbox {
         let tx = self.conn.transaction().map_err(err)?;
         let (report, charged) = make_room(&tx, self.charged, cost, budget).map_err(err)?;
         for batch in batches {
-            tx.execute(
-                "INSERT INTO outbox (batch_id, kind, collected_at, enqueued_ms, charge, body, protocol)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    batch.batch_id.to_string(),
-                    batch.kind.as_str(),
-                    batch.collected_at,
-                    now_ms(),
-                    charge(batch.body.len()) as i64,
-                    batch.body,
-                    batch.protocol.as_str(),
-                ],
-            )
-            .map_err(err)?;
+            insert_row(&tx, batch).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         self.charged = charged + cost;
@@ -471,32 +487,10 @@ impl Outbox {
             source,
         };
         let tx = self.conn.transaction().map_err(err)?;
-        let freed: Option<i64> = tx
-            .query_row(
-                "DELETE FROM outbox WHERE seq = ?1 RETURNING charge",
-                [seq],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err)?;
+        let freed = delete_row(&tx, seq).map_err(err)?;
         let mut added = 0;
         for row in rows {
-            let cost = charge(row.body.len());
-            tx.execute(
-                "INSERT INTO outbox (batch_id, kind, collected_at, enqueued_ms, charge, body, protocol)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    row.batch_id.to_string(),
-                    row.kind.as_str(),
-                    row.collected_at,
-                    now_ms(),
-                    cost as i64,
-                    row.body,
-                    row.protocol.as_str(),
-                ],
-            )
-            .map_err(err)?;
-            added += cost;
+            added += insert_row(&tx, row).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         self.charged = (self.charged + added).saturating_sub(freed.unwrap_or(0) as u64);
@@ -524,14 +518,7 @@ impl Outbox {
             source,
         };
         let tx = self.conn.transaction().map_err(err)?;
-        let charge: Option<i64> = tx
-            .query_row(
-                "DELETE FROM outbox WHERE seq = ?1 RETURNING charge",
-                [seq],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err)?;
+        let charge = delete_row(&tx, seq).map_err(err)?;
         bump(&tx, &format!("delivered.{kind}"), 1).map_err(err)?;
         set(&tx, "last_success_ms", now_ms()).map_err(err)?;
         tx.commit().map_err(err)?;
