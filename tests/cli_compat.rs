@@ -11,13 +11,7 @@ use support::agent;
 use support::child::AgentChild;
 use support::python::PYTHON_EXAMPLE;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::free_port;
 
 /// A valid config whose database is a closed local port, with no listener: batches go to stdout.
 /// Its state directory is `<dir>/state`, which does not exist yet.

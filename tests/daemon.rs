@@ -10,13 +10,7 @@ use support::child::AgentChild;
 use support::listener::Listener;
 use support::{PgOptions, PgServer};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::free_port;
 
 /// Writes the agent's config for `server` and returns its path.
 fn write_config(

@@ -11,13 +11,7 @@ use std::time::{Duration, Instant};
 use support::child::AgentChild;
 use support::PgServer;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::free_port;
 
 /// GET with a read deadline; None when no answer came in time.
 fn get(port: u16, path: &str, deadline: Duration) -> Option<(u16, String)> {
@@ -35,6 +29,24 @@ fn get(port: u16, path: &str, deadline: Duration) -> Option<(u16, String)> {
         status,
         out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
     ))
+}
+
+/// Waits until `/health` answers 503 because the outbox takes no writes.
+fn wait_until_unwritable_is_reported(port: u16, agent: &AgentChild, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some((503, body)) = get(port, "/health", Duration::from_secs(1)) {
+            if body.contains("does not take writes") {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} was never reported\n{}",
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn cycles(port: u16) -> u64 {
@@ -204,20 +216,7 @@ fn a_full_disk_holds_batches_in_memory_and_delivery_goes_on() {
         &[],
     );
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some((503, body)) = get(port, "/health", Duration::from_secs(1)) {
-            if body.contains("does not take writes") {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the full outbox was never reported\n{}",
-            agent.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_unwritable_is_reported(port, &agent, "the full outbox");
     // Cycles go on, without spinning: under half a core over 3 s.
     let (c0, t0) = (cycles(port), cpu_ticks(agent.pid()));
     std::thread::sleep(Duration::from_secs(3));
@@ -343,20 +342,7 @@ fn a_read_only_state_directory_does_not_stop_delivery() {
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o500)).unwrap();
     }
     let mut agent = AgentChild::spawn(&["run", path.to_str().unwrap()], &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((503, body)) = get(port, "/health", Duration::from_secs(1)) {
-            if body.contains("does not take writes") {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the read-only state directory was never reported\n{}",
-            agent.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_unwritable_is_reported(port, &agent, "the read-only state directory");
     // Delivery goes on from memory.
     let delivered = listener.bodies_of_type("system_metrics").len();
     let deadline = Instant::now() + Duration::from_secs(30);

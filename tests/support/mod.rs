@@ -107,6 +107,15 @@ pub fn agent_os(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
     cmd.output().expect("run postgres-agent")
 }
 
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
 /// A current-thread tokio runtime for async test bodies.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
