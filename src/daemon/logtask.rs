@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::{Db, ServerInfo, APPLICATION_NAME, QUERY_TAG};
+use crate::logs::position::Position;
 use crate::logs::settings::TailSettings;
 use crate::logs::source;
 use crate::logs::tail::{LogBatch, Tailer};
@@ -107,14 +108,25 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     };
     // A crash between writing a batch to the outbox and saving the position would read those
     // entries again: resume after the newest pg_logs batch still waiting in the outbox instead.
-    if let Some(enqueued) = shared
+    let enqueued: Option<Position> = shared
         .shipper
         .newest_field(BatchKind::PgLogs, "log_position")
-        .and_then(|v| serde_json::from_value(v).ok())
-    {
-        if let Err(e) = tailer.reconcile(&enqueued) {
+        .and_then(|v| serde_json::from_value(v).ok());
+    if let Some(enqueued) = &enqueued {
+        if let Err(e) = tailer.reconcile(enqueued) {
             tracing::warn!(error = %e, "cannot reconcile the log position with the outbox");
         }
+    }
+    if let Some(aside) = tailer.set_aside() {
+        // A damaged position file must not stop shipping: say once, loudly, where reading resumes.
+        let resume = match (&enqueued, config.logs.start_at_end) {
+            (Some(_), _) => "after the newest pg_logs batch in the outbox",
+            (None, true) => "at the end of the newest log file (logs.start_at = end)",
+            (None, false) => "at the start of the oldest log file (logs.start_at = beginning)",
+        };
+        tracing::error!(event = "log_position_corrupt", moved_to = %aside.moved_to.display(),
+            reason = %aside.reason, resume_from = resume,
+            "the saved log position was damaged and has been moved aside; reading resumes {resume}");
     }
     tracing::info!("following the server log");
     let max = config.logs.max_buffered_entries;

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::parse::{End, Parser};
 use super::position::{
-    fingerprint, FileId, Position, PositionError, PositionStore, FINGERPRINT_BYTES,
+    fingerprint, FileId, Position, PositionError, PositionStore, SetAside, FINGERPRINT_BYTES,
 };
 use super::reader::EntryReader;
 pub use super::settings::TailSettings;
@@ -72,21 +72,31 @@ pub struct Tailer {
     finished: Vec<FileId>,
     /// Entries read but not yet handed out (kept here so a dropped `next_batch` loses nothing).
     pending: Vec<Value>,
+    /// The saved position was damaged and moved aside when the tailer was opened.
+    set_aside: Option<SetAside>,
 }
 
 impl Tailer {
-    /// Loads the saved position; files are opened on the first read.
+    /// Loads the saved position; files are opened on the first read. A damaged position file is
+    /// moved aside and the tailer starts as without one ([`Tailer::set_aside`] says so): the caller
+    /// reconciles with the outbox, else `start_at_end` applies.
     pub fn open(settings: TailSettings) -> Result<Tailer, TailError> {
         let store = PositionStore::new(&settings.state_dir);
-        let committed = store.load()?;
+        let loaded = store.load_or_set_aside()?;
         Ok(Tailer {
             settings,
             store,
-            committed,
+            committed: loaded.position,
             current: None,
             finished: Vec::new(),
             pending: Vec::new(),
+            set_aside: loaded.set_aside,
         })
+    }
+
+    /// The damaged position file moved aside when the tailer was opened, if any.
+    pub fn set_aside(&self) -> Option<&SetAside> {
+        self.set_aside.as_ref()
     }
 
     /// The last committed position.
