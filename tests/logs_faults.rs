@@ -183,3 +183,57 @@ fn at_most_two_damaged_position_files_are_kept() {
     assert!(tailer.set_aside().is_none());
     assert_eq!(tailer.committed(), Some(&p));
 }
+
+/// `[logs] path` naming a FIFO: nothing opens it (which would block the whole agent), one warning
+/// names it and says what it is, cycles keep running, and SIGTERM still stops the agent at once.
+#[test]
+fn fifo_log_path_is_reported_and_never_blocks_the_agent() {
+    let server = PgServer::start_with(PgOptions {
+        pg_stat_statements: false,
+        ..Default::default()
+    });
+    let state = tempfile::tempdir().expect("state");
+    let fifo = state.path().join("postgresql.log");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
+    let listener = Listener::start();
+    let config = write_config(
+        &server,
+        state.path(),
+        &listener,
+        &format!(
+            "[logs]\npath = {}\nformat = stderr\nline_prefix = %m [%p] \npoll_interval_ms = 20\n",
+            fifo.display()
+        ),
+    );
+    let mut agent = AgentChild::spawn(&["run", &config], &[]);
+    let warning = agent.wait_for_line(Duration::from_secs(20), "the FIFO warning", |l| {
+        l.contains("FIFO")
+    });
+    assert!(warning.contains(&fifo.display().to_string()), "{warning}");
+    assert!(warning.contains("WARN"), "{warning}");
+    // Cycles go on: batches of three more cycles arrive.
+    let first = listener.bodies_of_type("system_metrics").len();
+    wait_until(Duration::from_secs(30), "three more cycles", || {
+        listener.bodies_of_type("system_metrics").len() >= first + 3
+    });
+    agent.signal("TERM");
+    let (status, took) = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr_text());
+    assert!(
+        took < Duration::from_secs(2),
+        "SIGTERM to exit took {took:?}"
+    );
+    let warnings = agent
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("FIFO"))
+        .count();
+    assert_eq!(warnings, 1, "{}", agent.stderr_text());
+}

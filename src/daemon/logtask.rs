@@ -3,8 +3,9 @@
 //! after the batch is in the outbox. On shutdown it writes what it holds and saves its position.
 //!
 //! Where the log is comes from `[logs]`, completed by asking the server (`logs::source::discover`)
-//! when `logs.path` is unset; while neither is possible it retries every interval, having warned
-//! once (a role without pg_read_all_settings cannot see the location: the warning names the grant).
+//! when `logs.path` is unset; while neither is possible (or the path is not a regular file or
+//! directory, say a FIFO) it retries with back-off up to every interval, having warned once (a role
+//! without pg_read_all_settings cannot see the location: the warning names the grant).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,9 @@ use crate::logs::tail::{LogBatch, Tailer};
 use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::ship::Shipper;
 use crate::telemetry::server::Telemetry;
+
+/// The first retry when the log cannot be followed yet.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 /// What the log task shares with the main loop.
 #[derive(Clone)]
@@ -87,6 +91,8 @@ async fn settings(config: &Config, db: &Db) -> Result<TailSettings, String> {
 async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationToken) {
     let interval = config.agent.collection_interval;
     let mut warned = false;
+    // Retries start after a second and double up to the collection interval.
+    let mut backoff = RETRY_FIRST.min(interval);
     let mut tailer = loop {
         let attempt = match settings(&config, &db).await {
             Ok(s) => Tailer::open(s).map_err(|e| e.to_string()),
@@ -96,13 +102,14 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             Ok(t) => break t,
             Err(e) => {
                 if !warned {
-                    tracing::warn!(error = %e, "cannot follow the server log yet; retrying every interval");
+                    tracing::warn!(error = %e, "cannot follow the server log yet; retrying with back-off up to every interval");
                     warned = true;
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(interval) => continue,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(interval);
             }
         }
     };

@@ -77,7 +77,7 @@ impl Position {
 /// FNV-1a of the first `max` bytes of the file (fewer when it is shorter), and how many were read.
 pub fn fingerprint(path: &Path, max: usize) -> io::Result<(u64, u32)> {
     let mut buf = vec![0u8; max];
-    let mut f = File::open(path)?;
+    let mut f = super::source::open_regular(path)?;
     let mut n = 0;
     while n < max {
         match f.read(&mut buf[n..])? {

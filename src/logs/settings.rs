@@ -14,6 +14,8 @@ use crate::privacy::Privacy;
 pub enum SettingsError {
     #[error("[logs] path is empty and the server's log location is unknown: set logs.path")]
     NoLocation,
+    #[error("[logs] path = {} is {kind}: only a regular file or a directory of them is read as the server log", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
     #[error("[logs] path = {}: {source}", path.display())]
     Path {
         path: PathBuf,
@@ -71,6 +73,14 @@ impl TailSettings {
             path: path.clone(),
             source,
         })?;
+        if !meta.is_dir() && !meta.is_file() {
+            // Opening a FIFO or a device could block the agent or never end: only regular files
+            // (or a directory of them) are read as logs.
+            return Err(SettingsError::NotRegular {
+                path,
+                kind: super::source::describe(meta.file_type()),
+            });
+        }
         let sample = newest_sample(&path, meta.is_dir());
         let format = match (LogFormat::from_name(&logs.format), server) {
             (Some(f), _) => f,
@@ -140,7 +150,7 @@ fn newest_sample(path: &Path, is_dir: bool) -> Vec<u8> {
         Some(path.to_path_buf())
     };
     let mut sample = Vec::new();
-    if let Some(f) = file.and_then(|p| std::fs::File::open(p).ok()) {
+    if let Some(f) = file.and_then(|p| super::source::open_regular(&p).ok()) {
         let _ = f.take(64 * 1024).read_to_end(&mut sample);
     }
     sample

@@ -363,7 +363,7 @@ impl Tailer {
     }
 
     fn open_file(&mut self, file: LogFile, offset: u64) -> Result<(), TailError> {
-        let mut f = File::open(&file.path).map_err(io_err(&file.path))?;
+        let mut f = super::source::open_regular(&file.path).map_err(io_err(&file.path))?;
         f.seek(SeekFrom::Start(offset))
             .map_err(io_err(&file.path))?;
         let parser = Parser::new(
