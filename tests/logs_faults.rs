@@ -19,7 +19,7 @@ fn write_config(server: &PgServer, state: &Path, listener: &Listener, extra: &st
     let ini = format!(
         "[agent]\nproject_id = faults\ncollection_interval_s = 1\nstate_dir = {}\n\n\
          [postgres]\nhost = {}\nport = {}\nuser = postgres\n\n\
-         [listener]\nprotocol = batch\nurl = {}\ncompress = true\n\n\
+         [listener]\nprotocol = batch\nurl = {}\ncompress = true\nmax_requests_per_minute = 100000\n\n\
          [telemetry]\nlisten =\n\n[logging]\nlevel = info\n\n{extra}\n",
         state.display(),
         server.socket_dir.display(),
@@ -208,7 +208,7 @@ fn fifo_log_path_is_reported_and_never_blocks_the_agent() {
         state.path(),
         &listener,
         &format!(
-            "[logs]\npath = {}\nformat = stderr\nline_prefix = %m [%p] \npoll_interval_ms = 20\n",
+            "[logs]\npath = {}\nformat = jsonlog\npoll_interval_ms = 20\n",
             fifo.display()
         ),
     );
@@ -236,4 +236,159 @@ fn fifo_log_path_is_reported_and_never_blocks_the_agent() {
         .filter(|l| l.contains("FIFO"))
         .count();
     assert_eq!(warnings, 1, "{}", agent.stderr_text());
+}
+
+/// The daemon's peak resident memory (VmHWM) in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// 150 jsonlog lines of 900 KB (135 MB) in a file the daemon follows: pg_logs batches are bounded by
+/// `logs.max_batch_bytes`, so peak memory stays far below the log's size, every entry is shipped
+/// and cycles go on.
+#[test]
+fn long_log_lines_keep_memory_bounded() {
+    const LINES: usize = 150;
+    const LINE_BYTES: usize = 900 * 1000;
+    let server = PgServer::start_with(PgOptions {
+        pg_stat_statements: false,
+        ..Default::default()
+    });
+    let state = tempfile::tempdir().expect("state");
+    let log = state.path().join("big.json");
+    std::fs::write(&log, "").expect("log file");
+    let listener = Listener::start();
+    let config = write_config(
+        &server,
+        state.path(),
+        &listener,
+        &format!(
+            "[logs]\npath = {}\nformat = jsonlog\npoll_interval_ms = 20\n",
+            log.display()
+        ),
+    );
+    let agent = AgentChild::spawn(&["run", &config], &[]);
+    agent.wait_for_line(Duration::from_secs(20), "the log task", |l| {
+        l.contains("following the server log")
+    });
+    let before = peak_rss_kib(agent.pid());
+    {
+        use std::io::Write;
+        let filler = "long log line text ".repeat(LINE_BYTES / 19 + 1);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("open log");
+        for i in 0..LINES {
+            let head = r#"{"timestamp":"2026-11-28 21:00:00.000 UTC","pid":42,"error_severity":"LOG","message":""#;
+            let message = format!("big-{i:03} {filler}");
+            let message = &message[..LINE_BYTES - head.len() - 2];
+            writeln!(f, "{head}{message}\"}}").expect("write line");
+        }
+    }
+    let big = |e: &serde_json::Value| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("big-") && m.len() > 800_000)
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while listener.count_records("pg_logs", big) < LINES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {LINES} long entries shipped ({} pg_logs records{}); stderr:\n{}",
+            listener.count_records("pg_logs", big),
+            listener.count_records("pg_logs", |_| true),
+            listener
+                .bodies_of_type("pg_logs")
+                .first()
+                .map(|b| format!(", the first: {:.300}", b["data"][0]))
+                .unwrap_or_default(),
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let peak = peak_rss_kib(agent.pid());
+    println!("VmHWM before the long lines: {before} KiB; peak: {peak} KiB");
+    assert_eq!(
+        listener.count_records("pg_logs", big),
+        LINES,
+        "an entry was repeated"
+    );
+    assert!(
+        peak < 100 * 1024,
+        "peak RSS {peak} KiB for {LINES} lines of {LINE_BYTES} bytes"
+    );
+    // Batches of at most 8 MiB: about 9 entries each.
+    assert!(listener.count_batches("pg_logs") >= LINES / 10);
+    // Cycles go on.
+    let cycles = listener.count_batches("system_metrics");
+    wait_until(Duration::from_secs(30), "two more cycles", || {
+        listener.count_batches("system_metrics") >= cycles + 2
+    });
+}
+
+/// Batches cut by `max_batch_bytes` commit the position after their last entry, so a tailer
+/// reopened between batches neither repeats nor loses an entry.
+#[test]
+fn byte_bounded_batches_resume_exactly_after_their_last_entry() {
+    use postgres_agent::logs::tail::ENVELOPE_BYTES;
+    const ENTRIES: usize = 200;
+    let dir = tempfile::tempdir().expect("dir");
+    let log = dir.path().join("postgresql.json");
+    let text: String = (0..ENTRIES)
+        .map(|i| {
+            format!(
+                "{{\"timestamp\":\"2026-11-28 21:00:00.000 UTC\",\"pid\":42,\"error_severity\":\"LOG\",\"message\":\"m{i:03} {}\"}}\n",
+                "x".repeat(100 + (i * 37) % 3000)
+            )
+        })
+        .collect();
+    std::fs::write(&log, text).expect("log");
+    let settings = || {
+        let mut s = TailSettings::new(
+            LogSource::File(log.clone()),
+            LogFormat::Jsonlog,
+            "",
+            dir.path(),
+        );
+        s.start_at_end = false;
+        s.max_batch_bytes = 64 * 1024;
+        s
+    };
+    let mut got = Vec::new();
+    let mut batches = 0;
+    let mut tailer = Tailer::open(settings()).expect("tailer");
+    loop {
+        let batch = tailer.take_batch(1000).expect("batch");
+        if batch.entries.is_empty() {
+            break;
+        }
+        let bytes: usize = batch.entries.iter().map(|e| e.to_string().len() + 1).sum();
+        assert!(
+            bytes <= 64 * 1024 - ENVELOPE_BYTES,
+            "{bytes} bytes in one batch"
+        );
+        got.extend(
+            batch
+                .entries
+                .iter()
+                .map(|e| e["message"].as_str().unwrap_or("")[..4].to_string()),
+        );
+        tailer
+            .commit(&batch.position.expect("position"))
+            .expect("commit");
+        batches += 1;
+        if batches % 2 == 0 {
+            // A restart: reading resumes at the committed position, dropping what was read ahead.
+            tailer = Tailer::open(settings()).expect("tailer");
+        }
+    }
+    let want: Vec<String> = (0..ENTRIES).map(|i| format!("m{i:03}")).collect();
+    assert_eq!(got, want);
+    assert!(batches >= 5, "only {batches} batches");
 }

@@ -37,8 +37,13 @@ pub struct TailSettings {
     pub start_at_end: bool,
     pub poll_interval: Duration,
     pub max_entry_bytes: usize,
+    /// Most bytes of serialized entries plus envelope in one batch (`logs.max_batch_bytes`).
+    pub max_batch_bytes: usize,
     pub finisher: Finisher,
 }
+
+/// `logs.max_batch_bytes` by default: 8 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 impl TailSettings {
     pub fn new(source: LogSource, format: LogFormat, prefix: &str, state_dir: &Path) -> Self {
@@ -50,6 +55,7 @@ impl TailSettings {
             start_at_end: true,
             poll_interval: Duration::from_millis(100),
             max_entry_bytes: MAX_ENTRY_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             finisher: Finisher::default(),
         }
     }
@@ -109,6 +115,7 @@ impl TailSettings {
             start_at_end: logs.start_at_end,
             poll_interval: logs.poll_interval,
             max_entry_bytes: MAX_ENTRY_BYTES,
+            max_batch_bytes: logs.max_batch_bytes,
             finisher: Finisher {
                 correlation_keys: config.correlation.keys.clone(),
                 privacy: Privacy::from_config(&config.privacy).unwrap_or_default(),
