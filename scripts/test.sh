@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs what is missing, then every test.
+# Runs the whole test suite on a fresh machine: installs what is missing, then every test stage.
+# Every stage runs even when an earlier one failed; the failures are listed at the end and the exit
+# status is non-zero if any stage failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,8 +30,29 @@ command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 # The version matrix fetches PostgreSQL 13, 14, 16, 17 and 18 from the npm registry.
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 
-echo "== cargo test (PostgreSQL $(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -1) and everything else)"
-cargo test --locked --no-fail-fast
+failed=()
+# Runs one stage; a failure is recorded, not fatal.
+stage() {
+  local name="$1"
+  shift
+  echo "== $name"
+  if "$@"; then
+    echo "== $name: passed"
+  else
+    local rc=$?
+    echo "== $name: FAILED (exit $rc)"
+    failed+=("$name (exit $rc)")
+  fi
+}
 
-echo "== collector tests against every other supported major"
-bash scripts/pg-versions.sh 13 14 16 17 18
+stage "cargo test (PostgreSQL $(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -1) and everything else)" \
+  cargo test --locked --no-fail-fast
+stage "collector tests against every other supported major" \
+  bash scripts/pg-versions.sh 13 14 16 17 18
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "== ${#failed[@]} stage(s) failed:"
+  printf '   %s\n' "${failed[@]}"
+  exit 1
+fi
+echo "== all stages passed"

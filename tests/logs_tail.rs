@@ -120,14 +120,38 @@ fn drain(tailer: &mut Tailer, got: &mut Vec<Value>) {
     }
 }
 
+/// Log files the server must have written before a rotation test stops its load. Rotations are
+/// counted, never timed: a rotated file's name carries the second it was opened in
+/// (`log_filename` has `%S`), so the server makes at most one new file per second, and how many
+/// seconds a load takes depends on the machine.
+const ROTATED_FILES: usize = 4;
+/// How long the server may take to write them (a bound for a hung server, not a pace).
+const ROTATION_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `load` in rounds of `rounds` until the server has written `files` log files.
+fn load_until_files(server: &PgServer, rounds: u32, files: usize) {
+    let deadline = Instant::now() + ROTATION_DEADLINE;
+    while log_files(server, "log").len() < files {
+        assert!(
+            Instant::now() < deadline,
+            "the server wrote only {:?} under load",
+            log_files(server, "log")
+        );
+        load(server, rounds);
+    }
+}
+
 #[test]
 fn rotation_by_size_under_load() {
+    // 64 kB: every round of load below overflows the file, so each second of load rotates once.
     let server = start_server(&["log_rotation_size = 64"]);
     let state = tempfile::tempdir().expect("state");
-    let got = follow_during(&server, state.path(), || load(&server, 60));
+    let got = follow_during(&server, state.path(), || {
+        load_until_files(&server, 5, ROTATED_FILES)
+    });
     let files = log_files(&server, "log");
     assert!(
-        files.len() >= 3,
+        files.len() >= ROTATED_FILES,
         "expected several rotated files: {files:?}"
     );
     assert_same_sequence(&got, &expected(&server));
@@ -137,18 +161,31 @@ fn rotation_by_size_under_load() {
 fn rotation_by_pg_rotate_logfile_under_load() {
     let server = start_server(&[]);
     let state = tempfile::tempdir().expect("state");
+    let done = std::sync::atomic::AtomicBool::new(false);
     let got = follow_during(&server, state.path(), || {
         std::thread::scope(|s| {
-            let l = s.spawn(|| load(&server, 120));
-            while !l.is_finished() {
+            s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    load(&server, 5);
+                }
+            });
+            // Rotate while the load runs until the server has made the files; a rotation in the
+            // same second as the previous one reopens the same name, so it is simply asked again.
+            let deadline = Instant::now() + ROTATION_DEADLINE;
+            while log_files(&server, "log").len() < ROTATED_FILES {
+                assert!(
+                    Instant::now() < deadline,
+                    "pg_rotate_logfile() made no new files"
+                );
                 server.psql("postgres", "select pg_rotate_logfile()");
-                std::thread::sleep(Duration::from_millis(1100));
+                std::thread::sleep(Duration::from_millis(100));
             }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     });
     let files = log_files(&server, "log");
     assert!(
-        files.len() >= 3,
+        files.len() >= ROTATED_FILES,
         "expected several rotated files: {files:?}"
     );
     assert_same_sequence(&got, &expected(&server));

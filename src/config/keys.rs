@@ -122,6 +122,7 @@ pub const KEYS: &[KeySpec] = &[
     k("logs", "line_prefix", "", Str, "log_line_prefix of stderr logs; empty = ask the server."),
     k("logs", "poll_interval_ms", "100", Int(10, 60_000), "How often the log is checked for new data."),
     k("logs", "max_buffered_entries", "500", Int(1, 1_000_000), "Entries held in memory before a pg_logs batch is written early."),
+    k("logs", "max_batch_bytes", "8388608", Int(65_536, 268_435_456), "Most bytes of entries (serialized JSON) in one pg_logs batch; a batch is written early when the next entry would exceed it."),
     k("logs", "start_at", "end", Choice(&["end", "beginning"]), "Where to start reading on first start (no saved position)."),
     k("correlation", "keys", "correlation_id,correlation,request_id,x_request_id,traceparent,application_name", List, "Comment keys whose value is the correlation ID, in order of preference; `application_name` takes it from an `application_name` of the form `bitville-<id>`."),
     k("privacy", "obfuscate_queries", "true", Bool, "Replace literals in query texts with placeholders before they leave the host."),

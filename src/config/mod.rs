@@ -204,6 +204,7 @@ pub struct LogsConfig {
     pub line_prefix: Option<String>,
     pub poll_interval: Duration,
     pub max_buffered_entries: usize,
+    pub max_batch_bytes: usize,
     pub start_at_end: bool,
 }
 
@@ -437,6 +438,7 @@ impl Config {
                 line_prefix: v.opt_str("logs", "line_prefix"),
                 poll_interval: v.millis("logs", "poll_interval_ms")?,
                 max_buffered_entries: v.int("logs", "max_buffered_entries")? as usize,
+                max_batch_bytes: v.int("logs", "max_batch_bytes")? as usize,
                 start_at_end: v.choice("logs", "start_at")? == "end",
             },
             correlation: CorrelationConfig {

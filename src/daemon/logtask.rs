@@ -3,8 +3,9 @@
 //! after the batch is in the outbox. On shutdown it writes what it holds and saves its position.
 //!
 //! Where the log is comes from `[logs]`, completed by asking the server (`logs::source::discover`)
-//! when `logs.path` is unset; while neither is possible it retries every interval, having warned
-//! once (a role without pg_read_all_settings cannot see the location: the warning names the grant).
+//! when `logs.path` is unset; while neither is possible (or the path is not a regular file or
+//! directory, say a FIFO) it retries with back-off up to every interval, having warned once (a role
+//! without pg_read_all_settings cannot see the location: the warning names the grant).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,12 +16,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::{Db, ServerInfo, APPLICATION_NAME, QUERY_TAG};
+use crate::logs::position::Position;
 use crate::logs::settings::TailSettings;
 use crate::logs::source;
 use crate::logs::tail::{LogBatch, Tailer};
 use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::ship::Shipper;
 use crate::telemetry::server::Telemetry;
+
+/// The first retry when the log cannot be followed yet.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 /// What the log task shares with the main loop.
 #[derive(Clone)]
@@ -86,6 +91,8 @@ async fn settings(config: &Config, db: &Db) -> Result<TailSettings, String> {
 async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationToken) {
     let interval = config.agent.collection_interval;
     let mut warned = false;
+    // Retries start after a second and double up to the collection interval.
+    let mut backoff = RETRY_FIRST.min(interval);
     let mut tailer = loop {
         let attempt = match settings(&config, &db).await {
             Ok(s) => Tailer::open(s).map_err(|e| e.to_string()),
@@ -95,26 +102,38 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             Ok(t) => break t,
             Err(e) => {
                 if !warned {
-                    tracing::warn!(error = %e, "cannot follow the server log yet; retrying every interval");
+                    tracing::warn!(error = %e, "cannot follow the server log yet; retrying with back-off up to every interval");
                     warned = true;
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(interval) => continue,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(interval);
             }
         }
     };
     // A crash between writing a batch to the outbox and saving the position would read those
     // entries again: resume after the newest pg_logs batch still waiting in the outbox instead.
-    if let Some(enqueued) = shared
+    let enqueued: Option<Position> = shared
         .shipper
         .newest_field(BatchKind::PgLogs, "log_position")
-        .and_then(|v| serde_json::from_value(v).ok())
-    {
-        if let Err(e) = tailer.reconcile(&enqueued) {
+        .and_then(|v| serde_json::from_value(v).ok());
+    if let Some(enqueued) = &enqueued {
+        if let Err(e) = tailer.reconcile(enqueued) {
             tracing::warn!(error = %e, "cannot reconcile the log position with the outbox");
         }
+    }
+    if let Some(aside) = tailer.set_aside() {
+        // A damaged position file must not stop shipping: say once, loudly, where reading resumes.
+        let resume = match (&enqueued, config.logs.start_at_end) {
+            (Some(_), _) => "after the newest pg_logs batch in the outbox",
+            (None, true) => "at the end of the newest log file (logs.start_at = end)",
+            (None, false) => "at the start of the oldest log file (logs.start_at = beginning)",
+        };
+        tracing::error!(event = "log_position_corrupt", moved_to = %aside.moved_to.display(),
+            reason = %aside.reason, resume_from = resume,
+            "the saved log position was damaged and has been moved aside; reading resumes {resume}");
     }
     tracing::info!("following the server log");
     let max = config.logs.max_buffered_entries;

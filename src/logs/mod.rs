@@ -21,10 +21,12 @@
 //! }
 //! ```
 //!
-//! - [`tail::Tailer::take_batch`] returns what is readable now (at most `max_entries`), never
-//!   waiting; [`tail::Tailer::next_batch`] waits (tokio timers, polling every `poll_interval`) until
-//!   `max_entries` entries are buffered (`logs.max_buffered_entries`: the early batch) or the
-//!   deadline passes. Memory is bounded by `max_entries` entries plus one read buffer.
+//! - [`tail::Tailer::take_batch`] returns what is readable now (at most `max_entries`, and at most
+//!   `logs.max_batch_bytes` of serialized JSON with the envelope), never waiting;
+//!   [`tail::Tailer::next_batch`] waits (tokio timers, polling every `poll_interval`) until
+//!   `max_entries` entries (`logs.max_buffered_entries`) or `max_batch_bytes` are buffered (the early
+//!   batch) or the deadline passes. Memory is bounded by one batch's worth plus one entry and one
+//!   read buffer; a batch cut short by either bound carries the position after its last entry.
 //! - Taking a batch does not move the committed position. Until [`tail::Tailer::commit`] is called
 //!   with the batch's position, a restart (or kill -9) reads those entries again: nothing is lost.
 //! - Nothing is repeated either if the daemon stores the position with the batch (`log_position`)

@@ -2,6 +2,11 @@
 //! reused inode is noticed) and the byte offset just past the last entry handed off. Persisted as
 //! `log_position.json` under `agent.state_dir` by write-to-temp, fsync, rename, fsync-directory, so
 //! a crash leaves either the old or the new position, never a torn one.
+//!
+//! A damaged file (bytes that are not a position, or a file that cannot be read) is moved aside to
+//! `log_position.json.corrupt-<ms since the epoch>` (the newest [`KEEP_SET_ASIDE`] are kept for
+//! inspection) and reading resumes as if there were none: the caller then reconciles with the
+//! outbox, see [`PositionStore::load_or_set_aside`].
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -9,6 +14,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// Damaged position files kept beside the state (older ones are deleted).
+pub const KEEP_SET_ASIDE: usize = 2;
 
 /// Bytes at the start of a file that identify it together with its inode.
 pub const FINGERPRINT_BYTES: usize = 256;
@@ -69,7 +77,7 @@ impl Position {
 /// FNV-1a of the first `max` bytes of the file (fewer when it is shorter), and how many were read.
 pub fn fingerprint(path: &Path, max: usize) -> io::Result<(u64, u32)> {
     let mut buf = vec![0u8; max];
-    let mut f = File::open(path)?;
+    let mut f = super::source::open_regular(path)?;
     let mut n = 0;
     while n < max {
         match f.read(&mut buf[n..])? {
@@ -95,6 +103,30 @@ pub enum PositionError {
     },
     #[error("{}: cannot save the log position: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
+    #[error("{}: the saved log position is damaged ({reason}) and cannot be moved aside to {}: {source}", path.display(), to.display())]
+    SetAside {
+        path: PathBuf,
+        to: PathBuf,
+        reason: String,
+        source: io::Error,
+    },
+}
+
+/// A damaged position file that was moved out of the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// Where the damaged file is now.
+    pub moved_to: PathBuf,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+/// What [`PositionStore::load_or_set_aside`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub position: Option<Position>,
+    /// Set when the file was damaged and moved aside (`position` is then None).
+    pub set_aside: Option<SetAside>,
 }
 
 /// The position file under the state directory.
@@ -132,6 +164,78 @@ impl PositionStore {
                 path: self.path.clone(),
                 source,
             })
+    }
+
+    /// Loads the position; a damaged file is moved aside (see the module documentation) instead of
+    /// failing, so one bad write or disk error cannot stop log shipping for good. Fails only when
+    /// the damaged file cannot be moved.
+    pub fn load_or_set_aside(&self) -> Result<Loaded, PositionError> {
+        let reason = match self.load() {
+            Ok(position) => {
+                return Ok(Loaded {
+                    position,
+                    set_aside: None,
+                })
+            }
+            Err(PositionError::Corrupt { source, .. }) => format!("not a log position: {source}"),
+            Err(PositionError::Read { source, .. }) => format!("unreadable: {source}"),
+            Err(e) => return Err(e),
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut aside = self.set_aside_files();
+        // Later than every file already set aside, so the newest are the ones kept.
+        let ms = aside
+            .last()
+            .map_or(now_ms, |(last, _)| now_ms.max(last + 1));
+        let mut to = self.path.clone().into_os_string();
+        to.push(format!(".corrupt-{ms}"));
+        let to = PathBuf::from(to);
+        fs::rename(&self.path, &to).map_err(|source| PositionError::SetAside {
+            path: self.path.clone(),
+            to: to.clone(),
+            reason: reason.clone(),
+            source,
+        })?;
+        aside.push((ms, to.clone()));
+        // Best effort: a leftover file costs a few bytes and is deleted next time.
+        let excess = aside.len().saturating_sub(KEEP_SET_ASIDE);
+        for (_, old) in aside.into_iter().take(excess) {
+            let _ = fs::remove_file(old);
+        }
+        Ok(Loaded {
+            position: None,
+            set_aside: Some(SetAside {
+                moved_to: to,
+                reason,
+            }),
+        })
+    }
+
+    /// The damaged files set aside so far, oldest first, with their millisecond suffix.
+    fn set_aside_files(&self) -> Vec<(u128, PathBuf)> {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return Vec::new();
+        };
+        let prefix = format!("{}.corrupt-", name.to_string_lossy());
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut aside: Vec<(u128, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let ms = e
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix(&prefix)?
+                    .parse::<u128>()
+                    .ok()?;
+                Some((ms, e.path()))
+            })
+            .collect();
+        aside.sort();
+        aside
     }
 
     /// Saves durably: the position survives a crash or power loss once this returns.

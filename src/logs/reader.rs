@@ -2,7 +2,8 @@
 //! with the format's parser, and hands out entries borrowing from its buffer together with the byte
 //! offset just past each one (what the tailer persists).
 //!
-//! The buffer never holds more than one entry cap plus one chunk, whatever the input size.
+//! The buffer never holds more than one entry cap plus one chunk, whatever the input size, and
+//! shrinks back once a long entry has been handed out.
 
 use std::io::{self, Read};
 
@@ -138,6 +139,12 @@ impl<R: Read> EntryReader<R> {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
+        }
+        // A long entry grew the buffer; give the memory back once it is no longer needed, so a
+        // reader that lives as long as the daemon keeps one chunk, not its largest entry.
+        if self.buf.len() > 4 * self.chunk && self.end + self.chunk <= self.buf.len() / 2 {
+            self.buf.truncate(self.end + self.chunk);
+            self.buf.shrink_to_fit();
         }
         if self.buf.len() < self.end + self.chunk {
             self.buf.resize(self.end + self.chunk, 0);

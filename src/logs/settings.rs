@@ -14,6 +14,8 @@ use crate::privacy::Privacy;
 pub enum SettingsError {
     #[error("[logs] path is empty and the server's log location is unknown: set logs.path")]
     NoLocation,
+    #[error("[logs] path = {} is {kind}: only a regular file or a directory of them is read as the server log", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
     #[error("[logs] path = {}: {source}", path.display())]
     Path {
         path: PathBuf,
@@ -35,8 +37,13 @@ pub struct TailSettings {
     pub start_at_end: bool,
     pub poll_interval: Duration,
     pub max_entry_bytes: usize,
+    /// Most bytes of serialized entries plus envelope in one batch (`logs.max_batch_bytes`).
+    pub max_batch_bytes: usize,
     pub finisher: Finisher,
 }
+
+/// `logs.max_batch_bytes` by default: 8 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 impl TailSettings {
     pub fn new(source: LogSource, format: LogFormat, prefix: &str, state_dir: &Path) -> Self {
@@ -48,6 +55,7 @@ impl TailSettings {
             start_at_end: true,
             poll_interval: Duration::from_millis(100),
             max_entry_bytes: MAX_ENTRY_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             finisher: Finisher::default(),
         }
     }
@@ -71,6 +79,14 @@ impl TailSettings {
             path: path.clone(),
             source,
         })?;
+        if !meta.is_dir() && !meta.is_file() {
+            // Opening a FIFO or a device could block the agent or never end: only regular files
+            // (or a directory of them) are read as logs.
+            return Err(SettingsError::NotRegular {
+                path,
+                kind: super::source::describe(meta.file_type()),
+            });
+        }
         let sample = newest_sample(&path, meta.is_dir());
         let format = match (LogFormat::from_name(&logs.format), server) {
             (Some(f), _) => f,
@@ -99,6 +115,7 @@ impl TailSettings {
             start_at_end: logs.start_at_end,
             poll_interval: logs.poll_interval,
             max_entry_bytes: MAX_ENTRY_BYTES,
+            max_batch_bytes: logs.max_batch_bytes,
             finisher: Finisher {
                 correlation_keys: config.correlation.keys.clone(),
                 privacy: Privacy::from_config(&config.privacy).unwrap_or_default(),
@@ -140,7 +157,7 @@ fn newest_sample(path: &Path, is_dir: bool) -> Vec<u8> {
         Some(path.to_path_buf())
     };
     let mut sample = Vec::new();
-    if let Some(f) = file.and_then(|p| std::fs::File::open(p).ok()) {
+    if let Some(f) = file.and_then(|p| super::source::open_regular(&p).ok()) {
         let _ = f.take(64 * 1024).read_to_end(&mut sample);
     }
     sample

@@ -6,13 +6,62 @@
 //! logging collector creates a new file before it stops writing the old one, so a newer file means
 //! the current one is finished once it has been read to its end.
 
-use std::fs;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::parse::LogFormat;
 use super::position::FileId;
 use crate::db::{DbError, Session};
+
+/// What a file type is, for messages: "a FIFO (named pipe)", "a directory", ...
+pub fn describe(ft: fs::FileType) -> &'static str {
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens a log file for reading, never blocking: only a regular file is opened. The type is
+/// checked before opening, the open itself is non-blocking (so a path swapped for a FIFO in between
+/// cannot hang the agent, whose runtime is one thread) and the opened file is checked again; then
+/// blocking mode is restored for the reads.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let not_regular = |ft: fs::FileType| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}, not a regular file", describe(ft)),
+        )
+    };
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)?;
+    Ok(file)
+}
 
 /// What to follow.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::parse::{End, Parser};
 use super::position::{
-    fingerprint, FileId, Position, PositionError, PositionStore, FINGERPRINT_BYTES,
+    fingerprint, FileId, Position, PositionError, PositionStore, SetAside, FINGERPRINT_BYTES,
 };
 use super::reader::EntryReader;
 pub use super::settings::TailSettings;
@@ -29,6 +29,10 @@ use super::{finish_entry, stats};
 /// Bytes read per refill while tailing: the server writes its log in small appends, and this
 /// buffer lives as long as the daemon (parse-log reads in larger chunks).
 const TAIL_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Room left in `max_batch_bytes` for the batch envelope around the entries (ids, agent, server,
+/// `log_position` with its path).
+pub const ENVELOPE_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
@@ -54,6 +58,15 @@ pub struct LogBatch {
     pub position: Option<Position>,
 }
 
+/// An entry read but not yet handed out.
+struct Pending {
+    value: Value,
+    /// Its serialized JSON length plus a separator.
+    bytes: usize,
+    /// Where reading resumes after it (a batch that ends with it commits this).
+    position: Position,
+}
+
 struct Current {
     file: LogFile,
     reader: EntryReader<File>,
@@ -71,22 +84,35 @@ pub struct Tailer {
     /// Files read to their end, so a file is never read twice.
     finished: Vec<FileId>,
     /// Entries read but not yet handed out (kept here so a dropped `next_batch` loses nothing).
-    pending: Vec<Value>,
+    pending: Vec<Pending>,
+    /// The sum of `pending`'s `bytes`.
+    pending_bytes: usize,
+    /// The saved position was damaged and moved aside when the tailer was opened.
+    set_aside: Option<SetAside>,
 }
 
 impl Tailer {
-    /// Loads the saved position; files are opened on the first read.
+    /// Loads the saved position; files are opened on the first read. A damaged position file is
+    /// moved aside and the tailer starts as without one ([`Tailer::set_aside`] says so): the caller
+    /// reconciles with the outbox, else `start_at_end` applies.
     pub fn open(settings: TailSettings) -> Result<Tailer, TailError> {
         let store = PositionStore::new(&settings.state_dir);
-        let committed = store.load()?;
+        let loaded = store.load_or_set_aside()?;
         Ok(Tailer {
             settings,
             store,
-            committed,
+            committed: loaded.position,
             current: None,
             finished: Vec::new(),
             pending: Vec::new(),
+            pending_bytes: 0,
+            set_aside: loaded.set_aside,
         })
+    }
+
+    /// The damaged position file moved aside when the tailer was opened, if any.
+    pub fn set_aside(&self) -> Option<&SetAside> {
+        self.set_aside.as_ref()
     }
 
     /// The last committed position.
@@ -114,7 +140,7 @@ impl Tailer {
         if ahead {
             self.commit(enqueued)?;
             self.current = None;
-            self.pending.clear();
+            self.clear_pending();
         }
         Ok(())
     }
@@ -123,18 +149,49 @@ impl Tailer {
     /// the next read starts again at the committed position.
     pub fn rewind(&mut self) {
         self.current = None;
-        self.pending.clear();
+        self.clear_pending();
         self.finished.clear();
     }
 
-    /// Entries readable now, at most `max` (see below), without waiting; and the position after them.
+    fn clear_pending(&mut self) {
+        self.pending.clear();
+        self.pending_bytes = 0;
+    }
+
+    /// The entries' share of `max_batch_bytes`.
+    fn byte_budget(&self) -> usize {
+        self.settings.max_batch_bytes.saturating_sub(ENVELOPE_BYTES)
+    }
+
+    /// A batch's worth is read: `max` entries, or entries filling the byte budget.
+    fn full(&self, max: usize) -> bool {
+        self.pending.len() >= max || self.pending_bytes >= self.byte_budget()
+    }
+
+    /// Entries readable now, at most `max` and at most `max_batch_bytes` of serialized JSON with
+    /// the envelope (a single entry larger than that goes out alone), without waiting; and the
+    /// position after them.
     pub fn take_batch(&mut self, max: usize) -> Result<LogBatch, TailError> {
         self.fill(max)?;
-        // The position is only known after everything read so far, so all pending entries go out
-        // together: more than `max` only if a `next_batch` with a larger `max` was dropped.
+        let budget = self.byte_budget();
+        let (mut n, mut bytes) = (0, 0);
+        for p in &self.pending {
+            if n >= max || (n > 0 && bytes + p.bytes > budget) {
+                break;
+            }
+            n += 1;
+            bytes += p.bytes;
+        }
+        // All of them: the current position, which may be past lines that made no entry; else
+        // the position after the last entry taken, the rest waiting for the next batch.
+        let position = match n.checked_sub(1) {
+            Some(last) if n < self.pending.len() => Some(self.pending[last].position.clone()),
+            _ => self.position(),
+        };
+        self.pending_bytes -= bytes;
         Ok(LogBatch {
-            entries: std::mem::take(&mut self.pending),
-            position: self.position(),
+            entries: self.pending.drain(..n).map(|p| p.value).collect(),
+            position,
         })
     }
 
@@ -149,7 +206,7 @@ impl Tailer {
         loop {
             self.fill(max)?;
             let now = tokio::time::Instant::now();
-            if self.pending.len() >= max || now >= deadline {
+            if self.full(max) || now >= deadline {
                 return self.take_batch(max);
             }
             let wait = self.settings.poll_interval.min(deadline - now);
@@ -158,21 +215,14 @@ impl Tailer {
     }
 
     fn position(&self) -> Option<Position> {
-        let Some(cur) = &self.current else {
-            return self.committed.clone();
-        };
-        Some(Position {
-            path: cur.file.path.clone(),
-            dev: cur.file.id.dev,
-            ino: cur.file.id.ino,
-            offset: cur.reader.offset(),
-            fingerprint: cur.fingerprint.0,
-            fingerprint_len: cur.fingerprint.1,
-            modified_ns: nanos(cur.file.modified),
-        })
+        match &self.current {
+            Some(cur) => Some(position_in(cur)),
+            None => self.committed.clone(),
+        }
     }
 
-    /// Reads entries into `pending` until it holds `max` or nothing more is readable now.
+    /// Reads entries into `pending` until a batch's worth is read (see [`Tailer::full`]) or nothing
+    /// more is readable now.
     fn fill(&mut self, max: usize) -> Result<(), TailError> {
         if self.current.is_none() && !self.open_first()? {
             return Ok(());
@@ -181,7 +231,7 @@ impl Tailer {
         // number of files in the directory.
         for _ in 0..10_000 {
             self.read_available(max)?;
-            if self.pending.len() >= max {
+            if self.full(max) {
                 return Ok(());
             }
             let Some(cur) = self.current.as_mut() else {
@@ -205,7 +255,7 @@ impl Tailer {
                 if let Some(cur) = self.current.as_mut() {
                     cur.reader.set_end(End::More);
                 }
-                if self.pending.len() >= max {
+                if self.full(max) {
                     return Ok(());
                 }
             }
@@ -224,7 +274,7 @@ impl Tailer {
                 cur.reader.set_end(End::Eof);
             }
             self.read_available(max)?;
-            if self.pending.len() >= max {
+            if self.full(max) {
                 if let Some(cur) = self.current.as_mut() {
                     cur.reader.set_end(End::More);
                 }
@@ -245,12 +295,21 @@ impl Tailer {
         let Some(cur) = self.current.as_mut() else {
             return Ok(());
         };
-        while self.pending.len() < max {
+        let budget = self.settings.max_batch_bytes.saturating_sub(ENVELOPE_BYTES);
+        while self.pending.len() < max && self.pending_bytes < budget {
             let next = cur.reader.next_entry().map_err(io_err(&cur.file.path))?;
             let Some((mut entry, _)) = next else { break };
             finish_entry(&mut entry, &self.settings.finisher);
             match serde_json::to_value(&entry) {
-                Ok(v) => self.pending.push(v),
+                Ok(value) => {
+                    let bytes = json_len(&value) + 1;
+                    self.pending_bytes += bytes;
+                    self.pending.push(Pending {
+                        value,
+                        bytes,
+                        position: position_in(cur),
+                    });
+                }
                 Err(e) => {
                     return Err(TailError::Io {
                         path: cur.file.path.clone(),
@@ -353,7 +412,7 @@ impl Tailer {
     }
 
     fn open_file(&mut self, file: LogFile, offset: u64) -> Result<(), TailError> {
-        let mut f = File::open(&file.path).map_err(io_err(&file.path))?;
+        let mut f = super::source::open_regular(&file.path).map_err(io_err(&file.path))?;
         f.seek(SeekFrom::Start(offset))
             .map_err(io_err(&file.path))?;
         let parser = Parser::new(
@@ -372,6 +431,37 @@ impl Tailer {
         });
         Ok(())
     }
+}
+
+/// Where reading resumes in `cur`: just past the last entry (or skipped bytes) handed out.
+fn position_in(cur: &Current) -> Position {
+    Position {
+        path: cur.file.path.clone(),
+        dev: cur.file.id.dev,
+        ino: cur.file.id.ino,
+        offset: cur.reader.offset(),
+        fingerprint: cur.fingerprint.0,
+        fingerprint_len: cur.fingerprint.1,
+        modified_ns: nanos(cur.file.modified),
+    }
+}
+
+/// The length of `v` serialized as compact JSON (what `Record::new` stores), without building it.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a Value to a sink that cannot fail cannot fail.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 fn nanos(t: SystemTime) -> u64 {

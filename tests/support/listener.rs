@@ -96,6 +96,24 @@ impl Listener {
         self.shared.received.lock().unwrap().clone()
     }
 
+    /// How many records of batches of type `kind` satisfy `pred`, without copying the bodies.
+    pub fn count_records(&self, kind: &str, pred: impl Fn(&serde_json::Value) -> bool) -> usize {
+        let received = self.shared.received.lock().unwrap();
+        received
+            .iter()
+            .filter(|r| r.body["type"] == kind)
+            .filter_map(|r| r.body["data"].as_array())
+            .flatten()
+            .filter(|e| pred(e))
+            .count()
+    }
+
+    /// How many batches of type `kind` arrived.
+    pub fn count_batches(&self, kind: &str) -> usize {
+        let received = self.shared.received.lock().unwrap();
+        received.iter().filter(|r| r.body["type"] == kind).count()
+    }
+
     /// Bodies of accepted (2xx-answered) requests are not distinguished here; tests set the status.
     pub fn bodies_of_type(&self, kind: &str) -> Vec<serde_json::Value> {
         self.received()
