@@ -322,3 +322,17 @@ fn version_and_help() {
         assert!(help.contains(cmd), "{help}");
     }
 }
+
+/// README: values may be double-quoted to keep surrounding spaces (a log_line_prefix ends in one).
+#[test]
+fn quoted_values_keep_their_spaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let ini = write(
+        dir.path(),
+        "q.ini",
+        "[logs]\nline_prefix = \"%m [%p] \"\n[agent]\nhostname =   db1  \n",
+    );
+    let c = Config::load_with(Some(&ini), env(&[])).unwrap();
+    assert_eq!(c.logs.line_prefix.as_deref(), Some("%m [%p] "));
+    assert_eq!(c.agent.hostname, "db1");
+}

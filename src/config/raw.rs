@@ -90,7 +90,7 @@ impl RawConfig {
             for (key, value) in props.iter() {
                 let key = key.trim().to_ascii_lowercase();
                 let value = RawValue {
-                    value: unquote(value.trim()).to_string(),
+                    value: unquote(value).to_string(),
                     origin: origin.clone(),
                     alias: None,
                 };

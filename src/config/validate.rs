@@ -149,12 +149,12 @@ impl Validator<'_> {
         section: &'static str,
         key: &'static str,
     ) -> Result<String, ConfigError> {
-        Ok(self.raw.get(section, key).value.trim().to_string())
+        Ok(text(&self.raw.get(section, key)))
     }
 
     pub(super) fn opt_str(&self, section: &'static str, key: &'static str) -> Option<String> {
-        let v = self.raw.get(section, key).value.trim().to_string();
-        (!v.is_empty()).then_some(v)
+        let v = text(&self.raw.get(section, key));
+        (!v.trim().is_empty()).then_some(v)
     }
 
     pub(super) fn nonempty(
@@ -361,5 +361,14 @@ impl Validator<'_> {
             }
             _ => Ok(dir),
         }
+    }
+}
+
+/// A value as text: a file's value was trimmed before its quotes were removed, so the spaces a
+/// quoted value keeps (`line_prefix = "%m [%p] "`) stay; other values are trimmed here.
+fn text(rv: &RawValue) -> String {
+    match rv.origin {
+        Origin::File(_) => rv.value.clone(),
+        _ => rv.value.trim().to_string(),
     }
 }
