@@ -152,6 +152,10 @@ pub fn record_shipping(metrics: &Metrics, shipper: &Shipper) {
                 set_counter(&metrics.outbox_evictions.get_or_create(&label), k.evicted);
             }
         }
+        set_counter(
+            &metrics.log_batch_retries,
+            super::logtask::LOG_SHIP_RETRIES.load(std::sync::atomic::Ordering::Relaxed),
+        );
         let p = &stats.process;
         set_counter(&metrics.storage_failures, p.storage_failures);
         set_counter(&metrics.held_dropped, p.held_dropped);

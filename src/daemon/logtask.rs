@@ -137,6 +137,8 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     }
     tracing::info!("following the server log");
     let max = config.logs.max_buffered_entries;
+    let mut failing = ShipFailures::default();
+    let mut backoff = RETRY_FIRST.min(interval);
     loop {
         let deadline = Instant::now() + interval;
         let batch = tokio::select! {
@@ -144,7 +146,20 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             b = tailer.next_batch(max, deadline) => b,
         };
         match batch {
-            Ok(b) => ship(&mut tailer, b, &config, &shared),
+            Ok(b) => {
+                if ship(&mut tailer, b, &config, &shared, &mut failing) {
+                    backoff = RETRY_FIRST.min(interval);
+                    continue;
+                }
+                // The same entries are read again: wait, with back-off and jitter, so a failing
+                // outbox cannot make this loop spin.
+                LOG_SHIP_RETRIES.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(jittered(backoff)) => {}
+                }
+                backoff = (backoff * 2).min(interval);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the server log failed; retrying");
                 tailer.rewind();
@@ -160,10 +175,14 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     loop {
         match tailer.take_batch(max) {
             Ok(b) if b.entries.is_empty() => {
-                ship(&mut tailer, b, &config, &shared);
+                ship(&mut tailer, b, &config, &shared, &mut failing);
                 break;
             }
-            Ok(b) => ship(&mut tailer, b, &config, &shared),
+            Ok(b) => {
+                if !ship(&mut tailer, b, &config, &shared, &mut failing) {
+                    break;
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "final read of the server log failed");
                 break;
@@ -193,18 +212,58 @@ fn is_agent_entry(e: &serde_json::Value) -> bool {
     own
 }
 
+/// Times a pg_logs batch could not be written and its entries are read again after a back-off.
+pub static LOG_SHIP_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// What the log task has already said about failures, so a lasting one is logged once.
+#[derive(Default)]
+struct ShipFailures {
+    position: bool,
+}
+
+impl ShipFailures {
+    fn saved(&mut self, result: Result<(), impl std::fmt::Display>) {
+        match result {
+            Ok(()) => {
+                if std::mem::take(&mut self.position) {
+                    tracing::info!("the log position is saved again");
+                }
+            }
+            Err(e) if !self.position => {
+                self.position = true;
+                tracing::warn!(error = %e, "cannot save the log position; entries may be read \
+                    again after a restart (said once until it works again)");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// `d` plus up to a quarter of it, so retries of many agents do not line up.
+fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
 /// Writes one pg_logs batch to the outbox and commits its position; on failure re-reads from the
-/// committed position next time, so nothing is lost.
-fn ship(tailer: &mut Tailer, batch: LogBatch, config: &Config, shared: &LogShared) {
+/// committed position next time, so nothing is lost. False when the batch was not written.
+fn ship(
+    tailer: &mut Tailer,
+    batch: LogBatch,
+    config: &Config,
+    shared: &LogShared,
+    failing: &mut ShipFailures,
+) -> bool {
     let Some(position) = batch.position else {
-        return;
+        return true;
     };
     if batch.entries.is_empty() {
         // Nothing to ship, but the position may have moved past lines that made no entry.
-        if let Err(e) = tailer.commit(&position) {
-            tracing::warn!(error = %e, "cannot save the log position");
-        }
-        return;
+        failing.saved(tailer.commit(&position));
+        return true;
     }
     let mut entries = Vec::with_capacity(batch.entries.len());
     for e in batch.entries.into_iter().filter(|e| !is_agent_entry(e)) {
@@ -214,15 +273,13 @@ fn ship(tailer: &mut Tailer, batch: LogBatch, config: &Config, shared: &LogShare
                 // Not expected for a JSON value; re-read these entries rather than drop one.
                 tracing::error!(error = %e, "cannot serialize a log entry; will read these entries again");
                 tailer.rewind();
-                return;
+                return false;
             }
         }
     }
     if entries.is_empty() {
-        if let Err(e) = tailer.commit(&position) {
-            tracing::warn!(error = %e, "cannot save the log position");
-        }
-        return;
+        failing.saved(tailer.commit(&position));
+        return true;
     }
     let server = shared.server.lock().ok().and_then(|s| s.clone());
     let mut b = Batch::new(
@@ -244,17 +301,17 @@ fn ship(tailer: &mut Tailer, batch: LogBatch, config: &Config, shared: &LogShare
                 .telemetry
                 .metrics
                 .count_batch(BatchKind::PgLogs, count, outcome);
-            if let Err(e) = tailer.commit(&position) {
-                tracing::warn!(error = %e, "cannot save the log position; entries may be read again after a restart");
-            }
+            failing.saved(tailer.commit(&position));
+            true
         }
         Err(e) => {
-            tracing::error!(error = %e, entries = count, "cannot write the pg_logs batch to the outbox; will read these entries again");
+            tracing::error!(error = %e, entries = count, "cannot write the pg_logs batch to the outbox; will read these entries again after a back-off");
             shared
                 .telemetry
                 .metrics
                 .count_batch(BatchKind::PgLogs, count, "failed");
             tailer.rewind();
+            false
         }
     }
 }

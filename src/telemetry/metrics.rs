@@ -59,6 +59,7 @@ pub struct Metrics {
     pub requests_throttled: Counter,
     pub storage_failures: Counter,
     pub outbox_write_stalls: Counter,
+    pub log_batch_retries: Counter,
     pub held_requests: Gauge,
     pub held_dropped: Counter,
     pub correlated_payloads: Counter,
@@ -163,6 +164,11 @@ impl Metrics {
             "outbox_write_stalls",
             "Cycles whose outbox writes did not finish within 10 s (reported, not waited for)",
             self.outbox_write_stalls.clone(),
+        );
+        r.register(
+            "log_batch_retries",
+            "pg_logs batches that could not be written and were read again after a back-off",
+            self.log_batch_retries.clone(),
         );
         r.register(
             "held_requests",
