@@ -34,6 +34,10 @@ pub struct LogShared {
     pub telemetry: Telemetry,
     /// The server's identity, as the last cycle read it, for the batch envelope.
     pub server: Arc<Mutex<Option<ServerInfo>>>,
+    /// The `log_position` of the newest pg_logs batch that was in the outbox when the daemon
+    /// started, read before the delivery task could send (and delete) it. Taken by the first log
+    /// task; later ones ask the outbox.
+    pub resume_hint: Arc<Mutex<Option<serde_json::Value>>>,
 }
 
 /// A running log task.
@@ -115,9 +119,13 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     };
     // A crash between writing a batch to the outbox and saving the position would read those
     // entries again: resume after the newest pg_logs batch still waiting in the outbox instead.
-    let enqueued: Option<Position> = shared
-        .shipper
-        .newest_field(BatchKind::PgLogs, "log_position")
+    let hint = shared.resume_hint.lock().ok().and_then(|mut h| h.take());
+    let enqueued: Option<Position> = hint
+        .or_else(|| {
+            shared
+                .shipper
+                .newest_field(BatchKind::PgLogs, "log_position")
+        })
         .and_then(|v| serde_json::from_value(v).ok());
     if let Some(enqueued) = &enqueued {
         if let Err(e) = tailer.reconcile(enqueued) {

@@ -126,6 +126,8 @@ struct Daemon {
     shutdown: CancellationToken,
     /// Every task the daemon spawns that must end before it exits.
     tracker: TaskTracker,
+    /// See [`LogShared::resume_hint`].
+    log_resume_hint: Arc<Mutex<Option<serde_json::Value>>>,
     delivery: Option<Delivery>,
     telemetry_task: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
@@ -152,11 +154,18 @@ impl Daemon {
             log_task: None,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            log_resume_hint: Arc::new(Mutex::new(None)),
             delivery: None,
             telemetry_task: None,
         };
         daemon.start_telemetry().await?;
         daemon.import_python_buffer().await;
+        // Where the log reader must resume, read before the delivery task can send it away.
+        if let Ok(mut hint) = daemon.log_resume_hint.lock() {
+            *hint = daemon
+                .shipper
+                .newest_field(crate::ship::batch::BatchKind::PgLogs, "log_position");
+        }
         daemon.start_log_task();
         daemon.delivery = Some(Delivery::spawn(
             &daemon.tracker,
@@ -231,6 +240,7 @@ impl Daemon {
             shipper: self.shipper.clone(),
             telemetry: self.telemetry.clone(),
             server: self.server.clone(),
+            resume_hint: self.log_resume_hint.clone(),
         };
         self.log_task = Some(LogTask::spawn(self.config.clone(), self.db.clone(), shared));
     }
