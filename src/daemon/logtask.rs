@@ -47,10 +47,17 @@ pub struct LogTask {
 }
 
 impl LogTask {
-    pub fn spawn(config: Arc<Config>, db: Db, shared: LogShared) -> LogTask {
-        let stop = CancellationToken::new();
+    /// Starts the task on `tracker`; it stops when `stop` (a child of the daemon's token) is
+    /// cancelled.
+    pub fn spawn(
+        config: Arc<Config>,
+        db: Db,
+        shared: LogShared,
+        tracker: &tokio_util::task::TaskTracker,
+        stop: CancellationToken,
+    ) -> LogTask {
         let token = stop.clone();
-        let handle = tokio::spawn(async move { run(config, db, shared, token).await });
+        let handle = tracker.spawn(async move { run(config, db, shared, token).await });
         LogTask { stop, handle }
     }
 

@@ -242,7 +242,13 @@ impl Daemon {
             server: self.server.clone(),
             resume_hint: self.log_resume_hint.clone(),
         };
-        self.log_task = Some(LogTask::spawn(self.config.clone(), self.db.clone(), shared));
+        self.log_task = Some(LogTask::spawn(
+            self.config.clone(),
+            self.db.clone(),
+            shared,
+            &self.tracker,
+            self.shutdown.child_token(),
+        ));
     }
 
     async fn run(&mut self) -> Result<(), DaemonError> {
