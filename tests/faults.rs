@@ -82,9 +82,10 @@ fn fault_ini(
     path
 }
 
-/// A listener that accepts connections, reads each request and never answers: counts the requests
-/// per `Idempotency-Key` as they arrive.
-fn hung_listener() -> (String, Arc<Mutex<HashMap<String, u32>>>) {
+/// A listener that accepts connections, reads each request and never answers (or, with `trickle`,
+/// starts an answer and then sends one byte of headers every half second): counts the requests per
+/// `Idempotency-Key` as they arrive.
+fn hung_listener(trickle: bool) -> (String, Arc<Mutex<HashMap<String, u32>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/ingest", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(HashMap::new()));
@@ -109,6 +110,12 @@ fn hung_listener() -> (String, Arc<Mutex<HashMap<String, u32>>>) {
                 {
                     *s.lock().unwrap().entry(key.trim().to_string()).or_insert(0) += 1;
                 }
+                if trickle {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n");
+                    while conn.write_all(b"X").is_ok() {
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
                 // Hold the connection open, answering nothing, until the client gives up.
                 while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
             });
@@ -121,8 +128,18 @@ fn hung_listener() -> (String, Arc<Mutex<HashMap<String, u32>>>) {
 /// shutdown, and the request in flight at SIGTERM is not sent a second time.
 #[test]
 fn a_hung_listener_delays_neither_cycles_nor_health_nor_shutdown() {
+    stuck_listener(false);
+}
+
+/// The same with a listener that trickles its answer's headers, a byte every half second.
+#[test]
+fn a_trickling_listener_delays_neither_cycles_nor_health_nor_shutdown() {
+    stuck_listener(true);
+}
+
+fn stuck_listener(trickle: bool) {
     let server = PgServer::start();
-    let (url, seen) = hung_listener();
+    let (url, seen) = hung_listener(trickle);
     let state = tempfile::tempdir().unwrap();
     let port = free_port();
     let path = fault_ini(

@@ -250,7 +250,8 @@ fn peak_rss_kib(pid: i32) -> u64 {
 
 /// 150 jsonlog lines of 900 KB (135 MB) in a file the daemon follows: pg_logs batches are bounded by
 /// `logs.max_batch_bytes`, so peak memory stays far below the log's size, every entry is shipped
-/// and cycles go on.
+/// and cycles go on. The daemon runs under a 300 MB address-space limit (standing in for the unit's
+/// `MemoryMax=256M`), under which it used to abort on one 236 MB allocation.
 #[test]
 fn long_log_lines_keep_memory_bounded() {
     const LINES: usize = 150;
@@ -272,7 +273,8 @@ fn long_log_lines_keep_memory_bounded() {
             log.display()
         ),
     );
-    let agent = AgentChild::spawn(&["run", &config], &[]);
+    let agent =
+        AgentChild::spawn_wrapped(&["prlimit", "--as=314572800", "--"], &["run", &config], &[]);
     agent.wait_for_line(Duration::from_secs(20), "the log task", |l| {
         l.contains("following the server log")
     });

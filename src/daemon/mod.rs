@@ -129,7 +129,12 @@ struct Daemon {
     /// See [`LogShared::resume_hint`].
     log_resume_hint: Arc<Mutex<Option<serde_json::Value>>>,
     delivery: Option<Delivery>,
-    telemetry_task: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// The /health and /metrics server: its token (a child of `shutdown`) and its task, counted by
+    /// `tracker`.
+    telemetry_task: Option<(
+        CancellationToken,
+        tokio_util::task::task_tracker::TrackedFuture<tokio::task::JoinHandle<()>>,
+    )>,
 }
 
 impl Daemon {
@@ -227,7 +232,7 @@ impl Daemon {
                     .await
                     .map_err(|source| DaemonError::Telemetry { addr, source })?;
             tracing::info!(address = %bound, "serving /health and /metrics");
-            self.telemetry_task = Some((token, handle));
+            self.telemetry_task = Some((token, self.tracker.track_future(handle)));
         }
         Ok(())
     }
@@ -462,6 +467,10 @@ impl Daemon {
         }
         self.db.close();
         self.shutdown.cancel();
+        // Its tracked future must be awaited (or dropped) for the tracker to see it end.
+        if let Some((_, handle)) = self.telemetry_task.take() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), handle).await;
+        }
         self.tracker.close();
         if tokio::time::timeout(Duration::from_millis(200), self.tracker.wait())
             .await
@@ -472,9 +481,6 @@ impl Daemon {
                 tasks = self.tracker.len(),
                 "tasks still running at exit"
             );
-        }
-        if let Some((_, handle)) = self.telemetry_task.take() {
-            let _ = tokio::time::timeout(Duration::from_millis(200), handle).await;
         }
         tracing::info!("stopped");
     }
