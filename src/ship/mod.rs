@@ -45,6 +45,7 @@ pub mod python_buffer;
 pub mod ratelimit;
 pub mod shipper;
 pub mod status;
+mod store;
 
 pub use drain::{DrainReport, DrainStop};
 pub use shipper::{EnqueueReport, ProcessStats, ShipStats, Shipper};

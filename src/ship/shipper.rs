@@ -17,6 +17,7 @@ use super::http::Sender;
 use super::outbox::{self, EvictionReport, NewBatch, Outbox, OutboxError, OutboxStats};
 use super::python_buffer::LegacyPayload;
 use super::ratelimit::RateLimiter;
+use super::store::Stored;
 use super::ShipError;
 use crate::config::{Config, Protocol};
 
@@ -112,13 +113,6 @@ pub(super) struct Inner {
     pub(super) unremoved: Unremoved,
     /// The last storage error, until a write succeeds again.
     pub(super) storage_error: Option<String>,
-}
-
-/// Where [`Shipper::store`] put a batch's requests.
-enum Stored {
-    Outbox(EvictionReport),
-    Memory,
-    Failed(ShipError),
 }
 
 /// The shipping side of the agent. Cheap to share (`&Shipper` from any task): every method takes
@@ -228,54 +222,7 @@ impl Shipper {
         Ok(())
     }
 
-    /// Re-encodes batch-protocol requests still queued (written before `listener.protocol` became
-    /// `bitville`) as bitville requests, so switching protocols loses nothing. A request that cannot
-    /// be read back stays as it is (logged); it will be sent as written.
-    fn convert_queued(&self, inner: &mut Inner) {
-        let seqs = match self.with_outbox(inner, |ob| ob.seqs_in(Protocol::Batch)) {
-            Ok(seqs) => seqs,
-            Err(e) => {
-                tracing::error!(event = "outbox_error", error = %e, "cannot list queued batches");
-                return;
-            }
-        };
-        let mut converted = 0;
-        for seq in seqs {
-            let Ok(Some(body)) = self.with_outbox(inner, |ob| ob.body(seq)) else {
-                continue;
-            };
-            let mut json = Vec::new();
-            let batch =
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json)
-                    .map_err(|e| e.to_string())
-                    .and_then(|_| {
-                        serde_json::from_slice::<Batch>(&json).map_err(|e| e.to_string())
-                    });
-            drop(json);
-            let rows = match batch {
-                Ok(batch) => self.encoder().encode(&batch).map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            };
-            match rows {
-                Ok(encoded) => match self.with_outbox(inner, |ob| ob.replace(seq, &encoded.rows)) {
-                    Ok(()) => converted += 1,
-                    Err(e) => tracing::error!(event = "outbox_error", error = %e, seq,
-                        "cannot convert a queued batch to the bitville protocol"),
-                },
-                Err(e) => tracing::warn!(event = "convert_skipped", seq, error = %e,
-                    "a queued batch-protocol request cannot be read back; it is sent as written"),
-            }
-        }
-        if converted > 0 {
-            tracing::info!(
-                event = "queued_converted",
-                batches = converted,
-                "re-encoded batches queued in the batch protocol as bitville requests"
-            );
-        }
-    }
-
-    fn encoder(&self) -> MutexGuard<'_, Encoder> {
+    pub(super) fn encoder(&self) -> MutexGuard<'_, Encoder> {
         // Encoding holds no state a panic could leave half-written beyond the dedup memory.
         self.encoder.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -326,100 +273,6 @@ impl Shipper {
                 held: n,
             }),
             Stored::Failed(e) => Err(fail(e)),
-        }
-    }
-
-    /// Writes `rows` to the outbox after anything held in memory; on a full disk makes room by
-    /// evicting the oldest requests and tries once more; when the storage still refuses, holds
-    /// them in memory. Other errors are returned.
-    fn store(&self, inner: &mut Inner, rows: Vec<NewBatch>) -> Stored {
-        self.write_held(inner);
-        if !inner.held.is_empty() {
-            self.hold(inner, rows);
-            return Stored::Memory;
-        }
-        let mut result = self.with_outbox(inner, |ob| ob.push_all(&rows));
-        if let Err(ShipError::Outbox(e)) = &result {
-            if e.is_disk_full() {
-                let need: u64 = rows.iter().map(|r| outbox::charge(r.body.len())).sum();
-                match self.with_outbox(inner, |ob| ob.make_space(need)) {
-                    Ok(freed) => {
-                        self.log_evictions(&freed, "the disk is full");
-                        result = self.with_outbox(inner, |ob| ob.push_all(&rows));
-                    }
-                    Err(e) => tracing::debug!(error = %e, "cannot evict on a full disk"),
-                }
-            }
-        }
-        match result {
-            Ok(eviction) => {
-                self.storage_recovered(inner);
-                Stored::Outbox(eviction)
-            }
-            Err(ShipError::Outbox(e)) if e.is_storage() => {
-                self.storage_failed(inner, &e);
-                self.hold(inner, rows);
-                Stored::Memory
-            }
-            Err(e) => Stored::Failed(e),
-        }
-    }
-
-    /// Moves requests held in memory into the outbox, in order, if it takes writes again.
-    pub(super) fn write_held(&self, inner: &mut Inner) {
-        if inner.held.is_empty() {
-            return;
-        }
-        let rows: Vec<NewBatch> = inner.held.rows().iter().cloned().collect();
-        match self.with_outbox(inner, |ob| ob.push_all(&rows)) {
-            Ok(eviction) => {
-                tracing::info!(
-                    event = "held_written",
-                    requests = rows.len(),
-                    "the outbox takes writes again; requests held in memory are stored"
-                );
-                inner.held.clear();
-                self.log_evictions(&eviction, "buffer.max_size_mb reached");
-                self.storage_recovered(inner);
-            }
-            Err(e) => tracing::debug!(error = %e, "the outbox still does not take writes"),
-        }
-    }
-
-    fn hold(&self, inner: &mut Inner, rows: Vec<NewBatch>) {
-        self.counters
-            .held
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        let dropped = inner.held.push(rows);
-        if !dropped.is_empty() {
-            self.counters
-                .held_dropped
-                .fetch_add(dropped.len() as u64, Ordering::Relaxed);
-            for (kind, id) in &dropped {
-                tracing::warn!(event = "held_dropped", kind = %kind, batch_id = %id,
-                    "memory bound reached while the outbox takes no writes: dropped the oldest request");
-            }
-        }
-    }
-
-    fn storage_failed(&self, inner: &mut Inner, e: &OutboxError) {
-        self.counters
-            .storage_failures
-            .fetch_add(1, Ordering::Relaxed);
-        if inner.storage_error.is_none() {
-            tracing::error!(event = "outbox_unwritable", error = %e,
-                "the outbox does not take writes (full disk, read-only or failing storage); \
-                 holding requests in memory and sending from there");
-        }
-        inner.storage_error = Some(e.to_string());
-    }
-
-    fn storage_recovered(&self, inner: &mut Inner) {
-        if inner.storage_error.take().is_some() {
-            tracing::info!(event = "outbox_writable", "the outbox takes writes again");
-        }
-        if let Some(ob) = inner.outbox.as_ref() {
-            ob.ensure_reserve();
         }
     }
 
@@ -528,7 +381,7 @@ impl Shipper {
         value.get_mut(field).map(serde_json::Value::take)
     }
 
-    fn log_evictions(&self, report: &EvictionReport, why: &str) {
+    pub(super) fn log_evictions(&self, report: &EvictionReport, why: &str) {
         self.counters
             .evicted
             .fetch_add(report.evicted.len() as u64, Ordering::Relaxed);

@@ -19,7 +19,9 @@
 //! keeps the counters and reads the figures for `status`.
 
 mod evict;
+mod replace;
 pub mod schema;
+mod space;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
@@ -158,7 +160,7 @@ pub struct Outbox {
 }
 
 /// Inserts one request; returns what it is charged.
-fn insert_row(tx: &Connection, row: &NewBatch) -> rusqlite::Result<u64> {
+pub(super) fn insert_row(tx: &Connection, row: &NewBatch) -> rusqlite::Result<u64> {
     let cost = charge(row.body.len());
     tx.execute(
         "INSERT INTO outbox (batch_id, kind, collected_at, enqueued_ms, charge, body, protocol)
@@ -177,7 +179,7 @@ fn insert_row(tx: &Connection, row: &NewBatch) -> rusqlite::Result<u64> {
 }
 
 /// Deletes one request; returns what it was charged, None when it was gone.
-fn delete_row(tx: &Connection, seq: i64) -> rusqlite::Result<Option<i64>> {
+pub(super) fn delete_row(tx: &Connection, seq: i64) -> rusqlite::Result<Option<i64>> {
     tx.query_row(
         "DELETE FROM outbox WHERE seq = ?1 RETURNING charge",
         [seq],
@@ -364,50 +366,6 @@ impl Outbox {
         Ok(report)
     }
 
-    /// Path of the reserve file: space kept aside so that, when the disk fills up, deleting it lets
-    /// SQLite write the deletions that make room.
-    pub fn reserve_path(&self) -> PathBuf {
-        let mut p = self.path.as_os_str().to_owned();
-        p.push(".reserve");
-        PathBuf::from(p)
-    }
-
-    /// Creates the reserve file if it is missing; a disk too full for it is not an error (the
-    /// reserve comes back when there is room).
-    pub fn ensure_reserve(&self) {
-        let path = self.reserve_path();
-        if path.exists() {
-            return;
-        }
-        let result = std::fs::File::create(&path).and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(&vec![0u8; RESERVE_BYTES as usize])?;
-            f.sync_all()
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-
-    /// On a full disk: gives the reserve back to the file system, evicts the oldest requests
-    /// (counted per type) until about `need` bytes of them are gone, and checkpoints so the freed
-    /// pages can be reused. Returns what was evicted.
-    pub fn make_space(&mut self, need: u64) -> Result<EvictionReport, OutboxError> {
-        let _ = std::fs::remove_file(self.reserve_path());
-        let path = self.path.clone();
-        let err = |source| OutboxError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        let target = self.charged.saturating_sub(need.max(RESERVE_BYTES));
-        let (report, charged) = make_room(&tx, self.charged, 0, target).map_err(err)?;
-        tx.commit().map_err(err)?;
-        self.charged = charged;
-        self.checkpoint();
-        Ok(report)
-    }
-
     /// The oldest batch, if any.
     pub fn oldest(&self) -> Result<Option<StoredBatch>, OutboxError> {
         self.oldest_after(0)
@@ -453,48 +411,6 @@ impl Outbox {
             protocol: Protocol::parse(&protocol)
                 .ok_or_else(|| bad(format!("unknown protocol {protocol:?}")))?,
         }))
-    }
-
-    /// Sequence numbers of the waiting requests written in `protocol`, oldest first.
-    pub fn seqs_in(&self, protocol: Protocol) -> Result<Vec<i64>, OutboxError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT seq FROM outbox WHERE protocol = ?1 ORDER BY seq")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([protocol.as_str()], |r| r.get::<_, i64>(0))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<i64>>>()
-            .map_err(|e| self.err(e))
-    }
-
-    /// The gzipped body of one waiting request, if it is still there.
-    pub fn body(&self, seq: i64) -> Result<Option<Vec<u8>>, OutboxError> {
-        self.conn
-            .query_row("SELECT body FROM outbox WHERE seq = ?1", [seq], |r| {
-                r.get::<_, Vec<u8>>(0)
-            })
-            .optional()
-            .map_err(|e| self.err(e))
-    }
-
-    /// Replaces one waiting request by `rows` (the same data in another protocol) in one
-    /// transaction. The new rows queue behind everything already waiting.
-    pub fn replace(&mut self, seq: i64, rows: &[NewBatch]) -> Result<(), OutboxError> {
-        let path = self.path.clone();
-        let err = |source| OutboxError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        let freed = delete_row(&tx, seq).map_err(err)?;
-        let mut added = 0;
-        for row in rows {
-            added += insert_row(&tx, row).map_err(err)?;
-        }
-        tx.commit().map_err(err)?;
-        self.charged = (self.charged + added).saturating_sub(freed.unwrap_or(0) as u64);
-        Ok(())
     }
 
     /// The gzipped body of the newest waiting batch of `kind`, if any.
@@ -648,7 +564,7 @@ impl Outbox {
     }
 
     /// Keeps the WAL from holding on to space evictions just freed.
-    fn checkpoint(&self) {
+    pub(super) fn checkpoint(&self) {
         if let Err(e) = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))

@@ -1,0 +1,53 @@
+//! Disk space beyond the size cap: a reserve file kept beside the outbox, given back when the disk is
+//! full so SQLite can write the deletions that make room (docs/shipping.md, "Full disk").
+
+use std::path::PathBuf;
+
+use super::evict::make_room;
+use super::{EvictionReport, Outbox, OutboxError, RESERVE_BYTES};
+
+impl Outbox {
+    /// Path of the reserve file: space kept aside so that, when the disk fills up, deleting it lets
+    /// SQLite write the deletions that make room.
+    pub fn reserve_path(&self) -> PathBuf {
+        let mut p = self.path.as_os_str().to_owned();
+        p.push(".reserve");
+        PathBuf::from(p)
+    }
+
+    /// Creates the reserve file if it is missing; a disk too full for it is not an error (the
+    /// reserve comes back when there is room).
+    pub fn ensure_reserve(&self) {
+        let path = self.reserve_path();
+        if path.exists() {
+            return;
+        }
+        let result = std::fs::File::create(&path).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&vec![0u8; RESERVE_BYTES as usize])?;
+            f.sync_all()
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    /// On a full disk: gives the reserve back to the file system, evicts the oldest requests
+    /// (counted per type) until about `need` bytes of them are gone, and checkpoints so the freed
+    /// pages can be reused. Returns what was evicted.
+    pub fn make_space(&mut self, need: u64) -> Result<EvictionReport, OutboxError> {
+        let _ = std::fs::remove_file(self.reserve_path());
+        let path = self.path.clone();
+        let err = |source| OutboxError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let target = self.charged.saturating_sub(need.max(RESERVE_BYTES));
+        let (report, charged) = make_room(&tx, self.charged, 0, target).map_err(err)?;
+        tx.commit().map_err(err)?;
+        self.charged = charged;
+        self.checkpoint();
+        Ok(report)
+    }
+}
