@@ -179,13 +179,7 @@ fn stuck_listener(trickle: bool) {
     assert!(health.is_some(), "/health did not answer within 1 s");
     assert!(asked.elapsed() < Duration::from_secs(1));
 
-    agent.signal("TERM");
-    let (status, took) = agent.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0), "{}", agent.stderr_text());
-    assert!(
-        took < Duration::from_secs(2),
-        "SIGTERM to exit took {took:?}"
-    );
+    agent.terminate_within(Duration::from_secs(2));
     let repeated: Vec<(String, u32)> = seen
         .lock()
         .unwrap()
@@ -287,13 +281,7 @@ fn a_full_disk_holds_batches_in_memory_and_delivery_goes_on() {
         "storage failures are counted"
     );
 
-    agent.signal("TERM");
-    let (status, took) = agent.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0), "{}", agent.stderr_text());
-    assert!(
-        took < Duration::from_secs(2),
-        "SIGTERM to exit took {took:?}"
-    );
+    agent.terminate_within(Duration::from_secs(2));
 }
 
 /// A small tmpfs of the test's own, unmounted on drop; None when this process cannot mount.
@@ -389,12 +377,6 @@ fn a_read_only_state_directory_does_not_stop_delivery() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    agent.signal("TERM");
-    let (status, took) = agent.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0), "{}", agent.stderr_text());
-    assert!(
-        took < Duration::from_secs(2),
-        "SIGTERM to exit took {took:?}"
-    );
+    agent.terminate_within(Duration::from_secs(2));
     drop(tmpfs);
 }

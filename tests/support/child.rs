@@ -86,6 +86,15 @@ impl AgentChild {
         assert!(status.success(), "kill -{sig}");
     }
 
+    /// SIGTERM, then asserts a clean exit (status 0) within `limit`; returns how long it took.
+    pub fn terminate_within(&mut self, limit: Duration) -> Duration {
+        self.signal("TERM");
+        let (status, took) = self.wait_exit(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0), "{}", self.stderr_text());
+        assert!(took < limit, "SIGTERM to exit took {took:?}");
+        took
+    }
+
     /// Waits until a stdout or stderr line satisfies `pred`, or panics after `timeout`.
     pub fn wait_for_line(
         &self,
