@@ -144,6 +144,12 @@ impl Daemon {
         log: LogControl,
     ) -> Result<Daemon, DaemonError> {
         let config = Arc::new(config);
+        // Everything the daemon keeps lives here; an unwritable directory is reported by the
+        // outbox and the other writers, not fatal.
+        if let Err(e) = std::fs::create_dir_all(&config.agent.state_dir) {
+            tracing::warn!(error = %e, state_dir = %config.agent.state_dir.display(),
+                "cannot create the state directory");
+        }
         let db = Db::new(&config.postgres, &config.safety)?;
         let shipper = Arc::new(Shipper::open(&config)?);
         let telemetry = Telemetry::new(config.agent.collection_interval);
@@ -370,13 +376,14 @@ impl Daemon {
         });
         tracing::info!(summary = %summary, "cycle finished");
         notify::status(&summary);
-        // For `status`; a small file, but still disk I/O: not waited for.
+        // For `status`: a small file, but disk I/O, so off the scheduler and waited for only so long.
         let (dir, ok) = (self.config.agent.state_dir.clone(), report.server.is_some());
-        tokio::task::spawn_blocking(move || {
+        let save = tokio::task::spawn_blocking(move || {
             if let Err(e) = crate::ship::status::LastCycle::save(&dir, ok, &summary) {
                 tracing::debug!(error = %e, "cannot record the cycle for `status`");
             }
         });
+        let _ = tokio::time::timeout(Duration::from_secs(2), save).await;
     }
 
     /// Re-reads the configuration; returns true when a new one took effect.
