@@ -27,20 +27,7 @@ impl Shipper {
             self.hold(inner, rows);
             return Stored::Memory;
         }
-        let mut result = self.with_outbox(inner, |ob| ob.push_all(&rows));
-        if let Err(ShipError::Outbox(e)) = &result {
-            if e.is_disk_full() {
-                let need: u64 = rows.iter().map(|r| outbox::charge(r.body.len())).sum();
-                match self.with_outbox(inner, |ob| ob.make_space(need)) {
-                    Ok(freed) => {
-                        self.log_evictions(&freed, "the disk is full");
-                        result = self.with_outbox(inner, |ob| ob.push_all(&rows));
-                    }
-                    Err(e) => tracing::debug!(error = %e, "cannot evict on a full disk"),
-                }
-            }
-        }
-        match result {
+        match self.push_making_space(inner, &rows) {
             Ok(eviction) => {
                 self.storage_recovered(inner);
                 Stored::Outbox(eviction)
@@ -54,13 +41,40 @@ impl Shipper {
         }
     }
 
-    /// Moves requests held in memory into the outbox, in order, if it takes writes again.
+    /// Writes `rows` to the outbox; on a full disk evicts the oldest requests to make room
+    /// ([`outbox::Outbox::make_space`]) and tries once more.
+    fn push_making_space(
+        &self,
+        inner: &mut Inner,
+        rows: &[NewBatch],
+    ) -> Result<EvictionReport, ShipError> {
+        let result = self.with_outbox(inner, |ob| ob.push_all(rows));
+        match &result {
+            Err(ShipError::Outbox(e)) if e.is_disk_full() => {
+                let need: u64 = rows.iter().map(|r| outbox::charge(r.body.len())).sum();
+                match self.with_outbox(inner, |ob| ob.make_space(need)) {
+                    Ok(freed) => {
+                        self.log_evictions(&freed, "the disk is full");
+                        self.with_outbox(inner, |ob| ob.push_all(rows))
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot evict on a full disk");
+                        result
+                    }
+                }
+            }
+            _ => result,
+        }
+    }
+
+    /// Moves requests held in memory into the outbox, in order, if it takes writes again (making
+    /// room on a full disk).
     pub(super) fn write_held(&self, inner: &mut Inner) {
         if inner.held.is_empty() {
             return;
         }
         let rows: Vec<NewBatch> = inner.held.rows().iter().cloned().collect();
-        match self.with_outbox(inner, |ob| ob.push_all(&rows)) {
+        match self.push_making_space(inner, &rows) {
             Ok(eviction) => {
                 tracing::info!(
                     event = "held_written",
