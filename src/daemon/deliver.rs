@@ -54,6 +54,11 @@ impl Delivery {
         }
     }
 
+    /// What wakes the task, for the collection task to hold.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
     /// New data is in the outbox.
     pub fn wake(&self) {
         self.wake.notify_one();

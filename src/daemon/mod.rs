@@ -1,14 +1,23 @@
-//! The daemon (`postgres-agent run`): the drift-free collection loop, the log task, signals, config
-//! reload, systemd integration and the telemetry endpoint.
+//! The daemon (`postgres-agent run`): four tasks under one shutdown token and one task tracker,
+//! and a main loop that only answers signals and the systemd watchdog.
 //!
-//! One cancellation token stops everything. SIGTERM/SIGINT: no new cycle starts, a cycle in progress
-//! is abandoned, the log task writes its buffered entries to the outbox and saves its position, one
-//! last send is attempted within [`SHUTDOWN_SEND_BUDGET`], the pool is closed, exit 0. SIGHUP reloads
-//! the configuration; an invalid one is logged and the old one kept.
+//! - collection ([`collect_task`]): a cycle at every tick of the drift-free schedule, writing its
+//!   batches to the outbox;
+//! - delivery ([`deliver`]): drains the outbox to the listener;
+//! - the log reader ([`logtask`]): tails the server log into pg_logs batches;
+//! - telemetry: `/health` and `/metrics`.
 //!
-//! The runtime is a current-thread one with at most two blocking threads (name resolution), well
-//! inside the unit's `TasksMax=10`: the agent's work is small and mostly waiting on I/O.
+//! No task waits on another: blocking work (SQLite, files) runs off the scheduler under a deadline.
+//! SIGTERM/SIGINT: no new cycle starts and one in progress is abandoned, no new request starts and
+//! one in flight may finish, the log task writes its buffered entries to the outbox and saves its
+//! position, one last send is attempted, all within [`SHUTDOWN_SEND_BUDGET`] and a few hundred
+//! milliseconds more; the pool is closed, exit 0. SIGHUP reloads the configuration; an invalid one
+//! is logged and the old one kept.
+//!
+//! The runtime is a current-thread one with at most two blocking threads, well inside the unit's
+//! `TasksMax=10`: the agent's work is small and mostly waiting on I/O.
 
+mod collect_task;
 mod cycle;
 mod deliver;
 mod logtask;
@@ -25,20 +34,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::collect::Collectors;
 use crate::config::{Config, Protocol};
 use crate::db::Db;
 use crate::ship::Shipper;
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::server::Telemetry;
+use collect_task::CollectTask;
 use deliver::Delivery;
 use logtask::{LogShared, LogTask};
-use schedule::Schedule;
 
 /// The last send attempt on shutdown may take this long.
 pub const SHUTDOWN_SEND_BUDGET: Duration = Duration::from_millis(500);
-/// Writing a cycle's batches to the outbox may take this long before it is reported as stalled.
-const PERSIST_DEADLINE: Duration = Duration::from_secs(10);
 /// The log task's final flush may take this long.
 const SHUTDOWN_LOG_FLUSH: Duration = Duration::from_millis(300);
 
@@ -120,7 +126,7 @@ struct Daemon {
     db: Db,
     shipper: Arc<Shipper>,
     telemetry: Telemetry,
-    collectors: Collectors,
+    collection: Option<CollectTask>,
     server: Arc<Mutex<Option<crate::db::ServerInfo>>>,
     log_task: Option<LogTask>,
     shutdown: CancellationToken,
@@ -155,7 +161,7 @@ impl Daemon {
         let telemetry = Telemetry::new(config.agent.collection_interval);
         let mut daemon = Daemon {
             path,
-            collectors: Collectors::new(&config),
+            collection: None,
             config,
             log,
             db,
@@ -271,119 +277,54 @@ impl Daemon {
             tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w.period));
         watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-        let mut schedule = Schedule::new(Instant::now(), self.config.agent.collection_interval);
+        self.start_collection();
         notify::ready("started; first cycle now");
         tracing::info!(
             interval_s = self.config.agent.collection_interval.as_secs(),
             listener = self.config.listener.url.as_deref().unwrap_or("stdout"),
             "postgres-agent running"
         );
-        'cycles: loop {
-            let tick = schedule.next_after(Instant::now());
-            if tick.skipped > 0 {
-                self.telemetry.metrics.cycles_skipped.inc_by(tick.skipped);
-                tracing::warn!(
-                    skipped = tick.skipped,
-                    "the previous cycle overran its interval; skipping missed ticks"
-                );
-            }
-            // Wait for the tick, answering signals and the watchdog meanwhile.
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(tick.at) => break,
-                    _ = sigterm.recv() => break 'cycles,
-                    _ = sigint.recv() => break 'cycles,
-                    _ = sighup.recv() => {
-                        if self.reload().await {
-                            schedule.set_interval(self.config.agent.collection_interval, Instant::now());
-                            continue 'cycles;
+        // This loop only answers signals and the watchdog; collection, delivery, the log reader
+        // and telemetry are tasks of their own.
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+                _ = sighup.recv() => {
+                    if self.reload().await {
+                        if let Some(c) = &self.collection {
+                            c.update(collect_task::Setup {
+                                config: self.config.clone(),
+                                db: self.db.clone(),
+                            });
                         }
                     }
-                    _ = watchdog_tick.tick(), if watchdog.is_some() => notify::watchdog(),
                 }
-            }
-            // Run the cycle; a stop signal abandons it (everything it wrote is already durable).
-            let mut reload_pending = false;
-            {
-                let fut = self.cycle();
-                tokio::pin!(fut);
-                loop {
-                    tokio::select! {
-                        _ = &mut fut => break,
-                        _ = sigterm.recv() => break 'cycles,
-                        _ = sigint.recv() => break 'cycles,
-                        _ = sighup.recv() => reload_pending = true,
-                        _ = watchdog_tick.tick(), if watchdog.is_some() => notify::watchdog(),
-                    }
-                }
-            }
-            if reload_pending && self.reload().await {
-                schedule.set_interval(self.config.agent.collection_interval, Instant::now());
+                _ = watchdog_tick.tick(), if watchdog.is_some() => notify::watchdog(),
             }
         }
         self.stop().await;
         Ok(())
     }
 
-    async fn cycle(&mut self) {
-        let mut report = self.collectors.run_cycle(&self.db, &self.config).await;
-        if let Some(s) = &report.server {
-            if let Ok(mut guard) = self.server.lock() {
-                *guard = Some(s.clone());
-            }
-        }
-        cycle::record_cycle(&self.telemetry.metrics, &report);
-        let mut summary = cycle::summary(&report, None);
-        // Writing to the outbox is blocking I/O (SQLite, fsync): off the scheduler and under a
-        // deadline, so a hung disk cannot stall the next cycle, /health or a stop signal.
-        let batches = std::mem::take(&mut report.batches);
-        let (shipper, telemetry) = (self.shipper.clone(), self.telemetry.clone());
-        let job = tokio::task::spawn_blocking(move || {
-            cycle::enqueue_all(&batches, &shipper, &telemetry);
-            deliver::record_storage_health(&telemetry, &shipper);
-            shipper.stats().ok().and_then(|s| s.outbox.map(|o| o.depth))
-        });
-        match tokio::time::timeout(PERSIST_DEADLINE, job).await {
-            Ok(waiting) => {
-                self.telemetry.set_condition("outbox_stalled", None);
-                if let Some(w) = waiting.ok().flatten() {
-                    summary.push_str(&format!(", {w} requests waiting to be sent"));
-                }
-            }
-            Err(_) => {
-                self.telemetry.metrics.outbox_write_stalls.inc();
-                let why = format!(
-                    "writing the cycle's batches to the outbox did not finish within {} s \
-                     (a hung disk or file system?)",
-                    PERSIST_DEADLINE.as_secs()
-                );
-                tracing::error!(event = "outbox_write_stalled", "{why}");
-                self.telemetry.set_condition("outbox_stalled", Some(why));
-            }
-        }
-        // Sending is the delivery task's: a slow listener never holds up the next cycle.
-        if let Some(d) = &self.delivery {
-            d.wake();
-        }
-        self.telemetry
-            .metrics
-            .db_connections_open
-            .set(self.db.open_connections() as i64);
-        self.telemetry.record_cycle(if report.server.is_some() {
-            None
-        } else {
-            Some("the database was unreachable".to_string())
-        });
-        tracing::info!(summary = %summary, "cycle finished");
-        notify::status(&summary);
-        // For `status`: a small file, but disk I/O, so off the scheduler and waited for only so long.
-        let (dir, ok) = (self.config.agent.state_dir.clone(), report.server.is_some());
-        let save = tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::ship::status::LastCycle::save(&dir, ok, &summary) {
-                tracing::debug!(error = %e, "cannot record the cycle for `status`");
-            }
-        });
-        let _ = tokio::time::timeout(Duration::from_secs(2), save).await;
+    fn start_collection(&mut self) {
+        let Some(deliver) = self.delivery.as_ref().map(Delivery::waker) else {
+            return;
+        };
+        self.collection = Some(CollectTask::spawn(
+            &self.tracker,
+            collect_task::Setup {
+                config: self.config.clone(),
+                db: self.db.clone(),
+            },
+            collect_task::CycleShared {
+                shipper: self.shipper.clone(),
+                telemetry: self.telemetry.clone(),
+                server: self.server.clone(),
+                deliver,
+            },
+            self.shutdown.child_token(),
+        ));
     }
 
     /// Re-reads the configuration; returns true when a new one took effect.
@@ -453,6 +394,10 @@ impl Daemon {
         notify::stopping();
         tracing::info!("stopping");
         let started = Instant::now();
+        // No new cycle; one in progress is abandoned (what it wrote is durable).
+        if let Some(c) = self.collection.take() {
+            c.stop(Duration::from_millis(200)).await;
+        }
         // The delivery task starts no new request; one in flight may finish within the budget.
         let idle = match self.delivery.take() {
             Some(d) => d.stop(SHUTDOWN_SEND_BUDGET).await,

@@ -1,0 +1,181 @@
+//! The collection task: a cycle at every tick of the drift-free schedule. Each cycle collects,
+//! writes its batches to the outbox (off the scheduler, under [`PERSIST_DEADLINE`]), wakes the
+//! delivery task and publishes its figures. It never sends: a slow listener cannot delay it, and it
+//! cannot delay the signal handler, `/health` or delivery.
+//!
+//! A reload hands it a new [`Setup`] (configuration and pool), applied at the next tick; the
+//! schedule follows a changed interval at once. Stopping abandons a cycle in progress (everything
+//! it wrote is already durable).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::schedule::Schedule;
+use super::{cycle, deliver, notify};
+use crate::collect::Collectors;
+use crate::config::Config;
+use crate::db::{Db, ServerInfo};
+use crate::ship::Shipper;
+use crate::telemetry::server::Telemetry;
+
+/// Writing a cycle's batches to the outbox may take this long before it is reported as stalled.
+pub const PERSIST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What a cycle runs with; replaced as a whole on reload.
+pub struct Setup {
+    pub config: Arc<Config>,
+    pub db: Db,
+}
+
+/// What the collection task shares with the rest of the daemon.
+pub struct CycleShared {
+    pub shipper: Arc<Shipper>,
+    pub telemetry: Telemetry,
+    /// The server's identity as the last cycle read it (the log task's batches carry it).
+    pub server: Arc<Mutex<Option<ServerInfo>>>,
+    /// Wakes the delivery task.
+    pub deliver: Arc<Notify>,
+}
+
+/// The running collection task.
+pub struct CollectTask {
+    setup: watch::Sender<Arc<Setup>>,
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl CollectTask {
+    /// Starts the task on `tracker`: the first cycle runs at once. It stops when `stop` (a child of
+    /// the daemon's token) is cancelled.
+    pub fn spawn(
+        tracker: &TaskTracker,
+        setup: Setup,
+        shared: CycleShared,
+        stop: CancellationToken,
+    ) -> CollectTask {
+        let (tx, rx) = watch::channel(Arc::new(setup));
+        let handle = tracker.spawn(run(rx, shared, stop.clone()));
+        CollectTask {
+            setup: tx,
+            stop,
+            handle,
+        }
+    }
+
+    /// A reloaded configuration (and pool) for the next cycles.
+    pub fn update(&self, setup: Setup) {
+        self.setup.send_replace(Arc::new(setup));
+    }
+
+    /// Stops the task, abandoning a cycle in progress, and waits at most `deadline` for it.
+    pub async fn stop(self, deadline: Duration) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(deadline, self.handle).await;
+    }
+}
+
+async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: CancellationToken) {
+    let first = setup.borrow_and_update().clone();
+    let mut collectors = Collectors::new(&first.config);
+    let mut interval = first.config.agent.collection_interval;
+    let mut schedule = Schedule::new(Instant::now(), interval);
+    let mut current = first;
+    loop {
+        let tick = schedule.next_after(Instant::now());
+        if tick.skipped > 0 {
+            shared.telemetry.metrics.cycles_skipped.inc_by(tick.skipped);
+            tracing::warn!(
+                skipped = tick.skipped,
+                "the previous cycle overran its interval; skipping missed ticks"
+            );
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(tick.at) => {}
+            changed = setup.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                current = setup.borrow_and_update().clone();
+                let wanted = current.config.agent.collection_interval;
+                if wanted != interval {
+                    interval = wanted;
+                    schedule.set_interval(interval, Instant::now());
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = cycle(&mut collectors, &current, &shared) => {}
+        }
+    }
+}
+
+/// One cycle: collect, write the batches to the outbox, wake delivery, publish the figures.
+async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared) {
+    let (config, db) = (&setup.config, &setup.db);
+    let mut report = collectors.run_cycle(db, config).await;
+    if let Some(s) = &report.server {
+        if let Ok(mut guard) = shared.server.lock() {
+            *guard = Some(s.clone());
+        }
+    }
+    let telemetry = &shared.telemetry;
+    cycle::record_cycle(&telemetry.metrics, &report);
+    let mut summary = cycle::summary(&report, None);
+    // Writing to the outbox is blocking I/O (SQLite, fsync): off the scheduler and under a
+    // deadline, so a hung disk cannot stall the next cycle.
+    let batches = std::mem::take(&mut report.batches);
+    let (shipper, t) = (shared.shipper.clone(), telemetry.clone());
+    let job = tokio::task::spawn_blocking(move || {
+        cycle::enqueue_all(&batches, &shipper, &t);
+        deliver::record_storage_health(&t, &shipper);
+        shipper.stats().ok().and_then(|s| s.outbox.map(|o| o.depth))
+    });
+    match tokio::time::timeout(PERSIST_DEADLINE, job).await {
+        Ok(waiting) => {
+            telemetry.set_condition("outbox_stalled", None);
+            if let Some(w) = waiting.ok().flatten() {
+                summary.push_str(&format!(", {w} requests waiting to be sent"));
+            }
+        }
+        Err(_) => {
+            telemetry.metrics.outbox_write_stalls.inc();
+            let why = format!(
+                "writing the cycle's batches to the outbox did not finish within {} s \
+                 (a hung disk or file system?)",
+                PERSIST_DEADLINE.as_secs()
+            );
+            tracing::error!(event = "outbox_write_stalled", "{why}");
+            telemetry.set_condition("outbox_stalled", Some(why));
+        }
+    }
+    // Sending is the delivery task's: a slow listener never holds up the next cycle.
+    shared.deliver.notify_one();
+    telemetry
+        .metrics
+        .db_connections_open
+        .set(db.open_connections() as i64);
+    telemetry.record_cycle(if report.server.is_some() {
+        None
+    } else {
+        Some("the database was unreachable".to_string())
+    });
+    tracing::info!(summary = %summary, "cycle finished");
+    notify::status(&summary);
+    // For `status`: a small file, but disk I/O, so off the scheduler and waited for only so long.
+    let (dir, ok) = (config.agent.state_dir.clone(), report.server.is_some());
+    let save = tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::ship::status::LastCycle::save(&dir, ok, &summary) {
+            tracing::debug!(error = %e, "cannot record the cycle for `status`");
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(2), save).await;
+}
