@@ -231,16 +231,22 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
     s
 }
 
-async fn excerpt(mut resp: reqwest::Response) -> String {
+async fn excerpt(resp: reqwest::Response) -> String {
+    let buf = body_prefix(resp, REASON_BYTES).await;
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+/// The first `limit` bytes of an answer's body (fewer when it is shorter or fails midway).
+pub(crate) async fn body_prefix(mut resp: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut buf = Vec::new();
-    while buf.len() < REASON_BYTES {
+    while buf.len() < limit {
         match resp.chunk().await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
             _ => break,
         }
     }
-    buf.truncate(REASON_BYTES);
-    String::from_utf8_lossy(&buf).trim().to_string()
+    buf.truncate(limit);
+    buf
 }
 
 #[cfg(test)]

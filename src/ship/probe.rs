@@ -222,15 +222,8 @@ fn unreachable(p: Protocol, url: &str, e: &reqwest::Error) -> Probe {
 }
 
 /// The first [`QUOTE_BYTES`] of the answer's body on one line.
-async fn quote(mut resp: reqwest::Response) -> String {
-    let mut buf = Vec::new();
-    while buf.len() < QUOTE_BYTES {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    buf.truncate(QUOTE_BYTES);
+async fn quote(resp: reqwest::Response) -> String {
+    let buf = super::http::body_prefix(resp, QUOTE_BYTES).await;
     String::from_utf8_lossy(&buf)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
