@@ -41,6 +41,8 @@ pub struct CycleShared {
     pub server: Arc<Mutex<Option<ServerInfo>>>,
     /// Wakes the delivery task.
     pub deliver: Arc<Notify>,
+    /// How long the delivery pass in progress has been running.
+    pub delivery: deliver::PassWatch,
 }
 
 /// The running collection task.
@@ -81,6 +83,7 @@ impl CollectTask {
 }
 
 async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: CancellationToken) {
+    let mut record = Recorder::default();
     let first = setup.borrow_and_update().clone();
     let mut collectors = Collectors::new(&first.config);
     let mut interval = first.config.agent.collection_interval;
@@ -113,13 +116,18 @@ async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: 
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = cycle(&mut collectors, &current, &shared) => {}
+            _ = cycle(&mut collectors, &current, &shared, &mut record) => {}
         }
     }
 }
 
 /// One cycle: collect, write the batches to the outbox, wake delivery, publish the figures.
-async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared) {
+async fn cycle(
+    collectors: &mut Collectors,
+    setup: &Setup,
+    shared: &CycleShared,
+    record: &mut Recorder,
+) {
     let (config, db) = (&setup.config, &setup.db);
     let mut report = collectors.run_cycle(db, config).await;
     if let Some(s) = &report.server {
@@ -159,6 +167,7 @@ async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared)
     }
     // Sending is the delivery task's: a slow listener never holds up the next cycle.
     shared.deliver.notify_one();
+    report_delivery_stall(telemetry, &shared.delivery, config);
     telemetry
         .metrics
         .db_connections_open
@@ -170,12 +179,60 @@ async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared)
     });
     tracing::info!(summary = %summary, "cycle finished");
     notify::status(&summary);
-    // For `status`: a small file, but disk I/O, so off the scheduler and waited for only so long.
-    let (dir, ok) = (config.agent.state_dir.clone(), report.server.is_some());
-    let save = tokio::task::spawn_blocking(move || {
-        if let Err(e) = crate::ship::status::LastCycle::save(&dir, ok, &summary) {
-            tracing::debug!(error = %e, "cannot record the cycle for `status`");
-        }
+    record
+        .save(&config.agent.state_dir, report.server.is_some(), summary)
+        .await;
+}
+
+/// `/health` is 503 while a delivery pass has been running far past its budget and the listener's
+/// timeout: the delivery thread is stuck (on the storage under the outbox), so nothing is sent.
+fn report_delivery_stall(telemetry: &Telemetry, watch: &deliver::PassWatch, config: &Config) {
+    let limit = cycle::drain_budget(config.agent.collection_interval)
+        + config.listener.timeout
+        + Duration::from_secs(5);
+    let reason = watch.running_for().filter(|d| *d > limit).map(|d| {
+        format!(
+            "a delivery pass has been running for {} s (limit {} s): delivery is stuck, most \
+             likely on the storage under the outbox (a hung disk?)",
+            d.as_secs(),
+            limit.as_secs()
+        )
     });
-    let _ = tokio::time::timeout(Duration::from_secs(2), save).await;
+    if reason.is_some() {
+        telemetry.metrics.delivery_stalls.inc();
+    }
+    telemetry.set_condition("delivery_stalled", reason);
+}
+
+/// Writes the cycle record for `status`: a small file, but disk I/O, so off the scheduler and
+/// waited for only so long. While the last write has not returned (a hung disk), no new one is
+/// started, so stuck writes cannot pile up.
+#[derive(Default)]
+struct Recorder {
+    in_flight: Option<JoinHandle<()>>,
+}
+
+impl Recorder {
+    async fn save(&mut self, dir: &std::path::Path, ok: bool, summary: String) {
+        if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+            crate::telemetry::metrics::STATE_WRITES_SKIPPED
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!("the previous cycle record is still being written; skipped");
+            return;
+        }
+        let dir = dir.to_path_buf();
+        let mut save = tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::ship::status::LastCycle::save(&dir, ok, &summary) {
+                tracing::debug!(error = %e, "cannot record the cycle for `status`");
+            }
+        });
+        if tokio::time::timeout(Duration::from_secs(2), &mut save)
+            .await
+            .is_err()
+        {
+            self.in_flight = Some(save);
+        } else {
+            self.in_flight = None;
+        }
+    }
 }

@@ -159,6 +159,12 @@ pub fn record_shipping(metrics: &Metrics, shipper: &Shipper) {
         let p = &stats.process;
         set_counter(&metrics.storage_failures, p.storage_failures);
         set_counter(&metrics.held_dropped, p.held_dropped);
+        set_counter(&metrics.storage_stalls, p.storage_stalls);
+        set_counter(
+            &metrics.state_writes_skipped,
+            crate::telemetry::metrics::STATE_WRITES_SKIPPED
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         metrics.held_requests.set(p.held_now as i64);
         set_counter(&metrics.requests_throttled, p.throttled);
         set_counter(&metrics.correlated_payloads, p.encode.correlated_payloads);

@@ -1,57 +1,90 @@
-//! The delivery task: drains the outbox to the listener on its own schedule, so a slow, hung or
-//! rate-limiting listener never delays collection (a cycle only writes its batches to the outbox and
-//! wakes this task).
+//! The delivery task: drains the outbox to the listener on its own thread and schedule, so neither a
+//! slow, hung or rate-limiting listener nor a hung disk under the outbox can delay collection, the
+//! signal handler or `/health` (a cycle only writes its batches to the outbox and wakes this task).
 //!
 //! It runs a drain pass when woken (new data) or every collection interval (retries), and at once
-//! again while a pass stops only at its time budget (a backlog). On shutdown it starts no new request;
-//! one already in flight may finish within the shutdown budget. If it does not, the task is dropped
-//! and the daemon makes no final send, so that request is never repeated by this process (it stays in
-//! the outbox and is sent after the next start).
+//! again while a pass stops only at its time budget (a backlog). The thread has a small runtime of
+//! its own: the HTTP client's connections live there, and a SQLite call stuck on the storage blocks
+//! this thread only. A pass that has not returned after its budget plus the listener's timeout is
+//! reported on `/health` by the collection task ([`Delivery::stalled_for`]).
+//!
+//! On shutdown it starts no new request; one already in flight may finish, then one last pass sends
+//! what the log task flushed, all within the shutdown budget. If the budget runs out the thread is
+//! left behind (the process exits without it) and nothing is sent again by this process: what was
+//! in flight stays in the outbox and is sent after the next start.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::cycle;
 use crate::ship::{DrainReport, DrainStop, Shipper};
 use crate::telemetry::server::Telemetry;
 
-/// The running delivery task.
+/// The running delivery thread.
 pub struct Delivery {
     wake: Arc<Notify>,
     token: CancellationToken,
     interval: Arc<std::sync::Mutex<Duration>>,
-    handle: JoinHandle<()>,
+    /// When the running pass started (ms since `epoch`), 0 between passes.
+    pass_started: Arc<AtomicI64>,
+    epoch: Instant,
+    /// Fires when the thread has finished.
+    done: oneshot::Receiver<()>,
+    /// When the final pass must be over; set by [`Delivery::stop`] before it cancels `token`.
+    final_deadline: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Delivery {
-    /// Starts the task on `tracker`; it stops when `token` (a child of the daemon's) is cancelled.
+    /// Starts the thread; it stops when `token` (a child of the daemon's) is cancelled.
     pub fn spawn(
-        tracker: &TaskTracker,
         shipper: Arc<Shipper>,
         telemetry: Telemetry,
         interval: Duration,
         token: CancellationToken,
-    ) -> Delivery {
+    ) -> std::io::Result<Delivery> {
         let wake = Arc::new(Notify::new());
         let interval = Arc::new(std::sync::Mutex::new(interval));
-        let handle = tracker.spawn(run(
+        let pass_started = Arc::new(AtomicI64::new(0));
+        let final_deadline = Arc::new(std::sync::Mutex::new(None));
+        let epoch = Instant::now();
+        let (tx, done) = oneshot::channel();
+        let task = Task {
             shipper,
             telemetry,
-            wake.clone(),
-            interval.clone(),
-            token.clone(),
-        ));
-        Delivery {
+            wake: wake.clone(),
+            interval: interval.clone(),
+            token: token.clone(),
+            pass_started: pass_started.clone(),
+            epoch,
+            final_deadline: final_deadline.clone(),
+        };
+        // Its own small runtime: one blocking thread for the resolver.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("delivery".into())
+            .spawn(move || {
+                runtime.block_on(task.run());
+                // Nothing of this thread may hold up the process: whatever is still blocked
+                // (a resolver call) is left to the exit.
+                runtime.shutdown_background();
+                let _ = tx.send(());
+            })?;
+        Ok(Delivery {
             wake,
             token,
             interval,
-            handle,
-        }
+            pass_started,
+            epoch,
+            done,
+            final_deadline,
+        })
     }
 
     /// What wakes the task, for the collection task to hold.
@@ -71,20 +104,31 @@ impl Delivery {
         self.wake();
     }
 
-    /// Stops the task: no new request starts; one in flight may finish within `budget`. True when
-    /// the task ended in time (nothing is in flight), false when it was dropped mid-request.
+    /// A probe for how long the running pass has been going (None between passes).
+    pub fn watch(&self) -> PassWatch {
+        PassWatch {
+            pass_started: self.pass_started.clone(),
+            epoch: self.epoch,
+        }
+    }
+
+    /// Stops the thread: no new request starts; one in flight may finish, then one last pass sends
+    /// what is left, within `budget`. True when the thread ended in time, false when it was left
+    /// behind (mid-request, or stuck on the storage).
     pub async fn stop(self, budget: Duration) -> bool {
+        if let Ok(mut d) = self.final_deadline.lock() {
+            *d = Some(Instant::now() + budget);
+        }
         self.token.cancel();
-        let mut handle = self.handle;
-        match tokio::time::timeout(budget, &mut handle).await {
+        match tokio::time::timeout(budget, self.done).await {
             Ok(_) => true,
             Err(_) => {
-                handle.abort();
                 tracing::warn!(
                     event = "send_abandoned_at_shutdown",
                     budget_ms = budget.as_millis() as u64,
-                    "a request was still in flight at shutdown; it stays in the outbox and is sent \
-                     after the next start"
+                    "delivery did not finish within the shutdown budget (a request in flight, or \
+                     the outbox stuck on the storage); what was not acknowledged stays in the \
+                     outbox and is sent after the next start"
                 );
                 false
             }
@@ -92,35 +136,86 @@ impl Delivery {
     }
 }
 
-async fn run(
+/// How long the delivery pass in progress has been running.
+#[derive(Clone)]
+pub struct PassWatch {
+    pass_started: Arc<AtomicI64>,
+    epoch: Instant,
+}
+
+impl PassWatch {
+    pub fn running_for(&self) -> Option<Duration> {
+        let at = self.pass_started.load(Ordering::Relaxed);
+        (at != 0).then(|| {
+            let now = self.epoch.elapsed().as_millis() as i64;
+            Duration::from_millis((now - at).max(0) as u64)
+        })
+    }
+}
+
+struct Task {
     shipper: Arc<Shipper>,
     telemetry: Telemetry,
     wake: Arc<Notify>,
     interval: Arc<std::sync::Mutex<Duration>>,
     token: CancellationToken,
-) {
-    loop {
-        let every = interval
+    pass_started: Arc<AtomicI64>,
+    epoch: Instant,
+    final_deadline: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl Task {
+    async fn pass(&self, budget: Duration, stop: &CancellationToken) -> DrainReport {
+        // 1 at the least, so that 0 keeps meaning "no pass".
+        let now = (self.epoch.elapsed().as_millis() as i64).max(1);
+        self.pass_started.store(now, Ordering::Relaxed);
+        let report = self.shipper.drain_until(budget, stop).await;
+        self.pass_started.store(0, Ordering::Relaxed);
+        record(&self.telemetry, &self.shipper, &report);
+        report
+    }
+
+    async fn run(self) {
+        loop {
+            let every = self
+                .interval
+                .lock()
+                .map(|i| *i)
+                .unwrap_or(Duration::from_secs(60));
+            let report = self.pass(cycle::drain_budget(every), &self.token).await;
+            let again = match report.stopped {
+                // A backlog: keep going at once.
+                DrainStop::Budget => Some(Duration::ZERO),
+                // The next free request slot is past this pass's budget: try again shortly.
+                DrainStop::RateLimited => Some(Duration::from_secs(1)),
+                DrainStop::Shutdown => break,
+                _ => None,
+            };
+            let pause = again.unwrap_or(every);
+            tokio::select! {
+                _ = self.token.cancelled() => break,
+                _ = self.wake.notified(), if again.is_none() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        // One last pass for what the log task flushed at shutdown, within what is left of the
+        // budget (the caller stops waiting then, and the process exits).
+        let budget = self
+            .final_deadline
             .lock()
-            .map(|i| *i)
-            .unwrap_or(Duration::from_secs(60));
-        let report = shipper
-            .drain_until(cycle::drain_budget(every), &token)
-            .await;
-        record(&telemetry, &shipper, &report);
-        let again = match report.stopped {
-            // A backlog: keep going at once.
-            DrainStop::Budget => Some(Duration::ZERO),
-            // The next free request slot is past this pass's budget: try again shortly.
-            DrainStop::RateLimited => Some(Duration::from_secs(1)),
-            DrainStop::Shutdown => return,
-            _ => None,
-        };
-        let pause = again.unwrap_or(every);
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = wake.notified(), if again.is_none() => {}
-            _ = tokio::time::sleep(pause) => {}
+            .ok()
+            .and_then(|d| *d)
+            .map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(Instant::now())
+                    .saturating_sub(Duration::from_millis(50))
+            });
+        if !budget.is_zero() {
+            let report = self.pass(budget, &CancellationToken::new()).await;
+            tracing::info!(
+                sent = report.delivered,
+                waiting = report.remaining,
+                "final send before exit"
+            );
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::{Db, ServerInfo, APPLICATION_NAME, QUERY_TAG};
-use crate::logs::position::Position;
+use crate::logs::position::{Position, PositionStore};
 use crate::logs::settings::TailSettings;
 use crate::logs::source;
 use crate::logs::tail::{LogBatch, Tailer};
@@ -127,13 +127,20 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     // A crash between writing a batch to the outbox and saving the position would read those
     // entries again: resume after the newest pg_logs batch still waiting in the outbox instead.
     let hint = shared.resume_hint.lock().ok().and_then(|mut h| h.take());
-    let enqueued: Option<Position> = hint
-        .or_else(|| {
-            shared
-                .shipper
-                .newest_field(BatchKind::PgLogs, "log_position")
-        })
-        .and_then(|v| serde_json::from_value(v).ok());
+    let hint = match hint {
+        Some(h) => Some(h),
+        // Reads the outbox: off the scheduler.
+        None => {
+            let shipper = shared.shipper.clone();
+            tokio::task::spawn_blocking(move || {
+                shipper.newest_field(BatchKind::PgLogs, "log_position")
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+    };
+    let enqueued: Option<Position> = hint.and_then(|v| serde_json::from_value(v).ok());
     if let Some(enqueued) = &enqueued {
         if let Err(e) = tailer.reconcile(enqueued) {
             tracing::warn!(error = %e, "cannot reconcile the log position with the outbox");
@@ -152,7 +159,10 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     }
     tracing::info!("following the server log");
     let max = config.logs.max_buffered_entries;
-    let mut failing = ShipFailures::default();
+    let mut failing = ShipFailures {
+        position: false,
+        saver: PositionSaver::new(&config.agent.state_dir),
+    };
     let mut backoff = RETRY_FIRST.min(interval);
     loop {
         let deadline = Instant::now() + interval;
@@ -162,7 +172,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
         };
         match batch {
             Ok(b) => {
-                if ship(&mut tailer, b, &config, &shared, &mut failing) {
+                if ship(&mut tailer, b, &config, &shared, &mut failing).await {
                     backoff = RETRY_FIRST.min(interval);
                     continue;
                 }
@@ -190,11 +200,11 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     loop {
         match tailer.take_batch(max) {
             Ok(b) if b.entries.is_empty() => {
-                ship(&mut tailer, b, &config, &shared, &mut failing);
+                ship(&mut tailer, b, &config, &shared, &mut failing).await;
                 break;
             }
             Ok(b) => {
-                if !ship(&mut tailer, b, &config, &shared, &mut failing) {
+                if !ship(&mut tailer, b, &config, &shared, &mut failing).await {
                     break;
                 }
             }
@@ -230,13 +240,66 @@ fn is_agent_entry(e: &serde_json::Value) -> bool {
 /// Times a pg_logs batch could not be written and its entries are read again after a back-off.
 pub static LOG_SHIP_RETRIES: AtomicU64 = AtomicU64::new(0);
 
-/// What the log task has already said about failures, so a lasting one is logged once.
-#[derive(Default)]
+/// What the log task has already said about failures, so a lasting one is logged once; and the
+/// position saver.
 struct ShipFailures {
     position: bool,
+    saver: PositionSaver,
+}
+
+/// How long the log task waits for a position save, and for a pg_logs batch to be written, before
+/// it reports a stall.
+const STATE_WRITE_WAIT: Duration = Duration::from_secs(2);
+const LOG_WRITE_WAIT: Duration = Duration::from_secs(10);
+
+/// Saves the log position off the scheduler. A save that has not returned within
+/// [`STATE_WRITE_WAIT`] (a hung disk) is left to finish, and later positions are not saved until it
+/// has (the newest one is saved then): stuck writes cannot pile up, and the saved position only
+/// lags, so entries may be read again after a restart, never lost.
+struct PositionSaver {
+    store: PositionStore,
+    in_flight: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl PositionSaver {
+    fn new(state_dir: &std::path::Path) -> PositionSaver {
+        PositionSaver {
+            store: PositionStore::new(state_dir),
+            in_flight: None,
+        }
+    }
 }
 
 impl ShipFailures {
+    /// Takes `position` as committed and saves it (see [`PositionSaver`]).
+    async fn commit(&mut self, tailer: &mut Tailer, position: &Position) {
+        tailer.mark_committed(position);
+        if let Some(h) = self.saver.in_flight.take() {
+            if !h.is_finished() {
+                self.saver.in_flight = Some(h);
+                crate::telemetry::metrics::STATE_WRITES_SKIPPED.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if let Ok(r) = h.await {
+                self.saved(r);
+            }
+        }
+        let (store, pos) = (self.saver.store.clone(), position.clone());
+        let mut job =
+            tokio::task::spawn_blocking(move || store.save(&pos).map_err(|e| e.to_string()));
+        match tokio::time::timeout(STATE_WRITE_WAIT, &mut job).await {
+            Ok(Ok(r)) => self.saved(r),
+            Ok(Err(e)) => self.saved(Err(e.to_string())),
+            Err(_) => {
+                self.saved(Err(format!(
+                    "the save did not return within {} s (a hung disk?)",
+                    STATE_WRITE_WAIT.as_secs()
+                )));
+                self.saver.in_flight = Some(job);
+            }
+        }
+    }
+
     fn saved(&mut self, result: Result<(), impl std::fmt::Display>) {
         match result {
             Ok(()) => {
@@ -264,8 +327,10 @@ fn jittered(d: Duration) -> Duration {
 }
 
 /// Writes one pg_logs batch to the outbox and commits its position; on failure re-reads from the
-/// committed position next time, so nothing is lost. False when the batch was not written.
-fn ship(
+/// committed position next time, so nothing is lost. False when the batch was not written. The
+/// write runs off the scheduler; while it has not returned (a hung disk) the log is not read, which
+/// loses nothing (the entries stay in the log file) and is reported on `/health`.
+async fn ship(
     tailer: &mut Tailer,
     batch: LogBatch,
     config: &Config,
@@ -277,7 +342,7 @@ fn ship(
     };
     if batch.entries.is_empty() {
         // Nothing to ship, but the position may have moved past lines that made no entry.
-        failing.saved(tailer.commit(&position));
+        failing.commit(tailer, &position).await;
         return true;
     }
     let mut entries = Vec::with_capacity(batch.entries.len());
@@ -293,7 +358,7 @@ fn ship(
         }
     }
     if entries.is_empty() {
-        failing.saved(tailer.commit(&position));
+        failing.commit(tailer, &position).await;
         return true;
     }
     let server = shared.server.lock().ok().and_then(|s| s.clone());
@@ -309,14 +374,33 @@ fn ship(
         b.extra.insert("log_position".into(), v);
     }
     let count = b.count;
-    match shared.shipper.enqueue(&b) {
+    let shipper = shared.shipper.clone();
+    let mut job = tokio::task::spawn_blocking(move || shipper.enqueue(&b));
+    let written = match tokio::time::timeout(LOG_WRITE_WAIT, &mut job).await {
+        Ok(r) => r,
+        Err(_) => {
+            shared.telemetry.set_condition(
+                "logs_stalled",
+                Some(format!(
+                    "writing a pg_logs batch has not returned for {} s (a hung disk?): the log \
+                     is not read meanwhile",
+                    LOG_WRITE_WAIT.as_secs()
+                )),
+            );
+            let r = job.await;
+            shared.telemetry.set_condition("logs_stalled", None);
+            r
+        }
+    };
+    let written = written.unwrap_or_else(|e| Err(crate::ship::ShipError::Task(e.to_string())));
+    match written {
         Ok(r) => {
             let outcome = if r.stdout { "printed" } else { "enqueued" };
             shared
                 .telemetry
                 .metrics
                 .count_batch(BatchKind::PgLogs, count, outcome);
-            failing.saved(tailer.commit(&position));
+            failing.commit(tailer, &position).await;
             true
         }
         Err(e) => {

@@ -14,8 +14,11 @@
 //! milliseconds more; the pool is closed, exit 0. SIGHUP reloads the configuration; an invalid one
 //! is logged and the old one kept.
 //!
-//! The runtime is a current-thread one with at most two blocking threads, well inside the unit's
-//! `TasksMax=10`: the agent's work is small and mostly waiting on I/O.
+//! Threads, inside the unit's `TasksMax=10`: the main runtime (current-thread: collection, the log
+//! reader, telemetry, signals) with at most [`BLOCKING_THREADS`] blocking threads, and the delivery
+//! thread with a runtime of its own and one blocking thread: 8 at most. A hung disk can leave one
+//! blocking thread stuck per state file (outbox, cycle record, baseline, log position), since no
+//! writer starts a second write while its first has not returned; one more stays free.
 
 mod collect_task;
 mod cycle;
@@ -30,7 +33,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,6 +44,9 @@ use crate::telemetry::server::Telemetry;
 use collect_task::CollectTask;
 use deliver::Delivery;
 use logtask::{LogShared, LogTask};
+
+/// Blocking threads of the main runtime (SQLite and file writes run there).
+const BLOCKING_THREADS: usize = 5;
 
 /// The last send attempt on shutdown may take this long.
 pub const SHUTDOWN_SEND_BUDGET: Duration = Duration::from_millis(500);
@@ -93,7 +98,7 @@ pub fn run(path: Option<PathBuf>, config: Config, log: LogControl) -> ExitCode {
     tune_allocator();
     ignore_file_size_signal();
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .max_blocking_threads(2)
+        .max_blocking_threads(BLOCKING_THREADS)
         .thread_name("postgres-agent")
         .enable_all()
         .build();
@@ -184,13 +189,15 @@ impl Daemon {
                 .newest_field(crate::ship::batch::BatchKind::PgLogs, "log_position");
         }
         daemon.start_log_task();
-        daemon.delivery = Some(Delivery::spawn(
-            &daemon.tracker,
-            daemon.shipper.clone(),
-            daemon.telemetry.clone(),
-            daemon.config.agent.collection_interval,
-            daemon.shutdown.child_token(),
-        ));
+        daemon.delivery = Some(
+            Delivery::spawn(
+                daemon.shipper.clone(),
+                daemon.telemetry.clone(),
+                daemon.config.agent.collection_interval,
+                daemon.shutdown.child_token(),
+            )
+            .map_err(DaemonError::Runtime)?,
+        );
         Ok(daemon)
     }
 
@@ -308,7 +315,8 @@ impl Daemon {
     }
 
     fn start_collection(&mut self) {
-        let Some(deliver) = self.delivery.as_ref().map(Delivery::waker) else {
+        let Some((deliver, delivery)) = self.delivery.as_ref().map(|d| (d.waker(), d.watch()))
+        else {
             return;
         };
         self.collection = Some(CollectTask::spawn(
@@ -322,6 +330,7 @@ impl Daemon {
                 telemetry: self.telemetry.clone(),
                 server: self.server.clone(),
                 deliver,
+                delivery,
             },
             self.shutdown.child_token(),
         ));
@@ -360,8 +369,18 @@ impl Daemon {
                 }
             }
         }
-        if let Err(e) = self.shipper.reconfigure(&new) {
-            tracing::error!(error = %e, "listener settings could not be applied; keeping the previous ones");
+        // The outbox may be busy on a stuck disk: off the signal loop, waited for only so long
+        // (it is applied when the outbox answers).
+        let (shipper, listener) = (self.shipper.clone(), Arc::new(new.clone()));
+        let apply = tokio::task::spawn_blocking(move || shipper.reconfigure(&listener));
+        match tokio::time::timeout(Duration::from_secs(2), apply).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e,
+                "listener settings could not be applied; keeping the previous ones"),
+            Ok(Err(e)) => tracing::error!(error = %e, "applying the listener settings failed"),
+            Err(_) => tracing::warn!(
+                "the outbox is busy (a hung disk?): the listener settings take effect when it answers"
+            ),
         }
         self.log.set_level(&new.logging.level);
         self.telemetry.set_interval(new.agent.collection_interval);
@@ -393,29 +412,18 @@ impl Daemon {
     async fn stop(&mut self) {
         notify::stopping();
         tracing::info!("stopping");
-        let started = Instant::now();
         // No new cycle; one in progress is abandoned (what it wrote is durable).
         if let Some(c) = self.collection.take() {
             c.stop(Duration::from_millis(200)).await;
         }
-        // The delivery task starts no new request; one in flight may finish within the budget.
-        let idle = match self.delivery.take() {
-            Some(d) => d.stop(SHUTDOWN_SEND_BUDGET).await,
-            None => true,
-        };
+        // The log task writes what it holds to the outbox and saves its position.
         if let Some(task) = self.log_task.take() {
             task.stop(SHUTDOWN_LOG_FLUSH).await;
         }
-        // One last pass for what the log task just flushed, unless a request was abandoned in
-        // flight: sending it again now could repeat it.
-        let left = SHUTDOWN_SEND_BUDGET.saturating_sub(started.elapsed());
-        if idle && self.config.listener.url.is_some() && !left.is_zero() {
-            let d = self.shipper.drain(left).await;
-            tracing::info!(
-                sent = d.delivered,
-                waiting = d.remaining,
-                "final send before exit"
-            );
+        // Delivery starts no new request; one in flight may finish, then one last pass sends what
+        // the log task flushed, all within the budget; past it the thread is left behind.
+        if let Some(d) = self.delivery.take() {
+            d.stop(SHUTDOWN_SEND_BUDGET).await;
         }
         self.db.close();
         self.shutdown.cancel();

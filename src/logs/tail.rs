@@ -128,6 +128,12 @@ impl Tailer {
         Ok(())
     }
 
+    /// Takes `position` as committed without saving it: the daemon's log task saves it itself, off
+    /// the scheduler, with a [`crate::logs::position::PositionStore`] on the same state directory.
+    pub fn mark_committed(&mut self, position: &Position) {
+        self.committed = Some(position.clone());
+    }
+
     /// At startup: `enqueued` is the position stored with the newest `pg_logs` batch still in the
     /// outbox. A crash between enqueue and commit left the saved position behind it; this moves it
     /// forward so those entries are not read twice.

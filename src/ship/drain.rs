@@ -140,7 +140,7 @@ impl Shipper {
                 match self.with_outbox(&mut inner, |ob| ob.oldest_after(after)) {
                     Ok(Some(b)) => (sender, Next::Stored(b)),
                     // The outbox is done (or unreadable): requests held in memory are newer.
-                    Ok(None) | Err(_) if !inner.held.is_empty() => match inner.held.front() {
+                    Ok(None) | Err(_) if !self.held().is_empty() => match self.held().front() {
                         Some(r) => (sender, Next::Held(r.clone())),
                         None => return DrainStop::Empty,
                     },
@@ -173,8 +173,8 @@ impl Shipper {
                                 inner.unremoved.insert(b.seq, Settled::Delivered(b.kind));
                             }
                         }
-                        Next::Held(_) => {
-                            inner.held.pop_front();
+                        Next::Held(r) => {
+                            self.held().pop_if_front(r.batch_id);
                         }
                     }
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -252,8 +252,8 @@ impl Shipper {
                         },
                         // Held in memory: there is nowhere to keep it; the log line above is
                         // its record, and it is counted.
-                        Next::Held(_) => {
-                            inner.held.pop_front();
+                        Next::Held(r) => {
+                            self.held().pop_if_front(r.batch_id);
                         }
                     }
                     self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);

@@ -61,6 +61,15 @@ impl Held {
         Some(r)
     }
 
+    /// Removes the oldest request if it is `batch_id` (the one just sent); false when it is no
+    /// longer there (dropped at the bound meanwhile).
+    pub fn pop_if_front(&mut self, batch_id: uuid::Uuid) -> bool {
+        match self.rows.front() {
+            Some(r) if r.batch_id == batch_id => self.pop_front().is_some(),
+            _ => false,
+        }
+    }
+
     /// Every held request, oldest first (to write them to the outbox).
     pub fn rows(&self) -> &VecDeque<NewBatch> {
         &self.rows

@@ -68,4 +68,6 @@ pub enum ShipError {
     Stdout { source: std::io::Error },
     #[error("the outbox is not open")]
     NoOutbox,
+    #[error("the write to the outbox did not finish: {0}")]
+    Task(String),
 }

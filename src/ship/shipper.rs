@@ -4,8 +4,11 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use parking_lot::MutexGuard;
 
 use serde::Serialize;
 
@@ -54,7 +57,19 @@ pub(super) struct ProcessCounters {
     /// Requests held in memory (cumulative) and dropped from memory at its bound.
     pub(super) held: AtomicU64,
     pub(super) held_dropped: AtomicU64,
+    /// Writes that found the outbox busy past [`STORAGE_WAIT`] (a writer stuck on a hung disk) and
+    /// went to memory instead.
+    pub(super) storage_stalls: AtomicU64,
 }
+
+/// How long a writer waits for the outbox while another one holds it, before it holds its
+/// requests in memory instead: SQLite statements take milliseconds, so a longer wait means a
+/// writer is stuck on the storage (a hung disk or file system).
+pub const STORAGE_WAIT: Duration = Duration::from_secs(2);
+/// The same wait while the outbox is known to be stuck, so that each write fails fast.
+const STALLED_WAIT: Duration = Duration::from_millis(20);
+/// How long `stats()` waits for the outbox before answering with the figures it read last.
+const STATS_WAIT: Duration = Duration::from_millis(100);
 
 /// Figures for `/metrics` and `status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -86,6 +101,8 @@ pub struct ProcessStats {
     pub storage_failures: u64,
     pub held_total: u64,
     pub held_dropped: u64,
+    /// Writes that found the outbox stuck (a hung disk) and went to memory.
+    pub storage_stalls: u64,
     /// Requests in memory now, and their bytes.
     pub held_now: usize,
     pub held_bytes: usize,
@@ -107,8 +124,6 @@ pub(super) struct Inner {
     pub(super) saved_breaker: Option<BreakerState>,
     /// `listener.max_requests_per_minute`, over both protocols and the backlog.
     pub(super) rate: RateLimiter,
-    /// Requests the outbox could not take ([`super::held`]).
-    pub(super) held: Held,
     /// Settled requests whose removal from the outbox failed.
     pub(super) unremoved: Unremoved,
     /// The last storage error, until a write succeeds again.
@@ -119,7 +134,19 @@ pub(super) struct Inner {
 /// `&self`; the outbox is behind a mutex held only for single SQLite statements, never across a
 /// request.
 pub struct Shipper {
-    inner: Mutex<Inner>,
+    /// Locked blocking only by the delivery thread and the commands; the daemon's other writers
+    /// wait [`STORAGE_WAIT`] at most ([`Shipper::lock_within`]).
+    inner: parking_lot::Mutex<Inner>,
+    /// Requests the outbox could not take ([`super::held`]): outside `inner`, so a writer can hold
+    /// its requests while another one is stuck in the outbox. Locked for memory work only, and
+    /// never while waiting for `inner`.
+    pub(super) held: Mutex<Held>,
+    /// A listener is configured (else batches go to stdout).
+    has_listener: AtomicBool,
+    /// Since when (unix ms) the outbox has not been available to writers; 0 when it is.
+    stalled_since_ms: AtomicI64,
+    /// The figures `stats()` read last, for when the outbox is stuck.
+    last_stats: Mutex<Option<ShipStats>>,
     /// Turns batches into stored requests (`listener.protocol`); locked only while encoding.
     encoder: Mutex<Encoder>,
     /// One drain at a time, so FIFO and the half-open single probe hold.
@@ -137,7 +164,7 @@ impl Shipper {
     /// [`Shipper::open`] with a different per-request body limit (tests use small ones).
     pub fn open_with(config: &Config, max_body_bytes: usize) -> Result<Shipper, ShipError> {
         let shipper = Shipper {
-            inner: Mutex::new(Inner {
+            inner: parking_lot::Mutex::new(Inner {
                 path: config.agent.state_dir.join(outbox::FILE_NAME),
                 max_size_bytes: config.buffer.max_size_bytes,
                 outbox: None,
@@ -150,10 +177,13 @@ impl Shipper {
                 not_before_ms: 0,
                 saved_breaker: None,
                 rate: RateLimiter::new(config.listener.max_requests_per_minute),
-                held: Held::default(),
                 unremoved: Unremoved::default(),
                 storage_error: None,
             }),
+            held: Mutex::new(Held::default()),
+            has_listener: AtomicBool::new(false),
+            stalled_since_ms: AtomicI64::new(0),
+            last_stats: Mutex::new(None),
             encoder: Mutex::new(Encoder::new(config, max_body_bytes)),
             drain_lock: tokio::sync::Mutex::new(()),
             counters: ProcessCounters::default(),
@@ -218,27 +248,85 @@ impl Shipper {
                 self.log_evictions(&report, "buffer.max_size_mb lowered");
             }
         }
+        self.has_listener.store(sender.is_some(), Ordering::Relaxed);
         inner.sender = sender;
         Ok(())
     }
 
-    pub(super) fn encoder(&self) -> MutexGuard<'_, Encoder> {
+    pub(super) fn encoder(&self) -> std::sync::MutexGuard<'_, Encoder> {
         // Encoding holds no state a panic could leave half-written beyond the dedup memory.
         self.encoder.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The outbox, waiting as long as it takes: for the delivery thread and the commands. (A panic
+    /// while holding the lock leaves SQLite consistent, transactions roll back; parking_lot's
+    /// mutex does not poison.)
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves SQLite consistent (transactions roll back), so the
-        // state behind a poisoned mutex is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
+    }
+
+    /// The outbox, if it is free within [`STORAGE_WAIT`] (20 ms while it is known to be stuck);
+    /// None means a writer is stuck on the storage, and the caller holds its requests in memory.
+    pub(super) fn lock_within(&self) -> Option<MutexGuard<'_, Inner>> {
+        let since = self.stalled_since_ms.load(Ordering::Relaxed);
+        let wait = if since == 0 {
+            STORAGE_WAIT
+        } else {
+            STALLED_WAIT
+        };
+        match self.inner.try_lock_for(wait) {
+            Some(guard) => {
+                if since != 0 {
+                    self.stalled_since_ms.store(0, Ordering::Relaxed);
+                    tracing::info!(
+                        event = "outbox_answers",
+                        stalled_ms = outbox::now_ms() - since,
+                        "the outbox answers again"
+                    );
+                }
+                Some(guard)
+            }
+            None => {
+                self.counters.storage_stalls.fetch_add(1, Ordering::Relaxed);
+                if since == 0 {
+                    self.stalled_since_ms.store(
+                        outbox::now_ms() - wait.as_millis() as i64,
+                        Ordering::Relaxed,
+                    );
+                    tracing::error!(
+                        event = "outbox_stalled",
+                        waited_ms = wait.as_millis() as u64,
+                        "the outbox has been busy for seconds: a write is stuck on the storage (a \
+                         hung disk or file system?); holding new requests in memory"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Why the outbox takes no writes now, if it does not: stuck, or failing.
+    fn storage_problem(&self, failing: Option<&String>) -> Option<String> {
+        let since = self.stalled_since_ms.load(Ordering::Relaxed);
+        if since != 0 {
+            return Some(format!(
+                "a write has been stuck for {} s (a hung disk or file system?)",
+                (outbox::now_ms() - since).max(0) / 1000
+            ));
+        }
+        failing.cloned()
+    }
+
+    pub(super) fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        // Memory only: a panic cannot leave it half-written in a way that matters.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes a batch: with a listener, encodes it for `listener.protocol` ([`super::encode`]) and
     /// stores its requests durably in the outbox in one transaction, returning once they are
     /// committed; without one, prints it as one JSON line on stdout.
     pub fn enqueue(&self, batch: &Batch) -> Result<EnqueueReport, ShipError> {
-        let stdout_mode = self.lock().sender.is_none();
-        if stdout_mode {
+        if !self.has_listener.load(Ordering::Relaxed) {
             return self.print(batch);
         }
         let fail = |e| {
@@ -248,7 +336,18 @@ impl Shipper {
             e
         };
         let encoded = self.encoder().encode(batch).map_err(|e| fail(e.into()))?;
-        let mut inner = self.lock();
+        let Some(mut inner) = self.lock_within() else {
+            // Another writer is stuck on the storage: memory, sent from there while the listener
+            // answers, written once the outbox answers again.
+            let n = encoded.rows.len();
+            self.hold(encoded.rows);
+            return Ok(EnqueueReport {
+                stored_parts: 0,
+                evicted: 0,
+                stdout: false,
+                held: n,
+            });
+        };
         if encoded.merged > 0 {
             let _ = self.with_outbox(&mut inner, |ob| {
                 ob.bump("correlated_merged", encoded.merged as i64)
@@ -399,16 +498,31 @@ impl Shipper {
         }
     }
 
-    /// Current figures (reads the outbox; cheap).
+    /// Current figures (reads the outbox; cheap). While the outbox is stuck (a hung disk), the
+    /// figures it gave last, with the counters of now.
     pub fn stats(&self) -> Result<ShipStats, ShipError> {
-        let mut inner = self.lock();
+        let Some(mut inner) = self.inner.try_lock_for(STATS_WAIT) else {
+            let last = self.last_stats.lock().ok().and_then(|l| l.clone());
+            return Ok(match last {
+                Some(mut s) => {
+                    s.process = self.process_stats(None, None);
+                    s
+                }
+                None => ShipStats {
+                    mode: "outbox",
+                    listener_url: None,
+                    max_size_bytes: 0,
+                    outbox: None,
+                    breaker: None,
+                    process: self.process_stats(None, None),
+                },
+            });
+        };
         let outbox = match inner.outbox.is_some() {
             true => Some(self.with_outbox(&mut inner, |ob| ob.stats())?),
             false => None,
         };
-        let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Ok(ShipStats {
+        let stats = ShipStats {
             mode: if inner.sender.is_some() {
                 "outbox"
             } else {
@@ -418,24 +532,42 @@ impl Shipper {
             max_size_bytes: inner.max_size_bytes,
             outbox,
             breaker: inner.sender.as_ref().map(|_| inner.breaker.state().clone()),
-            process: ProcessStats {
-                stdout_lines: load(&c.stdout_lines),
-                enqueue_failures: load(&c.enqueue_failures),
-                evicted: load(&c.evicted),
-                dead_lettered: load(&c.dead_lettered),
-                delivered: load(&c.delivered),
-                send_failures: load(&c.send_failures),
-                outbox_recreated: load(&c.outbox_recreated),
-                throttled: load(&c.throttled),
-                encode: self.encoder().counters(),
-                storage_failures: load(&c.storage_failures),
-                held_total: load(&c.held),
-                held_dropped: load(&c.held_dropped),
-                held_now: inner.held.len(),
-                held_bytes: inner.held.bytes(),
-                unremoved: inner.unremoved.len(),
-                storage_error: inner.storage_error.clone(),
-            },
-        })
+            process: self.process_stats(Some(inner.unremoved.len()), inner.storage_error.as_ref()),
+        };
+        drop(inner);
+        if let Ok(mut last) = self.last_stats.lock() {
+            *last = Some(stats.clone());
+        }
+        Ok(stats)
+    }
+
+    /// This process's counters; `unremoved` and the storage error come from the outbox's state
+    /// when it could be read.
+    fn process_stats(&self, unremoved: Option<usize>, failing: Option<&String>) -> ProcessStats {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (held_now, held_bytes) = {
+            let held = self.held();
+            (held.len(), held.bytes())
+        };
+        ProcessStats {
+            stdout_lines: load(&c.stdout_lines),
+            enqueue_failures: load(&c.enqueue_failures),
+            evicted: load(&c.evicted),
+            dead_lettered: load(&c.dead_lettered),
+            delivered: load(&c.delivered),
+            send_failures: load(&c.send_failures),
+            outbox_recreated: load(&c.outbox_recreated),
+            throttled: load(&c.throttled),
+            encode: self.encoder().counters(),
+            storage_failures: load(&c.storage_failures),
+            held_total: load(&c.held),
+            held_dropped: load(&c.held_dropped),
+            storage_stalls: load(&c.storage_stalls),
+            held_now,
+            held_bytes,
+            unremoved: unremoved.unwrap_or(0),
+            storage_error: self.storage_problem(failing),
+        }
     }
 }

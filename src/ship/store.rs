@@ -18,13 +18,13 @@ pub(super) enum Stored {
 }
 
 impl Shipper {
-    /// Writes `rows` to the outbox after anything held in memory; on a full disk makes room by
-    /// evicting the oldest requests and tries once more; when the storage still refuses, holds
-    /// them in memory. Other errors are returned.
+    /// Writes `rows` to the outbox; on a full disk makes room by evicting the oldest requests and
+    /// tries once more; when the storage still refuses, holds them in memory. While requests are
+    /// held, new ones are held after them (the delivery pass writes them all to the outbox, in
+    /// order, once it takes writes: [`Shipper::write_held`]). Other errors are returned.
     pub(super) fn store(&self, inner: &mut Inner, rows: Vec<NewBatch>) -> Stored {
-        self.write_held(inner);
-        if !inner.held.is_empty() {
-            self.hold(inner, rows);
+        if !self.held().is_empty() {
+            self.hold(rows);
             return Stored::Memory;
         }
         match self.push_making_space(inner, &rows) {
@@ -34,7 +34,7 @@ impl Shipper {
             }
             Err(ShipError::Outbox(e)) if e.is_storage() => {
                 self.storage_failed(inner, &e);
-                self.hold(inner, rows);
+                self.hold(rows);
                 Stored::Memory
             }
             Err(e) => Stored::Failed(e),
@@ -68,12 +68,16 @@ impl Shipper {
     }
 
     /// Moves requests held in memory into the outbox, in order, if it takes writes again (making
-    /// room on a full disk).
+    /// room on a full disk). Only the delivery pass calls it (under its one-at-a-time lock), so no
+    /// held request is in flight meanwhile.
     pub(super) fn write_held(&self, inner: &mut Inner) {
-        if inner.held.is_empty() {
-            return;
-        }
-        let rows: Vec<NewBatch> = inner.held.rows().iter().cloned().collect();
+        let rows: Vec<NewBatch> = {
+            let held = self.held();
+            if held.is_empty() {
+                return;
+            }
+            held.rows().iter().cloned().collect()
+        };
         match self.push_making_space(inner, &rows) {
             Ok(eviction) => {
                 tracing::info!(
@@ -81,7 +85,12 @@ impl Shipper {
                     requests = rows.len(),
                     "the outbox takes writes again; requests held in memory are stored"
                 );
-                inner.held.clear();
+                // Only what was written: writers may have held more meanwhile.
+                let mut held = self.held();
+                for r in &rows {
+                    held.pop_if_front(r.batch_id);
+                }
+                drop(held);
                 self.log_evictions(&eviction, "buffer.max_size_mb reached");
                 self.storage_recovered(inner);
             }
@@ -89,11 +98,11 @@ impl Shipper {
         }
     }
 
-    fn hold(&self, inner: &mut Inner, rows: Vec<NewBatch>) {
+    pub(super) fn hold(&self, rows: Vec<NewBatch>) {
         self.counters
             .held
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        let dropped = inner.held.push(rows);
+        let dropped = self.held().push(rows);
         if !dropped.is_empty() {
             self.counters
                 .held_dropped

@@ -38,6 +38,11 @@ pub struct TypeOutcomeLabel {
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The agent's metrics. Cheap to clone (every field is an Arc inside).
+/// Writes of a state file (cycle record, statement baseline, log position) skipped because the
+/// previous write of that file had not returned (a hung disk): stuck writes never pile up.
+pub static STATE_WRITES_SKIPPED: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 #[derive(Clone, Default)]
 pub struct Metrics {
     pub cycles: Family<OutcomeLabel, Counter>,
@@ -59,6 +64,9 @@ pub struct Metrics {
     pub requests_throttled: Counter,
     pub storage_failures: Counter,
     pub outbox_write_stalls: Counter,
+    pub storage_stalls: Counter,
+    pub delivery_stalls: Counter,
+    pub state_writes_skipped: Counter,
     pub log_batch_retries: Counter,
     pub held_requests: Gauge,
     pub held_dropped: Counter,
@@ -164,6 +172,21 @@ impl Metrics {
             "outbox_write_stalls",
             "Cycles whose outbox writes did not finish within 10 s (reported, not waited for)",
             self.outbox_write_stalls.clone(),
+        );
+        r.register(
+            "outbox_storage_stalls",
+            "Writes that found the outbox stuck on the storage for 2 s (a hung disk) and held their requests in memory",
+            self.storage_stalls.clone(),
+        );
+        r.register(
+            "delivery_stalls",
+            "Cycles that found a delivery pass running far past its budget and the listener timeout (delivery stuck)",
+            self.delivery_stalls.clone(),
+        );
+        r.register(
+            "state_writes_skipped",
+            "Writes of the cycle record, statement baseline or log position skipped because the previous one had not returned (a hung disk)",
+            self.state_writes_skipped.clone(),
         );
         r.register(
             "log_batch_retries",

@@ -75,10 +75,17 @@ impl Serialize for Counters {
     }
 }
 
+/// How long a cycle waits for the baseline to be saved before going on without it.
+const BASELINE_SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct StatementsCollector {
     state_dir: PathBuf,
-    baseline: Option<Snapshot>,
+    /// Shared with a save in progress (see `keep`).
+    baseline: Option<std::sync::Arc<Snapshot>>,
     tried_disk: bool,
+    /// A save that had not returned when the cycle went on (a hung disk); no new save starts
+    /// until it has.
+    saving: Option<tokio::task::JoinHandle<()>>,
     texts: TextCache,
     warned_unavailable: bool,
     /// The last save of the baseline failed (and was warned about once). While false, the file
@@ -101,6 +108,7 @@ impl StatementsCollector {
             state_dir: state_dir.to_path_buf(),
             baseline: None,
             tried_disk: false,
+            saving: None,
             texts: TextCache::default(),
             warned_unavailable: false,
             save_failed: false,
@@ -130,7 +138,7 @@ impl StatementsCollector {
         if self.baseline.is_none() && !self.tried_disk {
             self.tried_disk = true;
             match baseline::load(&self.state_dir) {
-                Ok(saved) => self.baseline = saved,
+                Ok(saved) => self.baseline = saved.map(std::sync::Arc::new),
                 Err(e) => {
                     counters::STATEMENTS_BASELINE_DISCARDED.incr();
                     // Kept for inspection, out of the way of the next save (at most two copies).
@@ -143,7 +151,8 @@ impl StatementsCollector {
                 }
             }
         }
-        let prev = self.baseline.take()?;
+        // A save still holding it (stuck on the disk) leaves a copy to fold into.
+        let prev = std::sync::Arc::unwrap_or_clone(self.baseline.take()?);
         if baseline::usable(&prev, system_identifier, layout) {
             Some(prev)
         } else {
@@ -155,8 +164,38 @@ impl StatementsCollector {
         }
     }
 
-    fn keep(&mut self, snap: Snapshot) {
-        match baseline::save(&self.state_dir, &snap) {
+    /// Keeps `snap` as the next baseline and saves it, off the scheduler: a save that has not
+    /// returned within [`BASELINE_SAVE_WAIT`] (a hung disk) is left to finish on its own, and no new
+    /// save starts until it has, so stuck writes cannot pile up.
+    async fn keep(&mut self, snap: Snapshot) {
+        let snap = std::sync::Arc::new(snap);
+        self.baseline = Some(snap.clone());
+        if self.saving.as_ref().is_some_and(|h| !h.is_finished()) {
+            // The file holds an older baseline meanwhile: it must not stand in for this one.
+            self.save_failed = true;
+            crate::telemetry::metrics::STATE_WRITES_SKIPPED
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!("the previous baseline save has not returned; skipped this one");
+            return;
+        }
+        self.saving = None;
+        let dir = self.state_dir.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = tokio::task::spawn_blocking(move || {
+            let _ = tx.send(baseline::save(&dir, &snap).map_err(|e| e.to_string()));
+        });
+        let result = match tokio::time::timeout(BASELINE_SAVE_WAIT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the save did not finish".to_string()),
+            Err(_) => {
+                self.saving = Some(job);
+                Err(format!(
+                    "the save did not return within {} s (a hung disk?); no new save until it does",
+                    BASELINE_SAVE_WAIT.as_secs()
+                ))
+            }
+        };
+        match result {
             Ok(()) => self.save_failed = false,
             Err(e) if !self.save_failed => {
                 self.save_failed = true;
@@ -164,7 +203,6 @@ impl StatementsCollector {
             }
             Err(_) => {}
         }
-        self.baseline = Some(snap);
     }
 }
 
@@ -232,7 +270,7 @@ impl StatementsCollector {
         if first {
             let mut collected = Collected::new(Vec::new());
             batch_fields(&mut collected.extra, None, &cur, 0, false, "new");
-            self.keep(cur);
+            self.keep(cur).await;
             return Ok(Some(collected));
         }
         let resets = deltas.iter().filter(|d| d.reset).count() as u64;
@@ -339,7 +377,7 @@ impl StatementsCollector {
         collected
             .extra
             .insert("evicted".into(), evicted.map_or(Value::Null, Value::from));
-        self.keep(cur);
+        self.keep(cur).await;
         Ok(Some(collected))
     }
 }
