@@ -380,3 +380,178 @@ fn a_read_only_state_directory_does_not_stop_delivery() {
     agent.terminate_within(Duration::from_secs(2));
     drop(tmpfs);
 }
+
+/// An ext4 file system on a loop device, mounted at a directory of the test's own, that the test
+/// can freeze (`fsfreeze`: every write blocks until it is thawed, as on a hung disk or a stuck
+/// network file system). Thawed and unmounted on drop, whatever happened. None when this process
+/// cannot mount (not root, no loop devices).
+struct FreezableFs {
+    dir: std::path::PathBuf,
+}
+
+impl FreezableFs {
+    fn mount(image: &std::path::Path, dir: &std::path::Path) -> Option<FreezableFs> {
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let file = std::fs::File::create(image).ok()?;
+        file.set_len(64 * 1024 * 1024).ok()?;
+        drop(file);
+        let ok = run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), image.as_os_str()])
+            && run(
+                "mount",
+                &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), dir.as_os_str()],
+            );
+        ok.then(|| FreezableFs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn freeze(&self, on: bool) {
+        let status = std::process::Command::new("fsfreeze")
+            .arg(if on { "--freeze" } else { "--unfreeze" })
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "fsfreeze {on}");
+    }
+}
+
+impl Drop for FreezableFs {
+    fn drop(&mut self) {
+        // A frozen file system left behind would hang every process that writes to it.
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("--unfreeze")
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("umount")
+            .args(["-l", "-d"])
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// The state directory's disk hangs (every write blocks, as on a failing disk or a stuck network
+/// file system): cycles keep their schedule, `/health` and `/metrics` keep answering and `/health`
+/// says delivery or the outbox is stuck, SIGTERM stops the daemon (its last stuck write returns
+/// once the disk does, and the process exits 0 then), and everything collected during the hang is
+/// delivered once the disk is back.
+#[test]
+fn a_hung_disk_stalls_neither_cycles_nor_health_nor_shutdown() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let Some(disk) = FreezableFs::mount(&root.path().join("disk.img"), &state) else {
+        eprintln!("skipped: freezing a file system needs root and a loop device");
+        return;
+    };
+    let server = PgServer::start();
+    let listener = support::listener::Listener::start();
+    let port = free_port();
+    let config_dir = tempfile::tempdir().unwrap();
+    let path = fault_ini(
+        &server,
+        &state,
+        config_dir.path(),
+        &listener.url(),
+        port,
+        "[listener]\ntimeout_s = 2\n",
+    );
+    let mut agent = AgentChild::spawn(&["run", path.to_str().unwrap()], &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while listener.bodies_of_type("system_metrics").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing delivered\n{}",
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    disk.freeze(true);
+    let frozen_at = cycles(port);
+    // Every /metrics answers while the disk hangs, and cycles go on.
+    let mut slowest = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut reported = None;
+    loop {
+        let asked = Instant::now();
+        let metrics = get(port, "/metrics", Duration::from_secs(10));
+        slowest = slowest.max(asked.elapsed());
+        assert!(
+            metrics.is_some(),
+            "/metrics did not answer while the disk hung\n{}",
+            agent.stderr_text()
+        );
+        if let Some((503, body)) = get(port, "/health", Duration::from_secs(10)) {
+            if body.contains("stuck") {
+                reported = Some(body);
+            }
+        }
+        if reported.is_some() && cycles(port) >= frozen_at + 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cycles stopped ({} since the freeze) or the hang was never reported ({reported:?})\n{}",
+            cycles(port) - frozen_at,
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "while frozen: {} cycles, slowest /metrics answer {slowest:?}, /health: {}",
+        cycles(port) - frozen_at,
+        reported.unwrap_or_default()
+    );
+
+    // Back: the disk answers, and everything collected meanwhile is delivered.
+    disk.freeze(false);
+    let collected = cycles(port);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let delivered: std::collections::HashSet<String> = listener
+            .bodies_of_type("system_metrics")
+            .iter()
+            .filter_map(|b| b["batch_id"].as_str().map(str::to_string))
+            .collect();
+        if delivered.len() as u64 >= collected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {collected} system_metrics batches delivered after the disk came back\n{}",
+            delivered.len(),
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // SIGTERM while the disk hangs: the daemon stops (it logs so); the process exits 0 once its
+    // stuck write returns, that is when the disk does.
+    disk.freeze(true);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(get(port, "/health", Duration::from_secs(10)), Some((503, b)) if b.contains("stuck"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second hang was never reported\n{}",
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.signal("TERM");
+    agent.wait_for_line(Duration::from_secs(10), "the daemon to stop", |l| {
+        l.contains("\"stopped\"") || l.ends_with(" stopped")
+    });
+    disk.freeze(false);
+    let (status, _) = agent.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr_text());
+    drop(disk);
+}
