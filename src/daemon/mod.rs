@@ -358,10 +358,9 @@ impl Daemon {
         let old = self.config.clone();
         if new.postgres != old.postgres || new.safety != old.safety {
             match Db::new(&new.postgres, &new.safety) {
-                Ok(db) => {
-                    self.db.close();
-                    self.db = db;
-                }
+                // The old pool is not closed under a cycle that may be using it: its connections
+                // close when that cycle ends and the collection task takes the new setup.
+                Ok(db) => self.db = db,
                 Err(e) => {
                     tracing::error!(error = %e, "configuration reload rejected: [postgres]; keeping the running configuration");
                     notify::reloaded("reload rejected");
@@ -394,6 +393,8 @@ impl Daemon {
             }
         }
         if self.config.logs != old.logs
+            || self.config.postgres != old.postgres
+            || self.config.safety != old.safety
             || self.config.correlation != old.correlation
             || self.config.privacy != old.privacy
             || self.config.agent != old.agent
