@@ -292,3 +292,89 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
         "{messages:?}"
     );
 }
+
+/// `/health` is 503 "starting" until a cycle has succeeded: with the server down from the start it
+/// never says ok, and it names the last error.
+#[test]
+fn health_is_503_starting_until_the_first_cycle_succeeds() {
+    let server = PgServer::start();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        &server,
+        state.path(),
+        None,
+        port,
+        "[logs]\nenabled = false\n",
+    );
+    server.stop();
+    let _agent = AgentChild::spawn(&["run", &config], &[]);
+    wait_until(Duration::from_secs(20), "/health to answer", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let (status, body) = http_get(port, "/health");
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "starting", "{body}");
+    assert!(body["conditions"]["starting"].is_string(), "{body}");
+    // The first cycle fails (60 s interval: still starting) and its error is named.
+    wait_until(Duration::from_secs(30), "the first cycle's error", || {
+        let (status, body) = http_get(port, "/health");
+        status == 503 && body.contains("last error")
+    });
+}
+
+/// Batches that cannot be stored make `/health` 503 with the reason: here stdout mode with a
+/// closed pipe, so every batch fails to print.
+#[test]
+fn health_is_503_while_batches_cannot_be_stored() {
+    let server = PgServer::start();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        &server,
+        state.path(),
+        None,
+        port,
+        "[logs]\nenabled = false\n",
+    );
+    set_interval(&config, 1);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_postgres-agent"))
+        .args(["run", &config])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Nobody reads stdout: every line fails with a broken pipe.
+    drop(child.stdout.take());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reported = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (status, body) = http_get(port, "/health");
+            if status == 503 && body.contains("enqueue_failed") {
+                break body;
+            }
+            seen = body;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("enqueue failures never reported; last /health: {seen}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let body: serde_json::Value = serde_json::from_str(&reported).unwrap();
+    assert_eq!(body["status"], "unhealthy", "{body}");
+    assert!(
+        body["conditions"]["enqueue_failed"]
+            .as_str()
+            .unwrap()
+            .contains("could not be stored or printed"),
+        "{body}"
+    );
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

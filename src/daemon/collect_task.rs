@@ -143,14 +143,25 @@ async fn cycle(
     let batches = std::mem::take(&mut report.batches);
     let (shipper, t) = (shared.shipper.clone(), telemetry.clone());
     let job = tokio::task::spawn_blocking(move || {
-        cycle::enqueue_all(&batches, &shipper, &t);
+        let failed = cycle::enqueue_all(&batches, &shipper, &t);
         deliver::record_storage_health(&t, &shipper);
-        shipper.stats().ok().and_then(|s| s.outbox.map(|o| o.depth))
+        let waiting = shipper.stats().ok().and_then(|s| s.outbox.map(|o| o.depth));
+        (failed, waiting)
     });
     match tokio::time::timeout(PERSIST_DEADLINE, job).await {
-        Ok(waiting) => {
+        Ok(done) => {
             telemetry.set_condition("outbox_stalled", None);
-            if let Some(w) = waiting.ok().flatten() {
+            let (failed, waiting) = done.unwrap_or((0, None));
+            telemetry.set_condition(
+                "enqueue_failed",
+                (failed > 0).then(|| {
+                    format!(
+                        "{failed} batches of the last cycle could not be stored or printed \
+                         (lost; see the agent's log)"
+                    )
+                }),
+            );
+            if let Some(w) = waiting {
                 summary.push_str(&format!(", {w} requests waiting to be sent"));
             }
         }

@@ -172,6 +172,23 @@ impl Task {
         let report = self.shipper.drain_until(budget, stop).await;
         self.pass_started.store(0, Ordering::Relaxed);
         record(&self.telemetry, &self.shipper, &report);
+        if report.dead_lettered > 0 {
+            // Lost for the listener: reported for one interval (at least a minute).
+            let every = self
+                .interval
+                .lock()
+                .map(|i| *i)
+                .unwrap_or(Duration::from_secs(60));
+            self.telemetry.set_condition_for(
+                "dead_letters",
+                format!(
+                    "the listener rejected {} requests for good (moved to the dead letters; see \
+                     the agent's log and `status`)",
+                    report.dead_lettered
+                ),
+                every.max(Duration::from_secs(60)),
+            );
+        }
         report
     }
 

@@ -112,6 +112,13 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
         match attempt {
             Ok(t) => break t,
             Err(e) => {
+                shared.telemetry.set_condition(
+                    "logs_not_followed",
+                    Some(format!(
+                        "the server log is not followed: {e} (set [logs] enabled = false to run \
+                         without logs)"
+                    )),
+                );
                 if !warned {
                     tracing::warn!(error = %e, "cannot follow the server log yet; retrying with back-off up to every interval");
                     warned = true;
@@ -157,6 +164,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             reason = %aside.reason, resume_from = resume,
             "the saved log position was damaged and has been moved aside; reading resumes {resume}");
     }
+    shared.telemetry.set_condition("logs_not_followed", None);
     tracing::info!("following the server log");
     let max = config.logs.max_buffered_entries;
     let mut failing = ShipFailures {
@@ -172,6 +180,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
         };
         match batch {
             Ok(b) => {
+                shared.telemetry.set_condition("logs_not_followed", None);
                 if ship(&mut tailer, b, &config, &shared, &mut failing).await {
                     backoff = RETRY_FIRST.min(interval);
                     continue;
@@ -186,6 +195,10 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
                 backoff = (backoff * 2).min(interval);
             }
             Err(e) => {
+                shared.telemetry.set_condition(
+                    "logs_not_followed",
+                    Some(format!("reading the server log failed: {e}; retrying")),
+                );
                 tracing::warn!(error = %e, "reading the server log failed; retrying");
                 tailer.rewind();
                 tokio::select! {
@@ -400,10 +413,18 @@ async fn ship(
                 .telemetry
                 .metrics
                 .count_batch(BatchKind::PgLogs, count, outcome);
+            shared.telemetry.set_condition("logs_enqueue_failed", None);
             failing.commit(tailer, &position).await;
             true
         }
         Err(e) => {
+            shared.telemetry.set_condition(
+                "logs_enqueue_failed",
+                Some(format!(
+                    "a pg_logs batch could not be stored ({e}); its entries are read again after \
+                     a back-off"
+                )),
+            );
             tracing::error!(error = %e, entries = count, "cannot write the pg_logs batch to the outbox; will read these entries again after a back-off");
             shared
                 .telemetry

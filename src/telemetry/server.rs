@@ -1,7 +1,10 @@
 //! The `/health` and `/metrics` HTTP endpoint on `telemetry.listen` (127.0.0.1:9188 by default).
 //!
-//! `/health` answers 200 when the last cycle succeeded within three intervals, else 503; the JSON body
-//! gives the reasons. `/metrics` renders [`super::metrics::Metrics`] in the Prometheus text format.
+//! `/health` tells the truth ([`Telemetry::health`]): 503 `starting` until the first successful
+//! cycle; 503 `unhealthy` while cycles fail or data is being lost or cannot be stored (each reason
+//! under its code in `conditions`); 200 `degraded` while the agent works with something missing (a
+//! warning, say an extension); 200 `ok` otherwise. docs/operations.md lists every code. `/metrics`
+//! renders [`super::metrics::Metrics`] in the Prometheus text format.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -25,9 +28,11 @@ pub struct HealthState {
     pub interval: Duration,
     pub last_success: Option<Instant>,
     pub last_error: Option<String>,
-    /// Conditions that make the agent unhealthy while they last (data that cannot be stored),
-    /// by name.
-    pub conditions: std::collections::BTreeMap<&'static str, String>,
+    /// Conditions that make the agent unhealthy while they last (data that cannot be stored or is
+    /// being lost), by code; some expire by themselves (an event "in the last interval").
+    pub conditions: std::collections::BTreeMap<&'static str, (String, Option<Instant>)>,
+    /// What the agent works without (200, `degraded`), by code.
+    pub warnings: std::collections::BTreeMap<&'static str, String>,
 }
 
 /// Shared between the daemon and the endpoint.
@@ -52,6 +57,7 @@ impl Telemetry {
                 last_success: None,
                 last_error: None,
                 conditions: Default::default(),
+                warnings: Default::default(),
             })),
         }
     }
@@ -74,10 +80,33 @@ impl Telemetry {
         if let Ok(mut h) = self.health.lock() {
             match reason {
                 Some(r) => {
-                    h.conditions.insert(name, r);
+                    h.conditions.insert(name, (r, None));
                 }
                 None => {
                     h.conditions.remove(name);
+                }
+            }
+        }
+    }
+
+    /// Sets a condition that makes `/health` answer 503 for `lasting` (an event such as a dead
+    /// letter, reported for one interval).
+    pub fn set_condition_for(&self, name: &'static str, reason: String, lasting: Duration) {
+        if let Ok(mut h) = self.health.lock() {
+            h.conditions
+                .insert(name, (reason, Some(Instant::now() + lasting)));
+        }
+    }
+
+    /// Sets (`Some(reason)`) or clears a warning: `/health` stays 200 and says `degraded`.
+    pub fn set_warning(&self, name: &'static str, reason: Option<String>) {
+        if let Ok(mut h) = self.health.lock() {
+            match reason {
+                Some(r) => {
+                    h.warnings.insert(name, r);
+                }
+                None => {
+                    h.warnings.remove(name);
                 }
             }
         }
@@ -89,40 +118,74 @@ impl Telemetry {
         }
     }
 
-    /// (healthy, JSON body).
+    /// (healthy, JSON body): `status` is `starting`, `unhealthy`, `degraded` or `ok`; `reasons`
+    /// the messages of what makes it unhealthy, `conditions` the same by code, `warnings` what it
+    /// works without.
     pub fn health(&self) -> (bool, serde_json::Value) {
-        let Ok(h) = self.health.lock().map(|h| h.clone()) else {
+        let Ok(mut h) = self.health.lock().map(|h| h.clone()) else {
             return (
                 false,
                 json!({"status": "unhealthy", "reasons": ["health state poisoned"]}),
             );
         };
+        let now = Instant::now();
+        h.conditions
+            .retain(|_, (_, until)| until.is_none_or(|u| u > now));
         let window = h.interval * 3;
-        let mut reasons = Vec::new();
+        let mut conditions = serde_json::Map::new();
         let age = h.last_success.map(|t| t.elapsed());
+        let starting = age.is_none() && h.started.elapsed() <= window;
         match age {
             Some(a) if a <= window => {}
-            Some(a) => reasons.push(format!(
-                "last successful cycle {:.0}s ago, more than 3 intervals ({}s)",
-                a.as_secs_f64(),
-                window.as_secs()
-            )),
-            None if h.started.elapsed() <= window => {}
-            None => reasons.push(format!(
-                "no successful cycle since start {:.0}s ago",
-                h.started.elapsed().as_secs_f64()
-            )),
+            Some(a) => {
+                conditions.insert(
+                    "cycles_failing".into(),
+                    format!(
+                        "last successful cycle {:.0}s ago, more than 3 intervals ({}s)",
+                        a.as_secs_f64(),
+                        window.as_secs()
+                    )
+                    .into(),
+                );
+            }
+            None if starting => {
+                conditions.insert(
+                    "starting".into(),
+                    "starting: no cycle has succeeded yet".into(),
+                );
+            }
+            None => {
+                conditions.insert(
+                    "cycles_failing".into(),
+                    format!(
+                        "no successful cycle since start {:.0}s ago",
+                        h.started.elapsed().as_secs_f64()
+                    )
+                    .into(),
+                );
+            }
         }
-        if let (Some(e), false) = (&h.last_error, reasons.is_empty()) {
-            reasons.push(format!("last error: {e}"));
+        if let (Some(e), false) = (&h.last_error, conditions.is_empty()) {
+            conditions.insert("last_error".into(), format!("last error: {e}").into());
         }
-        reasons.extend(h.conditions.values().cloned());
-        let healthy = reasons.is_empty();
+        for (code, (reason, _)) in &h.conditions {
+            conditions.insert((*code).into(), reason.clone().into());
+        }
+        let healthy = conditions.is_empty();
+        let status = match (starting, healthy, h.warnings.is_empty()) {
+            (true, _, _) => "starting",
+            (false, false, _) => "unhealthy",
+            (false, true, false) => "degraded",
+            (false, true, true) => "ok",
+        };
+        let reasons: Vec<serde_json::Value> = conditions.values().cloned().collect();
         (
             healthy,
             json!({
-                "status": if healthy { "ok" } else { "unhealthy" },
+                "status": status,
                 "reasons": reasons,
+                "conditions": conditions,
+                "warnings": h.warnings,
                 "last_success_age_s": age.map(|a| a.as_secs_f64()),
                 "last_error": h.last_error,
                 "uptime_s": h.started.elapsed().as_secs_f64(),
