@@ -147,8 +147,10 @@ pub enum Outcome {
     Ok { records: usize },
     /// Nothing to report this cycle, by design (the reason was logged).
     Skipped,
-    /// The collector failed or timed out; the message was logged.
+    /// The collector failed; the message was logged.
     Failed(String),
+    /// The collector ran past its budget and was abandoned; logged.
+    TimedOut(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -174,7 +176,7 @@ impl CycleReport {
         !self
             .runs
             .iter()
-            .any(|r| matches!(r.outcome, Outcome::Failed(_)))
+            .any(|r| matches!(r.outcome, Outcome::Failed(_) | Outcome::TimedOut(_)))
     }
 }
 
@@ -297,12 +299,14 @@ fn finish<C: Collector>(
             }
         },
         Ok(None) => Outcome::Skipped,
+        Err(CollectError::Timeout(budget)) => {
+            counters::COLLECTOR_TIMEOUTS.incr();
+            tracing::warn!(collector = C::NAME, budget_ms = budget.as_millis() as u64,
+                "collector did not finish within its budget; skipped this cycle");
+            Outcome::TimedOut(budget)
+        }
         Err(e) => {
-            if matches!(e, CollectError::Timeout(_)) {
-                counters::COLLECTOR_TIMEOUTS.incr();
-            } else {
-                counters::COLLECTOR_FAILURES.incr();
-            }
+            counters::COLLECTOR_FAILURES.incr();
             tracing::warn!(collector = C::NAME, error = %e, "collector failed; skipped this cycle");
             Outcome::Failed(e.to_string())
         }

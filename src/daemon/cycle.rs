@@ -96,7 +96,7 @@ pub fn record_cycle(metrics: &Metrics, report: &CycleReport) {
         let outcome = match &run.outcome {
             Outcome::Ok { .. } => "ok",
             Outcome::Skipped => "skipped",
-            Outcome::Failed(m) if m.contains("did not finish") => "timeout",
+            Outcome::TimedOut(_) => "timeout",
             Outcome::Failed(_) => "failed",
         };
         metrics
