@@ -352,3 +352,27 @@ fn check_creates_nothing() {
         "{out}"
     );
 }
+
+#[test]
+fn check_and_status_say_which_state_dir_they_read() {
+    let server = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ini = write_ini(dir.path(), &server, "[logs]\nenabled = false\n");
+    let elsewhere = dir.path().join("from-env");
+    let env = [("BITVILLE_PG_AGENT_STATE_DIR", elsewhere.to_str().unwrap())];
+    let (code, out) = text(agent(&["status", &ini], &env));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "state dir:     {} (from environment variable BITVILLE_PG_AGENT_STATE_DIR)",
+            elsewhere.display()
+        )) && out.contains("no daemon has run with this state dir"),
+        "{out}"
+    );
+    let (_, out) = text(agent(&["check", &ini], &env));
+    assert!(
+        line(&out, "state_dir").contains("from environment variable BITVILLE_PG_AGENT_STATE_DIR"),
+        "{out}"
+    );
+    assert!(!elsewhere.exists(), "status or check created the state dir");
+}
