@@ -376,3 +376,20 @@ fn check_and_status_say_which_state_dir_they_read() {
     );
     assert!(!elsewhere.exists(), "status or check created the state dir");
 }
+
+#[test]
+fn without_the_logging_collector_the_discovered_directory_is_not_trusted() {
+    let server = PgServer::start_with(support::PgOptions {
+        conf: vec!["logging_collector = off".into()],
+        ..Default::default()
+    });
+    let (code, out) = check(&server, "");
+    assert_eq!(code, 0, "{out}");
+    let l = line(&out, "logs");
+    assert!(
+        l.starts_with("WARN")
+            && l.contains("logging_collector is off")
+            && l.contains("set [logs] path"),
+        "{out}"
+    );
+}

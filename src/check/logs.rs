@@ -51,6 +51,25 @@ pub(super) async fn check(config: &Config, mut session: Option<&mut Session>) ->
         Some(s) => ServerFile::read(s, format).await,
         None => None,
     };
+    // Without the logging collector the server writes to stderr, which its start script sends to
+    // a file the server cannot name (Debian: /var/log/postgresql/postgresql-15-main.log), not to
+    // log_directory.
+    if let (None, Some(c)) = (&config.logs.path, &current) {
+        if !c.collector {
+            return CheckResult::warn(
+                NAME,
+                "logging_collector is off: the server writes its log to stderr, wherever its start \
+                 script sends it, not to log_directory; server logs will not be collected",
+                format!(
+                    "set [logs] path to that file{} and give the agent's user read access to it \
+                     (Debian: usermod -aG adm postgres-agent), or turn logging_collector on",
+                    c.debian_log()
+                        .map(|p| format!(" ({})", p.display()))
+                        .unwrap_or_default()
+                ),
+            );
+        }
+    }
     let settings = match settings {
         Ok(s) => s,
         // The role cannot see where the log is; the daemon runs without logs until told.
@@ -158,6 +177,8 @@ struct ServerFile {
     collector: bool,
     destination: String,
     file_mode: Option<String>,
+    /// `cluster_name`; Debian's clusters are named `<major>/<name>`.
+    cluster_name: Option<String>,
 }
 
 enum Verdict {
@@ -180,7 +201,8 @@ impl ServerFile {
                  THEN pg_current_logfile($1) END, \
                  (SELECT setting FROM pg_settings WHERE name = 'data_directory'), \
                  current_setting('logging_collector'), current_setting('log_destination'), \
-                 (SELECT setting FROM pg_settings WHERE name = 'log_file_mode')",
+                 (SELECT setting FROM pg_settings WHERE name = 'log_file_mode'), \
+                 current_setting('cluster_name')",
                 &[(&format, Type::TEXT)],
             )
             .await
@@ -201,7 +223,15 @@ impl ServerFile {
             collector: text(3).as_deref() == Some("on"),
             destination: text(4).unwrap_or_default(),
             file_mode: text(5),
+            cluster_name: text(6),
         })
+    }
+
+    /// Where Debian's pg_ctlcluster sends the server's stderr, if that file exists.
+    fn debian_log(&self) -> Option<PathBuf> {
+        let (major, name) = self.cluster_name.as_deref()?.split_once('/')?;
+        let path = PathBuf::from(format!("/var/log/postgresql/postgresql-{major}-{name}.log"));
+        path.exists().then_some(path)
     }
 
     /// Whether `source` is where the server writes now (the query asked for the file of the
