@@ -1,12 +1,17 @@
-//! `postgres-agent check`: each prerequisite on its own line with OK, WARN or FAIL and, unless OK,
-//! the fix. Usable as systemd `ExecStartPre`: exits non-zero only if a check fails; a WARN names
-//! something the daemon will do without (it degrades and says so once in its log).
+//! `postgres-agent check`: each prerequisite on its own line with OK, WARN, FAIL or SKIP and, unless
+//! OK, the fix. Usable as systemd `ExecStartPre`: exits non-zero only if a check fails; a WARN names
+//! something the daemon will do without (it degrades and says so once in its log); SKIP is a check
+//! that needs one that failed (a failed connection is not also reported as a log problem).
+//!
+//! It changes nothing: no directory or file is created, the state directory is only inspected.
 
 use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::db::{Db, Session};
 use crate::ship::probe::{self, Verdict};
+
+mod logs;
 
 /// How one check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +20,8 @@ pub enum Status {
     /// The agent runs, without something (named in the detail).
     Warn,
     Fail,
+    /// Not run: it needs another check that failed.
+    Skip,
 }
 
 impl Status {
@@ -23,6 +30,7 @@ impl Status {
             Status::Ok => "OK",
             Status::Warn => "WARN",
             Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
         }
     }
 }
@@ -58,6 +66,14 @@ impl CheckResult {
             status: Status::Fail,
             detail: detail.into(),
             fix: Some(fix.into()),
+        }
+    }
+    fn skip(name: &'static str, detail: impl Into<String>) -> CheckResult {
+        CheckResult {
+            name,
+            status: Status::Skip,
+            detail: detail.into(),
+            fix: None,
         }
     }
 }
@@ -126,15 +142,29 @@ pub async fn checks(config: &Config) -> Vec<CheckResult> {
             out.push(check_privileges(&mut session, &config.postgres.user).await);
             out.push(check_filesystems(&mut session, &config.postgres.user).await);
             out.push(check_statements_extension(&mut session).await);
-            out.push(check_logs(config, Some(&mut session)).await);
+            out.push(logs::check(config, Some(&mut session)).await);
         }
         Err(e) => {
+            let cause = e
+                .connect_failure()
+                .map(|f| format!(" [{}]", f.as_str()))
+                .unwrap_or_default();
             out.push(CheckResult::fail(
                 "connection",
-                e.to_string(),
-                "check [postgres] host/port/user/password, that the server runs, and pg_hba.conf",
+                format!("{e}{cause}"),
+                e.connect_fix().unwrap_or(
+                    "check [postgres] host/port/user/password, that the server runs, and pg_hba.conf",
+                ),
             ));
-            out.push(check_logs(config, None).await);
+            // A path given in [logs] can still be checked; finding the log needs the server.
+            out.push(if config.logs.enabled && config.logs.path.is_none() {
+                CheckResult::skip(
+                    "logs",
+                    "the server's log location is asked from the server: needs the connection",
+                )
+            } else {
+                logs::check(config, None).await
+            });
         }
     }
     db.close();
@@ -160,22 +190,85 @@ async fn check_listener(config: &Config) -> CheckResult {
     }
 }
 
+/// Inspects the state directory without creating or writing anything: the daemon (or systemd's
+/// `StateDirectory=`) creates it at start.
 fn check_state_dir(config: &Config) -> CheckResult {
+    let name = "state_dir";
     let dir = &config.agent.state_dir;
-    let probe = dir.join(".write-check");
-    let result = std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::write(&probe, b"ok"))
-        .and_then(|_| std::fs::remove_file(&probe));
-    match result {
-        Ok(()) => CheckResult::ok("state_dir", format!("{} is writable", dir.display())),
-        Err(e) => CheckResult::fail(
-            "state_dir",
-            format!("{} is not writable: {e}", dir.display()),
-            format!(
-                "create it and give it to the agent's user (install -d -o postgres-agent {}), or set [agent] state_dir",
-                dir.display()
+    let origin = &config.agent.state_dir_origin;
+    let install = format!(
+        "install -d -m 0700 -o postgres-agent {} (systemd's StateDirectory= does this for the unit), \
+         or set [agent] state_dir",
+        dir.display()
+    );
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => match writable(dir) {
+            Ok(()) => CheckResult::ok(
+                name,
+                format!(
+                    "{} (from {origin}) is writable{}",
+                    dir.display(),
+                    daemon_files(dir)
+                ),
             ),
+            Err(e) => CheckResult::fail(
+                name,
+                format!("{} (from {origin}) is not writable: {e}", dir.display()),
+                install,
+            ),
+        },
+        Ok(_) => CheckResult::fail(
+            name,
+            format!("{} (from {origin}) is not a directory", dir.display()),
+            "set [agent] state_dir to a directory",
         ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = dir.ancestors().skip(1).find(|p| p.exists());
+            match parent.map(|p| (p, writable(p))) {
+                Some((_, Ok(()))) => CheckResult::ok(
+                    name,
+                    format!(
+                        "{} (from {origin}) does not exist yet: the daemon creates it at start \
+                         (no daemon has run with this configuration)",
+                        dir.display()
+                    ),
+                ),
+                Some((p, Err(e))) => CheckResult::fail(
+                    name,
+                    format!(
+                        "{} (from {origin}) does not exist and {} is not writable: {e}",
+                        dir.display(),
+                        p.display()
+                    ),
+                    install,
+                ),
+                None => CheckResult::fail(name, format!("{}: {e}", dir.display()), install),
+            }
+        }
+        Err(e) => CheckResult::fail(
+            name,
+            format!("{} (from {origin}): {e}", dir.display()),
+            install,
+        ),
+    }
+}
+
+/// Write and search permission for this process (access(2): the real user, who runs the check).
+fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+    use rustix::fs::{access, Access};
+    access(dir, Access::WRITE_OK | Access::EXEC_OK).map_err(std::io::Error::from)
+}
+
+/// What a daemon left in the state directory, so `check` says whether it reads a running daemon's.
+fn daemon_files(dir: &std::path::Path) -> String {
+    match crate::ship::status::LastCycle::load(dir) {
+        Some(c) => format!(
+            "; a daemon recorded a cycle there at {}",
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(c.at_ms) * 1_000_000)
+                .map(crate::ship::batch::format_rfc3339)
+                .unwrap_or_else(|_| c.at_ms.to_string())
+        ),
+        None => "; no daemon has recorded a cycle there".to_string(),
     }
 }
 
@@ -312,91 +405,5 @@ async fn check_statements_extension(session: &mut Session) -> CheckResult {
             preload_fix,
         ),
         Err(e) => CheckResult::fail(name, e.to_string(), "GRANT pg_monitor to the agent's role"),
-    }
-}
-
-async fn check_logs(config: &Config, session: Option<&mut Session>) -> CheckResult {
-    use crate::logs::settings::TailSettings;
-    use crate::logs::source::{self, LogSource};
-    if !config.logs.enabled {
-        return CheckResult::ok("logs", "disabled ([logs] enabled = false)");
-    }
-    let mut hidden_from = None;
-    let server = match session {
-        Some(s) if config.logs.path.is_none() || config.logs.line_prefix.is_none() => {
-            match source::discover(s).await {
-                Ok(found) => Some(found),
-                Err(source::DiscoverError::Hidden { role }) => {
-                    hidden_from = Some(role);
-                    None
-                }
-                Err(_) => None,
-            }
-        }
-        _ => None,
-    };
-    let settings = match (TailSettings::from_config(config, server.as_ref()), hidden_from) {
-        (Ok(s), _) => s,
-        // The role cannot see where the log is; the daemon runs without logs until told.
-        (Err(_), Some(role)) if config.logs.path.is_none() => {
-            return CheckResult::warn(
-                "logs",
-                format!(
-                    "the server's log location is hidden from role {role} (log_directory and \
-                     data_directory need pg_read_all_settings): server logs will not be collected"
-                ),
-                format!(
-                    "GRANT pg_read_all_settings TO \"{role}\"; (included in pg_monitor), or set [logs] path \
-                     to the server's log directory"
-                ),
-            )
-        }
-        (Err(e), _) => {
-            return CheckResult::fail(
-                "logs",
-                e.to_string(),
-                "set [logs] path to the server's log file or directory (log_directory)",
-            )
-        }
-    };
-    let fix = "give the agent's user read access (add it to the postgres group), or set [logs] enabled = false";
-    let files = match settings.source.files() {
-        Ok(f) => f,
-        Err(e) => {
-            return CheckResult::fail(
-                "logs",
-                format!("cannot list {:?}: {e}", settings.source),
-                fix,
-            )
-        }
-    };
-    let where_ = match &settings.source {
-        LogSource::File(p) => p.display().to_string(),
-        LogSource::Dir { dir, .. } => dir.display().to_string(),
-    };
-    let Some(newest) = files.last() else {
-        return CheckResult::ok(
-            "logs",
-            format!(
-                "{where_}: no {} file yet; it will be followed when one appears",
-                settings.format.as_str()
-            ),
-        );
-    };
-    match std::fs::File::open(&newest.path) {
-        Ok(_) => CheckResult::ok(
-            "logs",
-            format!(
-                "{} is readable ({}, {} files)",
-                newest.path.display(),
-                settings.format.as_str(),
-                files.len()
-            ),
-        ),
-        Err(e) => CheckResult::fail(
-            "logs",
-            format!("cannot read {}: {e}", newest.path.display()),
-            fix,
-        ),
     }
 }

@@ -3,7 +3,7 @@
 //! are still printed; each failure is logged on stderr).
 //!
 //! The statement baseline under `agent.state_dir` is read and updated, so two runs report the
-//! statement activity between them. Without `--dry-run` and with `listener.url` set, the batches go
+//! statement activity between them; `--dry-run` reads it and never writes it (nor anything else). Without `--dry-run` and with `listener.url` set, the batches go
 //! through the outbox and one bounded send pass (what is not delivered stays in the outbox for the
 //! daemon); with no listener they are printed, as the no-listener default does.
 
@@ -28,7 +28,11 @@ pub fn run(config: &Config, dry_run: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut collectors = Collectors::new(config);
+    let mut collectors = if dry_run {
+        Collectors::read_only(config)
+    } else {
+        Collectors::new(config)
+    };
     let report = runtime.block_on(collectors.run_cycle(&db, config));
     db.close();
     if dry_run || config.listener.url.is_none() {

@@ -95,7 +95,8 @@ fn unreachable_server_and_unwritable_state_dir_fail() {
     let (code, out) = check(&server, "[postgres]\nport = 1\n[logs]\nenabled = false\n");
     assert_eq!(code, 1);
     assert!(
-        line(&out, "connection").starts_with("FAIL") && out.contains("pg_hba.conf"),
+        line(&out, "connection").starts_with("FAIL")
+            && out.contains(&format!("set [postgres] port = {}", server.port)),
         "{out}"
     );
     let state = tempfile::tempdir().unwrap();

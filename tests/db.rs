@@ -170,11 +170,19 @@ fn pool_never_exceeds_max_connections() {
         for t in tasks {
             t.await.unwrap();
         }
-        let n = server.psql(
-            "postgres",
-            &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{APPLICATION_NAME}'"),
-        );
-        assert_eq!(n, "2");
-        assert!(db.open_connections() <= 2);
+        // At most 2 at once; once idle, the pool keeps one open (README: normally one).
+        assert_eq!(db.open_connections(), 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let n = server.psql(
+                "postgres",
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{APPLICATION_NAME}'"),
+            );
+            if n == "1" {
+                break;
+            }
+            assert!(n == "2" && std::time::Instant::now() < deadline, "{n} agent sessions");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     });
 }

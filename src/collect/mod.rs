@@ -198,6 +198,14 @@ impl Collectors {
         }
     }
 
+    /// Collectors that read their saved state (the statement baseline) but never write it, for
+    /// `once --dry-run`.
+    pub fn read_only(config: &Config) -> Collectors {
+        let mut c = Collectors::new(config);
+        c.statements = statements::StatementsCollector::new(&config.agent.state_dir).read_only();
+        c
+    }
+
     /// Runs one cycle: reads the server's identity, then each collector in turn under its own
     /// deadline. Never fails as a whole: failures are in the report's runs.
     pub async fn run_cycle(&mut self, db: &Db, config: &Config) -> CycleReport {
@@ -205,8 +213,18 @@ impl Collectors {
         self.system.begin_window();
         let server = match server_context(db, config).await {
             Ok(s) => Some(s),
+            // A refused password or a pg_hba.conf rejection is a configuration error, not an
+            // outage: ERROR with the fix, where an unreachable server is a WARN.
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the server identity; database collectors skip this cycle");
+                match (e.connect_failure(), e.connect_fix()) {
+                    (Some(f), Some(fix)) if f.needs_operator() => tracing::error!(
+                        error = %e, cause = f.as_str(), fix,
+                        "cannot connect to the server; database collectors skip this cycle"),
+                    (Some(f), fix) => tracing::warn!(error = %e, cause = f.as_str(), fix,
+                        "cannot read the server identity; database collectors skip this cycle"),
+                    (None, _) => tracing::warn!(error = %e,
+                        "cannot read the server identity; database collectors skip this cycle"),
+                }
                 None
             }
         };

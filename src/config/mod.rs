@@ -100,6 +100,9 @@ pub struct AgentConfig {
     pub project_id: String,
     pub collection_interval: Duration,
     pub state_dir: PathBuf,
+    /// Where `state_dir` was set (file, environment, or the built-in default), for `check` and
+    /// `status`, which say which state directory they read.
+    pub state_dir_origin: Origin,
     pub hostname: String,
 }
 
@@ -388,6 +391,7 @@ impl Config {
                 project_id,
                 collection_interval: Duration::from_secs(v.int("agent", "collection_interval_s")?),
                 state_dir: v.state_dir()?,
+                state_dir_origin: raw.get("agent", "state_dir").origin,
                 hostname,
             },
             postgres: PostgresConfig {

@@ -10,6 +10,7 @@
 //!
 //! It does not decide what to query: collectors do.
 
+pub mod failure;
 pub mod tls;
 
 use std::borrow::Cow;
@@ -21,6 +22,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
 use crate::config::{PostgresConfig, SafetyConfig};
+pub use failure::ConnectFailure;
 
 /// The `application_name` of every agent session; collectors exclude sessions carrying it.
 pub const APPLICATION_NAME: &str = "bitville-postgres-agent";
@@ -31,7 +33,14 @@ pub const QUERY_TAG: &str = "/* postgres-agent */";
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot connect to PostgreSQL at {target}: {message}")]
-    Connect { target: String, message: String },
+    Connect {
+        target: String,
+        /// The cause, from the driver's codes and kinds.
+        failure: ConnectFailure,
+        /// What fixes it, for this target.
+        fix: String,
+        message: String,
+    },
     #[error("query {name} failed: {}", server_message(source))]
     Query {
         name: &'static str,
@@ -56,6 +65,22 @@ impl DbError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             DbError::Query { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    /// The cause of a failed connection, if this is one.
+    pub fn connect_failure(&self) -> Option<ConnectFailure> {
+        match self {
+            DbError::Connect { failure, .. } => Some(*failure),
+            _ => None,
+        }
+    }
+
+    /// The fix of a failed connection, if this is one.
+    pub fn connect_fix(&self) -> Option<&str> {
+        match self {
+            DbError::Connect { fix, .. } => Some(fix),
             _ => None,
         }
     }
@@ -84,11 +109,12 @@ fn server_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A pool of at most `safety.max_connections` safe sessions.
+/// A pool of at most `safety.max_connections` safe sessions, of which at most one is kept open while
+/// idle: a second connection exists only while two tasks query at the same time.
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
-    target: String,
+    target: failure::Target,
     client_timeout: Duration,
     max_age: Duration,
 }
@@ -135,10 +161,13 @@ impl Db {
             .recycle_timeout(Some(safety.client_timeout))
             .build()
             .map_err(|e| DbError::Pool(e.to_string()))?;
-        let target = if unix {
-            format!("{}/.s.PGSQL.{}", pg.host, pg.port)
-        } else {
-            format!("{}:{}", pg.host, pg.port)
+        let target = failure::Target {
+            host: pg.host.clone(),
+            port: pg.port,
+            user: pg.user.clone(),
+            database: pg.database.clone(),
+            sslmode: pg.sslmode.clone(),
+            password_set: !pg.password.is_empty(),
         };
         Ok(Db {
             pool,
@@ -149,7 +178,12 @@ impl Db {
     }
 
     /// Where the pool connects, for messages (`host:port` or the socket path).
-    pub fn target(&self) -> &str {
+    pub fn target(&self) -> String {
+        self.target.describe()
+    }
+
+    /// What the pool connects to, for fix hints.
+    pub fn target_info(&self) -> &failure::Target {
         &self.target
     }
 
@@ -157,9 +191,14 @@ impl Db {
     /// and replaced.
     pub async fn session(&self) -> Result<Session, DbError> {
         loop {
-            let obj = self.pool.get().await.map_err(|e| DbError::Connect {
-                target: self.target.clone(),
-                message: pool_error_message(e),
+            let obj = self.pool.get().await.map_err(|e| {
+                let failure = ConnectFailure::of_pool(&e);
+                DbError::Connect {
+                    target: self.target.describe(),
+                    failure,
+                    fix: failure.fix(&self.target),
+                    message: pool_error_message(e),
+                }
             })?;
             if Object::metrics(&obj).age() > self.max_age {
                 drop(Object::take(obj));
@@ -168,6 +207,7 @@ impl Db {
             return Ok(Session {
                 client: Some(obj),
                 timeout: self.client_timeout,
+                pool: self.pool.clone(),
             });
         }
     }
@@ -235,7 +275,30 @@ pub fn session_options(safety: &SafetyConfig) -> String {
 pub struct Session {
     client: Option<Object>,
     timeout: Duration,
+    pool: Pool,
 }
+
+/// Returns the connection to the pool, then closes idle connections beyond one: two tasks that
+/// queried at the same time (a cycle and the log task's discovery at start) must not leave two
+/// sessions open for the daemon's lifetime.
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(obj) = self.client.take() else {
+            return;
+        };
+        drop(obj);
+        if self.pool.status().available > IDLE_CONNECTIONS {
+            let mut kept = 0;
+            self.pool.retain(|_, _| {
+                kept += 1;
+                kept <= IDLE_CONNECTIONS
+            });
+        }
+    }
+}
+
+/// Connections kept open while no query runs.
+const IDLE_CONNECTIONS: usize = 1;
 
 /// A query parameter with its declared type (queries use the unnamed statement: one round trip).
 pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);

@@ -15,6 +15,10 @@ use crate::config::Config;
 /// Everything `status` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
+    /// The state directory read (`agent.state_dir`), as the daemon finds it from the same config.
+    pub state_dir: PathBuf,
+    /// Where `agent.state_dir` was set: the config file, an environment variable, or the default.
+    pub state_dir_from: String,
     /// None: batches go to stdout and the outbox is unused.
     pub listener_url: Option<String>,
     /// `listener.protocol`.
@@ -91,6 +95,8 @@ pub fn read(config: &Config) -> Result<StatusReport, ShipError> {
         None
     };
     Ok(StatusReport {
+        state_dir: config.agent.state_dir.clone(),
+        state_dir_from: config.agent.state_dir_origin.to_string(),
         listener_url: config.listener.url.clone(),
         protocol: config.listener.protocol.as_str(),
         python_buffer: super::python_buffer::marker(&config.agent.state_dir)
@@ -113,6 +119,12 @@ impl StatusReport {
     }
 
     fn write_text(&self, s: &mut String) -> std::fmt::Result {
+        writeln!(
+            s,
+            "state dir:     {} (from {})",
+            self.state_dir.display(),
+            self.state_dir_from
+        )?;
         match &self.last_cycle {
             Some(c) => {
                 writeln!(s, "last cycle:    {} ({})", self.when(c.at_ms), c.summary)?;
@@ -123,7 +135,8 @@ impl StatusReport {
             }
             None => writeln!(
                 s,
-                "last cycle:    none recorded (the daemon has not run here)"
+                "last cycle:    none recorded: no daemon has run with this state dir (a daemon \
+                 started with another config file or BITVILLE_PG_AGENT_STATE_DIR writes elsewhere)"
             )?,
         }
         match &self.listener_url {

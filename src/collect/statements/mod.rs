@@ -91,6 +91,8 @@ pub struct StatementsCollector {
     /// The last save of the baseline failed (and was warned about once). While false, the file
     /// holds the baseline kept last and can stand in for it.
     save_failed: bool,
+    /// Read the saved baseline but never write, move or replace it (`once --dry-run`).
+    read_only: bool,
 }
 
 /// Where the extension lives, and its version.
@@ -112,7 +114,15 @@ impl StatementsCollector {
             texts: TextCache::default(),
             warned_unavailable: false,
             save_failed: false,
+            read_only: false,
         }
+    }
+
+    /// Reads the saved baseline and never changes the file (`once --dry-run`): the deltas are
+    /// still reported against it, and the daemon's next cycle finds it as it left it.
+    pub fn read_only(mut self) -> StatementsCollector {
+        self.read_only = true;
+        self
     }
 
     fn unavailable(&mut self, dbname: &str, reason: &str) -> Option<Collected<StatementRecord>> {
@@ -139,6 +149,10 @@ impl StatementsCollector {
             self.tried_disk = true;
             match baseline::load(&self.state_dir) {
                 Ok(saved) => self.baseline = saved.map(std::sync::Arc::new),
+                Err(e) if self.read_only => {
+                    tracing::warn!(error = %e, file = %baseline::path(&self.state_dir).display(),
+                        "the saved statement baseline is damaged; left as it is (read-only run)");
+                }
                 Err(e) => {
                     counters::STATEMENTS_BASELINE_DISCARDED.incr();
                     // Kept for inspection, out of the way of the next save (at most two copies).
@@ -170,6 +184,10 @@ impl StatementsCollector {
     async fn keep(&mut self, snap: Snapshot) {
         let snap = std::sync::Arc::new(snap);
         self.baseline = Some(snap.clone());
+        if self.read_only {
+            // `once --dry-run`: the saved baseline is read, never written.
+            return;
+        }
         if self.saving.as_ref().is_some_and(|h| !h.is_finished()) {
             // The file holds an older baseline meanwhile: it must not stand in for this one.
             self.save_failed = true;

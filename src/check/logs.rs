@@ -1,0 +1,418 @@
+//! The `logs` line of `check`: where the server log is, whether the agent's user can read it, and
+//! whether it is the file the server writes now (`pg_current_logfile()`, where the role may call it).
+//!
+//! A permission error names what decides it: `log_file_mode`, the directory modes on the way to the
+//! file, and the groups of the user the check runs as.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use tokio_postgres::types::Type;
+
+use super::CheckResult;
+use crate::config::Config;
+use crate::db::Session;
+use crate::logs::parse::LogFormat;
+use crate::logs::settings::{SettingsError, TailSettings};
+use crate::logs::source::{self, LogSource};
+
+const NAME: &str = "logs";
+
+/// Runs the check; `session` is None when the server is unreachable (then only an explicit
+/// `[logs] path` is checked: the caller skips discovery).
+pub(super) async fn check(config: &Config, mut session: Option<&mut Session>) -> CheckResult {
+    if !config.logs.enabled {
+        return CheckResult::ok(NAME, "disabled ([logs] enabled = false)");
+    }
+    let mut hidden_from = None;
+    let mut discover_error = None;
+    let server = match session.as_deref_mut() {
+        Some(s) if config.logs.path.is_none() || config.logs.line_prefix.is_none() => {
+            match source::discover(s).await {
+                Ok(found) => Some(found),
+                Err(source::DiscoverError::Hidden { role }) => {
+                    hidden_from = Some(role);
+                    None
+                }
+                Err(e) => {
+                    discover_error = Some(e.to_string());
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let settings = TailSettings::from_config(config, server.as_ref());
+    let format = match &settings {
+        Ok(s) => s.format,
+        Err(_) => LogFormat::from_name(&config.logs.format).unwrap_or(LogFormat::Stderr),
+    };
+    let current = match session {
+        Some(s) => ServerFile::read(s, format).await,
+        None => None,
+    };
+    // Without the logging collector the server writes to stderr, which its start script sends to
+    // a file the server cannot name (Debian: /var/log/postgresql/postgresql-15-main.log), not to
+    // log_directory.
+    if let (None, Some(c)) = (&config.logs.path, &current) {
+        if !c.collector {
+            return CheckResult::warn(
+                NAME,
+                "logging_collector is off: the server writes its log to stderr, wherever its start \
+                 script sends it, not to log_directory; server logs will not be collected",
+                format!(
+                    "set [logs] path to that file{} and give the agent's user read access to it \
+                     (Debian: usermod -aG adm postgres-agent), or turn logging_collector on",
+                    c.debian_log()
+                        .map(|p| format!(" ({})", p.display()))
+                        .unwrap_or_default()
+                ),
+            );
+        }
+    }
+    let settings = match settings {
+        Ok(s) => s,
+        // The role cannot see where the log is; the daemon runs without logs until told.
+        Err(_) if config.logs.path.is_none() && hidden_from.is_some() => {
+            let role = hidden_from.unwrap_or_default();
+            return CheckResult::warn(
+                NAME,
+                format!(
+                    "the server's log location is hidden from role {role} (log_directory and \
+                     data_directory need pg_read_all_settings): server logs will not be collected"
+                ),
+                format!(
+                    "GRANT pg_read_all_settings TO \"{role}\"; (included in pg_monitor), or set [logs] path \
+                     to the server's log directory"
+                ),
+            );
+        }
+        Err(SettingsError::NoLocation) if discover_error.is_some() => {
+            return CheckResult::fail(
+                NAME,
+                format!(
+                    "cannot ask the server where it logs: {}",
+                    discover_error.unwrap_or_default()
+                ),
+                "see the server's log for the failed query, or set [logs] path to the server's log directory",
+            );
+        }
+        Err(SettingsError::Path { path, source })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            return denied(&path, &source, current.as_ref());
+        }
+        Err(e) => {
+            return CheckResult::fail(
+                NAME,
+                e.to_string(),
+                "set [logs] path to the server's log file or directory (log_directory)",
+            )
+        }
+    };
+    let files =
+        match settings.source.files() {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return denied(where_(&settings.source), &e, current.as_ref())
+            }
+            Err(e) => return CheckResult::fail(
+                NAME,
+                format!("cannot list {}: {e}", where_(&settings.source).display()),
+                "set [logs] path to the server's log file or directory, or [logs] enabled = false",
+            ),
+        };
+    let Some(newest) = files.last() else {
+        return CheckResult::ok(
+            NAME,
+            format!(
+                "{}: no {} file yet; it will be followed when one appears",
+                where_(&settings.source).display(),
+                settings.format.as_str()
+            ),
+        );
+    };
+    if let Err(e) = source::open_regular(&newest.path) {
+        return if e.kind() == std::io::ErrorKind::PermissionDenied {
+            denied(&newest.path, &e, current.as_ref())
+        } else {
+            CheckResult::fail(
+                NAME,
+                format!("cannot read {}: {e}", newest.path.display()),
+                "set [logs] path to the server's log file or directory, or [logs] enabled = false",
+            )
+        };
+    }
+    let readable = format!(
+        "{} is readable ({}, {} files)",
+        newest.path.display(),
+        settings.format.as_str(),
+        files.len()
+    );
+    match current.map(|c| c.compare(&settings.source, settings.format, newest.size)) {
+        Some(Verdict::Different { detail, fix }) => {
+            CheckResult::warn(NAME, format!("{readable}, but {detail}"), fix)
+        }
+        Some(Verdict::Same) => {
+            CheckResult::ok(NAME, format!("{readable}; the server writes this file now"))
+        }
+        Some(Verdict::Unknown(why)) => CheckResult::ok(NAME, format!("{readable} ({why})")),
+        None => CheckResult::ok(NAME, readable),
+    }
+}
+
+fn where_(source: &LogSource) -> &Path {
+    match source {
+        LogSource::File(p) => p,
+        LogSource::Dir { dir, .. } => dir,
+    }
+}
+
+/// What the server says about the file it writes now.
+struct ServerFile {
+    /// `pg_current_logfile(format)` made absolute; None when it returned NULL.
+    current: Option<PathBuf>,
+    /// The role may call `pg_current_logfile()` (superuser or pg_monitor).
+    allowed: bool,
+    collector: bool,
+    destination: String,
+    file_mode: Option<String>,
+    /// `cluster_name`; Debian's clusters are named `<major>/<name>`.
+    cluster_name: Option<String>,
+}
+
+enum Verdict {
+    Same,
+    Different { detail: String, fix: String },
+    Unknown(String),
+}
+
+impl ServerFile {
+    /// Asks the server; None if the query fails (the other lines report why).
+    async fn read(session: &mut Session, format: LogFormat) -> Option<ServerFile> {
+        let format = format.as_str().to_string();
+        // CASE keeps pg_current_logfile() from being called without the privilege: the error would
+        // land in the server log, the very file being checked.
+        let row = session
+            .query_opt(
+                "check_current_logfile",
+                "SELECT has_function_privilege('pg_catalog.pg_current_logfile(text)', 'EXECUTE'), \
+                 CASE WHEN has_function_privilege('pg_catalog.pg_current_logfile(text)', 'EXECUTE') \
+                 THEN pg_current_logfile($1) END, \
+                 (SELECT setting FROM pg_settings WHERE name = 'data_directory'), \
+                 current_setting('logging_collector'), current_setting('log_destination'), \
+                 (SELECT setting FROM pg_settings WHERE name = 'log_file_mode'), \
+                 current_setting('cluster_name')",
+                &[(&format, Type::TEXT)],
+            )
+            .await
+            .ok()??;
+        let text = |i: usize| row.try_get::<_, Option<String>>(i).ok().flatten();
+        let data_dir = text(2);
+        let current = text(1).and_then(|f| {
+            let f = PathBuf::from(f);
+            match (f.is_absolute(), &data_dir) {
+                (true, _) => Some(f),
+                (false, Some(d)) => Some(Path::new(d).join(f)),
+                (false, None) => None,
+            }
+        });
+        Some(ServerFile {
+            current,
+            allowed: row.try_get(0).unwrap_or(false),
+            collector: text(3).as_deref() == Some("on"),
+            destination: text(4).unwrap_or_default(),
+            file_mode: text(5),
+            cluster_name: text(6),
+        })
+    }
+
+    /// Where Debian's pg_ctlcluster sends the server's stderr, if that file exists.
+    fn debian_log(&self) -> Option<PathBuf> {
+        let (major, name) = self.cluster_name.as_deref()?.split_once('/')?;
+        let path = PathBuf::from(format!("/var/log/postgresql/postgresql-{major}-{name}.log"));
+        path.exists().then_some(path)
+    }
+
+    /// Whether `source` is where the server writes now (the query asked for the file of the
+    /// format being followed).
+    fn compare(&self, source: &LogSource, format: LogFormat, newest_size: u64) -> Verdict {
+        if !self.allowed {
+            return Verdict::Unknown(
+                "not compared with pg_current_logfile(): the role lacks pg_monitor".into(),
+            );
+        }
+        let Some(current) = &self.current else {
+            if self.collector {
+                return Verdict::Different {
+                    detail: format!(
+                        "the server writes no {} file now (log_destination = '{}')",
+                        format.as_str(),
+                        self.destination
+                    ),
+                    fix: format!(
+                        "add {} to log_destination in postgresql.conf and reload, or set [logs] \
+                         format to one it writes",
+                        format.as_str()
+                    ),
+                };
+            }
+            return match source {
+                LogSource::File(p) if newest_size == 0 => Verdict::Different {
+                    detail: format!(
+                        "{} is empty and logging_collector is off: the server's stderr goes \
+                         wherever its start script sends it, maybe not there",
+                        p.display()
+                    ),
+                    fix: "set logging_collector = on (and log_directory) in postgresql.conf and \
+                          restart, then unset [logs] path so the agent asks the server"
+                        .into(),
+                },
+                _ => Verdict::Unknown(
+                    "logging_collector is off: the server's stderr goes wherever its start script \
+                     sends it, which the server cannot tell"
+                        .into(),
+                ),
+            };
+        };
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        };
+        let (matches, what) = match source {
+            LogSource::File(p) => (same(p, current), p),
+            LogSource::Dir { dir, .. } => (current.parent().is_some_and(|d| same(d, dir)), dir),
+        };
+        if matches {
+            return Verdict::Same;
+        }
+        let dir = current.parent().unwrap_or(current);
+        Verdict::Different {
+            detail: format!(
+                "the server writes {} now, not {}: nothing new will be read",
+                current.display(),
+                what.display()
+            ),
+            fix: format!(
+                "set [logs] path = {} (the directory: rotated files are followed), or leave it \
+                 unset so the agent asks the server",
+                dir.display()
+            ),
+        }
+    }
+}
+
+/// A permission error: which directory or file blocks the agent's user, and the settings that
+/// decide it.
+fn denied(path: &Path, error: &std::io::Error, server: Option<&ServerFile>) -> CheckResult {
+    let me = Identity::current();
+    let mut modes = Vec::new();
+    let mut blocked = None;
+    // From the top down: the first directory the user cannot search is the one to open up.
+    let mut chain: Vec<&Path> = path.ancestors().collect();
+    chain.reverse();
+    for p in chain {
+        if let Ok(meta) = std::fs::metadata(p) {
+            let searchable =
+                !meta.is_dir() || rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok();
+            if p.as_os_str().len() > 1 && (!searchable || p == path) {
+                modes.push(format!(
+                    "{} mode {:04o} {}:{}",
+                    p.display(),
+                    meta.mode() & 0o7777,
+                    user_name(meta.uid()),
+                    group_name(meta.gid())
+                ));
+            }
+            if !searchable && blocked.is_none() {
+                blocked = Some((p.to_path_buf(), group_name(meta.gid())));
+            }
+        }
+    }
+    let group = blocked
+        .as_ref()
+        .map(|(_, g)| g.clone())
+        .or_else(|| std::fs::metadata(path).ok().map(|m| group_name(m.gid())))
+        .unwrap_or_else(|| "postgres".to_string());
+    let file_mode = server
+        .and_then(|s| s.file_mode.clone())
+        .map(|m| format!(" (now {m})"))
+        .unwrap_or_default();
+    let dir_fix = match &blocked {
+        Some((dir, _)) => format!(
+            "let the group search {} (chmod g+rx; with log_directory inside the data directory, \
+             PostgreSQL allows 0750 on it when the cluster was initialised with --allow-group-access, \
+             else move log_directory to /var/log/postgresql)",
+            dir.display()
+        ),
+        None => "make the log directory group-readable (chmod g+rx)".to_string(),
+    };
+    CheckResult::fail(
+        NAME,
+        format!(
+            "cannot read {}: {error}; {}; the check runs as {}",
+            path.display(),
+            modes.join(", "),
+            me.describe()
+        ),
+        format!(
+            "set log_file_mode = 0640 in postgresql.conf{file_mode} and reload (chmod g+r the \
+             existing files), {dir_fix}, and add the agent's user to group {group} (usermod -aG \
+             {group} postgres-agent; the systemd unit has SupplementaryGroups=postgres)"
+        ),
+    )
+}
+
+/// The user and groups this process runs as, for messages.
+struct Identity {
+    uid: u32,
+    groups: Vec<u32>,
+}
+
+impl Identity {
+    fn current() -> Identity {
+        let mut groups = vec![rustix::process::getegid().as_raw()];
+        if let Ok(more) = rustix::process::getgroups() {
+            for g in more {
+                if !groups.contains(&g.as_raw()) {
+                    groups.push(g.as_raw());
+                }
+            }
+        }
+        Identity {
+            uid: rustix::process::geteuid().as_raw(),
+            groups,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let groups: Vec<String> = self.groups.iter().map(|g| group_name(*g)).collect();
+        format!(
+            "user {} (groups {})",
+            user_name(self.uid),
+            groups.join(", ")
+        )
+    }
+}
+
+/// The name of a user or group id from /etc/passwd or /etc/group, else the number.
+fn name_in(file: &str, id: u32) -> String {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                (f.nth(1)?.parse::<u32>().ok()? == id).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| id.to_string())
+}
+
+fn user_name(uid: u32) -> String {
+    name_in("/etc/passwd", uid)
+}
+
+fn group_name(gid: u32) -> String {
+    name_in("/etc/group", gid)
+}
