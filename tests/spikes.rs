@@ -15,7 +15,9 @@ use postgres_agent::db::Db;
 use postgres_agent::ship::{DrainStop, Shipper};
 use serde_json::Value;
 use support::bitville::BitvilleListener;
+use support::child::AgentChild;
 use support::collect::{client, pid, validate, wait_until};
+use support::listener::Listener;
 use support::{agent_config, rt, PgServer};
 
 const SESSIONS: usize = 40;
@@ -230,4 +232,89 @@ fn a_spike_of_40_sessions_makes_one_snapshot_with_their_ids_and_the_lock_chain()
         wait_until(&watcher, "SELECT true").await;
         db.close();
     });
+}
+
+/// The real daemon: sampling on the one connection the cycle opened, a pg_activity_samples batch
+/// per cycle and a spike batch when a trigger fires, both through the outbox to the listener.
+#[test]
+fn the_daemon_ships_sampling_aggregates_and_spikes_and_keeps_one_connection() {
+    let server = PgServer::start();
+    let listener = Listener::start();
+    let state = tempfile::tempdir().unwrap();
+    let ini = server.agent_ini(
+        state.path(),
+        &format!(
+            "[agent]\ncollection_interval_s = 2\n[listener]\nprotocol = batch\nurl = {}\n\
+             [logs]\nenabled = false\n[activity]\nsample_interval_ms = 200\n\
+             [spikes]\nactive_sessions = 2\nload = 100000\nlock_wait_ms = 0\nmin_gap_s = 5\n",
+            listener.url()
+        ),
+    );
+    let path = state.path().join("agent.ini");
+    std::fs::write(&path, ini).unwrap();
+    let mut agent = AgentChild::spawn(&["run", path.to_str().unwrap()], &[]);
+    rt().block_on(async {
+        let watcher = client(&server, "postgres", "watcher").await;
+        for i in 0..2 {
+            let c = client(&server, "postgres", &format!("bitville-daemon-{i}")).await;
+            tokio::spawn(async move {
+                let _ = c.simple_query("SELECT pg_sleep(600)").await;
+                drop(c);
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let samples = listener.bodies_of_type("pg_activity_samples");
+            let sampled = samples
+                .iter()
+                .any(|b| b["samples"].as_u64().unwrap_or(0) > 0 && b["data"].as_array().is_some_and(|d| !d.is_empty()));
+            if sampled && !listener.bodies_of_type("spike").is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no sampled aggregate and spike: {} aggregates, {} spikes\n{}",
+                samples.len(),
+                listener.bodies_of_type("spike").len(),
+                agent.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for b in listener.bodies_of_type("pg_activity_samples") {
+            validate(&b);
+        }
+        let spike = &listener.bodies_of_type("spike")[0];
+        validate(spike);
+        assert_eq!(spike["trigger"], "active_sessions");
+        let ids: Vec<&str> = spike["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["correlation"]["id"].as_str())
+            .collect();
+        assert!(ids.contains(&"daemon-0") && ids.contains(&"daemon-1"), "{ids:?}");
+        let with_sleep = listener.bodies_of_type("pg_activity_samples").into_iter().find(|b| {
+            b["data"].as_array().unwrap().iter().any(|g| g["wait_event"] == "PgSleep")
+        });
+        let b = with_sleep.expect("an aggregate with the sleeping sessions");
+        let g = group(&b, |g| g["wait_event"] == "PgSleep");
+        assert!(g["avg_active_sessions"].as_f64().unwrap() > 0.0, "{g}");
+        // Sampling shares the cycle's connection: the agent is back to one within a tick whenever
+        // a collector's request met the sampler's.
+        wait_until(
+            &watcher,
+            "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'bitville-postgres-agent'",
+        )
+        .await;
+    });
+    agent.terminate_within(Duration::from_secs(5));
+}
+
+fn group(batch: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
+    batch["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| pred(g))
+        .unwrap_or_else(|| panic!("no such group in {batch:#}"))
 }

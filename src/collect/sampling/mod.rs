@@ -6,7 +6,9 @@
 //! Do no harm: a sample runs only on the pool's idle connection. It never opens one: with no
 //! connection open (the database unreachable, or not yet connected by the collection cycle) the
 //! sample is skipped as `unreachable`; with the connection in use by a collector it is skipped as
-//! `busy`. Its query runs under the client deadline like every other. The caller ticks it on a
+//! `busy`. When a collector's request for a session came while the sampler held the connection, the
+//! pool opened a second one; the sampler then closes its own after the sample, so the pool is back to
+//! one connection within a tick. Its query runs under the client deadline like every other. The caller ticks it on a
 //! schedule that skips missed ticks rather than queueing them.
 //!
 //! This module does not ship anything and keeps no timer: the daemon's sample task does both.
@@ -210,32 +212,36 @@ impl Sampler {
         self.remember(point, config);
         let oldest_lock_wait = self.track_lock_waits(&read.rows, now);
         tick.outcome = Outcome::Sampled(point);
-
-        if !config.spikes.enabled {
-            return tick;
-        }
-        tick.triggers = spikes::crossed(&self.thresholds(config), &point, oldest_lock_wait);
-        if tick.triggers.is_empty() || !self.gate.admit(now, config.spikes.min_gap) {
-            return tick;
-        }
-        let moment = Moment {
-            triggers: tick.triggers.clone(),
-            at,
-            series: self.lookback.iter().copied().collect(),
-            host,
-            cores: self.cores,
-            server: &server,
-        };
-        let budget = config.safety.client_timeout * 2;
-        match tokio::time::timeout(budget, spikes::snapshot(&mut session, config, moment)).await {
-            Ok(Ok(batch)) => tick.spike = Some(batch),
-            Ok(Err(e)) => tick.spike_error = Some(e.to_string()),
-            Err(_) => {
-                // A query may still be in flight: never hand the connection back.
-                session.discard();
-                counters::COLLECTOR_TIMEOUTS.incr();
-                tick.spike_error = Some(CollectError::Timeout(budget).to_string());
+        if config.spikes.enabled {
+            tick.triggers = spikes::crossed(&self.thresholds(config), &point, oldest_lock_wait);
+            if !tick.triggers.is_empty() && self.gate.admit(now, config.spikes.min_gap) {
+                let moment = Moment {
+                    triggers: tick.triggers.clone(),
+                    at,
+                    series: self.lookback.iter().copied().collect(),
+                    host,
+                    cores: self.cores,
+                    server: &server,
+                };
+                let budget = config.safety.client_timeout * 2;
+                match tokio::time::timeout(budget, spikes::snapshot(&mut session, config, moment))
+                    .await
+                {
+                    Ok(Ok(batch)) => tick.spike = Some(batch),
+                    Ok(Err(e)) => tick.spike_error = Some(e.to_string()),
+                    Err(_) => {
+                        // A query may still be in flight: never hand the connection back.
+                        session.discard();
+                        counters::COLLECTOR_TIMEOUTS.incr();
+                        tick.spike_error = Some(CollectError::Timeout(budget).to_string());
+                    }
+                }
             }
+        }
+        if db.open_connections() > 1 {
+            // A collector asked for a session while this one was in use, so the pool opened a
+            // second connection: close this one, and the pool is back to one.
+            session.discard();
         }
         tick
     }

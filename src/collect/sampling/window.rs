@@ -236,3 +236,90 @@ impl Window {
 pub(crate) fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::sampling::host::HostPoint;
+
+    fn statement(q: &str, id: Option<&str>) -> Arc<Statement> {
+        Arc::new(Statement {
+            query_id: None,
+            fingerprint: Some(q.to_string()),
+            text: Some(q.to_string()),
+            truncated: false,
+            correlation_id: id.map(str::to_string),
+        })
+    }
+
+    fn seen(pid: i32, state: &str, st: &Arc<Statement>) -> Seen {
+        Seen {
+            pid,
+            state: state.to_string(),
+            wait_event_type: None,
+            wait_event: None,
+            backend_type: Some("client backend".into()),
+            datname: Some("db".into()),
+            usename: Some("u".into()),
+            query_start_us: 1,
+            statement: st.clone(),
+        }
+    }
+
+    fn point(active: u32) -> Point {
+        Point {
+            at_ms: 0,
+            sessions: active,
+            active,
+            waiting: 0,
+            lock_waits: 0,
+            host: HostPoint::default(),
+        }
+    }
+
+    #[test]
+    fn averages_are_session_samples_over_samples_and_ids_count_once_per_sample() {
+        let (a, b) = (statement("a", Some("r1")), statement("b", None));
+        let mut w = Window::default();
+        // Sample 1: three sessions of a (one ID), one of b; sample 2: one of a.
+        w.add(
+            &[
+                seen(1, "active", &a),
+                seen(2, "active", &a),
+                seen(3, "active", &a),
+                seen(4, "active", &b),
+            ],
+            point(4),
+        );
+        w.add(&[seen(1, "active", &a)], point(1));
+        let (top, omitted) = w.top(1);
+        assert_eq!(omitted, 1);
+        assert_eq!(top[0].query.as_deref(), Some("a"));
+        assert_eq!(top[0].avg_active_sessions, 2.0);
+        assert_eq!(top[0].peak_sessions, 3);
+        assert_eq!(w.avg_active(), 2.5);
+        let (ids, left) = w.correlations(0.5);
+        assert_eq!(left, 0);
+        assert_eq!(
+            (ids[0].samples, ids[0].seconds, ids[0].peak_sessions),
+            (2, 1.0, 3)
+        );
+    }
+
+    #[test]
+    fn groups_beyond_the_bound_are_counted_not_held() {
+        let mut w = Window::default();
+        let statements: Vec<Arc<Statement>> = (0..MAX_GROUPS + 5)
+            .map(|i| statement(&i.to_string(), None))
+            .collect();
+        let rows: Vec<Seen> = statements.iter().map(|s| seen(1, "active", s)).collect();
+        w.add(&rows, point(rows.len() as u32));
+        assert_eq!(w.groups(), MAX_GROUPS);
+        assert_eq!(w.groups_overflow(), 5);
+        for _ in 0..MAX_SERIES + 2 {
+            w.add(&[], point(0));
+        }
+        assert_eq!(w.series.len(), MAX_SERIES);
+        assert_eq!(w.series_omitted, 3);
+    }
+}

@@ -233,3 +233,61 @@ fn json_error(e: serde_json::Error) -> CollectError {
         message: e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(active: u32, load1: Option<f64>) -> Point {
+        Point {
+            at_ms: 0,
+            sessions: active,
+            active,
+            waiting: 0,
+            lock_waits: 0,
+            host: HostPoint {
+                load1,
+                cpu_percent: None,
+            },
+        }
+    }
+
+    #[test]
+    fn defaults_are_twice_the_cores_and_each_trigger_fires_at_its_threshold() {
+        let config = SpikesConfig {
+            enabled: true,
+            active_sessions: None,
+            load: None,
+            lock_wait: Some(Duration::from_millis(5000)),
+            lookback: Duration::from_secs(60),
+            min_gap: Duration::from_secs(60),
+        };
+        let th = Thresholds::new(&config, 4);
+        assert_eq!((th.active_sessions, th.load), (8, 8.0));
+        assert!(crossed(
+            &th,
+            &point(7, Some(7.99)),
+            Some(Duration::from_millis(4999))
+        )
+        .is_empty());
+        let all = crossed(&th, &point(8, Some(8.0)), Some(Duration::from_secs(5)));
+        let names: Vec<&str> = all.iter().map(|t| t.name).collect();
+        assert_eq!(names, ["active_sessions", "load", "lock_wait_ms"]);
+        assert_eq!(all[2].value, 5000.0);
+        let off = Thresholds {
+            lock_wait: None,
+            ..th
+        };
+        assert!(crossed(&off, &point(0, None), Some(Duration::from_secs(99))).is_empty());
+    }
+
+    #[test]
+    fn at_most_one_snapshot_per_gap() {
+        let mut g = Gate::default();
+        let t = Instant::now();
+        let gap = Duration::from_secs(60);
+        assert!(g.admit(t, gap));
+        assert!(!g.admit(t + Duration::from_secs(59), gap));
+        assert!(g.admit(t + Duration::from_secs(60), gap));
+    }
+}
