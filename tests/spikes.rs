@@ -18,14 +18,18 @@ use support::bitville::BitvilleListener;
 use support::child::AgentChild;
 use support::collect::{client, pid, validate, wait_until};
 use support::listener::Listener;
-use support::{agent_config, rt, PgServer};
+use support::{agent_config, rt, PgOptions, PgServer};
 
 const SESSIONS: usize = 40;
 const KEY: &str = "key-shop-123";
 
 #[test]
 fn a_spike_of_40_sessions_makes_one_snapshot_with_their_ids_and_the_lock_chain() {
-    let server = PgServer::start();
+    // No autovacuum worker may add itself to the sessions counted exactly below.
+    let server = PgServer::start_with(PgOptions {
+        conf: vec!["autovacuum = off".into()],
+        ..Default::default()
+    });
     server.psql("postgres", "CREATE TABLE t (id int)");
     let listener = BitvilleListener::start(&[(KEY, "shop")], 100);
     let state = tempfile::tempdir().unwrap();

@@ -6,7 +6,8 @@
 //! Ticks follow a drift-free schedule that skips ticks missed while a sample (or a spike snapshot)
 //! ran, never queueing them. A reload hands it a new configuration and pool ([`SampleTask::update`]);
 //! `sample_interval_ms = 0` parks it until a reload turns sampling on. Stopping abandons a tick in
-//! progress.
+//! progress and writes the window so far as a last `pg_activity_samples` batch (within
+//! [`STOP_FLUSH`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,8 @@ use crate::telemetry::server::Telemetry;
 
 /// Writing a batch to the outbox may take this long before it is abandoned (and logged).
 const PERSIST_DEADLINE: Duration = Duration::from_secs(10);
+/// On stop, the window so far is written to the outbox if that takes at most this long.
+pub const STOP_FLUSH: Duration = Duration::from_millis(150);
 
 /// What the sampling task shares with the rest of the daemon.
 pub struct SampleShared {
@@ -115,7 +118,7 @@ async fn run(
         loop {
             let tick = ticks.next_after(Instant::now());
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return flush(&mut sampler, &config, &shared).await,
                 _ = tokio::time::sleep_until(tick.at) => {}
                 changed = setup.changed() => {
                     if changed.is_err() {
@@ -126,7 +129,7 @@ async fn run(
                 }
             }
             let t = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return flush(&mut sampler, &config, &shared).await,
                 t = sampler.tick(&db, &config) => t,
             };
             let outcome = match &t.outcome {
@@ -159,6 +162,13 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// The window so far, written to the outbox on stop if that is quick.
+async fn flush(sampler: &mut Sampler, config: &Config, shared: &SampleShared) {
+    if let Some(batch) = sampler.take_window(config) {
+        let _ = tokio::time::timeout(STOP_FLUSH, persist(batch, shared)).await;
     }
 }
 
