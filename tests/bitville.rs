@@ -249,7 +249,9 @@ fn requests_are_paced_under_max_requests_per_minute() {
         let shipper = Shipper::open(&shipper_config(
             dir.path(),
             &l.url(),
-            "max_requests_per_minute = 5\n[agent]\ncollection_interval_s = 60\n",
+            // Five aggregates per cycle: without the sampling aggregate.
+            "max_requests_per_minute = 5\n[agent]\ncollection_interval_s = 60\n\
+             [activity]\nsample_interval_ms = 0\n",
         ))
         .unwrap();
         for b in cycle(&["a", "b", "c"]) {

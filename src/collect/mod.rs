@@ -16,6 +16,8 @@
 pub mod activity;
 pub mod counters;
 pub mod locks;
+pub mod sampling;
+pub mod spikes;
 pub mod statements;
 pub mod system;
 
@@ -363,7 +365,7 @@ fn make_batch<C: Collector>(
 /// query. pg_settings hides superuser-only rows from roles without pg_read_all_settings instead of
 /// failing, so a less privileged role simply gets no paths. The tag sits after `SELECT` because
 /// PostgreSQL 18 drops leading comments from pg_stat_statements texts (see [`is_agent_text`]).
-async fn server_context(db: &Db, config: &Config) -> Result<ServerContext, DbError> {
+pub(crate) async fn server_context(db: &Db, config: &Config) -> Result<ServerContext, DbError> {
     let mut session = db.session().await?;
     let row = session
         .query_opt(

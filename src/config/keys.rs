@@ -58,6 +58,8 @@ pub const SECTIONS: &[&str] = &[
     "privacy",
     "telemetry",
     "logging",
+    "activity",
+    "spikes",
 ];
 
 pub const SSLMODES: &[&str] = &[
@@ -130,6 +132,14 @@ pub const KEYS: &[KeySpec] = &[
     k("telemetry", "listen", "127.0.0.1:9188", Str, "Address of the /health and /metrics endpoint; empty = disabled."),
     k("logging", "level", "info", Choice(&["error", "warn", "info", "debug", "trace"]), "Agent log level (RUST_LOG overrides it)."),
     k("logging", "format", "json", Choice(&["json", "text"]), "json lines for journald, or human text."),
+    k("activity", "sample_interval_ms", "1000", Int(0, 60_000), "Active-session sampling period (100 to 60000 ms); 0 = no sampling (and no spike detection)."),
+    k("activity", "sample_top_n", "50", Int(1, 1000), "Groups (query, wait event, state, database, user) listed per pg_activity_samples batch, by average active sessions; the rest are counted in `omitted`."),
+    k("spikes", "enabled", "true", Bool, "Take a spike snapshot when a trigger fires (needs sampling on)."),
+    k("spikes", "active_sessions", "", Str, "Trigger: active sessions at least this many; empty = twice the host's cores."),
+    k("spikes", "load", "", Str, "Trigger: 1-minute load average at least this (a decimal number); empty = twice the host's cores."),
+    k("spikes", "lock_wait_ms", "5000", Int(0, 86_400_000), "Trigger: a session waiting on a lock for at least this long; 0 = off."),
+    k("spikes", "lookback_s", "60", Int(1, 3600), "Seconds of per-sample series carried in a spike snapshot."),
+    k("spikes", "min_gap_s", "60", Int(1, 86_400), "At most one spike snapshot per this many seconds."),
 ];
 
 /// The spec of `section.key`, if it exists.

@@ -169,8 +169,15 @@ impl fmt::Display for Protocol {
 pub const BITVILLE_MAX_PROJECT_LEN: usize = 50;
 
 /// Aggregate requests per cycle in the bitville protocol: activity, statements, locks, system
-/// metrics and (at least) one pg_log.
+/// metrics and (at least) one pg_log; the sampling aggregate adds one ([`bitville_aggregates_per_cycle`]).
 pub const BITVILLE_AGGREGATES_PER_CYCLE: u32 = 5;
+
+/// Aggregate requests per cycle with this configuration: [`BITVILLE_AGGREGATES_PER_CYCLE`], plus
+/// the pg_activity_samples aggregate when sampling is on. Spike snapshots (at most one per
+/// `spikes.min_gap_s`) are not counted: the request pacing absorbs them.
+pub fn bitville_aggregates_per_cycle(config: &Config) -> u32 {
+    BITVILLE_AGGREGATES_PER_CYCLE + u32::from(config.activity.sample_interval.is_some())
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
@@ -227,6 +234,28 @@ pub struct TelemetryConfig {
     pub listen: Option<std::net::SocketAddr>,
 }
 
+/// Active-session sampling (`[activity]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivityConfig {
+    /// None: sampling (and spike detection) is off.
+    pub sample_interval: Option<Duration>,
+    pub sample_top_n: usize,
+}
+
+/// Spike snapshots (`[spikes]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpikesConfig {
+    pub enabled: bool,
+    /// None: twice the host's cores.
+    pub active_sessions: Option<u32>,
+    /// None: twice the host's cores.
+    pub load: Option<f64>,
+    /// None: the lock-wait trigger is off.
+    pub lock_wait: Option<Duration>,
+    pub lookback: Duration,
+    pub min_gap: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoggingConfig {
     pub level: String,
@@ -249,6 +278,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub telemetry: TelemetryConfig,
     pub logging: LoggingConfig,
+    pub activity: ActivityConfig,
+    pub spikes: SpikesConfig,
     /// One line per Python agent name used (see [`aliases`]), to be logged at WARN once logging runs;
     /// not a setting, so left out of comparisons.
     pub notices: Vec<String>,
@@ -270,6 +301,8 @@ impl PartialEq for Config {
             privacy,
             telemetry,
             logging,
+            activity,
+            spikes,
             notices: _,
         } = self;
         *file == other.file
@@ -284,6 +317,8 @@ impl PartialEq for Config {
             && *privacy == other.privacy
             && *telemetry == other.telemetry
             && *logging == other.logging
+            && *activity == other.activity
+            && *spikes == other.spikes
     }
 }
 
@@ -365,7 +400,8 @@ impl Config {
             }
             let interval = v.int("agent", "collection_interval_s")?;
             let limit = v.int("listener", "max_requests_per_minute")?;
-            let per_cycle = u64::from(BITVILLE_AGGREGATES_PER_CYCLE);
+            let sampling = v.sample_interval()?.is_some();
+            let per_cycle = u64::from(BITVILLE_AGGREGATES_PER_CYCLE) + u64::from(sampling);
             let needed = (per_cycle * 60).div_ceil(interval);
             if needed > limit {
                 return Err(v.bad(
@@ -469,6 +505,20 @@ impl Config {
             logging: LoggingConfig {
                 level: v.choice("logging", "level")?,
                 format: v.choice("logging", "format")?,
+            },
+            activity: ActivityConfig {
+                sample_interval: v.sample_interval()?,
+                sample_top_n: v.int("activity", "sample_top_n")? as usize,
+            },
+            spikes: SpikesConfig {
+                enabled: v.bool("spikes", "enabled")?,
+                active_sessions: v
+                    .opt_positive("spikes", "active_sessions", 1_000_000.0, true)?
+                    .map(|n| n as u32),
+                load: v.opt_positive("spikes", "load", 1_000_000.0, false)?,
+                lock_wait: Some(v.millis("spikes", "lock_wait_ms")?).filter(|d| !d.is_zero()),
+                lookback: Duration::from_secs(v.int("spikes", "lookback_s")?),
+                min_gap: Duration::from_secs(v.int("spikes", "min_gap_s")?),
             },
             notices: raw.notices.clone(),
         })

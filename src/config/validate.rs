@@ -193,6 +193,46 @@ impl Validator<'_> {
         self.int(section, key).map(Duration::from_millis)
     }
 
+    /// `[activity] sample_interval_ms`: 0 (off) or 100 to 60000.
+    pub(super) fn sample_interval(&self) -> Result<Option<Duration>, ConfigError> {
+        let ms = self.int("activity", "sample_interval_ms")?;
+        match ms {
+            0 => Ok(None),
+            1..=99 => Err(self.bad(
+                "activity",
+                "sample_interval_ms",
+                "must be 0 (sampling off) or from 100 to 60000",
+            )),
+            _ => Ok(Some(Duration::from_millis(ms))),
+        }
+    }
+
+    /// An optional number above zero and at most `max` (empty = None); `whole`: no fraction.
+    pub(super) fn opt_positive(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        max: f64,
+        whole: bool,
+    ) -> Result<Option<f64>, ConfigError> {
+        let Some(text) = self.opt_str(section, key) else {
+            return Ok(None);
+        };
+        match text.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && n > 0.0 && n <= max && (!whole || n.fract() == 0.0) => {
+                Ok(Some(n))
+            }
+            _ => Err(self.bad(
+                section,
+                key,
+                format!(
+                    "expected {} above 0 and at most {max}, or empty for the default",
+                    if whole { "a whole number" } else { "a number" }
+                ),
+            )),
+        }
+    }
+
     pub(super) fn bool(
         &self,
         section: &'static str,

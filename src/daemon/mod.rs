@@ -25,6 +25,7 @@ mod cycle;
 mod deliver;
 mod logtask;
 pub mod notify;
+mod sample_task;
 pub mod schedule;
 
 use std::path::PathBuf;
@@ -140,6 +141,7 @@ struct Daemon {
     /// See [`LogShared::resume_hint`].
     log_resume_hint: Arc<Mutex<Option<serde_json::Value>>>,
     delivery: Option<Delivery>,
+    sampling: Option<sample_task::SampleTask>,
     /// The /health and /metrics server: its token (a child of `shutdown`) and its task, counted by
     /// `tracker`.
     telemetry_task: Option<(
@@ -178,6 +180,7 @@ impl Daemon {
             tracker: TaskTracker::new(),
             log_resume_hint: Arc::new(Mutex::new(None)),
             delivery: None,
+            sampling: None,
             telemetry_task: None,
         };
         daemon.start_telemetry().await?;
@@ -299,6 +302,9 @@ impl Daemon {
                 _ = sigint.recv() => break,
                 _ = sighup.recv() => {
                     if self.reload().await {
+                        if let Some(s) = &self.sampling {
+                            s.update(self.config.clone(), self.db.clone());
+                        }
                         if let Some(c) = &self.collection {
                             c.update(collect_task::Setup {
                                 config: self.config.clone(),
@@ -329,8 +335,19 @@ impl Daemon {
                 shipper: self.shipper.clone(),
                 telemetry: self.telemetry.clone(),
                 server: self.server.clone(),
-                deliver,
+                deliver: deliver.clone(),
                 delivery,
+            },
+            self.shutdown.child_token(),
+        ));
+        self.sampling = Some(sample_task::SampleTask::spawn(
+            &self.tracker,
+            self.config.clone(),
+            self.db.clone(),
+            sample_task::SampleShared {
+                shipper: self.shipper.clone(),
+                telemetry: self.telemetry.clone(),
+                deliver,
             },
             self.shutdown.child_token(),
         ));
@@ -416,6 +433,9 @@ impl Daemon {
         // No new cycle; one in progress is abandoned (what it wrote is durable).
         if let Some(c) = self.collection.take() {
             c.stop(Duration::from_millis(200)).await;
+        }
+        if let Some(s) = self.sampling.take() {
+            s.stop(sample_task::STOP_FLUSH + Duration::from_millis(50)).await;
         }
         // The log task writes what it holds to the outbox and saves its position.
         if let Some(task) = self.log_task.take() {

@@ -217,6 +217,12 @@ impl Db {
         self.pool.status().size
     }
 
+    /// Connections open and idle in the pool: a [`Db::session`] now takes one of them instead of
+    /// opening a connection (active-session sampling runs only then).
+    pub fn idle_connections(&self) -> usize {
+        self.pool.status().available
+    }
+
     /// Closes every connection; later calls to [`Db::session`] fail.
     pub fn close(&self) {
         self.pool.close();

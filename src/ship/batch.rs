@@ -20,15 +20,21 @@ pub enum BatchKind {
     Locks,
     SystemMetrics,
     PgLogs,
+    /// The per-cycle aggregate of active-session sampling (`collect::sampling`).
+    PgActivitySamples,
+    /// A snapshot taken when a spike trigger fired (`collect::spikes`).
+    Spike,
 }
 
 impl BatchKind {
-    pub const ALL: [BatchKind; 5] = [
+    pub const ALL: [BatchKind; 7] = [
         BatchKind::PgActivity,
         BatchKind::PgStatements,
         BatchKind::Locks,
         BatchKind::SystemMetrics,
         BatchKind::PgLogs,
+        BatchKind::PgActivitySamples,
+        BatchKind::Spike,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +44,8 @@ impl BatchKind {
             BatchKind::Locks => "locks",
             BatchKind::SystemMetrics => "system_metrics",
             BatchKind::PgLogs => "pg_logs",
+            BatchKind::PgActivitySamples => "pg_activity_samples",
+            BatchKind::Spike => "spike",
         }
     }
 

@@ -5,7 +5,7 @@
 //! leads to the postmaster. Rates cover the time since the previous cycle; the first cycle measures
 //! from the start of the cycle.
 
-mod sample;
+pub(crate) mod sample;
 
 use std::path::Path;
 use std::time::Duration;

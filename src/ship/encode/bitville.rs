@@ -5,7 +5,9 @@
 //!
 //! `correlation_id` is `""` (the listener stores aggregates under the empty ID), `timestamp` is the
 //! collection time. Locks have no source of their own on that listener, so they travel as
-//! `pg_stat_activity` with `data.locks`. A payload over the request size limit is split into parts,
+//! `pg_stat_activity` with `data.locks`; so do the sampling aggregate (`data.type` =
+//! `pg_activity_samples`, groups in `data.top`) and spike snapshots (`data.type` = `spike`,
+//! `data.trigger`, sessions in `data.sessions`). A payload over the request size limit is split into parts,
 //! each with `data.part_of`, `data.part` and `data.parts`, as the batch protocol does.
 
 use std::collections::BTreeMap;
@@ -22,7 +24,10 @@ use crate::ship::outbox::NewBatch;
 /// The listener's `source` for a batch type.
 pub fn source(kind: BatchKind) -> &'static str {
     match kind {
-        BatchKind::PgActivity | BatchKind::Locks => "pg_stat_activity",
+        BatchKind::PgActivity
+        | BatchKind::Locks
+        | BatchKind::PgActivitySamples
+        | BatchKind::Spike => "pg_stat_activity",
         BatchKind::PgStatements => "pg_stat_statements",
         BatchKind::PgLogs => "pg_log",
         BatchKind::SystemMetrics => "system_metrics",
@@ -36,6 +41,8 @@ fn list_key(kind: BatchKind) -> Option<&'static str> {
         BatchKind::PgStatements => Some("statements"),
         BatchKind::PgLogs => Some("entries"),
         BatchKind::Locks => Some("locks"),
+        BatchKind::PgActivitySamples => Some("top"),
+        BatchKind::Spike => Some("sessions"),
         BatchKind::SystemMetrics => None,
     }
 }
@@ -140,12 +147,12 @@ impl Serialize for Data<'_> {
             }
         }
         match b.kind {
-            BatchKind::PgActivity => {
+            BatchKind::PgActivity | BatchKind::Spike => {
                 m.serialize_entry("with_correlation", &Record::correlated(self.records))?
             }
             BatchKind::Locks => m.serialize_entry("has_blocking", &!self.records.is_empty())?,
             BatchKind::PgLogs => m.serialize_entry("levels", &levels(self.records))?,
-            BatchKind::PgStatements | BatchKind::SystemMetrics => {}
+            BatchKind::PgStatements | BatchKind::SystemMetrics | BatchKind::PgActivitySamples => {}
         }
         let agent = serde_json::to_value(&b.agent).map_err(serde::ser::Error::custom)?;
         let server = serde_json::to_value(&b.server).map_err(serde::ser::Error::custom)?;

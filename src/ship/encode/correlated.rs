@@ -1,8 +1,8 @@
 //! The `bitville` protocol's correlated payloads: for every statement that carries a correlation ID
-//! (a log entry with a duration, a session seen in pg_stat_activity, a lock waiter), one request with
-//! that top-level `correlation_id`, `timestamp` = when the statement started, `data.query` (already
-//! through the privacy policy) and `data.duration_ms`. That is what the Bitville listener's
-//! correlation API and timeline read.
+//! (a log entry with a duration, a session seen in pg_stat_activity or in a spike snapshot, a lock
+//! waiter), one request with that top-level `correlation_id`, `timestamp` = when the statement
+//! started, `data.query` (already through the privacy policy) and `data.duration_ms`. That is what
+//! the Bitville listener's correlation API and timeline read.
 //!
 //! - A statement seen in several cycles (same pid and `query_start`) is sent once, at its first
 //!   sighting; the memory of sent statements is bounded ([`MAX_SEEN`]) and forgets after
@@ -63,9 +63,11 @@ pub fn statements(batch: &Batch) -> Vec<Statement> {
             continue;
         };
         let statement = match batch.kind {
-            BatchKind::PgActivity | BatchKind::Locks => session(&r, batch, id),
+            BatchKind::PgActivity | BatchKind::Locks | BatchKind::Spike => session(&r, batch, id),
             BatchKind::PgLogs => log_entry(&r, id),
-            BatchKind::PgStatements | BatchKind::SystemMetrics => None,
+            BatchKind::PgStatements | BatchKind::SystemMetrics | BatchKind::PgActivitySamples => {
+                None
+            }
         };
         if let Some(mut s) = statement {
             s.detail.insert("origin".into(), Value::from(origin));
@@ -197,8 +199,17 @@ pub struct Budget {
 impl Budget {
     /// `max_requests_per_minute` less the aggregates of `interval`'s cycles (at least 1).
     pub fn new(max_requests_per_minute: u32, interval: Duration) -> Budget {
+        Budget::with_aggregates(max_requests_per_minute, interval, AGGREGATES_PER_CYCLE)
+    }
+
+    /// As [`Budget::new`], with `per_cycle` aggregate requests per cycle.
+    pub fn with_aggregates(
+        max_requests_per_minute: u32,
+        interval: Duration,
+        per_cycle: u32,
+    ) -> Budget {
         let cycles_per_minute = 60.0 / interval.as_secs_f64().max(1.0);
-        let aggregates = f64::from(AGGREGATES_PER_CYCLE) * cycles_per_minute;
+        let aggregates = f64::from(per_cycle) * cycles_per_minute;
         Budget {
             per_minute: (f64::from(max_requests_per_minute) - aggregates).max(1.0),
         }

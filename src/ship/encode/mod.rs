@@ -117,9 +117,10 @@ impl Encoder {
 
 /// The request budget the correlated payloads may use.
 fn config_budget(config: &Config) -> correlated::Budget {
-    correlated::Budget::new(
+    correlated::Budget::with_aggregates(
         config.listener.max_requests_per_minute,
         config.agent.collection_interval,
+        crate::config::bitville_aggregates_per_cycle(config),
     )
 }
 

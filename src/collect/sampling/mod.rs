@@ -1,0 +1,346 @@
+//! Active-session sampling: every `activity.sample_interval_ms`, one cheap query for the non-idle
+//! sessions ([`query`]) and the host's load and CPU ([`host`]), added to the window that becomes
+//! the cycle's `pg_activity_samples` batch ([`window`]), and checked against the spike triggers
+//! ([`super::spikes`]).
+//!
+//! Do no harm: a sample runs only on the pool's idle connection. It never opens one: with no
+//! connection open (the database unreachable, or not yet connected by the collection cycle) the
+//! sample is skipped as `unreachable`; with the connection in use by a collector it is skipped as
+//! `busy`. When a collector's request for a session came while the sampler held the connection, the
+//! pool opened a second one; the sampler then closes its own after the sample, so the pool is back to
+//! one connection within a tick. Its query runs under the client deadline like every other. The caller ticks it on a
+//! schedule that skips missed ticks rather than queueing them.
+//!
+//! This module does not ship anything and keeps no timer: the daemon's sample task does both.
+
+pub mod host;
+pub mod query;
+pub mod window;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+use serde_json::{Map, Value};
+
+use super::spikes::{self, Gate, Moment, Thresholds, Trigger};
+use super::{counters, server_context, CollectError, ServerContext};
+use crate::config::Config;
+use crate::db::Db;
+use crate::ship::batch::{format_rfc3339, AgentInfo, Batch, BatchKind, Record};
+use host::{HostPoint, HostReader};
+use query::StatementCache;
+use window::Window;
+
+/// The server facts (version, track_activity_query_size) are read again after this long.
+const SERVER_REFRESH: Duration = Duration::from_secs(600);
+
+/// One sample in the series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// Non-idle sessions (active, idle in transaction, ...).
+    pub sessions: u32,
+    pub active: u32,
+    /// Active sessions waiting on a wait event (not on CPU).
+    pub waiting: u32,
+    /// Active sessions waiting on a heavyweight lock.
+    pub lock_waits: u32,
+    pub host: HostPoint,
+}
+
+impl Serialize for Point {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.at_ms) * 1_000_000)
+            .map(format_rfc3339)
+            .unwrap_or_default();
+        let mut st = s.serialize_struct("Point", 7)?;
+        st.serialize_field("t", &t)?;
+        st.serialize_field("sessions", &self.sessions)?;
+        st.serialize_field("active", &self.active)?;
+        st.serialize_field("waiting", &self.waiting)?;
+        st.serialize_field("lock_waits", &self.lock_waits)?;
+        st.serialize_field("load1", &self.host.load1)?;
+        st.serialize_field("cpu_percent", &self.host.cpu_percent)?;
+        st.end()
+    }
+}
+
+/// What became of one tick.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Sampled(Point),
+    /// The connection was in use (by a collector); no connection was opened.
+    Busy,
+    /// No connection is open, or the server could not be reached.
+    Unreachable(String),
+    /// The query failed or missed its deadline.
+    Failed(String),
+}
+
+/// The result of one tick: the sample, and a spike snapshot when a trigger fired.
+#[derive(Debug)]
+pub struct Tick {
+    pub outcome: Outcome,
+    /// The triggers crossed by this sample (also when the gap kept a snapshot from being taken).
+    pub triggers: Vec<Trigger>,
+    pub spike: Option<Batch>,
+    /// Why a snapshot that was due could not be taken.
+    pub spike_error: Option<String>,
+}
+
+/// The sampler's state between ticks. The daemon holds one for its lifetime.
+pub struct Sampler {
+    host: HostReader,
+    cache: StatementCache,
+    window: Window,
+    lookback: VecDeque<Point>,
+    /// Sessions seen waiting on a lock, by (pid, query_start): since when.
+    lock_waits: HashMap<(i32, i64), Instant>,
+    server: Option<(ServerContext, Instant)>,
+    gate: Gate,
+    cores: usize,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Sampler::new()
+    }
+}
+
+impl Sampler {
+    pub fn new() -> Sampler {
+        Sampler {
+            host: HostReader::default(),
+            cache: StatementCache::default(),
+            window: Window::default(),
+            lookback: VecDeque::new(),
+            lock_waits: HashMap::new(),
+            server: None,
+            gate: Gate::default(),
+            cores: host::cores(),
+        }
+    }
+
+    /// The host's cores, as the spike defaults use them.
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+
+    /// The trigger values in effect for `config`.
+    pub fn thresholds(&self, config: &Config) -> Thresholds {
+        Thresholds::new(&config.spikes, self.cores)
+    }
+
+    /// Takes one sample; when it crosses a trigger and the gap allows, a spike snapshot on the same
+    /// session.
+    pub async fn tick(&mut self, db: &Db, config: &Config) -> Tick {
+        let mut tick = Tick {
+            outcome: Outcome::Busy,
+            triggers: Vec::new(),
+            spike: None,
+            spike_error: None,
+        };
+        let now = Instant::now();
+        let at = time::OffsetDateTime::now_utc();
+        if self.window.started.is_none() {
+            self.window.started = Some(at);
+        }
+        let host = self.host.read();
+        if db.idle_connections() == 0 {
+            tick.outcome = if db.open_connections() == 0 {
+                self.window.skipped_unreachable += 1;
+                Outcome::Unreachable("no connection open".into())
+            } else {
+                self.window.skipped_busy += 1;
+                Outcome::Busy
+            };
+            return tick;
+        }
+        let stale = self
+            .server
+            .as_ref()
+            .is_none_or(|(_, read)| now.saturating_duration_since(*read) >= SERVER_REFRESH);
+        if stale {
+            match server_context(db, config).await {
+                Ok(s) => self.server = Some((s, now)),
+                Err(e) => {
+                    self.window.skipped_unreachable += 1;
+                    tick.outcome = Outcome::Unreachable(e.to_string());
+                    return tick;
+                }
+            }
+        }
+        let Some(server) = self.server.as_ref().map(|(s, _)| s.clone()) else {
+            return tick;
+        };
+        let mut session = match db.session().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.window.skipped_unreachable += 1;
+                tick.outcome = Outcome::Unreachable(e.to_string());
+                return tick;
+            }
+        };
+        let read = match query::read(
+            &mut session,
+            config,
+            server.info.version_num,
+            server.track_activity_query_size,
+            &mut self.cache,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.window.failed += 1;
+                counters::COLLECTOR_FAILURES.incr();
+                tick.outcome = Outcome::Failed(e.to_string());
+                return tick;
+            }
+        };
+        let point = Point {
+            at_ms: (at.unix_timestamp_nanos() / 1_000_000) as i64,
+            sessions: clamp(read.total),
+            active: clamp(read.active),
+            waiting: clamp(read.waiting),
+            lock_waits: clamp(read.lock_waits),
+            host,
+        };
+        self.window.add(&read.rows, point);
+        self.remember(point, config);
+        let oldest_lock_wait = self.track_lock_waits(&read.rows, now);
+        tick.outcome = Outcome::Sampled(point);
+        if config.spikes.enabled {
+            tick.triggers = spikes::crossed(&self.thresholds(config), &point, oldest_lock_wait);
+            if !tick.triggers.is_empty() && self.gate.admit(now, config.spikes.min_gap) {
+                let moment = Moment {
+                    triggers: tick.triggers.clone(),
+                    at,
+                    series: self.lookback.iter().copied().collect(),
+                    host,
+                    cores: self.cores,
+                    server: &server,
+                };
+                let budget = config.safety.client_timeout * 2;
+                match tokio::time::timeout(budget, spikes::snapshot(&mut session, config, moment))
+                    .await
+                {
+                    Ok(Ok(batch)) => tick.spike = Some(batch),
+                    Ok(Err(e)) => tick.spike_error = Some(e.to_string()),
+                    Err(_) => {
+                        // A query may still be in flight: never hand the connection back.
+                        session.discard();
+                        counters::COLLECTOR_TIMEOUTS.incr();
+                        tick.spike_error = Some(CollectError::Timeout(budget).to_string());
+                    }
+                }
+            }
+        }
+        if db.open_connections() > 1 {
+            // A collector asked for a session while this one was in use, so the pool opened a
+            // second connection: close this one, and the pool is back to one.
+            session.discard();
+        }
+        tick
+    }
+
+    /// Keeps the last `spikes.lookback_s` seconds of samples.
+    fn remember(&mut self, point: Point, config: &Config) {
+        self.lookback.push_back(point);
+        let horizon = point.at_ms - config.spikes.lookback.as_millis() as i64;
+        while self.lookback.front().is_some_and(|p| p.at_ms <= horizon) {
+            self.lookback.pop_front();
+        }
+    }
+
+    /// Updates when each lock wait was first seen; returns the oldest wait's age. A wait is timed
+    /// from the first sample that saw it, so the age is exact to one sample interval.
+    fn track_lock_waits(&mut self, rows: &[query::Seen], now: Instant) -> Option<Duration> {
+        let mut seen = HashMap::new();
+        for r in rows.iter().filter(|r| r.lock_wait()) {
+            let key = (r.pid, r.query_start_us);
+            let since = self.lock_waits.get(&key).copied().unwrap_or(now);
+            seen.insert(key, since);
+        }
+        self.lock_waits = seen;
+        self.lock_waits
+            .values()
+            .map(|since| now.saturating_duration_since(*since))
+            .max()
+    }
+
+    /// Closes the current window: its `pg_activity_samples` batch (None when no tick ran), and a
+    /// new window starts.
+    pub fn take_window(&mut self, config: &Config) -> Option<Batch> {
+        let w = std::mem::take(&mut self.window);
+        if w.is_empty() {
+            return None;
+        }
+        let interval = config
+            .activity
+            .sample_interval
+            .unwrap_or(Duration::from_secs(1));
+        let (top, omitted) = w.top(config.activity.sample_top_n);
+        let data = top
+            .iter()
+            .map(Record::new)
+            .collect::<Result<Vec<Record>, _>>()
+            .ok()?;
+        let (correlations, correlations_omitted) = w.correlations(interval.as_secs_f64());
+        let mut extra = Map::new();
+        let mut put = |k: &str, v: Value| {
+            extra.insert(k.to_string(), v);
+        };
+        put(
+            "window_start",
+            Value::from(w.started.map(format_rfc3339).unwrap_or_default()),
+        );
+        put(
+            "sample_interval_ms",
+            Value::from(interval.as_millis() as u64),
+        );
+        put("samples", Value::from(w.samples));
+        put(
+            "skipped",
+            serde_json::json!({
+                "busy": w.skipped_busy,
+                "unreachable": w.skipped_unreachable,
+                "failed": w.failed,
+            }),
+        );
+        put("avg_active_sessions", Value::from(w.avg_active()));
+        put("max_active_sessions", Value::from(w.max_active()));
+        put("groups", Value::from(w.groups()));
+        put("omitted", Value::from(omitted));
+        put(
+            "untracked_session_samples",
+            Value::from(w.groups_overflow()),
+        );
+        put(
+            "series",
+            serde_json::to_value(&w.series).unwrap_or(Value::Null),
+        );
+        put("series_omitted", Value::from(w.series_omitted));
+        put(
+            "correlations",
+            serde_json::to_value(&correlations).unwrap_or(Value::Null),
+        );
+        put("correlations_omitted", Value::from(correlations_omitted));
+        let mut batch = Batch::new(
+            BatchKind::PgActivitySamples,
+            &config.agent.project_id,
+            AgentInfo::new(&config.agent.hostname),
+            self.server.as_ref().map(|(s, _)| s.info.clone()),
+            config.agent.collection_interval.as_secs(),
+            data,
+        );
+        batch.extra = extra;
+        Some(batch)
+    }
+}
+
+fn clamp(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

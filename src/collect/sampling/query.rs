@@ -1,0 +1,189 @@
+//! The sampling query: the non-idle sessions of pg_stat_activity (the agent's own excluded), one
+//! row each, with only what a sample needs. What is derived from a query's text (its fingerprint,
+//! its correlation ID, the text as emitted) is computed once per running statement (pid and
+//! `query_start`) and reused while the statement keeps running.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_postgres::types::Type;
+
+use super::super::{col, query_text, CollectError};
+use crate::config::Config;
+use crate::correlation;
+use crate::db::{Session, APPLICATION_NAME};
+
+pub const QUERY: &str = "activity_sample";
+
+/// The SQL for a server version. `count(*) OVER ()` and its filtered forms give the totals even
+/// when the row bound cut the result.
+pub fn sql(version_num: i32) -> String {
+    let query_id = if version_num >= 140000 {
+        "query_id"
+    } else {
+        "NULL::bigint"
+    };
+    format!(
+        "SELECT /* postgres-agent */ pid, state, wait_event_type, wait_event, backend_type, \
+         datname::text AS datname, usename::text AS usename, application_name, \
+         {query_id} AS query_id, left(query, $2) AS query, query_start, \
+         count(*) OVER () AS total, \
+         count(*) FILTER (WHERE state = 'active') OVER () AS total_active, \
+         count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NOT NULL) OVER () AS total_waiting, \
+         count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock') OVER () AS total_lock \
+         FROM pg_stat_activity \
+         WHERE state <> 'idle' AND pid <> pg_backend_pid() AND application_name IS DISTINCT FROM $1 \
+         LIMIT $3"
+    )
+}
+
+/// What is known of one running statement's text.
+#[derive(Debug)]
+pub struct Statement {
+    /// pg_stat_activity.query_id (decimal) when the server computes it.
+    pub query_id: Option<String>,
+    /// The text's fingerprint (literals, comments and whitespace ignored).
+    pub fingerprint: Option<String>,
+    /// The text as emitted (cut, privacy policy applied).
+    pub text: Option<String>,
+    pub truncated: bool,
+    pub correlation_id: Option<String>,
+}
+
+/// One non-idle session in one sample.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub pid: i32,
+    pub state: String,
+    pub wait_event_type: Option<String>,
+    pub wait_event: Option<String>,
+    pub backend_type: Option<String>,
+    pub datname: Option<String>,
+    pub usename: Option<String>,
+    /// Unix microseconds of query_start (0 when null).
+    pub query_start_us: i64,
+    pub statement: Arc<Statement>,
+}
+
+impl Seen {
+    pub fn active(&self) -> bool {
+        self.state == "active"
+    }
+
+    pub fn lock_wait(&self) -> bool {
+        self.active() && self.wait_event_type.as_deref() == Some("Lock")
+    }
+}
+
+/// The result of one sampling query.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub rows: Vec<Seen>,
+    pub total: u64,
+    pub active: u64,
+    /// Active sessions waiting on any wait event (not on CPU).
+    pub waiting: u64,
+    /// Active sessions waiting on a heavyweight lock.
+    pub lock_waits: u64,
+}
+
+/// Statements already analysed, by (pid, query_start): only the last sample's are kept, so its
+/// size follows the session count.
+#[derive(Default)]
+pub struct StatementCache {
+    known: HashMap<(i32, i64), Arc<Statement>>,
+}
+
+/// Runs the sampling query on `session`.
+pub async fn read(
+    session: &mut Session,
+    config: &Config,
+    version_num: i32,
+    track_activity_query_size: usize,
+    cache: &mut StatementCache,
+) -> Result<Read, CollectError> {
+    let text_chars = (config.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
+    let limit = config.safety.max_activity_rows as i64;
+    let rows = session
+        .query(
+            QUERY,
+            &sql(version_num),
+            &[
+                (&APPLICATION_NAME, Type::TEXT),
+                (&text_chars, Type::INT4),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await?;
+    let mut out = Read::default();
+    if let Some(r) = rows.first() {
+        let n = |c: &'static str| -> Result<u64, CollectError> {
+            Ok(col::<i64>(r, QUERY, c)?.max(0) as u64)
+        };
+        out.total = n("total")?;
+        out.active = n("total_active")?;
+        out.waiting = n("total_waiting")?;
+        out.lock_waits = n("total_lock")?;
+    }
+    let mut known = HashMap::with_capacity(rows.len());
+    out.rows.reserve(rows.len());
+    for row in &rows {
+        let pid: i32 = col(row, QUERY, "pid")?;
+        let query_start_us = col::<Option<time::OffsetDateTime>>(row, QUERY, "query_start")?
+            .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
+            .unwrap_or(0);
+        let key = (pid, query_start_us);
+        let statement = match cache.known.remove(&key) {
+            Some(s) => s,
+            None => Arc::new(analyse(row, config, track_activity_query_size)?),
+        };
+        known.insert(key, statement.clone());
+        out.rows.push(Seen {
+            pid,
+            state: col::<Option<String>>(row, QUERY, "state")?.unwrap_or_default(),
+            wait_event_type: col(row, QUERY, "wait_event_type")?,
+            wait_event: col(row, QUERY, "wait_event")?,
+            backend_type: col(row, QUERY, "backend_type")?,
+            datname: col(row, QUERY, "datname")?,
+            usename: col(row, QUERY, "usename")?,
+            query_start_us,
+            statement,
+        });
+    }
+    cache.known = known;
+    Ok(out)
+}
+
+/// Fingerprint and correlation from the raw text first, then the emitted text.
+fn analyse(
+    row: &tokio_postgres::Row,
+    config: &Config,
+    track_activity_query_size: usize,
+) -> Result<Statement, CollectError> {
+    let raw: Option<String> = col(row, QUERY, "query")?;
+    let application_name: Option<String> = col(row, QUERY, "application_name")?;
+    let keys = &config.correlation.keys;
+    let correlation = correlation::extract_from(raw.as_deref(), application_name.as_deref(), keys);
+    let query_id = col::<Option<i64>>(row, QUERY, "query_id")?
+        .filter(|q| *q != 0)
+        .map(|q| q.to_string());
+    let (text, truncated, fingerprint) = match raw.as_deref().filter(|r| !r.is_empty()) {
+        Some(raw) => {
+            let (text, cut) = query_text(raw, config);
+            let server_cut = raw.len() + 1 >= track_activity_query_size;
+            (
+                Some(text),
+                cut || server_cut,
+                Some(crate::privacy::fingerprint(raw)),
+            )
+        }
+        None => (None, false, None),
+    };
+    Ok(Statement {
+        query_id,
+        fingerprint,
+        text,
+        truncated,
+        correlation_id: correlation.and_then(|c| c.id),
+    })
+}

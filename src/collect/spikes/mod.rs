@@ -1,0 +1,293 @@
+//! Spike snapshots: when a sample crosses a trigger (active sessions, load, an old lock wait), a
+//! full picture taken at once on the sampling session: every session with its query text
+//! ([`super::activity`]), the lock chains ([`super::locks`]), host metrics with the busiest
+//! processes ([`procs`]) and the samples of the last `spikes.lookback_s` seconds. Shipped as a
+//! `spike` batch, at most one per `spikes.min_gap_s`.
+//!
+//! It does not decide when to sample; [`super::sampling::Sampler`] calls [`Detector::check`] on
+//! every sample and [`snapshot`] when it fires.
+
+pub mod procs;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::activity::ActivityCollector;
+use super::locks::LocksCollector;
+use super::sampling::{host::HostPoint, Point};
+use super::{CollectError, Collector, Context, ServerContext};
+use crate::config::{Config, SpikesConfig};
+use crate::db::Session;
+use crate::ship::batch::{format_rfc3339, AgentInfo, Batch, BatchKind, Record};
+
+/// Processes listed in a snapshot's `host.top_processes`.
+pub const TOP_PROCESSES: usize = 10;
+/// The window over which the busiest processes are measured.
+const PROCESS_WINDOW: Duration = Duration::from_millis(250);
+/// Reading /proc for the busiest processes may take this long (it runs on a blocking thread,
+/// which a hung disk elsewhere may hold).
+const PROCESS_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The trigger values in effect (defaults resolved against the host's cores).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    pub active_sessions: u32,
+    pub load: f64,
+    pub lock_wait: Option<Duration>,
+}
+
+impl Thresholds {
+    pub fn new(config: &SpikesConfig, cores: usize) -> Thresholds {
+        let twice = (cores.max(1) * 2) as u32;
+        Thresholds {
+            active_sessions: config.active_sessions.unwrap_or(twice),
+            load: config.load.unwrap_or(f64::from(twice)),
+            lock_wait: config.lock_wait,
+        }
+    }
+}
+
+/// A trigger that fired: its name, the value seen and the threshold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trigger {
+    /// `active_sessions`, `load` or `lock_wait_ms`.
+    pub name: &'static str,
+    pub value: f64,
+    pub threshold: f64,
+}
+
+/// The triggers a sample crosses, in the order active_sessions, load, lock_wait_ms.
+pub fn crossed(th: &Thresholds, point: &Point, oldest_lock_wait: Option<Duration>) -> Vec<Trigger> {
+    let mut out = Vec::new();
+    if point.active >= th.active_sessions {
+        out.push(Trigger {
+            name: "active_sessions",
+            value: f64::from(point.active),
+            threshold: f64::from(th.active_sessions),
+        });
+    }
+    if let Some(load) = point.host.load1.filter(|l| *l >= th.load) {
+        out.push(Trigger {
+            name: "load",
+            value: load,
+            threshold: th.load,
+        });
+    }
+    if let (Some(limit), Some(waited)) = (th.lock_wait, oldest_lock_wait) {
+        if waited >= limit {
+            out.push(Trigger {
+                name: "lock_wait_ms",
+                value: waited.as_millis() as f64,
+                threshold: limit.as_millis() as f64,
+            });
+        }
+    }
+    out
+}
+
+/// At most one snapshot per `min_gap`.
+#[derive(Debug, Default)]
+pub struct Gate {
+    last: Option<Instant>,
+}
+
+impl Gate {
+    /// Whether a snapshot may be taken now; if so, the gap starts now.
+    pub fn admit(&mut self, now: Instant, min_gap: Duration) -> bool {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < min_gap => false,
+            _ => {
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+}
+
+/// The host part of a snapshot.
+#[derive(Debug, Serialize)]
+struct Host {
+    cores: usize,
+    load: Option<super::system::Load>,
+    cpu_percent: Option<f64>,
+    memory: Option<super::system::Memory>,
+    /// Null when /proc could not be read in time.
+    top_processes: Option<Vec<procs::TopProcess>>,
+}
+
+/// What a snapshot is taken from.
+pub struct Moment<'a> {
+    pub triggers: Vec<Trigger>,
+    /// When the sample that fired was taken.
+    pub at: time::OffsetDateTime,
+    /// The samples of the lookback period, oldest first (the firing one last).
+    pub series: Vec<Point>,
+    pub host: HostPoint,
+    pub cores: usize,
+    pub server: &'a ServerContext,
+}
+
+/// Takes a spike snapshot on `session` and returns its batch. The activity and locks parts fail
+/// together (the session is then unusable); the host part never fails.
+pub async fn snapshot(
+    session: &mut Session,
+    config: &Config,
+    moment: Moment<'_>,
+) -> Result<Batch, CollectError> {
+    let started = Instant::now();
+    // The first /proc reading runs while the queries do.
+    let first = tokio::task::spawn_blocking(procs::read);
+    let (activity, locks) = {
+        let mut ctx = Context {
+            config,
+            server: Some(moment.server),
+            session: Some(session),
+        };
+        let activity = ActivityCollector.collect(&mut ctx).await?;
+        let locks = LocksCollector.collect(&mut ctx).await?;
+        (activity, locks)
+    };
+    let top_processes = match tokio::time::timeout(PROCESS_DEADLINE, first).await {
+        Ok(Ok(before)) => {
+            let waited = started.elapsed();
+            if waited < PROCESS_WINDOW {
+                tokio::time::sleep(PROCESS_WINDOW - waited).await;
+            }
+            let job = tokio::task::spawn_blocking(move || procs::top(&before, TOP_PROCESSES));
+            tokio::time::timeout(PROCESS_DEADLINE, job)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+        _ => None,
+    };
+    if top_processes.is_none() {
+        super::counters::SYSTEM_READ_ERRORS.incr();
+    }
+    let host = Host {
+        cores: moment.cores,
+        load: super::system::sample::load(),
+        cpu_percent: moment.host.cpu_percent,
+        memory: super::system::sample::memory(),
+        top_processes,
+    };
+
+    let (sessions, mut extra) = match activity {
+        Some(a) => (a.records, a.extra),
+        None => (Vec::new(), Map::new()),
+    };
+    let data = sessions
+        .iter()
+        .map(Record::new)
+        .collect::<Result<Vec<Record>, _>>()
+        .map_err(json_error)?;
+    let first_trigger = moment.triggers.first().cloned();
+    if let Some(t) = &first_trigger {
+        extra.insert("trigger".into(), Value::from(t.name));
+        extra.insert("trigger_value".into(), Value::from(t.value));
+        extra.insert("trigger_threshold".into(), Value::from(t.threshold));
+    }
+    extra.insert("triggers".into(), to_value(&moment.triggers)?);
+    extra.insert(
+        "triggered_at".into(),
+        Value::from(format_rfc3339(moment.at)),
+    );
+    let mut lock_part = Map::new();
+    if let Some(l) = locks {
+        lock_part.insert("waiting_locks".into(), to_value(&l.records)?);
+        lock_part.extend(l.extra);
+    }
+    extra.insert("locks".into(), Value::Object(lock_part));
+    extra.insert("host".into(), to_value(&host)?);
+    extra.insert(
+        "lookback_s".into(),
+        Value::from(config.spikes.lookback.as_secs()),
+    );
+    extra.insert("series".into(), to_value(&moment.series)?);
+    extra.insert(
+        "snapshot_ms".into(),
+        Value::from(super::round_ms(started.elapsed().as_secs_f64() * 1000.0)),
+    );
+    let mut batch = Batch::new(
+        BatchKind::Spike,
+        &config.agent.project_id,
+        AgentInfo::new(&config.agent.hostname),
+        Some(moment.server.info.clone()),
+        config.spikes.lookback.as_secs(),
+        data,
+    );
+    batch.extra = extra;
+    Ok(batch)
+}
+
+fn to_value<T: Serialize + ?Sized>(v: &T) -> Result<Value, CollectError> {
+    serde_json::to_value(v).map_err(json_error)
+}
+
+fn json_error(e: serde_json::Error) -> CollectError {
+    CollectError::Column {
+        query: "spike",
+        column: "record",
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(active: u32, load1: Option<f64>) -> Point {
+        Point {
+            at_ms: 0,
+            sessions: active,
+            active,
+            waiting: 0,
+            lock_waits: 0,
+            host: HostPoint {
+                load1,
+                cpu_percent: None,
+            },
+        }
+    }
+
+    #[test]
+    fn defaults_are_twice_the_cores_and_each_trigger_fires_at_its_threshold() {
+        let config = SpikesConfig {
+            enabled: true,
+            active_sessions: None,
+            load: None,
+            lock_wait: Some(Duration::from_millis(5000)),
+            lookback: Duration::from_secs(60),
+            min_gap: Duration::from_secs(60),
+        };
+        let th = Thresholds::new(&config, 4);
+        assert_eq!((th.active_sessions, th.load), (8, 8.0));
+        assert!(crossed(
+            &th,
+            &point(7, Some(7.99)),
+            Some(Duration::from_millis(4999))
+        )
+        .is_empty());
+        let all = crossed(&th, &point(8, Some(8.0)), Some(Duration::from_secs(5)));
+        let names: Vec<&str> = all.iter().map(|t| t.name).collect();
+        assert_eq!(names, ["active_sessions", "load", "lock_wait_ms"]);
+        assert_eq!(all[2].value, 5000.0);
+        let off = Thresholds {
+            lock_wait: None,
+            ..th
+        };
+        assert!(crossed(&off, &point(0, None), Some(Duration::from_secs(99))).is_empty());
+    }
+
+    #[test]
+    fn at_most_one_snapshot_per_gap() {
+        let mut g = Gate::default();
+        let t = Instant::now();
+        let gap = Duration::from_secs(60);
+        assert!(g.admit(t, gap));
+        assert!(!g.admit(t + Duration::from_secs(59), gap));
+        assert!(g.admit(t + Duration::from_secs(60), gap));
+    }
+}

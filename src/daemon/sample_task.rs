@@ -1,0 +1,197 @@
+//! The sampling task: an active-session sample every `activity.sample_interval_ms`
+//! ([`crate::collect::sampling`]), a `pg_activity_samples` batch every collection interval, and a
+//! `spike` batch when a trigger fires. Batches are written to the outbox off the scheduler (SQLite
+//! is blocking I/O) under [`PERSIST_DEADLINE`], and a spike wakes the delivery task at once.
+//!
+//! Ticks follow a drift-free schedule that skips ticks missed while a sample (or a spike snapshot)
+//! ran, never queueing them. A reload hands it a new configuration and pool ([`SampleTask::update`]);
+//! `sample_interval_ms = 0` parks it until a reload turns sampling on. Stopping abandons a tick in
+//! progress and writes the window so far as a last `pg_activity_samples` batch (within
+//! [`STOP_FLUSH`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::cycle;
+use super::schedule::Schedule;
+use crate::collect::sampling::{Outcome, Sampler};
+use crate::config::Config;
+use crate::db::Db;
+use crate::ship::batch::Batch;
+use crate::ship::Shipper;
+use crate::telemetry::metrics::CollectorOutcomeLabel;
+use crate::telemetry::server::Telemetry;
+
+/// Writing a batch to the outbox may take this long before it is abandoned (and logged).
+const PERSIST_DEADLINE: Duration = Duration::from_secs(10);
+/// On stop, the window so far is written to the outbox if that takes at most this long.
+pub const STOP_FLUSH: Duration = Duration::from_millis(150);
+
+/// What the sampling task shares with the rest of the daemon.
+pub struct SampleShared {
+    pub shipper: Arc<Shipper>,
+    pub telemetry: Telemetry,
+    /// Wakes the delivery task.
+    pub deliver: Arc<Notify>,
+}
+
+/// The running sampling task.
+pub struct SampleTask {
+    setup: watch::Sender<(Arc<Config>, Db)>,
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl SampleTask {
+    /// Starts the task on `tracker`; it stops when `stop` (a child of the daemon's token) is
+    /// cancelled.
+    pub fn spawn(
+        tracker: &TaskTracker,
+        config: Arc<Config>,
+        db: Db,
+        shared: SampleShared,
+        stop: CancellationToken,
+    ) -> SampleTask {
+        let (tx, rx) = watch::channel((config, db));
+        let handle = tracker.spawn(run(rx, shared, stop.clone()));
+        SampleTask {
+            setup: tx,
+            stop,
+            handle,
+        }
+    }
+
+    /// A reloaded configuration (and pool) for the next ticks.
+    pub fn update(&self, config: Arc<Config>, db: Db) {
+        self.setup.send_replace((config, db));
+    }
+
+    /// Stops the task and waits at most `deadline` for it.
+    pub async fn stop(self, deadline: Duration) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(deadline, self.handle).await;
+    }
+}
+
+async fn run(
+    mut setup: watch::Receiver<(Arc<Config>, Db)>,
+    shared: SampleShared,
+    stop: CancellationToken,
+) {
+    let mut sampler = Sampler::new();
+    let (mut config, mut db) = setup.borrow_and_update().clone();
+    'setup: loop {
+        let Some(every) = config.activity.sample_interval else {
+            tracing::info!("active-session sampling is off (activity.sample_interval_ms = 0)");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = setup.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    (config, db) = setup.borrow_and_update().clone();
+                    continue 'setup;
+                }
+            }
+        };
+        let th = sampler.thresholds(&config);
+        tracing::info!(
+            interval_ms = every.as_millis() as u64,
+            spikes = config.spikes.enabled,
+            active_sessions = th.active_sessions,
+            load = th.load,
+            lock_wait_ms = th.lock_wait.map(|d| d.as_millis() as u64),
+            "active-session sampling on"
+        );
+        let start = Instant::now();
+        let mut ticks = Schedule::new(start, every);
+        let mut windows = Schedule::new(start, config.agent.collection_interval);
+        // The first window closes one interval from now.
+        let _ = windows.next_after(start);
+        let mut window_due = windows.next_after(start).at;
+        loop {
+            let tick = ticks.next_after(Instant::now());
+            tokio::select! {
+                _ = stop.cancelled() => return flush(&mut sampler, &config, &shared).await,
+                _ = tokio::time::sleep_until(tick.at) => {}
+                changed = setup.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    (config, db) = setup.borrow_and_update().clone();
+                    continue 'setup;
+                }
+            }
+            let t = tokio::select! {
+                _ = stop.cancelled() => return flush(&mut sampler, &config, &shared).await,
+                t = sampler.tick(&db, &config) => t,
+            };
+            let outcome = match &t.outcome {
+                Outcome::Sampled(_) => "ok",
+                Outcome::Busy => "busy",
+                Outcome::Unreachable(_) => "unreachable",
+                Outcome::Failed(e) => {
+                    tracing::debug!(error = %e, "active-session sample failed");
+                    "failed"
+                }
+            };
+            count(&shared.telemetry, "sampling", outcome);
+            if let Some(e) = &t.spike_error {
+                count(&shared.telemetry, "spikes", "failed");
+                tracing::warn!(event = "spike_snapshot_failed", error = %e,
+                    "a spike trigger fired but the snapshot failed");
+            }
+            if let Some(spike) = t.spike {
+                count(&shared.telemetry, "spikes", "ok");
+                tracing::info!(event = "spike", trigger = ?spike.extra.get("trigger"),
+                    value = ?spike.extra.get("trigger_value"), sessions = spike.count,
+                    "spike snapshot taken");
+                persist(spike, &shared).await;
+                shared.deliver.notify_one();
+            }
+            if Instant::now() >= window_due {
+                window_due = windows.next_after(Instant::now()).at;
+                if let Some(batch) = sampler.take_window(&config) {
+                    persist(batch, &shared).await;
+                }
+            }
+        }
+    }
+}
+
+/// The window so far, written to the outbox on stop if that is quick.
+async fn flush(sampler: &mut Sampler, config: &Config, shared: &SampleShared) {
+    if let Some(batch) = sampler.take_window(config) {
+        let _ = tokio::time::timeout(STOP_FLUSH, persist(batch, shared)).await;
+    }
+}
+
+fn count(telemetry: &Telemetry, collector: &str, outcome: &str) {
+    telemetry
+        .metrics
+        .collector_runs
+        .get_or_create(&CollectorOutcomeLabel {
+            collector: collector.into(),
+            outcome: outcome.into(),
+        })
+        .inc();
+}
+
+/// Writes one batch to the outbox off the scheduler, waiting at most [`PERSIST_DEADLINE`].
+async fn persist(batch: Batch, shared: &SampleShared) {
+    let (shipper, telemetry) = (shared.shipper.clone(), shared.telemetry.clone());
+    let kind = batch.kind;
+    let job = tokio::task::spawn_blocking(move || {
+        cycle::enqueue_all(std::slice::from_ref(&batch), &shipper, &telemetry)
+    });
+    if tokio::time::timeout(PERSIST_DEADLINE, job).await.is_err() {
+        tracing::error!(event = "outbox_write_stalled", r#type = %kind,
+            "writing a sampling batch to the outbox did not finish in time");
+    }
+}
