@@ -125,3 +125,48 @@ fn parse_log_keeps_unparsable_lines_and_counts_them() {
     assert_eq!(entries[1]["message"], "random noise from archive_command");
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 unparsed lines"));
 }
+
+/// Issue 13: a log written with Amazon RDS's prefix parsed nothing. Every entry must parse, with
+/// the prefix given and without it (inferred, and said so on stderr).
+#[test]
+fn parse_log_reads_amazon_rds_logs_with_and_without_prefix() {
+    const RDS: &str = "%t:%r:%u@%d:[%p]:";
+    let server = start_logging_server(RDS, "UTC");
+    let db = server.conn_str("postgres");
+    psql_lenient(&server, &db, "select 1/0", &[]);
+    let tcp = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        server.port
+    );
+    psql_lenient(&server, &tcp, "select 'over tcp'", &[]);
+    server.stop();
+    let json = log_files(&server, "json").remove(0);
+    let stderr = log_files(&server, "log").remove(0);
+    let run = |args: &[&str]| support::agent(args, &[]);
+    let from_json = lines(&run(&["parse-log", json.to_str().unwrap()]).stdout);
+    assert!(from_json.len() > 10);
+    for args in [
+        vec!["parse-log", "--prefix", RDS, stderr.to_str().unwrap()],
+        vec!["parse-log", stderr.to_str().unwrap()],
+    ] {
+        let out = run(&args);
+        assert!(out.status.success());
+        let entries = lines(&out.stdout);
+        let summary = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(entries.len(), from_json.len(), "{summary}");
+        assert!(
+            summary.contains(&format!("{} entries, 0 unparsed", from_json.len())),
+            "{summary}"
+        );
+        assert!(entries.iter().any(|e| e["remote_host"] == "[local]"));
+        assert!(entries
+            .iter()
+            .any(|e| e["remote_host"] == "127.0.0.1" && e["remote_port"].is_u64()));
+        if args.len() == 2 {
+            assert!(
+                summary.contains(&format!("inferred log_line_prefix '{RDS}'")),
+                "{summary}"
+            );
+        }
+    }
+}

@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use postgres_agent::logs::classify::sqlstate_class;
-use postgres_agent::logs::parse::LogFormat;
+use postgres_agent::logs::parse::{infer_prefix, LogFormat};
 use serde_json::{Map, Value};
 use support::logs::{log_files, parse_file, start_logging_server, workload};
 
@@ -151,7 +151,15 @@ fn assert_same(label: &str, expected: Vec<String>, actual: Vec<String>) {
     );
 }
 
-fn oracle(prefix: &str, timezone: &str) {
+/// The oracle, then prefix inference on the stderr file the server wrote: it must pick `prefix`.
+fn corpus(prefix: &str, timezone: &str) {
+    let sample = oracle(prefix, timezone);
+    let inferred = infer_prefix(&sample);
+    assert_eq!(inferred.prefix, prefix, "inferred {inferred}");
+}
+
+/// Returns the first 64 KiB of the stderr file.
+fn oracle(prefix: &str, timezone: &str) -> Vec<u8> {
     let started = std::time::SystemTime::now();
     let server = start_logging_server(prefix, timezone);
     workload(&server);
@@ -207,6 +215,16 @@ fn oracle(prefix: &str, timezone: &str) {
         "no verbose entry"
     );
     assert!(json.iter().any(|e| e.get("internal_query").is_some()));
+    // Every shape of client address: a Unix socket, IPv4 and IPv6 with ports.
+    for host in ["[local]", "127.0.0.1", "::1"] {
+        assert!(
+            json.iter().any(|e| e["remote_host"] == host),
+            "no entry from {host}"
+        );
+    }
+    assert!(json
+        .iter()
+        .any(|e| e["application_name"] == "app: [1], x,client=y @z"));
     assert!(json
         .iter()
         .any(|e| e["extracted"]["plan"]["Plan"].is_object()));
@@ -244,6 +262,9 @@ fn oracle(prefix: &str, timezone: &str) {
         sorted(expected),
         sorted(parsed),
     );
+    let mut sample = std::fs::read(one("log")).expect("read the stderr log");
+    sample.truncate(64 * 1024);
+    sample
 }
 
 /// Whether the prefix's only timestamp is `%t`, in whole seconds.
@@ -267,17 +288,60 @@ fn take_seconds(entries: &mut [Value]) -> Vec<i64> {
     secs
 }
 
+// The corpus: prefixes people run, each from public documentation (docs/logs.md cites them). Each
+// test also checks that prefix inference picks the prefix from the file alone.
+
 #[test]
-fn oracle_debian_prefix() {
-    oracle("%m [%p] %q%u@%d ", "UTC");
+fn corpus_debian_ubuntu_default() {
+    corpus("%m [%p] %q%u@%d ", "UTC");
 }
 
 #[test]
-fn oracle_pgbadger_prefix_with_zone_abbreviation() {
-    oracle(
+fn corpus_pgdg_rhel_default() {
+    corpus("%m [%p] ", "UTC");
+}
+
+#[test]
+fn corpus_amazon_rds_aurora() {
+    corpus("%t:%r:%u@%d:[%p]:", "UTC");
+}
+
+#[test]
+fn corpus_azure_flexible_server() {
+    corpus("%t-%c-", "UTC");
+}
+
+#[test]
+fn corpus_pgbadger_full() {
+    corpus(
         "%t [%p]: [%l-1] user=%u,db=%d,app=%a,client=%h ",
         "Europe/Berlin",
     );
+}
+
+#[test]
+fn corpus_pgbadger_without_line_numbers() {
+    corpus("%t [%p]: user=%u,db=%d,app=%a,client=%h ", "UTC");
+}
+
+#[test]
+fn corpus_pgbadger_minimal_line_numbers() {
+    corpus("%t [%p]: [%l-1] ", "UTC");
+}
+
+#[test]
+fn corpus_session_and_transaction_ids() {
+    corpus("%m [%p] %c %x %q%u@%d/%a ", "UTC");
+}
+
+#[test]
+fn corpus_query_id() {
+    corpus("%m [%p] %Q %q%u@%d ", "UTC");
+}
+
+#[test]
+fn corpus_time_only() {
+    corpus("%t ", "UTC");
 }
 
 #[test]

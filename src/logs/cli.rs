@@ -1,7 +1,8 @@
 //! `postgres-agent parse-log`: parses log files (or stdin) offline and prints one JSON entry per line.
 //!
 //! The format is detected per input from its first line unless given; for stderr without `--prefix`,
-//! the common `log_line_prefix` under which most of the first lines parse is used. A summary with the
+//! the `log_line_prefix` is inferred from the first 64 KiB ([`super::parse::infer`]) and the choice
+//! is printed on stderr. A summary with the
 //! counts of entries, unparsed lines and truncated entries goes to stderr, so nothing is dropped
 //! without a trace.
 
@@ -9,7 +10,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::parse::{detect_format, detect_prefix, LogFormat, Parser, MAX_ENTRY_BYTES};
+use super::parse::{detect_format, infer_prefix, LogFormat, Parser, MAX_ENTRY_BYTES};
 use super::reader::EntryReader;
 use super::{finish_entry, stats, Finisher};
 
@@ -77,7 +78,15 @@ fn parse_one(
     let format = forced.unwrap_or_else(|| detect_format(&sample));
     let prefix = match (&opts.prefix, format) {
         (Some(p), _) => p.clone(),
-        (None, LogFormat::Stderr) => detect_prefix(&sample).to_string(),
+        (None, LogFormat::Stderr) => {
+            let inferred = infer_prefix(&sample);
+            // Said on stderr, beside the summary: the entries go to stdout.
+            eprintln!(
+                "parse-log: {}: no --prefix given, inferred {inferred}",
+                path.display()
+            );
+            inferred.prefix.to_string()
+        }
         (None, _) => String::new(),
     };
     let parser = Parser::new(format, &prefix, MAX_ENTRY_BYTES);

@@ -48,7 +48,7 @@ pub mod tail;
 pub use entry::LogEntry;
 
 use crate::correlation;
-use crate::privacy::{LogFields, Privacy};
+use crate::privacy::{LogFields, Privacy, SqlSource};
 pub use parse::LogFormat;
 
 /// The settings [`finish_entry`] needs.
@@ -73,21 +73,44 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
             .as_ref()
             .and_then(|x| x.get("plan")?.get("Query Text")?.as_str())
     };
-    // auto_explain: the statement is the plan's "Query Text".
-    let sql = statement_text(e).or_else(plan_text);
-    let correlation = correlation::extract_from(sql, e.application_name.as_deref(), keys);
-    let fingerprint = sql.map(crate::privacy::fingerprint);
+    let (correlation, source, separate) = {
+        // auto_explain: the statement is the plan's "Query Text".
+        let sql = statement_text(e).or_else(plan_text);
+        let correlation = correlation::extract_from(sql, e.application_name.as_deref(), keys);
+        // The statement is fingerprinted in the lexing pass that masks it, when it is the
+        // `statement` field or the SQL of the message; any other text (a JSON plan's) on its own.
+        let source = match sql {
+            None => SqlSource::None,
+            Some(_) if e.statement.is_some() => SqlSource::Statement,
+            Some(s) => match crate::privacy::messages::message_sql(&e.message) {
+                Some((at, crate::privacy::messages::SqlPart::Statement))
+                    if e.message.get(at..).is_some_and(|m| std::ptr::eq(m, s)) =>
+                {
+                    SqlSource::Message
+                }
+                _ => SqlSource::None,
+            },
+        };
+        let separate = match source {
+            SqlSource::None => sql.map(crate::privacy::fingerprint),
+            _ => None,
+        };
+        (correlation, source, separate)
+    };
     e.correlation = correlation;
-    e.fingerprint = fingerprint;
-    f.privacy.apply_to_log(LogFields {
-        sqlstate: e.state_code.as_deref(),
-        message: &mut e.message,
-        detail: &mut e.detail,
-        hint: &mut e.hint,
-        context: &mut e.context,
-        statement: &mut e.statement,
-        query: &mut e.internal_query,
-    });
+    let (_, fingerprint) = f.privacy.apply_to_log_fingerprinting(
+        LogFields {
+            sqlstate: e.state_code.as_deref(),
+            message: &mut e.message,
+            detail: &mut e.detail,
+            hint: &mut e.hint,
+            context: &mut e.context,
+            statement: &mut e.statement,
+            query: &mut e.internal_query,
+        },
+        source,
+    );
+    e.fingerprint = separate.or_else(|| fingerprint.map(|fp| format!("{fp:016x}")));
     if f.privacy.obfuscate_queries {
         mask_json_plan(e);
     }

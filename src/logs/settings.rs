@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::parse::{detect_format, detect_prefix, LogFormat, MAX_ENTRY_BYTES};
+use super::parse::{detect_format, infer_prefix, LogFormat, MAX_ENTRY_BYTES};
 use super::source::{LogSource, ServerLogging};
 use super::Finisher;
 use crate::config::Config;
@@ -100,7 +100,18 @@ impl TailSettings {
         let prefix = match (&logs.line_prefix, server) {
             (Some(p), _) => p.clone(),
             (None, Some(s)) => s.prefix.clone(),
-            (None, None) => detect_prefix(&sample).to_string(),
+            (None, None) if format == LogFormat::Stderr => {
+                let inferred = infer_prefix(&sample);
+                tracing::info!(
+                    event = "log_prefix_inferred",
+                    prefix = inferred.prefix,
+                    matched = inferred.matched,
+                    lines = inferred.lines,
+                    "logs.line_prefix is unset and the server cannot be asked: inferred {inferred}"
+                );
+                inferred.prefix.to_string()
+            }
+            (None, None) => String::new(),
         };
         let source = if meta.is_dir() {
             LogSource::Dir { dir: path, format }

@@ -7,7 +7,9 @@ use std::borrow::Cow;
 use super::fields::{LogFields, TextField};
 use super::lexer::StringMode;
 use super::messages::{self, SqlPart};
-use super::obfuscate::{obfuscate_keeping_numbers_in, obfuscate_with, ObfuscateOptions};
+use super::obfuscate::{
+    fingerprint_and_obfuscate, obfuscate_keeping_numbers_in, obfuscate_with, ObfuscateOptions,
+};
 use super::redact::{self, RedactClass, RedactClasses, REDACTED};
 use super::PrivacyError;
 use crate::config::PrivacyConfig;
@@ -75,17 +77,82 @@ impl Privacy {
     pub fn apply_to_log(&self, mut fields: LogFields<'_>) -> usize {
         let redacted = redact::redact_log_secrets(&mut fields, self.redact);
         if self.obfuscate_queries {
-            self.obfuscate_log(&mut fields);
+            self.obfuscate_log(&mut fields, SqlSource::None);
         }
         redacted
     }
 
-    fn obfuscate_log(&self, fields: &mut LogFields<'_>) {
+    /// [`Privacy::apply_to_log`], and the fingerprint of the entry's SQL (`sql` says which text
+    /// holds it) taken from the same lexing pass that masks its literals: the log pipeline's hot
+    /// path, where every statement is both fingerprinted and masked. The fingerprint is that of the
+    /// raw text (as [`super::fingerprint()`] of it), and the fields end exactly as
+    /// [`Privacy::apply_to_log`] leaves them; only a field that redaction changed is lexed again.
+    pub fn apply_to_log_fingerprinting(
+        &self,
+        mut fields: LogFields<'_>,
+        sql: SqlSource,
+    ) -> (usize, Option<u64>) {
         let opts = self.options();
-        for field in [&mut *fields.statement, &mut *fields.query] {
-            update(field, |t| obfuscate_with(t, opts));
+        // (fingerprint, the field's new text if masking changes it, identity of the raw text).
+        let pass = |t: &str, head: &str| -> (u64, Option<String>) {
+            if !self.obfuscate_queries {
+                return (super::fingerprint::fingerprint_u64(t), None);
+            }
+            match fingerprint_and_obfuscate(t, opts) {
+                (fp, Cow::Owned(masked)) => (fp, Some(format!("{head}{masked}"))),
+                (fp, Cow::Borrowed(_)) => (fp, None),
+            }
+        };
+        let done = match sql {
+            SqlSource::None => None,
+            SqlSource::Statement => fields.statement.text().map(|t| (pass(t, ""), identity(t))),
+            SqlSource::Message => {
+                fields
+                    .message
+                    .text()
+                    .and_then(|m| match messages::message_sql(m) {
+                        Some((at, SqlPart::Statement)) => {
+                            Some((pass(&m[at..], &m[..at]), identity(m)))
+                        }
+                        _ => None,
+                    })
+            }
+        };
+        let redacted = redact::redact_log_secrets(&mut fields, self.redact);
+        let Some(((fp, masked), id)) = done else {
+            if self.obfuscate_queries {
+                self.obfuscate_log(&mut fields, SqlSource::None);
+            }
+            return (redacted, None);
+        };
+        if self.obfuscate_queries {
+            let target: &mut dyn TextField = match sql {
+                SqlSource::Statement => &mut *fields.statement,
+                _ => &mut *fields.message,
+            };
+            // Masked already, unless redaction rewrote it: then it is masked as it now reads.
+            let untouched = target.text().map(identity) == Some(id);
+            if untouched {
+                if let Some(masked) = masked {
+                    target.replace(masked);
+                }
+                self.obfuscate_log(&mut fields, sql);
+            } else {
+                self.obfuscate_log(&mut fields, SqlSource::None);
+            }
         }
-        update(fields.message, |t| obfuscate_message_with(t, opts));
+        (redacted, Some(fp))
+    }
+
+    fn obfuscate_log(&self, fields: &mut LogFields<'_>, done: SqlSource) {
+        let opts = self.options();
+        if done != SqlSource::Statement {
+            update(fields.statement, |t| obfuscate_with(t, opts));
+        }
+        update(fields.query, |t| obfuscate_with(t, opts));
+        if done != SqlSource::Message {
+            update(fields.message, |t| obfuscate_message_with(t, opts));
+        }
         update(fields.detail, |t| match messages::detail_sql(t) {
             Some(at) => mask_spans(t, &[(at, t.len())], opts),
             None => obfuscate_parameters_with(t, opts),
@@ -97,6 +164,24 @@ impl Privacy {
             mask_spans(t, &spans, opts)
         });
     }
+}
+
+/// Which field of a log entry holds the SQL to fingerprint (see
+/// [`Privacy::apply_to_log_fingerprinting`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SqlSource {
+    /// None: nothing is fingerprinted.
+    None,
+    /// The `statement` field.
+    Statement,
+    /// The SQL of a `statement:` / `execute <name>:` message (after `duration: ... ms  `).
+    Message,
+}
+
+/// Where a text lies in memory: equal before and after redaction exactly when redaction left the
+/// field alone (it replaces a field's text only when it changes it).
+fn identity(t: &str) -> (usize, usize) {
+    (t.as_ptr() as usize, t.len())
 }
 
 /// The SQL of a `statement:`, `execute <name>:`, `parse`/`bind` or auto_explain `plan:` message

@@ -13,7 +13,7 @@
 //! A text cut by `track_activity_query_size` fingerprints differently from its full form: the missing
 //! tail may hold anything, so no grouping across the cut is attempted.
 
-use super::lexer::{tokens, TokenKind};
+use super::lexer::{tokens, Token, TokenKind};
 
 /// 16 hex digits identifying the shape of `sql`.
 pub fn fingerprint(sql: &str) -> String {
@@ -25,15 +25,25 @@ const KEPT_BYTES: usize = 64 * 1024;
 
 /// The fingerprint as a number.
 pub fn fingerprint_u64(sql: &str) -> u64 {
+    with_scratch(|stream, out| {
+        stream.clear();
+        for token in tokens(sql) {
+            push(sql, stream, token);
+        }
+        hash(sql, stream, out)
+    })
+}
+
+/// Runs `f` with this thread's scratch buffers (a token stream and the normalised text), so
+/// fingerprinting, which runs once per log entry and activity record, does not allocate.
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Vec<Norm>, &mut String) -> R) -> R {
     thread_local! {
-        // Reused across calls: fingerprinting runs once per log entry and activity record.
         static BUFFERS: std::cell::RefCell<(Vec<Norm>, String)> = Default::default();
     }
     BUFFERS.with(|b| match b.try_borrow_mut() {
         Ok(mut b) => {
             let (stream, out) = &mut *b;
-            normalize_into(sql, stream, out);
-            let hash = xxhash_rust::xxh3::xxh3_64(out.as_bytes());
+            let r = f(stream, out);
             // A rare huge text must not pin its buffers for the life of the process.
             if out.capacity() > KEPT_BYTES {
                 *out = String::new();
@@ -41,14 +51,15 @@ pub fn fingerprint_u64(sql: &str) -> u64 {
             if stream.capacity() > KEPT_BYTES / std::mem::size_of::<Norm>() {
                 *stream = Vec::new();
             }
-            hash
+            r
         }
-        Err(_) => xxhash_rust::xxh3::xxh3_64(normalize(sql).as_bytes()),
+        Err(_) => f(&mut Vec::new(), &mut String::new()),
     })
 }
 
+/// A token of the normalised stream.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Norm {
+pub(super) enum Norm {
     Literal,
     /// A word, a quoted identifier, an operator or punctuation, by its span in the source.
     Text(usize, usize, TokenKind),
@@ -57,28 +68,36 @@ enum Norm {
 /// The normalised text that [`fingerprint`] hashes (see the module doc).
 pub fn normalize(sql: &str) -> String {
     let mut out = String::new();
-    normalize_into(sql, &mut Vec::new(), &mut out);
+    let mut stream = Vec::new();
+    for token in tokens(sql) {
+        push(sql, &mut stream, token);
+    }
+    write_normalized(sql, &stream, &mut out);
     out
 }
 
-/// [`normalize`] into `out`, with `stream` as scratch space (both cleared first).
-fn normalize_into(sql: &str, stream: &mut Vec<Norm>, out: &mut String) {
-    stream.clear();
-    out.clear();
-    for token in tokens(sql) {
-        let norm = match token.kind {
-            TokenKind::Whitespace | TokenKind::LineComment | TokenKind::BlockComment { .. } => {
-                continue
-            }
-            TokenKind::Literal { .. } | TokenKind::Param => Norm::Literal,
-            kind => Norm::Text(token.start, token.end, kind),
-        };
-        if norm == Norm::Literal && drops_unary_minus(sql, stream) {
-            stream.pop();
-        }
-        stream.push(norm);
-        collapse_literal_list(sql, stream);
+/// Adds one lexer token (in source order) to the normalised stream.
+pub(super) fn push(sql: &str, stream: &mut Vec<Norm>, token: Token) {
+    let norm = match token.kind {
+        TokenKind::Whitespace | TokenKind::LineComment | TokenKind::BlockComment { .. } => return,
+        TokenKind::Literal { .. } | TokenKind::Param => Norm::Literal,
+        kind => Norm::Text(token.start, token.end, kind),
+    };
+    if norm == Norm::Literal && drops_unary_minus(sql, stream) {
+        stream.pop();
     }
+    stream.push(norm);
+    collapse_literal_list(sql, stream);
+}
+
+/// The hash of the finished stream (`out` is scratch space).
+pub(super) fn hash(sql: &str, stream: &[Norm], out: &mut String) -> u64 {
+    write_normalized(sql, stream, out);
+    xxhash_rust::xxh3::xxh3_64(out.as_bytes())
+}
+
+fn write_normalized(sql: &str, stream: &[Norm], out: &mut String) {
+    out.clear();
     out.reserve(sql.len());
     for (i, norm) in stream.iter().enumerate() {
         if i > 0 {

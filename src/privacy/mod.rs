@@ -62,13 +62,13 @@ mod proptests;
 #[cfg(test)]
 mod redact_tests;
 
-pub use entry::{obfuscate_message, obfuscate_parameters, Privacy};
+pub use entry::{obfuscate_message, obfuscate_parameters, Privacy, SqlSource};
 pub use fields::{LogFields, TextField};
 pub use fingerprint::{fingerprint, normalize};
 pub use lexer::StringMode;
 pub use obfuscate::{
-    obfuscate, obfuscate_cow, obfuscate_with, unterminated_masked_total, ObfuscateOptions,
-    PLACEHOLDER,
+    fingerprint_and_obfuscate, obfuscate, obfuscate_cow, obfuscate_with, unterminated_masked_total,
+    ObfuscateOptions, PLACEHOLDER,
 };
 pub use redact::{
     redact_credentials, redact_log_secrets, redacted_total, RedactClass, RedactClasses, REDACTED,

@@ -53,6 +53,49 @@ pub fn obfuscate_with(sql: &str, options: ObfuscateOptions) -> Cow<'_, str> {
     mask(sql, options.strings, |_| !options.numbers)
 }
 
+/// The fingerprint of `sql` (as [`super::fingerprint::fingerprint_u64`]) and `sql` with its literals
+/// masked (as [`obfuscate_with`]), from one lexing pass when both read the text the same way (always,
+/// unless a backslash sits in it and `options.strings` is not [`StringMode::Standard`]): the log
+/// pipeline needs both for every statement it sees.
+pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, Cow<'_, str>) {
+    let one_pass = match options.strings {
+        StringMode::Standard => true,
+        _ => memchr::memchr(b'\\', sql.as_bytes()).is_none(),
+    };
+    if !one_pass || !options.numbers {
+        return (
+            super::fingerprint::fingerprint_u64(sql),
+            obfuscate_with(sql, options),
+        );
+    }
+    super::fingerprint::with_scratch(|stream, out| {
+        stream.clear();
+        let mut masked: Option<String> = None;
+        let (mut copied, mut unterminated) = (0, false);
+        for token in Lexer::new(sql, StringMode::Standard) {
+            if let TokenKind::Literal { terminated, .. } = token.kind {
+                let buf = masked.get_or_insert_with(|| String::with_capacity(sql.len()));
+                buf.push_str(&sql[copied..token.start]);
+                buf.push_str(PLACEHOLDER);
+                copied = token.end;
+                unterminated |= !terminated;
+            }
+            super::fingerprint::push(sql, stream, token);
+        }
+        if unterminated {
+            UNTERMINATED_MASKED.fetch_add(1, Ordering::Relaxed);
+        }
+        let text = match masked {
+            None => Cow::Borrowed(sql),
+            Some(mut buf) => {
+                buf.push_str(&sql[copied..]);
+                Cow::Owned(buf)
+            }
+        };
+        (super::fingerprint::hash(sql, stream, out), text)
+    })
+}
+
 /// Masks every literal except numbers that start inside one of the `keep` byte ranges (sorted):
 /// for EXPLAIN plans, whose cost and row-count lines are not user data while their conditions are.
 pub fn obfuscate_keeping_numbers_in<'s>(

@@ -177,6 +177,46 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The one-pass path of the log pipeline equals the two passes it replaces: the same
+    /// fingerprint and the same masked text, and `apply_to_log_fingerprinting` leaves every field as
+    /// `apply_to_log` does, whatever the policy.
+    #[test]
+    fn one_pass_equals_fingerprint_then_obfuscate(
+        s in prop_oneof![any::<String>(), "[a-zEUBXNP'\"$\\\\/*\\-&_0-9 \n():=,;.\u{e9}]{0,80}"],
+        mode in 0..3u8,
+        policy in 0..3u8,
+    ) {
+        let strings = [StringMode::Standard, StringMode::Escape, StringMode::Either][mode as usize];
+        let opts = ObfuscateOptions { strings, numbers: true };
+        let (fp, masked) = super::fingerprint_and_obfuscate(&s, opts);
+        prop_assert_eq!(format!("{fp:016x}"), fingerprint(&s));
+        prop_assert_eq!(masked, obfuscate_with(&s, opts));
+        let privacy = match policy {
+            0 => super::Privacy { strings, ..super::Privacy::default() },
+            1 => super::Privacy { redact: super::RedactClasses::ALL, strings, ..super::Privacy::default() },
+            _ => super::Privacy { obfuscate_queries: false, strings, ..super::Privacy::default() },
+        };
+        for (prefix, source) in [
+            ("duration: 1 ms  statement: ", super::SqlSource::Message),
+            ("execute x: ", super::SqlSource::Message),
+            ("", super::SqlSource::Statement),
+        ] {
+            let text = format!("{prefix}{s}");
+            let mut one: [Option<String>; 6] = std::array::from_fn(|_| Some(text.clone()));
+            let mut two = one.clone();
+            let [m, d, h, c, st, q] = &mut one;
+            let (_, got) = privacy.apply_to_log_fingerprinting(super::LogFields { sqlstate: None, message: m, detail: d, hint: h, context: c, statement: st, query: q }, source);
+            let [m, d, h, c, st, q] = &mut two;
+            privacy.apply_to_log(super::LogFields { sqlstate: None, message: m, detail: d, hint: h, context: c, statement: st, query: q });
+            prop_assert_eq!(&one, &two);
+            prop_assert_eq!(got.map(|f| format!("{f:016x}")), Some(fingerprint(&s)));
+        }
+    }
+}
+
 #[test]
 fn different_templates_have_different_fingerprints() {
     let lit = vec!["'v'".to_string()];

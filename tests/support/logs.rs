@@ -33,6 +33,13 @@ pub fn verbose_logging(prefix: &str, timezone: &str) -> Vec<String> {
         "auto_explain.log_format = 'json'".into(),
         "password_encryption = 'scram-sha-256'".into(),
         "max_parallel_workers_per_gather = 2".into(),
+        // IPv6 clients too, so `%r`/`%h` print `::1` (the harness listens on 127.0.0.1 only).
+        "listen_addresses = '127.0.0.1,::1'".into(),
+        // %Q prints 0 unless query identifiers are computed.
+        format!(
+            "compute_query_id = {}",
+            if prefix.contains("%Q") { "on" } else { "auto" }
+        ),
     ]
 }
 
@@ -45,7 +52,14 @@ pub fn start_logging_server(prefix: &str, timezone: &str) -> PgServer {
 
 /// Runs psql without failing on SQL errors (the workload makes errors on purpose).
 pub fn psql_lenient(server: &PgServer, conn: &str, sql: &str, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(server.bindir.join("psql"));
+    // Server-only builds (other majors) come without psql: any psql speaks to them.
+    let psql = server.bindir.join("psql");
+    let psql = if psql.exists() {
+        psql
+    } else {
+        PathBuf::from("psql")
+    };
+    let mut cmd = Command::new(psql);
     cmd.args(["-X", "-q", "-d", conn, "-c", sql]);
     for (k, v) in env {
         cmd.env(k, v);
@@ -72,6 +86,11 @@ pub fn workload(server: &PgServer) {
     );
     run(&db, "delete from vac where id % 2 = 0");
     run(&app, "select 1/0");
+    // An application name holding the separators prefixes put around %a.
+    run(
+        &format!("{db} application_name='app: [1], x,client=y @z'"),
+        "select 1/0",
+    );
     run(&app, "selec 1");
     run(&db, "select * from no_such_table");
     run(&db, "select 'héllo\n\twörld ✓ 😀' as \"naïve\",\n  2 as x");
@@ -109,6 +128,11 @@ pub fn workload(server: &PgServer) {
         "select 'ok over tcp'",
         &[("PGPASSWORD", "right")],
     );
+    let tcp6 = format!(
+        "host=::1 port={} user={} dbname=postgres",
+        server.port, SUPERUSER
+    );
+    psql_lenient(server, &tcp6, "select 'ok over ipv6'", &[]);
     // A lock wait that resolves, then a deadlock between two sessions.
     std::thread::scope(|s| {
         s.spawn(|| {

@@ -11,6 +11,7 @@
 //! skipped (and counted) rather than buffered.
 
 pub mod csv;
+pub mod infer;
 pub mod json;
 pub mod jsoncap;
 pub mod prefix;
@@ -155,32 +156,4 @@ pub fn detect_format(sample: &[u8]) -> LogFormat {
     LogFormat::Stderr
 }
 
-/// Common `log_line_prefix` values, tried in order when none is given: PostgreSQL's default since
-/// 10, Debian's, and the ones pgBadger's documentation recommends.
-pub const COMMON_PREFIXES: &[&str] = &[
-    "%m [%p] ",
-    "%m [%p] %q%u@%d ",
-    "%t [%p]: [%l-1] user=%u,db=%d,app=%a,client=%h ",
-    "%t [%p]: user=%u,db=%d,app=%a,client=%h ",
-    "%m [%p] %q[user=%u,db=%d,app=%a] ",
-    "%t [%p-%l] %q%u@%d ",
-    "%t [%p]: [%l-1] ",
-    "%m %u %d [%p] ",
-    "%t ",
-    "%m ",
-    "",
-];
-
-/// Picks the common prefix under which most of the sample's lines parse as entries.
-pub fn detect_prefix(sample: &[u8]) -> &'static str {
-    let lines: Vec<&[u8]> = sample.split(|b| *b == b'\n').take(200).collect();
-    let mut best = ("%m [%p] ", 0usize);
-    for candidate in COMMON_PREFIXES {
-        let p = stderr::StderrParser::new(candidate, MAX_ENTRY_BYTES);
-        let hits = lines.iter().filter(|l| p.is_entry_line(l)).count();
-        if hits > best.1 {
-            best = (candidate, hits);
-        }
-    }
-    best.0
-}
+pub use infer::{detect_prefix, infer_prefix, Inferred, COMMON_PREFIXES};

@@ -1,8 +1,8 @@
 //! `log_line_prefix`, compiled once into a matcher that splits a stderr line into its prefix fields
 //! and the text after the prefix, working on `&[u8]` without allocating.
 //!
-//! Every escape PostgreSQL documents is understood (`%a %u %d %r %h %b %p %P %t %m %n %i %e %c %l %s
-//! %v %x %q %Q %%`), with padding (`%-10u`, `%10p`). Escapes with a fixed shape (numbers, timestamps,
+//! Every escape PostgreSQL 13 to 18 documents is understood (`%a %u %d %r %h %L %b %p %P %t %m %n %i
+//! %e %c %l %s %v %x %q %Q %%`), with padding (`%-10u`, `%10p`). Escapes with a fixed shape (numbers, timestamps,
 //! session ids, SQLSTATEs) are matched by shape; free text (user, database, application, host, ps
 //! display, backend type) extends to a following literal, and the matcher backtracks when a value
 //! contains that literal, bounded by a step budget so no input can make it slow. A match is only
@@ -22,6 +22,7 @@ pub enum Field {
     Db,
     RemoteHostPort,
     RemoteHost,
+    LocalHost,
     BackendType,
     Pid,
     LeaderPid,
@@ -38,7 +39,7 @@ pub enum Field {
     QueryId,
 }
 
-const FIELDS: usize = 19;
+const FIELDS: usize = 20;
 
 /// Where each escape's value lies in the matched line (`start..end`, padding removed); None when
 /// the escape is absent from the prefix or printed nothing.
@@ -104,6 +105,7 @@ impl Prefix {
                 b'd' => Field::Db,
                 b'r' => Field::RemoteHostPort,
                 b'h' => Field::RemoteHost,
+                b'L' => Field::LocalHost,
                 b'b' => Field::BackendType,
                 b'p' => Field::Pid,
                 b'P' => Field::LeaderPid,
@@ -133,6 +135,14 @@ impl Prefix {
             items,
             source: source.to_string(),
         }
+    }
+
+    /// How many escapes the prefix has (`%%` is not one).
+    pub fn escapes(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|i| !matches!(i, Item::Lit(_)))
+            .count()
     }
 
     /// The `log_line_prefix` text this was compiled from.
@@ -214,9 +224,68 @@ impl Matcher<'_, '_> {
                 if !is_free(field) {
                     return None;
                 }
+                if is_host(field) {
+                    return self.host(i, field, pad, pos, f);
+                }
                 self.free_text(i, field, pad, pos, f)
             }
         }
+    }
+
+    /// A host escape: its value has a shape too, tried in this order so that an IPv6 address
+    /// (`::1(5432)`) is not cut at a colon the prefix puts after it: `[local]` (a Unix socket),
+    /// `host(port)` for `%r`, a host name or address (longest first), then nothing (a process
+    /// without a client connection prints nothing). A host holds no spaces, commas, `@` or
+    /// brackets, which is what resolves a free-text value before it (an application name).
+    fn host(
+        &mut self,
+        i: usize,
+        field: Field,
+        pad: i32,
+        pos: usize,
+        f: &mut PrefixFields,
+    ) -> Option<usize> {
+        let line = self.line;
+        let start = if pad > 0 { skip_spaces(line, pos) } else { pos };
+        let b = &line[start..];
+        let try_len = |m: &mut Self, n: usize, f: &mut PrefixFields| -> Option<usize> {
+            let vend = start + n;
+            let mut end = vend;
+            if pad < 0 {
+                while end < line.len()
+                    && line[end] == b' '
+                    && end - pos < pad.unsigned_abs() as usize
+                {
+                    end += 1;
+                }
+            }
+            let r = m.at(i + 1, end, f)?;
+            f[field as usize] = (n > 0).then_some((start as u32, vend as u32));
+            Some(r)
+        };
+        if b.starts_with(b"[local]") {
+            if let Some(r) = try_len(self, 7, f) {
+                return Some(r);
+            }
+        }
+        let h = count_while(b, host_byte);
+        if field == Field::RemoteHostPort && b.get(h) == Some(&b'(') {
+            let d = count_while(&b[h + 1..], |c| c.is_ascii_digit());
+            if d > 0 && b.get(h + 1 + d) == Some(&b')') {
+                if let Some(r) = try_len(self, h + d + 2, f) {
+                    return Some(r);
+                }
+            }
+        }
+        for n in (0..=h).rev() {
+            if *self.budget == 0 {
+                return None;
+            }
+            if let Some(r) = try_len(self, n, f) {
+                return Some(r);
+            }
+        }
+        None
     }
 
     /// Tries each place a free-text value could end, shortest first.
@@ -283,9 +352,22 @@ fn is_free(field: Field) -> bool {
             | Field::Db
             | Field::RemoteHostPort
             | Field::RemoteHost
+            | Field::LocalHost
             | Field::BackendType
             | Field::Ps
     )
+}
+
+fn is_host(field: Field) -> bool {
+    matches!(
+        field,
+        Field::RemoteHostPort | Field::RemoteHost | Field::LocalHost
+    )
+}
+
+/// Bytes a host name or an IPv4/IPv6 address (with a `%zone`) is made of.
+fn host_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b':' | b'-' | b'_' | b'%')
 }
 
 fn skip_spaces(line: &[u8], mut pos: usize) -> usize {
@@ -321,7 +403,14 @@ fn shape_len(field: Field, b: &[u8]) -> Option<usize> {
             let n = count_while(&b[sign..], |c| c.is_ascii_digit());
             (n > 0).then_some(sign + n)
         }
-        Field::TimeMs | Field::TimeNoMs | Field::SessionStart => parse_pg_time(b).map(|(_, n)| n),
+        // %m always has milliseconds, %t and %s never: telling them apart lets prefix inference
+        // choose between `%m ` and `%t `.
+        Field::TimeMs => parse_pg_time(b)
+            .filter(|_| b.get(19) == Some(&b'.'))
+            .map(|(_, n)| n),
+        Field::TimeNoMs | Field::SessionStart => parse_pg_time(b)
+            .filter(|_| b.get(19) == Some(&b' '))
+            .map(|(_, n)| n),
         Field::Epoch => parse_epoch(b).map(|(_, n)| n),
         Field::SessionId => {
             let a = count_while(b, |c| c.is_ascii_hexdigit());
@@ -399,6 +488,78 @@ mod tests {
         let (f, _) = p.matches(line, &log_accept).unwrap();
         assert_eq!(get(line, &f, Field::User), None);
         assert_eq!(get(line, &f, Field::Vxid), None);
+    }
+
+    fn sev_accept(rest: &[u8]) -> bool {
+        log_accept(rest) || rest.starts_with(b"LOG:  ")
+    }
+
+    #[test]
+    fn amazon_rds_prefix_every_value_shape() {
+        let p = Prefix::compile("%t:%r:%u@%d:[%p]:");
+        type Case<'a> = (&'a [u8], Option<&'a str>, Option<&'a str>, Option<&'a str>);
+        let cases: &[Case] = &[
+            (b"2026-11-27 00:18:57 UTC::@:[6831]:LOG:  checkpoint starting: time", None, None, None),
+            (b"2026-11-27 00:18:57 UTC:10.0.1.7(53412):app_user@shop:[7001]:LOG:  connection authorized", Some("10.0.1.7(53412)"), Some("app_user"), Some("shop")),
+            (b"2026-11-27 00:18:57 UTC:[local]:postgres@postgres:[7002]:ERROR:  boom", Some("[local]"), Some("postgres"), Some("postgres")),
+            (b"2026-11-27 00:18:57 UTC:::1(5432):a:b@c@d:e:[7003]:LOG:  x", Some("::1(5432)"), Some("a:b"), Some("c@d:e")),
+            (b"2026-11-27 00:18:57 UTC:fe80::1%eth0(41000):u@[d]:[7004]:LOG:  x", Some("fe80::1%eth0(41000)"), Some("u"), Some("[d]")),
+        ];
+        let h = Prefix::compile("%t:%h:%u@%d:");
+        let line = b"2026-11-27 00:18:57 UTC:::1:post:gres@db:LOG:  x";
+        let (f, _) = h.matches(line, &sev_accept).unwrap();
+        assert_eq!(get(line, &f, Field::RemoteHost), Some("::1:post"));
+        assert_eq!(get(line, &f, Field::User), Some("gres"));
+        for (line, r, u, d) in cases {
+            let (f, end) = p
+                .matches(line, &sev_accept)
+                .unwrap_or_else(|| panic!("no match: {}", String::from_utf8_lossy(line)));
+            assert!(sev_accept(&line[end..]));
+            assert!(get(line, &f, Field::TimeNoMs).is_some());
+            assert_eq!(get(line, &f, Field::RemoteHostPort), *r);
+            assert_eq!(get(line, &f, Field::User), *u);
+            assert_eq!(get(line, &f, Field::Db), *d);
+            assert!(get(line, &f, Field::Pid).is_some());
+        }
+    }
+
+    #[test]
+    fn application_names_with_separators_are_resolved_by_the_fields_after_them() {
+        let p = Prefix::compile("%t [%p]: user=%u,db=%d,app=%a,client=%h ");
+        let line = b"2026-11-27 00:18:57 CET [9]: user=u,db=d,app=my app: [1], x,client=y,client=::1 LOG:  hi";
+        let (f, end) = p.matches(line, &sev_accept).unwrap();
+        assert_eq!(
+            get(line, &f, Field::AppName),
+            Some("my app: [1], x,client=y")
+        );
+        assert_eq!(get(line, &f, Field::RemoteHost), Some("::1"));
+        assert_eq!(&line[end..], b"LOG:  hi");
+        let p = Prefix::compile("%m [%p] %q[user=%u,db=%d,app=%a] ");
+        let line = b"2026-11-27 00:18:57.123 UTC [9] [user=u,db=d,app=a] b, [c]] ERROR:  hi";
+        let (f, _) = p.matches(line, &sev_accept).unwrap();
+        assert_eq!(get(line, &f, Field::AppName), Some("a] b, [c]"));
+        let line = b"2026-11-27 00:18:57.123 UTC [9] LOG:  background";
+        let (f, _) = p.matches(line, &sev_accept).unwrap();
+        assert_eq!(get(line, &f, Field::AppName), None);
+    }
+
+    #[test]
+    fn azure_prefix_and_local_address() {
+        let p = Prefix::compile("%t-%c-");
+        let line = b"2026-11-27 00:18:57 UTC-6746c2d1.1a2b-LOG:  x";
+        let (f, _) = p.matches(line, &sev_accept).unwrap();
+        assert_eq!(get(line, &f, Field::SessionId), Some("6746c2d1.1a2b"));
+        let p = Prefix::compile("%m %-15L|%r ");
+        let line = b"2026-11-27 00:18:57.001 UTC 127.0.0.1      |127.0.0.1(5000) LOG:  x";
+        let (f, _) = p.matches(line, &sev_accept).unwrap();
+        assert_eq!(get(line, &f, Field::LocalHost), Some("127.0.0.1"));
+        assert_eq!(
+            get(line, &f, Field::RemoteHostPort),
+            Some("127.0.0.1(5000)")
+        );
+        let line = b"2026-11-27 00:18:57.001 UTC                |[local] LOG:  x";
+        let (f, _) = p.matches(line, &sev_accept).unwrap();
+        assert_eq!(get(line, &f, Field::LocalHost), None);
     }
 
     #[test]

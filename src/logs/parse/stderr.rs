@@ -102,6 +102,23 @@ impl StderrParser {
         matches!(self.classify(line, None), (Kind::Start(_), _))
     }
 
+    /// How `line` fits this prefix: None when it neither starts an entry nor is a prefixed
+    /// auxiliary line (`DETAIL:`, `STATEMENT:`, ...); else how many prefix fields of an entry's
+    /// first line have a value (0 for an auxiliary line). Prefix inference scores with this.
+    pub fn fit(&self, line: &[u8]) -> Option<usize> {
+        let mut fields = PrefixFields::default();
+        match self.classify(line, Some(&mut fields)) {
+            (Kind::Start(_), _) => Some(fields.iter().filter(|f| f.is_some()).count()),
+            (Kind::Aux(_), _) => Some(0),
+            _ => None,
+        }
+    }
+
+    /// How many escapes the prefix has.
+    pub fn prefix_escapes(&self) -> usize {
+        self.prefix.escapes()
+    }
+
     fn classify(&self, line: &[u8], fields: Option<&mut PrefixFields>) -> (Kind, usize) {
         if line.first() == Some(&b'\t') {
             return (Kind::Cont, 1);

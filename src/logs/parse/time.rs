@@ -138,12 +138,7 @@ pub fn parse_pg_time(b: &[u8]) -> Option<(Option<Timestamp>, usize)> {
         return None;
     }
     let zstart = pos + 1;
-    let mut zend = zstart;
-    while zend < b.len()
-        && (b[zend].is_ascii_alphanumeric() || matches!(b[zend], b'+' | b'-' | b':'))
-    {
-        zend += 1;
-    }
+    let zend = zstart + zone_len(&b[zstart..]);
     if zend == zstart {
         return None;
     }
@@ -154,6 +149,35 @@ pub fn parse_pg_time(b: &[u8]) -> Option<(Option<Timestamp>, usize)> {
         Timestamp(secs * 1000 + millis as i64)
     });
     Some((ts, zend))
+}
+
+/// The length of the zone PostgreSQL prints after a timestamp: an abbreviation (letters, as tzdata
+/// writes them: `UTC`, `CEST`, `ChST`) or a numeric offset (`+03`, `-0530`; PostgreSQL never
+/// prints a colon here). Kept this strict because prefixes put separators right after the zone:
+/// `%t:%r:` (Amazon RDS) or `%t-%c-` (Azure) must not read `UTC:` or `UTC-6746c2d1` as a zone.
+fn zone_len(b: &[u8]) -> usize {
+    match b.first() {
+        Some(b'+' | b'-') => {
+            let digits = b[1..]
+                .iter()
+                .take(6)
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            if matches!(digits, 2 | 4 | 6) {
+                1 + digits
+            } else if digits > 2 {
+                // `+053` is no offset; take the hours only.
+                3
+            } else {
+                0
+            }
+        }
+        _ => b
+            .iter()
+            .take(8)
+            .take_while(|c| c.is_ascii_alphabetic())
+            .count(),
+    }
 }
 
 /// Parses `%n`: epoch seconds with a fractional part (`1732676700.123`).
@@ -192,14 +216,14 @@ pub fn parse_epoch(b: &[u8]) -> Option<(Timestamp, usize)> {
 fn zone_offset_secs(z: &[u8]) -> Option<i32> {
     if let Some(&sign) = z.first() {
         if sign == b'+' || sign == b'-' {
-            let rest: Vec<u8> = z[1..].iter().copied().filter(|c| *c != b':').collect();
+            let rest = &z[1..];
             let (h, m, s) = match rest.len() {
-                2 => (digits(&rest, 0, 2)?, 0, 0),
-                4 => (digits(&rest, 0, 2)?, digits(&rest, 2, 2)?, 0),
+                2 => (digits(rest, 0, 2)?, 0, 0),
+                4 => (digits(rest, 0, 2)?, digits(rest, 2, 2)?, 0),
                 6 => (
-                    digits(&rest, 0, 2)?,
-                    digits(&rest, 2, 2)?,
-                    digits(&rest, 4, 2)?,
+                    digits(rest, 0, 2)?,
+                    digits(rest, 2, 2)?,
+                    digits(rest, 4, 2)?,
                 ),
                 _ => return None,
             };
@@ -252,8 +276,17 @@ mod tests {
 
     #[test]
     fn applies_numeric_offsets_and_abbreviations() {
-        let (ts, _) = parse_pg_time(b"2024-02-29 23:30:00 +05:30").unwrap();
+        let (ts, _) = parse_pg_time(b"2024-02-29 23:30:00 +0530").unwrap();
         assert_eq!(ts.unwrap().to_string(), "2024-02-29T18:00:00.000Z");
+        // Separators right after the zone (Amazon RDS, Azure) are not part of it.
+        let (ts, n) = parse_pg_time(b"2024-02-29 23:30:00 UTC:[local]:").unwrap();
+        assert_eq!(n, 23);
+        assert_eq!(ts.unwrap().to_string(), "2024-02-29T23:30:00.000Z");
+        let (_, n) = parse_pg_time(b"2024-02-29 23:30:00 UTC-6746c2d1.1a2b-LOG").unwrap();
+        assert_eq!(n, 23);
+        let (ts, n) = parse_pg_time(b"2024-02-29 23:30:00 -03-6746c2d1.1a2b-LOG").unwrap();
+        assert_eq!(n, 23);
+        assert_eq!(ts.unwrap().to_string(), "2024-03-01T02:30:00.000Z");
         let (ts, _) = parse_pg_time(b"2024-01-01 00:00:00.5 CET").unwrap();
         assert_eq!(ts.unwrap().to_string(), "2023-12-31T23:00:00.500Z");
         let (ts, _) = parse_pg_time(b"2024-07-01 01:00:00 -03").unwrap();
