@@ -4,11 +4,12 @@
 
 mod support;
 
-use postgres_agent::collect::{counters, Collectors, Outcome};
+use postgres_agent::collect::{Collectors, Outcome};
 use postgres_agent::db::Db;
 use postgres_agent::ship::batch::BatchKind;
+use postgres_agent::telemetry::registry::{Counters, Event};
 use serde_json::Value;
-use support::collect::{batch, check, client, cycle, validate};
+use support::collect::{batch, check, client, cycle_counted, validate};
 use support::{agent_config, rt, PgOptions, PgServer};
 
 fn statements(report: &postgres_agent::collect::CycleReport) -> Value {
@@ -43,13 +44,14 @@ fn calls_between_two_cycles_are_exact_across_a_restart_and_in_memory() {
     let state = tempfile::tempdir().unwrap();
     let config = agent_config(&server, state.path(), "");
     rt().block_on(async {
+        let tally = Counters::default();
         server.psql(
             "postgres",
             "CREATE TABLE delta_probe AS SELECT g AS id FROM generate_series(1, 100) g",
         );
         let app = client(&server, "postgres", "app").await;
         // First cycle: no baseline yet, so an empty batch that says so.
-        let first = statements(&cycle(&config).await);
+        let first = statements(&cycle_counted(&config, &tally).await);
         assert_eq!(first["baseline"], "new");
         assert_eq!(first["count"], 0);
         assert!(state.path().join("statements-baseline.json").exists());
@@ -60,7 +62,7 @@ fn calls_between_two_cycles_are_exact_across_a_restart_and_in_memory() {
                 .unwrap();
         }
         // Fresh collectors: the baseline comes from disk, as after a restart or a second `once`.
-        let second = statements(&cycle(&config).await);
+        let second = statements(&cycle_counted(&config, &tally).await);
         assert_eq!(second["baseline"], "continued");
         let probe = matching(&second, "FROM delta_probe");
         assert_eq!(probe.len(), 1, "{second}");
@@ -129,7 +131,7 @@ fn calls_between_two_cycles_are_exact_across_a_restart_and_in_memory() {
                 "{rec}"
             );
         }
-        assert!(counters().statements_agent_own > 0);
+        assert!(tally.get(Event::StatementsAgentOwn) > 0);
 
         // In memory: one set of collectors over three cycles.
         let db = Db::new(&config.postgres, &config.safety).unwrap();
@@ -154,15 +156,16 @@ fn a_stats_reset_between_cycles_is_flagged_and_never_negative() {
     let state = tempfile::tempdir().unwrap();
     let config = agent_config(&server, state.path(), "");
     rt().block_on(async {
+        let tally = Counters::default();
         server.psql("postgres", "CREATE TABLE reset_probe (id int)");
         let app = client(&server, "postgres", "app").await;
-        let _ = cycle(&config).await;
+        let _ = cycle_counted(&config, &tally).await;
         for _ in 0..5 {
             app.batch_execute("SELECT * FROM reset_probe WHERE id = 1")
                 .await
                 .unwrap();
         }
-        let before = statements(&cycle(&config).await);
+        let before = statements(&cycle_counted(&config, &tally).await);
         assert_eq!(matching(&before, "FROM reset_probe")[0]["calls"], 5);
         assert_eq!(before["stats_reset"], false);
 
@@ -179,15 +182,15 @@ fn a_stats_reset_between_cycles_is_flagged_and_never_negative() {
                 .await
                 .unwrap();
         }
-        let resets_before = counters().statements_reset_entries;
-        let after = statements(&cycle(&config).await);
+        let resets_before = tally.get(Event::StatementsResetEntries);
+        let after = statements(&cycle_counted(&config, &tally).await);
         let r = matching(&after, "FROM reset_probe");
         assert_eq!(r.len(), 1, "{after}");
         // Only what ran since the reset: never 2 - 5, never 5 + 3 + 2.
         assert_eq!(r[0]["calls"], 2);
         assert_eq!(r[0]["reset"], true);
         assert_never_negative(&after);
-        assert!(counters().statements_reset_entries > resets_before);
+        assert!(tally.get(Event::StatementsResetEntries) > resets_before);
         if server.major() >= 14 {
             assert_eq!(after["stats_reset"], true);
         }
@@ -200,8 +203,9 @@ fn top_statements_by_total_time_are_kept_and_the_rest_counted() {
     let state = tempfile::tempdir().unwrap();
     let config = agent_config(&server, state.path(), "[safety]\nmax_statement_rows = 3\n");
     rt().block_on(async {
+        let tally = Counters::default();
         let app = client(&server, "postgres", "app").await;
-        let _ = cycle(&config).await;
+        let _ = cycle_counted(&config, &tally).await;
         // Ten statements of distinct shapes; the slow one must be first.
         app.batch_execute("SELECT pg_sleep(0.2)").await.unwrap();
         for n in 1..10 {
@@ -210,12 +214,12 @@ fn top_statements_by_total_time_are_kept_and_the_rest_counted() {
                 .await
                 .unwrap();
         }
-        let omitted_before = counters().statements_omitted;
-        let b = statements(&cycle(&config).await);
+        let omitted_before = tally.get(Event::StatementsOmitted);
+        let b = statements(&cycle_counted(&config, &tally).await);
         assert_eq!(b["count"], 3, "{b}");
         let omitted = b["omitted"].as_u64().unwrap();
         assert!(omitted >= 7, "{b}");
-        assert!(counters().statements_omitted >= omitted_before + omitted);
+        assert!(tally.get(Event::StatementsOmitted) >= omitted_before + omitted);
         assert!(
             b["data"][0]["query"].as_str().unwrap().contains("pg_sleep"),
             "{b}"
@@ -242,8 +246,9 @@ fn without_the_extension_statements_are_skipped_and_the_rest_still_run() {
     let state = tempfile::tempdir().unwrap();
     let config = agent_config(&server, state.path(), "");
     rt().block_on(async {
-        let before = counters().statements_unavailable;
-        let report = cycle(&config).await;
+        let tally = Counters::default();
+        let before = tally.get(Event::StatementsUnavailable);
+        let report = cycle_counted(&config, &tally).await;
         let run = report.runs.iter().find(|r| r.name == "statements").unwrap();
         assert_eq!(run.outcome, Outcome::Skipped);
         assert!(report.all_ok(), "{:?}", report.runs);
@@ -258,11 +263,11 @@ fn without_the_extension_statements_are_skipped_and_the_rest_still_run() {
         ] {
             let _ = batch(&report, kind);
         }
-        assert!(counters().statements_unavailable > before);
+        assert!(tally.get(Event::StatementsUnavailable) > before);
 
         // Created but not preloaded: the library refuses (SQLSTATE 55000); still a skip, not a failure.
         server.psql("postgres", "CREATE EXTENSION pg_stat_statements");
-        let report = cycle(&config).await;
+        let report = cycle_counted(&config, &tally).await;
         let run = report.runs.iter().find(|r| r.name == "statements").unwrap();
         assert_eq!(run.outcome, Outcome::Skipped, "{:?}", report.runs);
         assert_eq!(report.batches.len(), 3);
@@ -337,11 +342,12 @@ fn a_damaged_baseline_is_moved_aside_and_a_new_one_starts() {
     let state = tempfile::tempdir().unwrap();
     let config = agent_config(&server, state.path(), "");
     rt().block_on(async {
-        let first = statements(&cycle(&config).await);
+        let tally = Counters::default();
+        let first = statements(&cycle_counted(&config, &tally).await);
         assert_eq!(first["baseline"], "new");
         let file = state.path().join("statements-baseline.json");
         std::fs::write(&file, b"{\"format\": 1, \"entries\": [garbage").unwrap();
-        let second = statements(&cycle(&config).await);
+        let second = statements(&cycle_counted(&config, &tally).await);
         assert_eq!(second["baseline"], "new", "{second}");
         let moved: Vec<String> = std::fs::read_dir(state.path())
             .unwrap()
@@ -350,7 +356,7 @@ fn a_damaged_baseline_is_moved_aside_and_a_new_one_starts() {
             .filter(|n| n.starts_with("statements-baseline.json.corrupt-"))
             .collect();
         assert_eq!(moved.len(), 1, "{moved:?}");
-        let third = statements(&cycle(&config).await);
+        let third = statements(&cycle_counted(&config, &tally).await);
         assert_eq!(third["baseline"], "continued", "{third}");
     });
 }

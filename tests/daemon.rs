@@ -372,9 +372,61 @@ fn health_is_503_while_batches_cannot_be_stored() {
             .contains("could not be stored or printed"),
         "{body}"
     );
+    // `status`, another process, shows the same counters as /metrics.
+    wait_until(
+        Duration::from_secs(30),
+        "status to show the lost batches",
+        || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_postgres-agent"))
+                .args(["status", &config])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let (_, metrics) = http_get(port, "/metrics");
+            let exported = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("postgres_agent_enqueue_failures_total "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            exported > 0 && text.contains("enqueue_failures ")
+        },
+    );
     let _ = std::process::Command::new("kill")
         .arg(child.id().to_string())
         .status();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// A working agent without pg_stat_statements is `degraded`, not unhealthy: 200, with the fix.
+#[test]
+fn health_is_200_degraded_without_pg_stat_statements() {
+    let server = PgServer::start_with(PgOptions {
+        pg_stat_statements: false,
+        ..PgOptions::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        &server,
+        state.path(),
+        None,
+        port,
+        "[logs]\nenabled = false\n",
+    );
+    let _agent = AgentChild::spawn(&["run", &config], &[]);
+    wait_until(Duration::from_secs(30), "a degraded 200", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http_get(port, "/health").0 == 200
+    });
+    let (_, body) = http_get(port, "/health");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert!(
+        body["warnings"]["pg_stat_statements"]
+            .as_str()
+            .unwrap()
+            .contains("CREATE EXTENSION"),
+        "{body}"
+    );
 }

@@ -5,10 +5,11 @@
 use serde::Serialize;
 use tokio_postgres::types::Type;
 
-use super::{col, counters, query_text, round_ms, CollectError, Collected, Collector, Context};
+use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
 use crate::correlation::{self, Correlation};
 use crate::db::APPLICATION_NAME;
 use crate::ship::batch::{format_rfc3339, BatchKind};
+use crate::telemetry::registry::Event;
 
 /// One backend.
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +84,7 @@ impl Collector for ActivityCollector {
         ctx: &mut Context<'_>,
     ) -> Result<Option<Collected<ActivityRecord>>, CollectError> {
         let config = ctx.config;
+        let counters = ctx.counters;
         let (session, server) = ctx.db()?;
         // One character more than the limit, so query_text can tell a cut text from a full one.
         let text_chars = (config.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
@@ -103,7 +105,7 @@ impl Collector for ActivityCollector {
             None => 0,
         };
         let omitted = (total - rows.len() as i64).max(0) as u64;
-        counters::ACTIVITY_ROWS_OMITTED.add(omitted);
+        counters.add(Event::ActivityRowsOmitted, omitted);
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
             let raw: Option<String> = col(row, QUERY, "query")?;

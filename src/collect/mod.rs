@@ -14,7 +14,6 @@
 //! [`counters`]. This module does not ship anything: the caller decides where batches go.
 
 pub mod activity;
-pub mod counters;
 pub mod locks;
 pub mod sampling;
 pub mod spikes;
@@ -30,8 +29,7 @@ use crate::config::Config;
 use crate::db::{Db, DbError, ServerInfo, Session, QUERY_TAG};
 use crate::privacy::Privacy;
 use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
-
-pub use counters::{counters, CounterSnapshot};
+use crate::telemetry::registry::{Counters, Event};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
@@ -82,6 +80,8 @@ pub struct ServerContext {
 /// What a collector gets to read from.
 pub struct Context<'a> {
     pub config: &'a Config,
+    /// Where the collectors count what they skip, drop or cut.
+    pub counters: &'a Counters,
     /// None when the server could not be reached this cycle.
     pub server: Option<&'a ServerContext>,
     /// A session from the pool; None when the server is unreachable (host collectors still run).
@@ -184,6 +184,7 @@ impl CycleReport {
 
 /// The collectors and the state they keep between cycles. The daemon holds one for its lifetime.
 pub struct Collectors {
+    counters: Counters,
     activity: activity::ActivityCollector,
     statements: statements::StatementsCollector,
     locks: locks::LocksCollector,
@@ -191,8 +192,15 @@ pub struct Collectors {
 }
 
 impl Collectors {
+    /// Collectors counting into counters of their own (see [`Collectors::with_counters`]).
     pub fn new(config: &Config) -> Collectors {
+        Collectors::with_counters(config, Counters::default())
+    }
+
+    /// Collectors counting into `counters` (the daemon's, exported on /metrics).
+    pub fn with_counters(config: &Config, counters: Counters) -> Collectors {
         Collectors {
+            counters,
             activity: activity::ActivityCollector,
             statements: statements::StatementsCollector::new(&config.agent.state_dir),
             locks: locks::LocksCollector,
@@ -206,6 +214,11 @@ impl Collectors {
         let mut c = Collectors::new(config);
         c.statements = statements::StatementsCollector::new(&config.agent.state_dir).read_only();
         c
+    }
+
+    /// What these collectors counted.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Runs one cycle: reads the server's identity, then each collector in turn under its own
@@ -237,10 +250,11 @@ impl Collectors {
             duration: Duration::ZERO,
         };
         let server = server.as_ref();
-        run_one(&mut self.activity, db, config, server, &mut out).await;
-        run_one(&mut self.statements, db, config, server, &mut out).await;
-        run_one(&mut self.locks, db, config, server, &mut out).await;
-        run_one(&mut self.system, db, config, server, &mut out).await;
+        let c = &self.counters;
+        run_one(&mut self.activity, db, config, c, server, &mut out).await;
+        run_one(&mut self.statements, db, config, c, server, &mut out).await;
+        run_one(&mut self.locks, db, config, c, server, &mut out).await;
+        run_one(&mut self.system, db, config, c, server, &mut out).await;
         out.duration = started.elapsed();
         out
     }
@@ -256,6 +270,7 @@ async fn run_one<C: Collector>(
     collector: &mut C,
     db: &Db,
     config: &Config,
+    counters: &Counters,
     server: Option<&ServerContext>,
     out: &mut CycleReport,
 ) {
@@ -264,13 +279,20 @@ async fn run_one<C: Collector>(
         (true, Some(_)) => match db.session().await {
             Ok(s) => Some(s),
             Err(e) => {
-                finish::<C>(out, started, Err(CollectError::Db(e)), config, server);
+                finish::<C>(
+                    out,
+                    started,
+                    Err(CollectError::Db(e)),
+                    config,
+                    counters,
+                    server,
+                );
                 return;
             }
         },
         (true, None) => {
             let e = CollectError::NoSession("the server is not reachable".into());
-            finish::<C>(out, started, Err(e), config, server);
+            finish::<C>(out, started, Err(e), config, counters, server);
             return;
         }
         // Host collectors use the database only for optional facts (paths, pids), when reachable.
@@ -281,6 +303,7 @@ async fn run_one<C: Collector>(
     let result = {
         let mut ctx = Context {
             config,
+            counters,
             server,
             session: session.as_mut(),
         };
@@ -295,7 +318,7 @@ async fn run_one<C: Collector>(
             s.discard();
         }
     }
-    finish::<C>(out, started, result, config, server);
+    finish::<C>(out, started, result, config, counters, server);
 }
 
 fn finish<C: Collector>(
@@ -303,6 +326,7 @@ fn finish<C: Collector>(
     started: Instant,
     result: Result<Option<Collected<C::Record>>, CollectError>,
     config: &Config,
+    counters: &Counters,
     server: Option<&ServerContext>,
 ) {
     let outcome = match result {
@@ -313,20 +337,23 @@ fn finish<C: Collector>(
                 Outcome::Ok { records }
             }
             Err(e) => {
-                counters::COLLECTOR_FAILURES.incr();
+                counters.incr(Event::CollectorFailures);
                 tracing::warn!(collector = C::NAME, error = %e, "cannot serialise records; batch skipped");
                 Outcome::Failed(e.to_string())
             }
         },
         Ok(None) => Outcome::Skipped,
         Err(CollectError::Timeout(budget)) => {
-            counters::COLLECTOR_TIMEOUTS.incr();
-            tracing::warn!(collector = C::NAME, budget_ms = budget.as_millis() as u64,
-                "collector did not finish within its budget; skipped this cycle");
+            counters.incr(Event::CollectorTimeouts);
+            tracing::warn!(
+                collector = C::NAME,
+                budget_ms = budget.as_millis() as u64,
+                "collector did not finish within its budget; skipped this cycle"
+            );
             Outcome::TimedOut(budget)
         }
         Err(e) => {
-            counters::COLLECTOR_FAILURES.incr();
+            counters.incr(Event::CollectorFailures);
             tracing::warn!(collector = C::NAME, error = %e, "collector failed; skipped this cycle");
             Outcome::Failed(e.to_string())
         }

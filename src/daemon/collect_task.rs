@@ -22,6 +22,7 @@ use crate::collect::Collectors;
 use crate::config::Config;
 use crate::db::{Db, ServerInfo};
 use crate::ship::Shipper;
+use crate::telemetry::registry::Event;
 use crate::telemetry::server::Telemetry;
 
 /// Writing a cycle's batches to the outbox may take this long before it is reported as stalled.
@@ -85,14 +86,18 @@ impl CollectTask {
 async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: CancellationToken) {
     let mut record = Recorder::default();
     let first = setup.borrow_and_update().clone();
-    let mut collectors = Collectors::new(&first.config);
+    let mut collectors =
+        Collectors::with_counters(&first.config, shared.telemetry.counters.clone());
     let mut interval = first.config.agent.collection_interval;
     let mut schedule = Schedule::new(Instant::now(), interval);
     let mut current = first;
     loop {
         let tick = schedule.next_after(Instant::now());
         if tick.skipped > 0 {
-            shared.telemetry.metrics.cycles_skipped.inc_by(tick.skipped);
+            shared
+                .telemetry
+                .counters
+                .add(Event::CyclesSkipped, tick.skipped);
             tracing::warn!(
                 skipped = tick.skipped,
                 "the previous cycle overran its interval; skipping missed ticks"
@@ -129,7 +134,15 @@ async fn cycle(
     record: &mut Recorder,
 ) {
     let (config, db) = (&setup.config, &setup.db);
+    let counted = |e| shared.telemetry.counters.get(e);
+    let before = [
+        counted(Event::StatementsUnavailable),
+        counted(Event::StatementsNoPrivilege),
+    ];
     let mut report = collectors.run_cycle(db, config).await;
+    if report.server.is_some() {
+        report_degraded(&shared.telemetry, before);
+    }
     if let Some(s) = &report.server {
         if let Ok(mut guard) = shared.server.lock() {
             *guard = Some(s.clone());
@@ -166,7 +179,7 @@ async fn cycle(
             }
         }
         Err(_) => {
-            telemetry.metrics.outbox_write_stalls.inc();
+            telemetry.counters.incr(Event::OutboxWriteStalls);
             let why = format!(
                 "writing the cycle's batches to the outbox did not finish within {} s \
                  (a hung disk or file system?)",
@@ -191,8 +204,35 @@ async fn cycle(
     tracing::info!(summary = %summary, "cycle finished");
     notify::status(&summary);
     record
-        .save(&config.agent.state_dir, report.server.is_some(), summary)
+        .save(
+            &config.agent.state_dir,
+            report.server.is_some(),
+            summary,
+            telemetry,
+        )
         .await;
+}
+
+/// `/health` stays 200 but says `degraded` while the agent works without something it could use,
+/// judged by what this cycle counted.
+fn report_degraded(telemetry: &Telemetry, before: [u64; 2]) {
+    let counted = |e| telemetry.counters.get(e);
+    telemetry.set_warning(
+        "pg_stat_statements",
+        (counted(Event::StatementsUnavailable) > before[0]).then(|| {
+            "pg_stat_statements is not available: no pg_statements batches (add it to \
+             shared_preload_libraries, restart PostgreSQL, then CREATE EXTENSION pg_stat_statements)"
+                .to_string()
+        }),
+    );
+    telemetry.set_warning(
+        "statements_hidden",
+        (counted(Event::StatementsNoPrivilege) > before[1]).then(|| {
+            "other roles' statements are hidden from the agent's role: GRANT pg_read_all_stats \
+             (or pg_monitor) to it"
+                .to_string()
+        }),
+    );
 }
 
 /// `/health` is 503 while a delivery pass has been running far past its budget and the listener's
@@ -210,7 +250,7 @@ fn report_delivery_stall(telemetry: &Telemetry, watch: &deliver::PassWatch, conf
         )
     });
     if reason.is_some() {
-        telemetry.metrics.delivery_stalls.inc();
+        telemetry.counters.incr(Event::DeliveryStalls);
     }
     telemetry.set_condition("delivery_stalled", reason);
 }
@@ -224,16 +264,27 @@ struct Recorder {
 }
 
 impl Recorder {
-    async fn save(&mut self, dir: &std::path::Path, ok: bool, summary: String) {
+    async fn save(
+        &mut self,
+        dir: &std::path::Path,
+        ok: bool,
+        summary: String,
+        telemetry: &Telemetry,
+    ) {
         if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
-            crate::telemetry::metrics::STATE_WRITES_SKIPPED
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            telemetry.counters.incr(Event::StateWritesSkipped);
             tracing::debug!("the previous cycle record is still being written; skipped");
             return;
         }
         let dir = dir.to_path_buf();
+        let counters = telemetry
+            .counters
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         let mut save = tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::ship::status::LastCycle::save(&dir, ok, &summary) {
+            if let Err(e) = crate::ship::status::LastCycle::save(&dir, ok, &summary, counters) {
                 tracing::debug!(error = %e, "cannot record the cycle for `status`");
             }
         });

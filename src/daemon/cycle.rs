@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::collect::{counters, CycleReport, Outcome};
+use crate::collect::{CycleReport, Outcome};
 use crate::ship::batch::Batch;
 use crate::ship::breaker::CircuitState;
 use crate::ship::{DrainReport, Shipper};
@@ -107,24 +107,6 @@ pub fn record_cycle(metrics: &Metrics, report: &CycleReport) {
             })
             .inc();
     }
-    let c = counters();
-    let dropped = [
-        ("activity", c.activity_rows_omitted),
-        ("statements", c.statements_omitted),
-        ("locks", c.locks_omitted),
-    ];
-    for (name, total) in dropped {
-        set_counter(
-            &metrics.dropped_records.get_or_create(&CollectorLabel {
-                collector: name.into(),
-            }),
-            total,
-        );
-    }
-    metrics
-        .server_query_seconds
-        .set(c.agent_exec_time_us as f64 / 1e6);
-    metrics.server_query_calls.set(c.agent_calls as i64);
 }
 
 /// Publishes the outbox, breaker and log-reader figures.
@@ -152,24 +134,8 @@ pub fn record_shipping(metrics: &Metrics, shipper: &Shipper) {
                 set_counter(&metrics.outbox_evictions.get_or_create(&label), k.evicted);
             }
         }
-        set_counter(
-            &metrics.log_batch_retries,
-            super::logtask::LOG_SHIP_RETRIES.load(std::sync::atomic::Ordering::Relaxed),
-        );
         let p = &stats.process;
-        set_counter(&metrics.storage_failures, p.storage_failures);
-        set_counter(&metrics.held_dropped, p.held_dropped);
-        set_counter(&metrics.storage_stalls, p.storage_stalls);
-        set_counter(
-            &metrics.state_writes_skipped,
-            crate::telemetry::metrics::STATE_WRITES_SKIPPED
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
         metrics.held_requests.set(p.held_now as i64);
-        set_counter(&metrics.requests_throttled, p.throttled);
-        set_counter(&metrics.correlated_payloads, p.encode.correlated_payloads);
-        set_counter(&metrics.correlated_merged, p.encode.correlated_merged);
-        set_counter(&metrics.correlated_repeated, p.encode.correlated_repeated);
         if let Some(b) = &stats.breaker {
             metrics.breaker_state.set(match b.state {
                 CircuitState::Closed => 0,

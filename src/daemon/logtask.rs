@@ -7,7 +7,6 @@
 //! directory, say a FIFO) it retries with back-off up to every interval, having warned once (a role
 //! without pg_read_all_settings cannot see the location: the warning names the grant).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use crate::logs::source;
 use crate::logs::tail::{LogBatch, Tailer};
 use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::ship::Shipper;
+use crate::telemetry::registry::{Counters, Event};
 use crate::telemetry::server::Telemetry;
 
 /// The first retry when the log cannot be followed yet.
@@ -169,7 +169,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     let max = config.logs.max_buffered_entries;
     let mut failing = ShipFailures {
         position: false,
-        saver: PositionSaver::new(&config.agent.state_dir),
+        saver: PositionSaver::new(&config.agent.state_dir, shared.telemetry.counters.clone()),
     };
     let mut backoff = RETRY_FIRST.min(interval);
     loop {
@@ -187,7 +187,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
                 }
                 // The same entries are read again: wait, with back-off and jitter, so a failing
                 // outbox cannot make this loop spin.
-                LOG_SHIP_RETRIES.fetch_add(1, Ordering::Relaxed);
+                shared.telemetry.counters.incr(Event::LogBatchRetries);
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(jittered(backoff)) => {}
@@ -229,13 +229,11 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     }
 }
 
-/// Log entries about the agent's own sessions left out of pg_logs (as the collectors leave out its
-/// sessions and statements).
-pub static AGENT_OWN_ENTRIES: AtomicU64 = AtomicU64::new(0);
-
 /// An entry written by one of the agent's sessions: its application_name when the format carries it,
 /// else the agent's query tag in the logged text.
-fn is_agent_entry(e: &serde_json::Value) -> bool {
+/// Counted as [`Event::LogAgentOwnEntries`] (as the collectors leave out its sessions and
+/// statements).
+fn is_agent_entry(e: &serde_json::Value, counters: &Counters) -> bool {
     let own = match e.get("application_name").and_then(|a| a.as_str()) {
         Some(app) => app == APPLICATION_NAME,
         None => ["message", "statement"].iter().any(|k| {
@@ -245,13 +243,10 @@ fn is_agent_entry(e: &serde_json::Value) -> bool {
         }),
     };
     if own {
-        AGENT_OWN_ENTRIES.fetch_add(1, Ordering::Relaxed);
+        counters.incr(Event::LogAgentOwnEntries);
     }
     own
 }
-
-/// Times a pg_logs batch could not be written and its entries are read again after a back-off.
-pub static LOG_SHIP_RETRIES: AtomicU64 = AtomicU64::new(0);
 
 /// What the log task has already said about failures, so a lasting one is logged once; and the
 /// position saver.
@@ -270,13 +265,15 @@ const LOG_WRITE_WAIT: Duration = Duration::from_secs(10);
 /// has (the newest one is saved then): stuck writes cannot pile up, and the saved position only
 /// lags, so entries may be read again after a restart, never lost.
 struct PositionSaver {
+    counters: Counters,
     store: PositionStore,
     in_flight: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
 impl PositionSaver {
-    fn new(state_dir: &std::path::Path) -> PositionSaver {
+    fn new(state_dir: &std::path::Path, counters: Counters) -> PositionSaver {
         PositionSaver {
+            counters,
             store: PositionStore::new(state_dir),
             in_flight: None,
         }
@@ -290,7 +287,7 @@ impl ShipFailures {
         if let Some(h) = self.saver.in_flight.take() {
             if !h.is_finished() {
                 self.saver.in_flight = Some(h);
-                crate::telemetry::metrics::STATE_WRITES_SKIPPED.fetch_add(1, Ordering::Relaxed);
+                self.saver.counters.incr(Event::StateWritesSkipped);
                 return;
             }
             if let Ok(r) = h.await {
@@ -359,7 +356,11 @@ async fn ship(
         return true;
     }
     let mut entries = Vec::with_capacity(batch.entries.len());
-    for e in batch.entries.into_iter().filter(|e| !is_agent_entry(e)) {
+    for e in batch
+        .entries
+        .into_iter()
+        .filter(|e| !is_agent_entry(e, &shared.telemetry.counters))
+    {
         match Record::new(&e) {
             Ok(r) => entries.push(r),
             Err(e) => {

@@ -164,8 +164,12 @@ impl Daemon {
                 "cannot create the state directory");
         }
         let db = Db::new(&config.postgres, &config.safety)?;
-        let shipper = Arc::new(Shipper::open(&config)?);
         let telemetry = Telemetry::new(config.agent.collection_interval);
+        let shipper = Arc::new(Shipper::open_counted(
+            &config,
+            crate::ship::encode::MAX_BODY_BYTES,
+            telemetry.counters.clone(),
+        )?);
         let mut daemon = Daemon {
             path,
             collection: None,
@@ -435,7 +439,8 @@ impl Daemon {
             c.stop(Duration::from_millis(200)).await;
         }
         if let Some(s) = self.sampling.take() {
-            s.stop(sample_task::STOP_FLUSH + Duration::from_millis(50)).await;
+            s.stop(sample_task::STOP_FLUSH + Duration::from_millis(50))
+                .await;
         }
         // The log task writes what it holds to the outbox and saves its position.
         if let Some(task) = self.log_task.take() {

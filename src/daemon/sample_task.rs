@@ -84,7 +84,7 @@ async fn run(
     shared: SampleShared,
     stop: CancellationToken,
 ) {
-    let mut sampler = Sampler::new();
+    let mut sampler = Sampler::with_counters(shared.telemetry.counters.clone());
     let (mut config, mut db) = setup.borrow_and_update().clone();
     'setup: loop {
         let Some(every) = config.activity.sample_interval else {

@@ -1,7 +1,6 @@
 //! One drain pass of [`Shipper`]: send the oldest batches while the breaker, `Retry-After` and the
 //! time budget allow, acknowledging, retrying or dead-lettering each by the listener's answer.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -14,6 +13,7 @@ use super::http::Outcome;
 use super::outbox::now_ms;
 use super::outbox::{NewBatch, StoredBatch};
 use super::shipper::{Inner, Shipper};
+use crate::telemetry::registry::Event;
 
 /// Why a drain pass ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -177,7 +177,7 @@ impl Shipper {
                             self.held().pop_if_front(r.batch_id);
                         }
                     }
-                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.counters.add(Event::RequestsDelivered, 1);
                     report.delivered += 1;
                     report.delivered_bytes += body.len() as u64;
                 }
@@ -189,7 +189,7 @@ impl Shipper {
                         kind = %kind, attempts = next.attempts() + 1, error = %reason,
                         retry_after_s = retry_after.map(|d| d.as_secs()),
                         "listener did not take the batch; it stays in the outbox");
-                    self.counters.send_failures.fetch_add(1, Ordering::Relaxed);
+                    self.counters.add(Event::SendFailures, 1);
                     report.failed += 1;
                     if let Some(delay) = retry_after {
                         inner.not_before_ms = now.saturating_add(delay.as_millis() as i64);
@@ -212,7 +212,7 @@ impl Shipper {
                     tracing::warn!(event = "send_throttled", batch_id = %batch_id,
                         kind = %kind, retry_after_s = retry_after.as_secs(),
                         "listener answered 429 (rate limited); sending again after Retry-After");
-                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                    self.counters.add(Event::RequestsThrottled, 1);
                     report.throttled += 1;
                     inner.not_before_ms = now.saturating_add(retry_after.as_millis() as i64);
                     if let Err(e) = self.with_outbox(&mut inner, |ob| ob.bump("throttled", 1)) {
@@ -256,7 +256,7 @@ impl Shipper {
                             self.held().pop_if_front(r.batch_id);
                         }
                     }
-                    self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    self.counters.add(Event::RequestsDeadLettered, 1);
                     report.dead_lettered += 1;
                 }
             }

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use super::ratelimit::RateLimiter;
 use super::store::Stored;
 use super::ShipError;
 use crate::config::{Config, Protocol};
+use crate::telemetry::registry::{Counters, Event};
 
 /// What [`Shipper::enqueue`] did with a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,29 +38,6 @@ pub struct EnqueueReport {
     /// directory): sent from memory, written to the outbox when it recovers, lost if the process
     /// dies first.
     pub held: usize,
-}
-
-/// Counters of this process, beside the persistent ones in the outbox.
-#[derive(Debug, Default)]
-pub(super) struct ProcessCounters {
-    pub(super) stdout_lines: AtomicU64,
-    /// Batches lost because neither the outbox nor stdout would take them.
-    pub(super) enqueue_failures: AtomicU64,
-    pub(super) evicted: AtomicU64,
-    pub(super) dead_lettered: AtomicU64,
-    pub(super) delivered: AtomicU64,
-    pub(super) send_failures: AtomicU64,
-    pub(super) outbox_recreated: AtomicU64,
-    /// 429 answers.
-    pub(super) throttled: AtomicU64,
-    /// Outbox writes that failed on the storage (full disk, read-only, I/O error).
-    pub(super) storage_failures: AtomicU64,
-    /// Requests held in memory (cumulative) and dropped from memory at its bound.
-    pub(super) held: AtomicU64,
-    pub(super) held_dropped: AtomicU64,
-    /// Writes that found the outbox busy past [`STORAGE_WAIT`] (a writer stuck on a hung disk) and
-    /// went to memory instead.
-    pub(super) storage_stalls: AtomicU64,
 }
 
 /// How long a writer waits for the outbox while another one holds it, before it holds its
@@ -151,18 +129,28 @@ pub struct Shipper {
     encoder: Mutex<Encoder>,
     /// One drain at a time, so FIFO and the half-open single probe hold.
     pub(super) drain_lock: tokio::sync::Mutex<()>,
-    pub(super) counters: ProcessCounters,
+    /// What this process counts (the daemon's registry, exported on /metrics).
+    pub(super) counters: Counters,
 }
 
 impl Shipper {
     /// Opens the outbox at `<agent.state_dir>/outbox.db` (when a listener is configured) and builds
     /// the HTTP client.
     pub fn open(config: &Config) -> Result<Shipper, ShipError> {
-        Shipper::open_with(config, MAX_BODY_BYTES)
+        Shipper::open_counted(config, MAX_BODY_BYTES, Counters::default())
     }
 
     /// [`Shipper::open`] with a different per-request body limit (tests use small ones).
     pub fn open_with(config: &Config, max_body_bytes: usize) -> Result<Shipper, ShipError> {
+        Shipper::open_counted(config, max_body_bytes, Counters::default())
+    }
+
+    /// [`Shipper::open_with`] counting into `counters` (the daemon's registry).
+    pub fn open_counted(
+        config: &Config,
+        max_body_bytes: usize,
+        counters: Counters,
+    ) -> Result<Shipper, ShipError> {
         let shipper = Shipper {
             inner: parking_lot::Mutex::new(Inner {
                 path: config.agent.state_dir.join(outbox::FILE_NAME),
@@ -186,7 +174,7 @@ impl Shipper {
             last_stats: Mutex::new(None),
             encoder: Mutex::new(Encoder::new(config, max_body_bytes)),
             drain_lock: tokio::sync::Mutex::new(()),
-            counters: ProcessCounters::default(),
+            counters,
         };
         shipper.reconfigure(config)?;
         Ok(shipper)
@@ -287,7 +275,7 @@ impl Shipper {
                 Some(guard)
             }
             None => {
-                self.counters.storage_stalls.fetch_add(1, Ordering::Relaxed);
+                self.counters.add(Event::OutboxStorageStalls, 1);
                 if since == 0 {
                     self.stalled_since_ms.store(
                         outbox::now_ms() - wait.as_millis() as i64,
@@ -330,12 +318,18 @@ impl Shipper {
             return self.print(batch);
         }
         let fail = |e| {
-            self.counters
-                .enqueue_failures
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.add(Event::EnqueueFailures, 1);
             e
         };
         let encoded = self.encoder().encode(batch).map_err(|e| fail(e.into()))?;
+        self.counters.add(
+            Event::CorrelatedPayloads,
+            encoded.correlated_payloads as u64,
+        );
+        self.counters
+            .add(Event::CorrelatedMerged, encoded.merged as u64);
+        self.counters
+            .add(Event::CorrelatedRepeated, encoded.repeated as u64);
         let Some(mut inner) = self.lock_within() else {
             // Another writer is stuck on the storage: memory, sent from there while the listener
             // answers, written once the outbox answers again.
@@ -406,9 +400,7 @@ impl Shipper {
 
     fn print(&self, batch: &Batch) -> Result<EnqueueReport, ShipError> {
         let line = serde_json::to_string(batch).map_err(|source| {
-            self.counters
-                .enqueue_failures
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.add(Event::EnqueueFailures, 1);
             ShipError::Json {
                 batch_id: batch.batch_id,
                 source,
@@ -418,12 +410,10 @@ impl Shipper {
         writeln!(out, "{line}")
             .and_then(|_| out.flush())
             .map_err(|source| {
-                self.counters
-                    .enqueue_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.add(Event::EnqueueFailures, 1);
                 ShipError::Stdout { source }
             })?;
-        self.counters.stdout_lines.fetch_add(1, Ordering::Relaxed);
+        self.counters.add(Event::StdoutLines, 1);
         Ok(EnqueueReport {
             stored_parts: 0,
             evicted: 0,
@@ -449,9 +439,7 @@ impl Shipper {
             Err(e) if e.is_corruption() => {
                 inner.outbox = None;
                 let mut fresh = Outbox::recover(&inner.path, inner.max_size_bytes, &e)?;
-                self.counters
-                    .outbox_recreated
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.add(Event::OutboxRecreated, 1);
                 let _ = fresh.save_breaker(inner.breaker.state());
                 let result = f(&mut fresh);
                 inner.outbox = Some(fresh);
@@ -482,8 +470,7 @@ impl Shipper {
 
     pub(super) fn log_evictions(&self, report: &EvictionReport, why: &str) {
         self.counters
-            .evicted
-            .fetch_add(report.evicted.len() as u64, Ordering::Relaxed);
+            .add(Event::RequestsEvicted, report.evicted.len() as u64);
         for (kind, id) in &report.evicted {
             tracing::warn!(event = "outbox_evicted", kind = %kind, batch_id = %id, reason = why,
                 "outbox full: evicted the oldest batch");
@@ -545,25 +532,28 @@ impl Shipper {
     /// when it could be read.
     fn process_stats(&self, unremoved: Option<usize>, failing: Option<&String>) -> ProcessStats {
         let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (held_now, held_bytes) = {
             let held = self.held();
             (held.len(), held.bytes())
         };
         ProcessStats {
-            stdout_lines: load(&c.stdout_lines),
-            enqueue_failures: load(&c.enqueue_failures),
-            evicted: load(&c.evicted),
-            dead_lettered: load(&c.dead_lettered),
-            delivered: load(&c.delivered),
-            send_failures: load(&c.send_failures),
-            outbox_recreated: load(&c.outbox_recreated),
-            throttled: load(&c.throttled),
-            encode: self.encoder().counters(),
-            storage_failures: load(&c.storage_failures),
-            held_total: load(&c.held),
-            held_dropped: load(&c.held_dropped),
-            storage_stalls: load(&c.storage_stalls),
+            stdout_lines: c.get(Event::StdoutLines),
+            enqueue_failures: c.get(Event::EnqueueFailures),
+            evicted: c.get(Event::RequestsEvicted),
+            dead_lettered: c.get(Event::RequestsDeadLettered),
+            delivered: c.get(Event::RequestsDelivered),
+            send_failures: c.get(Event::SendFailures),
+            outbox_recreated: c.get(Event::OutboxRecreated),
+            throttled: c.get(Event::RequestsThrottled),
+            encode: EncodeCounters {
+                correlated_payloads: c.get(Event::CorrelatedPayloads),
+                correlated_merged: c.get(Event::CorrelatedMerged),
+                correlated_repeated: c.get(Event::CorrelatedRepeated),
+            },
+            storage_failures: c.get(Event::OutboxStorageFailures),
+            held_total: c.get(Event::RequestsHeld),
+            held_dropped: c.get(Event::HeldDropped),
+            storage_stalls: c.get(Event::OutboxStorageStalls),
             held_now,
             held_bytes,
             unremoved: unremoved.unwrap_or(0),

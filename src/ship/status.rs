@@ -45,6 +45,9 @@ pub struct LastCycle {
     /// When the last cycle with `ok` finished.
     pub last_ok_ms: Option<i64>,
     pub summary: String,
+    /// The daemon's counters since it started ([`crate::telemetry::registry`]), as on /metrics.
+    #[serde(default)]
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// File name of [`LastCycle`] under `agent.state_dir`.
@@ -52,7 +55,12 @@ pub const LAST_CYCLE_FILE: &str = "last_cycle.json";
 
 impl LastCycle {
     /// Records a finished cycle (write to a temporary file, then rename: readers never see half).
-    pub fn save(state_dir: &std::path::Path, ok: bool, summary: &str) -> std::io::Result<()> {
+    pub fn save(
+        state_dir: &std::path::Path,
+        ok: bool,
+        summary: &str,
+        counters: std::collections::BTreeMap<String, u64>,
+    ) -> std::io::Result<()> {
         let at_ms = now_ms();
         let previous = LastCycle::load(state_dir);
         let record = LastCycle {
@@ -64,6 +72,7 @@ impl LastCycle {
                 previous.and_then(|p| p.last_ok_ms)
             },
             summary: summary.to_string(),
+            counters,
         };
         let tmp = state_dir.join(format!("{LAST_CYCLE_FILE}.tmp"));
         std::fs::create_dir_all(state_dir)?;
@@ -131,6 +140,20 @@ impl StatusReport {
                 match c.last_ok_ms {
                     Some(ms) => writeln!(s, "last success:  {}", self.when(ms))?,
                     None => writeln!(s, "last success:  never")?,
+                }
+                let counted: Vec<String> = c
+                    .counters
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(name, n)| format!("{name} {n}"))
+                    .collect();
+                if !counted.is_empty() {
+                    // The same figures as /metrics (postgres_agent_<name>_total), as of that cycle.
+                    writeln!(
+                        s,
+                        "counted:       {} (since the daemon started)",
+                        counted.join(", ")
+                    )?;
                 }
             }
             None => writeln!(

@@ -2,13 +2,12 @@
 //! memory, making room on a full disk, holding requests in memory while the outbox takes no writes
 //! ([`super::held`]), and re-encoding requests queued in another protocol.
 
-use std::sync::atomic::Ordering;
-
 use super::batch::Batch;
 use super::outbox::{self, EvictionReport, NewBatch, OutboxError};
 use super::shipper::{Inner, Shipper};
 use super::ShipError;
 use crate::config::Protocol;
+use crate::telemetry::registry::Event;
 
 /// Where [`Shipper::store`] put a batch's requests.
 pub(super) enum Stored {
@@ -99,14 +98,10 @@ impl Shipper {
     }
 
     pub(super) fn hold(&self, rows: Vec<NewBatch>) {
-        self.counters
-            .held
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.counters.add(Event::RequestsHeld, rows.len() as u64);
         let dropped = self.held().push(rows);
         if !dropped.is_empty() {
-            self.counters
-                .held_dropped
-                .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            self.counters.add(Event::HeldDropped, dropped.len() as u64);
             for (kind, id) in &dropped {
                 tracing::warn!(event = "held_dropped", kind = %kind, batch_id = %id,
                     "memory bound reached while the outbox takes no writes: dropped the oldest request");
@@ -115,9 +110,7 @@ impl Shipper {
     }
 
     pub(super) fn storage_failed(&self, inner: &mut Inner, e: &OutboxError) {
-        self.counters
-            .storage_failures
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.add(Event::OutboxStorageFailures, 1);
         if inner.storage_error.is_none() {
             tracing::error!(event = "outbox_unwritable", error = %e,
                 "the outbox does not take writes (full disk, read-only or failing storage); \

@@ -38,21 +38,13 @@ pub struct TypeOutcomeLabel {
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The agent's metrics. Cheap to clone (every field is an Arc inside).
-/// Writes of a state file (cycle record, statement baseline, log position) skipped because the
-/// previous write of that file had not returned (a hung disk): stuck writes never pile up.
-pub static STATE_WRITES_SKIPPED: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(0);
-
 #[derive(Clone, Default)]
 pub struct Metrics {
     pub cycles: Family<OutcomeLabel, Counter>,
     pub cycle_duration_seconds: FloatGauge,
-    pub cycles_skipped: Counter,
     pub last_success_timestamp_seconds: FloatGauge,
     pub collector_duration_seconds: Family<CollectorLabel, FloatGauge>,
     pub collector_runs: Family<CollectorOutcomeLabel, Counter>,
-    pub server_query_seconds: FloatGauge,
-    pub server_query_calls: Gauge,
     pub batches: Family<TypeOutcomeLabel, Counter>,
     pub records: Family<TypeLabel, Counter>,
     pub outbox_batches: Family<TypeLabel, Gauge>,
@@ -61,23 +53,11 @@ pub struct Metrics {
     pub outbox_evictions: Family<TypeLabel, Counter>,
     pub dead_letters: Gauge,
     pub breaker_state: Gauge,
-    pub requests_throttled: Counter,
-    pub storage_failures: Counter,
-    pub outbox_write_stalls: Counter,
-    pub storage_stalls: Counter,
-    pub delivery_stalls: Counter,
-    pub state_writes_skipped: Counter,
-    pub log_batch_retries: Counter,
     pub held_requests: Gauge,
-    pub held_dropped: Counter,
-    pub correlated_payloads: Counter,
-    pub correlated_merged: Counter,
-    pub correlated_repeated: Counter,
     pub log_entries_parsed: Counter,
     pub log_lines_unparsed: Counter,
     pub log_entries_truncated: Counter,
     pub log_files_truncated: Counter,
-    pub dropped_records: Family<CollectorLabel, Counter>,
     pub process_resident_memory_bytes: Gauge,
     pub process_cpu_seconds: FloatGauge,
     pub db_connections_open: Gauge,
@@ -98,11 +78,6 @@ impl Metrics {
             self.cycle_duration_seconds.clone(),
         );
         r.register(
-            "cycles_skipped",
-            "Cycle ticks skipped because the previous cycle overran",
-            self.cycles_skipped.clone(),
-        );
-        r.register(
             "last_success_timestamp_seconds",
             "Unix time of the last successful cycle",
             self.last_success_timestamp_seconds.clone(),
@@ -116,12 +91,6 @@ impl Metrics {
             "collector_runs",
             "Collector runs by outcome (ok, failed, timeout, disabled)",
             self.collector_runs.clone(),
-        );
-        r.register("server_query_seconds", "Server execution time spent on the agent's own queries (pg_stat_statements, cumulative)", self.server_query_seconds.clone());
-        r.register(
-            "server_query_calls",
-            "Calls of the agent's own queries (pg_stat_statements, cumulative)",
-            self.server_query_calls.clone(),
         );
         r.register(
             "batches",
@@ -164,64 +133,9 @@ impl Metrics {
             self.breaker_state.clone(),
         );
         r.register(
-            "outbox_storage_failures",
-            "Outbox writes refused by the storage (full disk, read-only or failing state directory)",
-            self.storage_failures.clone(),
-        );
-        r.register(
-            "outbox_write_stalls",
-            "Cycles whose outbox writes did not finish within 10 s (reported, not waited for)",
-            self.outbox_write_stalls.clone(),
-        );
-        r.register(
-            "outbox_storage_stalls",
-            "Writes that found the outbox stuck on the storage for 2 s (a hung disk) and held their requests in memory",
-            self.storage_stalls.clone(),
-        );
-        r.register(
-            "delivery_stalls",
-            "Cycles that found a delivery pass running far past its budget and the listener timeout (delivery stuck)",
-            self.delivery_stalls.clone(),
-        );
-        r.register(
-            "state_writes_skipped",
-            "Writes of the cycle record, statement baseline or log position skipped because the previous one had not returned (a hung disk)",
-            self.state_writes_skipped.clone(),
-        );
-        r.register(
-            "log_batch_retries",
-            "pg_logs batches that could not be written and were read again after a back-off",
-            self.log_batch_retries.clone(),
-        );
-        r.register(
             "held_requests",
             "Requests held in memory because the outbox does not take writes",
             self.held_requests.clone(),
-        );
-        r.register(
-            "held_dropped",
-            "Requests dropped from memory at its 16 MiB bound while the outbox took no writes",
-            self.held_dropped.clone(),
-        );
-        r.register(
-            "requests_throttled",
-            "Requests the listener answered 429 (rate limited); sent again after Retry-After",
-            self.requests_throttled.clone(),
-        );
-        r.register(
-            "correlated_payloads",
-            "Correlated-statement payloads made (bitville protocol)",
-            self.correlated_payloads.clone(),
-        );
-        r.register(
-            "correlated_merged",
-            "Correlated statements merged into their correlation ID's payload for the request budget",
-            self.correlated_merged.clone(),
-        );
-        r.register(
-            "correlated_repeated",
-            "Correlated statements not sent again (same pid and query start seen before)",
-            self.correlated_repeated.clone(),
         );
         r.register(
             "log_entries_parsed",
@@ -242,11 +156,6 @@ impl Metrics {
             "log_files_truncated",
             "Times a followed log file shrank below the saved position",
             self.log_files_truncated.clone(),
-        );
-        r.register(
-            "dropped_records",
-            "Records left out by a bound (row limits, top-N), by collector",
-            self.dropped_records.clone(),
         );
         r.register(
             "process_resident_memory_bytes",

@@ -20,6 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
+use super::registry::Counters;
 
 /// What `/health` judges by; updated by the daemon after every cycle.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct HealthState {
 #[derive(Clone)]
 pub struct Telemetry {
     pub metrics: Metrics,
+    /// Everything the agent counts ([`super::registry`]), handed down to the parts that count.
+    pub counters: Counters,
     registry: Arc<Registry>,
     health: Arc<Mutex<HealthState>>,
 }
@@ -46,10 +49,13 @@ pub struct Telemetry {
 impl Telemetry {
     pub fn new(interval: Duration) -> Telemetry {
         let metrics = Metrics::default();
+        let counters = Counters::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
+        counters.register(&mut registry);
         Telemetry {
             metrics,
+            counters,
             registry: Arc::new(registry),
             health: Arc::new(Mutex::new(HealthState {
                 started: Instant::now(),

@@ -7,6 +7,7 @@ use postgres_agent::collect::{Collectors, CycleReport};
 use postgres_agent::config::Config;
 use postgres_agent::db::Db;
 use postgres_agent::ship::batch::{Batch, BatchKind};
+use postgres_agent::telemetry::registry::Counters;
 use serde_json::Value;
 
 use super::pg::{PgServer, SUPERUSER};
@@ -14,8 +15,13 @@ use super::pg::{PgServer, SUPERUSER};
 /// Runs one collection cycle with fresh collectors (the statement baseline comes from `config`'s
 /// state_dir, as in `once`).
 pub async fn cycle(config: &Config) -> CycleReport {
+    cycle_counted(config, &Counters::default()).await
+}
+
+/// [`cycle`], counting into `counters`.
+pub async fn cycle_counted(config: &Config, counters: &Counters) -> CycleReport {
     let db = Db::new(&config.postgres, &config.safety).expect("db");
-    let mut collectors = Collectors::new(config);
+    let mut collectors = Collectors::with_counters(config, counters.clone());
     let report = collectors.run_cycle(&db, config).await;
     db.close();
     report

@@ -12,10 +12,11 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::types::Type;
 
-use super::{col, counters, query_text, round_ms, CollectError, Collected, Collector, Context};
+use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
 use crate::correlation::{self, Correlation};
 use crate::db::APPLICATION_NAME;
 use crate::ship::batch::BatchKind;
+use crate::telemetry::registry::Event;
 use chain::{Blocker, Proc, Wait};
 
 /// One waiting lock.
@@ -115,6 +116,7 @@ impl Collector for LocksCollector {
     ) -> Result<Option<Collected<LockRecord>>, CollectError> {
         const Q: &str = "locks_waiting";
         let config = ctx.config;
+        let counters = ctx.counters;
         let keys = &config.correlation.keys;
         let (session, server) = ctx.db()?;
         let text_chars = (config.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
@@ -136,7 +138,7 @@ impl Collector for LocksCollector {
             None => 0,
         };
         let omitted = (total - rows.len() as i64).max(0) as u64;
-        counters::LOCKS_OMITTED.add(omitted);
+        counters.add(Event::LocksOmitted, omitted);
 
         let mut waits = HashMap::new();
         let mut records = Vec::with_capacity(rows.len());
@@ -200,7 +202,7 @@ impl Collector for LocksCollector {
         for r in &mut records {
             let c = chain::build(r.pid, &waits, &procs);
             if c.truncated {
-                counters::LOCK_CHAINS_TRUNCATED.incr();
+                counters.incr(Event::LockChainsTruncated);
             }
             r.blocked_by = c.blockers;
             r.cycle = c.cycle;

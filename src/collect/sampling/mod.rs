@@ -24,10 +24,11 @@ use serde::ser::{Serialize, SerializeStruct, Serializer};
 use serde_json::{Map, Value};
 
 use super::spikes::{self, Gate, Moment, Thresholds, Trigger};
-use super::{counters, server_context, CollectError, ServerContext};
+use super::{server_context, CollectError, ServerContext};
 use crate::config::Config;
 use crate::db::Db;
 use crate::ship::batch::{format_rfc3339, AgentInfo, Batch, BatchKind, Record};
+use crate::telemetry::registry::{Counters, Event};
 use host::{HostPoint, HostReader};
 use query::StatementCache;
 use window::Window;
@@ -101,6 +102,7 @@ pub struct Sampler {
     server: Option<(ServerContext, Instant)>,
     gate: Gate,
     cores: usize,
+    counters: Counters,
 }
 
 impl Default for Sampler {
@@ -110,8 +112,15 @@ impl Default for Sampler {
 }
 
 impl Sampler {
+    /// A sampler counting into counters of its own (see [`Sampler::with_counters`]).
     pub fn new() -> Sampler {
+        Sampler::with_counters(Counters::default())
+    }
+
+    /// A sampler counting into `counters` (the daemon's, exported on /metrics).
+    pub fn with_counters(counters: Counters) -> Sampler {
         Sampler {
+            counters,
             host: HostReader::default(),
             cache: StatementCache::default(),
             window: Window::default(),
@@ -195,7 +204,7 @@ impl Sampler {
             Ok(r) => r,
             Err(e) => {
                 self.window.failed += 1;
-                counters::COLLECTOR_FAILURES.incr();
+                self.counters.incr(Event::CollectorFailures);
                 tick.outcome = Outcome::Failed(e.to_string());
                 return tick;
             }
@@ -222,6 +231,7 @@ impl Sampler {
                     host,
                     cores: self.cores,
                     server: &server,
+                    counters: &self.counters,
                 };
                 let budget = config.safety.client_timeout * 2;
                 match tokio::time::timeout(budget, spikes::snapshot(&mut session, config, moment))
@@ -232,7 +242,7 @@ impl Sampler {
                     Err(_) => {
                         // A query may still be in flight: never hand the connection back.
                         session.discard();
-                        counters::COLLECTOR_TIMEOUTS.incr();
+                        self.counters.incr(Event::CollectorTimeouts);
                         tick.spike_error = Some(CollectError::Timeout(budget).to_string());
                     }
                 }

@@ -127,6 +127,8 @@ pub struct Moment<'a> {
     pub host: HostPoint,
     pub cores: usize,
     pub server: &'a ServerContext,
+    /// Where the snapshot counts what it skips or cannot read.
+    pub counters: &'a crate::telemetry::registry::Counters,
 }
 
 /// Takes a spike snapshot on `session` and returns its batch. The activity and locks parts fail
@@ -142,6 +144,7 @@ pub async fn snapshot(
     let (activity, locks) = {
         let mut ctx = Context {
             config,
+            counters: moment.counters,
             server: Some(moment.server),
             session: Some(session),
         };
@@ -163,14 +166,24 @@ pub async fn snapshot(
         }
         _ => None,
     };
-    if top_processes.is_none() {
-        super::counters::SYSTEM_READ_ERRORS.incr();
-    }
+    let counters = moment.counters;
+    let unreadable = |missing: bool| {
+        if missing {
+            counters.incr(crate::telemetry::registry::Event::SystemReadErrors);
+        }
+    };
+    unreadable(top_processes.is_none());
+    let (load, memory) = (
+        super::system::sample::load(),
+        super::system::sample::memory(),
+    );
+    unreadable(load.is_none());
+    unreadable(memory.is_none());
     let host = Host {
         cores: moment.cores,
-        load: super::system::sample::load(),
+        load,
         cpu_percent: moment.host.cpu_percent,
-        memory: super::system::sample::memory(),
+        memory,
         top_processes,
     };
 

@@ -17,9 +17,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 
-use super::{col, counters, query_text, round_ms, CollectError, Collected, Collector, Context};
+use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
 use crate::db::Session;
 use crate::ship::batch::{now_rfc3339, BatchKind};
+use crate::telemetry::registry::{Counters as Tally, Event};
 use baseline::{Delta, Fold, Key, Meta, Snapshot};
 use columns::{
     ExtVersion, Unit, CALLS, COUNTERS, INFO_SINCE, STATS_SINCE_SINCE, TOTAL_EXEC, TOTAL_PLAN,
@@ -125,8 +126,13 @@ impl StatementsCollector {
         self
     }
 
-    fn unavailable(&mut self, dbname: &str, reason: &str) -> Option<Collected<StatementRecord>> {
-        counters::STATEMENTS_UNAVAILABLE.incr();
+    fn unavailable(
+        &mut self,
+        tally: &Tally,
+        dbname: &str,
+        reason: &str,
+    ) -> Option<Collected<StatementRecord>> {
+        tally.incr(Event::StatementsUnavailable);
         if !self.warned_unavailable {
             self.warned_unavailable = true;
             tracing::warn!(
@@ -144,7 +150,12 @@ impl StatementsCollector {
 
     /// The baseline to subtract from: in memory, else the saved one (see `collect`), if it is of
     /// this server and counter layout.
-    fn previous(&mut self, system_identifier: &str, layout: &[usize]) -> Option<Snapshot> {
+    fn previous(
+        &mut self,
+        tally: &Tally,
+        system_identifier: &str,
+        layout: &[usize],
+    ) -> Option<Snapshot> {
         if self.baseline.is_none() && !self.tried_disk {
             self.tried_disk = true;
             match baseline::load(&self.state_dir) {
@@ -154,7 +165,7 @@ impl StatementsCollector {
                         "the saved statement baseline is damaged; left as it is (read-only run)");
                 }
                 Err(e) => {
-                    counters::STATEMENTS_BASELINE_DISCARDED.incr();
+                    tally.incr(Event::StatementsBaselineDiscarded);
                     // Kept for inspection, out of the way of the next save (at most two copies).
                     let path = baseline::path(&self.state_dir);
                     let moved = crate::ship::outbox::schema::move_aside(&path);
@@ -170,7 +181,7 @@ impl StatementsCollector {
         if baseline::usable(&prev, system_identifier, layout) {
             Some(prev)
         } else {
-            counters::STATEMENTS_BASELINE_DISCARDED.incr();
+            tally.incr(Event::StatementsBaselineDiscarded);
             tracing::info!(
                 "statement baseline belongs to another server or extension version; starting a new one"
             );
@@ -181,7 +192,7 @@ impl StatementsCollector {
     /// Keeps `snap` as the next baseline and saves it, off the scheduler: a save that has not
     /// returned within [`BASELINE_SAVE_WAIT`] (a hung disk) is left to finish on its own, and no new
     /// save starts until it has, so stuck writes cannot pile up.
-    async fn keep(&mut self, snap: Snapshot) {
+    async fn keep(&mut self, tally: &Tally, snap: Snapshot) {
         let snap = std::sync::Arc::new(snap);
         self.baseline = Some(snap.clone());
         if self.read_only {
@@ -191,8 +202,7 @@ impl StatementsCollector {
         if self.saving.as_ref().is_some_and(|h| !h.is_finished()) {
             // The file holds an older baseline meanwhile: it must not stand in for this one.
             self.save_failed = true;
-            crate::telemetry::metrics::STATE_WRITES_SKIPPED
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tally.incr(Event::StateWritesSkipped);
             tracing::debug!("the previous baseline save has not returned; skipped this one");
             return;
         }
@@ -250,11 +260,12 @@ impl StatementsCollector {
         ctx: &mut Context<'_>,
     ) -> Result<Option<Collected<StatementRecord>>, CollectError> {
         let config = ctx.config;
+        let tally = ctx.counters;
         let dbname = config.postgres.database.clone();
         let (session, server) = ctx.db()?;
         let ext = match extension(session).await? {
             Ok(ext) => ext,
-            Err(reason) => return Ok(self.unavailable(&dbname, &reason)),
+            Err(reason) => return Ok(self.unavailable(tally, &dbname, &reason)),
         };
         let sysid = &server.info.system_identifier;
         // 55000: the extension exists but its library is not in shared_preload_libraries.
@@ -265,21 +276,21 @@ impl StatementsCollector {
         let meta = match meta(session, &ext).await {
             Ok(m) => m,
             Err(e) => match not_loaded(&e) {
-                Some(reason) => return Ok(self.unavailable(&dbname, &reason)),
+                Some(reason) => return Ok(self.unavailable(tally, &dbname, &reason)),
                 None => return Err(e),
             },
         };
         let layout = columns::layout(ext.version);
-        let prev = self.previous(sysid, &layout);
+        let prev = self.previous(tally, sysid, &layout);
         let first = prev.is_none();
         let mut cur = prev.unwrap_or_else(|| Snapshot::empty(sysid, &ext.version_text, layout));
         cur.extversion.clone_from(&ext.version_text);
         let interval_start = std::mem::take(&mut cur.taken_at);
         let prev_dealloc = cur.dealloc;
         let mut fold = Fold::new(&mut cur, &meta, !first);
-        if let Err(e) = fold_entries(session, &ext, &mut fold).await {
+        if let Err(e) = fold_entries(session, &ext, &mut fold, tally).await {
             return match not_loaded(&e) {
-                Some(reason) => Ok(self.unavailable(&dbname, &reason)),
+                Some(reason) => Ok(self.unavailable(tally, &dbname, &reason)),
                 None => Err(e),
             };
         }
@@ -288,16 +299,16 @@ impl StatementsCollector {
         if first {
             let mut collected = Collected::new(Vec::new());
             batch_fields(&mut collected.extra, None, &cur, 0, false, "new");
-            self.keep(cur).await;
+            self.keep(tally, cur).await;
             return Ok(Some(collected));
         }
         let resets = deltas.iter().filter(|d| d.reset).count() as u64;
-        counters::STATEMENTS_RESET_ENTRIES.add(resets);
+        tally.add(Event::StatementsResetEntries, resets);
         let total = |d: &Delta| value(&cur, d, TOTAL_EXEC) + value(&cur, d, TOTAL_PLAN);
         // The agent's own cost to the server, for /metrics: its statements' time and calls.
         let agent_cost = |d: &Delta| {
-            counters::AGENT_EXEC_TIME_US.add((total(d) * 1000.0) as u64);
-            counters::AGENT_CALLS.add(value(&cur, d, CALLS) as u64);
+            tally.add(Event::AgentServerMicroseconds, (total(d) * 1000.0) as u64);
+            tally.add(Event::AgentServerCalls, value(&cur, d, CALLS) as u64);
         };
         let before = deltas.len();
         deltas.retain(|d| {
@@ -341,8 +352,8 @@ impl StatementsCollector {
                 .iter()
                 .filter(|d| self.texts.is_agent(d.key.queryid))
                 .count() as u64;
-        counters::STATEMENTS_AGENT_OWN.add(agent_own);
-        counters::STATEMENTS_OMITTED.add(omitted);
+        tally.add(Event::StatementsAgentOwn, agent_own);
+        tally.add(Event::StatementsOmitted, omitted);
 
         let mut dbids: Vec<u32> = chosen.iter().map(|d| d.key.dbid).collect();
         let mut userids: Vec<u32> = chosen.iter().map(|d| d.key.userid).collect();
@@ -364,7 +375,7 @@ impl StatementsCollector {
                     (Some(t), cut)
                 }
                 _ => {
-                    counters::STATEMENTS_TEXT_MISSING.incr();
+                    tally.incr(Event::StatementsTextMissing);
                     (None, false)
                 }
             };
@@ -395,7 +406,7 @@ impl StatementsCollector {
         collected
             .extra
             .insert("evicted".into(), evicted.map_or(Value::Null, Value::from));
-        self.keep(cur).await;
+        self.keep(tally, cur).await;
         Ok(Some(collected))
     }
 }
@@ -527,6 +538,7 @@ async fn fold_entries(
     session: &mut Session,
     ext: &Extension,
     fold: &mut Fold<'_>,
+    tally: &Tally,
 ) -> Result<(), CollectError> {
     const QUERY: &str = "statements_snapshot";
     let layout = columns::layout(ext.version);
@@ -550,7 +562,7 @@ async fn fold_entries(
         .for_each_row(QUERY, &sql, &[(&MAX_ENTRIES, Type::INT8)], |row| {
             let Some(queryid) = col::<Option<i64>>(row, QUERY, "queryid")? else {
                 // Another role's entry, hidden without pg_read_all_stats.
-                counters::STATEMENTS_NO_PRIVILEGE.incr();
+                tally.incr(Event::StatementsNoPrivilege);
                 return Ok::<(), CollectError>(());
             };
             let key = Key {

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{col, counters, CollectError, Collected, Collector, Context};
+use super::{col, CollectError, Collected, Collector, Context};
 use crate::ship::batch::BatchKind;
+use crate::telemetry::registry::{Counters, Event};
 use sample::Sample;
 pub use sample::{Cpu, Disk, Load, Memory, Net};
 
@@ -64,6 +65,8 @@ pub struct Processes {
 #[derive(Default)]
 pub struct SystemCollector {
     prev: Option<Sample>,
+    /// Unreadable sources of a reading not yet counted (the window's first).
+    unreadable: u64,
     /// The data directory was hidden (and this was warned about once); cleared when it shows.
     warned_hidden: bool,
 }
@@ -72,7 +75,9 @@ impl SystemCollector {
     /// Takes the first reading if there is none, so the first cycle's rates span the cycle.
     pub fn begin_window(&mut self) {
         if self.prev.is_none() {
-            self.prev = Some(Sample::read());
+            let first = Sample::read();
+            self.unreadable += first.unreadable;
+            self.prev = Some(first);
         }
     }
 
@@ -112,6 +117,11 @@ impl Collector for SystemCollector {
             tokio::time::sleep(MIN_WINDOW - waited).await;
         }
         let cur = Sample::read();
+        let counters = ctx.counters;
+        counters.add(
+            Event::SystemReadErrors,
+            std::mem::take(&mut self.unreadable) + cur.unreadable,
+        );
         let mut filesystems = Vec::new();
         if let Some(server) = ctx.server {
             self.note_hidden_directories(
@@ -123,7 +133,7 @@ impl Collector for SystemCollector {
                 ("log_directory", &server.log_directory),
             ] {
                 if let Some(dir) = dir {
-                    if let Some(fs) = filesystem(role, Path::new(dir)) {
+                    if let Some(fs) = filesystem(role, Path::new(dir), counters) {
                         filesystems.push(fs);
                     }
                 }
@@ -139,7 +149,7 @@ impl Collector for SystemCollector {
                     )
                     .await?;
                 match row {
-                    Some(r) => processes(col(&r, "system_backend_pid", "pid")?),
+                    Some(r) => processes(col(&r, "system_backend_pid", "pid")?, counters),
                     None => None,
                 }
             }
@@ -148,8 +158,8 @@ impl Collector for SystemCollector {
         let record = SystemRecord {
             interval_s: (cur.at.duration_since(prev.at).as_secs_f64() * 1000.0).round() / 1000.0,
             cpu: sample::cpu(&prev, &cur),
-            load: sample::load(),
-            memory: sample::memory(),
+            load: counted(counters, sample::load()),
+            memory: counted(counters, sample::memory()),
             filesystems,
             disks: sample::disks(&prev, &cur),
             network: sample::nets(&prev, &cur),
@@ -161,11 +171,19 @@ impl Collector for SystemCollector {
 }
 
 /// Space and inodes of the filesystem holding `path`, with its mount from /proc/self/mountinfo.
-fn filesystem(role: &'static str, path: &Path) -> Option<Filesystem> {
+/// `value`, counting a source that could not be read.
+fn counted<T>(counters: &Counters, value: Option<T>) -> Option<T> {
+    if value.is_none() {
+        counters.incr(Event::SystemReadErrors);
+    }
+    value
+}
+
+fn filesystem(role: &'static str, path: &Path, counters: &Counters) -> Option<Filesystem> {
     let st = match rustix::fs::statvfs(path) {
         Ok(st) => st,
         Err(e) => {
-            counters::SYSTEM_READ_ERRORS.incr();
+            counters.incr(Event::SystemReadErrors);
             tracing::debug!(path = %path.display(), error = %e, "statvfs failed");
             return None;
         }
@@ -201,7 +219,7 @@ fn filesystem(role: &'static str, path: &Path) -> Option<Filesystem> {
 
 /// The postmaster (parent of `backend_pid`) and its children: count and summed RSS. None when the
 /// backend is not visible here (the server runs on another host or in another PID namespace).
-fn processes(backend_pid: i32) -> Option<Processes> {
+fn processes(backend_pid: i32, counters: &Counters) -> Option<Processes> {
     let backend = procfs::process::Process::new(backend_pid)
         .ok()?
         .stat()
@@ -215,7 +233,7 @@ fn processes(backend_pid: i32) -> Option<Processes> {
     let all = match procfs::process::all_processes() {
         Ok(all) => all,
         Err(e) => {
-            counters::SYSTEM_READ_ERRORS.incr();
+            counters.incr(Event::SystemReadErrors);
             tracing::debug!(error = %e, "cannot list /proc");
             return None;
         }

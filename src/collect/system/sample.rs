@@ -9,8 +9,6 @@ use std::time::Instant;
 use procfs::{Current, CurrentSI, KernelStats};
 use serde::Serialize;
 
-use super::super::counters;
-
 /// CPU jiffies by category, summed over all cores.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuTicks {
@@ -52,13 +50,14 @@ pub struct Sample {
     cpu: Option<CpuTicks>,
     disks: Option<BTreeMap<String, DiskTicks>>,
     nets: Option<BTreeMap<String, NetTicks>>,
+    /// Sources that could not be read (the caller counts them).
+    pub unreadable: u64,
 }
 
 fn note<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
         Err(e) => {
-            counters::SYSTEM_READ_ERRORS.incr();
             tracing::debug!(source = what, error = %e, "host metric source unreadable");
             None
         }
@@ -119,12 +118,17 @@ impl Sample {
                 })
                 .collect()
         });
+        let unreadable = [stats.is_none(), disks.is_none(), nets.is_none()]
+            .iter()
+            .filter(|missing| **missing)
+            .count() as u64;
         Sample {
             at: Instant::now(),
             cores: stats.map(|s| s.cpu_time.len()),
             cpu,
             disks,
             nets,
+            unreadable,
         }
     }
 }

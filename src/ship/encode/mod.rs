@@ -40,7 +40,7 @@ pub struct Encoded {
     pub repeated: usize,
 }
 
-/// Figures of the encoder since the process started.
+/// Figures of the encoder since the process started (read from the registry).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct EncodeCounters {
     pub correlated_payloads: u64,
@@ -55,7 +55,6 @@ pub struct Encoder {
     project: String,
     max_body: usize,
     planner: correlated::Planner,
-    counters: EncodeCounters,
 }
 
 impl Encoder {
@@ -65,7 +64,6 @@ impl Encoder {
             project: config.agent.project_id.clone(),
             max_body,
             planner: correlated::Planner::new(&config_budget(config), Instant::now()),
-            counters: EncodeCounters::default(),
         }
     }
 
@@ -78,10 +76,6 @@ impl Encoder {
 
     pub fn protocol(&self) -> Protocol {
         self.protocol
-    }
-
-    pub fn counters(&self) -> EncodeCounters {
-        self.counters
     }
 
     /// The requests for `batch` in the configured protocol.
@@ -101,9 +95,6 @@ impl Encoder {
                 // The aggregate goes last, so the newest stored request of a type is its
                 // aggregate (the log reader resumes from the newest pg_logs aggregate).
                 rows.extend(bitville::aggregate(batch, &self.project, self.max_body)?);
-                self.counters.correlated_payloads += plan.payloads.len() as u64;
-                self.counters.correlated_merged += plan.merged as u64;
-                self.counters.correlated_repeated += plan.repeated as u64;
                 Ok(Encoded {
                     correlated_payloads: plan.payloads.len(),
                     merged: plan.merged,
