@@ -7,6 +7,7 @@
 //! the listener through a circuit breaker. [`telemetry`] covers the agent's own logs and metrics.
 
 pub mod check;
+pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod correlation;

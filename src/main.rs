@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use postgres_agent::cli::pretty::Format;
+use postgres_agent::cli::stdout_filter::StdoutFilter;
 use postgres_agent::config::Config;
 use postgres_agent::telemetry::logging::LogControl;
 
@@ -41,15 +43,28 @@ struct Cli {
 enum Command {
     /// Run the daemon: collect every interval and ship batches until SIGTERM.
     Run {
+        /// With no listener: show each batch as a table (the default on a terminal).
+        #[arg(long, conflicts_with = "json")]
+        pretty: bool,
+        /// With no listener: print each batch as one JSON line (the default on a pipe).
+        #[arg(long)]
+        json: bool,
         /// Path of the INI config file.
         #[arg(id = "config_path", value_name = "CONFIG")]
         config: Option<PathBuf>,
     },
     /// Run one collection cycle and exit.
     Once {
-        /// Print each batch as one JSON line on stdout and send nothing.
+        /// Print each batch on stdout and send nothing; read the saved statement baseline but
+        /// never write it.
         #[arg(long)]
         dry_run: bool,
+        /// Show each printed batch as a table (the default on a terminal).
+        #[arg(long, conflicts_with = "json")]
+        pretty: bool,
+        /// Print each batch as one JSON line (the default on a pipe).
+        #[arg(long)]
+        json: bool,
         /// Path of the INI config file.
         #[arg(id = "config_path", value_name = "CONFIG")]
         config: Option<PathBuf>,
@@ -93,11 +108,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(implicit_run(std::env::args_os().collect()));
     let explicit = |positional: &Option<PathBuf>| positional.clone().or_else(|| cli.config.clone());
     match &cli.command {
-        Command::Run { config } => with_config_and_log(explicit(config), |config, log| {
-            postgres_agent::daemon::run(config.file.clone(), config, log)
+        Command::Run {
+            config,
+            pretty,
+            json,
+        } => with_config_and_log(explicit(config), |config, log| {
+            // Batches reach stdout only without a listener.
+            let filter = (config.listener.url.is_none()
+                && Format::choose(*pretty, *json) == Format::Pretty)
+                .then(StdoutFilter::start)
+                .and_then(|f| {
+                    f.map_err(|e| eprintln!("postgres-agent: no table view: {e}"))
+                        .ok()
+                });
+            let code = postgres_agent::daemon::run(config.file.clone(), config, log);
+            if let Some(f) = filter {
+                f.finish();
+            }
+            code
         }),
-        Command::Once { config, dry_run } => with_config(explicit(config), |config| {
-            postgres_agent::once::run(&config, *dry_run)
+        Command::Once {
+            config,
+            dry_run,
+            pretty,
+            json,
+        } => with_config(explicit(config), |config| {
+            postgres_agent::once::run(&config, *dry_run, Format::choose(*pretty, *json))
         }),
         Command::Check {
             config,
