@@ -6,14 +6,13 @@
 //! kind of data becomes a [`ship::batch::Batch`], written to the durable outbox before it is sent to
 //! the listener through a circuit breaker. [`telemetry`] covers the agent's own logs and metrics.
 
-pub mod check;
+pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod correlation;
 pub mod daemon;
 pub mod db;
 pub mod logs;
-pub mod once;
 pub mod privacy;
 pub mod ship;
 pub mod telemetry;

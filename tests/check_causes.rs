@@ -330,6 +330,34 @@ fn a_log_file_the_server_does_not_write_warns() {
         l.starts_with("OK") && l.contains("the server writes this file now"),
         "{out}"
     );
+    // pg_monitor may not call pg_current_logfile(): no comparison, no error in the server log;
+    // granted, it compares.
+    server.psql(
+        "postgres",
+        "CREATE ROLE watcher LOGIN; GRANT pg_monitor TO watcher",
+    );
+    let as_watcher = format!(
+        "[postgres]\nuser = watcher\n[logs]\npath = {}\nformat = stderr\n",
+        stale.display()
+    );
+    let (code, out) = check(&server, &as_watcher);
+    assert_eq!(code, 0, "{out}");
+    let l = line(&out, "logs");
+    assert!(
+        l.starts_with("OK") && l.contains("pg_current_logfile() is for superusers"),
+        "{out}"
+    );
+    let log = std::fs::read_dir(server.log_dir())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(!log.contains("permission denied for function"), "{log}");
+    server.psql(
+        "postgres",
+        "GRANT EXECUTE ON FUNCTION pg_current_logfile(text) TO watcher",
+    );
+    let (_, out) = check(&server, &as_watcher);
+    assert!(line(&out, "logs").starts_with("WARN"), "{out}");
 }
 
 #[test]

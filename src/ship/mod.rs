@@ -44,7 +44,8 @@ pub mod probe;
 pub mod python_buffer;
 pub mod ratelimit;
 pub mod shipper;
-pub mod status;
+/// `status` is a command (`crate::cli::status`); the daemon writes its [`status::LastCycle`] record.
+pub use crate::cli::status;
 mod store;
 
 pub use drain::{DrainReport, DrainStop};

@@ -1,5 +1,6 @@
-//! `postgres-agent once [--dry-run]`: one collection cycle, each batch printed as one JSON line on
-//! stdout. Exit status 0 when every collector succeeded, 1 when any failed (the batches of the others
+//! `postgres-agent once [--dry-run] [--pretty|--json]`: one collection cycle, each batch printed on
+//! stdout as one JSON line (on a pipe, or with `--json`) or as a table (on a terminal, or with
+//! `--pretty`). Exit status 0 when every collector succeeded, 1 when any failed (the batches of the others
 //! are still printed; each failure is logged on stderr).
 //!
 //! The statement baseline under `agent.state_dir` is read and updated, so two runs report the
@@ -10,6 +11,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::cli::pretty::{self, Format};
 use crate::collect::Collectors;
 use crate::config::Config;
 use crate::db::Db;
@@ -17,7 +19,7 @@ use crate::ship::batch::Batch;
 use crate::ship::Shipper;
 
 /// Runs one cycle and prints its batches.
-pub fn run(config: &Config, dry_run: bool) -> ExitCode {
+pub fn run(config: &Config, dry_run: bool, format: Format) -> ExitCode {
     let Some(runtime) = crate::command_runtime() else {
         return ExitCode::FAILURE;
     };
@@ -36,7 +38,7 @@ pub fn run(config: &Config, dry_run: bool) -> ExitCode {
     let report = runtime.block_on(collectors.run_cycle(&db, config));
     db.close();
     if dry_run || config.listener.url.is_none() {
-        if let Err(e) = print_batches(&report.batches) {
+        if let Err(e) = print_batches(&report.batches, format) {
             eprintln!("postgres-agent: cannot write to stdout: {e}");
             return ExitCode::FAILURE;
         }
@@ -82,8 +84,16 @@ fn ship(config: &Config, batches: &[Batch], runtime: &tokio::runtime::Runtime) -
     ok
 }
 
-/// Writes each batch as one JSON line.
-pub fn print_batches(batches: &[Batch]) -> std::io::Result<()> {
+/// Writes each batch as one JSON line, or as a table.
+pub fn print_batches(batches: &[Batch], format: Format) -> std::io::Result<()> {
+    if format == Format::Pretty {
+        let values: Vec<serde_json::Value> = batches
+            .iter()
+            .filter_map(|b| serde_json::to_string(b).ok())
+            .filter_map(|s| serde_json::from_str(&s).ok())
+            .collect();
+        return pretty::print(&values, format);
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for batch in batches {

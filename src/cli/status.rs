@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::batch::format_rfc3339;
-use super::outbox::{self, now_ms, schema, OutboxStats};
-use super::ShipError;
 use crate::config::Config;
+use crate::ship::batch::format_rfc3339;
+use crate::ship::outbox::{self, now_ms, schema, OutboxStats};
+use crate::ship::ShipError;
 
 /// Everything `status` prints.
 #[derive(Debug, Clone, Serialize)]
@@ -24,7 +24,7 @@ pub struct StatusReport {
     /// `listener.protocol`.
     pub protocol: &'static str,
     /// Progress of the import of the Bitville Python agent's buffer, if one was imported.
-    pub python_buffer: Option<super::python_buffer::ImportMarker>,
+    pub python_buffer: Option<crate::ship::python_buffer::ImportMarker>,
     pub outbox_path: PathBuf,
     pub max_size_bytes: u64,
     /// None when the outbox database does not exist yet.
@@ -108,7 +108,7 @@ pub fn read(config: &Config) -> Result<StatusReport, ShipError> {
         state_dir_from: config.agent.state_dir_origin.to_string(),
         listener_url: config.listener.url.clone(),
         protocol: config.listener.protocol.as_str(),
-        python_buffer: super::python_buffer::marker(&config.agent.state_dir)
+        python_buffer: crate::ship::python_buffer::marker(&config.agent.state_dir)
             .ok()
             .flatten(),
         outbox_path: path,

@@ -1,5 +1,6 @@
 //! The `logs` line of `check`: where the server log is, whether the agent's user can read it, and
-//! whether it is the file the server writes now (`pg_current_logfile()`, where the role may call it).
+//! whether it is the file the server writes now (`pg_current_logfile()`, where the role may call it:
+//! superusers, or roles granted EXECUTE on it).
 //!
 //! A permission error names what decides it: `log_file_mode`, the directory modes on the way to the
 //! file, and the groups of the user the check runs as.
@@ -172,7 +173,7 @@ fn where_(source: &LogSource) -> &Path {
 struct ServerFile {
     /// `pg_current_logfile(format)` made absolute; None when it returned NULL.
     current: Option<PathBuf>,
-    /// The role may call `pg_current_logfile()` (superuser or pg_monitor).
+    /// The role may call `pg_current_logfile()` (superusers, and roles granted EXECUTE on it).
     allowed: bool,
     collector: bool,
     destination: String,
@@ -191,25 +192,40 @@ impl ServerFile {
     /// Asks the server; None if the query fails (the other lines report why).
     async fn read(session: &mut Session, format: LogFormat) -> Option<ServerFile> {
         let format = format.as_str().to_string();
-        // CASE keeps pg_current_logfile() from being called without the privilege: the error would
-        // land in the server log, the very file being checked.
+        // Asked first: the executor checks EXECUTE on every function of a query before running
+        // any of it (a CASE does not help), and the error would land in the server log, the very
+        // file being checked.
         let row = session
             .query_opt(
-                "check_current_logfile",
+                "check_log_settings",
                 "SELECT has_function_privilege('pg_catalog.pg_current_logfile(text)', 'EXECUTE'), \
-                 CASE WHEN has_function_privilege('pg_catalog.pg_current_logfile(text)', 'EXECUTE') \
-                 THEN pg_current_logfile($1) END, \
+                 NULL::text, \
                  (SELECT setting FROM pg_settings WHERE name = 'data_directory'), \
                  current_setting('logging_collector'), current_setting('log_destination'), \
                  (SELECT setting FROM pg_settings WHERE name = 'log_file_mode'), \
                  current_setting('cluster_name')",
-                &[(&format, Type::TEXT)],
+                &[],
             )
             .await
             .ok()??;
+        let allowed: bool = row.try_get(0).unwrap_or(false);
+        let current_file = if allowed {
+            session
+                .query_opt(
+                    "check_current_logfile",
+                    "SELECT pg_current_logfile($1)",
+                    &[(&format, Type::TEXT)],
+                )
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.try_get::<_, Option<String>>(0).ok().flatten())
+        } else {
+            None
+        };
         let text = |i: usize| row.try_get::<_, Option<String>>(i).ok().flatten();
         let data_dir = text(2);
-        let current = text(1).and_then(|f| {
+        let current = current_file.and_then(|f| {
             let f = PathBuf::from(f);
             match (f.is_absolute(), &data_dir) {
                 (true, _) => Some(f),
@@ -219,7 +235,7 @@ impl ServerFile {
         });
         Some(ServerFile {
             current,
-            allowed: row.try_get(0).unwrap_or(false),
+            allowed,
             collector: text(3).as_deref() == Some("on"),
             destination: text(4).unwrap_or_default(),
             file_mode: text(5),
@@ -237,26 +253,7 @@ impl ServerFile {
     /// Whether `source` is where the server writes now (the query asked for the file of the
     /// format being followed).
     fn compare(&self, source: &LogSource, format: LogFormat, newest_size: u64) -> Verdict {
-        if !self.allowed {
-            return Verdict::Unknown(
-                "not compared with pg_current_logfile(): the role lacks pg_monitor".into(),
-            );
-        }
-        let Some(current) = &self.current else {
-            if self.collector {
-                return Verdict::Different {
-                    detail: format!(
-                        "the server writes no {} file now (log_destination = '{}')",
-                        format.as_str(),
-                        self.destination
-                    ),
-                    fix: format!(
-                        "add {} to log_destination in postgresql.conf and reload, or set [logs] \
-                         format to one it writes",
-                        format.as_str()
-                    ),
-                };
-            }
+        if !self.collector {
             return match source {
                 LogSource::File(p) if newest_size == 0 => Verdict::Different {
                     detail: format!(
@@ -270,8 +267,29 @@ impl ServerFile {
                 },
                 _ => Verdict::Unknown(
                     "logging_collector is off: the server's stderr goes wherever its start script \
-                     sends it, which the server cannot tell"
+                     sends it, which the server cannot name"
                         .into(),
+                ),
+            };
+        }
+        if !self.allowed {
+            return Verdict::Unknown(
+                "not compared with the file the server writes: pg_current_logfile() is for \
+                 superusers unless granted (GRANT EXECUTE ON FUNCTION pg_current_logfile(text) TO ...)"
+                    .into(),
+            );
+        }
+        let Some(current) = &self.current else {
+            return Verdict::Different {
+                detail: format!(
+                    "the server writes no {} file now (log_destination = '{}')",
+                    format.as_str(),
+                    self.destination
+                ),
+                fix: format!(
+                    "add {} to log_destination in postgresql.conf and reload, or set [logs] \
+                     format to one it writes",
+                    format.as_str()
                 ),
             };
         };

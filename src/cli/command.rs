@@ -1,0 +1,263 @@
+//! The `postgres-agent` command line: parses arguments, loads the configuration, and calls the
+//! command. Exit status: 0 success, 1 runtime failure, 2 usage error, 78 configuration error.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::cli::pretty::Format;
+use crate::cli::stdout_filter::StdoutFilter;
+use crate::config::Config;
+use crate::telemetry::logging::LogControl;
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// sysexits.h EX_CONFIG.
+const EXIT_CONFIG: u8 = 78;
+
+/// A low-overhead PostgreSQL monitoring agent.
+///
+/// Config file: the CONFIG argument or --config, else $BITVILLE_PG_CONFIG_PATH, else
+/// /etc/bitville/postgres-agent.ini if it exists, else built-in defaults. Any key can be overridden
+/// with BITVILLE_PG_<SECTION>_<KEY>; the connection also honours PGHOST, PGPORT, PGUSER, PGDATABASE,
+/// PGPASSWORD and PGSSLMODE. The Python agent's INI keys and BITVILLE_PG_* variables are read too.
+///
+/// `postgres-agent CONFIG` (a path and no command, how the Python agent was started) is the same as
+/// `postgres-agent run CONFIG`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "postgres-agent",
+    version,
+    about,
+    long_about,
+    override_usage = "postgres-agent [OPTIONS] <COMMAND>\n       postgres-agent CONFIG   (the same as `run CONFIG`)"
+)]
+struct Cli {
+    /// Path of the INI config file.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: collect every interval and ship batches until SIGTERM.
+    Run {
+        /// With no listener: show each batch as a table (the default on a terminal).
+        #[arg(long, conflicts_with = "json")]
+        pretty: bool,
+        /// With no listener: print each batch as one JSON line (the default on a pipe).
+        #[arg(long)]
+        json: bool,
+        /// Path of the INI config file.
+        #[arg(id = "config_path", value_name = "CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run one collection cycle and exit.
+    Once {
+        /// Print each batch on stdout and send nothing; read the saved statement baseline but
+        /// never write it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Show each printed batch as a table (the default on a terminal).
+        #[arg(long, conflicts_with = "json")]
+        pretty: bool,
+        /// Print each batch as one JSON line (the default on a pipe).
+        #[arg(long)]
+        json: bool,
+        /// Path of the INI config file.
+        #[arg(id = "config_path", value_name = "CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check config, database access and privileges, extensions, log access and the listener.
+    Check {
+        /// Only validate the configuration (file, environment, `*_file` secrets readable); touch
+        /// neither the network, the database nor the disk. Exit 0, or 78 with the error. For systemd
+        /// `ExecStartPre`, where an outage of the database or listener must not stop the service.
+        #[arg(long)]
+        config_only: bool,
+        /// Path of the INI config file.
+        #[arg(id = "config_path", value_name = "CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Parse PostgreSQL log files (or stdin) offline and print one JSON entry per line.
+    ParseLog {
+        /// Log format; auto detects it from the content.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "stderr", "csvlog", "jsonlog"])]
+        format: String,
+        /// log_line_prefix of stderr logs.
+        #[arg(long, value_name = "P")]
+        prefix: Option<String>,
+        /// Files to parse; stdin when none.
+        files: Vec<PathBuf>,
+    },
+    /// Show outbox depth and age, circuit state, last successful cycle and send.
+    ///
+    /// Reads the outbox database read-only, so it is safe while the daemon runs.
+    Status {
+        /// Print the figures as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Path of the INI config file.
+        #[arg(id = "config_path", value_name = "CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse_from(implicit_run(std::env::args_os().collect()));
+    let explicit = |positional: &Option<PathBuf>| positional.clone().or_else(|| cli.config.clone());
+    match &cli.command {
+        Command::Run {
+            config,
+            pretty,
+            json,
+        } => with_config_and_log(explicit(config), |config, log| {
+            // Batches reach stdout only without a listener.
+            let filter = (config.listener.url.is_none()
+                && Format::choose(*pretty, *json) == Format::Pretty)
+                .then(StdoutFilter::start)
+                .and_then(|f| {
+                    f.map_err(|e| eprintln!("postgres-agent: no table view: {e}"))
+                        .ok()
+                });
+            let code = crate::daemon::run(config.file.clone(), config, log);
+            if let Some(f) = filter {
+                f.finish();
+            }
+            code
+        }),
+        Command::Once {
+            config,
+            dry_run,
+            pretty,
+            json,
+        } => with_config(explicit(config), |config| {
+            crate::cli::once::run(&config, *dry_run, Format::choose(*pretty, *json))
+        }),
+        Command::Check {
+            config,
+            config_only,
+        } => with_config(explicit(config), |config| {
+            if *config_only {
+                crate::cli::check::config_only(&config)
+            } else {
+                crate::cli::check::run(&config)
+            }
+        }),
+        Command::ParseLog {
+            format,
+            prefix,
+            files,
+        } => parse_log(cli.config.clone(), format, prefix, files),
+        Command::Status { config, json } => {
+            with_config(explicit(config), |config| status(&config, *json))
+        }
+    }
+}
+
+/// The Python agent's form `postgres-agent /path/to/config.ini`: a first argument that is neither a
+/// subcommand nor a flag is the config path of `run`.
+fn implicit_run(mut args: Vec<OsString>) -> Vec<OsString> {
+    let Some(first) = args.get(1) else {
+        return args;
+    };
+    let is_command = first == "help"
+        || Cli::command()
+            .get_subcommands()
+            .any(|c| first == c.get_name() || c.get_all_aliases().any(|a| first == a));
+    if !is_command && !first.to_string_lossy().starts_with('-') {
+        args.insert(1, OsString::from("run"));
+    }
+    args
+}
+
+fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    with_config_and_log(path, |config, _| f(config))
+}
+
+/// Loads the configuration and starts logging; the closure also gets the handle that changes the
+/// log level on reload.
+fn with_config_and_log(
+    path: Option<PathBuf>,
+    f: impl FnOnce(Config, LogControl) -> ExitCode,
+) -> ExitCode {
+    match Config::load(path.as_deref()) {
+        Ok(config) => {
+            let log =
+                crate::telemetry::logging::init(&config.logging.level, &config.logging.format);
+            config.log_notices();
+            f(config, log)
+        }
+        Err(e) => {
+            eprintln!("postgres-agent: configuration error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn status(config: &Config, json: bool) -> ExitCode {
+    match crate::cli::status::read(config) {
+        Ok(report) if json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postgres-agent: status: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Ok(report) => {
+            print!("{}", report.to_text());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postgres-agent: status: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `parse-log` needs no config, but uses `correlation.keys` from one when given or found.
+fn parse_log(
+    config: Option<PathBuf>,
+    format: &str,
+    prefix: &Option<String>,
+    files: &[PathBuf],
+) -> ExitCode {
+    use crate::logs::{cli, stats, Finisher};
+    let (correlation_keys, privacy) = match Config::load(config.as_deref()) {
+        Ok(c) => (
+            c.correlation.keys,
+            crate::privacy::Privacy::from_config(&c.privacy).unwrap_or_default(),
+        ),
+        Err(e) => {
+            eprintln!("postgres-agent: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let opts = cli::ParseLogOptions {
+        format: format.to_string(),
+        prefix: prefix.clone(),
+        files: files.to_vec(),
+        finisher: Finisher {
+            correlation_keys,
+            privacy,
+        },
+    };
+    let before = stats::snapshot();
+    match cli::run(&opts, std::io::stdout().lock()) {
+        Ok(_) => {
+            eprintln!("{}", cli::summary(&before));
+            ExitCode::SUCCESS
+        }
+        Err(cli::ParseLogError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postgres-agent: parse-log: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

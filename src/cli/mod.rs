@@ -1,0 +1,12 @@
+//! The commands of the `postgres-agent` binary: [`command`] parses the arguments and dispatches;
+//! [`check`], [`once`] and [`status`] are the one-shot commands, [`pretty`] and [`stdout_filter`] the
+//! table view of batches. `run` is [`crate::daemon`]; `parse-log` is [`crate::logs::cli`].
+
+pub mod check;
+pub mod command;
+pub mod once;
+pub mod pretty;
+pub mod status;
+pub mod stdout_filter;
+
+pub use command::main;
