@@ -416,7 +416,8 @@ impl Daemon {
             c.stop(Duration::from_millis(200)).await;
         }
         if let Some(s) = self.sampling.take() {
-            s.stop(sample_task::STOP_FLUSH + Duration::from_millis(50)).await;
+            s.stop(sample_task::STOP_FLUSH + Duration::from_millis(50))
+                .await;
         }
         // The delivery task starts no new request; one in flight may finish within the budget.
         let idle = match self.delivery.take() {
