@@ -171,3 +171,68 @@ fn a_controlled_workload_is_reported_as_its_average_active_sessions() {
         db.close();
     });
 }
+
+#[test]
+fn sampling_and_spike_settings_have_defaults_and_clear_errors() {
+    use postgres_agent::config::Config;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.ini");
+    let load = |ini: &str, env: &[(&str, &str)]| {
+        std::fs::write(&path, ini).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with(Some(&path), env)
+    };
+    let c = load("", &[]).unwrap();
+    assert_eq!(
+        c.activity.sample_interval,
+        Some(Duration::from_millis(1000))
+    );
+    assert_eq!(c.activity.sample_top_n, 50);
+    assert!(c.spikes.enabled);
+    assert_eq!((c.spikes.active_sessions, c.spikes.load), (None, None));
+    assert_eq!(c.spikes.lock_wait, Some(Duration::from_millis(5000)));
+    assert_eq!(c.spikes.lookback, Duration::from_secs(60));
+    assert_eq!(c.spikes.min_gap, Duration::from_secs(60));
+
+    let c = load(
+        "[activity]\nsample_interval_ms = 0\n[spikes]\nactive_sessions = 12\nload = 2.5\nlock_wait_ms = 0\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.activity.sample_interval, None);
+    assert_eq!(
+        (c.spikes.active_sessions, c.spikes.load),
+        (Some(12), Some(2.5))
+    );
+    assert_eq!(c.spikes.lock_wait, None);
+    let c = load("", &[("BITVILLE_PG_SPIKES_LOAD", "3")]).unwrap();
+    assert_eq!(c.spikes.load, Some(3.0));
+
+    for (ini, wanted) in [
+        (
+            "[activity]\nsample_interval_ms = 50\n",
+            "[activity] sample_interval_ms = \"50\": must be 0 (sampling off) or from 100 to 60000",
+        ),
+        (
+            "[spikes]\nactive_sessions = 1.5\n",
+            "[spikes] active_sessions = \"1.5\": expected a whole number above 0",
+        ),
+        (
+            "[spikes]\nload = -1\n",
+            "[spikes] load = \"-1\": expected a number above 0",
+        ),
+        ("[spikes]\nload = lots\n", "[spikes] load = \"lots\""),
+        (
+            "[spikes]\nlookback_s = 0\n",
+            "[spikes] lookback_s = \"0\": must be from 1 to 3600",
+        ),
+        ("[activity]\nsample_top_n = 0\n", "[activity] sample_top_n"),
+    ] {
+        let e = load(ini, &[]).unwrap_err().to_string();
+        assert!(e.contains(wanted), "{ini}: {e}");
+        assert!(e.contains("agent.ini"), "{e}");
+    }
+}

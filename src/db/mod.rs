@@ -328,6 +328,29 @@ impl Session {
         }
     }
 
+    /// As [`Session::query`] (same deadline, same discarding), for a query without parameters that
+    /// runs every second: prepared once per connection and kept in the pool's statement cache, so
+    /// the server neither parses nor plans it again on each call.
+    pub async fn query_cached(
+        &mut self,
+        name: &'static str,
+        sql: &str,
+    ) -> Result<Vec<Row>, DbError> {
+        let sql = tagged(sql);
+        let Some(client) = self.client.as_ref() else {
+            return Err(DbError::Pool("session already discarded".into()));
+        };
+        let work = async {
+            let statement = client.prepare_cached(sql.as_ref()).await?;
+            client.query(&statement, &[]).await
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(source)) => Err(self.failed(name, source)),
+            Err(_) => Err(self.timed_out(name)),
+        }
+    }
+
     /// Runs a query and hands each row to `each` as it arrives, so a large result (every
     /// pg_stat_statements entry) is never held whole: the connection reads ahead at most one
     /// network buffer. The client deadline covers the whole result. If `each` fails, the rest of the

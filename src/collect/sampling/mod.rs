@@ -184,6 +184,11 @@ impl Sampler {
         let Some(server) = self.server.as_ref().map(|(s, _)| s.clone()) else {
             return tick;
         };
+        if db.idle_connections() == 0 {
+            // A collector took the connection while the server facts were read.
+            self.window.skipped_busy += 1;
+            return tick;
+        }
         let mut session = match db.session().await {
             Ok(s) => s,
             Err(e) => {

@@ -6,8 +6,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio_postgres::types::Type;
-
 use super::super::{col, query_text, CollectError};
 use crate::config::Config;
 use crate::correlation;
@@ -15,9 +13,11 @@ use crate::db::{Session, APPLICATION_NAME};
 
 pub const QUERY: &str = "activity_sample";
 
-/// The SQL for a server version. `count(*) OVER ()` and its filtered forms give the totals even
-/// when the row bound cut the result.
-pub fn sql(version_num: i32) -> String {
+/// The SQL for a server version, with the agent's `application_name`, the text length and the row
+/// bound written in (constants for a configuration), so it has no parameters and is prepared once
+/// per connection. `count(*) OVER ()` and its filtered forms give the totals even when the row bound
+/// cut the result.
+pub fn sql(version_num: i32, text_chars: i32, limit: i64) -> String {
     let query_id = if version_num >= 140000 {
         "query_id"
     } else {
@@ -26,14 +26,15 @@ pub fn sql(version_num: i32) -> String {
     format!(
         "SELECT /* postgres-agent */ pid, state, wait_event_type, wait_event, backend_type, \
          datname::text AS datname, usename::text AS usename, application_name, \
-         {query_id} AS query_id, left(query, $2) AS query, query_start, \
+         {query_id} AS query_id, left(query, {text_chars}) AS query, query_start, \
          count(*) OVER () AS total, \
          count(*) FILTER (WHERE state = 'active') OVER () AS total_active, \
          count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NOT NULL) OVER () AS total_waiting, \
          count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock') OVER () AS total_lock \
          FROM pg_stat_activity \
-         WHERE state <> 'idle' AND pid <> pg_backend_pid() AND application_name IS DISTINCT FROM $1 \
-         LIMIT $3"
+         WHERE state <> 'idle' AND pid <> pg_backend_pid() \
+           AND application_name IS DISTINCT FROM '{APPLICATION_NAME}' \
+         LIMIT {limit}"
     )
 }
 
@@ -105,15 +106,7 @@ pub async fn read(
     let text_chars = (config.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
     let limit = config.safety.max_activity_rows as i64;
     let rows = session
-        .query(
-            QUERY,
-            &sql(version_num),
-            &[
-                (&APPLICATION_NAME, Type::TEXT),
-                (&text_chars, Type::INT4),
-                (&limit, Type::INT8),
-            ],
-        )
+        .query_cached(QUERY, &sql(version_num, text_chars, limit))
         .await?;
     let mut out = Read::default();
     if let Some(r) = rows.first() {
