@@ -10,13 +10,13 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::parse::{detect_format, infer_prefix, LogFormat, Parser, MAX_ENTRY_BYTES};
+use super::parse::{detect_format, infer_prefix_for, LogFormat, Parser, MAX_ENTRY_BYTES};
 use super::reader::EntryReader;
 use super::{finish_entry, stats, Finisher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseLogError {
-    #[error("unknown --format {0:?}: expected auto, stderr, csvlog or jsonlog")]
+    #[error("unknown --format {0:?}: expected auto, stderr, csvlog, jsonlog or syslog")]
     Format(String),
     #[error("{}: cannot read: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
@@ -78,8 +78,8 @@ fn parse_one(
     let format = forced.unwrap_or_else(|| detect_format(&sample));
     let prefix = match (&opts.prefix, format) {
         (Some(p), _) => p.clone(),
-        (None, LogFormat::Stderr) => {
-            let inferred = infer_prefix(&sample);
+        (None, LogFormat::Stderr | LogFormat::Syslog) => {
+            let inferred = infer_prefix_for(format, &sample);
             // Said on stderr, beside the summary: the entries go to stdout.
             eprintln!(
                 "parse-log: {}: no --prefix given, inferred {inferred}",
