@@ -92,12 +92,25 @@ fn parse_one(
     let parser = Parser::new(format, &prefix, MAX_ENTRY_BYTES);
     let mut reader = EntryReader::new(io::Cursor::new(sample).chain(src), parser, 0);
     let mut n = 0;
+    // Entries are written straight into one output buffer, handed to the writer when it fills.
+    const FLUSH_AT: usize = 256 * 1024;
+    let mut buf = Vec::with_capacity(FLUSH_AT + 64 * 1024);
     while let Some((mut entry, _)) = reader.next_entry().map_err(read_err)? {
         finish_entry(&mut entry, &opts.finisher);
-        serde_json::to_writer(&mut *out, &entry).map_err(|e| ParseLogError::Write(e.into()))?;
-        out.write_all(b"\n").map_err(ParseLogError::Write)?;
+        entry
+            .write_json(&mut buf)
+            .map_err(|e| ParseLogError::Write(e.into()))?;
+        buf.push(b'\n');
         n += 1;
+        if buf.len() >= FLUSH_AT {
+            out.write_all(&buf).map_err(ParseLogError::Write)?;
+            buf.clear();
+            if buf.capacity() > 4 * FLUSH_AT {
+                buf = Vec::with_capacity(FLUSH_AT + 64 * 1024);
+            }
+        }
     }
+    out.write_all(&buf).map_err(ParseLogError::Write)?;
     Ok(n)
 }
 

@@ -205,6 +205,13 @@ pub fn parse_file(path: &Path, format: LogFormat, prefix: &str) -> Vec<Value> {
     let mut out = Vec::new();
     while let Some((mut e, _)) = reader.next_entry().expect("read log") {
         finish_entry(&mut e, &finisher);
+        // parse-log's writer makes exactly what serde_json makes of the entry.
+        let mut direct = Vec::new();
+        e.write_json(&mut direct).expect("write json");
+        assert_eq!(
+            String::from_utf8(direct).expect("utf8"),
+            serde_json::to_string(&e).expect("entry to json")
+        );
         out.push(serde_json::to_value(&e).expect("entry to json"));
     }
     out
