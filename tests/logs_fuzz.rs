@@ -57,6 +57,9 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
         Just("é✓😀".as_bytes().to_vec()),
         Just(b"duration: 1.5 ms  statement: /* traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' */".to_vec()),
         Just(b"duration: 3 ms  plan:\n{\"Query Text\": ".to_vec()),
+        Just(b"\nNov 28 23:59:01 host postgres[77]: [5-1] ".to_vec()),
+        Just(b"\nNov 28 23:59:01 host postgres[77]: [5-2] #011".to_vec()),
+        Just(b"\nNov  8 23:59:01 host postgres[78]: [1-1] user=u,db=d,app=a,client=::1 ".to_vec()),
     ]
 }
 
@@ -91,7 +94,12 @@ fn run(format: LogFormat, prefix: &str, max_entry: usize, data: Vec<u8>, sizes: 
         assert!(offset > last, "an entry must consume bytes");
         last = offset;
         finish_entry(&mut e, &finisher);
-        serde_json::to_string(&e).expect("serialises");
+        let mut direct = Vec::new();
+        e.write_json(&mut direct).expect("writes");
+        assert_eq!(
+            String::from_utf8(direct).expect("utf8"),
+            serde_json::to_string(&e).expect("serialises")
+        );
         assert!(e.message.len() <= max_entry.max(64));
     }
     assert_eq!(reader.offset(), total, "every byte is accounted for");
@@ -107,14 +115,14 @@ proptest! {
         max_entry in 64usize..600,
         which in 0usize..PREFIXES.len(),
     ) {
-        for format in [LogFormat::Stderr, LogFormat::Csvlog, LogFormat::Jsonlog] {
+        for format in [LogFormat::Stderr, LogFormat::Csvlog, LogFormat::Jsonlog, LogFormat::Syslog] {
             run(format, PREFIXES[which], max_entry, data.clone(), sizes.clone());
         }
     }
 
     #[test]
     fn raw_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..3000), max_entry in 64usize..400) {
-        for format in [LogFormat::Stderr, LogFormat::Csvlog, LogFormat::Jsonlog] {
+        for format in [LogFormat::Stderr, LogFormat::Csvlog, LogFormat::Jsonlog, LogFormat::Syslog] {
             run(format, "%m [%p] ", max_entry, data.clone(), vec![13, 1, 200]);
         }
     }

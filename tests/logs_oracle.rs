@@ -8,9 +8,9 @@ mod support;
 use std::collections::BTreeMap;
 
 use postgres_agent::logs::classify::sqlstate_class;
-use postgres_agent::logs::parse::{infer_prefix, LogFormat};
+use postgres_agent::logs::parse::{infer_prefix, infer_prefix_for, LogFormat};
 use serde_json::{Map, Value};
-use support::logs::{log_files, parse_file, start_logging_server, workload};
+use support::logs::{log_files, parse_file, start_logging_server, stderr_to_syslog, workload};
 
 /// Which jsonlog keys a `log_line_prefix` carries, split at `%q` (keys after it are only written for
 /// processes with a session).
@@ -360,4 +360,34 @@ fn oracle_session_prefix() {
 #[test]
 fn oracle_empty_prefix() {
     oracle("", "UTC");
+}
+
+/// syslog (issue 13): the same events as rsyslog would have written them (see
+/// `support::logs::stderr_to_syslog`), with pgBadger's syslog prefix, equal the jsonlog entries on
+/// everything the prefix and the syslog header (the pid) carry; inference finds the prefix.
+#[test]
+fn syslog_equals_jsonlog() {
+    const PREFIX: &str = "user=%u,db=%d,app=%a,client=%h ";
+    let with_pid = format!("[%p] {PREFIX}");
+    let server = start_logging_server(&with_pid, "UTC");
+    workload(&server);
+    server.stop();
+    let json = parse_file(&log_files(&server, "json")[0], LogFormat::Jsonlog, "");
+    let syslog = server.root.path().join("postgresql.syslog");
+    stderr_to_syslog(&log_files(&server, "log")[0], PREFIX, &syslog);
+    let text = std::fs::read_to_string(&syslog).expect("read syslog");
+    // The file has what the framing must undo: pieces of split lines and escaped tabs.
+    assert!(text.contains("-3] ") && text.contains("#011"));
+    let parsed = parse_file(&syslog, LogFormat::Syslog, PREFIX);
+    assert!(json.iter().any(|e| e["message"]
+        .as_str()
+        .is_some_and(|m| m.contains(&"x".repeat(1200)))));
+    let expected: Vec<Value> = json.iter().map(|e| stderr_view(e, &with_pid)).collect();
+    assert_same("syslog vs jsonlog", sorted(expected), sorted(parsed));
+    let sample: Vec<u8> = text.bytes().take(64 * 1024).collect();
+    assert_eq!(
+        postgres_agent::logs::parse::detect_format(&sample),
+        LogFormat::Syslog
+    );
+    assert_eq!(infer_prefix_for(LogFormat::Syslog, &sample).prefix, PREFIX);
 }

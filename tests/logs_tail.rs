@@ -474,3 +474,63 @@ fn discovers_the_log_from_the_server_and_batches_early_when_full() {
         .expect("commit");
     assert!(state.path().join("log_position.json").exists());
 }
+
+/// syslog in the tailer (issue 13): a file rsyslog writes grows a few bytes at a time, splitting
+/// messages between their pieces and inside lines; the tailer's entries equal those of the whole
+/// file parsed offline.
+#[test]
+fn tails_a_syslog_file_written_piece_by_piece() {
+    const PREFIX: &str = "user=%u,db=%d,app=%a,client=%h ";
+    let server = PgServer::start_with(PgOptions {
+        conf: support::logs::verbose_logging(&format!("[%p] {PREFIX}"), "UTC"),
+        pg_stat_statements: false,
+    });
+    let db = server.conn_str("postgres");
+    let words: Vec<String> = (0..300).map(|i| format!("w{i}")).collect();
+    for sql in [
+        "select 1/0".to_string(),
+        "select 'multi\nline'".to_string(),
+        format!("select '{}', '{}'", "x".repeat(1500), words.join(" ")),
+    ] {
+        psql_lenient(&server, &db, &sql, &[]);
+    }
+    server.stop();
+    let dir = tempfile::tempdir().expect("dir");
+    let whole = dir.path().join("whole.syslog");
+    support::logs::stderr_to_syslog(&log_files(&server, "log")[0], PREFIX, &whole);
+    let bytes = std::fs::read(&whole).expect("read");
+    let expected = parse_file(&whole, LogFormat::Syslog, PREFIX);
+    assert!(expected.len() > 5);
+
+    let live = dir.path().join("postgresql.syslog");
+    File::create(&live).expect("create");
+    let mut s = TailSettings::new(
+        LogSource::File(live.clone()),
+        LogFormat::Syslog,
+        PREFIX,
+        dir.path(),
+    );
+    s.finisher.privacy = postgres_agent::privacy::Privacy::PASS_THROUGH;
+    s.finisher.correlation_keys = vec!["traceparent".into(), "correlation_id".into()];
+    s.start_at_end = false;
+    s.poll_interval = Duration::from_millis(5);
+    let mut tailer = Tailer::open(s).expect("tailer");
+    let mut got = Vec::new();
+    let mut file = OpenOptions::new().append(true).open(&live).expect("open");
+    for piece in bytes.chunks(333) {
+        file.write_all(piece).expect("append");
+        file.flush().expect("flush");
+        let batch = tailer.take_batch(100).expect("batch");
+        got.extend(batch.entries);
+        if let Some(p) = &batch.position {
+            tailer.commit(p).expect("commit");
+        }
+    }
+    drain(&mut tailer, &mut got);
+    let sort = |v: &[Value]| {
+        let mut s: Vec<String> = v.iter().map(Value::to_string).collect();
+        s.sort();
+        s
+    };
+    assert_eq!(sort(&got), sort(&expected));
+}

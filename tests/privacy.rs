@@ -163,7 +163,7 @@ fn texts_cut_by_track_activity_query_size_never_leak_the_cut_literal() {
 /// Every entry of the server's log files in `format`, parsed by the agent's own log parsers.
 fn parse_logs(server: &PgServer, format: LogFormat) -> Vec<LogEntry<'static>> {
     let ext = match format {
-        LogFormat::Stderr => "log",
+        LogFormat::Stderr | LogFormat::Syslog => "log",
         LogFormat::Csvlog => "csv",
         LogFormat::Jsonlog => "json",
     };

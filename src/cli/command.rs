@@ -82,10 +82,10 @@ enum Command {
     },
     /// Parse PostgreSQL log files (or stdin) offline and print one JSON entry per line.
     ParseLog {
-        /// Log format; auto detects it from the content.
-        #[arg(long, default_value = "auto", value_parser = ["auto", "stderr", "csvlog", "jsonlog"])]
+        /// Log format; auto detects it from the content. syslog reads a file rsyslog wrote.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "stderr", "csvlog", "jsonlog", "syslog"])]
         format: String,
-        /// log_line_prefix of stderr logs.
+        /// log_line_prefix of stderr and syslog logs; inferred from the file when not given.
         #[arg(long, value_name = "P")]
         prefix: Option<String>,
         /// Files to parse; stdin when none.

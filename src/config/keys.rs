@@ -70,7 +70,7 @@ pub const SSLMODES: &[&str] = &[
     "verify-ca",
     "verify-full",
 ];
-pub const LOG_FORMATS: &[&str] = &["auto", "stderr", "csvlog", "jsonlog"];
+pub const LOG_FORMATS: &[&str] = &["auto", "stderr", "csvlog", "jsonlog", "syslog"];
 pub const REDACT_CLASSES: &[&str] = &[
     "credential",
     "parsing_error",
@@ -120,7 +120,7 @@ pub const KEYS: &[KeySpec] = &[
     k("circuit_breaker", "recovery_timeout_s", "60", Int(1, 86_400), "Seconds the circuit stays open before one probe is allowed."),
     k("logs", "enabled", "true", Bool, "Tail the PostgreSQL server log."),
     k("logs", "path", "", Str, "Log file or directory; empty = ask the server (data_directory, log_directory)."),
-    k("logs", "format", "auto", Choice(LOG_FORMATS), "auto, stderr, csvlog or jsonlog."),
+    k("logs", "format", "auto", Choice(LOG_FORMATS), "auto, stderr, csvlog, jsonlog or syslog (a file rsyslog writes)."),
     k("logs", "line_prefix", "", Str, "log_line_prefix of stderr logs; empty = ask the server."),
     k("logs", "poll_interval_ms", "100", Int(10, 60_000), "How often the log is checked for new data."),
     k("logs", "max_buffered_entries", "500", Int(1, 1_000_000), "Entries held in memory before a pg_logs batch is written early."),

@@ -10,13 +10,13 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::parse::{detect_format, infer_prefix, LogFormat, Parser, MAX_ENTRY_BYTES};
+use super::parse::{detect_format, infer_prefix_for, LogFormat, Parser, MAX_ENTRY_BYTES};
 use super::reader::EntryReader;
 use super::{finish_entry, stats, Finisher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseLogError {
-    #[error("unknown --format {0:?}: expected auto, stderr, csvlog or jsonlog")]
+    #[error("unknown --format {0:?}: expected auto, stderr, csvlog, jsonlog or syslog")]
     Format(String),
     #[error("{}: cannot read: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
@@ -78,8 +78,8 @@ fn parse_one(
     let format = forced.unwrap_or_else(|| detect_format(&sample));
     let prefix = match (&opts.prefix, format) {
         (Some(p), _) => p.clone(),
-        (None, LogFormat::Stderr) => {
-            let inferred = infer_prefix(&sample);
+        (None, LogFormat::Stderr | LogFormat::Syslog) => {
+            let inferred = infer_prefix_for(format, &sample);
             // Said on stderr, beside the summary: the entries go to stdout.
             eprintln!(
                 "parse-log: {}: no --prefix given, inferred {inferred}",
@@ -92,12 +92,25 @@ fn parse_one(
     let parser = Parser::new(format, &prefix, MAX_ENTRY_BYTES);
     let mut reader = EntryReader::new(io::Cursor::new(sample).chain(src), parser, 0);
     let mut n = 0;
+    // Entries are written straight into one output buffer, handed to the writer when it fills.
+    const FLUSH_AT: usize = 256 * 1024;
+    let mut buf = Vec::with_capacity(FLUSH_AT + 64 * 1024);
     while let Some((mut entry, _)) = reader.next_entry().map_err(read_err)? {
         finish_entry(&mut entry, &opts.finisher);
-        serde_json::to_writer(&mut *out, &entry).map_err(|e| ParseLogError::Write(e.into()))?;
-        out.write_all(b"\n").map_err(ParseLogError::Write)?;
+        entry
+            .write_json(&mut buf)
+            .map_err(|e| ParseLogError::Write(e.into()))?;
+        buf.push(b'\n');
         n += 1;
+        if buf.len() >= FLUSH_AT {
+            out.write_all(&buf).map_err(ParseLogError::Write)?;
+            buf.clear();
+            if buf.capacity() > 4 * FLUSH_AT {
+                buf = Vec::with_capacity(FLUSH_AT + 64 * 1024);
+            }
+        }
     }
+    out.write_all(&buf).map_err(ParseLogError::Write)?;
     Ok(n)
 }
 

@@ -37,6 +37,7 @@
 pub mod classify;
 pub mod cli;
 pub mod entry;
+pub mod json_out;
 pub mod parse;
 pub mod position;
 pub mod reader;
@@ -76,7 +77,10 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
     let (correlation, source, separate) = {
         // auto_explain: the statement is the plan's "Query Text".
         let sql = statement_text(e).or_else(plan_text);
-        let correlation = correlation::extract_from(sql, e.application_name.as_deref(), keys);
+        // Only comments carry tags: text without one is not handed over (same result, without
+        // building a searcher per entry).
+        let commented = sql.filter(|s| has_comment(s));
+        let correlation = correlation::extract_from(commented, e.application_name.as_deref(), keys);
         // The statement is fingerprinted in the lexing pass that masks it, when it is the
         // `statement` field or the SQL of the message; any other text (a JSON plan's) on its own.
         let source = match sql {
@@ -114,6 +118,16 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
     if f.privacy.obfuscate_queries {
         mask_json_plan(e);
     }
+}
+
+/// Whether `sql` holds `/*` or `--`, the only places correlation tags are read from.
+fn has_comment(sql: &str) -> bool {
+    use std::sync::LazyLock;
+    static BLOCK: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"/*"));
+    static LINE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"--"));
+    BLOCK.find(sql.as_bytes()).is_some() || LINE.find(sql.as_bytes()).is_some()
 }
 
 /// auto_explain's JSON plan carries the statement as "Query Text" and conditions with literals
@@ -170,7 +184,7 @@ pub fn statement_of<'e>(statement: Option<&'e str>, message: &'e str) -> Option<
     let m = message;
     let m = m
         .strip_prefix("duration: ")
-        .and_then(|r| memchr::memmem::find(r.as_bytes(), b" ms  ").map(|i| &r[i + 5..]))
+        .and_then(|r| crate::privacy::messages::duration_end(r).map(|i| &r[i + 5..]))
         .unwrap_or(m);
     for marker in ["statement: ", "execute "] {
         if let Some(rest) = m.strip_prefix(marker) {

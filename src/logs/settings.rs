@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::parse::{detect_format, infer_prefix, LogFormat, MAX_ENTRY_BYTES};
+use super::parse::{detect_format, infer_prefix_for, LogFormat, MAX_ENTRY_BYTES};
 use super::source::{LogSource, ServerLogging};
 use super::Finisher;
 use crate::config::Config;
@@ -100,8 +100,8 @@ impl TailSettings {
         let prefix = match (&logs.line_prefix, server) {
             (Some(p), _) => p.clone(),
             (None, Some(s)) => s.prefix.clone(),
-            (None, None) if format == LogFormat::Stderr => {
-                let inferred = infer_prefix(&sample);
+            (None, None) if matches!(format, LogFormat::Stderr | LogFormat::Syslog) => {
+                let inferred = infer_prefix_for(format, &sample);
                 tracing::info!(
                     event = "log_prefix_inferred",
                     prefix = inferred.prefix,

@@ -91,7 +91,7 @@ impl LogFile {
 pub fn holds(format: LogFormat, name: &str) -> bool {
     match LogFormat::from_file_name(name) {
         Some(f) => f == format,
-        None => format == LogFormat::Stderr && !name.starts_with('.'),
+        None => matches!(format, LogFormat::Stderr | LogFormat::Syslog) && !name.starts_with('.'),
     }
 }
 

@@ -11,6 +11,15 @@ pub enum SqlPart {
     Plan,
 }
 
+/// Where ` ms  ` ends the duration of a `duration: ` message (`after` starts after `duration: `).
+/// One searcher for the process: building one per call (`str::find`, `memmem::find`) costs more
+/// than the search itself.
+pub fn duration_end(after: &str) -> Option<usize> {
+    static MS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b" ms  "));
+    MS.find(after.as_bytes())
+}
+
 /// Where the SQL of a `log_statement` / `log_min_duration_statement` / auto_explain message starts:
 /// `statement: `, `execute <name>: `, `execute fetch from <name>/<portal>: `, `parse <name>: `,
 /// `bind <name>: ` and `plan:`, each optionally after `duration: <ms> ms  `.
@@ -18,8 +27,7 @@ pub fn message_sql(message: &str) -> Option<(usize, SqlPart)> {
     let mut offset = 0;
     let mut rest = message;
     if let Some(after) = rest.strip_prefix("duration: ") {
-        // memmem: `str::find` builds a two-way searcher per call, which costs more than this search.
-        let sep = memchr::memmem::find(after.as_bytes(), b" ms  ")?;
+        let sep = duration_end(after)?;
         offset += "duration: ".len() + sep + " ms  ".len();
         rest = &message[offset..];
     }

@@ -93,6 +93,16 @@ pub fn workload(server: &PgServer) {
     );
     run(&app, "selec 1");
     run(&db, "select * from no_such_table");
+    // Statements over syslog's 900-byte line limit: one long word, then many short ones.
+    let words: Vec<String> = (0..300).map(|i| format!("w{i}")).collect();
+    run(
+        &db,
+        &format!(
+            "select '{}' as long_word, '{}' as many_words",
+            "x".repeat(1200),
+            words.join(" ")
+        ),
+    );
     run(&db, "select 'héllo\n\twörld ✓ 😀' as \"naïve\",\n  2 as x");
     run(&db, "do $$ begin raise warning 'wärning %', 1; raise notice 'note' using detail = 'dé\ntail', hint = 'a hint'; end $$");
     run(
@@ -195,6 +205,13 @@ pub fn parse_file(path: &Path, format: LogFormat, prefix: &str) -> Vec<Value> {
     let mut out = Vec::new();
     while let Some((mut e, _)) = reader.next_entry().expect("read log") {
         finish_entry(&mut e, &finisher);
+        // parse-log's writer makes exactly what serde_json makes of the entry.
+        let mut direct = Vec::new();
+        e.write_json(&mut direct).expect("write json");
+        assert_eq!(
+            String::from_utf8(direct).expect("utf8"),
+            serde_json::to_string(&e).expect("entry to json")
+        );
         out.push(serde_json::to_value(&e).expect("entry to json"));
     }
     out
@@ -202,4 +219,102 @@ pub fn parse_file(path: &Path, format: LogFormat, prefix: &str) -> Vec<Value> {
 
 pub fn superuser() -> &'static str {
     SUPERUSER
+}
+
+/// PostgreSQL's `PG_SYSLOG_LIMIT` (elog.c).
+const PG_SYSLOG_LIMIT: usize = 900;
+
+/// Writes what rsyslog would have written to a file had the server that wrote `stderr_log` used
+/// `log_destination = syslog` (with the default `syslog_sequence_numbers` and
+/// `syslog_split_messages` on) and `log_line_prefix` without its leading `[%p] `: the server sends
+/// the very text it writes to stderr to syslog, so each stderr message (framed by the library's
+/// stderr parser under `[%p] ` + `prefix`, which the stderr oracle checks) is turned into syslog
+/// lines as `write_syslog` in `src/backend/utils/error/elog.c` does: one `syslog()` call per line,
+/// lines over 900 bytes cut at the last whitespace before the limit (or at the limit, clipped to a
+/// character boundary, when there is none), each tagged `[seq-chunk]` with a per-process message
+/// counter; rsyslog then writes `Mon DD HH:MM:SS host ident[pid]: msg` with control characters
+/// escaped as `#` and three octal digits (`RSYSLOG_TraditionalFileFormat`).
+pub fn stderr_to_syslog(stderr_log: &Path, prefix: &str, out: &Path) {
+    let data = std::fs::read(stderr_log).expect("read stderr log");
+    let mut parser = Parser::new(
+        LogFormat::Stderr,
+        &format!("[%p] {prefix}"),
+        MAX_ENTRY_BYTES,
+    );
+    let mut seqs: std::collections::HashMap<u32, u64> = Default::default();
+    let mut syslog = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let n = match parser.frame(&data[pos..], postgres_agent::logs::parse::End::Eof) {
+            postgres_agent::logs::parse::Frame::Entry(n) => n,
+            other => panic!("unexpected frame {other:?}"),
+        };
+        let message = &data[pos..pos + n];
+        pos += n;
+        // `[pid] ` starts every prefixed line; continuation lines start with a tab.
+        let pid: u32 =
+            std::str::from_utf8(&message[1..message.iter().position(|b| *b == b']').expect("pid")])
+                .expect("utf8")
+                .parse()
+                .expect("pid");
+        let mut text = Vec::with_capacity(message.len());
+        for line in message.split_inclusive(|b| *b == b'\n') {
+            let strip = format!("[{pid}] ");
+            text.extend_from_slice(line.strip_prefix(strip.as_bytes()).unwrap_or(line));
+        }
+        let seq = seqs.entry(pid).or_default();
+        *seq += 1;
+        for (chunk, piece) in write_syslog_pieces(&text).iter().enumerate() {
+            let mut line = format!(
+                "Nov 28 23:59:01 testhost postgres[{pid}]: [{}-{}] ",
+                seq,
+                chunk + 1
+            )
+            .into_bytes();
+            for &b in piece {
+                if b < 0x20 || b == 0x7f {
+                    line.extend_from_slice(format!("#{b:03o}").as_bytes());
+                } else {
+                    line.push(b);
+                }
+            }
+            line.push(b'\n');
+            syslog.extend_from_slice(&line);
+        }
+    }
+    std::fs::write(out, syslog).expect("write syslog file");
+}
+
+/// The pieces `write_syslog` sends for one message (its split path: every message ends in a
+/// newline, so it is always taken).
+fn write_syslog_pieces(message: &[u8]) -> Vec<Vec<u8>> {
+    let mut pieces = Vec::new();
+    let mut line = message;
+    while !line.is_empty() {
+        if line[0] == b'\n' {
+            line = &line[1..];
+            continue;
+        }
+        let nl = line.iter().position(|b| *b == b'\n');
+        let mut buflen = nl.unwrap_or(line.len()).min(PG_SYSLOG_LIMIT);
+        // pg_mbcliplen: back to a character boundary (UTF-8).
+        while buflen > 0 && buflen < line.len() && (line[buflen] & 0xC0) == 0x80 {
+            buflen -= 1;
+        }
+        if buflen == 0 {
+            break;
+        }
+        if buflen < line.len() && !line[buflen].is_ascii_whitespace() {
+            let mut i = buflen - 1;
+            while i > 0 && !line[i].is_ascii_whitespace() {
+                i -= 1;
+            }
+            if i > 0 {
+                buflen = i;
+            }
+        }
+        pieces.push(line[..buflen].to_vec());
+        line = &line[buflen..];
+    }
+    pieces
 }

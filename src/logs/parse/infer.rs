@@ -37,6 +37,9 @@ pub const COMMON_PREFIXES: &[&str] = &[
     "%m %u %d [%p] ",
     "%t [%p] ",
     "%m:%r:%u@%d:[%p]:",
+    // pgBadger's documentation for syslog (syslog supplies the time and the pid).
+    "user=%u,db=%d,app=%a,client=%h ",
+    "db=%d,user=%u,app=%a,client=%h ",
     "%t ",
     "%m ",
     "",

@@ -16,6 +16,7 @@ pub mod json;
 pub mod jsoncap;
 pub mod prefix;
 pub mod stderr;
+pub mod syslog;
 pub mod time;
 
 use super::entry::LogEntry;
@@ -29,6 +30,8 @@ pub enum LogFormat {
     Stderr,
     Csvlog,
     Jsonlog,
+    /// `log_destination = syslog`, as rsyslog writes it to a file.
+    Syslog,
 }
 
 impl LogFormat {
@@ -38,6 +41,7 @@ impl LogFormat {
             "stderr" => Some(LogFormat::Stderr),
             "csvlog" | "csv" => Some(LogFormat::Csvlog),
             "jsonlog" | "json" => Some(LogFormat::Jsonlog),
+            "syslog" => Some(LogFormat::Syslog),
             _ => None,
         }
     }
@@ -47,6 +51,7 @@ impl LogFormat {
             LogFormat::Stderr => "stderr",
             LogFormat::Csvlog => "csvlog",
             LogFormat::Jsonlog => "jsonlog",
+            LogFormat::Syslog => "syslog",
         }
     }
 
@@ -95,6 +100,7 @@ pub enum Parser {
     Stderr(Box<stderr::StderrParser>),
     Csv(Box<csv::CsvParser>),
     Json(json::JsonParser),
+    Syslog(Box<syslog::SyslogParser>),
 }
 
 impl Parser {
@@ -106,6 +112,9 @@ impl Parser {
             }
             LogFormat::Csvlog => Parser::Csv(Box::new(csv::CsvParser::new(max_entry))),
             LogFormat::Jsonlog => Parser::Json(json::JsonParser::new(max_entry)),
+            LogFormat::Syslog => {
+                Parser::Syslog(Box::new(syslog::SyslogParser::new(prefix, max_entry)))
+            }
         }
     }
 
@@ -114,6 +123,7 @@ impl Parser {
             Parser::Stderr(_) => LogFormat::Stderr,
             Parser::Csv(_) => LogFormat::Csvlog,
             Parser::Json(_) => LogFormat::Jsonlog,
+            Parser::Syslog(_) => LogFormat::Syslog,
         }
     }
 
@@ -124,6 +134,7 @@ impl Parser {
             Parser::Stderr(p) => p.frame(buf, end),
             Parser::Csv(p) => p.frame(buf, end),
             Parser::Json(p) => p.frame(buf, end),
+            Parser::Syslog(p) => p.frame(buf, end),
         }
     }
 
@@ -133,9 +144,18 @@ impl Parser {
             Parser::Stderr(p) => (p.build(bytes), p.max_entry()),
             Parser::Csv(p) => (p.build(bytes), p.max_entry()),
             Parser::Json(p) => (p.build(bytes), p.max_entry()),
+            Parser::Syslog(p) => (p.build(bytes), p.max_entry()),
         };
         e.cap(max);
         e
+    }
+}
+
+/// The `log_line_prefix` inferred from a sample of a stderr or syslog log (see [`infer`]).
+pub fn infer_prefix_for(format: LogFormat, sample: &[u8]) -> Inferred {
+    match format {
+        LogFormat::Syslog => infer_prefix(&syslog::message_lines(sample)),
+        _ => infer_prefix(sample),
     }
 }
 
@@ -147,6 +167,9 @@ pub fn detect_format(sample: &[u8]) -> LogFormat {
         .unwrap_or(b"");
     if line.first() == Some(&b'{') {
         return LogFormat::Jsonlog;
+    }
+    if syslog::header(line).is_some() {
+        return LogFormat::Syslog;
     }
     if let Some((_, n)) = time::parse_pg_time(line) {
         if line.get(n) == Some(&b',') {

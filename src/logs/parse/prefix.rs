@@ -60,9 +60,11 @@ enum Item {
 const STEP_BUDGET: u32 = 4096;
 
 /// A compiled `log_line_prefix`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Prefix {
     items: Vec<Item>,
+    /// A searcher per literal item (same index), built once: free-text values end at a literal.
+    finders: Vec<Option<memmem::Finder<'static>>>,
     source: String,
 }
 
@@ -131,8 +133,16 @@ impl Prefix {
             items.push(Item::Esc { field, pad });
         }
         flush(&mut items, &mut lit);
+        let finders = items
+            .iter()
+            .map(|i| match i {
+                Item::Lit(l) => Some(memmem::Finder::new(l).into_owned()),
+                _ => None,
+            })
+            .collect();
         Prefix {
             items,
+            finders,
             source: source.to_string(),
         }
     }
@@ -158,15 +168,27 @@ impl Prefix {
         accept: &dyn Fn(&[u8]) -> bool,
     ) -> Option<(PrefixFields, usize)> {
         let mut fields: PrefixFields = [None; FIELDS];
+        let end = self.matches_into(line, accept, &mut fields)?;
+        Some((fields, end))
+    }
+
+    /// [`Prefix::matches`], writing the fields into `fields` (the hot path: no copies of them).
+    /// `fields` must start cleared; after a failed match its contents are meaningless.
+    pub fn matches_into(
+        &self,
+        line: &[u8],
+        accept: &dyn Fn(&[u8]) -> bool,
+        fields: &mut PrefixFields,
+    ) -> Option<usize> {
         let mut budget = STEP_BUDGET;
         let mut m = Matcher {
             items: &self.items,
+            finders: &self.finders,
             line,
             accept,
             budget: &mut budget,
         };
-        let end = m.at(0, 0, &mut fields)?;
-        Some((fields, end))
+        m.at(0, 0, fields)
     }
 }
 
@@ -178,6 +200,7 @@ fn flush(items: &mut Vec<Item>, lit: &mut Vec<u8>) {
 
 struct Matcher<'p, 'a> {
     items: &'p [Item],
+    finders: &'p [Option<memmem::Finder<'static>>],
     line: &'a [u8],
     accept: &'p dyn Fn(&[u8]) -> bool,
     budget: &'p mut u32,
@@ -315,8 +338,10 @@ impl Matcher<'_, '_> {
             }
         }
         match self.items.get(i + 1) {
-            Some(Item::Lit(l)) => {
-                let finder = memmem::Finder::new(l);
+            Some(Item::Lit(_)) => {
+                let Some(Some(finder)) = self.finders.get(i + 1) else {
+                    return None;
+                };
                 let mut from = pos;
                 while let Some(off) = finder.find(&line[from..]) {
                     if *self.budget == 0 {

@@ -123,16 +123,21 @@ impl StderrParser {
         if line.first() == Some(&b'\t') {
             return (Kind::Cont, 1);
         }
-        let Some((f, at)) = self.prefix.matches(line, &accept) else {
+        let mut scratch: PrefixFields;
+        let f = match fields {
+            Some(out) => out,
+            None => {
+                scratch = PrefixFields::default();
+                &mut scratch
+            }
+        };
+        let Some(at) = self.prefix.matches_into(line, &accept, f) else {
             return (Kind::Other, 0);
         };
         let Some((word, text)) = keyword(&line[at..]) else {
             return (Kind::Other, 0);
         };
         if let Some(sev) = severity(word) {
-            if let Some(out) = fields {
-                *out = f;
-            }
             return (Kind::Start(sev), at + text);
         }
         match aux(word) {

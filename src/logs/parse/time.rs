@@ -23,7 +23,20 @@ impl Timestamp {
         let secs = self.0.div_euclid(1000);
         let days = secs.div_euclid(86_400);
         let sod = secs.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
+        thread_local! {
+            // Entries come in time order: the date of the last one is almost always this one's.
+            static LAST_DAY: std::cell::Cell<(i64, (i64, u32, u32))> =
+                const { std::cell::Cell::new((0, (1970, 1, 1))) };
+        }
+        let (y, m, d) = LAST_DAY.with(|last| {
+            let (day, date) = last.get();
+            if day == days {
+                return date;
+            }
+            let date = civil_from_days(days);
+            last.set((days, date));
+            date
+        });
         let mut out = *b"0000-00-00T00:00:00.000Z";
         let y = y.clamp(0, 9999) as u32;
         put(&mut out[0..4], y);
