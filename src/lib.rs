@@ -5,6 +5,7 @@
 //! pg_stat_statements deltas, locks and host metrics; a background task tails the server log. Every
 //! kind of data becomes a [`ship::batch::Batch`], written to the durable outbox before it is sent to
 //! the listener through a circuit breaker. [`telemetry`] covers the agent's own logs and metrics.
+//! [`cli`] is the command line: `check`, `once`, `status` and the table view of batches.
 
 pub mod cli;
 pub mod collect;

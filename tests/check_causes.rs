@@ -207,6 +207,29 @@ fn authentication_failures_are_told_apart() {
             "{out}"
         );
     }
+    // The daemon and `once` log a refused password as an ERROR with its fix, not as an outage.
+    let dir = tempfile::tempdir().unwrap();
+    let ini = write_ini(
+        dir.path(),
+        &server,
+        &format!(
+            "[postgres]\nhost = 127.0.0.1\nport = {}\nuser = pw_scram\npassword = wrong\n[logs]\nenabled = false\n",
+            server.port
+        ),
+    );
+    let out = agent(
+        &["once", "--dry-run", &ini],
+        &[("BITVILLE_PG_LOGGING_FORMAT", "json")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("\"cause\":\"password\""))
+        .unwrap_or_else(|| panic!("no password cause logged:\n{stderr}"));
+    assert!(
+        line.contains("\"level\":\"ERROR\"") && line.contains("ALTER ROLE"),
+        "{stderr}"
+    );
     let (_, out) = tcp("shut_out", Some("x"));
     assert!(
         failed_with(&out, "rejected").contains("pg_hba.conf must allow it"),

@@ -102,8 +102,8 @@ fn check_is_clean_with_logs_path_and_pg_read_all_settings() {
 #[test]
 fn once_collects_everything_but_the_directories_with_one_warning() {
     let (server, _state, path) = setup("");
-    // The first run saves the statement baseline (a dry run would only read it); the second
-    // reports what ran in between.
+    // The first run saves the statement baseline (no listener: it prints, like --dry-run, which
+    // never writes the baseline); the second reports what ran in between.
     let first = agent(&["once", &path], &[]);
     assert_eq!(
         first.status.code(),

@@ -50,6 +50,27 @@ fn once_pretty_prints_tables_and_a_pipe_gets_json() {
 }
 
 #[test]
+fn a_terminal_gets_tables_without_asking() {
+    let server = PgServer::start();
+    let state = tempfile::tempdir().unwrap();
+    let ini = ini(&server, state.path());
+    // script(1) runs the command on a pseudo-terminal.
+    let cmd = format!(
+        "{} once --dry-run {ini}",
+        env!("CARGO_BIN_EXE_postgres-agent")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .env("BITVILLE_PG_LOGGING_LEVEL", "error")
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("── system_metrics"), "{text}");
+    assert!(!text.contains("\"batch_id\""), "{text}");
+}
+
+#[test]
 fn run_pretty_shows_each_cycle_as_tables_and_exits_cleanly() {
     let server = PgServer::start();
     let state = tempfile::tempdir().unwrap();
