@@ -169,6 +169,8 @@ pub struct CycleReport {
     pub batches: Vec<Batch>,
     pub runs: Vec<CollectorRun>,
     pub server: Option<ServerInfo>,
+    /// Why the server could not be read this cycle (with the fix, when the cause is known).
+    pub server_error: Option<String>,
     pub duration: Duration,
 }
 
@@ -226,6 +228,7 @@ impl Collectors {
     pub async fn run_cycle(&mut self, db: &Db, config: &Config) -> CycleReport {
         let started = Instant::now();
         self.system.begin_window();
+        let mut server_error = None;
         let server = match server_context(db, config).await {
             Ok(s) => Some(s),
             // A refused password or a pg_hba.conf rejection is a configuration error, not an
@@ -240,6 +243,10 @@ impl Collectors {
                     (None, _) => tracing::warn!(error = %e,
                         "cannot read the server identity; database collectors skip this cycle"),
                 }
+                server_error = Some(match (e.connect_failure(), e.connect_fix()) {
+                    (Some(f), Some(fix)) => format!("{} ({e}): {fix}", f.as_str()),
+                    _ => e.to_string(),
+                });
                 None
             }
         };
@@ -247,6 +254,7 @@ impl Collectors {
             batches: Vec::new(),
             runs: Vec::new(),
             server: server.as_ref().map(|s| s.info.clone()),
+            server_error,
             duration: Duration::ZERO,
         };
         let server = server.as_ref();

@@ -199,7 +199,12 @@ async fn cycle(
     telemetry.record_cycle(if report.server.is_some() {
         None
     } else {
-        Some("the database was unreachable".to_string())
+        Some(
+            report
+                .server_error
+                .clone()
+                .unwrap_or_else(|| "the database could not be read".to_string()),
+        )
     });
     tracing::info!(summary = %summary, "cycle finished");
     notify::status(&summary);

@@ -54,8 +54,10 @@ pub fn summary(report: &CycleReport, waiting: Option<u64>) -> String {
         report.duration.as_secs_f64() * 1000.0,
         report.runs.len()
     );
-    if report.server.is_none() {
-        s.push_str(", database unreachable");
+    match (&report.server, &report.server_error) {
+        (Some(_), _) => {}
+        (None, Some(e)) => s.push_str(&format!(", no database: {e}")),
+        (None, None) => s.push_str(", no database"),
     }
     if let Some(w) = waiting {
         s.push_str(&format!(", {w} requests waiting to be sent"));
