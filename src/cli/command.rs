@@ -228,10 +228,7 @@ fn parse_log(
 ) -> ExitCode {
     use crate::logs::{cli, stats, Finisher};
     let (correlation_keys, privacy) = match Config::load(config.as_deref()) {
-        Ok(c) => (
-            c.correlation.keys,
-            crate::privacy::Privacy::from_config(&c.privacy).unwrap_or_default(),
-        ),
+        Ok(c) => (c.correlation.keys, c.policy),
         Err(e) => {
             eprintln!("postgres-agent: configuration error: {e}");
             return ExitCode::from(EXIT_CONFIG);

@@ -27,7 +27,6 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::db::{Db, DbError, ServerInfo, Session, QUERY_TAG};
-use crate::privacy::Privacy;
 use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::telemetry::registry::{Counters, Event};
 
@@ -138,8 +137,7 @@ pub fn query_text(raw: &str, config: &Config) -> (String, bool) {
         (&raw[..end], true)
     };
     // Config validation already rejected a policy Privacy cannot build; the default is the strictest.
-    let privacy = Privacy::from_config(&config.privacy).unwrap_or_default();
-    (privacy.query_text(cut).into_owned(), truncated)
+    (config.policy.query_text(cut).into_owned(), truncated)
 }
 
 /// How one collector fared in a cycle.

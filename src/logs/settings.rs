@@ -8,7 +8,6 @@ use super::parse::{detect_format, infer_prefix_for, LogFormat, MAX_ENTRY_BYTES};
 use super::source::{LogSource, ServerLogging};
 use super::Finisher;
 use crate::config::Config;
-use crate::privacy::Privacy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -129,7 +128,7 @@ impl TailSettings {
             max_batch_bytes: logs.max_batch_bytes,
             finisher: Finisher {
                 correlation_keys: config.correlation.keys.clone(),
-                privacy: Privacy::from_config(&config.privacy).unwrap_or_default(),
+                privacy: config.policy,
             },
         })
     }
