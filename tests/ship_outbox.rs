@@ -206,9 +206,9 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     queue: VecDeque<(BatchKind, Uuid, u64)>,
     dead: VecDeque<(BatchKind, Uuid, u64)>,
-    evicted: [u64; 5],
-    dead_lettered: [u64; 5],
-    delivered: [u64; 5],
+    evicted: [u64; BatchKind::ALL.len()],
+    dead_lettered: [u64; BatchKind::ALL.len()],
+    delivered: [u64; BatchKind::ALL.len()],
     dead_dropped: u64,
     cap: u64,
 }
