@@ -322,3 +322,66 @@ fn group(batch: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
         .find(|g| pred(g))
         .unwrap_or_else(|| panic!("no such group in {batch:#}"))
 }
+
+/// A lock wait older than `spikes.lock_wait_ms` fires a snapshot of its own, timed from the first
+/// sample that saw the session waiting.
+#[test]
+fn an_old_lock_wait_fires_the_lock_wait_trigger() {
+    let server = PgServer::start();
+    server.psql("postgres", "CREATE TABLE t (id int)");
+    let state = tempfile::tempdir().unwrap();
+    let config = agent_config(
+        &server,
+        state.path(),
+        "[activity]\nsample_interval_ms = 100\n\
+         [spikes]\nactive_sessions = 1000\nload = 100000\nlock_wait_ms = 500\nmin_gap_s = 60\n",
+    );
+    rt().block_on(async {
+        let watcher = client(&server, "postgres", "watcher").await;
+        let holder = client(&server, "postgres", "holder").await;
+        let holder_pid = pid(&holder).await;
+        holder
+            .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let waiter = client(&server, "postgres", "bitville-waiter-1").await;
+        tokio::spawn(async move {
+            let _ = waiter.simple_query("SELECT count(*) FROM t").await;
+            drop(waiter);
+        });
+        wait_until(
+            &watcher,
+            "SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        )
+        .await;
+        let db = Db::new(&config.postgres, &config.safety).unwrap();
+        drop(db.session().await.unwrap());
+        let mut sampler = Sampler::new();
+        let first_seen = Instant::now();
+        let mut spike = None;
+        for _ in 0..200 {
+            let t = sampler.tick(&db, &config).await;
+            assert!(matches!(t.outcome, Outcome::Sampled(_)), "{:?}", t.outcome);
+            if let Some(b) = t.spike {
+                spike = Some(b);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let b = serde_json::to_value(spike.expect("no lock-wait snapshot")).unwrap();
+        assert!(first_seen.elapsed() >= Duration::from_millis(500));
+        validate(&b);
+        assert_eq!(b["trigger"], "lock_wait_ms");
+        assert!(
+            b["trigger_value"].as_f64().unwrap() >= 500.0,
+            "{}",
+            b["trigger_value"]
+        );
+        assert_eq!(b["trigger_threshold"], 500.0);
+        let waiting = b["locks"]["waiting_locks"].as_array().unwrap();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(waiting[0]["correlation"]["id"], "waiter-1");
+        assert_eq!(waiting[0]["blocked_by"][0]["pid"], holder_pid);
+        db.close();
+    });
+}

@@ -11,8 +11,10 @@ use serde::Serialize;
 use super::query::{Seen, Statement};
 use super::Point;
 
-/// Most distinct groups held in a window; sessions of further groups are counted in `omitted`.
-pub const MAX_GROUPS: usize = 1000;
+/// Most distinct groups held in a window; sessions of further groups are counted, not held. Each
+/// group keeps its query text (up to `safety.max_query_length`), so this bounds the window's memory
+/// at about 2 MiB with the default 4 KiB texts.
+pub const MAX_GROUPS: usize = 500;
 /// Most distinct correlation IDs held in a window.
 pub const MAX_CORRELATIONS: usize = 10_000;
 /// Most correlation IDs reported per window (the most active first).

@@ -4,8 +4,8 @@
 //! processes ([`procs`]) and the samples of the last `spikes.lookback_s` seconds. Shipped as a
 //! `spike` batch, at most one per `spikes.min_gap_s`.
 //!
-//! It does not decide when to sample; [`super::sampling::Sampler`] calls [`Detector::check`] on
-//! every sample and [`snapshot`] when it fires.
+//! It does not decide when to sample; [`super::sampling::Sampler`] calls [`crossed`] on every
+//! sample, and [`snapshot`] when a trigger fired and the [`Gate`] lets it.
 
 pub mod procs;
 

@@ -1,4 +1,4 @@
-//! The host's busiest processes over a short window: two readings of every /proc/<pid>/stat, the
+//! The host's busiest processes over a short window: two readings of every `/proc/<pid>/stat`, the
 //! CPU each process used in between. Blocking file reads (thousands of small files on a busy host),
 //! so the caller runs them off the runtime thread.
 
