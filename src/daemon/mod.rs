@@ -1,9 +1,12 @@
-//! The daemon (`postgres-agent run`): four tasks under one shutdown token and one task tracker,
-//! and a main loop that only answers signals and the systemd watchdog.
+//! The daemon (`postgres-agent run`): five tasks under one shutdown token (four on the task
+//! tracker, delivery on a thread of its own), and a main loop that only answers signals and the
+//! systemd watchdog.
 //!
 //! - collection ([`collect_task`]): a cycle at every tick of the drift-free schedule, writing its
 //!   batches to the outbox;
-//! - delivery ([`deliver`]): drains the outbox to the listener;
+//! - active-session sampling ([`sample_task`]): a sample every second, its per-cycle aggregate and
+//!   spike snapshots;
+//! - delivery ([`deliver`]): drains the outbox to the listener, on its own thread and runtime;
 //! - the log reader ([`logtask`]): tails the server log into pg_logs batches;
 //! - telemetry: `/health` and `/metrics`.
 //!
