@@ -81,6 +81,8 @@ events! {
     // Logs.
     LogAgentOwnEntries = "log_entries_agent_own",
         "Log entries written by the agent's own sessions, left out of pg_logs";
+    LogPositionSetAside = "log_position_set_aside",
+        "Damaged log position files moved aside (reading resumed after the newest pg_logs batch in the outbox, else logs.start_at)";
     LogBatchRetries = "log_batch_retries",
         "pg_logs batches that could not be written and were read again after a back-off";
     // Storage.
