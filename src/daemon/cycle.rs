@@ -10,6 +10,7 @@ use crate::ship::{DrainReport, Shipper};
 use crate::telemetry::metrics::{
     set_counter, CollectorLabel, CollectorOutcomeLabel, Metrics, OutcomeLabel, TypeLabel,
 };
+use crate::telemetry::registry::{Counters, Event};
 use crate::telemetry::server::Telemetry;
 
 /// Writes a cycle's batches durably (or prints them with no listener). Returns how many failed.
@@ -112,7 +113,7 @@ pub fn record_cycle(metrics: &Metrics, report: &CycleReport) {
 }
 
 /// Publishes the outbox, breaker and log-reader figures.
-pub fn record_shipping(metrics: &Metrics, shipper: &Shipper) {
+pub fn record_shipping(metrics: &Metrics, counters: &Counters, shipper: &Shipper) {
     if let Ok(stats) = shipper.stats() {
         if let Some(o) = &stats.outbox {
             metrics.outbox_bytes.set(o.file_bytes as i64);
@@ -146,6 +147,12 @@ pub fn record_shipping(metrics: &Metrics, shipper: &Shipper) {
             });
         }
     }
+    let privacy = crate::privacy::counters();
+    counters.raise_to(
+        Event::PrivacyLiteralsMasked,
+        privacy.unterminated_literals_masked,
+    );
+    counters.raise_to(Event::PrivacyLogSpansRedacted, privacy.log_spans_redacted);
     let logs = crate::logs::stats::snapshot();
     set_counter(&metrics.log_entries_parsed, logs.entries);
     set_counter(&metrics.log_lines_unparsed, logs.unparsed);

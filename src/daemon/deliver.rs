@@ -239,7 +239,7 @@ impl Task {
 
 fn record(telemetry: &Telemetry, shipper: &Shipper, report: &DrainReport) {
     cycle::record_drain(&telemetry.metrics, report);
-    cycle::record_shipping(&telemetry.metrics, shipper);
+    cycle::record_shipping(&telemetry.metrics, &telemetry.counters, shipper);
     record_storage_health(telemetry, shipper);
 }
 

@@ -85,6 +85,10 @@ events! {
         "Damaged log position files moved aside (reading resumed after the newest pg_logs batch in the outbox, else logs.start_at)";
     LogBatchRetries = "log_batch_retries",
         "pg_logs batches that could not be written and were read again after a back-off";
+    PrivacyLiteralsMasked = "privacy_unterminated_literals_masked",
+        "Query texts whose unterminated trailing literal (cut by track_activity_query_size) was masked whole";
+    PrivacyLogSpansRedacted = "privacy_log_spans_redacted",
+        "Spans of log text replaced by secret redaction (privacy.redact_log_secrets)";
     // Storage.
     OutboxWriteStalls = "outbox_write_stalls",
         "Cycles whose outbox writes did not finish within 10 s (reported, not waited for)";
@@ -150,6 +154,12 @@ impl Counters {
         if n > 0 {
             self.0[e as usize].inc_by(n);
         }
+    }
+
+    /// Brings `e` up to `total`, a running total kept elsewhere (the privacy functions count in
+    /// their own module).
+    pub fn raise_to(&self, e: Event, total: u64) {
+        self.add(e, total.saturating_sub(self.get(e)));
     }
 
     pub fn get(&self, e: Event) -> u64 {
