@@ -352,6 +352,14 @@ fn oracle_padded_prefix_with_numeric_offset() {
     );
 }
 
+/// `%L` (the server's address, PostgreSQL 17+; older servers print nothing for it) next to `%r`,
+/// padded, and an application name in brackets. Run with `PG_BINDIR` set to a 17+ server to see
+/// real values.
+#[test]
+fn oracle_local_address_prefix() {
+    oracle("%m [%p] %-12L|%r %q%u@%d [%a] ", "UTC");
+}
+
 #[test]
 fn oracle_session_prefix() {
     oracle("[%s] %h %P %l %m %e: ", "UTC");
