@@ -352,9 +352,9 @@ fn oracle_padded_prefix_with_numeric_offset() {
     );
 }
 
-/// `%L` (the server's address, PostgreSQL 17+; older servers print nothing for it) next to `%r`,
-/// padded, and an application name in brackets. Run with `PG_BINDIR` set to a 17+ server to see
-/// real values.
+/// `%L` (the server's address: PostgreSQL 18 prints it, `[local]` for a Unix socket and `[none]`
+/// without a client; older servers print nothing) next to `%r`, padded, and an application name in
+/// brackets. Run with `PG_BINDIR` set to an 18 server to see real values.
 #[test]
 fn oracle_local_address_prefix() {
     oracle("%m [%p] %-12L|%r %q%u@%d [%a] ", "UTC");
