@@ -352,6 +352,14 @@ fn oracle_padded_prefix_with_numeric_offset() {
     );
 }
 
+/// `%L` (the server's address: PostgreSQL 18 prints it, `[local]` for a Unix socket and `[none]`
+/// without a client; older servers print nothing) next to `%r`, padded, and an application name in
+/// brackets. Run with `PG_BINDIR` set to an 18 server to see real values.
+#[test]
+fn oracle_local_address_prefix() {
+    oracle("%m [%p] %-12L|%r %q%u@%d [%a] ", "UTC");
+}
+
 #[test]
 fn oracle_session_prefix() {
     oracle("[%s] %h %P %l %m %e: ", "UTC");

@@ -4,8 +4,6 @@
 //! checked at once for the three things JSON escapes (`"`, `\` and control characters), which is
 //! what `parse-log` spends most of its output time on.
 
-use std::io::Write;
-
 use super::entry::LogEntry;
 
 impl LogEntry<'_> {
@@ -20,11 +18,11 @@ impl LogEntry<'_> {
         }
         w.opt_str("user", self.user.as_deref());
         w.opt_str("dbname", self.dbname.as_deref());
-        w.opt_num("pid", self.pid);
+        w.opt_i64("pid", self.pid);
         w.opt_str("remote_host", self.remote_host.as_deref());
-        w.opt_num("remote_port", self.remote_port);
+        w.opt_u64("remote_port", self.remote_port);
         w.opt_str("session_id", self.session_id.as_deref());
-        w.opt_num("line_num", self.line_num);
+        w.opt_u64("line_num", self.line_num);
         w.opt_str("ps", self.ps.as_deref());
         if let Some(t) = self.session_start {
             w.key("session_start");
@@ -33,7 +31,7 @@ impl LogEntry<'_> {
             w.out.push(b'"');
         }
         w.opt_str("vxid", self.vxid.as_deref());
-        w.opt_num("txid", self.txid);
+        w.opt_u64("txid", self.txid);
         w.key("error_severity");
         match self.error_severity {
             Some(s) => json_str(w.out, s),
@@ -45,17 +43,17 @@ impl LogEntry<'_> {
         w.opt_str("detail", self.detail.as_deref());
         w.opt_str("hint", self.hint.as_deref());
         w.opt_str("internal_query", self.internal_query.as_deref());
-        w.opt_num("internal_position", self.internal_position);
+        w.opt_u64("internal_position", self.internal_position);
         w.opt_str("context", self.context.as_deref());
         w.opt_str("statement", self.statement.as_deref());
-        w.opt_num("cursor_position", self.cursor_position);
+        w.opt_u64("cursor_position", self.cursor_position);
         w.opt_str("func_name", self.func_name.as_deref());
         w.opt_str("file_name", self.file_name.as_deref());
-        w.opt_num("file_line_num", self.file_line_num);
+        w.opt_u64("file_line_num", self.file_line_num);
         w.opt_str("application_name", self.application_name.as_deref());
         w.opt_str("backend_type", self.backend_type.as_deref());
-        w.opt_num("leader_pid", self.leader_pid);
-        w.opt_num("query_id", self.query_id);
+        w.opt_i64("leader_pid", self.leader_pid);
+        w.opt_i64("query_id", self.query_id);
         w.key("event");
         match self.event {
             Some(s) => json_str(w.out, s),
@@ -105,12 +103,37 @@ impl Obj<'_> {
         }
     }
 
-    fn opt_num(&mut self, k: &str, v: Option<impl std::fmt::Display>) {
+    fn opt_i64(&mut self, k: &str, v: Option<i64>) {
         if let Some(v) = v {
             self.key(k);
-            let _ = write!(self.out, "{v}");
+            write_int(self.out, v < 0, v.unsigned_abs());
         }
     }
+
+    fn opt_u64(&mut self, k: &str, v: Option<impl Into<u64>>) {
+        if let Some(v) = v {
+            self.key(k);
+            write_int(self.out, false, v.into());
+        }
+    }
+}
+
+/// An integer in decimal, as serde_json writes it.
+fn write_int(out: &mut Vec<u8>, negative: bool, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if negative {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 const LO: u64 = 0x0101_0101_0101_0101;

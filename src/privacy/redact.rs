@@ -130,7 +130,12 @@ const PARSING_ERROR_MESSAGES: &[&str] = &[
 pub fn is_parsing_error(sqlstate: Option<&str>, message: Option<&str>) -> bool {
     match sqlstate {
         Some(code) if !code.is_empty() => PARSING_ERROR_CODES.contains(&code),
-        _ => message.is_some_and(|m| PARSING_ERROR_MESSAGES.iter().any(|p| m.starts_with(p))),
+        // Every one of those messages starts with s, u, z, t or i: most messages are settled by
+        // their first byte.
+        _ => message.is_some_and(|m| {
+            matches!(m.as_bytes().first(), Some(b's' | b'u' | b'z' | b't' | b'i'))
+                && PARSING_ERROR_MESSAGES.iter().any(|p| m.starts_with(p))
+        }),
     }
 }
 

@@ -291,6 +291,23 @@ impl Matcher<'_, '_> {
                 return Some(r);
             }
         }
+        // `%L` prints `[none]` for a process without a client connection (PostgreSQL 18).
+        if field == Field::LocalHost && b.starts_with(b"[none]") {
+            let end = start + 6;
+            let mut after = end;
+            if pad < 0 {
+                while after < line.len()
+                    && line[after] == b' '
+                    && after - pos < pad.unsigned_abs() as usize
+                {
+                    after += 1;
+                }
+            }
+            if let Some(r) = self.at(i + 1, after, f) {
+                f[field as usize] = None;
+                return Some(r);
+            }
+        }
         let h = count_while(b, host_byte);
         if field == Field::RemoteHostPort && b.get(h) == Some(&b'(') {
             let d = count_while(&b[h + 1..], |c| c.is_ascii_digit());
@@ -585,6 +602,14 @@ mod tests {
         let line = b"2026-11-27 00:18:57.001 UTC                |[local] LOG:  x";
         let (f, _) = p.matches(line, &sev_accept).unwrap();
         assert_eq!(get(line, &f, Field::LocalHost), None);
+        // PostgreSQL 18: `[local]` for a Unix socket, `[none]` without a client connection.
+        let line = b"2026-11-27 00:18:57.001 UTC [local]        |[local] LOG:  x";
+        let (f, _) = p.matches(line, &sev_accept).unwrap();
+        assert_eq!(get(line, &f, Field::LocalHost), Some("[local]"));
+        let line = b"2026-11-27 00:18:57.001 UTC [none]         | LOG:  x";
+        let (f, _) = p.matches(line, &sev_accept).unwrap();
+        assert_eq!(get(line, &f, Field::LocalHost), None);
+        assert_eq!(get(line, &f, Field::RemoteHostPort), None);
     }
 
     #[test]
