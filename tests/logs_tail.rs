@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use postgres_agent::logs::parse::LogFormat;
 use postgres_agent::logs::position::Position;
 use postgres_agent::logs::source::LogSource;
-use postgres_agent::logs::stats;
 use postgres_agent::logs::tail::{TailSettings, Tailer};
 use serde_json::{json, Value};
 use support::logs::{log_files, parse_file, psql_lenient};
@@ -393,14 +392,18 @@ fn truncated_file_is_read_again_from_the_start() {
     let first = messages(&mut tailer);
     assert_eq!(first.len(), 50);
     assert_eq!(first[49], "line 49");
-    let before = stats::snapshot().files_truncated;
+    let before = tailer.take_stats();
+    assert_eq!(before.entries, 50, "{before:?}");
+    assert_eq!(before.files_truncated, 0);
     write(100, 110, true);
     let second = messages(&mut tailer);
     assert_eq!(
         second,
         (100..110).map(|i| format!("line {i}")).collect::<Vec<_>>()
     );
-    assert!(stats::snapshot().files_truncated > before);
+    let met = tailer.take_stats();
+    assert_eq!(met.files_truncated, 1, "{met:?}");
+    assert_eq!(met.entries, 10, "{met:?}");
     // Replaced by a new file at the same path (logrotate's create mode): read from its start.
     std::fs::rename(&path, dir.path().join("postgresql.log.1")).expect("rotate");
     write(200, 205, false);

@@ -226,7 +226,7 @@ fn parse_log(
     prefix: &Option<String>,
     files: &[PathBuf],
 ) -> ExitCode {
-    use crate::logs::{cli, stats, Finisher};
+    use crate::logs::{cli, Finisher};
     let (correlation_keys, privacy) = match Config::load(config.as_deref()) {
         Ok(c) => (c.correlation.keys, c.policy),
         Err(e) => {
@@ -243,10 +243,9 @@ fn parse_log(
             privacy,
         },
     };
-    let before = stats::snapshot();
     match cli::run(&opts, std::io::stdout().lock()) {
-        Ok(_) => {
-            eprintln!("{}", cli::summary(&before));
+        Ok(met) => {
+            eprintln!("{}", cli::summary(&met));
             ExitCode::SUCCESS
         }
         Err(cli::ParseLogError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {

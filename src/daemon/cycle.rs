@@ -153,11 +153,6 @@ pub fn record_shipping(metrics: &Metrics, counters: &Counters, shipper: &Shipper
         privacy.unterminated_literals_masked,
     );
     counters.raise_to(Event::PrivacyLogSpansRedacted, privacy.log_spans_redacted);
-    let logs = crate::logs::stats::snapshot();
-    set_counter(&metrics.log_entries_parsed, logs.entries);
-    set_counter(&metrics.log_lines_unparsed, logs.unparsed);
-    set_counter(&metrics.log_entries_truncated, logs.truncated);
-    set_counter(&metrics.log_files_truncated, logs.files_truncated);
 }
 
 /// Counts a drain pass's outcomes per batch (types are not broken down by the drain report).

@@ -179,6 +179,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             _ = stop.cancelled() => break,
             b = tailer.next_batch(max, deadline) => b,
         };
+        record_log_stats(&shared.telemetry.counters, tailer.take_stats());
         match batch {
             Ok(b) => {
                 shared.telemetry.set_condition("logs_not_followed", None);
@@ -326,6 +327,16 @@ impl ShipFailures {
             Err(_) => {}
         }
     }
+}
+
+/// Adds what the tailer met to the registry.
+fn record_log_stats(counters: &Counters, met: crate::logs::stats::LogStats) {
+    counters.add(Event::LogEntriesParsed, met.entries);
+    counters.add(Event::LogLinesUnparsed, met.unparsed);
+    counters.add(Event::LogEntriesTruncated, met.truncated);
+    counters.add(Event::LogBytesSkipped, met.skipped_bytes);
+    counters.add(Event::LogNoTimestamp, met.no_timestamp);
+    counters.add(Event::LogFilesTruncated, met.files_truncated);
 }
 
 /// `d` plus up to a quarter of it, so retries of many agents do not line up.

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use super::parse::{detect_format, infer_prefix_for, LogFormat, Parser, MAX_ENTRY_BYTES};
 use super::reader::EntryReader;
-use super::{finish_entry, stats, Finisher};
+use super::stats::LogStats;
+use super::{finish_entry, Finisher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseLogError {
@@ -36,26 +37,33 @@ pub struct ParseLogOptions {
 }
 
 /// Runs `parse-log`, writing entries to `out`. Returns the number of entries written.
-pub fn run(opts: &ParseLogOptions, out: impl Write) -> Result<u64, ParseLogError> {
+/// Parses every input; returns what the readers met (entries, unparsed lines, cut entries).
+pub fn run(opts: &ParseLogOptions, out: impl Write) -> Result<LogStats, ParseLogError> {
     let forced = match opts.format.as_str() {
         "auto" => None,
         f => Some(LogFormat::from_name(f).ok_or_else(|| ParseLogError::Format(f.to_string()))?),
     };
     let mut out = BufWriter::with_capacity(256 * 1024, out);
-    let mut written = 0;
+    let mut met = LogStats::default();
     if opts.files.is_empty() {
         let path = PathBuf::from("<stdin>");
-        written += parse_one(io::stdin().lock(), &path, forced, opts, &mut out)?;
+        met.add(parse_one(
+            io::stdin().lock(),
+            &path,
+            forced,
+            opts,
+            &mut out,
+        )?);
     }
     for path in &opts.files {
         let file = File::open(path).map_err(|source| ParseLogError::Read {
             path: path.clone(),
             source,
         })?;
-        written += parse_one(file, path, forced, opts, &mut out)?;
+        met.add(parse_one(file, path, forced, opts, &mut out)?);
     }
     out.flush().map_err(ParseLogError::Write)?;
-    Ok(written)
+    Ok(met)
 }
 
 fn parse_one(
@@ -64,7 +72,7 @@ fn parse_one(
     forced: Option<LogFormat>,
     opts: &ParseLogOptions,
     out: &mut impl Write,
-) -> Result<u64, ParseLogError> {
+) -> Result<LogStats, ParseLogError> {
     let read_err = |source| ParseLogError::Read {
         path: path.to_path_buf(),
         source,
@@ -91,7 +99,6 @@ fn parse_one(
     };
     let parser = Parser::new(format, &prefix, MAX_ENTRY_BYTES);
     let mut reader = EntryReader::new(io::Cursor::new(sample).chain(src), parser, 0);
-    let mut n = 0;
     // Entries are written straight into one output buffer, handed to the writer when it fills.
     const FLUSH_AT: usize = 256 * 1024;
     let mut buf = Vec::with_capacity(FLUSH_AT + 64 * 1024);
@@ -101,7 +108,6 @@ fn parse_one(
             .write_json(&mut buf)
             .map_err(|e| ParseLogError::Write(e.into()))?;
         buf.push(b'\n');
-        n += 1;
         if buf.len() >= FLUSH_AT {
             out.write_all(&buf).map_err(ParseLogError::Write)?;
             buf.clear();
@@ -111,18 +117,13 @@ fn parse_one(
         }
     }
     out.write_all(&buf).map_err(ParseLogError::Write)?;
-    Ok(n)
+    Ok(reader.take_stats())
 }
 
 /// The one-line summary printed on stderr after a run.
-pub fn summary(before: &stats::LogStats) -> String {
-    let now = stats::snapshot();
+pub fn summary(met: &LogStats) -> String {
     format!(
         "parse-log: {} entries, {} unparsed lines, {} truncated entries ({} bytes dropped), {} without a readable timestamp",
-        now.entries - before.entries,
-        now.unparsed - before.unparsed,
-        now.truncated - before.truncated,
-        now.skipped_bytes - before.skipped_bytes,
-        now.no_timestamp - before.no_timestamp
+        met.entries, met.unparsed, met.truncated, met.skipped_bytes, met.no_timestamp
     )
 }

@@ -9,7 +9,7 @@ use std::io::{self, Read};
 
 use super::entry::LogEntry;
 use super::parse::{End, Frame, Parser};
-use super::stats;
+use super::stats::LogStats;
 
 /// Bytes read per refill by default (bulk parsing: `parse-log`).
 pub const CHUNK_BYTES: usize = 256 * 1024;
@@ -33,6 +33,8 @@ pub struct EntryReader<R> {
     at_end: End,
     /// Bytes read per refill.
     chunk: usize,
+    /// What this reader has met since its counts were last taken.
+    stats: LogStats,
 }
 
 impl<R: Read> EntryReader<R> {
@@ -49,7 +51,13 @@ impl<R: Read> EntryReader<R> {
             boundary: offset,
             at_end: End::Eof,
             chunk: CHUNK_BYTES,
+            stats: LogStats::default(),
         }
+    }
+
+    /// What this reader has met since the last call (entries, unparsed lines, cut entries).
+    pub fn take_stats(&mut self) -> LogStats {
+        std::mem::take(&mut self.stats)
     }
 
     /// Reads `bytes` per refill instead of [`CHUNK_BYTES`]: a smaller buffer for a reader that
@@ -109,14 +117,14 @@ impl<R: Read> EntryReader<R> {
                     self.consumed += n as u64;
                     self.boundary = self.consumed;
                     let entry = self.parser.build(&self.buf[s..s + n]);
-                    stats::count_entry(&entry);
+                    self.stats.count_entry(&entry);
                     return Ok(Some((entry, self.boundary)));
                 }
                 Frame::Skip(n) => {
                     self.start += n;
                     self.consumed += n as u64;
                     self.boundary = self.consumed;
-                    stats::count_skipped(n);
+                    self.stats.count_skipped(n);
                 }
                 Frame::Absorb(n) => {
                     self.start += n;

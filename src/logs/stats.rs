@@ -1,18 +1,10 @@
-//! Counters of the log pipeline, process-wide, for `/metrics` and `status`: nothing the parser meets
-//! is dropped without one of these moving.
-
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+//! Counts of the log pipeline, kept by each reader (not process-wide): nothing the parser meets is
+//! dropped without one of these moving. The daemon's log task adds a tailer's counts to the
+//! telemetry registry after every batch; `parse-log` prints a run's counts on stderr.
 
 use super::entry::LogEntry;
 
-static ENTRIES: AtomicU64 = AtomicU64::new(0);
-static UNPARSED: AtomicU64 = AtomicU64::new(0);
-static TRUNCATED: AtomicU64 = AtomicU64::new(0);
-static SKIPPED_BYTES: AtomicU64 = AtomicU64::new(0);
-static NO_TIMESTAMP: AtomicU64 = AtomicU64::new(0);
-static FILES_TRUNCATED: AtomicU64 = AtomicU64::new(0);
-
-/// A snapshot of the counters.
+/// What a reader (or a tailer over several files) has met so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LogStats {
     /// Entries parsed, of any kind.
@@ -29,33 +21,30 @@ pub struct LogStats {
     pub files_truncated: u64,
 }
 
-pub fn snapshot() -> LogStats {
-    LogStats {
-        entries: ENTRIES.load(Relaxed),
-        unparsed: UNPARSED.load(Relaxed),
-        truncated: TRUNCATED.load(Relaxed),
-        skipped_bytes: SKIPPED_BYTES.load(Relaxed),
-        no_timestamp: NO_TIMESTAMP.load(Relaxed),
-        files_truncated: FILES_TRUNCATED.load(Relaxed),
+impl LogStats {
+    pub(crate) fn count_entry(&mut self, e: &LogEntry<'_>) {
+        self.entries += 1;
+        if e.error_severity.is_none() {
+            self.unparsed += 1;
+        } else if e.timestamp.is_none() {
+            self.no_timestamp += 1;
+        }
+        if e.truncated {
+            self.truncated += 1;
+        }
     }
-}
 
-pub(crate) fn count_entry(e: &LogEntry<'_>) {
-    ENTRIES.fetch_add(1, Relaxed);
-    if e.error_severity.is_none() {
-        UNPARSED.fetch_add(1, Relaxed);
-    } else if e.timestamp.is_none() {
-        NO_TIMESTAMP.fetch_add(1, Relaxed);
+    pub(crate) fn count_skipped(&mut self, n: usize) {
+        self.skipped_bytes += n as u64;
     }
-    if e.truncated {
-        TRUNCATED.fetch_add(1, Relaxed);
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: LogStats) {
+        self.entries += other.entries;
+        self.unparsed += other.unparsed;
+        self.truncated += other.truncated;
+        self.skipped_bytes += other.skipped_bytes;
+        self.no_timestamp += other.no_timestamp;
+        self.files_truncated += other.files_truncated;
     }
-}
-
-pub(crate) fn count_skipped(n: usize) {
-    SKIPPED_BYTES.fetch_add(n as u64, Relaxed);
-}
-
-pub(crate) fn count_file_truncated() {
-    FILES_TRUNCATED.fetch_add(1, Relaxed);
 }

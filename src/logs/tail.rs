@@ -17,6 +17,7 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
+use super::finish_entry;
 use super::parse::{End, Parser};
 use super::position::{
     fingerprint, FileId, Position, PositionError, PositionStore, SetAside, FINGERPRINT_BYTES,
@@ -24,7 +25,7 @@ use super::position::{
 use super::reader::EntryReader;
 pub use super::settings::TailSettings;
 use super::source::{LogFile, LogSource};
-use super::{finish_entry, stats};
+use super::stats::LogStats;
 
 /// Bytes read per refill while tailing: the server writes its log in small appends, and this
 /// buffer lives as long as the daemon (parse-log reads in larger chunks).
@@ -81,6 +82,9 @@ pub struct Tailer {
     store: PositionStore,
     committed: Option<Position>,
     current: Option<Current>,
+    /// What readers of files no longer open met, and files found truncated (see
+    /// [`Tailer::take_stats`]).
+    stats: LogStats,
     /// Files read to their end, so a file is never read twice.
     finished: Vec<FileId>,
     /// Entries read but not yet handed out (kept here so a dropped `next_batch` loses nothing).
@@ -103,6 +107,7 @@ impl Tailer {
             store,
             committed: loaded.position,
             current: None,
+            stats: LogStats::default(),
             finished: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
@@ -145,7 +150,7 @@ impl Tailer {
         };
         if ahead {
             self.commit(enqueued)?;
-            self.current = None;
+            self.close_current();
             self.clear_pending();
         }
         Ok(())
@@ -154,7 +159,7 @@ impl Tailer {
     /// Forgets what was read since the last commit (for example after the outbox refused a batch):
     /// the next read starts again at the committed position.
     pub fn rewind(&mut self) {
-        self.current = None;
+        self.close_current();
         self.clear_pending();
         self.finished.clear();
     }
@@ -248,7 +253,7 @@ impl Tailer {
             let read_to = cur.reader.read_position();
             if meta.len() < read_to {
                 // Truncated in place (copytruncate, or log_truncate_on_rotation reusing the name).
-                stats::count_file_truncated();
+                self.stats.files_truncated += 1;
                 self.reopen_current_at(0)?;
                 continue;
             }
@@ -286,7 +291,7 @@ impl Tailer {
                 }
                 return Ok(());
             }
-            if let Some(cur) = self.current.take() {
+            if let Some(cur) = self.close_current() {
                 self.finished.push(cur.file.id);
                 if self.finished.len() > 256 {
                     self.finished.remove(0);
@@ -341,7 +346,7 @@ impl Tailer {
                 .find(|f| f.id == pos.id() && pos.matches(&f.path))
             {
                 let offset = if f.size < pos.offset {
-                    stats::count_file_truncated();
+                    self.stats.files_truncated += 1;
                     0
                 } else {
                     pos.offset
@@ -410,8 +415,25 @@ impl Tailer {
         }))
     }
 
+    /// Closes the file being read, keeping what its reader counted.
+    fn close_current(&mut self) -> Option<Current> {
+        let mut cur = self.current.take()?;
+        self.stats.add(cur.reader.take_stats());
+        Some(cur)
+    }
+
+    /// What the tailer has met since the last call: entries, unparsed lines, cut entries, files
+    /// found truncated.
+    pub fn take_stats(&mut self) -> LogStats {
+        let mut s = std::mem::take(&mut self.stats);
+        if let Some(cur) = self.current.as_mut() {
+            s.add(cur.reader.take_stats());
+        }
+        s
+    }
+
     fn reopen_current_at(&mut self, offset: u64) -> Result<(), TailError> {
-        if let Some(cur) = self.current.take() {
+        if let Some(cur) = self.close_current() {
             self.open_file(cur.file, offset)?;
         }
         Ok(())

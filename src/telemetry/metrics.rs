@@ -54,10 +54,6 @@ pub struct Metrics {
     pub dead_letters: Gauge,
     pub breaker_state: Gauge,
     pub held_requests: Gauge,
-    pub log_entries_parsed: Counter,
-    pub log_lines_unparsed: Counter,
-    pub log_entries_truncated: Counter,
-    pub log_files_truncated: Counter,
     pub process_resident_memory_bytes: Gauge,
     pub process_cpu_seconds: FloatGauge,
     pub db_connections_open: Gauge,
@@ -136,26 +132,6 @@ impl Metrics {
             "held_requests",
             "Requests held in memory because the outbox does not take writes",
             self.held_requests.clone(),
-        );
-        r.register(
-            "log_entries_parsed",
-            "Server log entries parsed",
-            self.log_entries_parsed.clone(),
-        );
-        r.register(
-            "log_lines_unparsed",
-            "Server log lines that fit no format (kept with error_severity null)",
-            self.log_lines_unparsed.clone(),
-        );
-        r.register(
-            "log_entries_truncated",
-            "Server log entries cut at the size cap",
-            self.log_entries_truncated.clone(),
-        );
-        r.register(
-            "log_files_truncated",
-            "Times a followed log file shrank below the saved position",
-            self.log_files_truncated.clone(),
         );
         r.register(
             "process_resident_memory_bytes",

@@ -79,6 +79,18 @@ events! {
     AgentServerCalls = "agent_server_calls",
         "Calls of the agent's own statements (from pg_stat_statements)";
     // Logs.
+    LogEntriesParsed = "log_entries_parsed",
+        "Server log entries parsed";
+    LogLinesUnparsed = "log_lines_unparsed",
+        "Log lines that fit no format (kept as entries with error_severity null)";
+    LogEntriesTruncated = "log_entries_truncated",
+        "Log entries cut at the 1 MiB cap";
+    LogBytesSkipped = "log_bytes_skipped",
+        "Bytes of cut log entries that were dropped";
+    LogNoTimestamp = "log_entries_no_timestamp",
+        "Parsed log entries whose timestamp could not be read (unknown zone abbreviation)";
+    LogFilesTruncated = "log_files_truncated",
+        "Times a followed log file shrank below the saved position (truncated or replaced in place)";
     LogAgentOwnEntries = "log_entries_agent_own",
         "Log entries written by the agent's own sessions, left out of pg_logs";
     LogPositionSetAside = "log_position_set_aside",
