@@ -226,7 +226,8 @@ fn parse_log(
     prefix: &Option<String>,
     files: &[PathBuf],
 ) -> ExitCode {
-    use crate::logs::{cli, Finisher};
+    use super::parse_log as cli;
+    use crate::logs::Finisher;
     let (correlation_keys, privacy) = match Config::load(config.as_deref()) {
         Ok(c) => (c.correlation.keys, c.policy),
         Err(e) => {

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod command;
 pub mod once;
+pub mod parse_log;
 pub mod pretty;
 pub mod status;
 pub mod stdout_filter;

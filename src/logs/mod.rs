@@ -35,7 +35,6 @@
 //! - Each batch's entries have passed [`finish_entry`] and are JSON values ready for `Batch::data`.
 
 pub mod classify;
-pub mod cli;
 pub mod entry;
 pub mod json_out;
 pub mod parse;

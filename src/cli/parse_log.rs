@@ -1,7 +1,7 @@
 //! `postgres-agent parse-log`: parses log files (or stdin) offline and prints one JSON entry per line.
 //!
 //! The format is detected per input from its first line unless given; for stderr without `--prefix`,
-//! the `log_line_prefix` is inferred from the first 64 KiB ([`super::parse::infer`]) and the choice
+//! the `log_line_prefix` is inferred from the first 64 KiB ([`crate::logs::parse::infer`]) and the choice
 //! is printed on stderr. A summary with the
 //! counts of entries, unparsed lines and truncated entries goes to stderr, so nothing is dropped
 //! without a trace.
@@ -10,10 +10,10 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::parse::{detect_format, infer_prefix_for, LogFormat, Parser, MAX_ENTRY_BYTES};
-use super::reader::EntryReader;
-use super::stats::LogStats;
-use super::{finish_entry, Finisher};
+use crate::logs::parse::{detect_format, infer_prefix_for, LogFormat, Parser, MAX_ENTRY_BYTES};
+use crate::logs::reader::EntryReader;
+use crate::logs::stats::LogStats;
+use crate::logs::{finish_entry, Finisher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseLogError {
