@@ -1,6 +1,6 @@
 //! The commands of the `postgres-agent` binary: [`command`] parses the arguments and dispatches;
 //! [`check`], [`once`] and [`status`] are the one-shot commands, [`pretty`] and [`stdout_filter`] the
-//! table view of batches. `run` is [`crate::daemon`]; `parse-log` is [`crate::logs::cli`].
+//! table view of batches. `run` is [`crate::daemon`]; `parse-log` is [`parse_log`].
 
 pub mod check;
 pub mod command;
