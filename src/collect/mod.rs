@@ -11,7 +11,8 @@
 //!
 //! Every query text a collector emits goes through [`query_text`], the one place where text is cut to
 //! `safety.max_query_length` (and where obfuscation plugs in). Drops and skips are counted in
-//! [`counters`]. This module does not ship anything: the caller decides where batches go.
+//! the telemetry registry ([`crate::telemetry::registry`], handed in as [`Context::counters`]). This
+//! module does not ship anything: the caller decides where batches go.
 
 pub mod activity;
 pub mod locks;

@@ -2,12 +2,12 @@
 //! tracker, delivery on a thread of its own), and a main loop that only answers signals and the
 //! systemd watchdog.
 //!
-//! - collection ([`collect_task`]): a cycle at every tick of the drift-free schedule, writing its
+//! - collection (`collect_task`): a cycle at every tick of the drift-free schedule, writing its
 //!   batches to the outbox;
-//! - active-session sampling ([`sample_task`]): a sample every second, its per-cycle aggregate and
+//! - active-session sampling (`sample_task`): a sample every second, its per-cycle aggregate and
 //!   spike snapshots;
-//! - delivery ([`deliver`]): drains the outbox to the listener, on its own thread and runtime;
-//! - the log reader ([`logtask`]): tails the server log into pg_logs batches;
+//! - delivery (`deliver`): drains the outbox to the listener, on its own thread and runtime;
+//! - the log reader (`logtask`): tails the server log into pg_logs batches;
 //! - telemetry: `/health` and `/metrics`.
 //!
 //! No task waits on another: blocking work (SQLite, files) runs off the scheduler under a deadline.
@@ -18,7 +18,7 @@
 //! is logged and the old one kept.
 //!
 //! Threads, inside the unit's `TasksMax=10`: the main runtime (current-thread: collection, the log
-//! reader, telemetry, signals) with at most [`BLOCKING_THREADS`] blocking threads, and the delivery
+//! reader, telemetry, signals) with at most `BLOCKING_THREADS` (5) blocking threads, and the delivery
 //! thread with a runtime of its own and one blocking thread: 8 at most. A hung disk can leave one
 //! blocking thread stuck per state file (outbox, cycle record, baseline, log position), since no
 //! writer starts a second write while its first has not returned; one more stays free.
