@@ -210,7 +210,8 @@ pub struct BreakerConfig {
 pub struct LogsConfig {
     pub enabled: bool,
     pub path: Option<PathBuf>,
-    pub format: String,
+    /// None: `auto` (asked from the server, else detected from the file).
+    pub format: Option<crate::logs::parse::LogFormat>,
     pub line_prefix: Option<String>,
     pub poll_interval: Duration,
     pub max_buffered_entries: usize,
@@ -478,7 +479,8 @@ impl Config {
             logs: LogsConfig {
                 enabled: v.bool("logs", "enabled")?,
                 path: v.opt_str("logs", "path").map(PathBuf::from),
-                format: v.choice("logs", "format")?,
+                // Checked against keys.rs's choices: anything else than `auto` is a format name.
+                format: crate::logs::parse::LogFormat::from_name(&v.choice("logs", "format")?),
                 line_prefix: v.opt_str("logs", "line_prefix"),
                 poll_interval: v.millis("logs", "poll_interval_ms")?,
                 max_buffered_entries: v.int("logs", "max_buffered_entries")? as usize,

@@ -87,7 +87,7 @@ impl TailSettings {
             });
         }
         let sample = newest_sample(&path, meta.is_dir());
-        let format = match (LogFormat::from_name(&logs.format), server) {
+        let format = match (logs.format, server) {
             (Some(f), _) => f,
             (None, Some(s)) if logs.path.is_none() || meta.is_dir() => s.format,
             (None, _) if !meta.is_dir() => path

@@ -46,7 +46,7 @@ pub(super) async fn check(config: &Config, mut session: Option<&mut Session>) ->
     let settings = TailSettings::from_config(config, server.as_ref());
     let format = match &settings {
         Ok(s) => s.format,
-        Err(_) => LogFormat::from_name(&config.logs.format).unwrap_or(LogFormat::Stderr),
+        Err(_) => config.logs.format.unwrap_or(LogFormat::Stderr),
     };
     let current = match session {
         Some(s) => ServerFile::read(s, format).await,
