@@ -42,6 +42,21 @@ fn write_config(
     path.to_str().unwrap().to_string()
 }
 
+/// `server`, a state directory, a telemetry port and the agent's config for them: no listener (stdout),
+/// no log reader, 60 s cycles.
+fn without_logs(server: PgServer) -> (PgServer, tempfile::TempDir, u16, String) {
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        &server,
+        state.path(),
+        None,
+        port,
+        "[logs]\nenabled = false\n",
+    );
+    (server, state, port, config)
+}
+
 fn set_interval(path: &str, seconds: u64) {
     let text = std::fs::read_to_string(path).unwrap();
     let text = text
@@ -193,16 +208,7 @@ fn sighup_applies_a_good_config_and_rejects_a_broken_one() {
 
 #[test]
 fn health_turns_503_when_the_server_stops_and_200_when_it_returns() {
-    let server = PgServer::start();
-    let state = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(
-        &server,
-        state.path(),
-        None,
-        port,
-        "[logs]\nenabled = false\n",
-    );
+    let (server, _state, port, config) = without_logs(PgServer::start());
     set_interval(&config, 1);
     let _agent = AgentChild::spawn(&["run", &config], &[]);
     wait_until(Duration::from_secs(20), "healthy", || {
@@ -234,16 +240,7 @@ fn health_turns_503_when_the_server_stops_and_200_when_it_returns() {
 
 #[test]
 fn notifies_systemd_ready_watchdog_and_stopping() {
-    let server = PgServer::start();
-    let state = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(
-        &server,
-        state.path(),
-        None,
-        port,
-        "[logs]\nenabled = false\n",
-    );
+    let (_server, state, _port, config) = without_logs(PgServer::start());
     let socket_path = state.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket
@@ -297,16 +294,7 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
 /// never says ok, and it names the last error.
 #[test]
 fn health_is_503_starting_until_the_first_cycle_succeeds() {
-    let server = PgServer::start();
-    let state = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(
-        &server,
-        state.path(),
-        None,
-        port,
-        "[logs]\nenabled = false\n",
-    );
+    let (server, _state, port, config) = without_logs(PgServer::start());
     server.stop();
     let _agent = AgentChild::spawn(&["run", &config], &[]);
     wait_until(Duration::from_secs(20), "/health to answer", || {
@@ -328,16 +316,7 @@ fn health_is_503_starting_until_the_first_cycle_succeeds() {
 /// closed pipe, so every batch fails to print.
 #[test]
 fn health_is_503_while_batches_cannot_be_stored() {
-    let server = PgServer::start();
-    let state = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(
-        &server,
-        state.path(),
-        None,
-        port,
-        "[logs]\nenabled = false\n",
-    );
+    let (_server, _state, port, config) = without_logs(PgServer::start());
     set_interval(&config, 1);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_postgres-agent"))
         .args(["run", &config])
@@ -401,19 +380,10 @@ fn health_is_503_while_batches_cannot_be_stored() {
 /// A working agent without pg_stat_statements is `degraded`, not unhealthy: 200, with the fix.
 #[test]
 fn health_is_200_degraded_without_pg_stat_statements() {
-    let server = PgServer::start_with(PgOptions {
+    let (_server, _state, port, config) = without_logs(PgServer::start_with(PgOptions {
         pg_stat_statements: false,
         ..PgOptions::default()
-    });
-    let state = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(
-        &server,
-        state.path(),
-        None,
-        port,
-        "[logs]\nenabled = false\n",
-    );
+    }));
     let _agent = AgentChild::spawn(&["run", &config], &[]);
     wait_until(Duration::from_secs(30), "a degraded 200", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
