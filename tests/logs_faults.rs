@@ -122,6 +122,19 @@ fn damaged_position_file_resumes_from_the_outbox_and_keeps_shipping() {
     wait_until(Duration::from_secs(30), "a later entry", || {
         shipped_with(&listener, "later_4417") == 1
     });
+    // The set-aside and the entries read are counted, and `status` (another process) shows them.
+    wait_until(
+        Duration::from_secs(30),
+        "status to show the counters",
+        || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_postgres-agent"))
+                .args(["status", &config])
+                .output()
+                .expect("status");
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.contains("log_position_set_aside 1") && text.contains("log_entries_parsed ")
+        },
+    );
     stop(&mut agent);
     let errors = agent
         .stderr_text()
