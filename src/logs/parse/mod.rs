@@ -151,6 +151,24 @@ impl Parser {
     }
 }
 
+/// Every entry of a whole `input` (at end of file), for the parsers' unit tests.
+#[cfg(test)]
+pub(crate) fn parse_all(format: LogFormat, prefix: &str, input: &[u8]) -> Vec<LogEntry<'static>> {
+    let mut p = Parser::new(format, prefix, 1 << 20);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    loop {
+        match p.frame(&input[pos..], End::Eof) {
+            Frame::Entry(n) => {
+                out.push(p.build(&input[pos..pos + n]).into_owned());
+                pos += n;
+            }
+            Frame::Skip(n) | Frame::Absorb(n) => pos += n,
+            Frame::NeedMore => return out,
+        }
+    }
+}
+
 /// The `log_line_prefix` inferred from a sample of a stderr or syslog log (see [`infer`]).
 pub fn infer_prefix_for(format: LogFormat, sample: &[u8]) -> Inferred {
     match format {

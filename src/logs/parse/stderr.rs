@@ -438,19 +438,7 @@ mod tests {
     use super::*;
 
     fn parse_all(prefix: &str, input: &[u8]) -> Vec<LogEntry<'static>> {
-        let mut p = StderrParser::new(prefix, 1 << 20);
-        let mut out = Vec::new();
-        let mut pos = 0;
-        loop {
-            match p.frame(&input[pos..], End::Eof) {
-                Frame::Entry(n) => {
-                    out.push(p.build(&input[pos..pos + n]).into_owned());
-                    pos += n;
-                }
-                Frame::Skip(n) | Frame::Absorb(n) => pos += n,
-                Frame::NeedMore => return out,
-            }
-        }
+        super::super::parse_all(super::super::LogFormat::Stderr, prefix, input)
     }
 
     #[test]
