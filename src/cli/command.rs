@@ -39,16 +39,30 @@ struct Cli {
     command: Command,
 }
 
+/// How `run` and `once` print batches on stdout.
+#[derive(clap::Args, Debug)]
+struct OutputArgs {
+    /// Show each printed batch as a table (the default on a terminal).
+    #[arg(long, conflicts_with = "json")]
+    pretty: bool,
+    /// Print each batch as one JSON line (the default on a pipe).
+    #[arg(long)]
+    json: bool,
+}
+
+impl OutputArgs {
+    fn format(&self) -> Format {
+        Format::choose(self.pretty, self.json)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon: collect every interval and ship batches until SIGTERM.
+    /// Batches go to stdout only with no listener.
     Run {
-        /// With no listener: show each batch as a table (the default on a terminal).
-        #[arg(long, conflicts_with = "json")]
-        pretty: bool,
-        /// With no listener: print each batch as one JSON line (the default on a pipe).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
         /// Path of the INI config file.
         #[arg(id = "config_path", value_name = "CONFIG")]
         config: Option<PathBuf>,
@@ -59,12 +73,8 @@ enum Command {
         /// never write it.
         #[arg(long)]
         dry_run: bool,
-        /// Show each printed batch as a table (the default on a terminal).
-        #[arg(long, conflicts_with = "json")]
-        pretty: bool,
-        /// Print each batch as one JSON line (the default on a pipe).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
         /// Path of the INI config file.
         #[arg(id = "config_path", value_name = "CONFIG")]
         config: Option<PathBuf>,
@@ -108,14 +118,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse_from(implicit_run(std::env::args_os().collect()));
     let explicit = |positional: &Option<PathBuf>| positional.clone().or_else(|| cli.config.clone());
     match &cli.command {
-        Command::Run {
-            config,
-            pretty,
-            json,
-        } => with_config_and_log(explicit(config), |config, log| {
+        Command::Run { config, output } => with_config_and_log(explicit(config), |config, log| {
             // Batches reach stdout only without a listener.
-            let filter = (config.listener.url.is_none()
-                && Format::choose(*pretty, *json) == Format::Pretty)
+            let filter = (config.listener.url.is_none() && output.format() == Format::Pretty)
                 .then(StdoutFilter::start)
                 .and_then(|f| {
                     f.map_err(|e| eprintln!("postgres-agent: no table view: {e}"))
@@ -130,10 +135,9 @@ pub fn main() -> ExitCode {
         Command::Once {
             config,
             dry_run,
-            pretty,
-            json,
+            output,
         } => with_config(explicit(config), |config| {
-            crate::cli::once::run(&config, *dry_run, Format::choose(*pretty, *json))
+            crate::cli::once::run(&config, *dry_run, output.format())
         }),
         Command::Check {
             config,
