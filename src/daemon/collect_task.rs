@@ -157,8 +157,11 @@ async fn cycle(
     let (shipper, t) = (shared.shipper.clone(), telemetry.clone());
     let job = tokio::task::spawn_blocking(move || {
         let failed = cycle::enqueue_all(&batches, &shipper, &t);
-        deliver::record_storage_health(&t, &shipper);
-        let waiting = shipper.stats().ok().and_then(|s| s.outbox.map(|o| o.depth));
+        let stats = shipper.stats().ok();
+        if let Some(stats) = &stats {
+            deliver::record_storage_health(&t, stats);
+        }
+        let waiting = stats.and_then(|s| s.outbox.map(|o| o.depth));
         (failed, waiting)
     });
     match tokio::time::timeout(PERSIST_DEADLINE, job).await {

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use crate::collect::{CycleReport, Outcome};
 use crate::ship::batch::Batch;
 use crate::ship::breaker::CircuitState;
-use crate::ship::{DrainReport, Shipper};
+use crate::ship::{DrainReport, ShipStats, Shipper};
 use crate::telemetry::metrics::{
     set_counter, CollectorLabel, CollectorOutcomeLabel, Metrics, OutcomeLabel, TypeLabel,
 };
@@ -112,9 +112,10 @@ pub fn record_cycle(metrics: &Metrics, report: &CycleReport) {
     }
 }
 
-/// Publishes the outbox, breaker and log-reader figures.
-pub fn record_shipping(metrics: &Metrics, counters: &Counters, shipper: &Shipper) {
-    if let Ok(stats) = shipper.stats() {
+/// Publishes the outbox and breaker figures (`stats`, read once by the caller) and the privacy
+/// counters.
+pub fn record_shipping(metrics: &Metrics, counters: &Counters, stats: Option<&ShipStats>) {
+    if let Some(stats) = stats {
         if let Some(o) = &stats.outbox {
             metrics.outbox_bytes.set(o.file_bytes as i64);
             metrics.dead_letters.set(o.dead_letters as i64);

@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::cycle;
-use crate::ship::{DrainReport, DrainStop, Shipper};
+use crate::ship::{DrainReport, DrainStop, ShipStats, Shipper};
 use crate::telemetry::server::Telemetry;
 
 /// The running delivery thread.
@@ -239,15 +239,15 @@ impl Task {
 
 fn record(telemetry: &Telemetry, shipper: &Shipper, report: &DrainReport) {
     cycle::record_drain(&telemetry.metrics, report);
-    cycle::record_shipping(&telemetry.metrics, &telemetry.counters, shipper);
-    record_storage_health(telemetry, shipper);
+    let stats = shipper.stats().ok();
+    cycle::record_shipping(&telemetry.metrics, &telemetry.counters, stats.as_ref());
+    if let Some(stats) = &stats {
+        record_storage_health(telemetry, stats);
+    }
 }
 
 /// `/health` is 503 while the outbox takes no writes: new data is then only in memory.
-pub fn record_storage_health(telemetry: &Telemetry, shipper: &Shipper) {
-    let Ok(stats) = shipper.stats() else {
-        return;
-    };
+pub fn record_storage_health(telemetry: &Telemetry, stats: &ShipStats) {
     let p = &stats.process;
     let reason = p.storage_error.as_ref().map(|e| {
         format!(
