@@ -85,6 +85,7 @@ struct Obj<'o> {
 }
 
 impl Obj<'_> {
+    #[inline(always)]
     fn key(&mut self, k: &str) {
         self.out.push(if std::mem::take(&mut self.first) {
             b'{'
@@ -96,6 +97,7 @@ impl Obj<'_> {
         self.out.extend_from_slice(b"\":");
     }
 
+    #[inline(always)]
     fn opt_str(&mut self, k: &str, v: Option<&str>) {
         if let Some(v) = v {
             self.key(k);
@@ -103,6 +105,7 @@ impl Obj<'_> {
         }
     }
 
+    #[inline(always)]
     fn opt_i64(&mut self, k: &str, v: Option<i64>) {
         if let Some(v) = v {
             self.key(k);
@@ -110,6 +113,7 @@ impl Obj<'_> {
         }
     }
 
+    #[inline(always)]
     fn opt_u64(&mut self, k: &str, v: Option<impl Into<u64>>) {
         if let Some(v) = v {
             self.key(k);

@@ -78,7 +78,7 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
         let sql = statement_text(e).or_else(plan_text);
         // Only comments carry tags: text without one is not handed over (same result, without
         // building a searcher per entry).
-        let commented = sql.filter(|s| has_comment(s));
+        let commented = sql.filter(|s| correlation::has_comment(s));
         let correlation = correlation::extract_from(commented, e.application_name.as_deref(), keys);
         // The statement is fingerprinted in the lexing pass that masks it, when it is the
         // `statement` field or the SQL of the message; any other text (a JSON plan's) on its own.
@@ -113,20 +113,10 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
         },
         source,
     );
-    e.fingerprint = separate.or_else(|| fingerprint.map(|fp| format!("{fp:016x}")));
+    e.fingerprint = separate.or_else(|| fingerprint.map(crate::privacy::fingerprint::hex16));
     if f.privacy.obfuscate_queries {
         mask_json_plan(e);
     }
-}
-
-/// Whether `sql` holds `/*` or `--`, the only places correlation tags are read from.
-fn has_comment(sql: &str) -> bool {
-    use std::sync::LazyLock;
-    static BLOCK: LazyLock<memchr::memmem::Finder<'static>> =
-        LazyLock::new(|| memchr::memmem::Finder::new(b"/*"));
-    static LINE: LazyLock<memchr::memmem::Finder<'static>> =
-        LazyLock::new(|| memchr::memmem::Finder::new(b"--"));
-    BLOCK.find(sql.as_bytes()).is_some() || LINE.find(sql.as_bytes()).is_some()
 }
 
 /// auto_explain's JSON plan carries the statement as "Query Text" and conditions with literals

@@ -99,7 +99,12 @@ impl Privacy {
                 return (super::fingerprint::fingerprint_u64(t), None);
             }
             match fingerprint_and_obfuscate(t, opts) {
-                (fp, Cow::Owned(masked)) => (fp, Some(format!("{head}{masked}"))),
+                (fp, Cow::Owned(masked)) => {
+                    let mut text = String::with_capacity(head.len() + masked.len());
+                    text.push_str(head);
+                    text.push_str(&masked);
+                    (fp, Some(text))
+                }
                 (fp, Cow::Borrowed(_)) => (fp, None),
             }
         };

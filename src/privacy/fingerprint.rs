@@ -17,7 +17,18 @@ use super::lexer::{tokens, Token, TokenKind};
 
 /// 16 hex digits identifying the shape of `sql`.
 pub fn fingerprint(sql: &str) -> String {
-    format!("{:016x}", fingerprint_u64(sql))
+    hex16(fingerprint_u64(sql))
+}
+
+/// A fingerprint as printed: 16 lower-case hex digits (`format!("{fp:016x}")` without the
+/// formatting machinery, which the log pipeline would pay once per entry).
+pub fn hex16(fp: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((fp >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out.iter().map(|&b| b as char).collect()
 }
 
 /// Scratch space kept between fingerprints, per buffer.

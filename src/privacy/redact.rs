@@ -199,7 +199,9 @@ pub fn credential_spans(text: &str) -> Vec<(usize, usize)> {
         password_spans(text, &mut spans);
         spans.extend(conninfo_spans(text));
     }
-    if memchr::memmem::find(text.as_bytes(), b"://").is_some() {
+    static SCHEME: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"://"));
+    if SCHEME.find(text.as_bytes()).is_some() {
         spans.extend(uri_spans(text));
     }
     spans

@@ -140,14 +140,21 @@ impl Parser {
 
     /// Builds the entry framed by the last [`Parser::frame`] call from exactly its bytes.
     pub fn build<'a>(&mut self, bytes: &'a [u8]) -> LogEntry<'a> {
-        let (mut e, max) = match self {
-            Parser::Stderr(p) => (p.build(bytes), p.max_entry()),
-            Parser::Csv(p) => (p.build(bytes), p.max_entry()),
-            Parser::Json(p) => (p.build(bytes), p.max_entry()),
-            Parser::Syslog(p) => (p.build(bytes), p.max_entry()),
-        };
-        e.cap(max);
-        e
+        match self {
+            // These two cap their entries themselves.
+            Parser::Stderr(p) => p.build(bytes),
+            Parser::Csv(p) => p.build(bytes),
+            Parser::Json(p) => {
+                let mut e = p.build(bytes);
+                e.cap(p.max_entry());
+                e
+            }
+            Parser::Syslog(p) => {
+                let mut e = p.build(bytes);
+                e.cap(p.max_entry());
+                e
+            }
+        }
     }
 }
 

@@ -268,7 +268,18 @@ impl StderrParser {
         }
     }
 
+    /// The entry framed by the last [`StderrParser::frame`] call, its text fields cut to the cap.
     pub fn build<'a>(&mut self, bytes: &'a [u8]) -> LogEntry<'a> {
+        let mut e = self.assemble(bytes);
+        // Every text field comes from these bytes and is at most three times their length (an
+        // invalid byte becomes U+FFFD): an entry that small cannot exceed the cap.
+        if bytes.len().saturating_mul(3) > self.max_entry {
+            e.cap(self.max_entry);
+        }
+        e
+    }
+
+    fn assemble<'a>(&mut self, bytes: &'a [u8]) -> LogEntry<'a> {
         let Some(first) = self.lines.first().copied() else {
             return LogEntry::unparsed(bytes);
         };
@@ -335,7 +346,6 @@ impl StderrParser {
         if self.truncated {
             e.truncated = true;
         }
-        e.cap(self.max_entry);
         e
     }
 }
