@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::logs::parse::{detect_format, infer_prefix_for, LogFormat, Parser, MAX_ENTRY_BYTES};
 use crate::logs::reader::EntryReader;
 use crate::logs::stats::LogStats;
-use crate::logs::{finish_entry, Finisher};
+use crate::logs::{finish_entry, Finisher, LogEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseLogError {
@@ -102,7 +102,15 @@ fn parse_one(
     // Entries are written straight into one output buffer, handed to the writer when it fills.
     const FLUSH_AT: usize = 256 * 1024;
     let mut buf = Vec::with_capacity(FLUSH_AT + 64 * 1024);
-    while let Some((mut entry, _)) = reader.next_entry().map_err(read_err)? {
+    loop {
+        let mut entry = LogEntry::default();
+        if reader
+            .next_entry_into(&mut entry)
+            .map_err(read_err)?
+            .is_none()
+        {
+            break;
+        }
         finish_entry(&mut entry, &opts.finisher);
         entry
             .write_json(&mut buf)

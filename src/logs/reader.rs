@@ -104,6 +104,15 @@ impl<R: Read> EntryReader<R> {
     /// The next entry and the offset just past it; None when the source has no complete entry left
     /// (at a finished file's end, or until a growing file grows).
     pub fn next_entry(&mut self) -> io::Result<Option<(LogEntry<'_>, u64)>> {
+        let mut entry = LogEntry::default();
+        Ok(self.next_entry_into(&mut entry)?.map(|at| (entry, at)))
+    }
+
+    /// [`EntryReader::next_entry`] into `entry`, which must be [`LogEntry::default`]: bulk
+    /// parsing (`parse-log`) fills each entry where it keeps it instead of moving it out. Returns
+    /// the offset just past the entry.
+    #[inline]
+    pub fn next_entry_into<'s>(&'s mut self, entry: &mut LogEntry<'s>) -> io::Result<Option<u64>> {
         loop {
             let end = if self.src_done {
                 self.at_end
@@ -116,9 +125,9 @@ impl<R: Read> EntryReader<R> {
                     self.start += n;
                     self.consumed += n as u64;
                     self.boundary = self.consumed;
-                    let entry = self.parser.build(&self.buf[s..s + n]);
-                    self.stats.count_entry(&entry);
-                    return Ok(Some((entry, self.boundary)));
+                    self.parser.build_into(&self.buf[s..s + n], entry);
+                    self.stats.count_entry(entry);
+                    return Ok(Some(self.boundary));
                 }
                 Frame::Skip(n) => {
                     self.start += n;

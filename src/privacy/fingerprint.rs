@@ -24,11 +24,11 @@ pub fn fingerprint(sql: &str) -> String {
 /// formatting machinery, which the log pipeline would pay once per entry).
 pub fn hex16(fp: u64) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = HEX[((fp >> (60 - 4 * i)) & 0xf) as usize];
+    let mut out = String::with_capacity(16);
+    for shift in (0..16).rev() {
+        out.push(HEX[((fp >> (4 * shift)) & 0xf) as usize] as char);
     }
-    out.iter().map(|&b| b as char).collect()
+    out
 }
 
 /// Scratch space kept between fingerprints, per buffer.

@@ -140,9 +140,18 @@ impl Parser {
 
     /// Builds the entry framed by the last [`Parser::frame`] call from exactly its bytes.
     pub fn build<'a>(&mut self, bytes: &'a [u8]) -> LogEntry<'a> {
-        match self {
-            // These two cap their entries themselves.
-            Parser::Stderr(p) => p.build(bytes),
+        let mut e = LogEntry::default();
+        self.build_into(bytes, &mut e);
+        e
+    }
+
+    /// [`Parser::build`] into `e`, which must be [`LogEntry::default`] (see
+    /// [`stderr::StderrParser::build_into`]).
+    #[inline]
+    pub fn build_into<'a>(&mut self, bytes: &'a [u8], e: &mut LogEntry<'a>) {
+        *e = match self {
+            Parser::Stderr(p) => return p.build_into(bytes, e),
+            // csvlog caps its entries itself.
             Parser::Csv(p) => p.build(bytes),
             Parser::Json(p) => {
                 let mut e = p.build(bytes);
@@ -154,7 +163,7 @@ impl Parser {
                 e.cap(p.max_entry());
                 e
             }
-        }
+        };
     }
 }
 

@@ -270,29 +270,36 @@ impl StderrParser {
 
     /// The entry framed by the last [`StderrParser::frame`] call, its text fields cut to the cap.
     pub fn build<'a>(&mut self, bytes: &'a [u8]) -> LogEntry<'a> {
-        let mut e = self.assemble(bytes);
+        let mut e = LogEntry::default();
+        self.build_into(bytes, &mut e);
+        e
+    }
+
+    /// [`StderrParser::build`] into `e`, which must be [`LogEntry::default`]: the hot path fills
+    /// the entry where the caller keeps it instead of moving it out (the struct is large).
+    #[inline]
+    pub fn build_into<'a>(&mut self, bytes: &'a [u8], e: &mut LogEntry<'a>) {
+        self.assemble(bytes, e);
         // Every text field comes from these bytes and is at most three times their length (an
         // invalid byte becomes U+FFFD): an entry that small cannot exceed the cap.
         if bytes.len().saturating_mul(3) > self.max_entry {
             e.cap(self.max_entry);
         }
-        e
     }
 
-    fn assemble<'a>(&mut self, bytes: &'a [u8]) -> LogEntry<'a> {
+    #[inline]
+    fn assemble<'a>(&mut self, bytes: &'a [u8], e: &mut LogEntry<'a>) {
         let Some(first) = self.lines.first().copied() else {
-            return LogEntry::unparsed(bytes);
+            *e = LogEntry::unparsed(bytes);
+            return;
         };
         let Kind::Start(sev) = first.kind else {
-            let mut e = LogEntry::unparsed(&bytes[..first.end.min(bytes.len())]);
+            *e = LogEntry::unparsed(&bytes[..first.end.min(bytes.len())]);
             e.truncated = self.truncated;
-            return e;
+            return;
         };
-        let mut e = LogEntry {
-            error_severity: Some(sev),
-            ..LogEntry::default()
-        };
-        apply_prefix(&mut e, &bytes[..first.end], &self.fields);
+        e.error_severity = Some(sev);
+        apply_prefix(e, &bytes[..first.end], &self.fields);
         let mut target: Option<Aux> = None;
         let mut message = text(&bytes[first.text..first.end]);
         let mut parts: [Option<Cow<'a, str>>; 6] = Default::default();
@@ -346,7 +353,6 @@ impl StderrParser {
         if self.truncated {
             e.truncated = true;
         }
-        e
     }
 }
 
