@@ -36,35 +36,34 @@ const KEPT_BYTES: usize = 64 * 1024;
 
 /// The fingerprint as a number.
 pub fn fingerprint_u64(sql: &str) -> u64 {
-    with_scratch(|stream, out| {
-        stream.clear();
+    with_scratch(|norm| {
+        norm.clear();
         for token in tokens(sql) {
-            push(sql, stream, token);
+            norm.push(sql, token);
         }
-        hash(sql, stream, out)
+        norm.hash()
     })
 }
 
-/// Runs `f` with this thread's scratch buffers (a token stream and the normalised text), so
-/// fingerprinting, which runs once per log entry and activity record, does not allocate.
-pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Vec<Norm>, &mut String) -> R) -> R {
+/// Runs `f` with this thread's scratch [`Normalized`] stream, so fingerprinting, which runs once
+/// per log entry and activity record, does not allocate.
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Normalized) -> R) -> R {
     thread_local! {
-        static BUFFERS: std::cell::RefCell<(Vec<Norm>, String)> = Default::default();
+        static BUFFERS: std::cell::RefCell<Normalized> = Default::default();
     }
     BUFFERS.with(|b| match b.try_borrow_mut() {
-        Ok(mut b) => {
-            let (stream, out) = &mut *b;
-            let r = f(stream, out);
+        Ok(mut norm) => {
+            let r = f(&mut norm);
             // A rare huge text must not pin its buffers for the life of the process.
-            if out.capacity() > KEPT_BYTES {
-                *out = String::new();
+            if norm.text.capacity() > KEPT_BYTES {
+                norm.text = String::new();
             }
-            if stream.capacity() > KEPT_BYTES / std::mem::size_of::<Norm>() {
-                *stream = Vec::new();
+            if norm.stream.capacity() > KEPT_BYTES / std::mem::size_of::<(Norm, usize)>() {
+                norm.stream = Vec::new();
             }
             r
         }
-        Err(_) => f(&mut Vec::new(), &mut String::new()),
+        Err(_) => f(&mut Normalized::default()),
     })
 }
 
@@ -76,70 +75,97 @@ pub(super) enum Norm {
     Text(usize, usize, TokenKind),
 }
 
+/// The normalised stream of a text being lexed, and its normalised text, written as each token
+/// arrives (so hashing is one call on finished text, not a second walk over the stream).
+#[derive(Debug, Default)]
+pub(super) struct Normalized {
+    /// Each token, with the offset in `text` where its part (with the space before it) starts.
+    stream: Vec<(Norm, usize)>,
+    text: String,
+}
+
+impl Normalized {
+    pub(super) fn clear(&mut self) {
+        self.stream.clear();
+        self.text.clear();
+    }
+
+    /// Adds one lexer token (in source order).
+    pub(super) fn push(&mut self, sql: &str, token: Token) {
+        let norm = match token.kind {
+            TokenKind::Whitespace | TokenKind::LineComment | TokenKind::BlockComment { .. } => {
+                return
+            }
+            TokenKind::Literal { .. } | TokenKind::Param => Norm::Literal,
+            kind => Norm::Text(token.start, token.end, kind),
+        };
+        if norm == Norm::Literal && drops_unary_minus(sql, &self.stream) {
+            self.pop();
+        }
+        self.emit(sql, norm);
+        if let Some(open) = collapsible_literal_list(sql, &self.stream) {
+            // `( ?, ?, ... )` after IN or ARRAY: keep the bracket, one `?` and the closing one.
+            let close = self.stream[self.stream.len() - 1].0;
+            let at = self.stream[open + 1].1;
+            self.stream.truncate(open + 1);
+            self.text.truncate(at);
+            self.emit(sql, Norm::Literal);
+            self.emit(sql, close);
+        }
+    }
+
+    fn pop(&mut self) {
+        if let Some((_, at)) = self.stream.pop() {
+            self.text.truncate(at);
+        }
+    }
+
+    fn emit(&mut self, sql: &str, norm: Norm) {
+        let at = self.text.len();
+        if !self.stream.is_empty() {
+            self.text.push(' ');
+        }
+        match norm {
+            Norm::Literal => self.text.push('?'),
+            Norm::Text(start, end, TokenKind::Word) => {
+                let from = self.text.len();
+                self.text.push_str(&sql[start..end]);
+                self.text[from..].make_ascii_lowercase();
+            }
+            Norm::Text(start, end, _) => self.text.push_str(&sql[start..end]),
+        }
+        self.stream.push((norm, at));
+    }
+
+    /// The hash of the finished stream.
+    pub(super) fn hash(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.text.as_bytes())
+    }
+}
+
 /// The normalised text that [`fingerprint`] hashes (see the module doc).
 pub fn normalize(sql: &str) -> String {
-    let mut out = String::new();
-    let mut stream = Vec::new();
+    let mut norm = Normalized::default();
     for token in tokens(sql) {
-        push(sql, &mut stream, token);
+        norm.push(sql, token);
     }
-    write_normalized(sql, &stream, &mut out);
-    out
+    norm.text
 }
 
-/// Adds one lexer token (in source order) to the normalised stream.
-pub(super) fn push(sql: &str, stream: &mut Vec<Norm>, token: Token) {
-    let norm = match token.kind {
-        TokenKind::Whitespace | TokenKind::LineComment | TokenKind::BlockComment { .. } => return,
-        TokenKind::Literal { .. } | TokenKind::Param => Norm::Literal,
-        kind => Norm::Text(token.start, token.end, kind),
-    };
-    if norm == Norm::Literal && drops_unary_minus(sql, stream) {
-        stream.pop();
-    }
-    stream.push(norm);
-    collapse_literal_list(sql, stream);
-}
-
-/// The hash of the finished stream (`out` is scratch space).
-pub(super) fn hash(sql: &str, stream: &[Norm], out: &mut String) -> u64 {
-    write_normalized(sql, stream, out);
-    xxhash_rust::xxh3::xxh3_64(out.as_bytes())
-}
-
-fn write_normalized(sql: &str, stream: &[Norm], out: &mut String) {
-    out.clear();
-    out.reserve(sql.len());
-    for (i, norm) in stream.iter().enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        match *norm {
-            Norm::Literal => out.push('?'),
-            Norm::Text(start, end, TokenKind::Word) => {
-                let at = out.len();
-                out.push_str(&sql[start..end]);
-                out[at..].make_ascii_lowercase();
-            }
-            Norm::Text(start, end, _) => out.push_str(&sql[start..end]),
-        }
-    }
-}
-
-fn text<'a>(sql: &'a str, norm: Option<&Norm>) -> Option<(&'a str, TokenKind)> {
+fn text<'a>(sql: &'a str, norm: Option<&(Norm, usize)>) -> Option<(&'a str, TokenKind)> {
     match norm {
-        Some(&Norm::Text(s, e, kind)) => Some((&sql[s..e], kind)),
+        Some(&(Norm::Text(s, e, kind), _)) => Some((&sql[s..e], kind)),
         _ => None,
     }
 }
 
 /// True when the last token is a `-` that is a sign (not a subtraction) for the literal that follows:
 /// it comes after an operator, an opening bracket, a comma, a keyword-like word, or at the start.
-fn drops_unary_minus(sql: &str, stream: &[Norm]) -> bool {
+fn drops_unary_minus(sql: &str, stream: &[(Norm, usize)]) -> bool {
     let Some(("-", TokenKind::Operator)) = text(sql, stream.last()) else {
         return false;
     };
-    let before = stream.len().checked_sub(2).map(|i| &stream[i]);
+    let before = stream.len().checked_sub(2).map(|i| &stream[i].0);
     match before {
         None => true,
         Some(Norm::Literal) => false,
@@ -181,40 +207,35 @@ const SIGN_KEYWORDS: &[&str] = &[
     "on",
 ];
 
-/// After a closing `)` or `]`: if the bracket holds only `?, ?, ...` and is preceded by `IN` or
-/// `ARRAY`, reduce it to `( ? )`.
-fn collapse_literal_list(sql: &str, stream: &mut Vec<Norm>) {
-    let open = match stream.last() {
-        Some(Norm::Text(_, _, TokenKind::CloseParen)) => TokenKind::OpenParen,
-        Some(Norm::Text(_, _, TokenKind::CloseBracket)) => TokenKind::OpenBracket,
-        _ => return,
+/// After a closing `)` or `]`: if the bracket holds only `?, ?, ...` (two or more) and is preceded
+/// by `IN` or `ARRAY`, the index of the opening bracket, so the list can become `( ? )`.
+fn collapsible_literal_list(sql: &str, stream: &[(Norm, usize)]) -> Option<usize> {
+    let open = match stream.last()?.0 {
+        Norm::Text(_, _, TokenKind::CloseParen) => TokenKind::OpenParen,
+        Norm::Text(_, _, TokenKind::CloseBracket) => TokenKind::OpenBracket,
+        _ => return None,
     };
     let end = stream.len() - 1;
     let mut i = end;
     let mut literals = 0;
     loop {
         if i == 0 {
-            return;
+            return None;
         }
         i -= 1;
-        match stream[i] {
+        match stream[i].0 {
             Norm::Literal => literals += 1,
             Norm::Text(_, _, TokenKind::Comma) => {}
             Norm::Text(_, _, kind) if kind == open => break,
-            _ => return,
+            _ => return None,
         }
     }
     if literals < 2 || i == 0 {
-        return;
+        return None;
     }
-    let keyword = matches!(text(sql, stream.get(i - 1)), Some((w, TokenKind::Word))
-        if w.eq_ignore_ascii_case("in") || w.eq_ignore_ascii_case("array"));
-    if keyword {
-        let close_tok = stream[end];
-        stream.truncate(i + 1);
-        stream.push(Norm::Literal);
-        stream.push(close_tok);
-    }
+    matches!(text(sql, stream.get(i - 1)), Some((w, TokenKind::Word))
+        if w.eq_ignore_ascii_case("in") || w.eq_ignore_ascii_case("array"))
+    .then_some(i)
 }
 
 #[cfg(test)]

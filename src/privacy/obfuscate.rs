@@ -68,8 +68,8 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
             obfuscate_with(sql, options),
         );
     }
-    super::fingerprint::with_scratch(|stream, out| {
-        stream.clear();
+    super::fingerprint::with_scratch(|norm| {
+        norm.clear();
         let mut masked: Option<String> = None;
         let (mut copied, mut unterminated) = (0, false);
         for token in Lexer::new(sql, StringMode::Standard) {
@@ -80,7 +80,7 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
                 copied = token.end;
                 unterminated |= !terminated;
             }
-            super::fingerprint::push(sql, stream, token);
+            norm.push(sql, token);
         }
         if unterminated {
             UNTERMINATED_MASKED.fetch_add(1, Ordering::Relaxed);
@@ -92,7 +92,7 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
                 Cow::Owned(buf)
             }
         };
-        (super::fingerprint::hash(sql, stream, out), text)
+        (norm.hash(), text)
     })
 }
 
