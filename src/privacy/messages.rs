@@ -17,7 +17,16 @@ pub enum SqlPart {
 pub fn duration_end(after: &str) -> Option<usize> {
     static MS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b" ms  "));
-    MS.find(after.as_bytes())
+    // The server prints `%ld.%03d ms`: read the number, and search only if something else follows.
+    let b = after.as_bytes();
+    let n = b
+        .iter()
+        .take_while(|c| c.is_ascii_digit() || **c == b'.')
+        .count();
+    if b[n..].starts_with(b" ms  ") {
+        return Some(n);
+    }
+    MS.find(b)
 }
 
 /// Where the SQL of a `log_statement` / `log_min_duration_statement` / auto_explain message starts:

@@ -12,7 +12,7 @@
 
 use memchr::memmem;
 
-use super::time::{parse_epoch, parse_pg_time};
+use super::time::{parse_epoch, pg_time_len};
 
 /// Fields a prefix escape can carry; the index into [`PrefixFields`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,12 +447,10 @@ fn shape_len(field: Field, b: &[u8]) -> Option<usize> {
         }
         // %m always has milliseconds, %t and %s never: telling them apart lets prefix inference
         // choose between `%m ` and `%t `.
-        Field::TimeMs => parse_pg_time(b)
-            .filter(|_| b.get(19) == Some(&b'.'))
-            .map(|(_, n)| n),
-        Field::TimeNoMs | Field::SessionStart => parse_pg_time(b)
-            .filter(|_| b.get(19) == Some(&b' '))
-            .map(|(_, n)| n),
+        Field::TimeMs => pg_time_len(b).filter(|_| b.get(19) == Some(&b'.')),
+        Field::TimeNoMs | Field::SessionStart => {
+            pg_time_len(b).filter(|_| b.get(19) == Some(&b' '))
+        }
         Field::Epoch => parse_epoch(b).map(|(_, n)| n),
         Field::SessionId => {
             let a = count_while(b, |c| c.is_ascii_hexdigit());

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use memchr::memchr;
 
 use super::prefix::{Field, Prefix, PrefixFields};
-use super::time::{parse_epoch, parse_pg_time};
+use super::time::{parse_epoch, parse_pg_time, TimeCache};
 use super::{End, Frame};
 use crate::logs::entry::{severity, state_code, trim_eol, LogEntry};
 
@@ -81,6 +81,8 @@ pub struct StderrParser {
     /// The classification of the line that ended the last entry, which starts the next call's
     /// buffer: (line length, kind, text offset, prefix fields). Saves matching each line twice.
     lookahead: Option<(usize, Kind, usize, PrefixFields)>,
+    /// The second of the last `%t`/`%m` timestamp read.
+    times: TimeCache,
 }
 
 impl StderrParser {
@@ -94,6 +96,7 @@ impl StderrParser {
             fields: Default::default(),
             truncated: false,
             lookahead: None,
+            times: TimeCache::default(),
         }
     }
 
@@ -299,7 +302,7 @@ impl StderrParser {
             return;
         };
         e.error_severity = Some(sev);
-        apply_prefix(e, &bytes[..first.end], &self.fields);
+        apply_prefix(e, &bytes[..first.end], &self.fields, &mut self.times);
         let mut target: Option<Aux> = None;
         let mut message = text(&bytes[first.text..first.end]);
         let mut parts: [Option<Cow<'a, str>>; 6] = Default::default();
@@ -408,7 +411,7 @@ fn known(b: &[u8]) -> Option<Cow<'_, str>> {
     (b != b"[unknown]").then(|| str_of(b))
 }
 
-fn apply_prefix<'a>(e: &mut LogEntry<'a>, line: &'a [u8], f: &PrefixFields) {
+fn apply_prefix<'a>(e: &mut LogEntry<'a>, line: &'a [u8], f: &PrefixFields, times: &mut TimeCache) {
     let g = |k| get(line, f, k);
     e.application_name = g(Field::AppName).and_then(known);
     e.user = g(Field::User).and_then(known);
@@ -435,10 +438,10 @@ fn apply_prefix<'a>(e: &mut LogEntry<'a>, line: &'a [u8], f: &PrefixFields) {
         e.timestamp = parse_epoch(t).map(|(ts, _)| ts);
     }
     if let Some(t) = g(Field::TimeNoMs) {
-        e.timestamp = parse_pg_time(t).and_then(|(ts, _)| ts);
+        e.timestamp = times.parse(t);
     }
     if let Some(t) = g(Field::TimeMs) {
-        e.timestamp = parse_pg_time(t).and_then(|(ts, _)| ts);
+        e.timestamp = times.parse(t);
     }
     e.ps = g(Field::Ps).map(str_of);
     e.state_code = g(Field::SqlState).and_then(|c| state_code(str_of(c)));

@@ -111,7 +111,38 @@ fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
 /// zone is an abbreviation this table does not know) and the bytes the timestamp spans, or None when
 /// `b` does not start with a timestamp of that shape.
 pub fn parse_pg_time(b: &[u8]) -> Option<(Option<Timestamp>, usize)> {
-    let year = digits(b, 0, 4)?;
+    let shape = pg_time_shape(b)?;
+    Some((shape.instant(b), shape.len))
+}
+
+/// The length of the `YYYY-MM-DD HH:MM:SS[.fff] ZONE` timestamp at the start of `b` (as
+/// [`parse_pg_time`] reads it), without working out the instant: what prefix matching needs.
+pub fn pg_time_len(b: &[u8]) -> Option<usize> {
+    pg_time_shape(b).map(|s| s.len)
+}
+
+/// Where the parts of a timestamp lie, once its shape is checked.
+struct Shape {
+    /// Milliseconds (the first three digits of the fraction).
+    millis: u32,
+    /// Where the fraction's digits end (19 without a fraction).
+    fraction_end: usize,
+    /// The end of the zone: the timestamp's length.
+    len: usize,
+}
+
+impl Shape {
+    fn instant(&self, b: &[u8]) -> Option<Timestamp> {
+        let offset = zone_offset_secs(&b[self.fraction_end + 1..self.len])?;
+        let days = days_from_civil(digits(b, 0, 4)? as i64, digits(b, 5, 2)?, digits(b, 8, 2)?);
+        let sod = digits(b, 11, 2)? * 3600 + digits(b, 14, 2)? * 60 + digits(b, 17, 2)?;
+        let secs = days * 86_400 + sod as i64 - offset as i64;
+        Some(Timestamp(secs * 1000 + self.millis as i64))
+    }
+}
+
+fn pg_time_shape(b: &[u8]) -> Option<Shape> {
+    digits(b, 0, 4)?;
     if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || b.get(10) != Some(&b' ') {
         return None;
     }
@@ -122,7 +153,7 @@ pub fn parse_pg_time(b: &[u8]) -> Option<(Option<Timestamp>, usize)> {
         return None;
     }
     let minute = digits(b, 14, 2)?;
-    let second = digits(b, 17, 2)?;
+    digits(b, 17, 2)?;
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
         return None;
     }
@@ -155,13 +186,41 @@ pub fn parse_pg_time(b: &[u8]) -> Option<(Option<Timestamp>, usize)> {
     if zend == zstart {
         return None;
     }
-    let offset = zone_offset_secs(&b[zstart..zend]);
-    let ts = offset.map(|off| {
-        let days = days_from_civil(year as i64, month, day);
-        let secs = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64 - off as i64;
-        Timestamp(secs * 1000 + millis as i64)
-    });
-    Some((ts, zend))
+    Some(Shape {
+        millis,
+        fraction_end: pos,
+        len: zend,
+    })
+}
+
+/// Remembers the last timestamp's second and zone: log lines come in time order, so most share
+/// them with the line before, and only their milliseconds need reading.
+#[derive(Debug, Default)]
+pub struct TimeCache {
+    /// `YYYY-MM-DD HH:MM:SS` and the zone of the last timestamp read (empty: none yet).
+    second: Vec<u8>,
+    zone: Vec<u8>,
+    /// Its instant, milliseconds excluded (None: its zone is unknown).
+    base: Option<Timestamp>,
+}
+
+impl TimeCache {
+    /// [`parse_pg_time`]'s instant of the timestamp at the start of `b`.
+    pub fn parse(&mut self, b: &[u8]) -> Option<Timestamp> {
+        let shape = pg_time_shape(b)?;
+        let zone = &b[shape.fraction_end + 1..shape.len];
+        let second = &b[..19];
+        if self.second.as_slice() != second || self.zone.as_slice() != zone {
+            self.second.clear();
+            self.second.extend_from_slice(second);
+            self.zone.clear();
+            self.zone.extend_from_slice(zone);
+            self.base = shape
+                .instant(b)
+                .map(|t| Timestamp(t.0 - shape.millis as i64));
+        }
+        self.base.map(|t| Timestamp(t.0 + shape.millis as i64))
+    }
 }
 
 /// The length of the zone PostgreSQL prints after a timestamp: an abbreviation (letters, as tzdata
