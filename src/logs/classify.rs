@@ -147,8 +147,27 @@ fn number_then<'s>(s: &'s str, unit: &str) -> (Option<f64>, &'s str) {
         .bytes()
         .take_while(|b| b.is_ascii_digit() || *b == b'.')
         .count();
-    let v = s[..n].parse().ok();
+    let v = decimal(&s[..n]);
     (v, s[n..].strip_prefix(unit).unwrap_or(&s[n..]))
+}
+
+/// `digits[.digits]` as the nearest f64, as `str::parse` gives it. Durations (`%ld.%03d`) take the
+/// exact fast path: with at most 15 significant digits the digits and the power of ten are both
+/// exact f64s, and one IEEE division rounds their quotient correctly. Anything else goes to `parse`.
+fn decimal(s: &str) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = int.len() + frac.len();
+    if int.is_empty() || digits > 15 || frac.contains('.') {
+        return s.parse().ok();
+    }
+    let mut m: u64 = 0;
+    for b in int.bytes().chain(frac.bytes()) {
+        m = m * 10 + u64::from(b - b'0');
+    }
+    Some(m as f64 / POW10[frac.len()])
 }
 
 /// The number right after the first `word` in `m`.
@@ -262,6 +281,30 @@ pub fn sqlstate_class(code: &str) -> &'static str {
 mod tests {
     use super::*;
     use std::borrow::Cow;
+
+    #[test]
+    fn decimals_read_as_str_parse_reads_them() {
+        let mut texts: Vec<String> = [
+            "0", "0.000", "0.001", "0.383", "1.5", "12.000", "99999.999", "123456789012.345",
+            "1234567890123.456", "0.1", "0.7", "2.675", "9007199254740993", "1..2", "", ".5", "5.",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Every `%ld.%03d` from 0 to 20 s, and a spread of larger ones.
+        texts.extend((0..20_000u64).map(|ms| format!("{}.{:03}", ms / 1000, ms % 1000)));
+        texts.extend((0..2_000u64).map(|i| {
+            let us = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 100_000_000_000;
+            format!("{}.{:03}", us / 1000, us % 1000)
+        }));
+        for t in &texts {
+            assert_eq!(
+                decimal(t).map(f64::to_bits),
+                t.parse::<f64>().ok().map(f64::to_bits),
+                "{t:?}"
+            );
+        }
+    }
 
     fn classified(sev: &'static str, code: Option<&str>, msg: &str) -> LogEntry<'static> {
         let mut e = LogEntry {
