@@ -36,7 +36,8 @@ const KEPT_BYTES: usize = 64 * 1024;
 
 /// The fingerprint as a number.
 pub fn fingerprint_u64(sql: &str) -> u64 {
-    with_scratch(|norm| {
+    with_scratch(|scratch| {
+        let norm = &mut scratch.norm;
         norm.clear();
         for token in tokens(sql) {
             norm.push(sql, token);
@@ -45,26 +46,94 @@ pub fn fingerprint_u64(sql: &str) -> u64 {
     })
 }
 
-/// Runs `f` with this thread's scratch [`Normalized`] stream, so fingerprinting, which runs once
-/// per log entry and activity record, does not allocate.
-pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Normalized) -> R) -> R {
+/// Per-thread buffers of the fingerprinting passes, kept between calls so they do not allocate.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    pub(super) norm: Normalized,
+    /// The tokens of the text being lexed, comments and whitespace left out.
+    pub(super) tokens: Vec<Token>,
+    /// The text with each literal replaced by a NUL byte: its shape key (see [`ShapeCache`]).
+    pub(super) key: Vec<u8>,
+    pub(super) shapes: ShapeCache,
+}
+
+/// Runs `f` with this thread's [`Scratch`], so fingerprinting, which runs once per log entry and
+/// activity record, does not allocate.
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     thread_local! {
-        static BUFFERS: std::cell::RefCell<Normalized> = Default::default();
+        static BUFFERS: std::cell::RefCell<Scratch> = Default::default();
     }
     BUFFERS.with(|b| match b.try_borrow_mut() {
-        Ok(mut norm) => {
-            let r = f(&mut norm);
+        Ok(mut scratch) => {
+            let r = f(&mut scratch);
             // A rare huge text must not pin its buffers for the life of the process.
+            let norm = &mut scratch.norm;
             if norm.text.capacity() > KEPT_BYTES {
                 norm.text = String::new();
             }
             if norm.stream.capacity() > KEPT_BYTES / std::mem::size_of::<(Norm, usize)>() {
                 norm.stream = Vec::new();
             }
+            if scratch.tokens.capacity() > KEPT_BYTES / std::mem::size_of::<Token>() {
+                scratch.tokens = Vec::new();
+            }
+            if scratch.key.capacity() > KEPT_BYTES {
+                scratch.key = Vec::new();
+            }
             r
         }
-        Err(_) => f(&mut Normalized::default()),
+        Err(_) => f(&mut Scratch::default()),
     })
+}
+
+/// The fingerprints of the statement shapes met last, so a log full of the same few statements
+/// (the usual case: an application runs its queries over and over with new values) normalises
+/// each shape once.
+///
+/// The key is the raw text with each literal replaced by a NUL byte (which SQL text cannot hold).
+/// It determines the fingerprint exactly: the lexer restarts after each literal, so texts with
+/// the same key have the same tokens outside their literals, and normalisation reads nothing of
+/// a literal but its place. A hit compares the whole key, never only its hash.
+///
+/// Direct-mapped, [`ShapeCache::SLOTS`] slots of keys up to [`ShapeCache::MAX_KEY`] bytes: at
+/// most 128 KiB per thread, whatever the log holds.
+#[derive(Debug, Default)]
+pub(super) struct ShapeCache {
+    slots: Vec<Option<Shape>>,
+}
+
+#[derive(Debug)]
+struct Shape {
+    hash: u64,
+    key: Box<[u8]>,
+    fingerprint: u64,
+}
+
+impl ShapeCache {
+    pub(super) const SLOTS: usize = 256;
+    pub(super) const MAX_KEY: usize = 512;
+
+    /// The fingerprint cached for `key` (`hash` is its XXH3).
+    pub(super) fn get(&self, hash: u64, key: &[u8]) -> Option<u64> {
+        match self.slots.get(hash as usize % Self::SLOTS)? {
+            Some(s) if s.hash == hash && *s.key == *key => Some(s.fingerprint),
+            _ => None,
+        }
+    }
+
+    pub(super) fn put(&mut self, hash: u64, key: &[u8], fingerprint: u64) {
+        if key.len() > Self::MAX_KEY {
+            return;
+        }
+        if self.slots.is_empty() {
+            self.slots.resize_with(Self::SLOTS, || None);
+        }
+        self.slots[hash as usize % Self::SLOTS] = Some(Shape {
+            hash,
+            key: key.into(),
+            fingerprint,
+        });
+    }
 }
 
 /// A token of the normalised stream.

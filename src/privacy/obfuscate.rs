@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::fingerprint::{Scratch, ShapeCache};
 use super::lexer::{Lexer, LiteralStyle, StringMode, TokenKind};
 
 /// What a masked literal becomes. `?` like the Datadog agent rather than pg_stat_statements' `$n`:
@@ -68,31 +69,65 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
             obfuscate_with(sql, options),
         );
     }
-    super::fingerprint::with_scratch(|norm| {
-        norm.clear();
+    super::fingerprint::with_scratch(|scratch| {
+        let Scratch {
+            norm,
+            tokens,
+            key,
+            shapes,
+        } = scratch;
+        tokens.clear();
+        key.clear();
         let mut masked: Option<String> = None;
         let (mut copied, mut unterminated) = (0, false);
         for token in Lexer::new(sql, StringMode::Standard) {
-            if let TokenKind::Literal { terminated, .. } = token.kind {
-                let buf = masked.get_or_insert_with(|| String::with_capacity(sql.len()));
-                buf.push_str(&sql[copied..token.start]);
-                buf.push_str(PLACEHOLDER);
-                copied = token.end;
-                unterminated |= !terminated;
+            match token.kind {
+                TokenKind::Literal { terminated, .. } => {
+                    let buf = masked.get_or_insert_with(|| String::with_capacity(sql.len()));
+                    let kept = &sql[copied..token.start];
+                    buf.push_str(kept);
+                    buf.push_str(PLACEHOLDER);
+                    key.extend_from_slice(kept.as_bytes());
+                    key.push(0);
+                    copied = token.end;
+                    unterminated |= !terminated;
+                }
+                _ if token.is_trivia() => continue,
+                _ => {}
             }
-            norm.push(sql, token);
+            tokens.push(token);
         }
         if unterminated {
             UNTERMINATED_MASKED.fetch_add(1, Ordering::Relaxed);
         }
-        let text = match masked {
-            None => Cow::Borrowed(sql),
+        let (text, key) = match masked {
+            None => (Cow::Borrowed(sql), sql.as_bytes()),
             Some(mut buf) => {
                 buf.push_str(&sql[copied..]);
-                Cow::Owned(buf)
+                key.extend_from_slice(&sql.as_bytes()[copied..]);
+                (Cow::Owned(buf), key.as_slice())
             }
         };
-        (norm.hash(), text)
+        // A NUL in the text itself would make its key ambiguous.
+        let cacheable =
+            key.len() <= ShapeCache::MAX_KEY && memchr::memchr(0, sql.as_bytes()).is_none();
+        let hash = if cacheable {
+            xxhash_rust::xxh3::xxh3_64(key)
+        } else {
+            0
+        };
+        if let Some(fp) = shapes.get(hash, key).filter(|_| cacheable) {
+            return (fp, text);
+        }
+        norm.clear();
+        for &token in tokens.iter() {
+            norm.push(sql, token);
+        }
+        let fp = norm.hash();
+        if cacheable {
+            shapes.put(hash, key, fp);
+        }
+        (fp, text)
     })
 }
 
@@ -295,5 +330,42 @@ mod tests {
         let sql = "SELECT data ? 'k', 'v' FROM t WHERE n > 5";
         let once = obfuscate(sql);
         assert_eq!(obfuscate(&once), once);
+    }
+
+    #[test]
+    fn cached_shapes_give_the_fingerprint_of_their_own_text() {
+        let opts = ObfuscateOptions {
+            strings: StringMode::Either,
+            numbers: true,
+        };
+        // Pairs whose masked texts read alike but whose fingerprints differ, texts that share a
+        // shape, and texts the cache must not take (a NUL byte, a key over the size limit).
+        let long = format!("SELECT {} FROM t WHERE a = 1", "c, ".repeat(200));
+        let texts = [
+            "SELECT a ? b FROM t",
+            "SELECT a 'x' b FROM t",
+            "SELECT a ?- 5",
+            "SELECT 'x'-5",
+            "SELECT * FROM t WHERE id IN (1, 2, 3)",
+            "SELECT * FROM t WHERE id IN (4, 5)",
+            "SELECT * FROM t WHERE id IN ($1, $2)",
+            "UPDATE t SET v = v + -1 WHERE id = 7",
+            "UPDATE t SET v = v + -2 WHERE id = 8",
+            "SELECT a\u{0}b",
+            "SELECT a'x'b",
+            long.as_str(),
+        ];
+        // Twice over: the second round is answered from the cache.
+        for round in 0..2 {
+            for t in texts {
+                let (fp, masked) = fingerprint_and_obfuscate(t, opts);
+                assert_eq!(
+                    fp,
+                    super::super::fingerprint::fingerprint_u64(t),
+                    "round {round}: {t:?}"
+                );
+                assert_eq!(masked, obfuscate_with(t, opts), "round {round}: {t:?}");
+            }
+        }
     }
 }
