@@ -218,7 +218,7 @@ impl Matcher<'_, '_> {
         };
         match item {
             Item::Lit(l) => {
-                if line[pos..].starts_with(l) {
+                if starts_with(&line[pos..], l) {
                     self.at(i + 1, pos + l.len(), f)
                 } else {
                     None
@@ -427,6 +427,12 @@ fn trim_spaces(line: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
         e -= 1;
     }
     (s, e)
+}
+
+/// `b.starts_with(lit)` for the short literals of a prefix, byte by byte: a call to `memcmp` per
+/// literal costs more than the comparison.
+fn starts_with(b: &[u8], lit: &[u8]) -> bool {
+    b.len() >= lit.len() && b.iter().zip(lit).all(|(x, y)| x == y)
 }
 
 fn count_while(b: &[u8], pred: impl Fn(u8) -> bool) -> usize {

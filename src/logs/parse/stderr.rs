@@ -302,9 +302,11 @@ impl StderrParser {
             return;
         };
         e.error_severity = Some(sev);
-        apply_prefix(e, &bytes[..first.end], &self.fields, &mut self.times);
+        // The first line is checked for UTF-8 once; its fields and message are slices of it.
+        let line = LineText::new(&bytes[..first.end]);
+        apply_prefix(e, &line, &self.fields, &mut self.times);
         let mut target: Option<Aux> = None;
-        let mut message = text(&bytes[first.text..first.end]);
+        let mut message = line.get(first.text, trim_eol(line.bytes).len().max(first.text));
         let mut parts: [Option<Cow<'a, str>>; 6] = Default::default();
         for line in &self.lines[1..] {
             let t = text(&bytes[line.text..line.end]);
@@ -389,6 +391,35 @@ fn strip_position(m: &mut Cow<'_, str>) -> Option<u32> {
     Some(n)
 }
 
+/// A line's bytes and, when they are valid UTF-8, its text: fields are cut from it without
+/// checking each again.
+struct LineText<'a> {
+    bytes: &'a [u8],
+    text: Option<&'a str>,
+}
+
+impl<'a> LineText<'a> {
+    fn new(bytes: &'a [u8]) -> LineText<'a> {
+        LineText {
+            bytes,
+            text: std::str::from_utf8(bytes).ok(),
+        }
+    }
+
+    /// The text of `start..end` (lossy when the line is not UTF-8).
+    fn get(&self, start: usize, end: usize) -> Cow<'a, str> {
+        match self.text.and_then(|t| t.get(start..end)) {
+            Some(t) => Cow::Borrowed(t),
+            None => str_of(&self.bytes[start..end]),
+        }
+    }
+
+    /// The text of a prefix field, if it has a value.
+    fn field(&self, f: &PrefixFields, k: Field) -> Option<Cow<'a, str>> {
+        f[k as usize].map(|(s, e)| self.get(s as usize, e as usize))
+    }
+}
+
 fn get<'a>(line: &'a [u8], f: &PrefixFields, k: Field) -> Option<&'a [u8]> {
     f[k as usize].map(|(s, e)| &line[s as usize..e as usize])
 }
@@ -407,15 +438,22 @@ fn num<T: std::str::FromStr>(b: &[u8]) -> Option<T> {
 
 /// `[unknown]` is what PostgreSQL prints for a session whose user, database or application is
 /// not known yet; jsonlog leaves those keys out.
-fn known(b: &[u8]) -> Option<Cow<'_, str>> {
-    (b != b"[unknown]").then(|| str_of(b))
+fn known(text: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    (text != "[unknown]").then_some(text)
 }
 
-fn apply_prefix<'a>(e: &mut LogEntry<'a>, line: &'a [u8], f: &PrefixFields, times: &mut TimeCache) {
+fn apply_prefix<'a>(
+    e: &mut LogEntry<'a>,
+    text: &LineText<'a>,
+    f: &PrefixFields,
+    times: &mut TimeCache,
+) {
+    let line = text.bytes;
     let g = |k| get(line, f, k);
-    e.application_name = g(Field::AppName).and_then(known);
-    e.user = g(Field::User).and_then(known);
-    e.dbname = g(Field::Db).and_then(known);
+    let t = |k| text.field(f, k);
+    e.application_name = t(Field::AppName).and_then(known);
+    e.user = t(Field::User).and_then(known);
+    e.dbname = t(Field::Db).and_then(known);
     if let Some(hp) = g(Field::RemoteHostPort) {
         match hp.strip_suffix(b")").and_then(|s| {
             let open = s.iter().rposition(|b| *b == b'(')?;
@@ -428,10 +466,10 @@ fn apply_prefix<'a>(e: &mut LogEntry<'a>, line: &'a [u8], f: &PrefixFields, time
             _ => e.remote_host = Some(str_of(hp)),
         }
     }
-    if let Some(h) = g(Field::RemoteHost) {
-        e.remote_host = Some(str_of(h));
+    if let Some(h) = t(Field::RemoteHost) {
+        e.remote_host = Some(h);
     }
-    e.backend_type = g(Field::BackendType).map(str_of);
+    e.backend_type = t(Field::BackendType);
     e.pid = g(Field::Pid).and_then(num);
     e.leader_pid = g(Field::LeaderPid).and_then(num);
     if let Some(t) = g(Field::Epoch) {
@@ -443,11 +481,11 @@ fn apply_prefix<'a>(e: &mut LogEntry<'a>, line: &'a [u8], f: &PrefixFields, time
     if let Some(t) = g(Field::TimeMs) {
         e.timestamp = times.parse(t);
     }
-    e.ps = g(Field::Ps).map(str_of);
-    e.state_code = g(Field::SqlState).and_then(|c| state_code(str_of(c)));
-    e.session_id = g(Field::SessionId).map(str_of);
+    e.ps = t(Field::Ps);
+    e.state_code = t(Field::SqlState).and_then(state_code);
+    e.session_id = t(Field::SessionId);
     e.session_start = g(Field::SessionStart).and_then(|t| parse_pg_time(t).and_then(|(ts, _)| ts));
-    e.vxid = g(Field::Vxid).map(str_of);
+    e.vxid = t(Field::Vxid);
     e.txid = g(Field::Txid).and_then(num);
     e.query_id = g(Field::QueryId).and_then(num);
 }
