@@ -50,8 +50,6 @@ pub fn fingerprint_u64(sql: &str) -> u64 {
 #[derive(Debug, Default)]
 pub(super) struct Scratch {
     pub(super) norm: Normalized,
-    /// The tokens of the text being lexed, comments and whitespace left out.
-    pub(super) tokens: Vec<Token>,
     /// The text with each literal replaced by a NUL byte: its shape key (see [`ShapeCache`]).
     pub(super) key: Vec<u8>,
     pub(super) shapes: ShapeCache,
@@ -73,9 +71,6 @@ pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
             }
             if norm.stream.capacity() > KEPT_BYTES / std::mem::size_of::<(Norm, usize)>() {
                 norm.stream = Vec::new();
-            }
-            if scratch.tokens.capacity() > KEPT_BYTES / std::mem::size_of::<Token>() {
-                scratch.tokens = Vec::new();
             }
             if scratch.key.capacity() > KEPT_BYTES {
                 scratch.key = Vec::new();

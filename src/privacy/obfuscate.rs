@@ -70,13 +70,7 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
         );
     }
     super::fingerprint::with_scratch(|scratch| {
-        let Scratch {
-            norm,
-            tokens,
-            key,
-            shapes,
-        } = scratch;
-        tokens.clear();
+        let Scratch { norm, key, shapes } = scratch;
         key.clear();
         let mut masked: Option<String> = None;
         let (mut copied, mut unterminated) = (0, false);
@@ -92,10 +86,8 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
                     copied = token.end;
                     unterminated |= !terminated;
                 }
-                _ if token.is_trivia() => continue,
                 _ => {}
             }
-            tokens.push(token);
         }
         if unterminated {
             UNTERMINATED_MASKED.fetch_add(1, Ordering::Relaxed);
@@ -119,8 +111,9 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
         if let Some(fp) = shapes.get(hash, key).filter(|_| cacheable) {
             return (fp, text);
         }
+        // A new shape: lexed a second time, to normalise it (rare once the cache is warm).
         norm.clear();
-        for &token in tokens.iter() {
+        for token in Lexer::new(sql, StringMode::Standard) {
             norm.push(sql, token);
         }
         let fp = norm.hash();
