@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 
 use super::parse::time::Timestamp;
 use crate::correlation::Correlation;
+use crate::privacy::fingerprint::Fingerprint;
 
 type Text<'a> = Option<Cow<'a, str>>;
 
@@ -87,7 +88,7 @@ pub struct LogEntry<'a> {
     /// Derived: the fingerprint of the statement text (see `privacy::fingerprint`), taken before
     /// obfuscation; groups entries of the same statement and joins them to activity records.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<Fingerprint>,
     /// Derived: numbers and structures the classifier pulled out of the message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extracted: Option<Map<String, Value>>,

@@ -65,7 +65,12 @@ impl LogEntry<'_> {
         }
         w.key("correlation");
         serde_json::to_writer(&mut *w.out, &self.correlation)?;
-        w.opt_str("fingerprint", self.fingerprint.as_deref());
+        if let Some(fp) = self.fingerprint {
+            w.key("fingerprint");
+            w.out.push(b'"');
+            w.out.extend_from_slice(&fp.digits());
+            w.out.push(b'"');
+        }
         if let Some(x) = &self.extracted {
             w.key("extracted");
             serde_json::to_writer(&mut *w.out, x)?;

@@ -48,6 +48,7 @@ pub mod tail;
 pub use entry::LogEntry;
 
 use crate::correlation;
+use crate::privacy::fingerprint::Fingerprint;
 use crate::privacy::{LogFields, Privacy, SqlSource};
 pub use parse::LogFormat;
 
@@ -95,7 +96,7 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
             },
         };
         let separate = match source {
-            SqlSource::None => sql.map(crate::privacy::fingerprint),
+            SqlSource::None => sql.map(crate::privacy::fingerprint::fingerprint_u64),
             _ => None,
         };
         (correlation, source, separate)
@@ -113,7 +114,7 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
         },
         source,
     );
-    e.fingerprint = separate.or_else(|| fingerprint.map(crate::privacy::fingerprint::hex16));
+    e.fingerprint = separate.or(fingerprint).map(Fingerprint);
     if f.privacy.obfuscate_queries {
         mask_json_plan(e);
     }

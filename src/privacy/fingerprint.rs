@@ -17,18 +17,36 @@ use super::lexer::{tokens, Token, TokenKind};
 
 /// 16 hex digits identifying the shape of `sql`.
 pub fn fingerprint(sql: &str) -> String {
-    hex16(fingerprint_u64(sql))
+    Fingerprint(fingerprint_u64(sql)).to_string()
 }
 
-/// A fingerprint as printed: 16 lower-case hex digits (`format!("{fp:016x}")` without the
-/// formatting machinery, which the log pipeline would pay once per entry).
-pub fn hex16(fp: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(16);
-    for shift in (0..16).rev() {
-        out.push(HEX[((fp >> (4 * shift)) & 0xf) as usize] as char);
+/// A fingerprint kept as its number, printed (and serialised) as 16 lower-case hex digits: log
+/// entries carry one each, and formatting it only when the entry is written saves an allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub u64);
+
+impl Fingerprint {
+    /// The 16 hex digits.
+    pub fn digits(self) -> [u8; 16] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = HEX[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out
     }
-    out
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl serde::Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Scratch space kept between fingerprints, per buffer.
