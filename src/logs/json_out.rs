@@ -6,77 +6,84 @@
 
 use super::entry::LogEntry;
 
+/// A key as written: `"name":`, put together at compile time.
+macro_rules! q {
+    ($k:literal) => {
+        concat!("\"", $k, "\":")
+    };
+}
+
 impl LogEntry<'_> {
     /// Appends the entry's JSON object (no newline) to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut w = Obj { out, first: true };
         if let Some(t) = self.timestamp {
-            w.key("timestamp");
+            w.key(q!("timestamp"));
             w.out.push(b'"');
             w.out.extend_from_slice(&t.to_rfc3339());
             w.out.push(b'"');
         }
-        w.opt_str("user", self.user.as_deref());
-        w.opt_str("dbname", self.dbname.as_deref());
-        w.opt_i64("pid", self.pid);
-        w.opt_str("remote_host", self.remote_host.as_deref());
-        w.opt_u64("remote_port", self.remote_port);
-        w.opt_str("session_id", self.session_id.as_deref());
-        w.opt_u64("line_num", self.line_num);
-        w.opt_str("ps", self.ps.as_deref());
+        w.opt_str(q!("user"), self.user.as_deref());
+        w.opt_str(q!("dbname"), self.dbname.as_deref());
+        w.opt_i64(q!("pid"), self.pid);
+        w.opt_str(q!("remote_host"), self.remote_host.as_deref());
+        w.opt_u64(q!("remote_port"), self.remote_port);
+        w.opt_str(q!("session_id"), self.session_id.as_deref());
+        w.opt_u64(q!("line_num"), self.line_num);
+        w.opt_str(q!("ps"), self.ps.as_deref());
         if let Some(t) = self.session_start {
-            w.key("session_start");
+            w.key(q!("session_start"));
             w.out.push(b'"');
             w.out.extend_from_slice(&t.to_rfc3339());
             w.out.push(b'"');
         }
-        w.opt_str("vxid", self.vxid.as_deref());
-        w.opt_u64("txid", self.txid);
-        w.key("error_severity");
+        w.opt_str(q!("vxid"), self.vxid.as_deref());
+        w.opt_u64(q!("txid"), self.txid);
+        w.key(q!("error_severity"));
         match self.error_severity {
             Some(s) => json_str(w.out, s),
             None => w.out.extend_from_slice(b"null"),
         }
-        w.opt_str("state_code", self.state_code.as_deref());
-        w.key("message");
+        w.opt_str(q!("state_code"), self.state_code.as_deref());
+        w.key(q!("message"));
         json_str(w.out, &self.message);
-        w.opt_str("detail", self.detail.as_deref());
-        w.opt_str("hint", self.hint.as_deref());
-        w.opt_str("internal_query", self.internal_query.as_deref());
-        w.opt_u64("internal_position", self.internal_position);
-        w.opt_str("context", self.context.as_deref());
-        w.opt_str("statement", self.statement.as_deref());
-        w.opt_u64("cursor_position", self.cursor_position);
-        w.opt_str("func_name", self.func_name.as_deref());
-        w.opt_str("file_name", self.file_name.as_deref());
-        w.opt_u64("file_line_num", self.file_line_num);
-        w.opt_str("application_name", self.application_name.as_deref());
-        w.opt_str("backend_type", self.backend_type.as_deref());
-        w.opt_i64("leader_pid", self.leader_pid);
-        w.opt_i64("query_id", self.query_id);
-        w.key("event");
+        w.opt_str(q!("detail"), self.detail.as_deref());
+        w.opt_str(q!("hint"), self.hint.as_deref());
+        w.opt_str(q!("internal_query"), self.internal_query.as_deref());
+        w.opt_u64(q!("internal_position"), self.internal_position);
+        w.opt_str(q!("context"), self.context.as_deref());
+        w.opt_str(q!("statement"), self.statement.as_deref());
+        w.opt_u64(q!("cursor_position"), self.cursor_position);
+        w.opt_str(q!("func_name"), self.func_name.as_deref());
+        w.opt_str(q!("file_name"), self.file_name.as_deref());
+        w.opt_u64(q!("file_line_num"), self.file_line_num);
+        w.opt_str(q!("application_name"), self.application_name.as_deref());
+        w.opt_str(q!("backend_type"), self.backend_type.as_deref());
+        w.opt_i64(q!("leader_pid"), self.leader_pid);
+        w.opt_i64(q!("query_id"), self.query_id);
+        w.key(q!("event"));
         match self.event {
             Some(s) => json_str(w.out, s),
             None => w.out.extend_from_slice(b"null"),
         }
         if let Some(d) = self.duration_ms {
-            w.key("duration_ms");
+            w.key(q!("duration_ms"));
             serde_json::to_writer(&mut *w.out, &d)?;
         }
-        w.key("correlation");
+        w.key(q!("correlation"));
         serde_json::to_writer(&mut *w.out, &self.correlation)?;
         if let Some(fp) = self.fingerprint {
-            w.key("fingerprint");
+            w.key(q!("fingerprint"));
             w.out.push(b'"');
             w.out.extend_from_slice(&fp.digits());
             w.out.push(b'"');
         }
         if let Some(x) = &self.extracted {
-            w.key("extracted");
+            w.key(q!("extracted"));
             serde_json::to_writer(&mut *w.out, x)?;
         }
         if self.truncated {
-            w.key("truncated");
+            w.key(q!("truncated"));
             w.out.extend_from_slice(b"true");
         }
         w.out.push(b'}');
@@ -97,9 +104,7 @@ impl Obj<'_> {
         } else {
             b','
         });
-        self.out.push(b'"');
         self.out.extend_from_slice(k.as_bytes());
-        self.out.extend_from_slice(b"\":");
     }
 
     #[inline(always)]

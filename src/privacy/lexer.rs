@@ -386,13 +386,10 @@ impl<'a> Lexer<'a> {
     }
 }
 
-impl Iterator for Lexer<'_> {
-    type Item = Token;
-
-    fn next(&mut self) -> Option<Token> {
-        if self.at_end() {
-            return None;
-        }
+impl Lexer<'_> {
+    /// The next token's kind and span: what [`Iterator::next`] returns, for the loops below.
+    #[inline(always)]
+    fn token(&mut self) -> Token {
         let start = self.pos;
         let kind = self.lex_one();
         // Every branch consumes at least one byte; this guards the invariant against future edits.
@@ -403,11 +400,34 @@ impl Iterator for Lexer<'_> {
         while self.pos < self.src.len() && (self.src[self.pos] & 0xC0) == 0x80 {
             self.pos += 1;
         }
-        Some(Token {
+        Token {
             kind,
             start,
             end: self.pos.min(self.src.len()),
-        })
+        }
+    }
+
+    /// The next literal token, skipping every other token: exactly the literals the iterator
+    /// yields, without handing each word and space out (the masking pass needs only literals).
+    pub fn next_literal(&mut self) -> Option<Token> {
+        while !self.at_end() {
+            let token = self.token();
+            if token.is_literal() {
+                return Some(token);
+            }
+        }
+        None
+    }
+}
+
+impl Iterator for Lexer<'_> {
+    type Item = Token;
+
+    fn next(&mut self) -> Option<Token> {
+        if self.at_end() {
+            return None;
+        }
+        Some(self.token())
     }
 }
 

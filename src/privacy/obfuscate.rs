@@ -74,20 +74,22 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
         key.clear();
         let mut masked: Option<String> = None;
         let (mut copied, mut unterminated) = (0, false);
-        for token in Lexer::new(sql, StringMode::Standard) {
-            match token.kind {
-                TokenKind::Literal { terminated, .. } => {
-                    let buf = masked.get_or_insert_with(|| String::with_capacity(sql.len()));
-                    let kept = &sql[copied..token.start];
-                    buf.push_str(kept);
-                    buf.push_str(PLACEHOLDER);
-                    key.extend_from_slice(kept.as_bytes());
-                    key.push(0);
-                    copied = token.end;
-                    unterminated |= !terminated;
+        let mut lexer = Lexer::new(sql, StringMode::Standard);
+        while let Some(token) = lexer.next_literal() {
+            let buf = masked.get_or_insert_with(|| String::with_capacity(sql.len()));
+            let kept = &sql[copied..token.start];
+            buf.push_str(kept);
+            buf.push_str(PLACEHOLDER);
+            key.extend_from_slice(kept.as_bytes());
+            key.push(0);
+            copied = token.end;
+            unterminated |= matches!(
+                token.kind,
+                TokenKind::Literal {
+                    terminated: false,
+                    ..
                 }
-                _ => {}
-            }
+            );
         }
         if unterminated {
             UNTERMINATED_MASKED.fetch_add(1, Ordering::Relaxed);

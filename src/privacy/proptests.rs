@@ -82,6 +82,11 @@ proptest! {
     ) {
         let joined: String = tokens(&s).map(|t| t.text(&s)).collect();
         prop_assert_eq!(&joined, &s);
+        // The masking pass's literal-only walk meets exactly the iterator's literals.
+        let literals: Vec<_> = tokens(&s).filter(|t| t.is_literal()).collect();
+        let mut lexer = tokens(&s);
+        let walked: Vec<_> = std::iter::from_fn(|| lexer.next_literal()).collect();
+        prop_assert_eq!(walked, literals);
         let _ = obfuscate(&s);
         let _ = obfuscate_with(&s, ObfuscateOptions { strings: StringMode::Escape, numbers: false });
         let _ = fingerprint(&s);

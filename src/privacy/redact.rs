@@ -194,30 +194,36 @@ pub fn redact_credentials(text: &str) -> std::borrow::Cow<'_, str> {
 /// lexed under the wrong `standard_conforming_strings`, its real end may lie further on.
 pub fn credential_spans(text: &str) -> Vec<(usize, usize)> {
     let mut spans = Vec::new();
-    // Every form but the URI needs the word: most texts are settled by one SIMD scan.
-    if contains_ignore_case(text, b"password") {
+    // Every form but the URI needs the word, and the URI needs `://`: one SIMD scan settles most
+    // texts.
+    let (password, scheme) = credential_markers(text.as_bytes());
+    if password {
         password_spans(text, &mut spans);
         spans.extend(conninfo_spans(text));
     }
-    static SCHEME: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"://"));
-    if SCHEME.find(text.as_bytes()).is_some() {
+    if scheme {
         spans.extend(uri_spans(text));
     }
     spans
 }
 
-/// Whether `text` contains `word` (lowercase ASCII) in any case.
-fn contains_ignore_case(text: &str, word: &[u8]) -> bool {
-    let bytes = text.as_bytes();
-    let Some(&first) = word.first() else {
-        return true;
-    };
-    memchr::memchr2_iter(first, first.to_ascii_uppercase(), bytes).any(|i| {
-        bytes
-            .get(i..i + word.len())
-            .is_some_and(|s| s.eq_ignore_ascii_case(word))
-    })
+/// Whether `b` holds `password` (in any case) and whether it holds `://`, in one pass over the
+/// bytes either starts with.
+fn credential_markers(b: &[u8]) -> (bool, bool) {
+    let (mut password, mut scheme) = (false, false);
+    for i in memchr::memchr3_iter(b'p', b'P', b':', b) {
+        if b[i] == b':' {
+            scheme |= b[i + 1..].starts_with(b"//");
+        } else {
+            password |= b
+                .get(i..i + 8)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"password"));
+        }
+        if password && scheme {
+            break;
+        }
+    }
+    (password, scheme)
 }
 
 /// `PASSWORD 'literal'` (CREATE/ALTER ROLE, CREATE USER MAPPING ...), through the end of the

@@ -10,7 +10,7 @@
 //! which is what disambiguates prefixes like `%u %d `. `%q` ends the prefix for processes that have no
 //! session, so both shapes are tried.
 
-use memchr::memmem;
+use memchr::memchr;
 
 use super::time::{parse_epoch, pg_time_len};
 
@@ -63,8 +63,6 @@ const STEP_BUDGET: u32 = 4096;
 #[derive(Debug, Clone)]
 pub struct Prefix {
     items: Vec<Item>,
-    /// A searcher per literal item (same index), built once: free-text values end at a literal.
-    finders: Vec<Option<memmem::Finder<'static>>>,
     source: String,
 }
 
@@ -133,16 +131,8 @@ impl Prefix {
             items.push(Item::Esc { field, pad });
         }
         flush(&mut items, &mut lit);
-        let finders = items
-            .iter()
-            .map(|i| match i {
-                Item::Lit(l) => Some(memmem::Finder::new(l).into_owned()),
-                _ => None,
-            })
-            .collect();
         Prefix {
             items,
-            finders,
             source: source.to_string(),
         }
     }
@@ -183,7 +173,6 @@ impl Prefix {
         let mut budget = STEP_BUDGET;
         let mut m = Matcher {
             items: &self.items,
-            finders: &self.finders,
             line,
             accept,
             budget: &mut budget,
@@ -200,7 +189,6 @@ fn flush(items: &mut Vec<Item>, lit: &mut Vec<u8>) {
 
 struct Matcher<'p, 'a> {
     items: &'p [Item],
-    finders: &'p [Option<memmem::Finder<'static>>],
     line: &'a [u8],
     accept: &'p dyn Fn(&[u8]) -> bool,
     budget: &'p mut u32,
@@ -355,19 +343,22 @@ impl Matcher<'_, '_> {
             }
         }
         match self.items.get(i + 1) {
-            Some(Item::Lit(_)) => {
-                let Some(Some(finder)) = self.finders.get(i + 1) else {
-                    return None;
-                };
+            Some(Item::Lit(l)) => {
+                // Each place the literal occurs, found by its first byte (values are short: one
+                // memchr and a comparison beat a substring searcher's setup).
+                let first = *l.first()?;
                 let mut from = pos;
-                while let Some(off) = finder.find(&line[from..]) {
+                while let Some(off) = memchr(first, &line[from..]) {
                     if *self.budget == 0 {
                         return None;
                     }
-                    if let Some(r) = try_end(self, from + off, f) {
-                        return Some(r);
+                    let at = from + off;
+                    if starts_with(&line[at..], l) {
+                        if let Some(r) = try_end(self, at, f) {
+                            return Some(r);
+                        }
                     }
-                    from += off + 1;
+                    from = at + 1;
                 }
                 None
             }
