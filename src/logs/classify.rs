@@ -158,16 +158,22 @@ fn decimal(s: &str) -> Option<f64> {
     const POW10: [f64; 16] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
     ];
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    let digits = int.len() + frac.len();
-    if int.is_empty() || digits > 15 || frac.contains('.') {
+    let b = s.as_bytes();
+    let mut m: u64 = 0;
+    let mut point: Option<usize> = None;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => m = m.wrapping_mul(10).wrapping_add(u64::from(c - b'0')),
+            b'.' if point.is_none() && i > 0 => point = Some(i),
+            _ => return s.parse().ok(),
+        }
+    }
+    let decimals = point.map_or(0, |p| b.len() - p - 1);
+    let digits = b.len() - usize::from(point.is_some());
+    if b.is_empty() || digits > 15 {
         return s.parse().ok();
     }
-    let mut m: u64 = 0;
-    for b in int.bytes().chain(frac.bytes()) {
-        m = m * 10 + u64::from(b - b'0');
-    }
-    Some(m as f64 / POW10[frac.len()])
+    Some(m as f64 / POW10[decimals])
 }
 
 /// The number right after the first `word` in `m`.
