@@ -9,7 +9,8 @@
 # pgBadger (single job, same prefix) to a report; both are timed with /usr/bin/time -v (wall clock
 # and CPU time: on a shared machine CPU time is the steadier basis for the ratio). parse-log then
 # runs on a file COPIES times larger (the same real log concatenated) to show that its peak memory
-# does not depend on the file size.
+# does not depend on the file size, and on the same log with every statement made a new shape (its
+# table names numbered per line), where its cache of statement shapes never hits: the worst case.
 #
 # Usage: bench/parse_log.sh               TXNS=200000 COPIES=8 STYLES="debian rds" bench/parse_log.sh
 #        KEEP_DIR=/tmp/logs bench/parse_log.sh   (keeps each style's log as KEEP_DIR/STYLE.log)
@@ -106,12 +107,23 @@ CONF
   read -r t_badger c_badger rss_badger rc_badger < <(measure pgbadger -j 1 --quiet --prefix "$PREFIX" $(badger_args "$style") -o "$WORK/report.html" "$SMALL")
   read -r t_small c_small rss_small _ < <(measure "$BIN" parse-log --prefix "$PREFIX" "$SMALL")
   read -r t_large c_large rss_large _ < <(measure "$BIN" parse-log --prefix "$PREFIX" "$LARGE")
+  # The same log with every statement a new shape (each table name numbered per line): parse-log's
+  # cache of statement shapes never hits, the worst case for a log of all-different statements.
+  python3 - "$SMALL" "$WORK/shapes.log" <<'PY'
+import sys
+with open(sys.argv[1], "rb") as src, open(sys.argv[2], "wb") as dst:
+    for n, line in enumerate(src):
+        dst.write(line.replace(b"pgbench_", b"pgbench_%d_" % n))
+PY
+  read -r _ c_shapes _ _ < <(measure "$BIN" parse-log --prefix "$PREFIX" "$WORK/shapes.log")
+  b_shapes=$(stat -c %s "$WORK/shapes.log")
+  rm -f "$WORK/shapes.log"
   "$BIN" parse-log --prefix "$PREFIX" "$SMALL" 2>"$WORK/summary.txt" >/dev/null
   entries=$(sed -n 's/^parse-log: \([0-9]*\) entries, \([0-9]*\) unparsed.*/\1 \2/p' "$WORK/summary.txt")
   "$BIN" parse-log "$SMALL" 2>&1 >/dev/null | grep -o "inferred log_line_prefix '[^']*'" >"$WORK/inferred.txt" || true
   inferred_ok=no
   grep -qF "'$PREFIX'" "$WORK/inferred.txt" && inferred_ok=yes
-  echo "$style $(stat -c %s "$SMALL") $(stat -c %s "$LARGE") $entries $t_small $c_small $rss_small $t_large $c_large $rss_large $t_badger $c_badger $rss_badger $rc_badger $inferred_ok" >>"$RESULTS"
+  echo "$style $(stat -c %s "$SMALL") $(stat -c %s "$LARGE") $entries $t_small $c_small $rss_small $t_large $c_large $rss_large $t_badger $c_badger $rss_badger $rc_badger $inferred_ok $b_shapes $c_shapes" >>"$RESULTS"
   rm -f "$SMALL" "$LARGE" "$WORK/report.html"
 done
 
@@ -121,18 +133,20 @@ copies = int(sys.argv[2])
 mb = 1024 * 1024
 print("parse-log vs pgBadger: real stderr logs from pgbench, log_min_duration_statement = 0, one core each")
 print(f"{'style':<10} {'file':>8} {'entries':>9} {'unparsed':>8} | {'parse-log MB/s':>14} {'cpu s':>6} {'RSS MB':>6} {'RSS x' + str(copies):>7} | "
-      f"{'pgBadger MB/s':>13} {'cpu s':>6} {'RSS MB':>6} | {'x wall':>6} {'x cpu':>6} | inferred")
+      f"{'pgBadger MB/s':>13} {'cpu s':>6} {'RSS MB':>6} | {'x wall':>6} {'x cpu':>6} | inferred | {'new shapes MB/s':>15}")
 for line in open(sys.argv[1]):
     p = line.split()
     style = p[0]
     bs, bl, n, unp = int(p[1]), int(p[2]), int(p[3]), int(p[4])
     ts, cs, rs, tl, cl, rl, tb, cb, rb = (float(x) for x in p[5:14])
     rc_badger, inferred = p[14], p[15]
+    b_shapes, c_shapes = int(p[16]), float(p[17])
     badger = rc_badger == "0"
     print(f"{style:<10} {bs/mb:6.1f}MB {n:>9} {unp:>8} | {bs/mb/cs:14.1f} {cs:6.2f} {rs/1024:6.1f} {rl/1024:7.1f} | "
           + (f"{bs/mb/cb:13.2f} {cb:6.2f} {rb/1024:6.1f} | {tb/ts:6.1f} {cb/cs:6.1f}" if badger else f"{'failed':>13} {'':>6} {'':>6} | {'':>6} {'':>6}")
-          + f" | {inferred}")
+          + f" | {inferred:>8} | {b_shapes/mb/c_shapes:15.1f}")
 print("MB/s (MiB per CPU second) and the ratios use CPU time (user + system) of the same file; wall-clock ratio shown as 'x wall'.")
 print("pgBadger needs %t and %p in the prefix: azure (%t-%c-) and time_only (%t ) give it no pid, so its figures there are not a like-for-like comparison.")
 print(f"'RSS x{copies}': parse-log's peak RSS on the same log repeated {copies} times.")
+print("'new shapes': parse-log on the same log with every statement a new shape (table names numbered per line), so its cache of statement shapes never hits.")
 PY

@@ -151,8 +151,11 @@ impl Parser {
     pub fn build_into<'a>(&mut self, bytes: &'a [u8], e: &mut LogEntry<'a>) {
         *e = match self {
             Parser::Stderr(p) => return p.build_into(bytes, e),
-            // csvlog caps its entries itself.
-            Parser::Csv(p) => p.build(bytes),
+            Parser::Csv(p) => {
+                let mut e = p.build(bytes);
+                e.cap(p.max_entry());
+                e
+            }
             Parser::Json(p) => {
                 let mut e = p.build(bytes);
                 e.cap(p.max_entry());
