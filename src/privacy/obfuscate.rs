@@ -118,7 +118,7 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
         for token in Lexer::new(sql, StringMode::Standard) {
             norm.push(sql, token);
         }
-        let fp = norm.hash();
+        let fp = norm.hash(sql);
         if cacheable {
             shapes.put(hash, key, fp);
         }
