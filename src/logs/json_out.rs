@@ -18,10 +18,7 @@ impl LogEntry<'_> {
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut w = Obj { out, first: true };
         if let Some(t) = self.timestamp {
-            w.key(q!("timestamp"));
-            w.out.push(b'"');
-            w.out.extend_from_slice(&t.to_rfc3339());
-            w.out.push(b'"');
+            w.quoted(q!("timestamp"), &t.to_rfc3339());
         }
         w.opt_str(q!("user"), self.user.as_deref());
         w.opt_str(q!("dbname"), self.dbname.as_deref());
@@ -32,10 +29,7 @@ impl LogEntry<'_> {
         w.opt_u64(q!("line_num"), self.line_num);
         w.opt_str(q!("ps"), self.ps.as_deref());
         if let Some(t) = self.session_start {
-            w.key(q!("session_start"));
-            w.out.push(b'"');
-            w.out.extend_from_slice(&t.to_rfc3339());
-            w.out.push(b'"');
+            w.quoted(q!("session_start"), &t.to_rfc3339());
         }
         w.opt_str(q!("vxid"), self.vxid.as_deref());
         w.opt_u64(q!("txid"), self.txid);
@@ -73,10 +67,7 @@ impl LogEntry<'_> {
         w.key(q!("correlation"));
         serde_json::to_writer(&mut *w.out, &self.correlation)?;
         if let Some(fp) = self.fingerprint {
-            w.key(q!("fingerprint"));
-            w.out.push(b'"');
-            w.out.extend_from_slice(&fp.digits());
-            w.out.push(b'"');
+            w.quoted(q!("fingerprint"), &fp.digits());
         }
         if let Some(x) = &self.extracted {
             w.key(q!("extracted"));
@@ -105,6 +96,15 @@ impl Obj<'_> {
             b','
         });
         self.out.extend_from_slice(k.as_bytes());
+    }
+
+    /// A key and a string value that needs no escaping (timestamps, hex digits).
+    #[inline(always)]
+    fn quoted(&mut self, k: &str, v: &[u8]) {
+        self.key(k);
+        self.out.push(b'"');
+        self.out.extend_from_slice(v);
+        self.out.push(b'"');
     }
 
     #[inline(always)]

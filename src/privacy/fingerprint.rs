@@ -54,14 +54,7 @@ const KEPT_BYTES: usize = 64 * 1024;
 
 /// The fingerprint as a number.
 pub fn fingerprint_u64(sql: &str) -> u64 {
-    with_scratch(|scratch| {
-        let norm = &mut scratch.norm;
-        norm.clear();
-        for token in tokens(sql) {
-            norm.push(sql, token);
-        }
-        norm.hash(sql)
-    })
+    with_scratch(|scratch| scratch.norm.fingerprint(sql))
 }
 
 /// Per-thread buffers of the fingerprinting passes, kept between calls so they do not allocate.
@@ -167,13 +160,8 @@ pub(super) struct Normalized {
 }
 
 impl Normalized {
-    pub(super) fn clear(&mut self) {
-        self.stream.clear();
-        self.text.clear();
-    }
-
     /// Adds one lexer token (in source order).
-    pub(super) fn push(&mut self, sql: &str, token: Token) {
+    fn push(&mut self, sql: &str, token: Token) {
         let norm = match token.kind {
             TokenKind::Whitespace | TokenKind::LineComment | TokenKind::BlockComment { .. } => {
                 return
@@ -181,25 +169,27 @@ impl Normalized {
             TokenKind::Literal { .. } | TokenKind::Param => Norm::Literal,
             kind => Norm::Text(token.start, token.end, kind),
         };
-        if norm == Norm::Literal && drops_unary_minus(sql, &self.stream) {
-            self.pop();
+        let stream = &mut self.stream;
+        if norm == Norm::Literal && drops_unary_minus(sql, stream) {
+            stream.pop();
         }
-        self.emit(norm);
-        if let Some(open) = collapsible_literal_list(sql, &self.stream) {
+        stream.push(norm);
+        if let Some(open) = collapsible_literal_list(sql, stream) {
             // `( ?, ?, ... )` after IN or ARRAY: keep the bracket, one `?` and the closing one.
-            let close = self.stream[self.stream.len() - 1];
-            self.stream.truncate(open + 1);
-            self.emit(Norm::Literal);
-            self.emit(close);
+            let close = stream[stream.len() - 1];
+            stream.truncate(open + 1);
+            stream.push(Norm::Literal);
+            stream.push(close);
         }
     }
 
-    fn pop(&mut self) {
-        self.stream.pop();
-    }
-
-    fn emit(&mut self, norm: Norm) {
-        self.stream.push(norm);
+    /// The fingerprint of `sql`: every token of it normalised, then hashed.
+    pub(super) fn fingerprint(&mut self, sql: &str) -> u64 {
+        self.stream.clear();
+        for token in tokens(sql) {
+            self.push(sql, token);
+        }
+        self.hash(sql)
     }
 
     /// Writes the normalised text of the finished stream.
@@ -224,7 +214,7 @@ impl Normalized {
     }
 
     /// The hash of the finished stream.
-    pub(super) fn hash(&mut self, sql: &str) -> u64 {
+    fn hash(&mut self, sql: &str) -> u64 {
         self.write(sql);
         xxhash_rust::xxh3::xxh3_64(self.text.as_bytes())
     }

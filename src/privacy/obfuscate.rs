@@ -103,24 +103,16 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
             }
         };
         // A NUL in the text itself would make its key ambiguous.
-        let cacheable =
-            key.len() <= ShapeCache::MAX_KEY && memchr::memchr(0, sql.as_bytes()).is_none();
-        let hash = if cacheable {
-            xxhash_rust::xxh3::xxh3_64(key)
-        } else {
-            0
-        };
-        if let Some(fp) = shapes.get(hash, key).filter(|_| cacheable) {
+        let hash = (key.len() <= ShapeCache::MAX_KEY
+            && memchr::memchr(0, sql.as_bytes()).is_none())
+        .then(|| xxhash_rust::xxh3::xxh3_64(key));
+        if let Some(fp) = hash.and_then(|h| shapes.get(h, key)) {
             return (fp, text);
         }
         // A new shape: lexed a second time, to normalise it (rare once the cache is warm).
-        norm.clear();
-        for token in Lexer::new(sql, StringMode::Standard) {
-            norm.push(sql, token);
-        }
-        let fp = norm.hash(sql);
-        if cacheable {
-            shapes.put(hash, key, fp);
+        let fp = norm.fingerprint(sql);
+        if let Some(h) = hash {
+            shapes.put(h, key, fp);
         }
         (fp, text)
     })

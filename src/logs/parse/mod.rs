@@ -149,24 +149,15 @@ impl Parser {
     /// [`stderr::StderrParser::build_into`]).
     #[inline]
     pub fn build_into<'a>(&mut self, bytes: &'a [u8], e: &mut LogEntry<'a>) {
-        *e = match self {
+        let (mut built, max) = match self {
+            // The hot path: built in place, and capped only when it could exceed the cap.
             Parser::Stderr(p) => return p.build_into(bytes, e),
-            Parser::Csv(p) => {
-                let mut e = p.build(bytes);
-                e.cap(p.max_entry());
-                e
-            }
-            Parser::Json(p) => {
-                let mut e = p.build(bytes);
-                e.cap(p.max_entry());
-                e
-            }
-            Parser::Syslog(p) => {
-                let mut e = p.build(bytes);
-                e.cap(p.max_entry());
-                e
-            }
+            Parser::Csv(p) => (p.build(bytes), p.max_entry()),
+            Parser::Json(p) => (p.build(bytes), p.max_entry()),
+            Parser::Syslog(p) => (p.build(bytes), p.max_entry()),
         };
+        built.cap(max);
+        *e = built;
     }
 }
 

@@ -280,18 +280,9 @@ impl Matcher<'_, '_> {
             }
         }
         // `%L` prints `[none]` for a process without a client connection (PostgreSQL 18).
+        // It is no address: the field is left without a value.
         if field == Field::LocalHost && b.starts_with(b"[none]") {
-            let end = start + 6;
-            let mut after = end;
-            if pad < 0 {
-                while after < line.len()
-                    && line[after] == b' '
-                    && after - pos < pad.unsigned_abs() as usize
-                {
-                    after += 1;
-                }
-            }
-            if let Some(r) = self.at(i + 1, after, f) {
+            if let Some(r) = try_len(self, 6, f) {
                 f[field as usize] = None;
                 return Some(r);
             }
