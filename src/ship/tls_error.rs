@@ -27,23 +27,17 @@ pub enum TlsProblem {
 pub fn find(e: &(dyn StdError + 'static)) -> Option<(TlsProblem, String)> {
     let mut next: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = next {
-        if let Some(tls) = as_rustls(err) {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             return Some((classify(tls), tls.to_string()));
         }
-        next = err.source();
+        // An `io::Error` wrapping another error (tokio-rustls and hyper wrap the rustls error in
+        // one or two) names, as its `source`, the source of what it wraps: step into it instead.
+        next = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => err.source(),
+        };
     }
     None
-}
-
-/// `err` as a rustls error, also when wrapped in an `io::Error` (tokio-rustls does that, and
-/// `io::Error::source` skips the error it wraps).
-fn as_rustls<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-        return Some(tls);
-    }
-    err.downcast_ref::<std::io::Error>()?
-        .get_ref()?
-        .downcast_ref::<rustls::Error>()
 }
 
 fn classify(e: &rustls::Error) -> TlsProblem {
