@@ -278,8 +278,13 @@ fn redirected(
 /// A FAIL for a request that got no answer, telling the TLS failures apart: advice on
 /// `listener.ca_file` only where it can help (an unknown CA), and by whether it is set.
 fn unreachable(p: Protocol, url: &str, e: &reqwest::Error, ca_file: Option<&Path>) -> Probe {
-    let detail = format!("{url} is not reachable: {}", super::http::describe(e));
-    let fix = match tls_error::find(e).map(|(problem, _)| problem) {
+    let problem = tls_error::find(e).map(|(problem, _)| problem);
+    // A TLS failure's description names the URL; the listener did answer.
+    let detail = match problem {
+        Some(_) => super::http::describe(e),
+        None => format!("{url} is not reachable: {}", super::http::describe(e)),
+    };
+    let fix = match problem {
         None => FIX_UNREACHABLE.to_string(),
         Some(TlsProblem::PlainHttp) => {
             "the port speaks plain HTTP: use an http:// URL, or the listener's TLS port".into()

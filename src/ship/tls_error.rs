@@ -32,7 +32,10 @@ pub fn find(e: &(dyn StdError + 'static)) -> Option<(TlsProblem, String)> {
         }
         // An `io::Error` wrapping another error (tokio-rustls and hyper wrap the rustls error in
         // one or two) names, as its `source`, the source of what it wraps: step into it instead.
-        next = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             Some(inner) => Some(inner as &(dyn StdError + 'static)),
             None => err.source(),
         };

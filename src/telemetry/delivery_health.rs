@@ -67,7 +67,9 @@ impl DeliveryHealth {
             _ => None,
         };
         let warning = self.breaker_open.as_ref().map(|why| {
-            format!("the circuit breaker is open, sending paused; batches wait in the outbox ({why})")
+            format!(
+                "the circuit breaker is open, sending paused; batches wait in the outbox ({why})"
+            )
         });
         (condition, warning)
     }
