@@ -285,7 +285,7 @@ fn health_is_degraded_while_the_breaker_is_open_then_unhealthy_then_ok() {
         &listener.url("/old"),
         port,
         "[circuit_breaker]\nfailure_threshold = 1\nrecovery_timeout_s = 1\n\
-         [telemetry]\nunhealthy_after_s = 6\n",
+         [telemetry]\nunhealthy_after_s = 10\n",
     );
     let mut agent = AgentChild::spawn(&["run", path.to_str().unwrap()], &[]);
 
@@ -320,7 +320,7 @@ fn health_is_degraded_while_the_breaker_is_open_then_unhealthy_then_ok() {
         .as_str()
         .unwrap();
     assert!(
-        reason.contains("unhealthy_after_s = 6") && reason.contains("HTTP 503"),
+        reason.contains("unhealthy_after_s = 10") && reason.contains("HTTP 503"),
         "{reason}"
     );
 
@@ -365,6 +365,26 @@ fn send_failure(dir: &Path, url: &str, extra: &str) -> String {
         Outcome::Retry { reason, .. } => reason,
         other => panic!("expected a retryable failure, got {other:?}"),
     }
+}
+
+/// With the Bitville protocol `check` POSTs its empty probe: a redirect fails it, naming the
+/// target, and the redirect is not followed.
+#[test]
+fn check_fails_a_redirecting_bitville_url_naming_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = RedirectListener::start(Mode::Redirect(302));
+    let target = listener.url("/new");
+    let ini = check_ini(
+        dir.path(),
+        &listener.url("/old"),
+        "[listener]\nprotocol = bitville\n",
+    );
+    let out = agent_check(&ini);
+    let (line, fix) = listener_line(&out);
+    assert!(line.starts_with("FAIL") && line.contains("POST"), "{out}");
+    assert!(line.contains("HTTP 302") && line.contains(&target), "{out}");
+    assert_eq!(fix, format!("fix: set [listener] url = {target}"), "{out}");
+    assert_eq!(listener.requests_to("/new"), 0, "check followed a redirect");
 }
 
 /// An `https://` URL to a plain-HTTP port says so in words, in delivery and in `check`, without
