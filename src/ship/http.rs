@@ -308,6 +308,26 @@ mod tests {
     }
 
     #[test]
+    fn a_redirect_names_its_resolved_target() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::LOCATION,
+            HeaderValue::from_static("/v2/ingest"),
+        );
+        let url = "http://apm.example:8080/ingest";
+        assert_eq!(
+            redirect_target(url, &h).as_deref(),
+            Some("http://apm.example:8080/v2/ingest")
+        );
+        let reason = redirect_reason(StatusCode::MOVED_PERMANENTLY, url, &h);
+        assert!(reason.starts_with("HTTP 301 Moved Permanently: the listener redirects"));
+        assert!(reason.ends_with("set [listener] url = http://apm.example:8080/v2/ingest"));
+        assert!(is_retryable(StatusCode::PERMANENT_REDIRECT));
+        let none = redirect_reason(StatusCode::FOUND, url, &HeaderMap::new());
+        assert!(none.contains("without a Location"), "{none}");
+    }
+
+    #[test]
     fn parses_retry_after_both_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
         assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
