@@ -221,12 +221,17 @@ fn redirects_keep_every_batch_until_the_url_is_fixed() {
         wait_until(&agent, &format!("two POSTs answered {status}"), || {
             listener.posts("/old", status).len() >= 2
         });
-        let stderr = agent.stderr_text();
-        assert!(
-            stderr.lines().any(|l| l.contains("send_failed")
-                && l.contains(&format!("HTTP {status}"))
-                && l.contains(&format!("redirects {} to {target}", listener.url("/old")))),
-            "no log line names HTTP {status} and the target:\n{stderr}"
+        let names = format!("redirects {} to {target}", listener.url("/old"));
+        wait_until(
+            &agent,
+            &format!("a log line naming HTTP {status} and {target}"),
+            || {
+                agent.stderr_text().lines().any(|l| {
+                    l.contains("send_failed")
+                        && l.contains(&format!("HTTP {status}"))
+                        && l.contains(&names)
+                })
+            },
         );
     }
     assert_eq!(listener.requests_to("/new"), 0, "a redirect was followed");
@@ -235,7 +240,9 @@ fn redirects_keep_every_batch_until_the_url_is_fixed() {
         0,
         "something was counted delivered while the listener redirected"
     );
-    assert!(counter(port, "postgres_agent_send_failures_total") >= 8);
+    wait_until(&agent, "8 failures counted", || {
+        counter(port, "postgres_agent_send_failures_total") >= 8
+    });
 
     // `check` (read-only beside the running daemon) fails the URL and names the one to set.
     let out = agent_check(&path);
