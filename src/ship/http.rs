@@ -9,10 +9,11 @@
 //! `req.json()`, which does not decode gzip).
 //!
 //! Answers: 2xx delivered; a 3xx is never followed (a redirected POST would arrive as a bodiless
-//! GET): it is a failure that keeps the batch, naming the `Location` to configure instead; 429 throttled (wait for `Retry-After`, not a breaker failure); 408, 5xx,
-//! timeouts and connection errors retried later (honouring `Retry-After`); 401 and 403 also retried,
-//! since they mean the agent's key is wrong, not the batch; every other 4xx rejects the batch for
-//! good (dead letter).
+//! GET): it is a failure that keeps the batch, naming the `Location` to configure instead; 429
+//! throttled (wait for `Retry-After`, not a breaker failure); 408, 5xx, timeouts and connection
+//! errors retried later (honouring `Retry-After`); 401 and 403 also retried, since they mean the
+//! agent's key is wrong, not the batch; every other 4xx rejects the batch for good (dead letter).
+//! A TLS failure is described in words ([`super::tls_error`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
