@@ -58,8 +58,8 @@ impl DeliveryHealth {
         let condition = match (self.failing_since, &self.failing) {
             (Some(since), Some(why)) if now.duration_since(since) > self.unhealthy_after => {
                 Some(format!(
-                    "delivery to the listener has failed for {} s, more than \
-                     telemetry.unhealthy_after_s = {}; batches wait in the outbox: {why}",
+                    "delivery to the listener has failed for {} s, nothing accepted \
+                     (telemetry.unhealthy_after_s = {}); batches wait in the outbox: {why}",
                     now.duration_since(since).as_secs(),
                     self.unhealthy_after.as_secs()
                 ))
