@@ -130,6 +130,7 @@ pub const KEYS: &[KeySpec] = &[
     k("privacy", "obfuscate_queries", "true", Bool, "Replace literals in query texts with placeholders before they leave the host."),
     k("privacy", "redact_log_secrets", "credential,parsing_error", List, "Log secret classes to redact: credential, parsing_error, statement_text, statement_parameter, table_data, all, none."),
     k("telemetry", "listen", "127.0.0.1:9188", Str, "Address of the /health and /metrics endpoint; empty = disabled."),
+    k("telemetry", "unhealthy_after_s", "300", Int(1, 604_800), "`/health` answers 503 (`delivery_failing`) once delivery to the listener has failed, with nothing accepted, for longer than this; 200 `degraded` (`breaker_open`) while the circuit breaker is open before that."),
     k("logging", "level", "info", Choice(&["error", "warn", "info", "debug", "trace"]), "Agent log level (RUST_LOG overrides it)."),
     k("logging", "format", "json", Choice(&["json", "text"]), "json lines for journald, or human text."),
     k("activity", "sample_interval_ms", "1000", Int(0, 60_000), "Active-session sampling period (100 to 60000 ms); 0 = no sampling (and no spike detection)."),

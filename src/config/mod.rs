@@ -233,6 +233,8 @@ pub struct PrivacyConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryConfig {
     pub listen: Option<std::net::SocketAddr>,
+    /// `/health` is 503 once delivery has failed this long (`unhealthy_after_s`).
+    pub unhealthy_after: Duration,
 }
 
 /// Active-session sampling (`[activity]`).
@@ -507,6 +509,7 @@ impl Config {
             },
             telemetry: TelemetryConfig {
                 listen: telemetry_listen,
+                unhealthy_after: Duration::from_secs(v.int("telemetry", "unhealthy_after_s")?),
             },
             logging: LoggingConfig {
                 level: v.choice("logging", "level")?,

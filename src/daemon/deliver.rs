@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::cycle;
+use crate::ship::breaker::CircuitState;
 use crate::ship::{DrainReport, DrainStop, ShipStats, Shipper};
 use crate::telemetry::server::Telemetry;
 
@@ -243,7 +244,30 @@ fn record(telemetry: &Telemetry, shipper: &Shipper, report: &DrainReport) {
     cycle::record_shipping(&telemetry.metrics, &telemetry.counters, stats.as_ref());
     if let Some(stats) = &stats {
         record_storage_health(telemetry, stats);
+        record_delivery_health(telemetry, stats);
     }
+}
+
+/// `/health` says `degraded` while the breaker is open and `unhealthy` once sending has failed for
+/// longer than `telemetry.unhealthy_after_s` ([`crate::telemetry::delivery_health`]).
+fn record_delivery_health(telemetry: &Telemetry, stats: &ShipStats) {
+    let Some(b) = &stats.breaker else {
+        telemetry.record_delivery(None, None);
+        return;
+    };
+    let last = b.last_transition.as_ref().map(|t| t.reason.as_str());
+    let open = (b.state != CircuitState::Closed).then(|| {
+        format!(
+            "state {}: {}",
+            b.state,
+            last.unwrap_or("opened before this start")
+        )
+    });
+    let failing = (b.consecutive_failures > 0 || open.is_some()).then(|| match &open {
+        Some(why) => why.clone(),
+        None => format!("{} consecutive failed requests", b.consecutive_failures),
+    });
+    telemetry.record_delivery(failing, open);
 }
 
 /// `/health` is 503 while the outbox takes no writes: new data is then only in memory.

@@ -168,6 +168,7 @@ impl Daemon {
         }
         let db = Db::new(&config.postgres, &config.safety)?;
         let telemetry = Telemetry::new(config.agent.collection_interval);
+        telemetry.set_unhealthy_after(config.telemetry.unhealthy_after);
         let shipper = Arc::new(Shipper::open_counted(
             &config,
             crate::ship::encode::MAX_BODY_BYTES,
@@ -407,11 +408,13 @@ impl Daemon {
         }
         self.log.set_level(&new.logging.level);
         self.telemetry.set_interval(new.agent.collection_interval);
+        self.telemetry
+            .set_unhealthy_after(new.telemetry.unhealthy_after);
         if let Some(d) = &self.delivery {
             d.set_interval(new.agent.collection_interval);
         }
         self.config = Arc::new(new);
-        if self.config.telemetry != old.telemetry {
+        if self.config.telemetry.listen != old.telemetry.listen {
             if let Err(e) = self.start_telemetry().await {
                 tracing::error!(error = %e, "telemetry endpoint not restarted");
             }

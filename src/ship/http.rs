@@ -8,10 +8,12 @@
 //! A bitville-protocol body is always sent uncompressed (the Bitville listener reads it with
 //! `req.json()`, which does not decode gzip).
 //!
-//! Answers: 2xx delivered; 429 throttled (wait for `Retry-After`, not a breaker failure); 408, 5xx,
-//! timeouts and connection errors retried later (honouring `Retry-After`); 401 and 403 also retried,
-//! since they mean the agent's key is wrong, not the batch; every other 4xx rejects the batch for
-//! good (dead letter).
+//! Answers: 2xx delivered; a 3xx is never followed (a redirected POST would arrive as a bodiless
+//! GET): it is a failure that keeps the batch, naming the `Location` to configure instead; 429
+//! throttled (wait for `Retry-After`, not a breaker failure); 408, 5xx, timeouts and connection
+//! errors retried later (honouring `Retry-After`); 401 and 403 also retried, since they mean the
+//! agent's key is wrong, not the batch; every other 4xx rejects the batch for good (dead letter).
+//! A TLS failure is described in words ([`super::tls_error`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, C
 use reqwest::StatusCode;
 use uuid::Uuid;
 
+use super::tls_error;
 use crate::config::{ListenerConfig, Protocol};
 
 /// `User-Agent` of every request.
@@ -87,7 +90,10 @@ impl Sender {
             .default_headers(headers)
             .timeout(listener.timeout)
             .connect_timeout(listener.timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(50));
+            .pool_idle_timeout(Duration::from_secs(50))
+            // A redirect is never followed: clients turn a 301/302 POST into a bodiless GET whose
+            // 200 would count as delivered. A 3xx keeps the batch ([`redirect_reason`]).
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = &listener.ca_file {
             builder = builder.tls_certs_merge(read_ca_file(path)?);
         }
@@ -152,6 +158,12 @@ impl Sender {
                 retry_after: retry_after.unwrap_or(DEFAULT_THROTTLE),
             };
         }
+        if status.is_redirection() {
+            return Outcome::Retry {
+                reason: redirect_reason(status, &self.url, resp.headers()),
+                retry_after,
+            };
+        }
         let body = excerpt(resp).await;
         let reason = if body.is_empty() {
             format!("HTTP {status}")
@@ -185,6 +197,35 @@ pub fn is_retryable(status: StatusCode) -> bool {
         || !status.is_client_error()
 }
 
+/// Where a 3xx answer to `url` points: its `Location` resolved against `url` (None without one).
+pub(crate) fn redirect_target(url: &str, headers: &HeaderMap) -> Option<String> {
+    let location = headers
+        .get(reqwest::header::LOCATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    Some(
+        match reqwest::Url::parse(url).and_then(|base| base.join(location)) {
+            Ok(target) => target.to_string(),
+            Err(_) => location.to_string(),
+        },
+    )
+}
+
+/// The failure of a POST answered with a redirect: the status, the target, and the URL to set.
+fn redirect_reason(status: StatusCode, url: &str, headers: &HeaderMap) -> String {
+    match redirect_target(url, headers) {
+        Some(target) => format!(
+            "HTTP {status}: the listener redirects {url} to {target}; the agent never \
+             follows a redirect for a POST, the batch stays queued: set [listener] url = {target}"
+        ),
+        None => format!(
+            "HTTP {status}: the listener answered a redirect without a Location header; the \
+             batch stays queued: check [listener] url"
+        ),
+    }
+}
+
 /// `Retry-After` as delay-seconds or an HTTP-date, capped at [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -213,8 +254,12 @@ fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, HttpError> {
 }
 
 /// A one-line description of a transport error, with its causes (reqwest's Display alone says
-/// little more than "error sending request").
+/// little more than "error sending request"); a TLS failure in words first ([`tls_error`]).
 pub(crate) fn describe(e: &reqwest::Error) -> String {
+    if let Some((problem, said)) = tls_error::find(e) {
+        let url = e.url().map_or("the listener", |u| u.as_str());
+        return format!("{} (rustls: {said})", problem.explain(url));
+    }
     let mut s = if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {
@@ -261,6 +306,26 @@ mod tests {
         for s in [400, 404, 409, 410, 413, 422] {
             assert!(!is_retryable(StatusCode::from_u16(s).unwrap()), "{s}");
         }
+    }
+
+    #[test]
+    fn a_redirect_names_its_resolved_target() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::LOCATION,
+            HeaderValue::from_static("/v2/ingest"),
+        );
+        let url = "http://apm.example:8080/ingest";
+        assert_eq!(
+            redirect_target(url, &h).as_deref(),
+            Some("http://apm.example:8080/v2/ingest")
+        );
+        let reason = redirect_reason(StatusCode::MOVED_PERMANENTLY, url, &h);
+        assert!(reason.starts_with("HTTP 301 Moved Permanently: the listener redirects"));
+        assert!(reason.ends_with("set [listener] url = http://apm.example:8080/v2/ingest"));
+        assert!(is_retryable(StatusCode::PERMANENT_REDIRECT));
+        let none = redirect_reason(StatusCode::FOUND, url, &HeaderMap::new());
+        assert!(none.contains("without a Location"), "{none}");
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub mod probe;
 pub mod python_buffer;
 pub mod ratelimit;
 pub mod shipper;
+pub mod tls_error;
 /// `status` is a command (`crate::cli::status`); the daemon writes its [`status::LastCycle`] record.
 pub use crate::cli::status;
 mod store;

@@ -8,10 +8,18 @@
 //!   accepted by an endpoint that takes Bitville payloads, and an empty object is never stored.
 //! - `batch`: a `GET` of the configured URL with the key; it may answer anything but "no such
 //!   route" (404/405) or "wrong key" (401/403).
+//!
+//! Either way a redirect (3xx) fails the check, naming the target to configure instead: delivery
+//! never follows one for a POST. A TLS failure is told apart ([`super::tls_error`]): a plain-HTTP
+//! port, a CA certificate served as the listener's own, an unknown CA (advice on
+//! `listener.ca_file` only where it helps), anything else.
+
+use std::path::Path;
 
 use reqwest::{StatusCode, Url};
 
-use super::http::Sender;
+use super::http::{redirect_target, Sender};
+use super::tls_error::{self, TlsProblem};
 use crate::config::{ListenerConfig, Protocol};
 
 /// Path of the Bitville listener's endpoint for this agent.
@@ -50,8 +58,7 @@ impl Probe {
     }
 }
 
-const FIX_UNREACHABLE: &str =
-    "check [listener] url, the network path and proxies, and [listener] ca_file for a private CA";
+const FIX_UNREACHABLE: &str = "check [listener] url, the network path and proxies";
 const FIX_KEY: &str = "set the key issued for this project in [listener] api_key_file (or api_key)";
 
 /// Probes the listener at `url` as `listener.protocol` says.
@@ -68,18 +75,23 @@ pub async fn probe(listener: &ListenerConfig, url: &str) -> Probe {
             )
         }
     };
+    let ca_file = listener.ca_file.as_deref();
     match protocol {
-        Protocol::Bitville => probe_bitville(&sender, url).await,
-        Protocol::Batch => probe_batch(&sender, url).await,
+        Protocol::Bitville => probe_bitville(&sender, url, ca_file).await,
+        Protocol::Batch => probe_batch(&sender, url, ca_file).await,
     }
 }
 
-async fn probe_batch(sender: &Sender, url: &str) -> Probe {
+async fn probe_batch(sender: &Sender, url: &str, ca_file: Option<&Path>) -> Probe {
     let p = Protocol::Batch;
-    let status = match sender.client().get(url).send().await {
-        Ok(resp) => resp.status(),
-        Err(e) => return unreachable(p, url, &e),
+    let resp = match sender.client().get(url).send().await {
+        Ok(resp) => resp,
+        Err(e) => return unreachable(p, url, &e, ca_file),
     };
+    if let Some(probe) = redirected(p, "GET", url, url, &resp) {
+        return probe;
+    }
+    let status = resp.status();
     let code = status.as_u16();
     match code {
         401 | 403 => Probe::new(
@@ -103,7 +115,7 @@ async fn probe_batch(sender: &Sender, url: &str) -> Probe {
     }
 }
 
-async fn probe_bitville(sender: &Sender, url: &str) -> Probe {
+async fn probe_bitville(sender: &Sender, url: &str, ca_file: Option<&Path>) -> Probe {
     let p = Protocol::Bitville;
     let not_bitville_fix = "point [listener] url at the Bitville listener's /ingest/postgres, \
                             or set [listener] protocol = batch for a batch-envelope listener";
@@ -116,6 +128,11 @@ async fn probe_bitville(sender: &Sender, url: &str) -> Probe {
         );
     };
     match sender.client().get(health.clone()).send().await {
+        Ok(resp) if resp.status().is_redirection() => {
+            if let Some(probe) = redirected(p, "GET", health.as_str(), url, &resp) {
+                return probe;
+            }
+        }
         Ok(resp) if resp.status().is_success() => {}
         Ok(resp) => {
             return Probe::new(
@@ -128,13 +145,16 @@ async fn probe_bitville(sender: &Sender, url: &str) -> Probe {
                 Some(not_bitville_fix),
             )
         }
-        Err(e) => return unreachable(p, health.as_str(), &e),
+        Err(e) => return unreachable(p, health.as_str(), &e, ca_file),
     }
     // The smallest JSON the listener parses and then rejects: proves the key without storing.
     let resp = match sender.client().post(url).body("{}").send().await {
         Ok(r) => r,
-        Err(e) => return unreachable(p, url, &e),
+        Err(e) => return unreachable(p, url, &e, ca_file),
     };
+    if let Some(probe) = redirected(p, "POST", url, url, &resp) {
+        return probe;
+    }
     let status = resp.status();
     let retry_after = resp
         .headers()
@@ -212,14 +232,94 @@ pub fn bitville_urls(url: &str) -> Option<(Url, Url)> {
     ))
 }
 
-fn unreachable(p: Protocol, url: &str, e: &reqwest::Error) -> Probe {
-    Probe::new(
+/// A FAIL when `resp` (to `method asked`) is a redirect: delivery never follows one for a POST.
+/// The fix names the URL to configure instead of `configured`: the target itself, or for a
+/// redirected `/health` the target's origin with the configured path.
+fn redirected(
+    p: Protocol,
+    method: &str,
+    asked: &str,
+    configured: &str,
+    resp: &reqwest::Response,
+) -> Option<Probe> {
+    let status = resp.status();
+    if !status.is_redirection() {
+        return None;
+    }
+    let code = status.as_u16();
+    let Some(target) = redirect_target(asked, resp.headers()) else {
+        return Some(Probe::new(
+            Verdict::Fail,
+            p,
+            format!("{method} {asked} answered a redirect (HTTP {code}) without a Location"),
+            Some("set [listener] url to the listener's own ingest URL"),
+        ));
+    };
+    let suggested = if asked == configured {
+        target.clone()
+    } else {
+        let path = Url::parse(configured).map(|u| u.path().to_string());
+        match (Url::parse(&target), path) {
+            (Ok(t), Ok(path)) => t.join(&path).map_or(target.clone(), |u| u.to_string()),
+            _ => target.clone(),
+        }
+    };
+    Some(Probe::new(
         Verdict::Fail,
         p,
-        format!("{url} is not reachable: {}", super::http::describe(e)),
-        Some(FIX_UNREACHABLE),
-    )
+        format!(
+            "{method} {asked} redirects (HTTP {code}) to {target}: the agent never follows a \
+             redirect for a POST, so no batch would arrive"
+        ),
+        Some(&format!("set [listener] url = {suggested}")),
+    ))
 }
+
+/// A FAIL for a request that got no answer, telling the TLS failures apart: advice on
+/// `listener.ca_file` only where it can help (an unknown CA), and by whether it is set.
+fn unreachable(p: Protocol, url: &str, e: &reqwest::Error, ca_file: Option<&Path>) -> Probe {
+    let problem = tls_error::find(e).map(|(problem, _)| problem);
+    // A TLS failure's description names the URL; the listener did answer.
+    let detail = match problem {
+        Some(_) => super::http::describe(e),
+        None => format!("{url} is not reachable: {}", super::http::describe(e)),
+    };
+    let fix = match problem {
+        None => FIX_UNREACHABLE.to_string(),
+        Some(TlsProblem::PlainHttp) => {
+            "the port speaks plain HTTP: use an http:// URL, or the listener's TLS port".into()
+        }
+        Some(TlsProblem::CaAsServerCertificate) => FIX_CA_AS_SERVER_CERT.into(),
+        Some(TlsProblem::UnknownIssuer) => match ca_file {
+            Some(path) => format!(
+                "[listener] ca_file ({}) is not the CA that signed the listener's certificate: \
+                 set it to that CA's certificate (PEM)",
+                path.display()
+            ),
+            None => "set [listener] ca_file to the certificate (PEM) of the CA that signed the \
+                     listener's certificate"
+                .into(),
+        },
+        Some(TlsProblem::WrongName) => "use the host name the listener's certificate names in \
+             [listener] url, or give the listener a certificate for this host"
+            .into(),
+        Some(TlsProblem::Other) => "fix the listener's TLS setup (see the error)".into(),
+    };
+    Probe {
+        fix: Some(fix),
+        ..Probe::new(Verdict::Fail, p, detail, None)
+    }
+}
+
+/// How to replace a CA certificate served as the server's own: a CA plus a server certificate
+/// signed by it.
+const FIX_CA_AS_SERVER_CERT: &str = "give the listener a server certificate signed by a CA, \
+    not the CA certificate itself: openssl req -x509 -newkey rsa:2048 -nodes -days 3650 \
+    -subj /CN=listener-ca -keyout ca.key -out ca.pem; openssl req -newkey rsa:2048 -nodes \
+    -subj /CN=HOST -keyout server.key -out server.csr; openssl x509 -req -in server.csr -CA ca.pem \
+    -CAkey ca.key -CAcreateserial -days 825 -extfile <(printf 'subjectAltName=DNS:HOST') \
+    -out server.pem; serve server.pem with server.key and set [listener] ca_file = ca.pem (the CA \
+    that signed it)";
 
 /// The first [`QUOTE_BYTES`] of the answer's body on one line.
 async fn quote(resp: reqwest::Response) -> String {

@@ -3,7 +3,8 @@
 //! `/health` tells the truth ([`Telemetry::health`]): 503 `starting` until the first successful
 //! cycle; 503 `unhealthy` while cycles fail or data is being lost or cannot be stored (each reason
 //! under its code in `conditions`); 200 `degraded` while the agent works with something missing (a
-//! warning, say an extension); 200 `ok` otherwise. docs/operations.md lists every code. `/metrics`
+//! warning, say an extension, or an open circuit breaker); 200 `ok` otherwise. Delivery is judged
+//! in [`super::delivery_health`]. docs/operations.md lists every code. `/metrics`
 //! renders [`super::metrics::Metrics`] in the Prometheus text format.
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::delivery_health::DeliveryHealth;
 use super::metrics::Metrics;
 use super::registry::Counters;
 
@@ -34,6 +36,8 @@ pub struct HealthState {
     pub conditions: std::collections::BTreeMap<&'static str, (String, Option<Instant>)>,
     /// What the agent works without (200, `degraded`), by code.
     pub warnings: std::collections::BTreeMap<&'static str, String>,
+    /// `breaker_open` (a warning) and `delivery_failing` (a condition).
+    pub delivery: DeliveryHealth,
 }
 
 /// Shared between the daemon and the endpoint.
@@ -64,6 +68,7 @@ impl Telemetry {
                 last_error: None,
                 conditions: Default::default(),
                 warnings: Default::default(),
+                delivery: DeliveryHealth::default(),
             })),
         }
     }
@@ -115,6 +120,21 @@ impl Telemetry {
                     h.warnings.remove(name);
                 }
             }
+        }
+    }
+
+    /// After a delivery pass: why sending fails (None once a request was accepted) and why the
+    /// circuit breaker is open (None while closed); see [`DeliveryHealth`].
+    pub fn record_delivery(&self, failing: Option<String>, breaker_open: Option<String>) {
+        if let Ok(mut h) = self.health.lock() {
+            h.delivery.update(failing, breaker_open, Instant::now());
+        }
+    }
+
+    /// `telemetry.unhealthy_after_s`.
+    pub fn set_unhealthy_after(&self, after: Duration) {
+        if let Ok(mut h) = self.health.lock() {
+            h.delivery.set_unhealthy_after(after);
         }
     }
 
@@ -176,6 +196,13 @@ impl Telemetry {
         }
         for (code, (reason, _)) in &h.conditions {
             conditions.insert((*code).into(), reason.clone().into());
+        }
+        let (failing, breaker_open) = h.delivery.judge(now);
+        if let Some(reason) = failing {
+            conditions.insert("delivery_failing".into(), reason.into());
+        }
+        if let Some(reason) = breaker_open {
+            h.warnings.insert("breaker_open", reason);
         }
         let healthy = conditions.is_empty();
         let status = match (starting, healthy, h.warnings.is_empty()) {
