@@ -30,6 +30,7 @@ mod logtask;
 pub mod notify;
 mod sample_task;
 pub mod schedule;
+mod writer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Protocol};
 use crate::db::Db;
 use crate::ship::Shipper;
+use crate::state::lock::StateLock;
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::server::Telemetry;
 use collect_task::CollectTask;
@@ -54,6 +56,8 @@ const BLOCKING_THREADS: usize = 5;
 
 /// The last send attempt on shutdown may take this long.
 pub const SHUTDOWN_SEND_BUDGET: Duration = Duration::from_millis(500);
+/// The state writer may take this long to finish what is queued at shutdown.
+const SHUTDOWN_WRITER_FLUSH: Duration = Duration::from_millis(300);
 /// The log task's final flush may take this long.
 const SHUTDOWN_LOG_FLUSH: Duration = Duration::from_millis(300);
 
@@ -101,6 +105,15 @@ fn ignore_file_size_signal() {
 pub fn run(path: Option<PathBuf>, config: Config, log: LogControl) -> ExitCode {
     tune_allocator();
     ignore_file_size_signal();
+    // One daemon per state directory: a second one would send the same outbox rows again.
+    let lock = match StateLock::acquire_or_defer(&config.agent.state_dir) {
+        Ok(lock) => Arc::new(Mutex::new(lock)),
+        Err(e) => {
+            tracing::error!(event = "state_dir_locked", error = %e, "postgres-agent not started");
+            eprintln!("postgres-agent: {e}");
+            return ExitCode::from(crate::state::lock::EXIT_LOCKED);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(BLOCKING_THREADS)
         .thread_name("postgres-agent")
@@ -109,7 +122,7 @@ pub fn run(path: Option<PathBuf>, config: Config, log: LogControl) -> ExitCode {
     let result = match runtime {
         Ok(rt) => {
             let result = rt.block_on(async move {
-                let mut daemon = Daemon::start(path, config, log).await?;
+                let mut daemon = Daemon::start(path, config, log, lock).await?;
                 daemon.run().await
             });
             // Blocking work stuck on a hung disk must not hold up the exit.
@@ -145,6 +158,10 @@ struct Daemon {
     log_resume_hint: Arc<Mutex<Option<serde_json::Value>>>,
     delivery: Option<Delivery>,
     sampling: Option<sample_task::SampleTask>,
+    /// The lock on the state directory, held until the process exits.
+    lock: Arc<Mutex<StateLock>>,
+    /// Does the collection's disk work (outbox, cycle record) off the collection path.
+    writer: Option<Arc<writer::Writer>>,
     /// The /health and /metrics server: its token (a child of `shutdown`) and its task, counted by
     /// `tracker`.
     telemetry_task: Option<(
@@ -158,6 +175,7 @@ impl Daemon {
         path: Option<PathBuf>,
         config: Config,
         log: LogControl,
+        lock: Arc<Mutex<StateLock>>,
     ) -> Result<Daemon, DaemonError> {
         let config = Arc::new(config);
         // Everything the daemon keeps lives here; an unwritable directory is reported by the
@@ -188,6 +206,8 @@ impl Daemon {
             log_resume_hint: Arc::new(Mutex::new(None)),
             delivery: None,
             sampling: None,
+            lock,
+            writer: None,
             telemetry_task: None,
         };
         daemon.start_telemetry().await?;
@@ -332,6 +352,19 @@ impl Daemon {
         else {
             return;
         };
+        let writer = match writer::Writer::spawn(
+            self.shipper.clone(),
+            self.telemetry.clone(),
+            deliver.clone(),
+            self.lock.clone(),
+        ) {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the state writer thread; not collecting");
+                return;
+            }
+        };
+        self.writer = Some(writer.clone());
         self.collection = Some(CollectTask::spawn(
             &self.tracker,
             collect_task::Setup {
@@ -339,11 +372,11 @@ impl Daemon {
                 db: self.db.clone(),
             },
             collect_task::CycleShared {
-                shipper: self.shipper.clone(),
                 telemetry: self.telemetry.clone(),
                 server: self.server.clone(),
                 deliver: deliver.clone(),
                 delivery,
+                writer: writer.clone(),
             },
             self.shutdown.child_token(),
         ));
@@ -352,7 +385,7 @@ impl Daemon {
             self.config.clone(),
             self.db.clone(),
             sample_task::SampleShared {
-                shipper: self.shipper.clone(),
+                writer: writer.clone(),
                 telemetry: self.telemetry.clone(),
                 deliver,
             },
@@ -444,6 +477,13 @@ impl Daemon {
         if let Some(s) = self.sampling.take() {
             s.stop(sample_task::STOP_FLUSH + Duration::from_millis(50))
                 .await;
+        }
+        // The state writer finishes what the last cycles handed it, if the disk answers.
+        if let Some(w) = self.writer.take() {
+            match Arc::try_unwrap(w) {
+                Ok(w) => w.stop(SHUTDOWN_WRITER_FLUSH).await,
+                Err(_) => tracing::debug!("the state writer is still shared; left to the exit"),
+            }
         }
         // The log task writes what it holds to the outbox and saves its position.
         if let Some(task) = self.log_task.take() {
