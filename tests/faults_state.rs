@@ -98,10 +98,10 @@ fn wait_until(what: &str, agent: &AgentChild, secs: u64, mut cond: impl FnMut() 
     }
 }
 
-/// Once the listener accepts again, every system_metrics batch of every cycle so far is delivered,
-/// and none twice.
-fn all_delivered_once(listener: &Listener, agent: &AgentChild, port: u16) {
-    let collected = cycles(port);
+/// Once the listener accepts again, every system_metrics batch of every cycle so far (plus
+/// `earlier`, collected by a previous process) is delivered, and none twice.
+fn all_delivered_once(listener: &Listener, agent: &AgentChild, port: u16, earlier: u64) {
+    let collected = cycles(port) + earlier;
     wait_until(
         "every system_metrics batch delivered",
         agent,
@@ -173,7 +173,7 @@ fn a_second_agent_on_one_state_dir_exits_75_naming_the_holder() {
     wait_until("the first agent keeps delivering", &first, 60, || {
         accepted_system_metrics(&listener).len() >= before + 3
     });
-    all_delivered_once(&listener, &first, port1);
+    all_delivered_once(&listener, &first, port1, 0);
     first.terminate_within(Duration::from_secs(2));
 
     // Once it has stopped, the directory is free again.
@@ -184,8 +184,9 @@ fn a_second_agent_on_one_state_dir_exits_75_naming_the_holder() {
     third.terminate_within(Duration::from_secs(2));
 }
 
-/// Removes the outbox (or the whole state directory) while the listener is down, then brings the
-/// listener back: `/health` said so, and every batch is delivered exactly once.
+/// Removes the outbox (or the whole state directory) while the listener is down, then restarts the
+/// agent (what it held must be in the file at the path by then) and brings the listener back:
+/// `/health` and `status` said so, and every batch of both runs is delivered exactly once.
 fn outbox_removed_under_the_agent(whole_dir: bool) {
     let server = PgServer::start();
     let listener = start_listener();
@@ -233,8 +234,13 @@ fn outbox_removed_under_the_agent(whole_dir: bool) {
         "status does not say it:\n{text}"
     );
 
+    // A restart reads the file at the path: everything queued before and after the removal.
+    let first_run = cycles(port);
+    agent.terminate_within(Duration::from_secs(2));
+    let mut agent = AgentChild::spawn(&["run", path.to_str().unwrap()], &[]);
+    wait_until("the restarted agent runs", &agent, 60, || cycles(port) >= 2);
     listener.set(Behavior::Accept);
-    all_delivered_once(&listener, &agent, port);
+    all_delivered_once(&listener, &agent, port, first_run);
     agent.terminate_within(Duration::from_secs(2));
 }
 
