@@ -200,7 +200,8 @@ fn report_writer(telemetry: &Telemetry, writer: &Writer, summary: &mut String) {
     let stuck = writer.busy_for().filter(|d| *d > PERSIST_DEADLINE);
     let reason = stuck.map(|d| {
         format!(
-            "writing to the state directory has been stuck for {} s (a hung disk or file              system?): new batches wait in memory",
+            "writing to the state directory has been stuck for {} s (a hung disk or file \
+             system?): new batches wait in the state writer's queue, in memory",
             d.as_secs()
         )
     });
