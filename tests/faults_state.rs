@@ -2,9 +2,9 @@
 //! the outbox deleted under a running agent (recreated, nothing lost or repeated), and a frozen file
 //! system under it (no tick skipped).
 
-mod support;
 #[path = "support/freeze.rs"]
 mod freeze;
+mod support;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -116,12 +116,9 @@ fn wait_until(what: &str, agent: &AgentChild, secs: u64, mut cond: impl FnMut() 
 /// `earlier`, collected by a previous process) is delivered, and none twice.
 fn all_delivered_once(listener: &Listener, agent: &AgentChild, port: u16, earlier: u64) {
     let collected = cycles(port) + earlier;
-    wait_until(
-        "every system_metrics batch delivered",
-        agent,
-        90,
-        || accepted_system_metrics(listener).len() as u64 >= collected,
-    );
+    wait_until("every system_metrics batch delivered", agent, 90, || {
+        accepted_system_metrics(listener).len() as u64 >= collected
+    });
     let seen = accepted_system_metrics(listener);
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
@@ -192,9 +189,12 @@ fn a_second_agent_on_one_state_dir_exits_75_naming_the_holder() {
 
     // Once it has stopped, the directory is free again.
     let mut third = AgentChild::spawn(&["run", second_ini.to_str().unwrap()], &[]);
-    wait_until("a new agent runs on the freed directory", &third, 60, || {
-        cycles(port2) >= 2
-    });
+    wait_until(
+        "a new agent runs on the freed directory",
+        &third,
+        60,
+        || cycles(port2) >= 2,
+    );
     third.terminate_within(Duration::from_secs(2));
 }
 
@@ -295,14 +295,19 @@ fn a_frozen_state_dir_costs_no_tick_and_loses_nothing() {
     disk.freeze(true);
     let (frozen_at, since) = (cycles(port), Instant::now());
     let mut reported = None;
-    wait_until("/health reports the stuck writes while cycles go on", &agent, 120, || {
-        if let Some((503, body)) = get(port, "/health", Duration::from_secs(10)) {
-            if body.contains("stuck") {
-                reported = Some(body);
+    wait_until(
+        "/health reports the stuck writes while cycles go on",
+        &agent,
+        120,
+        || {
+            if let Some((503, body)) = get(port, "/health", Duration::from_secs(10)) {
+                if body.contains("stuck") {
+                    reported = Some(body);
+                }
             }
-        }
-        reported.is_some() && cycles(port) >= frozen_at + 10
-    });
+            reported.is_some() && cycles(port) >= frozen_at + 10
+        },
+    );
     let (ran, elapsed) = (cycles(port) - frozen_at, since.elapsed());
     let skipped_now = metric(port, "postgres_agent_cycles_skipped_total");
     eprintln!(

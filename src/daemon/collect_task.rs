@@ -127,11 +127,7 @@ async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: 
 }
 
 /// One cycle: collect, write the batches to the outbox, wake delivery, publish the figures.
-async fn cycle(
-    collectors: &mut Collectors,
-    setup: &Setup,
-    shared: &CycleShared,
-) {
+async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared) {
     let (config, db) = (&setup.config, &setup.db);
     let counted = |e| shared.telemetry.counters.get(e);
     let before = [

@@ -52,7 +52,7 @@ use deliver::Delivery;
 use logtask::{LogShared, LogTask};
 
 /// Blocking threads of the main runtime (SQLite and file writes run there).
-const BLOCKING_THREADS: usize = 5;
+const BLOCKING_THREADS: usize = 4;
 
 /// The last send attempt on shutdown may take this long.
 pub const SHUTDOWN_SEND_BUDGET: Duration = Duration::from_millis(500);

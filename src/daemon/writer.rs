@@ -163,11 +163,15 @@ impl Writer {
             match shipper.hold_batch(batch) {
                 Ok(n) => {
                     held += n;
-                    telemetry.metrics.count_batch(batch.kind, batch.count, "held");
+                    telemetry
+                        .metrics
+                        .count_batch(batch.kind, batch.count, "held");
                 }
                 Err(e) => {
                     failed += 1;
-                    telemetry.metrics.count_batch(batch.kind, batch.count, "failed");
+                    telemetry
+                        .metrics
+                        .count_batch(batch.kind, batch.count, "failed");
                     tracing::error!(r#type = %batch.kind, batch_id = %batch.batch_id, error = %e,
                         "cannot hold the batch in memory");
                 }
@@ -322,7 +326,8 @@ fn check_state_dir(s: &Shared) {
     match (&file, &reason) {
         (OutboxFile::Missing { .. }, Some(r)) => {
             s.missing.store(true, Ordering::Relaxed);
-            s.telemetry.set_condition("outbox_vanished", Some(r.clone()));
+            s.telemetry
+                .set_condition("outbox_vanished", Some(r.clone()));
         }
         (OutboxFile::Recreated { .. }, Some(r)) => {
             s.missing.store(false, Ordering::Relaxed);

@@ -10,7 +10,7 @@
 //!
 //! It owns nothing else in the directory: the outbox, positions and records belong to their writers.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -151,15 +151,15 @@ fn lock_file(dir: &Path) -> Result<(File, (u64, u64)), LockError> {
         // locks as well (it only cannot record the PID).
         Err(e) => File::open(&path).map_err(|_| io(e))?,
     };
-    match file.try_lock() {
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
+        Err(rustix::io::Errno::WOULDBLOCK) => {
             return Err(LockError::Held {
                 dir: dir.to_path_buf(),
                 pid: holder_pid(&mut file),
             })
         }
-        Err(TryLockError::Error(e)) => return Err(io(e)),
+        Err(e) => return Err(io(e.into())),
     }
     let meta = file.metadata().map_err(io)?;
     // The PID is for people and for the second agent's message; failing to write it changes

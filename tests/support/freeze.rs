@@ -26,11 +26,18 @@ impl FreezableFs {
         let file = std::fs::File::create(image).ok()?;
         file.set_len(64 * 1024 * 1024).ok()?;
         drop(file);
-        let ok = run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), image.as_os_str()])
-            && run(
-                "mount",
-                &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), dir.as_os_str()],
-            );
+        let ok = run(
+            "mkfs.ext4",
+            &["-q".as_ref(), "-F".as_ref(), image.as_os_str()],
+        ) && run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                image.as_os_str(),
+                dir.as_os_str(),
+            ],
+        );
         ok.then(|| FreezableFs {
             dir: dir.to_path_buf(),
         })
@@ -54,6 +61,9 @@ impl Drop for FreezableFs {
             .arg(&self.dir)
             .stderr(Stdio::null())
             .status();
-        let _ = Command::new("umount").args(["-l", "-d"]).arg(&self.dir).status();
+        let _ = Command::new("umount")
+            .args(["-l", "-d"])
+            .arg(&self.dir)
+            .status();
     }
 }

@@ -76,6 +76,8 @@ impl Serialize for Counters {
     }
 }
 
+/// Where a baseline save leaves the generation it saved and its outcome.
+type SaveSlot = std::sync::Arc<std::sync::Mutex<Option<(u64, Result<(), String>)>>>;
 
 pub struct StatementsCollector {
     state_dir: PathBuf,
@@ -86,7 +88,7 @@ pub struct StatementsCollector {
     /// save starts until it has returned, and its outcome is read by a later cycle.
     saving: Option<tokio::task::JoinHandle<()>>,
     /// Where the save in progress leaves (generation saved, outcome).
-    save_result: std::sync::Arc<std::sync::Mutex<Option<(u64, Result<(), String>)>>>,
+    save_result: SaveSlot,
     /// Generation of the baseline kept last, and of the one the file is known to hold.
     kept_gen: u64,
     file_gen: u64,
