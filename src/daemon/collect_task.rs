@@ -1,11 +1,12 @@
 //! The collection task: a cycle at every tick of the drift-free schedule. Each cycle collects,
-//! writes its batches to the outbox (off the scheduler, under [`PERSIST_DEADLINE`]), wakes the
-//! delivery task and publishes its figures. It never sends: a slow listener cannot delay it, and it
-//! cannot delay the signal handler, `/health` or delivery.
+//! hands its batches and its record to the state writer ([`super::writer`]) without waiting for the
+//! disk, reports what the writer did since the last cycle, wakes the delivery task and publishes its
+//! figures. It never sends and never writes: neither a slow listener nor a hung disk can delay it,
+//! and it cannot delay the signal handler, `/health` or delivery.
 //!
 //! A reload hands it a new [`Setup`] (configuration and pool), applied at the next tick; the
-//! schedule follows a changed interval at once. Stopping abandons a cycle in progress (everything
-//! it wrote is already durable).
+//! schedule follows a changed interval at once. Stopping abandons a cycle in progress (what it
+//! handed over is written by the state writer).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +26,7 @@ use crate::db::{Db, ServerInfo};
 use crate::telemetry::registry::Event;
 use crate::telemetry::server::Telemetry;
 
-/// Writing a cycle's batches to the outbox may take this long before it is reported as stalled.
+/// A state writer job may take this long before `/health` says it is stuck.
 pub const PERSIST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a cycle runs with; replaced as a whole on reload.
@@ -126,7 +127,7 @@ async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: 
     }
 }
 
-/// One cycle: collect, write the batches to the outbox, wake delivery, publish the figures.
+/// One cycle: collect, hand the batches to the state writer, wake delivery, publish the figures.
 async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared) {
     let (config, db) = (&setup.config, &setup.db);
     let counted = |e| shared.telemetry.counters.get(e);

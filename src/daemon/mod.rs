@@ -1,27 +1,32 @@
 //! The daemon (`postgres-agent run`): five tasks under one shutdown token (four on the task
-//! tracker, delivery on a thread of its own), and a main loop that only answers signals and the
-//! systemd watchdog.
+//! tracker, delivery on a thread of its own), the state writer thread, and a main loop that only
+//! answers signals and the systemd watchdog. It holds the state directory's lock
+//! ([`crate::state::lock`]) for its whole life: a second daemon on the directory exits 75.
 //!
-//! - collection (`collect_task`): a cycle at every tick of the drift-free schedule, writing its
-//!   batches to the outbox;
+//! - collection (`collect_task`): a cycle at every tick of the drift-free schedule, handing its
+//!   batches to the state writer;
 //! - active-session sampling (`sample_task`): a sample every second, its per-cycle aggregate and
 //!   spike snapshots;
+//! - the state writer (`writer`): writes those batches to the outbox and the cycle record for
+//!   `status`, after checking that the lock file and the outbox file are still in place;
 //! - delivery (`deliver`): drains the outbox to the listener, on its own thread and runtime;
 //! - the log reader (`logtask`): tails the server log into pg_logs batches;
 //! - telemetry: `/health` and `/metrics`.
 //!
-//! No task waits on another: blocking work (SQLite, files) runs off the scheduler under a deadline.
-//! SIGTERM/SIGINT: no new cycle starts and one in progress is abandoned, no new request starts and
+//! No task waits on another, and collection never waits on the disk.
+//! SIGTERM/SIGINT: no new cycle starts and one in progress is abandoned, the state writer finishes
+//! what is queued (within [`SHUTDOWN_WRITER_FLUSH`]), no new request starts and
 //! one in flight may finish, the log task writes its buffered entries to the outbox and saves its
 //! position, one last send is attempted, all within [`SHUTDOWN_SEND_BUDGET`] and a few hundred
 //! milliseconds more; the pool is closed, exit 0. SIGHUP reloads the configuration; an invalid one
 //! is logged and the old one kept.
 //!
 //! Threads, inside the unit's `TasksMax=10`: the main runtime (current-thread: collection, the log
-//! reader, telemetry, signals) with at most `BLOCKING_THREADS` (5) blocking threads, and the delivery
-//! thread with a runtime of its own and one blocking thread: 8 at most. A hung disk can leave one
-//! blocking thread stuck per state file (outbox, cycle record, baseline, log position), since no
-//! writer starts a second write while its first has not returned; one more stays free.
+//! reader, telemetry, signals) with at most `BLOCKING_THREADS` (4) blocking threads, the state
+//! writer, and the delivery thread with a runtime of its own and one blocking thread: 8 at most. A
+//! hung disk can leave the writer stuck, the delivery thread stuck, and one blocking thread stuck
+//! per remaining state file (baseline, log position), since no writer starts a second write while
+//! its first has not returned; one more stays free.
 
 mod collect_task;
 mod cycle;
