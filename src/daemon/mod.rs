@@ -15,7 +15,7 @@
 //!
 //! No task waits on another, and collection never waits on the disk.
 //! SIGTERM/SIGINT: no new cycle starts and one in progress is abandoned, the state writer finishes
-//! what is queued (within [`SHUTDOWN_WRITER_FLUSH`]), no new request starts and
+//! what is queued (within `SHUTDOWN_WRITER_FLUSH`), no new request starts and
 //! one in flight may finish, the log task writes its buffered entries to the outbox and saves its
 //! position, one last send is attempted, all within [`SHUTDOWN_SEND_BUDGET`] and a few hundred
 //! milliseconds more; the pool is closed, exit 0. SIGHUP reloads the configuration; an invalid one

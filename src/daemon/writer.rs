@@ -73,6 +73,8 @@ struct Shared {
     lock: Arc<Mutex<StateLock>>,
     /// The outbox file is gone and not recreated yet (its `/health` condition is set).
     missing: AtomicBool,
+    /// Another process holds the lock file now at the path (said once).
+    lock_lost: AtomicBool,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Writer {
             deliver,
             lock,
             missing: AtomicBool::new(false),
+            lock_lost: AtomicBool::new(false),
         });
         let (tx, done) = tokio::sync::oneshot::channel();
         let s = shared.clone();
@@ -269,6 +272,7 @@ fn run(s: &Shared) {
             q.busy_since = Some(Instant::now());
             (batches, record)
         };
+        check_state_dir(s);
         if let Some(batches) = batches {
             write_batches(s, &batches);
         }
@@ -280,7 +284,6 @@ fn run(s: &Shared) {
 }
 
 fn write_batches(s: &Shared, batches: &[Batch]) {
-    check_state_dir(s);
     let (failed, held) = cycle::enqueue_all(batches, &s.shipper, &s.telemetry);
     s.deliver.notify_one();
     let stats = s.shipper.stats().ok();
@@ -308,17 +311,24 @@ fn write_batches(s: &Shared, batches: &[Batch]) {
 /// directory (or the outbox) was removed, both are recreated before anything is written.
 fn check_state_dir(s: &Shared) {
     if let Ok(mut lock) = s.lock.lock() {
-        match lock.ensure() {
-            Ensured::Held | Ensured::Unavailable(_) => {}
-            Ensured::Retaken => {
-                s.telemetry.counters.incr(Event::StateLockRetaken);
-                tracing::warn!(event = "state_lock_retaken", dir = %lock.dir().display(),
-                    "the state directory's lock file was gone; created and locked it again");
+        let ensured = lock.ensure();
+        if let Ensured::Retaken = ensured {
+            s.telemetry.counters.incr(Event::StateLockRetaken);
+            tracing::warn!(event = "state_lock_retaken", dir = %lock.dir().display(),
+                "the state directory's lock file was gone; created and locked it again");
+        }
+        let lost = match ensured {
+            Ensured::Lost { pid } => Some(format!(
+                "another agent (PID {}) locked this state directory after its lock file was                  removed: two agents now share it; stop one",
+                pid.map_or_else(|| "unknown".to_string(), |p| p.to_string())
+            )),
+            _ => None,
+        };
+        if s.lock_lost.swap(lost.is_some(), Ordering::Relaxed) != lost.is_some() {
+            if let Some(why) = &lost {
+                tracing::error!(event = "state_lock_lost", dir = %lock.dir().display(), "{why}");
             }
-            Ensured::Lost { pid } => {
-                tracing::error!(event = "state_lock_lost", dir = %lock.dir().display(), ?pid,
-                    "another agent locked this state directory after its lock file was removed");
-            }
+            s.telemetry.set_condition("state_lock_lost", lost);
         }
     }
     let file = s.shipper.check_outbox_file();
