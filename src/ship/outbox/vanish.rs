@@ -123,3 +123,83 @@ pub fn install_copy(path: &Path, copy: &Path, max_size_bytes: u64) -> Result<Out
     outbox.ensure_reserve();
     Ok(outbox)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Protocol;
+    use crate::ship::batch::BatchKind;
+    use crate::ship::outbox::NewBatch;
+
+    fn row(n: u8) -> NewBatch {
+        NewBatch {
+            batch_id: uuid::Uuid::now_v7(),
+            kind: BatchKind::SystemMetrics,
+            collected_at: "2026-12-06T00:00:00.000Z".into(),
+            body: vec![n; 100],
+            protocol: Protocol::Batch,
+        }
+    }
+
+    fn copied_back(remove: impl FnOnce(&Path)) {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        let path = dir.join("outbox.db");
+        let mut ob = Outbox::open(&path, 64 << 20).unwrap();
+        let rows: Vec<NewBatch> = (0..5).map(row).collect();
+        ob.push_all(&rows).unwrap();
+        assert_eq!(ob.file_change(), None);
+        remove(&path);
+        let change = ob.file_change().expect("the change is seen");
+        // The open connection still takes writes (into the unlinked file).
+        ob.push(&row(9)).unwrap();
+        let copy = ob.save_copy().unwrap();
+        drop(ob);
+        let fresh = install_copy(&path, &copy, 64 << 20).unwrap();
+        assert_eq!(fresh.file_change(), None, "after {change:?}");
+        let queued: Vec<uuid::Uuid> = fresh
+            .queued()
+            .unwrap()
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        assert_eq!(queued.len(), 6);
+        assert_eq!(
+            &queued[..5],
+            &rows.iter().map(|r| r.batch_id).collect::<Vec<_>>()[..]
+        );
+        assert!(!copy.exists());
+        drop(fresh);
+        // A restart reads the same.
+        assert_eq!(
+            Outbox::open(&path, 64 << 20)
+                .unwrap()
+                .queued()
+                .unwrap()
+                .len(),
+            6
+        );
+    }
+
+    #[test]
+    fn a_removed_outbox_is_copied_back_with_every_row() {
+        copied_back(|path| {
+            for p in std::iter::once(path.to_path_buf()).chain(schema::companions(path)) {
+                let _ = std::fs::remove_file(p);
+            }
+        });
+    }
+
+    #[test]
+    fn a_removed_state_directory_is_recreated_with_every_row() {
+        copied_back(|path| std::fs::remove_dir_all(path.parent().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn a_replaced_outbox_is_moved_aside_and_the_open_one_copied_back() {
+        copied_back(|path| {
+            std::fs::remove_file(path).unwrap();
+            std::fs::write(path, b"someone else's file").unwrap();
+        });
+    }
+}
