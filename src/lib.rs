@@ -16,6 +16,7 @@ pub mod db;
 pub mod logs;
 pub mod privacy;
 pub mod ship;
+pub mod state;
 pub mod telemetry;
 
 /// A current-thread runtime for the one-shot commands (`once`, `check`); None, after printing why,

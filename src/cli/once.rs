@@ -6,7 +6,9 @@
 //! The statement baseline under `agent.state_dir` is read and updated, so two runs report the
 //! statement activity between them; `--dry-run` reads it and never writes it (nor anything else). Without `--dry-run` and with `listener.url` set, the batches go
 //! through the outbox and one bounded send pass (what is not delivered stays in the outbox for the
-//! daemon); with no listener they are printed, as the no-listener default does.
+//! daemon); with no listener they are printed, as the no-listener default does. Without `--dry-run`
+//! it takes the state directory's lock ([`crate::state::lock`]): while a daemon runs on the same
+//! directory it exits 75 and changes nothing.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,9 +19,23 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::ship::batch::Batch;
 use crate::ship::Shipper;
+use crate::state::lock::{StateLock, EXIT_LOCKED};
 
 /// Runs one cycle and prints its batches.
 pub fn run(config: &Config, dry_run: bool, format: Format) -> ExitCode {
+    // Without --dry-run, `once` writes the baseline and the outbox: the daemon's files, so it takes
+    // the daemon's lock (and is refused the same way while a daemon runs).
+    let _lock = if dry_run {
+        None
+    } else {
+        match StateLock::acquire_or_defer(&config.agent.state_dir) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                eprintln!("postgres-agent: {e}");
+                return ExitCode::from(EXIT_LOCKED);
+            }
+        }
+    };
     let Some(runtime) = crate::command_runtime() else {
         return ExitCode::FAILURE;
     };

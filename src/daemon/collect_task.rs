@@ -1,11 +1,12 @@
 //! The collection task: a cycle at every tick of the drift-free schedule. Each cycle collects,
-//! writes its batches to the outbox (off the scheduler, under [`PERSIST_DEADLINE`]), wakes the
-//! delivery task and publishes its figures. It never sends: a slow listener cannot delay it, and it
-//! cannot delay the signal handler, `/health` or delivery.
+//! hands its batches and its record to the state writer ([`super::writer`]) without waiting for the
+//! disk, reports what the writer did since the last cycle, wakes the delivery task and publishes its
+//! figures. It never sends and never writes: neither a slow listener nor a hung disk can delay it,
+//! and it cannot delay the signal handler, `/health` or delivery.
 //!
 //! A reload hands it a new [`Setup`] (configuration and pool), applied at the next tick; the
-//! schedule follows a changed interval at once. Stopping abandons a cycle in progress (everything
-//! it wrote is already durable).
+//! schedule follows a changed interval at once. Stopping abandons a cycle in progress (what it
+//! handed over is written by the state writer).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,15 +18,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::schedule::Schedule;
+use super::writer::{self, Writer};
 use super::{cycle, deliver, notify};
 use crate::collect::Collectors;
 use crate::config::Config;
 use crate::db::{Db, ServerInfo};
-use crate::ship::Shipper;
 use crate::telemetry::registry::Event;
 use crate::telemetry::server::Telemetry;
 
-/// Writing a cycle's batches to the outbox may take this long before it is reported as stalled.
+/// A state writer job may take this long before `/health` says it is stuck.
 pub const PERSIST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a cycle runs with; replaced as a whole on reload.
@@ -36,7 +37,6 @@ pub struct Setup {
 
 /// What the collection task shares with the rest of the daemon.
 pub struct CycleShared {
-    pub shipper: Arc<Shipper>,
     pub telemetry: Telemetry,
     /// The server's identity as the last cycle read it (the log task's batches carry it).
     pub server: Arc<Mutex<Option<ServerInfo>>>,
@@ -44,6 +44,8 @@ pub struct CycleShared {
     pub deliver: Arc<Notify>,
     /// How long the delivery pass in progress has been running.
     pub delivery: deliver::PassWatch,
+    /// Does the cycle's disk work.
+    pub writer: Arc<Writer>,
 }
 
 /// The running collection task.
@@ -84,7 +86,6 @@ impl CollectTask {
 }
 
 async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: CancellationToken) {
-    let mut record = Recorder::default();
     let first = setup.borrow_and_update().clone();
     let mut collectors =
         Collectors::with_counters(&first.config, shared.telemetry.counters.clone());
@@ -121,18 +122,13 @@ async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: 
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = cycle(&mut collectors, &current, &shared, &mut record) => {}
+            _ = cycle(&mut collectors, &current, &shared) => {}
         }
     }
 }
 
-/// One cycle: collect, write the batches to the outbox, wake delivery, publish the figures.
-async fn cycle(
-    collectors: &mut Collectors,
-    setup: &Setup,
-    shared: &CycleShared,
-    record: &mut Recorder,
-) {
+/// One cycle: collect, hand the batches to the state writer, wake delivery, publish the figures.
+async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared) {
     let (config, db) = (&setup.config, &setup.db);
     let counted = |e| shared.telemetry.counters.get(e);
     let before = [
@@ -151,47 +147,10 @@ async fn cycle(
     let telemetry = &shared.telemetry;
     cycle::record_cycle(&telemetry.metrics, &report);
     let mut summary = cycle::summary(&report, None);
-    // Writing to the outbox is blocking I/O (SQLite, fsync): off the scheduler and under a
-    // deadline, so a hung disk cannot stall the next cycle.
-    let batches = std::mem::take(&mut report.batches);
-    let (shipper, t) = (shared.shipper.clone(), telemetry.clone());
-    let job = tokio::task::spawn_blocking(move || {
-        let failed = cycle::enqueue_all(&batches, &shipper, &t);
-        let stats = shipper.stats().ok();
-        if let Some(stats) = &stats {
-            deliver::record_storage_health(&t, stats);
-        }
-        let waiting = stats.and_then(|s| s.outbox.map(|o| o.depth));
-        (failed, waiting)
-    });
-    match tokio::time::timeout(PERSIST_DEADLINE, job).await {
-        Ok(done) => {
-            telemetry.set_condition("outbox_stalled", None);
-            let (failed, waiting) = done.unwrap_or((0, None));
-            telemetry.set_condition(
-                "enqueue_failed",
-                (failed > 0).then(|| {
-                    format!(
-                        "{failed} batches of the last cycle could not be stored or printed \
-                         (lost; see the agent's log)"
-                    )
-                }),
-            );
-            if let Some(w) = waiting {
-                summary.push_str(&format!(", {w} requests waiting to be sent"));
-            }
-        }
-        Err(_) => {
-            telemetry.counters.incr(Event::OutboxWriteStalls);
-            let why = format!(
-                "writing the cycle's batches to the outbox did not finish within {} s \
-                 (a hung disk or file system?)",
-                PERSIST_DEADLINE.as_secs()
-            );
-            tracing::error!(event = "outbox_write_stalled", "{why}");
-            telemetry.set_condition("outbox_stalled", Some(why));
-        }
-    }
+    // Disk work is the state writer's: this cycle hands its batches over and goes on; what the
+    // writer did with the previous ones is reported here.
+    shared.writer.submit(std::mem::take(&mut report.batches));
+    report_writer(telemetry, &shared.writer, &mut summary);
     // Sending is the delivery task's: a slow listener never holds up the next cycle.
     shared.deliver.notify_one();
     report_delivery_stall(telemetry, &shared.delivery, config);
@@ -211,14 +170,47 @@ async fn cycle(
     });
     tracing::info!(summary = %summary, "cycle finished");
     notify::status(&summary);
-    record
-        .save(
-            &config.agent.state_dir,
-            report.server.is_some(),
-            summary,
-            telemetry,
+    shared.writer.record(writer::Record {
+        dir: config.agent.state_dir.clone(),
+        ok: report.server.is_some(),
+        summary,
+    });
+}
+
+/// Adds what the state writer did since the last cycle to the summary, and says on `/health` when
+/// it has been stuck on the storage longer than [`PERSIST_DEADLINE`] (new batches then wait in
+/// its queue, or in memory past its bound).
+fn report_writer(telemetry: &Telemetry, writer: &Writer, summary: &mut String) {
+    let r = writer.take_report();
+    if let Some(w) = r.waiting {
+        summary.push_str(&format!(", {w} requests waiting to be sent"));
+    }
+    if r.held > 0 {
+        summary.push_str(&format!(", {} requests held in memory", r.held));
+    }
+    if r.failed > 0 {
+        summary.push_str(&format!(", {} batches lost", r.failed));
+    }
+    if let Some(f) = r.outbox_file {
+        summary.push_str(&format!(", {f}"));
+    }
+    let stuck = writer.busy_for().filter(|d| *d > PERSIST_DEADLINE);
+    let reason = stuck.map(|d| {
+        format!(
+            "writing to the state directory has been stuck for {} s (a hung disk or file \
+             system?): new batches wait in the state writer's queue, in memory",
+            d.as_secs()
         )
-        .await;
+    });
+    if reason.is_some() {
+        telemetry.counters.incr(Event::OutboxWriteStalls);
+    }
+    if writer.note_stall(reason.is_some()) {
+        if let Some(why) = &reason {
+            tracing::error!(event = "outbox_write_stalled", "{why}");
+        }
+    }
+    telemetry.set_condition("outbox_stalled", reason);
 }
 
 /// `/health` stays 200 but says `degraded` while the agent works without something it could use,
@@ -261,48 +253,4 @@ fn report_delivery_stall(telemetry: &Telemetry, watch: &deliver::PassWatch, conf
         telemetry.counters.incr(Event::DeliveryStalls);
     }
     telemetry.set_condition("delivery_stalled", reason);
-}
-
-/// Writes the cycle record for `status`: a small file, but disk I/O, so off the scheduler and
-/// waited for only so long. While the last write has not returned (a hung disk), no new one is
-/// started, so stuck writes cannot pile up.
-#[derive(Default)]
-struct Recorder {
-    in_flight: Option<JoinHandle<()>>,
-}
-
-impl Recorder {
-    async fn save(
-        &mut self,
-        dir: &std::path::Path,
-        ok: bool,
-        summary: String,
-        telemetry: &Telemetry,
-    ) {
-        if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
-            telemetry.counters.incr(Event::StateWritesSkipped);
-            tracing::debug!("the previous cycle record is still being written; skipped");
-            return;
-        }
-        let dir = dir.to_path_buf();
-        let counters = telemetry
-            .counters
-            .snapshot()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        let mut save = tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::ship::status::LastCycle::save(&dir, ok, &summary, counters) {
-                tracing::debug!(error = %e, "cannot record the cycle for `status`");
-            }
-        });
-        if tokio::time::timeout(Duration::from_secs(2), &mut save)
-            .await
-            .is_err()
-        {
-            self.in_flight = Some(save);
-        } else {
-            self.in_flight = None;
-        }
-    }
 }

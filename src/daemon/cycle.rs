@@ -13,12 +13,14 @@ use crate::telemetry::metrics::{
 use crate::telemetry::registry::{Counters, Event};
 use crate::telemetry::server::Telemetry;
 
-/// Writes a cycle's batches durably (or prints them with no listener). Returns how many failed.
-pub fn enqueue_all(batches: &[Batch], shipper: &Shipper, telemetry: &Telemetry) -> usize {
-    let mut failed = 0;
+/// Writes a cycle's batches durably (or prints them with no listener). Returns how many batches
+/// failed and how many requests went to memory instead of the outbox.
+pub fn enqueue_all(batches: &[Batch], shipper: &Shipper, telemetry: &Telemetry) -> (usize, usize) {
+    let (mut failed, mut held) = (0, 0);
     for batch in batches {
         match shipper.enqueue(batch) {
             Ok(r) => {
+                held += r.held;
                 let outcome = if r.stdout { "printed" } else { "enqueued" };
                 telemetry
                     .metrics
@@ -33,7 +35,7 @@ pub fn enqueue_all(batches: &[Batch], shipper: &Shipper, telemetry: &Telemetry) 
             }
         }
     }
-    failed
+    (failed, held)
 }
 
 /// How long one drain pass may take: half the interval, at most 30 s; the delivery task starts the

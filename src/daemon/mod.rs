@@ -1,27 +1,32 @@
 //! The daemon (`postgres-agent run`): five tasks under one shutdown token (four on the task
-//! tracker, delivery on a thread of its own), and a main loop that only answers signals and the
-//! systemd watchdog.
+//! tracker, delivery on a thread of its own), the state writer thread, and a main loop that only
+//! answers signals and the systemd watchdog. It holds the state directory's lock
+//! ([`crate::state::lock`]) for its whole life: a second daemon on the directory exits 75.
 //!
-//! - collection (`collect_task`): a cycle at every tick of the drift-free schedule, writing its
-//!   batches to the outbox;
+//! - collection (`collect_task`): a cycle at every tick of the drift-free schedule, handing its
+//!   batches to the state writer;
 //! - active-session sampling (`sample_task`): a sample every second, its per-cycle aggregate and
 //!   spike snapshots;
+//! - the state writer (`writer`): writes those batches to the outbox and the cycle record for
+//!   `status`, after checking that the lock file and the outbox file are still in place;
 //! - delivery (`deliver`): drains the outbox to the listener, on its own thread and runtime;
 //! - the log reader (`logtask`): tails the server log into pg_logs batches;
 //! - telemetry: `/health` and `/metrics`.
 //!
-//! No task waits on another: blocking work (SQLite, files) runs off the scheduler under a deadline.
-//! SIGTERM/SIGINT: no new cycle starts and one in progress is abandoned, no new request starts and
+//! No task waits on another, and collection never waits on the disk.
+//! SIGTERM/SIGINT: no new cycle starts and one in progress is abandoned, the state writer finishes
+//! what is queued (within `SHUTDOWN_WRITER_FLUSH`), no new request starts and
 //! one in flight may finish, the log task writes its buffered entries to the outbox and saves its
 //! position, one last send is attempted, all within [`SHUTDOWN_SEND_BUDGET`] and a few hundred
 //! milliseconds more; the pool is closed, exit 0. SIGHUP reloads the configuration; an invalid one
 //! is logged and the old one kept.
 //!
 //! Threads, inside the unit's `TasksMax=10`: the main runtime (current-thread: collection, the log
-//! reader, telemetry, signals) with at most `BLOCKING_THREADS` (5) blocking threads, and the delivery
-//! thread with a runtime of its own and one blocking thread: 8 at most. A hung disk can leave one
-//! blocking thread stuck per state file (outbox, cycle record, baseline, log position), since no
-//! writer starts a second write while its first has not returned; one more stays free.
+//! reader, telemetry, signals) with at most `BLOCKING_THREADS` (4) blocking threads, the state
+//! writer, and the delivery thread with a runtime of its own and one blocking thread: 8 at most. A
+//! hung disk can leave the writer stuck, the delivery thread stuck, and one blocking thread stuck
+//! per remaining state file (baseline, log position), since no writer starts a second write while
+//! its first has not returned; one more stays free.
 
 mod collect_task;
 mod cycle;
@@ -30,6 +35,7 @@ mod logtask;
 pub mod notify;
 mod sample_task;
 pub mod schedule;
+mod writer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +49,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Protocol};
 use crate::db::Db;
 use crate::ship::Shipper;
+use crate::state::lock::StateLock;
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::server::Telemetry;
 use collect_task::CollectTask;
@@ -50,10 +57,12 @@ use deliver::Delivery;
 use logtask::{LogShared, LogTask};
 
 /// Blocking threads of the main runtime (SQLite and file writes run there).
-const BLOCKING_THREADS: usize = 5;
+const BLOCKING_THREADS: usize = 4;
 
 /// The last send attempt on shutdown may take this long.
 pub const SHUTDOWN_SEND_BUDGET: Duration = Duration::from_millis(500);
+/// The state writer may take this long to finish what is queued at shutdown.
+const SHUTDOWN_WRITER_FLUSH: Duration = Duration::from_millis(300);
 /// The log task's final flush may take this long.
 const SHUTDOWN_LOG_FLUSH: Duration = Duration::from_millis(300);
 
@@ -101,6 +110,15 @@ fn ignore_file_size_signal() {
 pub fn run(path: Option<PathBuf>, config: Config, log: LogControl) -> ExitCode {
     tune_allocator();
     ignore_file_size_signal();
+    // One daemon per state directory: a second one would send the same outbox rows again.
+    let lock = match StateLock::acquire_or_defer(&config.agent.state_dir) {
+        Ok(lock) => Arc::new(Mutex::new(lock)),
+        Err(e) => {
+            tracing::error!(event = "state_dir_locked", error = %e, "postgres-agent not started");
+            eprintln!("postgres-agent: {e}");
+            return ExitCode::from(crate::state::lock::EXIT_LOCKED);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(BLOCKING_THREADS)
         .thread_name("postgres-agent")
@@ -109,7 +127,7 @@ pub fn run(path: Option<PathBuf>, config: Config, log: LogControl) -> ExitCode {
     let result = match runtime {
         Ok(rt) => {
             let result = rt.block_on(async move {
-                let mut daemon = Daemon::start(path, config, log).await?;
+                let mut daemon = Daemon::start(path, config, log, lock).await?;
                 daemon.run().await
             });
             // Blocking work stuck on a hung disk must not hold up the exit.
@@ -145,6 +163,10 @@ struct Daemon {
     log_resume_hint: Arc<Mutex<Option<serde_json::Value>>>,
     delivery: Option<Delivery>,
     sampling: Option<sample_task::SampleTask>,
+    /// The lock on the state directory, held until the process exits.
+    lock: Arc<Mutex<StateLock>>,
+    /// Does the collection's disk work (outbox, cycle record) off the collection path.
+    writer: Option<Arc<writer::Writer>>,
     /// The /health and /metrics server: its token (a child of `shutdown`) and its task, counted by
     /// `tracker`.
     telemetry_task: Option<(
@@ -158,6 +180,7 @@ impl Daemon {
         path: Option<PathBuf>,
         config: Config,
         log: LogControl,
+        lock: Arc<Mutex<StateLock>>,
     ) -> Result<Daemon, DaemonError> {
         let config = Arc::new(config);
         // Everything the daemon keeps lives here; an unwritable directory is reported by the
@@ -189,6 +212,8 @@ impl Daemon {
             log_resume_hint: Arc::new(Mutex::new(None)),
             delivery: None,
             sampling: None,
+            lock,
+            writer: None,
             telemetry_task: None,
         };
         daemon.start_telemetry().await?;
@@ -333,6 +358,19 @@ impl Daemon {
         else {
             return;
         };
+        let writer = match writer::Writer::spawn(
+            self.shipper.clone(),
+            self.telemetry.clone(),
+            deliver.clone(),
+            self.lock.clone(),
+        ) {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the state writer thread; not collecting");
+                return;
+            }
+        };
+        self.writer = Some(writer.clone());
         self.collection = Some(CollectTask::spawn(
             &self.tracker,
             collect_task::Setup {
@@ -340,11 +378,11 @@ impl Daemon {
                 db: self.db.clone(),
             },
             collect_task::CycleShared {
-                shipper: self.shipper.clone(),
                 telemetry: self.telemetry.clone(),
                 server: self.server.clone(),
                 deliver: deliver.clone(),
                 delivery,
+                writer: writer.clone(),
             },
             self.shutdown.child_token(),
         ));
@@ -353,7 +391,7 @@ impl Daemon {
             self.config.clone(),
             self.db.clone(),
             sample_task::SampleShared {
-                shipper: self.shipper.clone(),
+                writer: writer.clone(),
                 telemetry: self.telemetry.clone(),
                 deliver,
             },
@@ -447,6 +485,13 @@ impl Daemon {
         if let Some(s) = self.sampling.take() {
             s.stop(sample_task::STOP_FLUSH + Duration::from_millis(50))
                 .await;
+        }
+        // The state writer finishes what the last cycles handed it, if the disk answers.
+        if let Some(w) = self.writer.take() {
+            match Arc::try_unwrap(w) {
+                Ok(w) => w.stop(SHUTDOWN_WRITER_FLUSH).await,
+                Err(_) => tracing::debug!("the state writer is still shared; left to the exit"),
+            }
         }
         // The log task writes what it holds to the outbox and saves its position.
         if let Some(task) = self.log_task.take() {

@@ -1,7 +1,8 @@
 //! The sampling task: an active-session sample every `activity.sample_interval_ms`
 //! ([`crate::collect::sampling`]), a `pg_activity_samples` batch every collection interval, and a
-//! `spike` batch when a trigger fires. Batches are written to the outbox off the scheduler (SQLite
-//! is blocking I/O) under [`PERSIST_DEADLINE`], and a spike wakes the delivery task at once.
+//! `spike` batch when a trigger fires. Batches are handed to the state writer
+//! ([`super::writer`]), which writes them to the outbox and wakes the delivery task; no tick waits
+//! on the disk.
 //!
 //! Ticks follow a drift-free schedule that skips ticks missed while a sample (or a spike snapshot)
 //! ran, never queueing them. A reload hands it a new configuration and pool ([`SampleTask::update`]);
@@ -18,24 +19,21 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::cycle;
 use super::schedule::Schedule;
 use crate::collect::sampling::{Outcome, Sampler};
 use crate::config::Config;
 use crate::db::Db;
 use crate::ship::batch::Batch;
-use crate::ship::Shipper;
 use crate::telemetry::metrics::CollectorOutcomeLabel;
 use crate::telemetry::server::Telemetry;
 
-/// Writing a batch to the outbox may take this long before it is abandoned (and logged).
-const PERSIST_DEADLINE: Duration = Duration::from_secs(10);
 /// On stop, the window so far is written to the outbox if that takes at most this long.
 pub const STOP_FLUSH: Duration = Duration::from_millis(150);
 
 /// What the sampling task shares with the rest of the daemon.
 pub struct SampleShared {
-    pub shipper: Arc<Shipper>,
+    /// Writes the batches to the outbox.
+    pub writer: Arc<super::writer::Writer>,
     pub telemetry: Telemetry,
     /// Wakes the delivery task.
     pub deliver: Arc<Notify>,
@@ -152,13 +150,13 @@ async fn run(
                 tracing::info!(event = "spike", trigger = ?spike.extra.get("trigger"),
                     value = ?spike.extra.get("trigger_value"), sessions = spike.count,
                     "spike snapshot taken");
-                persist(spike, &shared).await;
+                persist(spike, &shared);
                 shared.deliver.notify_one();
             }
             if Instant::now() >= window_due {
                 window_due = windows.next_after(Instant::now()).at;
                 if let Some(batch) = sampler.take_window(&config) {
-                    persist(batch, &shared).await;
+                    persist(batch, &shared);
                 }
             }
         }
@@ -168,7 +166,7 @@ async fn run(
 /// The window so far, written to the outbox on stop if that is quick.
 async fn flush(sampler: &mut Sampler, config: &Config, shared: &SampleShared) {
     if let Some(batch) = sampler.take_window(config) {
-        let _ = tokio::time::timeout(STOP_FLUSH, persist(batch, shared)).await;
+        persist(batch, shared);
     }
 }
 
@@ -183,15 +181,7 @@ fn count(telemetry: &Telemetry, collector: &str, outcome: &str) {
         .inc();
 }
 
-/// Writes one batch to the outbox off the scheduler, waiting at most [`PERSIST_DEADLINE`].
-async fn persist(batch: Batch, shared: &SampleShared) {
-    let (shipper, telemetry) = (shared.shipper.clone(), shared.telemetry.clone());
-    let kind = batch.kind;
-    let job = tokio::task::spawn_blocking(move || {
-        cycle::enqueue_all(std::slice::from_ref(&batch), &shipper, &telemetry)
-    });
-    if tokio::time::timeout(PERSIST_DEADLINE, job).await.is_err() {
-        tracing::error!(event = "outbox_write_stalled", r#type = %kind,
-            "writing a sampling batch to the outbox did not finish in time");
-    }
+/// Hands one batch to the state writer ([`super::writer`]): never waits on the disk.
+fn persist(batch: Batch, shared: &SampleShared) {
+    shared.writer.submit(vec![batch]);
 }

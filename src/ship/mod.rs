@@ -43,6 +43,7 @@ pub mod outbox;
 pub mod probe;
 pub mod python_buffer;
 pub mod ratelimit;
+pub mod recreate;
 pub mod shipper;
 pub mod tls_error;
 /// `status` is a command (`crate::cli::status`); the daemon writes its [`status::LastCycle`] record.

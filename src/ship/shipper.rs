@@ -241,6 +241,11 @@ impl Shipper {
         Ok(())
     }
 
+    /// True when a listener is configured (else batches go to stdout).
+    pub fn has_listener(&self) -> bool {
+        self.has_listener.load(Ordering::Relaxed)
+    }
+
     pub(super) fn encoder(&self) -> std::sync::MutexGuard<'_, Encoder> {
         // Encoding holds no state a panic could leave half-written beyond the dedup memory.
         self.encoder.lock().unwrap_or_else(|p| p.into_inner())

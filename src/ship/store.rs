@@ -97,6 +97,22 @@ impl Shipper {
         }
     }
 
+    /// Encodes a batch and holds its requests in memory without touching the outbox: for a writer
+    /// that must not wait on the storage (the daemon's state writer, when it is behind). Returns
+    /// the number of requests held.
+    pub fn hold_batch(&self, batch: &Batch) -> Result<usize, ShipError> {
+        if !self.has_listener() {
+            return self.enqueue(batch).map(|r| r.held);
+        }
+        let encoded = self.encoder().encode(batch).map_err(|e| {
+            self.counters.add(Event::EnqueueFailures, 1);
+            ShipError::from(e)
+        })?;
+        let n = encoded.rows.len();
+        self.hold(encoded.rows);
+        Ok(n)
+    }
+
     pub(super) fn hold(&self, rows: Vec<NewBatch>) {
         self.counters.add(Event::RequestsHeld, rows.len() as u64);
         let dropped = self.held().push(rows);

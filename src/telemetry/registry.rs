@@ -109,7 +109,13 @@ events! {
     OutboxStorageStalls = "outbox_storage_stalls",
         "Writes that found the outbox stuck on the storage for 2 s (a hung disk) and held their requests in memory";
     OutboxRecreated = "outbox_recreated",
-        "Damaged outbox databases moved aside and replaced by a fresh one";
+        "Outbox databases replaced: a damaged one moved aside for a fresh one, or a removed one recreated from the open database";
+    OutboxVanished = "outbox_vanished",
+        "Times the outbox file was found removed or replaced under the running agent (recreated from the open database)";
+    StateLockRetaken = "state_lock_retaken",
+        "Times the state directory's lock file was found removed and was created and locked again";
+    StateWriterOverflows = "state_writer_overflows",
+        "Batches held in memory because the state writer's queue (32 MiB) was full (a hung disk)";
     StateWritesSkipped = "state_writes_skipped",
         "Writes of the cycle record, statement baseline or log position skipped because the previous one had not returned (a hung disk)";
     RequestsHeld = "requests_held",

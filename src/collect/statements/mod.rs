@@ -76,17 +76,22 @@ impl Serialize for Counters {
     }
 }
 
-/// How long a cycle waits for the baseline to be saved before going on without it.
-const BASELINE_SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Where a baseline save leaves the generation it saved and its outcome.
+type SaveSlot = std::sync::Arc<std::sync::Mutex<Option<(u64, Result<(), String>)>>>;
 
 pub struct StatementsCollector {
     state_dir: PathBuf,
     /// Shared with a save in progress (see `keep`).
     baseline: Option<std::sync::Arc<Snapshot>>,
     tried_disk: bool,
-    /// A save that had not returned when the cycle went on (a hung disk); no new save starts
-    /// until it has.
+    /// The save in progress: the cycle never waits for it (a hung disk costs no tick); no new
+    /// save starts until it has returned, and its outcome is read by a later cycle.
     saving: Option<tokio::task::JoinHandle<()>>,
+    /// Where the save in progress leaves (generation saved, outcome).
+    save_result: SaveSlot,
+    /// Generation of the baseline kept last, and of the one the file is known to hold.
+    kept_gen: u64,
+    file_gen: u64,
     texts: TextCache,
     warned_unavailable: bool,
     /// The last save of the baseline failed (and was warned about once). While false, the file
@@ -112,6 +117,9 @@ impl StatementsCollector {
             baseline: None,
             tried_disk: false,
             saving: None,
+            save_result: Default::default(),
+            kept_gen: 0,
+            file_gen: 0,
             texts: TextCache::default(),
             warned_unavailable: false,
             save_failed: false,
@@ -189,47 +197,55 @@ impl StatementsCollector {
         }
     }
 
-    /// Keeps `snap` as the next baseline and saves it, off the scheduler: a save that has not
-    /// returned within [`BASELINE_SAVE_WAIT`] (a hung disk) is left to finish on its own, and no new
-    /// save starts until it has, so stuck writes cannot pile up.
+    /// Keeps `snap` as the next baseline and saves it, off the scheduler and without waiting for
+    /// it: a save that has not returned by the next cycle (a hung disk) is left to finish, and no
+    /// new save starts until it has, so stuck writes cannot pile up.
     async fn keep(&mut self, tally: &Tally, snap: Snapshot) {
         let snap = std::sync::Arc::new(snap);
         self.baseline = Some(snap.clone());
+        self.kept_gen += 1;
         if self.read_only {
             // `once --dry-run`: the saved baseline is read, never written.
             return;
         }
-        if self.saving.as_ref().is_some_and(|h| !h.is_finished()) {
-            // The file holds an older baseline meanwhile: it must not stand in for this one.
-            self.save_failed = true;
+        self.settle_save();
+        if self.saving.is_some() {
+            // The file holds an older baseline meanwhile: it must not stand in for this one
+            // (`file_gen` stays behind `kept_gen`).
             tally.incr(Event::StateWritesSkipped);
             tracing::debug!("the previous baseline save has not returned; skipped this one");
             return;
         }
-        self.saving = None;
-        let dir = self.state_dir.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = tokio::task::spawn_blocking(move || {
-            let _ = tx.send(baseline::save(&dir, &snap).map_err(|e| e.to_string()));
-        });
-        let result = match tokio::time::timeout(BASELINE_SAVE_WAIT, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err("the save did not finish".to_string()),
-            Err(_) => {
-                self.saving = Some(job);
-                Err(format!(
-                    "the save did not return within {} s (a hung disk?); no new save until it does",
-                    BASELINE_SAVE_WAIT.as_secs()
-                ))
+        let (dir, slot, generation) = (
+            self.state_dir.clone(),
+            self.save_result.clone(),
+            self.kept_gen,
+        );
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            let result = baseline::save(&dir, &snap).map_err(|e| e.to_string());
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some((generation, result));
             }
-        };
-        match result {
-            Ok(()) => self.save_failed = false,
-            Err(e) if !self.save_failed => {
+        }));
+    }
+
+    /// Reads the outcome of a save that has returned (warning once while saves fail).
+    fn settle_save(&mut self) {
+        if self.saving.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        self.saving = None;
+        let outcome = self.save_result.lock().ok().and_then(|mut r| r.take());
+        match outcome {
+            Some((generation, Ok(()))) => {
+                self.file_gen = generation;
+                self.save_failed = false;
+            }
+            Some((_, Err(e))) if !self.save_failed => {
                 self.save_failed = true;
                 tracing::warn!(error = %e, "cannot save the statement baseline; deltas will not survive a restart");
             }
-            Err(_) => {}
+            _ => {}
         }
     }
 }
@@ -248,7 +264,8 @@ impl Collector for StatementsCollector {
             // The cycle took the baseline and failed before keeping the new one (a half-folded
             // snapshot is never kept). The saved baseline is the last one kept if that save
             // succeeded: the next cycle subtracts it and reports the failed interval too.
-            self.tried_disk = self.save_failed;
+            self.settle_save();
+            self.tried_disk = self.file_gen != self.kept_gen;
         }
         out
     }

@@ -23,6 +23,7 @@ mod replace;
 pub mod schema;
 mod space;
 pub mod stats;
+pub mod vanish;
 
 use std::path::{Path, PathBuf};
 
@@ -157,6 +158,10 @@ pub struct Outbox {
     max_size_bytes: u64,
     /// Sum of `charge` over `outbox` and `dead_letters`, mirrored from the database.
     charged: u64,
+    /// (device, inode) of the file at `path` when it was opened ([`vanish`]).
+    identity: Option<(u64, u64)>,
+    /// Its file was found removed or replaced and that was said ([`vanish`]).
+    pub(crate) vanished_reported: bool,
 }
 
 /// Inserts one request; returns what it is charged.
@@ -259,6 +264,8 @@ impl Outbox {
             path: path.to_path_buf(),
             max_size_bytes,
             charged: 0,
+            identity: vanish::identity(path),
+            vanished_reported: false,
         };
         outbox.charged = outbox
             .conn
