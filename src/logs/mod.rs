@@ -37,6 +37,7 @@
 pub mod classify;
 pub mod entry;
 pub mod json_out;
+pub mod marks;
 pub mod parse;
 pub mod position;
 pub mod reader;

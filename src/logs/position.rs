@@ -1,5 +1,6 @@
 //! The tailer's position: which file (device + inode, with a fingerprint of its first bytes so a
-//! reused inode is noticed) and the byte offset just past the last entry handed off. Persisted as
+//! reused inode is noticed), the byte offset just past the last entry handed off, how far each other
+//! recently read file was read (see [`super::marks`]), and the server whose log it is. Persisted as
 //! `log_position.json` under `agent.state_dir` by write-to-temp, fsync, rename, fsync-directory, so
 //! a crash leaves either the old or the new position, never a torn one.
 //!
@@ -19,11 +20,22 @@ use serde::{Deserialize, Serialize};
 pub const KEEP_SET_ASIDE: usize = 2;
 
 /// Bytes at the start of a file that identify it together with its inode.
-pub const FINGERPRINT_BYTES: usize = 256;
+pub const FINGERPRINT_BYTES: usize = 1024;
+
+/// The format [`PositionStore::save`] writes. Version 1 (no `version` key) had no `read` and no
+/// `server`; it is still read, as a position with neither.
+pub const POSITION_VERSION: u32 = 2;
+
+fn version_1() -> u32 {
+    1
+}
 
 /// Where reading resumes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
+    /// The format version (see [`POSITION_VERSION`]).
+    #[serde(default = "version_1")]
+    pub version: u32,
     /// The file's path when the position was taken (informational; identity is dev + inode).
     pub path: PathBuf,
     pub dev: u64,
@@ -36,6 +48,14 @@ pub struct Position {
     /// The file's modification time (ns since the epoch) when the position was taken: if the file
     /// is gone on restart, reading resumes with the files modified after it.
     pub modified_ns: u64,
+    /// The other files read recently and how far: a name the server reuses (appending to the file
+    /// again) is continued from there, never read again from the start nor skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<super::marks::FileMark>,
+    /// `system_identifier` of the server whose log this is, when it was known: a position taken on
+    /// another server is not applied to this one's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// The identity of an open file.
@@ -247,7 +267,11 @@ impl PositionStore {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(err)?;
         let tmp = self.path.with_extension("json.tmp");
-        let body = serde_json::to_vec(pos).map_err(|e| err(e.into()))?;
+        let body = serde_json::to_vec(&Position {
+            version: POSITION_VERSION,
+            ..pos.clone()
+        })
+        .map_err(|e| err(e.into()))?;
         let mut f = File::create(&tmp).map_err(err)?;
         f.write_all(&body).map_err(err)?;
         f.sync_all().map_err(err)?;
