@@ -448,9 +448,11 @@ impl Tailer {
             // The committed file is gone (or its inode was reused by a new file, whose fingerprint
             // differs): continue with the files written after it, or read before and grown since.
             self.read.retain_listed(&files);
-            let next = self
-                .read
-                .pick(&files, None, |f| nanos(f.modified) > pos.modified_ns);
+            // One path: the file there now was written after it, whatever its timestamp says.
+            let one_path = matches!(self.settings.source, LogSource::File(_));
+            let next = self.read.pick(&files, None, |f| {
+                one_path || nanos(f.modified) > pos.modified_ns
+            });
             return match next {
                 Some((f, offset, rewritten)) => {
                     if rewritten {
