@@ -176,3 +176,123 @@ fn reused_log_file_names_are_followed_and_every_marker_delivered_once() {
     assert_eq!(json.len(), 2, "{json:?}");
     stop(&mut agent);
 }
+
+/// The OS user the servers run as when the tests run as root (see tests/support/pg.rs): the agent
+/// runs as it here, so a file with mode 000 is unreadable to it.
+fn server_user() -> Option<(u32, u32)> {
+    if rustix::process::geteuid().as_raw() != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("passwd");
+    ["postgres", "pgagent-test"].iter().find_map(|name| {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == *name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+    })
+}
+
+/// Appends stderr-format entries (`%m [%p] `) with these messages to `path` in one write.
+fn append_entries(path: &Path, messages: &[String]) {
+    use std::io::Write;
+    let mut text = String::new();
+    for m in messages {
+        text.push_str(&format!("2026-12-06 09:00:00.123 UTC [4242] LOG:  {m}\n"));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open log");
+    f.write_all(text.as_bytes()).expect("append");
+}
+
+/// Point 5: logrotate's create mode (rename, then a new file at the path) where the new file is
+/// unreadable to the agent at first (created 000, as a `create 0600 root root` rule would make
+/// it). The entries read from the old file just before are kept and shipped: before, `rewind()`
+/// dropped them, the saved position's file was no longer at the path, and reading went on with the
+/// new file (the entries were lost).
+#[test]
+fn a_read_error_right_after_a_rotation_loses_no_entry() {
+    let server = PgServer::start_with(PgOptions {
+        conf: vec![],
+        pg_stat_statements: false,
+    });
+    let state = tempfile::tempdir().expect("state");
+    let logs = tempfile::tempdir().expect("log dir");
+    std::fs::set_permissions(logs.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let log = logs.path().join("postgresql.log");
+    std::fs::write(&log, "").expect("create log");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let listener = Listener::start();
+    let config = write_config(
+        &server,
+        state.path(),
+        &listener,
+        5,
+        &format!(
+            "path = {}\nformat = stderr\nline_prefix = \"%m [%p] \"\nstart_at = beginning\n",
+            log.display()
+        ),
+    );
+    let user = server_user();
+    if let Some((uid, gid)) = user {
+        let status = std::process::Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(state.path())
+            .status()
+            .expect("chown");
+        assert!(status.success());
+    }
+    let (reuid, regid) = user.map_or((String::new(), String::new()), |(u, g)| {
+        (format!("--reuid={u}"), format!("--regid={g}"))
+    });
+    let wrapper: Vec<&str> = match user {
+        Some(_) => vec!["setpriv", &reuid, &regid, "--clear-groups", "--"],
+        None => vec![],
+    };
+    let agent = AgentChild::spawn_wrapped(&wrapper, &["run", &config], &[]);
+    agent.wait_for_line(Duration::from_secs(60), "the log task", |l| {
+        l.contains("following the server log")
+    });
+    let first = markers("idr0", 5);
+    append_entries(&log, &first);
+    wait_until(Duration::from_secs(90), "the first entries", || {
+        all_delivered(&listener, &first)
+    });
+
+    // Entries, then at once the rotation: the old file renamed away, an unreadable one created.
+    let before = markers("idr1", 50);
+    append_entries(&log, &before);
+    std::fs::rename(&log, logs.path().join("postgresql.log.1")).expect("rotate");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(&log)
+        .expect("create the new file");
+    let warning = agent.wait_for_line(Duration::from_secs(60), "the read error", |l| {
+        l.contains("reading the server log failed")
+    });
+    assert!(warning.contains("Permission denied"), "{warning}");
+    // The new file becomes readable, and the server writes to it.
+    let after = markers("idr2", 20);
+    append_entries(&log, &after);
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut all = first.clone();
+    all.extend(before.iter().cloned());
+    all.extend(after.iter().cloned());
+    wait_until(Duration::from_secs(90), "every entry", || {
+        all_delivered(&listener, &all)
+    });
+    agent.wait_for_line(Duration::from_secs(60), "the recovery", |l| {
+        l.contains("reading the server log works again")
+    });
+    let got = counts(&listener, &all);
+    let wrong: Vec<(&String, usize)> = all.iter().zip(got).filter(|(_, n)| *n != 1).collect();
+    assert!(wrong.is_empty(), "entries not delivered exactly once: {wrong:?}");
+    let errors = agent.stderr_text().matches("reading the server log failed").count();
+    assert_eq!(errors, 1, "said once: {}", agent.stderr_text());
+    let mut agent = agent;
+    stop(&mut agent);
+}
