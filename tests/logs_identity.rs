@@ -296,3 +296,83 @@ fn a_read_error_right_after_a_rotation_loses_no_entry() {
     let mut agent = agent;
     stop(&mut agent);
 }
+
+fn system_identifier(server: &PgServer) -> String {
+    server.psql(
+        "postgres",
+        "SELECT system_identifier::text FROM pg_control_system()",
+    )
+}
+
+/// Point 6: a SIGHUP reload that points `[postgres]` at another server (its own
+/// `system_identifier`, its own log directory) with `start_at = end`: what that server logged before
+/// the reload is not shipped (before, the first server's position was applied to its files and its
+/// whole old log shipped), what it logs after is, labelled with its identity.
+#[test]
+fn a_reload_to_another_server_starts_its_log_at_the_end_with_its_identity() {
+    let options = PgOptions {
+        conf: vec![],
+        pg_stat_statements: false,
+    };
+    let first = PgServer::start_with(options.clone());
+    let second = PgServer::start_fresh(options);
+    let (id1, id2) = (system_identifier(&first), system_identifier(&second));
+    assert_ne!(id1, id2, "the two servers must differ");
+    let state = tempfile::tempdir().expect("state");
+    let listener = Listener::start();
+    let config = write_config(&first, state.path(), &listener, 1, "start_at = end\n");
+    let mut agent = start_agent(&config);
+    let on_first = raise(&first, "ids1", 5);
+    wait_until(Duration::from_secs(90), "the first server's entries", || {
+        all_delivered(&listener, &on_first)
+    });
+
+    // The second server logs before the agent is pointed at it.
+    let before = raise(&second, "ids2-before", 20);
+    support::logs::wait_for_log(&second, "ids2-before-020", Duration::from_secs(30));
+    write_config(&second, state.path(), &listener, 1, "start_at = end\n");
+    agent.signal("HUP");
+    let position = state.path().join("log_position.json");
+    let second_log = second.log_dir();
+    wait_until(
+        Duration::from_secs(90),
+        "the position to move to the second server's log",
+        || {
+            std::fs::read_to_string(&position).is_ok_and(|p| {
+                p.contains(&format!("\"server\":\"{id2}\""))
+                    && p.contains(second_log.to_str().expect("utf-8"))
+            })
+        },
+    );
+    agent.wait_for_line(Duration::from_secs(30), "the dropped position", |l| {
+        l.contains("log_position_other_server")
+    });
+    let after = raise(&second, "ids2-after", 20);
+    wait_until(Duration::from_secs(90), "the second server's new entries", || {
+        all_delivered(&listener, &after)
+    });
+    // One more cycle's worth: anything of the old log would have come with or before these.
+    let last = raise(&second, "ids2-last", 1);
+    wait_until(Duration::from_secs(90), "the last marker", || {
+        all_delivered(&listener, &last)
+    });
+    assert_eq!(counts(&listener, &before), vec![0; before.len()]);
+    assert_eq!(counts(&listener, &after), vec![1; after.len()]);
+    assert_eq!(counts(&listener, &on_first), vec![1; on_first.len()]);
+    for (e, server) in shipped(&listener) {
+        let m = e["message"].as_str().unwrap_or_default();
+        let want = if m.starts_with("ids2-") {
+            &id2
+        } else if m.starts_with("ids1-") {
+            &id1
+        } else {
+            continue;
+        };
+        assert_eq!(
+            server["system_identifier"].as_str(),
+            Some(want.as_str()),
+            "{m}: {server}"
+        );
+    }
+    stop(&mut agent);
+}
