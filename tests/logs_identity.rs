@@ -72,7 +72,11 @@ fn counts(listener: &Listener, markers: &[String]) -> Vec<usize> {
     let all = shipped(listener);
     markers
         .iter()
-        .map(|m| all.iter().filter(|(e, _)| e["message"] == m.as_str()).count())
+        .map(|m| {
+            all.iter()
+                .filter(|(e, _)| e["message"] == m.as_str())
+                .count()
+        })
         .collect()
 }
 
@@ -116,11 +120,15 @@ fn switch_log(server: &PgServer, name: &str) {
         &format!("ALTER SYSTEM SET log_filename = '{name}.log'"),
     );
     server.psql("postgres", "SELECT pg_reload_conf()");
-    wait_until(Duration::from_secs(60), "the server to switch its log", || {
-        server
-            .psql("postgres", "SELECT pg_current_logfile('jsonlog')")
-            .ends_with(&format!("/{name}.json"))
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the server to switch its log",
+        || {
+            server
+                .psql("postgres", "SELECT pg_current_logfile('jsonlog')")
+                .ends_with(&format!("/{name}.json"))
+        },
+    );
 }
 
 /// Point 2: `log_filename` switched a -> b -> a -> b -> a, with a restart of the agent while the
@@ -135,7 +143,13 @@ fn reused_log_file_names_are_followed_and_every_marker_delivered_once() {
     });
     let state = tempfile::tempdir().expect("state");
     let listener = Listener::start();
-    let config = write_config(&server, state.path(), &listener, 1, "start_at = beginning\n");
+    let config = write_config(
+        &server,
+        state.path(),
+        &listener,
+        1,
+        "start_at = beginning\n",
+    );
     let mut agent = start_agent(&config);
     let mut sent = Vec::new();
     for (n, file) in [(1, "a"), (2, "b"), (3, "a"), (4, "b"), (5, "a")] {
@@ -165,12 +179,11 @@ fn reused_log_file_names_are_followed_and_every_marker_delivered_once() {
         all_delivered(&listener, &last)
     });
     let got = counts(&listener, &sent);
-    let wrong: Vec<(&String, usize)> = sent
-        .iter()
-        .zip(got)
-        .filter(|(_, n)| *n != 1)
-        .collect();
-    assert!(wrong.is_empty(), "markers not delivered exactly once: {wrong:?}");
+    let wrong: Vec<(&String, usize)> = sent.iter().zip(got).filter(|(_, n)| *n != 1).collect();
+    assert!(
+        wrong.is_empty(),
+        "markers not delivered exactly once: {wrong:?}"
+    );
     // The server really reused the names: two files per format.
     let json: Vec<_> = support::logs::log_files(&server, "json");
     assert_eq!(json.len(), 2, "{json:?}");
@@ -187,7 +200,8 @@ fn server_user() -> Option<(u32, u32)> {
     ["postgres", "pgagent-test"].iter().find_map(|name| {
         passwd.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && f[0] == *name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+            (f.len() > 3 && f[0] == *name)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
         })
     })
 }
@@ -290,8 +304,14 @@ fn a_read_error_right_after_a_rotation_loses_no_entry() {
     });
     let got = counts(&listener, &all);
     let wrong: Vec<(&String, usize)> = all.iter().zip(got).filter(|(_, n)| *n != 1).collect();
-    assert!(wrong.is_empty(), "entries not delivered exactly once: {wrong:?}");
-    let errors = agent.stderr_text().matches("reading the server log failed").count();
+    assert!(
+        wrong.is_empty(),
+        "entries not delivered exactly once: {wrong:?}"
+    );
+    let errors = agent
+        .stderr_text()
+        .matches("reading the server log failed")
+        .count();
     assert_eq!(errors, 1, "said once: {}", agent.stderr_text());
     let mut agent = agent;
     stop(&mut agent);
@@ -323,9 +343,11 @@ fn a_reload_to_another_server_starts_its_log_at_the_end_with_its_identity() {
     let config = write_config(&first, state.path(), &listener, 1, "start_at = end\n");
     let mut agent = start_agent(&config);
     let on_first = raise(&first, "ids1", 5);
-    wait_until(Duration::from_secs(90), "the first server's entries", || {
-        all_delivered(&listener, &on_first)
-    });
+    wait_until(
+        Duration::from_secs(90),
+        "the first server's entries",
+        || all_delivered(&listener, &on_first),
+    );
 
     // The second server logs before the agent is pointed at it.
     let before = raise(&second, "ids2-before", 20);
@@ -348,9 +370,11 @@ fn a_reload_to_another_server_starts_its_log_at_the_end_with_its_identity() {
         l.contains("log_position_other_server")
     });
     let after = raise(&second, "ids2-after", 20);
-    wait_until(Duration::from_secs(90), "the second server's new entries", || {
-        all_delivered(&listener, &after)
-    });
+    wait_until(
+        Duration::from_secs(90),
+        "the second server's new entries",
+        || all_delivered(&listener, &after),
+    );
     // One more cycle's worth: anything of the old log would have come with or before these.
     let last = raise(&second, "ids2-last", 1);
     wait_until(Duration::from_secs(90), "the last marker", || {

@@ -235,7 +235,9 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
         };
         shared.telemetry.set_condition(
             "logs_not_followed",
-            Some(format!("reading the server log failed: {e}; retrying every interval")),
+            Some(format!(
+                "reading the server log failed: {e}; retrying every interval"
+            )),
         );
         if !read_failing {
             read_failing = true;

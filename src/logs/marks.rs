@@ -131,3 +131,91 @@ impl Marks {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::logs::position::{Position, FINGERPRINT_BYTES};
+    use crate::logs::source::LogSource;
+
+    fn listed(path: &std::path::Path) -> LogFile {
+        let files = LogSource::File(path.to_path_buf()).files().expect("list");
+        files.into_iter().next().expect("the file")
+    }
+
+    fn mark_of(f: &LogFile) -> FileMark {
+        let (fingerprint, fingerprint_len) =
+            fingerprint(&f.path, FINGERPRINT_BYTES).expect("fingerprint");
+        FileMark {
+            dev: f.id.dev,
+            ino: f.id.ino,
+            fingerprint,
+            fingerprint_len,
+            offset: f.size,
+        }
+    }
+
+    #[test]
+    fn a_file_appended_to_again_is_grown_a_rewritten_one_is_new() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "first line\n").expect("write");
+        let mut marks = Marks::default();
+        marks.record(mark_of(&listed(&path)));
+        assert_eq!(marks.seen(&listed(&path)), Seen::Done);
+        // Appended to (the server reopening the name in append mode).
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        f.write_all(b"second line\n").expect("append");
+        assert_eq!(marks.seen(&listed(&path)), Seen::Grown(11));
+        let picked = marks.pick(&[listed(&path)], None, |_| false);
+        assert_eq!(
+            picked.map(|(_, at, rewritten)| (at, rewritten)),
+            Some((11, false))
+        );
+        // Truncated and rewritten in place (log_truncate_on_rotation): shorter, then other bytes.
+        std::fs::write(&path, "new\n").expect("truncate");
+        assert_eq!(marks.seen(&listed(&path)), Seen::New { rewritten: true });
+        std::fs::write(&path, "other first line, longer\n").expect("rewrite");
+        assert_eq!(marks.seen(&listed(&path)), Seen::New { rewritten: true });
+        // A new file is read only when it is newer than the current one.
+        assert!(marks.pick(&[listed(&path)], None, |_| false).is_none());
+    }
+
+    #[test]
+    fn marks_are_bounded_and_forgotten_when_the_file_is_gone() {
+        let mut marks = Marks::default();
+        for ino in 0..(MAX_MARKS as u64 + 10) {
+            marks.record(FileMark {
+                dev: 1,
+                ino,
+                fingerprint: 0,
+                fingerprint_len: 0,
+                offset: 1,
+            });
+        }
+        assert_eq!(marks.to_vec().len(), MAX_MARKS);
+        assert_eq!(marks.to_vec()[0].ino, 10, "the oldest are dropped");
+        marks.retain_listed(&[]);
+        assert!(marks.is_empty());
+    }
+
+    #[test]
+    fn a_version_1_position_is_read_as_one_without_marks_or_server() {
+        let v1 = r#"{"path":"/var/log/postgresql/x.log","dev":2049,"ino":77,"offset":4096,
+            "fingerprint":123,"fingerprint_len":256,"modified_ns":1700000000000000000}"#;
+        let p: Position = serde_json::from_str(v1).expect("version 1");
+        assert_eq!((p.version, p.offset, p.fingerprint_len), (1, 4096, 256));
+        assert!(p.read.is_empty() && p.server.is_none());
+        let dir = tempfile::tempdir().expect("dir");
+        let store = crate::logs::position::PositionStore::new(dir.path());
+        store.save(&p).expect("save");
+        let saved = std::fs::read_to_string(store.path()).expect("read");
+        assert!(saved.contains("\"version\":2"), "{saved}");
+        assert_eq!(store.load().expect("load").map(|p| p.offset), Some(4096));
+    }
+}

@@ -16,23 +16,26 @@
 //! the next batch (which carries the error), and reading resumes just after them.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::Value;
 
+mod files;
+
+use files::{entry_position, position_in};
+
 use super::finish_entry;
 use super::marks::{FileMark, Marks};
-use super::parse::{End, Parser};
+use super::parse::End;
 use super::position::{
     fingerprint, Position, PositionError, PositionStore, SetAside, FINGERPRINT_BYTES,
-    POSITION_VERSION,
 };
 use super::reader::EntryReader;
 pub use super::settings::TailSettings;
-use super::source::{LogFile, LogSource};
+use super::source::LogFile;
 use super::stats::LogStats;
 
 /// Bytes read per refill while tailing: the server writes its log in small appends, and this
@@ -123,7 +126,12 @@ impl Tailer {
     pub fn open(settings: TailSettings) -> Result<Tailer, TailError> {
         let store = PositionStore::new(&settings.state_dir);
         let loaded = store.load_or_set_aside()?;
-        let read = Marks::new(loaded.position.as_ref().map_or(Vec::new(), |p| p.read.clone()));
+        let read = Marks::new(
+            loaded
+                .position
+                .as_ref()
+                .map_or(Vec::new(), |p| p.read.clone()),
+        );
         Ok(Tailer {
             settings,
             store,
@@ -214,7 +222,11 @@ impl Tailer {
         self.close_current();
         self.clear_pending();
         self.resume = None;
-        self.read = Marks::new(self.committed.as_ref().map_or(Vec::new(), |p| p.read.clone()));
+        self.read = Marks::new(
+            self.committed
+                .as_ref()
+                .map_or(Vec::new(), |p| p.read.clone()),
+        );
     }
 
     fn clear_pending(&mut self) {
@@ -427,97 +439,6 @@ impl Tailer {
         Ok(())
     }
 
-    /// Opens the file to start with: where reading stopped (after a read error) or the committed
-    /// one, else per `start_at_end`. False when there is no file yet.
-    fn open_first(&mut self) -> Result<bool, TailError> {
-        let files = self.list()?;
-        if let Some(pos) = self.resume.clone().or_else(|| self.committed.clone()) {
-            if let Some(f) = files
-                .iter()
-                .find(|f| f.id == pos.id() && pos.matches(&f.path))
-            {
-                let offset = if f.size < pos.offset {
-                    self.stats.files_truncated += 1;
-                    0
-                } else {
-                    pos.offset
-                };
-                self.open_file(f.clone(), offset)?;
-                return Ok(true);
-            }
-            // The committed file is gone (or its inode was reused by a new file, whose fingerprint
-            // differs): continue with the files written after it, or read before and grown since.
-            self.read.retain_listed(&files);
-            // One path: the file there now was written after it, whatever its timestamp says.
-            let one_path = matches!(self.settings.source, LogSource::File(_));
-            let next = self.read.pick(&files, None, |f| {
-                one_path || nanos(f.modified) > pos.modified_ns
-            });
-            return match next {
-                Some((f, offset, rewritten)) => {
-                    if rewritten {
-                        self.stats.files_truncated += 1;
-                    }
-                    self.open_file(f, offset)?;
-                    Ok(true)
-                }
-                None => Ok(false),
-            };
-        }
-        let pick = if self.settings.start_at_end {
-            files.last().cloned().map(|f| {
-                let size = f.size;
-                (f, size)
-            })
-        } else {
-            files.first().cloned().map(|f| (f, 0))
-        };
-        match pick {
-            Some((f, offset)) => {
-                self.open_file(f, offset)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    fn list(&self) -> Result<Vec<LogFile>, TailError> {
-        match self.settings.source.files() {
-            Ok(f) => Ok(f),
-            Err(source) => Err(TailError::Io {
-                path: match &self.settings.source {
-                    LogSource::File(p) => p.clone(),
-                    LogSource::Dir { dir, .. } => dir.clone(),
-                },
-                source,
-            }),
-        }
-    }
-
-    /// The file to read after the current one, if it is finished, with the offset to start at and
-    /// whether a known name or inode now holds another file (see [`Marks::pick`]).
-    fn next_file(&mut self) -> Result<Option<(LogFile, u64, bool)>, TailError> {
-        let files = self.list()?;
-        self.read.retain_listed(&files);
-        let Some(cur) = &self.current else {
-            return Ok(None);
-        };
-        let key = (cur.file.modified, cur.file.path.as_path());
-        let one_path = matches!(self.settings.source, LogSource::File(_));
-        // One path: a different file there means it was replaced.
-        Ok(self
-            .read
-            .pick(&files, Some(cur.file.id), |f| one_path || f.order_key() > key))
-    }
-
-    /// Closes the file being read, keeping what its reader counted and where reading stopped.
-    fn close_current(&mut self) -> Option<Current> {
-        let mut cur = self.current.take()?;
-        self.stats.add(cur.reader.take_stats());
-        self.resume = Some(position_in(&cur, &self.server));
-        Some(cur)
-    }
-
     /// What the tailer has met since the last call: entries, unparsed lines, cut entries, files
     /// found truncated.
     pub fn take_stats(&mut self) -> LogStats {
@@ -526,61 +447,6 @@ impl Tailer {
             s.add(cur.reader.take_stats());
         }
         s
-    }
-
-    fn reopen_current_at(&mut self, offset: u64) -> Result<(), TailError> {
-        if let Some(cur) = self.close_current() {
-            self.open_file(cur.file, offset)?;
-        }
-        Ok(())
-    }
-
-    fn open_file(&mut self, file: LogFile, offset: u64) -> Result<(), TailError> {
-        let mut f = super::source::open_regular(&file.path).map_err(io_err(&file.path))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(io_err(&file.path))?;
-        let parser = Parser::new(
-            self.settings.format,
-            &self.settings.prefix,
-            self.settings.max_entry_bytes,
-        );
-        let mut reader = EntryReader::new(f, parser, offset).with_chunk(TAIL_CHUNK_BYTES);
-        reader.set_end(End::More);
-        let fp = fingerprint(&file.path, FINGERPRINT_BYTES).unwrap_or((0, 0));
-        self.read.forget(file.id);
-        self.current = Some(Current {
-            last_size: file.size,
-            file,
-            reader,
-            fingerprint: fp,
-            read: Arc::new(self.read.to_vec()),
-        });
-        Ok(())
-    }
-}
-
-/// Where reading resumes in `cur`: just past the last entry (or skipped bytes) handed out.
-fn position_in(cur: &Current, server: &Option<String>) -> Position {
-    Position {
-        read: cur.read.to_vec(),
-        server: server.clone(),
-        ..entry_position(cur)
-    }
-}
-
-/// [`position_in`] without the marks and the server (kept once per file, not per waiting entry).
-fn entry_position(cur: &Current) -> Position {
-    Position {
-        version: POSITION_VERSION,
-        path: cur.file.path.clone(),
-        dev: cur.file.id.dev,
-        ino: cur.file.id.ino,
-        offset: cur.reader.offset(),
-        fingerprint: cur.fingerprint.0,
-        fingerprint_len: cur.fingerprint.1,
-        modified_ns: nanos(cur.file.modified),
-        read: Vec::new(),
-        server: None,
     }
 }
 
