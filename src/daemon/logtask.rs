@@ -440,7 +440,13 @@ async fn ship(
         config.agent.collection_interval.as_secs(),
         entries,
     );
-    if let Ok(v) = serde_json::to_value(&position) {
+    // The marks of other files stay out of the payload (up to 64 of them, state rather than data):
+    // `reconcile` takes them from the saved position.
+    let stored = Position {
+        read: Vec::new(),
+        ..position.clone()
+    };
+    if let Ok(v) = serde_json::to_value(&stored) {
         b.extra.insert("log_position".into(), v);
     }
     let count = b.count;

@@ -19,7 +19,8 @@ use super::position::{fingerprint, FileId};
 use super::source::LogFile;
 
 /// Files remembered besides the current one: more than a week of daily names (`%a`), an hour of
-/// `%M` names. Each costs about 100 bytes in the saved position and in every pg_logs envelope.
+/// `%M` names. Each costs about 100 bytes in the saved position (not in batches: the log task
+/// leaves them out of the `log_position` it stores with each batch).
 pub const MAX_MARKS: usize = 64;
 
 /// A file read before, and how far.

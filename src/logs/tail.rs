@@ -43,8 +43,8 @@ use super::stats::LogStats;
 const TAIL_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Room left in `max_batch_bytes` for the batch envelope around the entries (ids, agent, server,
-/// `log_position` with its path and up to [`super::marks::MAX_MARKS`] file marks).
-pub const ENVELOPE_BYTES: usize = 16 * 1024;
+/// `log_position` with its path).
+pub const ENVELOPE_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
@@ -210,7 +210,16 @@ impl Tailer {
             Some(c) => enqueued.modified_ns >= c.modified_ns,
         };
         if ahead {
-            self.commit(enqueued)?;
+            // Positions stored with batches carry no marks (see the daemon's log task): keep the
+            // committed ones, at most one batch older.
+            let mut enqueued = enqueued.clone();
+            if enqueued.read.is_empty() {
+                enqueued.read = self
+                    .committed
+                    .as_ref()
+                    .map_or(Vec::new(), |c| c.read.clone());
+            }
+            self.commit(&enqueued)?;
             self.rewind();
         }
         Ok(())
