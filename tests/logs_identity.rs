@@ -14,6 +14,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use postgres_agent::logs::parse::LogFormat;
+use postgres_agent::logs::source::LogSource;
+use postgres_agent::logs::tail::{TailSettings, Tailer};
 use serde_json::Value;
 use support::child::AgentChild;
 use support::listener::Listener;
@@ -188,6 +191,97 @@ fn reused_log_file_names_are_followed_and_every_marker_delivered_once() {
     let json: Vec<_> = support::logs::log_files(&server, "json");
     assert_eq!(json.len(), 2, "{json:?}");
     stop(&mut agent);
+}
+
+/// Writes (or, with `append`, appends) stderr entries logged at second `at` to `path`, then sets its
+/// modification time to `at` seconds after a fixed base (the order of files in a directory).
+fn write_at(path: &Path, at: u64, append: bool, messages: &[String]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(path)
+        .expect("open log");
+    for m in messages {
+        writeln!(f, "2026-12-06 09:00:{at:02}.123 UTC [4242] LOG:  {m}").expect("write");
+    }
+    let base = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    f.set_modified(base + Duration::from_secs(at))
+        .expect("set mtime");
+}
+
+/// Reads every entry the tailer can reach now, committing each batch; their messages.
+fn drain(tailer: &mut Tailer) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut quiet = 0;
+    while quiet < 3 {
+        let batch = tailer.take_batch(1000).expect("batch");
+        if batch.entries.is_empty() {
+            quiet += 1;
+        }
+        out.extend(
+            batch
+                .entries
+                .iter()
+                .map(|e| e["message"].as_str().unwrap_or_default().to_string()),
+        );
+        if let Some(p) = batch.position {
+            tailer.commit(&p).expect("commit");
+        }
+    }
+    out
+}
+
+/// Point 2 at the tailer, with the cases a server cannot be made to produce quickly:
+/// `postgresql-%a.log` appended to after a week (continued where it was left, also after a
+/// restart), then truncated and rewritten by `log_truncate_on_rotation` (read from its start,
+/// whether the new content is longer or shorter than what was read).
+#[test]
+fn weekday_log_names_appended_or_rewritten_are_read_once_each() {
+    let dir = tempfile::tempdir().expect("dir");
+    let logs = dir.path().join("log");
+    std::fs::create_dir(&logs).expect("log dir");
+    let state = dir.path().join("state");
+    let settings = || {
+        let mut s = TailSettings::new(
+            LogSource::Dir {
+                dir: logs.clone(),
+                format: LogFormat::Stderr,
+            },
+            LogFormat::Stderr,
+            "%m [%p] ",
+            &state,
+        );
+        s.start_at_end = false;
+        s
+    };
+    let (mon, tue) = (
+        logs.join("postgresql-Mon.log"),
+        logs.join("postgresql-Tue.log"),
+    );
+    let mut tailer = Tailer::open(settings()).expect("tailer");
+    let mut want = Vec::new();
+    let mut got = Vec::new();
+    let mut step = |tailer: &mut Tailer, path: &Path, at: u64, append: bool, tag: &str, n| {
+        let m = markers(tag, n);
+        write_at(path, at, append, &m);
+        want.extend(m);
+        got.extend(drain(tailer));
+    };
+    step(&mut tailer, &mon, 1, false, "mon1", 30);
+    step(&mut tailer, &tue, 2, false, "tue1", 30);
+    // A week later Monday's file is appended to.
+    step(&mut tailer, &mon, 3, true, "mon2", 30);
+    // A restart while Monday's file is read; then Tuesday's file is appended to.
+    drop(tailer);
+    let mut tailer = Tailer::open(settings()).expect("tailer again");
+    step(&mut tailer, &tue, 4, true, "tue2", 30);
+    // log_truncate_on_rotation: rewritten longer, and shorter, than what was read from them.
+    step(&mut tailer, &mon, 5, false, "mon3", 100);
+    step(&mut tailer, &tue, 6, false, "tue3", 5);
+    assert_eq!(got, want);
 }
 
 /// The OS user the servers run as when the tests run as root (see tests/support/pg.rs): the agent
