@@ -96,8 +96,8 @@ impl Position {
 
 /// FNV-1a of the first `max` bytes of the file (fewer when it is shorter), and how many were read.
 pub fn fingerprint(path: &Path, max: usize) -> io::Result<(u64, u32)> {
-    let mut buf = vec![0u8; max];
     let mut f = super::source::open_regular(path)?;
+    let mut buf = vec![0u8; max];
     let mut n = 0;
     while n < max {
         match f.read(&mut buf[n..])? {
@@ -105,11 +105,30 @@ pub fn fingerprint(path: &Path, max: usize) -> io::Result<(u64, u32)> {
             k => n += k,
         }
     }
+    Ok(fnv(&buf[..n]))
+}
+
+/// [`fingerprint`] of a file already open (whatever its path holds now), without moving its
+/// offset.
+pub fn fingerprint_open(f: &File, max: usize) -> io::Result<(u64, u32)> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; max];
+    let mut n = 0;
+    while n < max {
+        match f.read_at(&mut buf[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(fnv(&buf[..n]))
+}
+
+fn fnv(bytes: &[u8]) -> (u64, u32) {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in &buf[..n] {
+    for b in bytes {
         h = (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    Ok((h, n as u32))
+    (h, bytes.len() as u32)
 }
 
 #[derive(Debug, thiserror::Error)]

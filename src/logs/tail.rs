@@ -31,7 +31,7 @@ use super::finish_entry;
 use super::marks::{FileMark, Marks};
 use super::parse::End;
 use super::position::{
-    fingerprint, Position, PositionError, PositionStore, SetAside, FINGERPRINT_BYTES,
+    fingerprint_open, Position, PositionError, PositionStore, SetAside, FINGERPRINT_BYTES,
 };
 use super::reader::EntryReader;
 pub use super::settings::TailSettings;
@@ -441,9 +441,13 @@ impl Tailer {
                 }
             }
         }
-        if cur.fingerprint.1 < FINGERPRINT_BYTES as u32 {
-            cur.fingerprint =
-                fingerprint(&cur.file.path, FINGERPRINT_BYTES).unwrap_or(cur.fingerprint);
+        // Read past what the fingerprint covers: it covers more now. From the open file: its path
+        // may hold another file already.
+        if cur.fingerprint.1 < FINGERPRINT_BYTES as u32
+            && cur.reader.read_position() > u64::from(cur.fingerprint.1)
+        {
+            cur.fingerprint = fingerprint_open(cur.reader.get_ref(), FINGERPRINT_BYTES)
+                .unwrap_or(cur.fingerprint);
         }
         Ok(())
     }

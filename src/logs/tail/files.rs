@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{io_err, nanos, Current, TailError, Tailer, TAIL_CHUNK_BYTES};
 use crate::logs::parse::{End, Parser};
-use crate::logs::position::{fingerprint, Position, FINGERPRINT_BYTES, POSITION_VERSION};
+use crate::logs::position::{fingerprint_open, Position, FINGERPRINT_BYTES, POSITION_VERSION};
 use crate::logs::reader::EntryReader;
 use crate::logs::source::{LogFile, LogSource};
 
@@ -114,6 +114,7 @@ impl Tailer {
         let mut f = crate::logs::source::open_regular(&file.path).map_err(io_err(&file.path))?;
         f.seek(SeekFrom::Start(offset))
             .map_err(io_err(&file.path))?;
+        let fp = fingerprint_open(&f, FINGERPRINT_BYTES).unwrap_or((0, 0));
         let parser = Parser::new(
             self.settings.format,
             &self.settings.prefix,
@@ -121,7 +122,6 @@ impl Tailer {
         );
         let mut reader = EntryReader::new(f, parser, offset).with_chunk(TAIL_CHUNK_BYTES);
         reader.set_end(End::More);
-        let fp = fingerprint(&file.path, FINGERPRINT_BYTES).unwrap_or((0, 0));
         self.read.forget(file.id);
         self.current = Some(Current {
             last_size: file.size,
