@@ -80,7 +80,8 @@ impl Tailer {
     }
 
     /// The file to read after the current one, if it is finished, with the offset to start at and
-    /// whether a known name or inode now holds another file (see [`Marks::pick`]).
+    /// whether a known name or inode now holds another file (see
+    /// [`crate::logs::marks::Marks::pick`]).
     pub(super) fn next_file(&mut self) -> Result<Option<(LogFile, u64, bool)>, TailError> {
         let files = self.list()?;
         self.read.retain_listed(&files);
