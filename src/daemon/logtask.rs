@@ -6,6 +6,12 @@
 //! when `logs.path` is unset; while neither is possible (or the path is not a regular file or
 //! directory, say a FIFO) it retries with back-off up to every interval, having warned once (a role
 //! without pg_read_all_settings cannot see the location: the warning names the grant).
+//!
+//! The task learns the identity of the server it follows (`system_identifier`) when it starts: its
+//! batches carry that identity, and a saved position taken on another server (after a reload or
+//! restart that points `[postgres]` elsewhere) is not applied to this server's files. A read error
+//! keeps the entries read before it: they are written to the outbox, then reading resumes after
+//! them once the error clears (warned once, shown on `/health` meanwhile).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -147,7 +153,23 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             .flatten()
         }
     };
-    let enqueued: Option<Position> = hint.and_then(|v| serde_json::from_value(v).ok());
+    // Whose log this is: learned before the outbox hint is applied, so a position taken on
+    // another server is applied neither from the position file nor from the outbox.
+    let own_server = match crate::collect::server_context(&db, &config).await {
+        Ok(c) if !c.info.system_identifier.is_empty() => Some(c.info),
+        _ => None,
+    };
+    if let Some(info) = &own_server {
+        if let Some(old) = tailer.set_server(&info.system_identifier) {
+            tracing::warn!(event = "log_position_other_server", old_server = ?old.server,
+                server = %info.system_identifier, old_file = %old.path.display(),
+                "the saved log position belongs to another server; this server's log is read \
+                 as on a first start (logs.start_at)");
+        }
+    }
+    let enqueued: Option<Position> = hint
+        .and_then(|v| serde_json::from_value(v).ok())
+        .filter(|p| !tailer.other_server(p));
     if let Some(enqueued) = &enqueued {
         if let Err(e) = tailer.reconcile(enqueued) {
             tracing::warn!(error = %e, "cannot reconcile the log position with the outbox");
@@ -173,6 +195,8 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
         saver: PositionSaver::new(&config.agent.state_dir, shared.telemetry.counters.clone()),
     };
     let mut backoff = RETRY_FIRST.min(interval);
+    let mut read_failing = false;
+    let own = own_server.as_ref();
     loop {
         let deadline = Instant::now() + interval;
         let batch = tokio::select! {
@@ -180,13 +204,16 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             b = tailer.next_batch(max, deadline) => b,
         };
         record_log_stats(&shared.telemetry.counters, tailer.take_stats());
-        match batch {
-            Ok(b) => {
-                shared.telemetry.set_condition("logs_not_followed", None);
-                if ship(&mut tailer, b, &config, &shared, &mut failing).await {
-                    backoff = RETRY_FIRST.min(interval);
-                    continue;
-                }
+        // A read error comes with the entries read before it (kept, and written first), or alone.
+        let (batch, read_error) = match batch {
+            Ok(mut b) => {
+                let e = b.read_error.take();
+                (Some(b), e)
+            }
+            Err(e) => (None, Some(e)),
+        };
+        if let Some(b) = batch {
+            if !ship(&mut tailer, b, &config, &shared, own, &mut failing).await {
                 // The same entries are read again: wait, with back-off and jitter, so a failing
                 // outbox cannot make this loop spin.
                 shared.telemetry.counters.incr(Event::LogBatchRetries);
@@ -195,31 +222,43 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
                     _ = tokio::time::sleep(jittered(backoff)) => {}
                 }
                 backoff = (backoff * 2).min(interval);
+                continue;
             }
-            Err(e) => {
-                shared.telemetry.set_condition(
-                    "logs_not_followed",
-                    Some(format!("reading the server log failed: {e}; retrying")),
-                );
-                tracing::warn!(error = %e, "reading the server log failed; retrying");
-                tailer.rewind();
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(interval) => {}
-                }
+            backoff = RETRY_FIRST.min(interval);
+        }
+        let Some(e) = read_error else {
+            shared.telemetry.set_condition("logs_not_followed", None);
+            if std::mem::take(&mut read_failing) {
+                tracing::info!("reading the server log works again");
             }
+            continue;
+        };
+        shared.telemetry.set_condition(
+            "logs_not_followed",
+            Some(format!(
+                "reading the server log failed: {e}; retrying every interval"
+            )),
+        );
+        if !read_failing {
+            read_failing = true;
+            tracing::warn!(error = %e, "reading the server log failed; the entries read before \
+                it are kept, reading resumes after them (retried every interval, said once)");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
         }
     }
     // Shutdown: whatever is readable now goes into the outbox, `max` entries at a time so memory
     // stays bounded, then the position is saved. Bounded in time by the caller's deadline.
     loop {
         match tailer.take_batch(max) {
-            Ok(b) if b.entries.is_empty() => {
-                ship(&mut tailer, b, &config, &shared, &mut failing).await;
+            Ok(b) if b.entries.is_empty() || b.read_error.is_some() => {
+                ship(&mut tailer, b, &config, &shared, own, &mut failing).await;
                 break;
             }
             Ok(b) => {
-                if !ship(&mut tailer, b, &config, &shared, &mut failing).await {
+                if !ship(&mut tailer, b, &config, &shared, own, &mut failing).await {
                     break;
                 }
             }
@@ -357,6 +396,7 @@ async fn ship(
     batch: LogBatch,
     config: &Config,
     shared: &LogShared,
+    own_server: Option<&ServerInfo>,
     failing: &mut ShipFailures,
 ) -> bool {
     let Some(position) = batch.position else {
@@ -387,7 +427,11 @@ async fn ship(
         failing.commit(tailer, &position).await;
         return true;
     }
-    let server = shared.server.lock().ok().and_then(|s| s.clone());
+    // The identity the task learned at its start; else what the last cycle read.
+    let server = match own_server {
+        Some(s) => Some(s.clone()),
+        None => shared.server.lock().ok().and_then(|s| s.clone()),
+    };
     let mut b = Batch::new(
         BatchKind::PgLogs,
         &config.agent.project_id,
@@ -396,7 +440,13 @@ async fn ship(
         config.agent.collection_interval.as_secs(),
         entries,
     );
-    if let Ok(v) = serde_json::to_value(&position) {
+    // The marks of other files stay out of the payload (up to 64 of them, state rather than data):
+    // `reconcile` takes them from the saved position.
+    let stored = Position {
+        read: Vec::new(),
+        ..position.clone()
+    };
+    if let Ok(v) = serde_json::to_value(&stored) {
         b.extra.insert("log_position".into(), v);
     }
     let count = b.count;

@@ -33,10 +33,14 @@
 //!   and, on start, passes the newest one still in the outbox to [`tail::Tailer::reconcile`]: a crash
 //!   between enqueue and commit then resumes after the enqueued batch.
 //! - Each batch's entries have passed [`finish_entry`] and are JSON values ready for `Batch::data`.
+//! - A read error never discards entries already read: the batch carrying them also carries the
+//!   error (`read_error`); the caller stores and commits it as any other, then waits before reading
+//!   again, which resumes just after them. An error with nothing read is returned as `Err`.
 
 pub mod classify;
 pub mod entry;
 pub mod json_out;
+pub mod marks;
 pub mod parse;
 pub mod position;
 pub mod reader;

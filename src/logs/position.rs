@@ -1,5 +1,6 @@
 //! The tailer's position: which file (device + inode, with a fingerprint of its first bytes so a
-//! reused inode is noticed) and the byte offset just past the last entry handed off. Persisted as
+//! reused inode is noticed), the byte offset just past the last entry handed off, how far each other
+//! recently read file was read (see [`super::marks`]), and the server whose log it is. Persisted as
 //! `log_position.json` under `agent.state_dir` by write-to-temp, fsync, rename, fsync-directory, so
 //! a crash leaves either the old or the new position, never a torn one.
 //!
@@ -19,11 +20,22 @@ use serde::{Deserialize, Serialize};
 pub const KEEP_SET_ASIDE: usize = 2;
 
 /// Bytes at the start of a file that identify it together with its inode.
-pub const FINGERPRINT_BYTES: usize = 256;
+pub const FINGERPRINT_BYTES: usize = 1024;
+
+/// The format [`PositionStore::save`] writes. Version 1 (no `version` key) had no `read` and no
+/// `server`; it is still read, as a position with neither.
+pub const POSITION_VERSION: u32 = 2;
+
+fn version_1() -> u32 {
+    1
+}
 
 /// Where reading resumes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
+    /// The format version (see [`POSITION_VERSION`]).
+    #[serde(default = "version_1")]
+    pub version: u32,
     /// The file's path when the position was taken (informational; identity is dev + inode).
     pub path: PathBuf,
     pub dev: u64,
@@ -36,6 +48,14 @@ pub struct Position {
     /// The file's modification time (ns since the epoch) when the position was taken: if the file
     /// is gone on restart, reading resumes with the files modified after it.
     pub modified_ns: u64,
+    /// The other files read recently and how far: a name the server reuses (appending to the file
+    /// again) is continued from there, never read again from the start nor skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<super::marks::FileMark>,
+    /// `system_identifier` of the server whose log this is, when it was known: a position taken on
+    /// another server is not applied to this one's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// The identity of an open file.
@@ -76,8 +96,8 @@ impl Position {
 
 /// FNV-1a of the first `max` bytes of the file (fewer when it is shorter), and how many were read.
 pub fn fingerprint(path: &Path, max: usize) -> io::Result<(u64, u32)> {
-    let mut buf = vec![0u8; max];
     let mut f = super::source::open_regular(path)?;
+    let mut buf = vec![0u8; max];
     let mut n = 0;
     while n < max {
         match f.read(&mut buf[n..])? {
@@ -85,11 +105,30 @@ pub fn fingerprint(path: &Path, max: usize) -> io::Result<(u64, u32)> {
             k => n += k,
         }
     }
+    Ok(fnv(&buf[..n]))
+}
+
+/// [`fingerprint`] of a file already open (whatever its path holds now), without moving its
+/// offset.
+pub fn fingerprint_open(f: &File, max: usize) -> io::Result<(u64, u32)> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; max];
+    let mut n = 0;
+    while n < max {
+        match f.read_at(&mut buf[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(fnv(&buf[..n]))
+}
+
+fn fnv(bytes: &[u8]) -> (u64, u32) {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in &buf[..n] {
+    for b in bytes {
         h = (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    Ok((h, n as u32))
+    (h, bytes.len() as u32)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +286,11 @@ impl PositionStore {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(err)?;
         let tmp = self.path.with_extension("json.tmp");
-        let body = serde_json::to_vec(pos).map_err(|e| err(e.into()))?;
+        let body = serde_json::to_vec(&Position {
+            version: POSITION_VERSION,
+            ..pos.clone()
+        })
+        .map_err(|e| err(e.into()))?;
         let mut f = File::create(&tmp).map_err(err)?;
         f.write_all(&body).map_err(err)?;
         f.sync_all().map_err(err)?;

@@ -9,22 +9,33 @@
 //! collector opens the new file before it stops writing the old one). A stderr entry at the very
 //! end of a file is emitted once the file has been quiet for one poll (its continuation lines are
 //! written in the same write as its first line).
+//!
+//! Files read before are remembered with how far they were read ([`super::marks`]): a name the
+//! server appends to again is continued where reading stopped, a rewritten one is read from its
+//! start. A read error keeps the entries already read: the file is closed, the entries go out with
+//! the next batch (which carries the error), and reading resumes just after them.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::Value;
 
+mod files;
+
+use files::{entry_position, position_in};
+
 use super::finish_entry;
-use super::parse::{End, Parser};
+use super::marks::{FileMark, Marks};
+use super::parse::End;
 use super::position::{
-    fingerprint, FileId, Position, PositionError, PositionStore, SetAside, FINGERPRINT_BYTES,
+    fingerprint_open, Position, PositionError, PositionStore, SetAside, FINGERPRINT_BYTES,
 };
 use super::reader::EntryReader;
 pub use super::settings::TailSettings;
-use super::source::{LogFile, LogSource};
+use super::source::LogFile;
 use super::stats::LogStats;
 
 /// Bytes read per refill while tailing: the server writes its log in small appends, and this
@@ -51,12 +62,15 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TailError + '_ {
 }
 
 /// Entries ready for a `pg_logs` batch and the position to commit once they are in the outbox.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct LogBatch {
     /// Finished entries (see [`super::finish_entry`]) as JSON values for `Batch::data`.
     pub entries: Vec<Value>,
     /// None when no file has been opened yet.
     pub position: Option<Position>,
+    /// Reading stopped on this error after `entries` were read: they are still to be stored, and
+    /// the next read resumes just after them.
+    pub read_error: Option<TailError>,
 }
 
 /// An entry read but not yet handed out.
@@ -64,8 +78,10 @@ struct Pending {
     value: Value,
     /// Its serialized JSON length plus a separator.
     bytes: usize,
-    /// Where reading resumes after it (a batch that ends with it commits this).
+    /// Where reading resumes after it (a batch that ends with it commits this), without the
+    /// marks, which are in `read` (shared by the entries of one file).
     position: Position,
+    read: Arc<Vec<FileMark>>,
 }
 
 struct Current {
@@ -74,6 +90,8 @@ struct Current {
     /// Size at the previous poll, to tell a quiet file from a growing one.
     last_size: u64,
     fingerprint: (u64, u32),
+    /// The marks of the other files while this one is read (they change only between files).
+    read: Arc<Vec<FileMark>>,
 }
 
 /// Follows the server log. See the module documentation of `logs` for the commit contract.
@@ -85,8 +103,14 @@ pub struct Tailer {
     /// What readers of files no longer open met, and files found truncated (see
     /// [`Tailer::take_stats`]).
     stats: LogStats,
-    /// Files read to their end, so a file is never read twice.
-    finished: Vec<FileId>,
+    /// The other files read recently and how far, so a file is never read twice and a reused name
+    /// is continued where it was left.
+    read: Marks,
+    /// Where reading continues while no file is open, when that is ahead of `committed`: just
+    /// after the entries read before a read error closed the file.
+    resume: Option<Position>,
+    /// `system_identifier` of the server whose log this is, stamped on positions.
+    server: Option<String>,
     /// Entries read but not yet handed out (kept here so a dropped `next_batch` loses nothing).
     pending: Vec<Pending>,
     /// The sum of `pending`'s `bytes`.
@@ -102,13 +126,21 @@ impl Tailer {
     pub fn open(settings: TailSettings) -> Result<Tailer, TailError> {
         let store = PositionStore::new(&settings.state_dir);
         let loaded = store.load_or_set_aside()?;
+        let read = Marks::new(
+            loaded
+                .position
+                .as_ref()
+                .map_or(Vec::new(), |p| p.read.clone()),
+        );
         Ok(Tailer {
             settings,
             store,
+            server: loaded.position.as_ref().and_then(|p| p.server.clone()),
             committed: loaded.position,
             current: None,
             stats: LogStats::default(),
-            finished: Vec::new(),
+            read,
+            resume: None,
             pending: Vec::new(),
             pending_bytes: 0,
             set_aside: loaded.set_aside,
@@ -118,6 +150,32 @@ impl Tailer {
     /// The damaged position file moved aside when the tailer was opened, if any.
     pub fn set_aside(&self) -> Option<&SetAside> {
         self.set_aside.as_ref()
+    }
+
+    /// The server whose log is read (its `system_identifier`). A committed position taken on
+    /// another server is dropped (returned), so its offsets are never applied to this server's
+    /// files: reading then starts as without one (`start_at`). A position without a server (an
+    /// older format, or one taken while the server was unknown) is kept.
+    pub fn set_server(&mut self, system_identifier: &str) -> Option<Position> {
+        self.server = Some(system_identifier.to_string());
+        let other = self
+            .committed
+            .as_ref()
+            .is_some_and(|c| c.server.as_deref().is_some_and(|s| s != system_identifier));
+        if !other {
+            return None;
+        }
+        self.close_current();
+        self.clear_pending();
+        self.resume = None;
+        self.read = Marks::default();
+        self.committed.take()
+    }
+
+    /// True when `position` was taken on another server than the one set by
+    /// [`Tailer::set_server`].
+    pub fn other_server(&self, position: &Position) -> bool {
+        matches!((&self.server, &position.server), (Some(a), Some(b)) if a != b)
     }
 
     /// The last committed position.
@@ -143,15 +201,26 @@ impl Tailer {
     /// outbox. A crash between enqueue and commit left the saved position behind it; this moves it
     /// forward so those entries are not read twice.
     pub fn reconcile(&mut self, enqueued: &Position) -> Result<(), TailError> {
+        if self.other_server(enqueued) {
+            return Ok(());
+        }
         let ahead = match &self.committed {
             None => true,
             Some(c) if c.id() == enqueued.id() => enqueued.offset > c.offset,
             Some(c) => enqueued.modified_ns >= c.modified_ns,
         };
         if ahead {
-            self.commit(enqueued)?;
-            self.close_current();
-            self.clear_pending();
+            // Positions stored with batches carry no marks (see the daemon's log task): keep the
+            // committed ones, at most one batch older.
+            let mut enqueued = enqueued.clone();
+            if enqueued.read.is_empty() {
+                enqueued.read = self
+                    .committed
+                    .as_ref()
+                    .map_or(Vec::new(), |c| c.read.clone());
+            }
+            self.commit(&enqueued)?;
+            self.rewind();
         }
         Ok(())
     }
@@ -161,7 +230,12 @@ impl Tailer {
     pub fn rewind(&mut self) {
         self.close_current();
         self.clear_pending();
-        self.finished.clear();
+        self.resume = None;
+        self.read = Marks::new(
+            self.committed
+                .as_ref()
+                .map_or(Vec::new(), |p| p.read.clone()),
+        );
     }
 
     fn clear_pending(&mut self) {
@@ -183,7 +257,21 @@ impl Tailer {
     /// the envelope (a single entry larger than that goes out alone), without waiting; and the
     /// position after them.
     pub fn take_batch(&mut self, max: usize) -> Result<LogBatch, TailError> {
-        self.fill(max)?;
+        let read_error = self.fill_or_hold(max)?;
+        Ok(self.cut_batch(max, read_error))
+    }
+
+    /// Reads like [`Tailer::fill`]; on an error, entries already read are kept for the batch that
+    /// carries it (Ok with the error), and only with none is the error returned.
+    fn fill_or_hold(&mut self, max: usize) -> Result<Option<TailError>, TailError> {
+        match self.fill(max) {
+            Ok(()) => Ok(None),
+            Err(e) if self.pending.is_empty() => Err(e),
+            Err(e) => Ok(Some(e)),
+        }
+    }
+
+    fn cut_batch(&mut self, max: usize, read_error: Option<TailError>) -> LogBatch {
         let budget = self.byte_budget();
         let (mut n, mut bytes) = (0, 0);
         for p in &self.pending {
@@ -196,14 +284,22 @@ impl Tailer {
         // All of them: the current position, which may be past lines that made no entry; else
         // the position after the last entry taken, the rest waiting for the next batch.
         let position = match n.checked_sub(1) {
-            Some(last) if n < self.pending.len() => Some(self.pending[last].position.clone()),
+            Some(last) if n < self.pending.len() => {
+                let p = &self.pending[last];
+                Some(Position {
+                    read: p.read.to_vec(),
+                    server: self.server.clone(),
+                    ..p.position.clone()
+                })
+            }
             _ => self.position(),
         };
         self.pending_bytes -= bytes;
-        Ok(LogBatch {
+        LogBatch {
             entries: self.pending.drain(..n).map(|p| p.value).collect(),
             position,
-        })
+            read_error,
+        }
     }
 
     /// Waits until `max` entries are read (an early batch) or `deadline` passes, polling every
@@ -215,10 +311,10 @@ impl Tailer {
         deadline: tokio::time::Instant,
     ) -> Result<LogBatch, TailError> {
         loop {
-            self.fill(max)?;
+            let read_error = self.fill_or_hold(max)?;
             let now = tokio::time::Instant::now();
-            if self.full(max) || now >= deadline {
-                return self.take_batch(max);
+            if read_error.is_some() || self.full(max) || now >= deadline {
+                return Ok(self.cut_batch(max, read_error));
             }
             let wait = self.settings.poll_interval.min(deadline - now);
             tokio::time::sleep(wait).await;
@@ -227,14 +323,23 @@ impl Tailer {
 
     fn position(&self) -> Option<Position> {
         match &self.current {
-            Some(cur) => Some(position_in(cur)),
-            None => self.committed.clone(),
+            Some(cur) => Some(position_in(cur, &self.server)),
+            None => self.resume.clone().or_else(|| self.committed.clone()),
         }
     }
 
     /// Reads entries into `pending` until a batch's worth is read (see [`Tailer::full`]) or nothing
-    /// more is readable now.
+    /// more is readable now. On an error the file being read is closed: what was read stays in
+    /// `pending`, and the next read resumes just after it.
     fn fill(&mut self, max: usize) -> Result<(), TailError> {
+        let r = self.fill_files(max);
+        if r.is_err() {
+            self.close_current();
+        }
+        r
+    }
+
+    fn fill_files(&mut self, max: usize) -> Result<(), TailError> {
         if self.current.is_none() && !self.open_first()? {
             return Ok(());
         }
@@ -277,7 +382,7 @@ impl Tailer {
             if !quiet {
                 return Ok(());
             }
-            let Some(next) = self.next_file()? else {
+            let Some((next, offset, rewritten)) = self.next_file()? else {
                 return Ok(());
             };
             // A newer file exists: the current one is complete. Drain it, then move on.
@@ -292,12 +397,18 @@ impl Tailer {
                 return Ok(());
             }
             if let Some(cur) = self.close_current() {
-                self.finished.push(cur.file.id);
-                if self.finished.len() > 256 {
-                    self.finished.remove(0);
-                }
+                self.read.record(FileMark {
+                    dev: cur.file.id.dev,
+                    ino: cur.file.id.ino,
+                    fingerprint: cur.fingerprint.0,
+                    fingerprint_len: cur.fingerprint.1,
+                    offset: cur.reader.offset(),
+                });
             }
-            self.open_file(next, 0)?;
+            if rewritten {
+                self.stats.files_truncated += 1;
+            }
+            self.open_file(next, offset)?;
         }
         Ok(())
     }
@@ -318,7 +429,8 @@ impl Tailer {
                     self.pending.push(Pending {
                         value,
                         bytes,
-                        position: position_in(cur),
+                        position: entry_position(cur),
+                        read: cur.read.clone(),
                     });
                 }
                 Err(e) => {
@@ -329,97 +441,15 @@ impl Tailer {
                 }
             }
         }
-        if cur.fingerprint.1 < FINGERPRINT_BYTES as u32 {
-            cur.fingerprint =
-                fingerprint(&cur.file.path, FINGERPRINT_BYTES).unwrap_or(cur.fingerprint);
+        // Read past what the fingerprint covers: it covers more now. From the open file: its path
+        // may hold another file already.
+        if cur.fingerprint.1 < FINGERPRINT_BYTES as u32
+            && cur.reader.read_position() > u64::from(cur.fingerprint.1)
+        {
+            cur.fingerprint = fingerprint_open(cur.reader.get_ref(), FINGERPRINT_BYTES)
+                .unwrap_or(cur.fingerprint);
         }
         Ok(())
-    }
-
-    /// Opens the file to start with: the committed one, else per `start_at_end`. False when there
-    /// is no file yet.
-    fn open_first(&mut self) -> Result<bool, TailError> {
-        let files = self.list()?;
-        if let Some(pos) = self.committed.clone() {
-            if let Some(f) = files
-                .iter()
-                .find(|f| f.id == pos.id() && pos.matches(&f.path))
-            {
-                let offset = if f.size < pos.offset {
-                    self.stats.files_truncated += 1;
-                    0
-                } else {
-                    pos.offset
-                };
-                self.open_file(f.clone(), offset)?;
-                return Ok(true);
-            }
-            // The committed file is gone (or its inode was reused by a new file, whose fingerprint
-            // differs): continue with the files written after it.
-            let next = files
-                .into_iter()
-                .find(|f| nanos(f.modified) > pos.modified_ns);
-            return match next {
-                Some(f) => {
-                    self.open_file(f, 0)?;
-                    Ok(true)
-                }
-                None => Ok(false),
-            };
-        }
-        let pick = if self.settings.start_at_end {
-            files.last().cloned().map(|f| {
-                let size = f.size;
-                (f, size)
-            })
-        } else {
-            files.first().cloned().map(|f| (f, 0))
-        };
-        match pick {
-            Some((f, offset)) => {
-                self.open_file(f, offset)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    fn list(&self) -> Result<Vec<LogFile>, TailError> {
-        match self.settings.source.files() {
-            Ok(f) => Ok(f),
-            Err(source) => Err(TailError::Io {
-                path: match &self.settings.source {
-                    LogSource::File(p) => p.clone(),
-                    LogSource::Dir { dir, .. } => dir.clone(),
-                },
-                source,
-            }),
-        }
-    }
-
-    /// The file to read after the current one, if it is finished.
-    fn next_file(&self) -> Result<Option<LogFile>, TailError> {
-        let Some(cur) = &self.current else {
-            return Ok(None);
-        };
-        let files = self.list()?;
-        let key = (cur.file.modified, cur.file.path.as_path());
-        Ok(files.into_iter().find(|f| {
-            f.id != cur.file.id
-                && !self.finished.contains(&f.id)
-                && match &self.settings.source {
-                    // One path: a different file there means it was replaced.
-                    LogSource::File(_) => true,
-                    LogSource::Dir { .. } => f.order_key() > key,
-                }
-        }))
-    }
-
-    /// Closes the file being read, keeping what its reader counted.
-    fn close_current(&mut self) -> Option<Current> {
-        let mut cur = self.current.take()?;
-        self.stats.add(cur.reader.take_stats());
-        Some(cur)
     }
 
     /// What the tailer has met since the last call: entries, unparsed lines, cut entries, files
@@ -430,47 +460,6 @@ impl Tailer {
             s.add(cur.reader.take_stats());
         }
         s
-    }
-
-    fn reopen_current_at(&mut self, offset: u64) -> Result<(), TailError> {
-        if let Some(cur) = self.close_current() {
-            self.open_file(cur.file, offset)?;
-        }
-        Ok(())
-    }
-
-    fn open_file(&mut self, file: LogFile, offset: u64) -> Result<(), TailError> {
-        let mut f = super::source::open_regular(&file.path).map_err(io_err(&file.path))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(io_err(&file.path))?;
-        let parser = Parser::new(
-            self.settings.format,
-            &self.settings.prefix,
-            self.settings.max_entry_bytes,
-        );
-        let mut reader = EntryReader::new(f, parser, offset).with_chunk(TAIL_CHUNK_BYTES);
-        reader.set_end(End::More);
-        let fp = fingerprint(&file.path, FINGERPRINT_BYTES).unwrap_or((0, 0));
-        self.current = Some(Current {
-            last_size: file.size,
-            file,
-            reader,
-            fingerprint: fp,
-        });
-        Ok(())
-    }
-}
-
-/// Where reading resumes in `cur`: just past the last entry (or skipped bytes) handed out.
-fn position_in(cur: &Current) -> Position {
-    Position {
-        path: cur.file.path.clone(),
-        dev: cur.file.id.dev,
-        ino: cur.file.id.ino,
-        offset: cur.reader.offset(),
-        fingerprint: cur.fingerprint.0,
-        fingerprint_len: cur.fingerprint.1,
-        modified_ns: nanos(cur.file.modified),
     }
 }
 

@@ -191,32 +191,37 @@ fn template() -> &'static PathBuf {
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).expect("template dir");
         chown_tree(&tmp, owner());
-        let out = run_as(
-            owner(),
-            &b.dir.join("initdb"),
-            &[
-                "-D",
-                tmp.to_str().expect("utf8 path"),
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "--no-sync",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        initdb(&tmp);
         // Another test process may have won the race; either copy is good.
         if fs::rename(&tmp, &dir).is_err() {
             let _ = fs::remove_dir_all(&tmp);
         }
         dir
     })
+}
+
+/// initdb into `dir` (empty, owned by the server's user).
+fn initdb(dir: &Path) {
+    let out = run_as(
+        owner(),
+        &bin().dir.join("initdb"),
+        &[
+            "-D",
+            dir.to_str().expect("utf8 path"),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "initdb failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn free_port() -> u16 {
@@ -233,8 +238,25 @@ impl PgServer {
     }
 
     pub fn start_with(options: PgOptions) -> PgServer {
+        PgServer::start_from(options, template())
+    }
+
+    /// [`PgServer::start_with`] from a cluster of its own initdb: clusters copied from the cached
+    /// template all share its `system_identifier`; this one has its own (seconds slower).
+    pub fn start_fresh(options: PgOptions) -> PgServer {
+        let dir = tempfile::Builder::new()
+            .prefix("pga-initdb-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let data = dir.path().join("data");
+        fs::create_dir(&data).expect("initdb dir");
+        chown_tree(dir.path(), owner());
+        initdb(&data);
+        PgServer::start_from(options, &data)
+    }
+
+    fn start_from(options: PgOptions, template: &Path) -> PgServer {
         let b = bin();
-        let template = template();
         let owner = owner();
         // Short path: Unix socket paths are limited to 107 bytes.
         let root = tempfile::Builder::new()
