@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::BatchKind;
 use super::breaker::{Permit, Transition};
 use super::held::Settled;
 use super::http::Outcome;
 use super::outbox::now_ms;
-use super::outbox::{NewBatch, StoredBatch};
+use super::pick::Next;
 use super::shipper::{Inner, Shipper};
 use crate::telemetry::registry::Event;
 
@@ -54,9 +53,11 @@ pub struct DrainReport {
 }
 
 impl Shipper {
-    /// Sends queued batches oldest-first until the outbox is empty, the breaker opens, a request
-    /// fails, or `budget` is spent. Requests are paced to `listener.max_requests_per_minute`: a pass
-    /// waits for a free slot when one comes within the budget. A request already started is allowed
+    /// Sends queued batches oldest-first, with a quarter of the requests kept for the newest data
+    /// while there is a backlog ([`super::pick`]), until the outbox is empty, the breaker opens, a
+    /// request fails, or `budget` is spent. Where pacing applies, requests are paced to
+    /// `listener.max_requests_per_minute` (refused connections not counted): a pass waits for a free
+    /// slot when one comes within the budget. A request already started is allowed
     /// to finish, so a pass can overrun the budget by at most one `listener.timeout_s`.
     pub async fn drain(&self, budget: Duration) -> DrainReport {
         self.drain_until(budget, &CancellationToken::new()).await
@@ -104,6 +105,7 @@ impl Shipper {
             self.write_held(&mut inner);
             self.remove_settled(&mut inner);
         }
+        let mut started_requests: u64 = 0;
         loop {
             if stop.is_cancelled() {
                 return DrainStop::Shutdown;
@@ -136,14 +138,8 @@ impl Shipper {
                 if let Permit::Wait { .. } = permit {
                     return DrainStop::BreakerOpen;
                 }
-                let after = inner.unremoved.cursor();
-                match self.with_outbox(&mut inner, |ob| ob.oldest_after(after)) {
-                    Ok(Some(b)) => (sender, Next::Stored(b)),
-                    // The outbox is done (or unreadable): requests held in memory are newer.
-                    Ok(None) | Err(_) if !self.held().is_empty() => match self.held().front() {
-                        Some(r) => (sender, Next::Held(r.clone())),
-                        None => return DrainStop::Empty,
-                    },
+                match self.pick(&mut inner, started_requests) {
+                    Ok(Some(next)) => (sender, next),
                     Ok(None) => return DrainStop::Empty,
                     Err(e) => {
                         tracing::error!(event = "outbox_error", error = %e, "cannot read the outbox");
@@ -152,9 +148,13 @@ impl Shipper {
                 }
             };
             let (batch_id, kind, body, protocol) = next.request();
-            self.lock().rate.record(Instant::now());
+            started_requests += 1;
+            let sent_at = Instant::now();
             let outcome = sender.send(batch_id, body, protocol).await;
             let mut inner = self.lock();
+            if !refused(&outcome) {
+                inner.rate.record(sent_at);
+            }
             let now = now_ms();
             match outcome {
                 Outcome::Delivered { status } => {
@@ -174,7 +174,7 @@ impl Shipper {
                             }
                         }
                         Next::Held(r) => {
-                            self.held().pop_if_front(r.batch_id);
+                            self.held().remove(r.batch_id);
                         }
                     }
                     self.counters.add(Event::RequestsDelivered, 1);
@@ -253,7 +253,7 @@ impl Shipper {
                         // Held in memory: there is nowhere to keep it; the log line above is
                         // its record, and it is counted.
                         Next::Held(r) => {
-                            self.held().pop_if_front(r.batch_id);
+                            self.held().remove(r.batch_id);
                         }
                     }
                     self.counters.add(Event::RequestsDeadLettered, 1);
@@ -302,24 +302,8 @@ impl Shipper {
     }
 }
 
-/// The next request of a drain pass: from the outbox, or held in memory.
-enum Next {
-    Stored(StoredBatch),
-    Held(NewBatch),
-}
-
-impl Next {
-    fn request(&self) -> (uuid::Uuid, BatchKind, &[u8], crate::config::Protocol) {
-        match self {
-            Next::Stored(b) => (b.batch_id, b.kind, &b.body, b.protocol),
-            Next::Held(r) => (r.batch_id, r.kind, &r.body, r.protocol),
-        }
-    }
-
-    fn attempts(&self) -> u32 {
-        match self {
-            Next::Stored(b) => b.attempts,
-            Next::Held(_) => 0,
-        }
-    }
+/// A connection the listener's host refused or that never opened: the listener counted no request.
+/// (The sender describes transport errors; a connect error is said as "connection failed: ...".)
+fn refused(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Retry { reason, .. } if reason.starts_with("connection failed"))
 }

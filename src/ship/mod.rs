@@ -40,6 +40,7 @@ pub mod encode;
 pub mod held;
 pub mod http;
 pub mod outbox;
+mod pick;
 pub mod probe;
 pub mod python_buffer;
 pub mod ratelimit;

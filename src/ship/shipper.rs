@@ -100,7 +100,7 @@ pub(super) struct Inner {
     pub(super) not_before_ms: i64,
     /// What was last written to the database, so unchanged state is not rewritten per request.
     pub(super) saved_breaker: Option<BreakerState>,
-    /// `listener.max_requests_per_minute`, over both protocols and the backlog.
+    /// `listener.max_requests_per_minute` where it applies, over new data and the backlog.
     pub(super) rate: RateLimiter,
     /// Settled requests whose removal from the outbox failed.
     pub(super) unremoved: Unremoved,
@@ -164,7 +164,7 @@ impl Shipper {
                 ),
                 not_before_ms: 0,
                 saved_breaker: None,
-                rate: RateLimiter::new(config.listener.max_requests_per_minute),
+                rate: RateLimiter::new(config.listener.request_limit()),
                 unremoved: Unremoved::default(),
                 storage_error: None,
             }),
@@ -203,9 +203,7 @@ impl Shipper {
         inner.breaker.failure_threshold = config.circuit_breaker.failure_threshold.max(1);
         inner.breaker.recovery_timeout = config.circuit_breaker.recovery_timeout;
         inner.max_size_bytes = config.buffer.max_size_bytes;
-        inner
-            .rate
-            .set_limit(config.listener.max_requests_per_minute);
+        inner.rate.set_limit(config.listener.request_limit());
         self.encoder().reconfigure(config);
         if sender.is_some() && inner.outbox.is_none() {
             match Outbox::open(&inner.path, inner.max_size_bytes) {

@@ -1,0 +1,105 @@
+//! What a drain pass sends next: the backlog oldest-first, with a share kept for fresh data so that
+//! a long backlog (after an outage or a full disk) never starves what is being collected now.
+//!
+//! While a backlog exists (more than one request waiting), every [`FRESH_EVERY`]th request of a pass,
+//! starting with its first, is the newest waiting request: one held in memory if any (held requests
+//! are newer than anything in the outbox), else the newest in the outbox (pg_logs excepted: the log
+//! reader resumes after the newest pg_logs request waiting, so those keep their order). The other
+//! three quarters go to the backlog, oldest first. A request is removed (or marked settled) once the
+//! listener took it, so neither end sends it again; settled requests whose removal failed are
+//! skipped wherever they are.
+
+use super::batch::BatchKind;
+use super::outbox::{NewBatch, StoredBatch};
+use super::shipper::{Inner, Shipper};
+use super::ShipError;
+use crate::config::Protocol;
+
+/// One request in this many (the first of a pass included) goes to the newest data while there is a
+/// backlog: a quarter of the pass, so the backlog still drains at three quarters of the rate.
+pub const FRESH_EVERY: u64 = 4;
+
+/// The next request of a drain pass: from the outbox, or held in memory.
+pub(super) enum Next {
+    Stored(StoredBatch),
+    Held(NewBatch),
+}
+
+impl Next {
+    pub(super) fn request(&self) -> (uuid::Uuid, BatchKind, &[u8], Protocol) {
+        match self {
+            Next::Stored(b) => (b.batch_id, b.kind, &b.body, b.protocol),
+            Next::Held(r) => (r.batch_id, r.kind, &r.body, r.protocol),
+        }
+    }
+
+    pub(super) fn attempts(&self) -> u32 {
+        match self {
+            Next::Stored(b) => b.attempts,
+            Next::Held(_) => 0,
+        }
+    }
+}
+
+impl Shipper {
+    /// The request to send as the `nth` (0-based) of this pass; None when nothing waits.
+    pub(super) fn pick(&self, inner: &mut Inner, nth: u64) -> Result<Option<Next>, ShipError> {
+        let oldest = match self.oldest_unsettled(inner) {
+            Ok(b) => b,
+            // Unreadable outbox: requests held in memory can still go.
+            Err(e) => {
+                return match self.held().front() {
+                    Some(r) => Ok(Some(Next::Held(r.clone()))),
+                    None => Err(e),
+                }
+            }
+        };
+        if nth % FRESH_EVERY == 0 {
+            if let Some(fresh) = self.fresh(inner, oldest.as_ref())? {
+                return Ok(Some(fresh));
+            }
+        }
+        Ok(match oldest {
+            Some(b) => Some(Next::Stored(b)),
+            None => self.held().front().cloned().map(Next::Held),
+        })
+    }
+
+    /// The newest request when it is not also the oldest (a backlog), else None.
+    fn fresh(
+        &self,
+        inner: &mut Inner,
+        oldest: Option<&StoredBatch>,
+    ) -> Result<Option<Next>, ShipError> {
+        {
+            let held = self.held();
+            if oldest.is_some() || held.len() > 1 {
+                if let Some(r) = held.back() {
+                    return Ok(Some(Next::Held(r.clone())));
+                }
+            }
+        }
+        let Some(oldest) = oldest else {
+            return Ok(None);
+        };
+        let mut below = i64::MAX;
+        loop {
+            let above = oldest.seq;
+            match self.with_outbox(inner, |ob| ob.newest_between(above, below))? {
+                Some(b) if inner.unremoved.contains(b.seq) => below = b.seq,
+                other => return Ok(other.map(Next::Stored)),
+            }
+        }
+    }
+
+    /// The oldest request in the outbox that is not settled already.
+    fn oldest_unsettled(&self, inner: &mut Inner) -> Result<Option<StoredBatch>, ShipError> {
+        let mut after = 0;
+        loop {
+            match self.with_outbox(inner, |ob| ob.oldest_after(after))? {
+                Some(b) if inner.unremoved.contains(b.seq) => after = b.seq,
+                other => return Ok(other),
+            }
+        }
+    }
+}
