@@ -161,7 +161,7 @@ async fn cycle(
         if let Some(stats) = &stats {
             deliver::record_storage_health(&t, stats);
         }
-        let waiting = stats.and_then(|s| s.outbox.map(|o| o.depth));
+        let waiting = stats.as_ref().and_then(cycle::waiting);
         (failed, waiting)
     });
     match tokio::time::timeout(PERSIST_DEADLINE, job).await {
@@ -178,7 +178,7 @@ async fn cycle(
                 }),
             );
             if let Some(w) = waiting {
-                summary.push_str(&format!(", {w} requests waiting to be sent"));
+                summary.push_str(&w);
             }
         }
         Err(_) => {

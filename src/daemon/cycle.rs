@@ -66,6 +66,21 @@ pub fn summary(report: &CycleReport, waiting: Option<u64>) -> String {
     s
 }
 
+/// The summary's ", N requests waiting to be sent": the outbox depth plus the requests held in
+/// memory (a full disk), which are waiting too. None when there is nothing to say (stdout mode).
+pub fn waiting(stats: &crate::ship::ShipStats) -> Option<String> {
+    let held = stats.process.held_now as u64;
+    let depth = stats.outbox.as_ref().map(|o| o.depth);
+    match (depth, held) {
+        (None, 0) => None,
+        (depth, 0) => depth.map(|d| format!(", {d} requests waiting to be sent")),
+        (depth, held) => Some(format!(
+            ", {} requests waiting to be sent ({held} of them held in memory)",
+            depth.unwrap_or(0) + held
+        )),
+    }
+}
+
 /// Publishes a cycle's collector figures.
 pub fn record_cycle(metrics: &Metrics, report: &CycleReport) {
     let outcome = match (report.server.is_some(), report.all_ok()) {

@@ -66,6 +66,21 @@ impl Shipper {
     /// [`Shipper::drain`] that starts no new request once `stop` is cancelled (a request in flight
     /// finishes; the caller bounds how long it waits for that).
     pub async fn drain_until(&self, budget: Duration, stop: &CancellationToken) -> DrainReport {
+        self.drain_pass(budget, stop, false).await
+    }
+
+    /// The last pass before exit: requests held in memory go first (what is in the outbox is sent
+    /// after the next start; what is in memory only has this attempt), then the rest as usual.
+    pub async fn drain_final(&self, budget: Duration) -> DrainReport {
+        self.drain_pass(budget, &CancellationToken::new(), true).await
+    }
+
+    async fn drain_pass(
+        &self,
+        budget: Duration,
+        stop: &CancellationToken,
+        held_first: bool,
+    ) -> DrainReport {
         let _one_at_a_time = self.drain_lock.lock().await;
         let started = Instant::now();
         let mut report = DrainReport {
@@ -78,7 +93,9 @@ impl Shipper {
             stopped: DrainStop::Empty,
             elapsed_ms: 0,
         };
-        report.stopped = self.drain_loop(started, budget, stop, &mut report).await;
+        report.stopped = self
+            .drain_loop(started, budget, stop, held_first, &mut report)
+            .await;
         report.remaining = self
             .stats()
             .ok()
@@ -98,12 +115,14 @@ impl Shipper {
         started: Instant,
         budget: Duration,
         stop: &CancellationToken,
+        held_first: bool,
         report: &mut DrainReport,
     ) -> DrainStop {
         {
             let mut inner = self.lock();
             self.write_held(&mut inner);
             self.remove_settled(&mut inner);
+            self.persist_transition(&mut inner, None);
         }
         let mut started_requests: u64 = 0;
         loop {
@@ -138,7 +157,7 @@ impl Shipper {
                 if let Permit::Wait { .. } = permit {
                     return DrainStop::BreakerOpen;
                 }
-                match self.pick(&mut inner, started_requests) {
+                match self.pick(&mut inner, started_requests, held_first) {
                     Ok(Some(next)) => (sender, next),
                     Ok(None) => return DrainStop::Empty,
                     Err(e) => {
@@ -283,20 +302,37 @@ impl Shipper {
         }
     }
 
-    /// Logs a breaker transition and saves the breaker state (failure counts included).
-    fn persist_transition(&self, inner: &mut Inner, transition: Option<Transition>) {
+    /// Logs a breaker transition and saves the breaker state once per transition (not per request:
+    /// the failure count in between is not saved). A save that fails (a full disk) is tried again at
+    /// every later call until it succeeds; the failure and the recovery are logged once each.
+    pub(super) fn persist_transition(&self, inner: &mut Inner, transition: Option<Transition>) {
         if let Some(t) = &transition {
             tracing::warn!(event = "circuit_transition", from = %t.from, to = %t.to,
                 reason = %t.reason, "circuit breaker changed state");
         }
         let state = inner.breaker.state().clone();
-        if inner.saved_breaker.as_ref() == Some(&state) {
+        let unsaved = match &inner.saved_breaker {
+            None => true,
+            Some(saved) => saved.state != state.state || saved.last_transition != state.last_transition,
+        };
+        if !unsaved {
             return;
         }
         match self.with_outbox(inner, |ob| ob.save_breaker(&state)) {
-            Ok(()) => inner.saved_breaker = Some(state),
+            Ok(()) => {
+                inner.saved_breaker = Some(state);
+                if inner.breaker_save_failing {
+                    inner.breaker_save_failing = false;
+                    tracing::info!(event = "breaker_persisted", "the circuit breaker state is saved again");
+                }
+            }
             Err(e) => {
-                tracing::error!(event = "outbox_error", error = %e, "cannot persist the breaker state")
+                if !inner.breaker_save_failing {
+                    inner.breaker_save_failing = true;
+                    tracing::error!(event = "outbox_error", error = %e,
+                        "cannot persist the circuit breaker state; trying again at every request \
+                         until the outbox takes writes (said once)");
+                }
             }
         }
     }

@@ -42,8 +42,19 @@ impl Next {
 }
 
 impl Shipper {
-    /// The request to send as the `nth` (0-based) of this pass; None when nothing waits.
-    pub(super) fn pick(&self, inner: &mut Inner, nth: u64) -> Result<Option<Next>, ShipError> {
+    /// The request to send as the `nth` (0-based) of this pass; None when nothing waits. With
+    /// `held_first` (the last pass before exit), requests held in memory go before anything else.
+    pub(super) fn pick(
+        &self,
+        inner: &mut Inner,
+        nth: u64,
+        held_first: bool,
+    ) -> Result<Option<Next>, ShipError> {
+        if held_first {
+            if let Some(r) = self.held().front() {
+                return Ok(Some(Next::Held(r.clone())));
+            }
+        }
         let oldest = match self.oldest_unsettled(inner) {
             Ok(b) => b,
             // Unreadable outbox: requests held in memory can still go.

@@ -79,6 +79,8 @@ pub struct ProcessStats {
     pub storage_failures: u64,
     pub held_total: u64,
     pub held_dropped: u64,
+    /// Held in memory at exit and not sent (lost).
+    pub held_lost: u64,
     /// Writes that found the outbox stuck (a hung disk) and went to memory.
     pub storage_stalls: u64,
     /// Requests in memory now, and their bytes.
@@ -100,6 +102,10 @@ pub(super) struct Inner {
     pub(super) not_before_ms: i64,
     /// What was last written to the database, so unchanged state is not rewritten per request.
     pub(super) saved_breaker: Option<BreakerState>,
+    /// The last breaker save failed (said once; tried again until it succeeds).
+    pub(super) breaker_save_failing: bool,
+    /// The reserve file could not be made (said once until it exists).
+    pub(super) reserve_missing: bool,
     /// `listener.max_requests_per_minute` where it applies, over new data and the backlog.
     pub(super) rate: RateLimiter,
     /// Settled requests whose removal from the outbox failed.
@@ -164,6 +170,8 @@ impl Shipper {
                 ),
                 not_before_ms: 0,
                 saved_breaker: None,
+                breaker_save_failing: false,
+                reserve_missing: false,
                 rate: RateLimiter::new(config.listener.request_limit()),
                 unremoved: Unremoved::default(),
                 storage_error: None,
@@ -217,6 +225,7 @@ impl Shipper {
                         inner.saved_breaker = Some(saved);
                     }
                     inner.outbox = Some(opened);
+                    self.check_reserve(&mut inner);
                 }
                 // An unwritable state directory: run on the memory queue; every later write
                 // tries to open the outbox again.
@@ -483,6 +492,12 @@ impl Shipper {
         }
     }
 
+    /// The directory of the outbox, unless the outbox is stuck (a hung disk).
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        let inner = self.inner.try_lock_for(STATS_WAIT)?;
+        inner.path.parent().map(|p| p.to_path_buf())
+    }
+
     /// Current figures (reads the outbox; cheap). While the outbox is stuck (a hung disk), the
     /// figures it gave last, with the counters of now.
     pub fn stats(&self) -> Result<ShipStats, ShipError> {
@@ -551,6 +566,7 @@ impl Shipper {
             storage_failures: c.get(Event::OutboxStorageFailures),
             held_total: c.get(Event::RequestsHeld),
             held_dropped: c.get(Event::HeldDropped),
+            held_lost: c.get(Event::HeldLost),
             storage_stalls: c.get(Event::OutboxStorageStalls),
             held_now,
             held_bytes,
