@@ -72,7 +72,8 @@ impl Shipper {
     /// The last pass before exit: requests held in memory go first (what is in the outbox is sent
     /// after the next start; what is in memory only has this attempt), then the rest as usual.
     pub async fn drain_final(&self, budget: Duration) -> DrainReport {
-        self.drain_pass(budget, &CancellationToken::new(), true).await
+        self.drain_pass(budget, &CancellationToken::new(), true)
+            .await
     }
 
     async fn drain_pass(
@@ -313,7 +314,9 @@ impl Shipper {
         let state = inner.breaker.state().clone();
         let unsaved = match &inner.saved_breaker {
             None => true,
-            Some(saved) => saved.state != state.state || saved.last_transition != state.last_transition,
+            Some(saved) => {
+                saved.state != state.state || saved.last_transition != state.last_transition
+            }
         };
         if !unsaved {
             return;
@@ -323,7 +326,10 @@ impl Shipper {
                 inner.saved_breaker = Some(state);
                 if inner.breaker_save_failing {
                     inner.breaker_save_failing = false;
-                    tracing::info!(event = "breaker_persisted", "the circuit breaker state is saved again");
+                    tracing::info!(
+                        event = "breaker_persisted",
+                        "the circuit breaker state is saved again"
+                    );
                 }
             }
             Err(e) => {

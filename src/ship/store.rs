@@ -120,9 +120,13 @@ impl Shipper {
         };
         if n > 0 {
             self.counters.add(Event::HeldLost, n as u64);
-            tracing::error!(event = "held_lost", requests = n, bytes,
+            tracing::error!(
+                event = "held_lost",
+                requests = n,
+                bytes,
                 "requests held in memory (the outbox took no writes) could not be sent before \
-                 exit and are lost");
+                 exit and are lost"
+            );
         }
         n
     }
@@ -156,7 +160,10 @@ impl Shipper {
             }
             (None, true) => {
                 inner.reserve_missing = false;
-                tracing::info!(event = "outbox_reserve_made", "the disk space reserve beside the outbox exists again");
+                tracing::info!(
+                    event = "outbox_reserve_made",
+                    "the disk space reserve beside the outbox exists again"
+                );
             }
             _ => {}
         }

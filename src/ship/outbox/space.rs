@@ -33,7 +33,10 @@ impl Outbox {
             Ok(()) => None,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
-                Some(format!("cannot write the {size}-byte reserve {}: {e}", path.display()))
+                Some(format!(
+                    "cannot write the {size}-byte reserve {}: {e}",
+                    path.display()
+                ))
             }
         }
     }

@@ -1,0 +1,687 @@
+//! Delivery faults against the real daemon: a backlog after an outage drains at 1 s cycles in both
+//! protocols while fresh data keeps flowing, each request once; a full disk logs a bounded number
+//! of errors and keeps the saved breaker consistent; requests held in memory at SIGTERM are counted
+//! as lost; every body stays within `listener.max_body_bytes`, split into parts the Bitville
+//! listener accepts.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::bitville::BitvilleListener;
+use support::child::AgentChild;
+use support::listener::Listener;
+use support::{free_port, PgServer};
+
+const KEY: &str = "key-delivery";
+
+/// GET with a read deadline; None when no answer came in time.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, out.split("\r\n\r\n").nth(1)?.to_string()))
+}
+
+/// The sum of the /metrics samples whose line starts with `prefix` (None when /metrics is down).
+fn metric(port: u16, prefix: &str) -> Option<f64> {
+    let (_, body) = get(port, "/metrics")?;
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// Requests waiting: in the outbox plus held in memory.
+fn waiting(port: u16) -> Option<f64> {
+    Some(
+        metric(port, "postgres_agent_outbox_batches{")?
+            + metric(port, "postgres_agent_held_requests ")?,
+    )
+}
+
+/// Polls `cond` every 200 ms until it holds, or fails with `what` after `limit`.
+fn wait_until(limit: Duration, agent: &AgentChild, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}\n{}",
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn write_ini(server: &PgServer, state: &Path, extra: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(state).unwrap();
+    let path = state.join("agent.ini");
+    std::fs::write(&path, server.agent_ini(state, extra)).unwrap();
+    path
+}
+
+fn unix_seconds(rfc3339: &str) -> f64 {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+        .unwrap_or(0.0)
+}
+
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Batch protocol, 1 s cycles, unpaced (the key is not set): the listener answers 503 for 30 s,
+/// then 200. The backlog drains to near zero, data collected after the listener's return is
+/// delivered, and every request is accepted exactly once (counted by Idempotency-Key).
+#[test]
+fn batch_backlog_after_a_503_outage_drains_each_request_once() {
+    let server = PgServer::start();
+    let listener = Listener::start();
+    listener.set_status(503);
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ini = write_ini(
+        &server,
+        state.path(),
+        &format!(
+            "[listener]\nprotocol = batch\nurl = {}\ntimeout_s = 2\n\
+             [agent]\ncollection_interval_s = 1\n[logs]\nenabled = false\n\
+             [circuit_breaker]\nrecovery_timeout_s = 2\n[telemetry]\nlisten = 127.0.0.1:{port}\n",
+            listener.url()
+        ),
+    );
+    let mut agent = AgentChild::spawn(&["run", ini.to_str().unwrap()], &[]);
+    wait_until(Duration::from_secs(60), &agent, "a backlog builds", || {
+        waiting(port).is_some_and(|w| w >= 60.0)
+    });
+    std::thread::sleep(Duration::from_secs(15));
+    let backlog = waiting(port).unwrap_or(0.0);
+    let back_at = now_seconds();
+    listener.set_status(200);
+    wait_until(
+        Duration::from_secs(90),
+        &agent,
+        "the backlog drains",
+        || waiting(port).is_some_and(|w| w <= 8.0),
+    );
+    // Fresh data: batches collected after the listener came back arrive too.
+    wait_until(
+        Duration::from_secs(60),
+        &agent,
+        "fresh batches arrive",
+        || {
+            listener
+                .received()
+                .iter()
+                .filter(|r| r.status == 200)
+                .filter(|r| {
+                    unix_seconds(r.body["collected_at"].as_str().unwrap_or("")) > back_at + 2.0
+                })
+                .count()
+                >= 4
+        },
+    );
+    let mut accepted: HashMap<String, u32> = HashMap::new();
+    for r in listener.received().iter().filter(|r| r.status == 200) {
+        *accepted
+            .entry(r.header("idempotency-key").unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = accepted.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "accepted more than once: {twice:?}");
+    assert!(
+        accepted.len() as f64 >= backlog,
+        "{} accepted, {backlog} were waiting",
+        accepted.len()
+    );
+    agent.terminate_within(Duration::from_secs(3));
+}
+
+/// Bitville protocol, 1 s cycles, paced at 720 requests a minute: the listener's port refuses
+/// connections for 30 s, then a real-contract Bitville listener starts on it. The backlog drains,
+/// payloads collected after its start arrive while older ones are still being sent (the fresh
+/// share of each pass), and no payload is stored twice (counted by content: `data.batch_id`).
+/// Refused connections do not use up the request budget, so nothing is throttled.
+#[test]
+fn bitville_backlog_after_refused_connections_drains_with_fresh_data_first() {
+    let server = PgServer::start();
+    let state = tempfile::tempdir().unwrap();
+    let (port, listen_port) = (free_port(), free_port());
+    let ini = write_ini(
+        &server,
+        state.path(),
+        &format!(
+            "[agent]\nproject_id = shop\ncollection_interval_s = 1\n\
+             [listener]\nprotocol = bitville\nurl = http://127.0.0.1:{listen_port}/ingest/postgres\n\
+             api_key = {KEY}\ntimeout_s = 2\nmax_requests_per_minute = 720\n[logs]\nenabled = false\n\
+             [circuit_breaker]\nrecovery_timeout_s = 2\n[telemetry]\nlisten = 127.0.0.1:{port}\n"
+        ),
+    );
+    let mut agent = AgentChild::spawn(&["run", ini.to_str().unwrap()], &[]);
+    wait_until(Duration::from_secs(60), &agent, "a backlog builds", || {
+        waiting(port).is_some_and(|w| w >= 60.0)
+    });
+    std::thread::sleep(Duration::from_secs(15));
+    let back_at = now_seconds();
+    let listener = BitvilleListener::start_on(&[(KEY, "shop")], 1000, listen_port);
+    wait_until(
+        Duration::from_secs(120),
+        &agent,
+        "the backlog drains",
+        || waiting(port).is_some_and(|w| w <= 8.0),
+    );
+    wait_until(
+        Duration::from_secs(60),
+        &agent,
+        "fresh payloads arrive",
+        || {
+            listener
+                .rows()
+                .iter()
+                .filter(|r| r.timestamp > back_at + 2.0)
+                .count()
+                >= 4
+        },
+    );
+    let rows = listener.rows();
+    let mut seen = HashSet::new();
+    for r in &rows {
+        let id = r.payload["data"]["batch_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(seen.insert(id.clone()), "payload {id} stored twice");
+    }
+    let first_fresh = rows.iter().position(|r| r.timestamp > back_at);
+    let last_backlog = rows.iter().rposition(|r| r.timestamp < back_at - 10.0);
+    match (first_fresh, last_backlog) {
+        (Some(f), Some(b)) => assert!(
+            f < b,
+            "fresh data waited for the whole backlog: first fresh payload #{f}, last backlog #{b}"
+        ),
+        other => panic!("no fresh or no backlog payloads: {other:?}"),
+    }
+    let tally = listener.tally();
+    assert_eq!(
+        tally.invalid + tally.bad_json + tally.unauthorized,
+        0,
+        "{:?}",
+        listener.failures()
+    );
+    assert_eq!(
+        tally.rate_limited, 0,
+        "the agent's pacing let the listener throttle"
+    );
+    agent.terminate_within(Duration::from_secs(3));
+}
+
+/// A paced configuration whose own production exceeds its limit is refused at start (exit 78),
+/// naming the key, the limit and the production per minute; the batch protocol is paced only when
+/// the key is set.
+#[test]
+fn a_paced_configuration_that_produces_more_than_its_limit_is_refused() {
+    let server = PgServer::start();
+    let state = tempfile::tempdir().unwrap();
+    let ini = write_ini(
+        &server,
+        state.path(),
+        "[listener]\nprotocol = batch\nurl = http://127.0.0.1:9/x\nmax_requests_per_minute = 100\n\
+         [agent]\ncollection_interval_s = 1\n[activity]\nsample_interval_ms = 1000\n",
+    );
+    let out = support::agent(&["run", ini.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    for needle in ["max_requests_per_minute", "100", "360 requests per minute"] {
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
+    }
+    let unpaced = support::agent_config(
+        &server,
+        state.path(),
+        "[listener]\nprotocol = batch\nurl = http://127.0.0.1:9/x\n[agent]\ncollection_interval_s = 1\n",
+    );
+    assert_eq!(unpaced.listener.request_limit(), None);
+    let bitville = support::agent_config(
+        &server,
+        state.path(),
+        "[listener]\nurl = http://127.0.0.1:9/x\n[agent]\ncollection_interval_s = 5\n",
+    );
+    assert_eq!(bitville.listener.request_limit(), Some(90));
+}
+
+/// A small tmpfs of the test's own, unmounted on drop; None when this process cannot mount.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Writes `filler` until the file system is full.
+    fn fill(&self) -> std::path::PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![1u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let small = [1u8; 512];
+        while f.write_all(&small).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn error_lines(agent: &AgentChild) -> Vec<String> {
+    agent
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A full disk (a small tmpfs filled up; needs root, skipped without it) while the listener answers
+/// 503 and the breaker opens and probes every second: over 20 s the log has a bounded number of
+/// ERROR lines (one per storage state change, not one per request). Once the disk has room and the
+/// listener answers, everything drains and the breaker state `status` reads from the outbox is
+/// the live one (closed).
+#[test]
+fn a_full_disk_logs_few_errors_and_the_saved_breaker_matches_after_recovery() {
+    let server = PgServer::start();
+    let listener = Listener::start();
+    listener.set_status(503);
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let Some(fs) = Tmpfs::mount(&state, "16m") else {
+        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let port = free_port();
+    let ini = write_ini(
+        &server,
+        &state,
+        &format!(
+            "[listener]\nprotocol = batch\nurl = {}\ntimeout_s = 2\n\
+             [agent]\ncollection_interval_s = 1\n[logs]\nenabled = false\n\
+             [circuit_breaker]\nfailure_threshold = 2\nrecovery_timeout_s = 1\n\
+             [telemetry]\nlisten = 127.0.0.1:{port}\n",
+            listener.url()
+        ),
+    );
+    let mut agent = AgentChild::spawn(&["run", ini.to_str().unwrap()], &[]);
+    wait_until(Duration::from_secs(60), &agent, "the outbox exists", || {
+        waiting(port).is_some_and(|w| w >= 3.0)
+    });
+    let filler = fs.fill();
+    wait_until(
+        Duration::from_secs(60),
+        &agent,
+        "requests are held in memory",
+        || metric(port, "postgres_agent_held_requests ").is_some_and(|h| h >= 2.0),
+    );
+    let errors_before = error_lines(&agent).len();
+    std::thread::sleep(Duration::from_secs(20));
+    let errors = error_lines(&agent);
+    let new = &errors[errors_before..];
+    assert!(
+        new.len() <= 6,
+        "{} ERROR lines in 20 s on a full disk:\n{}",
+        new.len(),
+        new.join("\n")
+    );
+    assert!(
+        metric(port, "postgres_agent_send_failures_total").unwrap_or(0.0) >= 5.0,
+        "the listener was tried meanwhile"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    listener.set_status(200);
+    wait_until(
+        Duration::from_secs(90),
+        &agent,
+        "everything is delivered",
+        || {
+            waiting(port).is_some_and(|w| w <= 6.0)
+                && metric(port, "postgres_agent_held_requests ") == Some(0.0)
+        },
+    );
+    wait_until(
+        Duration::from_secs(60),
+        &agent,
+        "the saved breaker is closed",
+        || {
+            let out = support::agent(&["status", ini.to_str().unwrap()], &[]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.lines()
+                .any(|l| l.starts_with("circuit:") && l.contains("closed"))
+        },
+    );
+    assert_eq!(
+        metric(port, "postgres_agent_breaker_state"),
+        Some(0.0),
+        "live breaker closed"
+    );
+    agent.terminate_within(Duration::from_secs(3));
+    drop(fs);
+}
+
+/// Requests held in memory (the outbox takes no writes: a 96 KiB file-size limit) while the
+/// listener answers 503: at SIGTERM they get one last send attempt, then the rest are counted as
+/// lost (`held_lost`), logged with their number, and shown by `status`.
+#[test]
+fn requests_held_in_memory_at_sigterm_are_counted_and_logged_as_lost() {
+    let server = PgServer::start();
+    let listener = Listener::start();
+    listener.set_status(503);
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ini = write_ini(
+        &server,
+        state.path(),
+        &format!(
+            "[listener]\nprotocol = batch\nurl = {}\ntimeout_s = 2\n\
+             [agent]\ncollection_interval_s = 1\n[logs]\nenabled = false\n\
+             [circuit_breaker]\nrecovery_timeout_s = 1\n[telemetry]\nlisten = 127.0.0.1:{port}\n",
+            listener.url()
+        ),
+    );
+    let mut agent = AgentChild::spawn_wrapped(
+        &["prlimit", "--fsize=98304", "--"],
+        &["run", ini.to_str().unwrap()],
+        &[],
+    );
+    wait_until(Duration::from_secs(90), &agent, "requests are held", || {
+        metric(port, "postgres_agent_held_requests ").is_some_and(|h| h >= 5.0)
+    });
+    agent.terminate_within(Duration::from_secs(3));
+    let line = agent.wait_for_line(Duration::from_secs(1), "the held_lost line", |l| {
+        l.contains("\"event\":\"held_lost\"")
+    });
+    let v: Value = serde_json::from_str(&line).unwrap();
+    let lost = v["fields"]["requests"]
+        .as_u64()
+        .or_else(|| v["requests"].as_u64())
+        .unwrap_or(0);
+    assert!(lost >= 5, "{line}");
+    let out = support::agent(&["status", ini.to_str().unwrap()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("held_lost {lost}")),
+        "status does not show the loss:\n{text}"
+    );
+}
+
+/// Parts of every payload received, by the batch they were split from.
+fn parts_by_batch(payloads: &[Value], list: &str) -> HashMap<String, Vec<Value>> {
+    let mut by: HashMap<String, Vec<Value>> = HashMap::new();
+    for p in payloads {
+        let id = p["part_of"]
+            .as_str()
+            .or_else(|| p["batch_id"].as_str())
+            .unwrap_or("")
+            .to_string();
+        if p[list].is_array() {
+            by.entry(id).or_default().push(p.clone());
+        }
+    }
+    by
+}
+
+/// A batch whose parts all arrived and whose records include every pid of `pids`: the records
+/// (union of the parts' `list`), or None.
+fn complete_with(
+    by: &HashMap<String, Vec<Value>>,
+    list: &str,
+    pids: &HashSet<i64>,
+) -> Option<Vec<Value>> {
+    by.values().find_map(|parts| {
+        let want = parts[0]["parts"].as_u64().unwrap_or(1) as usize;
+        let numbers: HashSet<u64> = parts.iter().filter_map(|p| p["part"].as_u64()).collect();
+        if want < 2 || numbers.len() != want {
+            return None;
+        }
+        let records: Vec<Value> = parts
+            .iter()
+            .flat_map(|p| p[list].as_array().cloned().unwrap_or_default())
+            .collect();
+        let seen: HashSet<i64> = records.iter().filter_map(|r| r["pid"].as_i64()).collect();
+        pids.is_subset(&seen).then_some(records)
+    })
+}
+
+/// ~50 sessions: one holds an exclusive lock, 40 wait for it with long (identifier-padded) queries,
+/// one more runs a statement whose text alone is over 8 KiB. Returns the waiters' and the long
+/// statement's pids. The sessions live on a thread of their own until the server stops.
+fn workload(server: &PgServer) -> (HashSet<i64>, i64) {
+    server.psql("postgres", "CREATE TABLE IF NOT EXISTS hot (id int)");
+    let (socket_dir, port) = (server.socket_dir.clone(), server.port);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        support::rt().block_on(async move {
+            let (waiters, long) = sessions(&socket_dir, port).await;
+            tx.send((waiters, long)).unwrap();
+            std::future::pending::<()>().await;
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(90))
+        .expect("the workload starts")
+}
+
+async fn connect(socket_dir: &Path, port: u16, app: &str) -> tokio_postgres::Client {
+    let conn = format!(
+        "host={} port={port} user=postgres dbname=postgres application_name={app}",
+        socket_dir.display()
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("test client connects");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+async fn pid(c: &tokio_postgres::Client) -> i64 {
+    let row = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap();
+    i64::from(row.get::<_, i32>(0))
+}
+
+async fn sessions(socket_dir: &Path, port: u16) -> (HashSet<i64>, i64) {
+    {
+        let holder = connect(socket_dir, port, "holder").await;
+        holder
+            .batch_execute("BEGIN; LOCK TABLE hot IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        std::mem::forget(holder);
+        let mut pids = HashSet::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut ident = move || -> String {
+            (0..40)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect()
+        };
+        for _ in 0..40 {
+            let c = connect(socket_dir, port, "waiter").await;
+            pids.insert(pid(&c).await);
+            let cols: Vec<String> = (0..12)
+                .map(|_| format!("count(*) AS {}", ident()))
+                .collect();
+            let sql = format!("SELECT {} FROM hot", cols.join(", "));
+            tokio::spawn(async move {
+                let _ = c.simple_query(&sql).await;
+            });
+        }
+        let c = connect(socket_dir, port, "long").await;
+        let long = pid(&c).await;
+        let cols: Vec<String> = (0..220).map(|_| format!("1 AS {}", ident())).collect();
+        let sql = format!("SELECT pg_sleep(600), {}", cols.join(", "));
+        tokio::spawn(async move {
+            let _ = c.simple_query(&sql).await;
+        });
+        let check = connect(socket_dir, port, "check").await;
+        support::collect::wait_until(
+            &check,
+            "SELECT count(*) >= 40 FROM pg_locks WHERE NOT granted",
+        )
+        .await;
+        (pids, long)
+    }
+}
+
+const MAX_BODY: usize = 8192;
+
+/// `listener.max_body_bytes = 8192` with a real workload whose locks and activity aggregates are far
+/// over it, bitville protocol to the real-contract listener: every body is at most 8 KiB, every
+/// part is accepted, the union of a split aggregate's parts holds every waiter, and the statement
+/// too long for any body on its own arrives trimmed and marked.
+#[test]
+fn bitville_bodies_stay_within_max_body_bytes() {
+    let server = PgServer::start();
+    let (waiters, long) = workload(&server);
+    let listener = BitvilleListener::start(&[(KEY, "shop")], 1000);
+    let state = tempfile::tempdir().unwrap();
+    let ini = write_ini(
+        &server,
+        state.path(),
+        &format!(
+            "[agent]\nproject_id = shop\ncollection_interval_s = 2\n\
+             [listener]\nprotocol = bitville\nurl = {}\napi_key = {KEY}\n\
+             max_requests_per_minute = 600\nmax_body_bytes = {MAX_BODY}\n[logs]\nenabled = false\n\
+             [safety]\nmax_query_length = 16384\n",
+            listener.url()
+        ),
+    );
+    let mut agent = AgentChild::spawn(&["run", ini.to_str().unwrap()], &[]);
+    let mut all = waiters.clone();
+    all.insert(long);
+    wait_until(
+        Duration::from_secs(90),
+        &agent,
+        "split aggregates arrive",
+        || {
+            let data: Vec<Value> = listener
+                .rows()
+                .iter()
+                .map(|r| r.payload["data"].clone())
+                .collect();
+            complete_with(&parts_by_batch(&data, "locks"), "locks", &waiters).is_some()
+                && complete_with(&parts_by_batch(&data, "sessions"), "sessions", &all).is_some()
+        },
+    );
+    agent.terminate_within(Duration::from_secs(3));
+    let rows = listener.rows();
+    for r in &rows {
+        assert!(r.body_bytes <= MAX_BODY, "a {}-byte body", r.body_bytes);
+    }
+    let tally = listener.tally();
+    assert_eq!(tally.stored, tally.requests, "{:?}", listener.failures());
+    let data: Vec<Value> = rows.iter().map(|r| r.payload["data"].clone()).collect();
+    let sessions = complete_with(&parts_by_batch(&data, "sessions"), "sessions", &all).unwrap();
+    let trimmed = sessions
+        .iter()
+        .find(|s| s["pid"].as_i64() == Some(long))
+        .unwrap();
+    assert_eq!(trimmed["truncated"], true, "{trimmed}");
+    assert!(trimmed["omitted_bytes"].as_u64().unwrap_or(0) > 0);
+    let locks = complete_with(&parts_by_batch(&data, "locks"), "locks", &waiters).unwrap();
+    let pids: Vec<i64> = locks.iter().filter_map(|l| l["pid"].as_i64()).collect();
+    assert_eq!(
+        pids.len(),
+        pids.iter().collect::<HashSet<_>>().len(),
+        "a lock twice"
+    );
+}
+
+/// The same workload in the batch protocol (gzip bodies, limit on the gzip): every body is at most
+/// 8 KiB, each part a complete envelope, the union of the parts holds every waiter.
+#[test]
+fn batch_bodies_stay_within_max_body_bytes() {
+    let server = PgServer::start();
+    let (waiters, long) = workload(&server);
+    let listener = Listener::start();
+    let state = tempfile::tempdir().unwrap();
+    let ini = write_ini(
+        &server,
+        state.path(),
+        &format!(
+            "[agent]\ncollection_interval_s = 2\n\
+             [listener]\nprotocol = batch\nurl = {}\nmax_body_bytes = {MAX_BODY}\n\
+             [logs]\nenabled = false\n[safety]\nmax_query_length = 16384\n",
+            listener.url()
+        ),
+    );
+    let mut agent = AgentChild::spawn(&["run", ini.to_str().unwrap()], &[]);
+    let mut all = waiters.clone();
+    all.insert(long);
+    let envelopes = |kind: &str| -> Vec<Value> {
+        listener
+            .received()
+            .into_iter()
+            .filter(|r| r.body["type"] == kind)
+            .map(|r| r.body)
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(90),
+        &agent,
+        "split batches arrive",
+        || {
+            complete_with(
+                &parts_by_batch(&envelopes("locks"), "data"),
+                "data",
+                &waiters,
+            )
+            .is_some()
+                && complete_with(
+                    &parts_by_batch(&envelopes("pg_activity"), "data"),
+                    "data",
+                    &all,
+                )
+                .is_some()
+        },
+    );
+    agent.terminate_within(Duration::from_secs(3));
+    for r in listener.received() {
+        assert!(r.body_bytes <= MAX_BODY, "a {}-byte body", r.body_bytes);
+        assert_eq!(
+            r.body["count"].as_u64(),
+            r.body["data"].as_array().map(|d| d.len() as u64)
+        );
+    }
+}
