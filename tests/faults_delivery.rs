@@ -480,7 +480,8 @@ fn complete_with(
 }
 
 /// ~50 sessions: one holds an exclusive lock, 40 wait for it with long (identifier-padded) queries,
-/// one more runs a statement whose text alone is over 8 KiB. Returns the waiters' and the long
+/// one more runs a statement whose text alone is over 8 KiB, even gzipped (16 KiB of random
+/// identifiers). Returns the waiters' and the long
 /// statement's pids. The sessions live on a thread of their own until the server stops.
 fn workload(server: &PgServer) -> (HashSet<i64>, i64) {
     server.psql("postgres", "CREATE TABLE IF NOT EXISTS hot (id int)");
@@ -549,7 +550,18 @@ async fn sessions(socket_dir: &Path, port: u16) -> (HashSet<i64>, i64) {
         }
         let c = connect(socket_dir, port, "long").await;
         let long = pid(&c).await;
-        let cols: Vec<String> = (0..220).map(|_| format!("1 AS {}", ident())).collect();
+        let cols: Vec<String> = (0..80)
+            .map(|_| {
+                format!(
+                    "1 AS {}{}{}{}{}",
+                    ident(),
+                    ident(),
+                    ident(),
+                    ident(),
+                    ident()
+                )
+            })
+            .collect();
         let sql = format!("SELECT pg_sleep(600), {}", cols.join(", "));
         tokio::spawn(async move {
             let _ = c.simple_query(&sql).await;
@@ -566,13 +578,21 @@ async fn sessions(socket_dir: &Path, port: u16) -> (HashSet<i64>, i64) {
 
 const MAX_BODY: usize = 8192;
 
+/// A server that keeps 16 KiB of each query's text in pg_stat_activity.
+fn long_queries() -> support::PgOptions {
+    support::PgOptions {
+        conf: vec!["track_activity_query_size = 16384".into()],
+        ..Default::default()
+    }
+}
+
 /// `listener.max_body_bytes = 8192` with a real workload whose locks and activity aggregates are far
 /// over it, bitville protocol to the real-contract listener: every body is at most 8 KiB, every
 /// part is accepted, the union of a split aggregate's parts holds every waiter, and the statement
 /// too long for any body on its own arrives trimmed and marked.
 #[test]
 fn bitville_bodies_stay_within_max_body_bytes() {
-    let server = PgServer::start();
+    let server = PgServer::start_with(long_queries());
     let (waiters, long) = workload(&server);
     let listener = BitvilleListener::start(&[(KEY, "shop")], 1000);
     let state = tempfile::tempdir().unwrap();
@@ -632,7 +652,7 @@ fn bitville_bodies_stay_within_max_body_bytes() {
 /// 8 KiB, each part a complete envelope, the union of the parts holds every waiter.
 #[test]
 fn batch_bodies_stay_within_max_body_bytes() {
-    let server = PgServer::start();
+    let server = PgServer::start_with(long_queries());
     let (waiters, long) = workload(&server);
     let listener = Listener::start();
     let state = tempfile::tempdir().unwrap();
@@ -677,6 +697,17 @@ fn batch_bodies_stay_within_max_body_bytes() {
         },
     );
     agent.terminate_within(Duration::from_secs(3));
+    let sessions = complete_with(
+        &parts_by_batch(&envelopes("pg_activity"), "data"),
+        "data",
+        &all,
+    )
+    .unwrap();
+    let trimmed = sessions
+        .iter()
+        .find(|s| s["pid"].as_i64() == Some(long))
+        .unwrap();
+    assert_eq!(trimmed["truncated"], true, "{trimmed}");
     for r in listener.received() {
         assert!(r.body_bytes <= MAX_BODY, "a {}-byte body", r.body_bytes);
         assert_eq!(
