@@ -120,6 +120,10 @@ fn batch_backlog_after_a_503_outage_drains_each_request_once() {
         "the backlog drains",
         || waiting(port).is_some_and(|w| w <= 8.0),
     );
+    eprintln!(
+        "batch: {backlog} requests waiting after the outage, drained in {:.1} s",
+        now_seconds() - back_at
+    );
     // Fresh data: batches collected after the listener came back arrive too.
     wait_until(
         Duration::from_secs(60),
@@ -178,6 +182,7 @@ fn bitville_backlog_after_refused_connections_drains_with_fresh_data_first() {
         waiting(port).is_some_and(|w| w >= 60.0)
     });
     std::thread::sleep(Duration::from_secs(15));
+    let backlog = waiting(port).unwrap_or(0.0);
     let back_at = now_seconds();
     let listener = BitvilleListener::start_on(&[(KEY, "shop")], 1000, listen_port);
     wait_until(
@@ -185,6 +190,10 @@ fn bitville_backlog_after_refused_connections_drains_with_fresh_data_first() {
         &agent,
         "the backlog drains",
         || waiting(port).is_some_and(|w| w <= 8.0),
+    );
+    eprintln!(
+        "bitville: {backlog} requests waiting after the outage, drained in {:.1} s",
+        now_seconds() - back_at
     );
     wait_until(
         Duration::from_secs(60),
@@ -208,8 +217,14 @@ fn bitville_backlog_after_refused_connections_drains_with_fresh_data_first() {
             .to_string();
         assert!(seen.insert(id.clone()), "payload {id} stored twice");
     }
-    let first_fresh = rows.iter().position(|r| r.timestamp > back_at);
+    // The first request of a pass is the newest payload: collected within the last seconds (the
+    // probe waits up to recovery_timeout_s), not one of the backlog's oldest.
+    let first_fresh = rows.iter().position(|r| r.timestamp > back_at - 3.0);
     let last_backlog = rows.iter().rposition(|r| r.timestamp < back_at - 10.0);
+    eprintln!(
+        "bitville: {} payloads stored; first fresh #{first_fresh:?}, last of the backlog #{last_backlog:?}",
+        rows.len()
+    );
     match (first_fresh, last_backlog) {
         (Some(f), Some(b)) => assert!(
             f < b,
