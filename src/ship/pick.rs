@@ -5,7 +5,8 @@
 //! starting with its first, is the newest waiting request: one held in memory if any (held requests
 //! are newer than anything in the outbox), else the newest in the outbox (pg_logs excepted: the log
 //! reader resumes after the newest pg_logs request waiting, so those keep their order). The other
-//! three quarters go to the backlog, oldest first. A request is removed (or marked settled) once the
+//! three quarters go to the backlog, oldest first. Payloads imported from the Python agent's buffer
+//! are the exception: they go first, strictly in order, before any fresh share. A request is removed (or marked settled) once the
 //! listener took it, so neither end sends it again; settled requests whose removal failed are
 //! skipped wherever they are.
 
@@ -65,7 +66,11 @@ impl Shipper {
                 }
             }
         };
-        if nth % FRESH_EVERY == 0 {
+        // Payloads imported from the Python agent's buffer go first, strictly in order.
+        let importing = oldest
+            .as_ref()
+            .is_some_and(|b| b.seq <= inner.imported_until_seq);
+        if nth % FRESH_EVERY == 0 && !importing {
             if let Some(fresh) = self.fresh(inner, oldest.as_ref())? {
                 return Ok(Some(fresh));
             }

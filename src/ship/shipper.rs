@@ -106,6 +106,9 @@ pub(super) struct Inner {
     pub(super) breaker_save_failing: bool,
     /// The reserve file could not be made (said once until it exists).
     pub(super) reserve_missing: bool,
+    /// The newest request imported from the Python agent's buffer: those go before anything else,
+    /// strictly in order, so the fresh share of a pass waits until they are sent.
+    pub(super) imported_until_seq: i64,
     /// `listener.max_requests_per_minute` where it applies, over new data and the backlog.
     pub(super) rate: RateLimiter,
     /// Settled requests whose removal from the outbox failed.
@@ -172,6 +175,7 @@ impl Shipper {
                 saved_breaker: None,
                 breaker_save_failing: false,
                 reserve_missing: false,
+                imported_until_seq: 0,
                 rate: RateLimiter::new(config.listener.request_limit()),
                 unremoved: Unremoved::default(),
                 storage_error: None,
@@ -402,6 +406,9 @@ impl Shipper {
         let mut inner = self.lock();
         let eviction = self.with_outbox(&mut inner, |ob| ob.push(&row))?;
         self.log_evictions(&eviction, "buffer.max_size_mb reached");
+        if let Ok(seq) = self.with_outbox(&mut inner, |ob| ob.max_seq()) {
+            inner.imported_until_seq = seq;
+        }
         Ok(())
     }
 

@@ -102,7 +102,12 @@ impl Encoder {
                 let plan = self.planner.plan(statements, Instant::now());
                 let mut rows = Vec::with_capacity(plan.payloads.len() + 1);
                 for payload in &plan.payloads {
-                    rows.push(correlated::encode(payload, batch, &self.project)?);
+                    rows.push(correlated::encode(
+                        payload,
+                        batch,
+                        &self.project,
+                        self.max_body,
+                    )?);
                 }
                 // The aggregate goes last, so the newest stored request of a type is its
                 // aggregate (the log reader resumes from the newest pg_logs aggregate).

@@ -29,4 +29,11 @@ impl Outbox {
             None => Ok(None),
         }
     }
+
+    /// The newest sequence number in the queue (0 when empty).
+    pub fn max_seq(&self) -> Result<i64, OutboxError> {
+        self.conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM outbox", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
 }
