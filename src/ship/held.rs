@@ -70,11 +70,6 @@ impl Held {
         }
     }
 
-    /// The newest request held.
-    pub fn back(&self) -> Option<&NewBatch> {
-        self.rows.back()
-    }
-
     /// Removes the request `batch_id` wherever it is (one sent from the newest end); false when it
     /// is no longer there.
     pub fn remove(&mut self, batch_id: uuid::Uuid) -> bool {

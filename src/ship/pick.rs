@@ -3,8 +3,8 @@
 //!
 //! While a backlog exists (more than one request waiting), every [`FRESH_EVERY`]th request of a pass,
 //! starting with its first, is the newest waiting request: one held in memory if any (held requests
-//! are newer than anything in the outbox), else the newest in the outbox (pg_logs excepted: the log
-//! reader resumes after the newest pg_logs request waiting, so those keep their order). The other
+//! are newer than anything in the outbox), else the newest in the outbox; pg_logs excepted either
+//! way (the log reader resumes after the newest pg_logs request waiting, so those keep their order). The other
 //! three quarters go to the backlog, oldest first. Payloads imported from the Python agent's buffer
 //! are the exception: they go first, strictly in order, before any fresh share. A request is removed (or marked settled) once the
 //! listener took it, so neither end sends it again; settled requests whose removal failed are
@@ -90,7 +90,12 @@ impl Shipper {
         {
             let held = self.held();
             if oldest.is_some() || held.len() > 1 {
-                if let Some(r) = held.back() {
+                let newest = held
+                    .rows()
+                    .iter()
+                    .rev()
+                    .find(|r| r.kind != BatchKind::PgLogs);
+                if let Some(r) = newest {
                     return Ok(Some(Next::Held(r.clone())));
                 }
             }
