@@ -1,17 +1,18 @@
 //! What a drain pass sends next: the backlog oldest-first, with a share kept for fresh data so that
 //! a long backlog (after an outage or a full disk) never starves what is being collected now.
 //!
-//! While a backlog exists (more than one request waiting), every [`FRESH_EVERY`]th request of a pass,
-//! starting with its first, is the newest waiting request: one held in memory if any (held requests
-//! are newer than anything in the outbox), else the newest in the outbox; pg_logs excepted either
-//! way (the log reader resumes after the newest pg_logs request waiting, so those keep their order). The other
-//! three quarters go to the backlog, oldest first. Payloads imported from the Python agent's buffer
-//! are the exception: they go first, strictly in order, before any fresh share. A request is removed (or marked settled) once the
-//! listener took it, so neither end sends it again; settled requests whose removal failed are
-//! skipped wherever they are.
+//! While a backlog exists (the oldest request has waited more than [`BACKLOG_CYCLES`] collection
+//! intervals, and at least 2 s), every [`FRESH_EVERY`]th request of a pass, its first included, is
+//! the newest waiting request: one held in memory if any (held requests are newer than anything in
+//! the outbox), else the newest in the outbox; pg_logs excepted either way (the log reader resumes
+//! after the newest pg_logs request waiting, so those keep their order). The other three quarters
+//! go to the backlog, oldest first. Without a backlog the order is strictly oldest-first. Payloads
+//! imported from the Python agent's buffer are the exception: they go first, strictly in order. A
+//! request is removed (or marked settled) once the listener took it, so neither end sends it again;
+//! settled requests whose removal failed are skipped wherever they are.
 
 use super::batch::BatchKind;
-use super::outbox::{NewBatch, StoredBatch};
+use super::outbox::{now_ms, NewBatch, StoredBatch};
 use super::shipper::{Inner, Shipper};
 use super::ShipError;
 use crate::config::Protocol;
@@ -19,6 +20,10 @@ use crate::config::Protocol;
 /// One request in this many (the first of a pass included) goes to the newest data while there is a
 /// backlog: a quarter of the pass, so the backlog still drains at three quarters of the rate.
 pub const FRESH_EVERY: u64 = 4;
+
+/// A request waiting longer than this many collection intervals (and 2 s) means a backlog; a
+/// delivery that keeps up sends each cycle's requests within one, oldest first.
+pub const BACKLOG_CYCLES: u32 = 2;
 
 /// The next request of a drain pass: from the outbox, or held in memory.
 pub(super) enum Next {
@@ -81,12 +86,24 @@ impl Shipper {
         })
     }
 
-    /// The newest request when it is not also the oldest (a backlog), else None.
+    /// The newest request when there is a backlog ([`BACKLOG_CYCLES`]), else None.
     fn fresh(
         &self,
         inner: &mut Inner,
         oldest: Option<&StoredBatch>,
     ) -> Result<Option<Next>, ShipError> {
+        let backlog_ms = (inner.interval * BACKLOG_CYCLES)
+            .max(std::time::Duration::from_secs(2))
+            .as_millis() as i64;
+        let waited_since = match oldest {
+            Some(b) => Some(b.enqueued_ms),
+            None => self.held().front().and_then(|r| {
+                super::encode::unix_seconds(&r.collected_at).map(|s| (s * 1000.0) as i64)
+            }),
+        };
+        if !waited_since.is_some_and(|t| now_ms() - t > backlog_ms) {
+            return Ok(None);
+        }
         {
             let held = self.held();
             if oldest.is_some() || held.len() > 1 {

@@ -109,6 +109,8 @@ pub(super) struct Inner {
     /// The newest request imported from the Python agent's buffer: those go before anything else,
     /// strictly in order, so the fresh share of a pass waits until they are sent.
     pub(super) imported_until_seq: i64,
+    /// `agent.collection_interval`: a request waiting longer than two of them makes a backlog.
+    pub(super) interval: Duration,
     /// `listener.max_requests_per_minute` where it applies, over new data and the backlog.
     pub(super) rate: RateLimiter,
     /// Settled requests whose removal from the outbox failed.
@@ -176,6 +178,7 @@ impl Shipper {
                 breaker_save_failing: false,
                 reserve_missing: false,
                 imported_until_seq: 0,
+                interval: config.agent.collection_interval,
                 rate: RateLimiter::new(config.listener.request_limit()),
                 unremoved: Unremoved::default(),
                 storage_error: None,
@@ -215,6 +218,7 @@ impl Shipper {
         inner.breaker.failure_threshold = config.circuit_breaker.failure_threshold.max(1);
         inner.breaker.recovery_timeout = config.circuit_breaker.recovery_timeout;
         inner.max_size_bytes = config.buffer.max_size_bytes;
+        inner.interval = config.agent.collection_interval;
         inner.rate.set_limit(config.listener.request_limit());
         self.encoder().reconfigure(config);
         if sender.is_some() && inner.outbox.is_none() {
