@@ -101,7 +101,7 @@ impl Shipper {
                 super::encode::unix_seconds(&r.collected_at).map(|s| (s * 1000.0) as i64)
             }),
         };
-        if !waited_since.is_some_and(|t| now_ms() - t > backlog_ms) {
+        if waited_since.is_none_or(|t| now_ms() - t <= backlog_ms) {
             return Ok(None);
         }
         {
