@@ -71,3 +71,45 @@ pub fn reserve_bytes(path: &Path) -> u64 {
         Err(_) => RESERVE_BYTES,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{charge, NewBatch};
+    use super::*;
+    use crate::config::Protocol;
+    use crate::ship::batch::BatchKind;
+
+    fn row(i: usize) -> NewBatch {
+        NewBatch {
+            batch_id: uuid::Uuid::now_v7(),
+            kind: BatchKind::SystemMetrics,
+            collected_at: format!("2026-12-06T00:00:{:02}.000Z", i % 60),
+            body: vec![b'x'; 600],
+            protocol: Protocol::Batch,
+        }
+    }
+
+    #[test]
+    fn making_space_for_one_small_request_evicts_only_what_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(&dir.path().join("outbox.db"), 100 << 20).unwrap();
+        for i in 0..20 {
+            ob.push(&row(i)).unwrap();
+        }
+        // Twenty rows are far under the 2 MiB reserve: room for one more evicts one, not all.
+        let report = ob.make_space(charge(600)).unwrap();
+        assert_eq!(report.evicted.len(), 1, "{report:?}");
+        assert_eq!(ob.stats().unwrap().depth, 19);
+    }
+
+    #[test]
+    fn the_reserve_is_at_most_2_mib_and_1_percent_of_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = reserve_bytes(&dir.path().join("outbox.db"));
+        assert!((64 * 1024..=RESERVE_BYTES).contains(&size), "{size}");
+        let ob = Outbox::open(&dir.path().join("outbox.db"), 100 << 20).unwrap();
+        assert_eq!(ob.ensure_reserve(), None);
+        let len = std::fs::metadata(ob.reserve_path()).unwrap().len();
+        assert!(len <= RESERVE_BYTES);
+    }
+}
