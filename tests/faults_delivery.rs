@@ -478,3 +478,42 @@ fn batch_bodies_stay_within_max_body_bytes() {
         );
     }
 }
+
+/// Refused connections do not use up `max_requests_per_minute`: with a limit of 3 a minute, five
+/// passes against a port that refuses, then the listener comes up on it and three requests go at
+/// once (were the refusals counted, the minute's slots would be spent and nothing would go).
+#[test]
+fn refused_connections_do_not_count_against_the_request_limit() {
+    use postgres_agent::ship::batch::BatchKind;
+    use postgres_agent::ship::{DrainStop, Shipper};
+    use support::fault_listener::{self, ship_config, test_batch};
+    support::rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = ship_config(
+            dir.path(),
+            Some(&format!("http://{addr}/ingest")),
+            "max_requests_per_minute = 3\n[circuit_breaker]\nfailure_threshold = 100\n\
+             [agent]\ncollection_interval_s = 300\n",
+        );
+        assert_eq!(config.listener.request_limit(), Some(3));
+        let shipper = Shipper::open(&config).unwrap();
+        for i in 0..4 {
+            shipper
+                .enqueue(&test_batch(BatchKind::ALL[i], 2, i as u64))
+                .unwrap();
+        }
+        for _ in 0..5 {
+            let r = shipper.drain(Duration::from_secs(1)).await;
+            assert_eq!((r.stopped, r.delivered), (DrainStop::Failed, 0), "{r:?}");
+        }
+        let listener = fault_listener::Listener::start_on(addr).await;
+        let r = shipper.drain(Duration::from_secs(1)).await;
+        assert_eq!(
+            (r.delivered, r.stopped),
+            (3, DrainStop::RateLimited),
+            "{r:?}"
+        );
+        assert_eq!(listener.accepted().len(), 3);
+    });
+}
