@@ -426,14 +426,19 @@ impl Config {
         if listener_url.is_some() && paced {
             // The agent's own production: one request per type per cycle (activity, statements,
             // locks, system metrics, pg_logs; the sampling aggregate when sampling is on), counted
-            // even when a type has nothing to send or the log reader is off, so the estimate is
-            // never below what a cycle makes. Parts of oversized aggregates and correlated
-            // statements come on top and are paced, not refused.
+            // even when a type has nothing to send or the log reader is off, plus the most spike
+            // snapshots a minute can have (one per spikes.min_gap_s), so the estimate is never
+            // below what the agent makes. Parts of oversized aggregates and correlated statements
+            // come on top and are paced, not refused.
             let interval = v.int("agent", "collection_interval_s")?;
             let limit = v.int("listener", "max_requests_per_minute")?;
             let sampling = v.sample_interval()?.is_some();
             let per_cycle = u64::from(BITVILLE_AGGREGATES_PER_CYCLE) + u64::from(sampling);
-            let needed = (per_cycle * 60).div_ceil(interval);
+            let spikes = match sampling && v.bool("spikes", "enabled")? {
+                true => 60u64.div_ceil(v.int("spikes", "min_gap_s")?.max(1)),
+                false => 0,
+            };
+            let needed = (per_cycle * 60).div_ceil(interval) + spikes;
             if needed > limit {
                 return Err(v.bad(
                     "listener",
@@ -441,11 +446,12 @@ impl Config {
                     format!(
                         "listener.protocol = {protocol} sends {per_cycle} requests per cycle, so \
                          agent.collection_interval_s = {interval} produces {needed} requests per \
-                         minute, more than this limit of {limit} (before any correlated statement \
-                         or split part): delivery could never catch up; raise \
-                         collection_interval_s to at least {} or this limit (the Bitville listener \
-                         allows BITVILLE_RATE_LIMIT, 100 by default, per client IP){}",
-                        (per_cycle * 60).div_ceil(limit),
+                         minute (with {spikes} spike snapshots), more than this limit of {limit} \
+                         (before any correlated statement or split part): delivery could never \
+                         catch up; raise collection_interval_s to at least {} or this limit (the \
+                         Bitville listener allows BITVILLE_RATE_LIMIT, 100 by default, per client \
+                         IP){}",
+                        (per_cycle * 60).div_ceil(limit.saturating_sub(spikes).max(1)),
                         if protocol == Protocol::Batch {
                             ", or remove it: the batch protocol is not paced unless it is set"
                         } else {
