@@ -141,6 +141,11 @@ fn bitville_backlog_after_refused_connections_drains_with_fresh_data_first() {
         },
     );
     let rows = listener.rows();
+    assert!(
+        rows.len() as f64 >= backlog,
+        "{} stored, {backlog} were waiting",
+        rows.len()
+    );
     let mut seen = HashSet::new();
     for r in &rows {
         let id = r.payload["data"]["batch_id"]
