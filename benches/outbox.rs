@@ -37,7 +37,7 @@ fn main() {
 
     let sample = batch(BatchKind::PgActivity, 0);
     let json_len = serde_json::to_vec(&sample).map(|v| v.len()).unwrap_or(0);
-    let gz_len = postgres_agent::ship::encode::batch::prepare(&sample, usize::MAX)
+    let gz_len = postgres_agent::ship::encode::batch::prepare(&sample, usize::MAX, true)
         .map(|p| p[0].body.len())
         .unwrap_or(0);
     println!(

@@ -186,11 +186,25 @@ pub struct ListenerConfig {
     pub api_key: Secret,
     pub timeout: Duration,
     pub protocol: Protocol,
-    /// Most requests per rolling minute (both protocols).
+    /// Most requests per rolling minute; what paces delivery is [`ListenerConfig::request_limit`].
     pub max_requests_per_minute: u32,
+    /// `max_requests_per_minute` was set (file or environment), not the built-in default.
+    pub max_requests_per_minute_set: bool,
+    /// Largest request body on the wire ([`crate::ship::encode`] splits or trims to fit).
+    pub max_body_bytes: usize,
     /// gzip bodies; the batch protocol only.
     pub compress: bool,
     pub ca_file: Option<PathBuf>,
+}
+
+impl ListenerConfig {
+    /// The request pacing delivery applies: `max_requests_per_minute` for the bitville protocol
+    /// (the Bitville listener's limit per client IP); for the batch protocol only when the key was
+    /// set, since nothing on that side asks for it.
+    pub fn request_limit(&self) -> Option<u32> {
+        (self.protocol == Protocol::Bitville || self.max_requests_per_minute_set)
+            .then_some(self.max_requests_per_minute)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -405,22 +419,46 @@ impl Config {
                     ),
                 ));
             }
+        }
+        let paced = protocol == Protocol::Bitville
+            || !matches!(
+                raw.get("listener", "max_requests_per_minute").origin,
+                Origin::Default
+            );
+        if listener_url.is_some() && paced {
+            // The agent's own production: one request per type per cycle (activity, statements,
+            // locks, system metrics, pg_logs; the sampling aggregate when sampling is on), counted
+            // even when a type has nothing to send or the log reader is off, plus the most spike
+            // snapshots a minute can have (one per spikes.min_gap_s), so the estimate is never
+            // below what the agent makes. Parts of oversized aggregates and correlated statements
+            // come on top and are paced, not refused.
             let interval = v.int("agent", "collection_interval_s")?;
             let limit = v.int("listener", "max_requests_per_minute")?;
             let sampling = v.sample_interval()?.is_some();
             let per_cycle = u64::from(BITVILLE_AGGREGATES_PER_CYCLE) + u64::from(sampling);
-            let needed = (per_cycle * 60).div_ceil(interval);
+            let spikes = match sampling && v.bool("spikes", "enabled")? {
+                true => 60u64.div_ceil(v.int("spikes", "min_gap_s")?.max(1)),
+                false => 0,
+            };
+            let needed = (per_cycle * 60).div_ceil(interval) + spikes;
             if needed > limit {
                 return Err(v.bad(
                     "listener",
                     "max_requests_per_minute",
                     format!(
-                        "listener.protocol = bitville sends {per_cycle} requests per cycle, so \
-                         agent.collection_interval_s = {interval} needs {needed} requests per minute \
-                         before any correlated statement; raise collection_interval_s to at least \
-                         {} or this limit (the Bitville listener allows BITVILLE_RATE_LIMIT, 100 by \
-                         default, per client IP)",
-                        (per_cycle * 60).div_ceil(limit)
+                        "listener.protocol = {protocol} sends {per_cycle} requests per cycle, so \
+                         agent.collection_interval_s = {interval} produces {needed} requests per \
+                         minute (with {spikes} spike snapshots), more than this limit of {limit} \
+                         (before any correlated statement or split part): delivery could never \
+                         catch up; raise collection_interval_s to at least {} or this limit (the \
+                         Bitville listener allows BITVILLE_RATE_LIMIT, 100 by default, per client \
+                         IP){}",
+                        (per_cycle * 60).div_ceil(limit.saturating_sub(spikes).max(1)),
+                        if protocol == Protocol::Batch {
+                            ", or remove it: the batch protocol is not paced unless it is set"
+                        } else {
+                            ""
+                        }
                     ),
                 ));
             }
@@ -465,6 +503,11 @@ impl Config {
                 timeout: Duration::from_secs(v.int("listener", "timeout_s")?),
                 protocol,
                 max_requests_per_minute: v.int("listener", "max_requests_per_minute")? as u32,
+                max_requests_per_minute_set: !matches!(
+                    raw.get("listener", "max_requests_per_minute").origin,
+                    Origin::Default
+                ),
+                max_body_bytes: v.int("listener", "max_body_bytes")? as usize,
                 compress: v.bool("listener", "compress")?,
                 ca_file: v.opt_str("listener", "ca_file").map(PathBuf::from),
             },

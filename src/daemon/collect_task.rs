@@ -183,10 +183,10 @@ async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared)
 fn report_writer(telemetry: &Telemetry, writer: &Writer, summary: &mut String) {
     let r = writer.take_report();
     if let Some(w) = r.waiting {
-        summary.push_str(&format!(", {w} requests waiting to be sent"));
+        summary.push_str(&cycle::waiting_text(w));
     }
     if r.held > 0 {
-        summary.push_str(&format!(", {} requests held in memory", r.held));
+        summary.push_str(&format!(", {} requests newly held in memory", r.held));
     }
     if r.failed > 0 {
         summary.push_str(&format!(", {} batches lost", r.failed));

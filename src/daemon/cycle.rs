@@ -68,6 +68,37 @@ pub fn summary(report: &CycleReport, waiting: Option<u64>) -> String {
     s
 }
 
+/// Requests waiting to be sent: the outbox depth plus the requests held in memory (a full disk),
+/// which are waiting too. None when there is nothing to say (stdout mode).
+pub fn waiting(stats: &crate::ship::ShipStats) -> Option<Waiting> {
+    let held = stats.process.held_now as u64;
+    let depth = stats.outbox.as_ref().map(|o| o.depth);
+    (depth.is_some() || held > 0).then(|| Waiting {
+        total: depth.unwrap_or(0) + held,
+        held,
+    })
+}
+
+/// What [`waiting`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    pub total: u64,
+    /// Of them, held in memory.
+    pub held: u64,
+}
+
+/// The summary's ", N requests waiting to be sent (M of them held in memory)".
+pub fn waiting_text(w: Waiting) -> String {
+    if w.held == 0 {
+        format!(", {} requests waiting to be sent", w.total)
+    } else {
+        format!(
+            ", {} requests waiting to be sent ({} of them held in memory)",
+            w.total, w.held
+        )
+    }
+}
+
 /// Publishes a cycle's collector figures.
 pub fn record_cycle(metrics: &Metrics, report: &CycleReport) {
     let outcome = match (report.server.is_some(), report.all_ok()) {

@@ -9,9 +9,11 @@
 //! reported on `/health` by the collection task ([`Delivery::stalled_for`]).
 //!
 //! On shutdown it starts no new request; one already in flight may finish, then one last pass sends
-//! what the log task flushed, all within the shutdown budget. If the budget runs out the thread is
-//! left behind (the process exits without it) and nothing is sent again by this process: what was
-//! in flight stays in the outbox and is sent after the next start.
+//! requests held in memory first (a full disk: they have no other chance), then what the log task
+//! flushed, all within the shutdown budget. If the budget runs out the thread is left behind (the
+//! process exits without it) and nothing is sent again by this process: what was in flight stays in
+//! the outbox and is sent after the next start. Requests still held in memory then are lost: counted
+//! (`held_lost`), logged with their number, and written to the `status` record when it can be.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -27,6 +29,8 @@ use crate::telemetry::server::Telemetry;
 
 /// The running delivery thread.
 pub struct Delivery {
+    shipper: Arc<Shipper>,
+    telemetry: Telemetry,
     wake: Arc<Notify>,
     token: CancellationToken,
     interval: Arc<std::sync::Mutex<Duration>>,
@@ -54,8 +58,8 @@ impl Delivery {
         let epoch = Instant::now();
         let (tx, done) = oneshot::channel();
         let task = Task {
-            shipper,
-            telemetry,
+            shipper: shipper.clone(),
+            telemetry: telemetry.clone(),
             wake: wake.clone(),
             interval: interval.clone(),
             token: token.clone(),
@@ -78,6 +82,8 @@ impl Delivery {
                 let _ = tx.send(());
             })?;
         Ok(Delivery {
+            shipper,
+            telemetry,
             wake,
             token,
             interval,
@@ -121,9 +127,14 @@ impl Delivery {
             *d = Some(Instant::now() + budget);
         }
         self.token.cancel();
-        match tokio::time::timeout(budget, self.done).await {
-            Ok(_) => true,
-            Err(_) => {
+        let ended = tokio::time::timeout(budget, self.done).await.is_ok();
+        let lost = self.shipper.abandon_held();
+        if lost > 0 {
+            record_loss_for_status(&self.shipper, &self.telemetry, lost).await;
+        }
+        match ended {
+            true => true,
+            false => {
                 tracing::warn!(
                     event = "send_abandoned_at_shutdown",
                     budget_ms = budget.as_millis() as u64,
@@ -166,11 +177,15 @@ struct Task {
 }
 
 impl Task {
-    async fn pass(&self, budget: Duration, stop: &CancellationToken) -> DrainReport {
+    /// One drain pass; `stop: None` is the last one before exit.
+    async fn pass(&self, budget: Duration, stop: Option<&CancellationToken>) -> DrainReport {
         // 1 at the least, so that 0 keeps meaning "no pass".
         let now = (self.epoch.elapsed().as_millis() as i64).max(1);
         self.pass_started.store(now, Ordering::Relaxed);
-        let report = self.shipper.drain_until(budget, stop).await;
+        let report = match stop {
+            Some(stop) => self.shipper.drain_until(budget, stop).await,
+            None => self.shipper.drain_final(budget).await,
+        };
         self.pass_started.store(0, Ordering::Relaxed);
         record(&self.telemetry, &self.shipper, &report);
         if report.dead_lettered > 0 {
@@ -200,7 +215,9 @@ impl Task {
                 .lock()
                 .map(|i| *i)
                 .unwrap_or(Duration::from_secs(60));
-            let report = self.pass(cycle::drain_budget(every), &self.token).await;
+            let report = self
+                .pass(cycle::drain_budget(every), Some(&self.token))
+                .await;
             let again = match report.stopped {
                 // A backlog: keep going at once.
                 DrainStop::Budget => Some(Duration::ZERO),
@@ -228,13 +245,38 @@ impl Task {
                     .saturating_sub(Duration::from_millis(50))
             });
         if !budget.is_zero() {
-            let report = self.pass(budget, &CancellationToken::new()).await;
+            let report = self.pass(budget, None).await;
             tracing::info!(
                 sent = report.delivered,
                 waiting = report.remaining,
                 "final send before exit"
             );
         }
+    }
+}
+
+/// Puts the counters with `lost` into the `status` record at exit (best effort, bounded: the disk
+/// may be full or stuck, and then the log line is the record).
+async fn record_loss_for_status(shipper: &Shipper, telemetry: &Telemetry, lost: usize) {
+    let Some(dir) = shipper.state_dir() else {
+        return;
+    };
+    let counters = telemetry
+        .counters
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let save = tokio::task::spawn_blocking(move || {
+        use crate::ship::status::LastCycle;
+        let previous = LastCycle::load(&dir);
+        let (ok, summary) = previous.map_or((false, String::new()), |p| (p.ok, p.summary));
+        let summary = format!("{summary}; at exit {lost} requests held in memory were lost");
+        LastCycle::save(&dir, ok, &summary, counters)
+    });
+    match tokio::time::timeout(Duration::from_millis(200), save).await {
+        Ok(Ok(Ok(()))) => {}
+        _ => tracing::debug!("cannot record the requests lost at exit for `status`"),
     }
 }
 

@@ -41,8 +41,8 @@ pub struct Report {
     pub failed: usize,
     /// Requests held in memory because the outbox took no writes.
     pub held: usize,
-    /// Outbox depth after the last write.
-    pub waiting: Option<u64>,
+    /// Requests waiting after the last write: outbox depth plus those held in memory.
+    pub waiting: Option<cycle::Waiting>,
     /// The outbox file was removed or replaced: what was done.
     pub outbox_file: Option<String>,
 }
@@ -302,7 +302,7 @@ fn write_batches(s: &Shared, batches: &[Batch]) {
     let mut q = s.queue();
     q.report.failed += failed;
     q.report.held += held;
-    if let Some(w) = stats.and_then(|s| s.outbox.map(|o| o.depth)) {
+    if let Some(w) = stats.as_ref().and_then(cycle::waiting) {
         q.report.waiting = Some(w);
     }
 }

@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::BatchKind;
 use super::breaker::{Permit, Transition};
 use super::held::Settled;
 use super::http::Outcome;
 use super::outbox::now_ms;
-use super::outbox::{NewBatch, StoredBatch};
+use super::pick::Next;
 use super::shipper::{Inner, Shipper};
 use crate::telemetry::registry::Event;
 
@@ -54,9 +53,11 @@ pub struct DrainReport {
 }
 
 impl Shipper {
-    /// Sends queued batches oldest-first until the outbox is empty, the breaker opens, a request
-    /// fails, or `budget` is spent. Requests are paced to `listener.max_requests_per_minute`: a pass
-    /// waits for a free slot when one comes within the budget. A request already started is allowed
+    /// Sends queued batches oldest-first, with a quarter of the requests kept for the newest data
+    /// while there is a backlog ([`super::pick`]), until the outbox is empty, the breaker opens, a
+    /// request fails, or `budget` is spent. Where pacing applies, requests are paced to
+    /// `listener.max_requests_per_minute` (refused connections not counted): a pass waits for a free
+    /// slot when one comes within the budget. A request already started is allowed
     /// to finish, so a pass can overrun the budget by at most one `listener.timeout_s`.
     pub async fn drain(&self, budget: Duration) -> DrainReport {
         self.drain_until(budget, &CancellationToken::new()).await
@@ -65,6 +66,22 @@ impl Shipper {
     /// [`Shipper::drain`] that starts no new request once `stop` is cancelled (a request in flight
     /// finishes; the caller bounds how long it waits for that).
     pub async fn drain_until(&self, budget: Duration, stop: &CancellationToken) -> DrainReport {
+        self.drain_pass(budget, stop, false).await
+    }
+
+    /// The last pass before exit: requests held in memory go first (what is in the outbox is sent
+    /// after the next start; what is in memory only has this attempt), then the rest as usual.
+    pub async fn drain_final(&self, budget: Duration) -> DrainReport {
+        self.drain_pass(budget, &CancellationToken::new(), true)
+            .await
+    }
+
+    async fn drain_pass(
+        &self,
+        budget: Duration,
+        stop: &CancellationToken,
+        held_first: bool,
+    ) -> DrainReport {
         let _one_at_a_time = self.drain_lock.lock().await;
         let started = Instant::now();
         let mut report = DrainReport {
@@ -77,7 +94,9 @@ impl Shipper {
             stopped: DrainStop::Empty,
             elapsed_ms: 0,
         };
-        report.stopped = self.drain_loop(started, budget, stop, &mut report).await;
+        report.stopped = self
+            .drain_loop(started, budget, stop, held_first, &mut report)
+            .await;
         report.remaining = self
             .stats()
             .ok()
@@ -97,13 +116,16 @@ impl Shipper {
         started: Instant,
         budget: Duration,
         stop: &CancellationToken,
+        held_first: bool,
         report: &mut DrainReport,
     ) -> DrainStop {
         {
             let mut inner = self.lock();
             self.write_held(&mut inner);
             self.remove_settled(&mut inner);
+            self.persist_transition(&mut inner, None);
         }
+        let mut started_requests: u64 = 0;
         loop {
             if stop.is_cancelled() {
                 return DrainStop::Shutdown;
@@ -136,14 +158,8 @@ impl Shipper {
                 if let Permit::Wait { .. } = permit {
                     return DrainStop::BreakerOpen;
                 }
-                let after = inner.unremoved.cursor();
-                match self.with_outbox(&mut inner, |ob| ob.oldest_after(after)) {
-                    Ok(Some(b)) => (sender, Next::Stored(b)),
-                    // The outbox is done (or unreadable): requests held in memory are newer.
-                    Ok(None) | Err(_) if !self.held().is_empty() => match self.held().front() {
-                        Some(r) => (sender, Next::Held(r.clone())),
-                        None => return DrainStop::Empty,
-                    },
+                match self.pick(&mut inner, started_requests, held_first) {
+                    Ok(Some(next)) => (sender, next),
                     Ok(None) => return DrainStop::Empty,
                     Err(e) => {
                         tracing::error!(event = "outbox_error", error = %e, "cannot read the outbox");
@@ -152,9 +168,13 @@ impl Shipper {
                 }
             };
             let (batch_id, kind, body, protocol) = next.request();
-            self.lock().rate.record(Instant::now());
+            started_requests += 1;
+            let sent_at = Instant::now();
             let outcome = sender.send(batch_id, body, protocol).await;
             let mut inner = self.lock();
+            if !refused(&outcome) {
+                inner.rate.record(sent_at);
+            }
             let now = now_ms();
             match outcome {
                 Outcome::Delivered { status } => {
@@ -174,7 +194,7 @@ impl Shipper {
                             }
                         }
                         Next::Held(r) => {
-                            self.held().pop_if_front(r.batch_id);
+                            self.held().remove(r.batch_id);
                         }
                     }
                     self.counters.add(Event::RequestsDelivered, 1);
@@ -253,7 +273,7 @@ impl Shipper {
                         // Held in memory: there is nowhere to keep it; the log line above is
                         // its record, and it is counted.
                         Next::Held(r) => {
-                            self.held().pop_if_front(r.batch_id);
+                            self.held().remove(r.batch_id);
                         }
                     }
                     self.counters.add(Event::RequestsDeadLettered, 1);
@@ -283,43 +303,49 @@ impl Shipper {
         }
     }
 
-    /// Logs a breaker transition and saves the breaker state (failure counts included).
-    fn persist_transition(&self, inner: &mut Inner, transition: Option<Transition>) {
+    /// Logs a breaker transition and saves the breaker state once per transition (not per request:
+    /// the failure count in between is not saved). A save that fails (a full disk) is tried again at
+    /// every later call until it succeeds; the failure and the recovery are logged once each.
+    pub(super) fn persist_transition(&self, inner: &mut Inner, transition: Option<Transition>) {
         if let Some(t) = &transition {
             tracing::warn!(event = "circuit_transition", from = %t.from, to = %t.to,
                 reason = %t.reason, "circuit breaker changed state");
         }
         let state = inner.breaker.state().clone();
-        if inner.saved_breaker.as_ref() == Some(&state) {
+        let unsaved = match &inner.saved_breaker {
+            None => true,
+            Some(saved) => {
+                saved.state != state.state || saved.last_transition != state.last_transition
+            }
+        };
+        if !unsaved {
             return;
         }
         match self.with_outbox(inner, |ob| ob.save_breaker(&state)) {
-            Ok(()) => inner.saved_breaker = Some(state),
+            Ok(()) => {
+                inner.saved_breaker = Some(state);
+                if inner.breaker_save_failing {
+                    inner.breaker_save_failing = false;
+                    tracing::info!(
+                        event = "breaker_persisted",
+                        "the circuit breaker state is saved again"
+                    );
+                }
+            }
             Err(e) => {
-                tracing::error!(event = "outbox_error", error = %e, "cannot persist the breaker state")
+                if !inner.breaker_save_failing {
+                    inner.breaker_save_failing = true;
+                    tracing::error!(event = "outbox_error", error = %e,
+                        "cannot persist the circuit breaker state; trying again at every request \
+                         until the outbox takes writes (said once)");
+                }
             }
         }
     }
 }
 
-/// The next request of a drain pass: from the outbox, or held in memory.
-enum Next {
-    Stored(StoredBatch),
-    Held(NewBatch),
-}
-
-impl Next {
-    fn request(&self) -> (uuid::Uuid, BatchKind, &[u8], crate::config::Protocol) {
-        match self {
-            Next::Stored(b) => (b.batch_id, b.kind, &b.body, b.protocol),
-            Next::Held(r) => (r.batch_id, r.kind, &r.body, r.protocol),
-        }
-    }
-
-    fn attempts(&self) -> u32 {
-        match self {
-            Next::Stored(b) => b.attempts,
-            Next::Held(_) => 0,
-        }
-    }
+/// A connection the listener's host refused or that never opened: the listener counted no request.
+/// (The sender describes transport errors; a connect error is said as "connection failed: ...".)
+fn refused(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Retry { reason, .. } if reason.starts_with("connection failed"))
 }

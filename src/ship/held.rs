@@ -70,6 +70,21 @@ impl Held {
         }
     }
 
+    /// Removes the request `batch_id` wherever it is (one sent from the newest end); false when it
+    /// is no longer there.
+    pub fn remove(&mut self, batch_id: uuid::Uuid) -> bool {
+        match self.rows.iter().position(|r| r.batch_id == batch_id) {
+            Some(i) => match self.rows.remove(i) {
+                Some(r) => {
+                    self.bytes -= r.body.len();
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        }
+    }
+
     /// Every held request, oldest first (to write them to the outbox).
     pub fn rows(&self) -> &VecDeque<NewBatch> {
         &self.rows
@@ -92,8 +107,8 @@ pub enum Settled {
     },
 }
 
-/// Outbox rows settled but not yet removed, by sequence number. They are the oldest rows (the
-/// outbox is sent in order), so the drain reads past the highest of them.
+/// Outbox rows settled but not yet removed, by sequence number. The drain skips them (they can be
+/// anywhere in the queue: a pass also sends from the newest end).
 #[derive(Debug, Default)]
 pub struct Unremoved(BTreeMap<i64, Settled>);
 
@@ -102,9 +117,8 @@ impl Unremoved {
         self.0.insert(seq, how);
     }
 
-    /// The highest settled sequence number (0 when none): the drain reads after it.
-    pub fn cursor(&self) -> i64 {
-        self.0.keys().next_back().copied().unwrap_or(0)
+    pub fn contains(&self, seq: i64) -> bool {
+        self.0.contains_key(&seq)
     }
 
     pub fn is_empty(&self) -> bool {

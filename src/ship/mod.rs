@@ -19,11 +19,12 @@
 //!
 //! - [`Shipper::enqueue`] never sends: it encodes the batch for `listener.protocol` ([`encode`]:
 //!   the batch envelope, or Bitville payloads), gzips each request for storage, splits a body over
-//!   8 MiB into linked parts, and commits them to the outbox ([`outbox`]) before returning. With no
+//!   `listener.max_body_bytes` into linked parts, and commits them to the outbox ([`outbox`]) before returning. With no
 //!   `listener.url` it prints the batch as one JSON line on stdout instead and the outbox is unused.
 //!   It is synchronous and short (one SQLite transaction per part, fsynced); call it from the task
 //!   that built the batch.
-//! - [`Shipper::drain`] sends oldest-first while the [`breaker`] allows and within
+//! - [`Shipper::drain`] sends oldest-first, with a quarter kept for the newest data while a backlog
+//!   waits (`pick`), while the [`breaker`] allows and, where pacing applies, within
 //!   `listener.max_requests_per_minute` ([`ratelimit`]), stopping at the first failed request (the
 //!   rest waits for the next pass), at a `Retry-After` or 429, or when the budget is spent; a
 //!   request already started is allowed to finish ([`http`]). One drain runs at a time.
@@ -40,6 +41,7 @@ pub mod encode;
 pub mod held;
 pub mod http;
 pub mod outbox;
+mod pick;
 pub mod probe;
 pub mod python_buffer;
 pub mod ratelimit;

@@ -79,6 +79,8 @@ pub struct ProcessStats {
     pub storage_failures: u64,
     pub held_total: u64,
     pub held_dropped: u64,
+    /// Held in memory at exit and not sent (lost).
+    pub held_lost: u64,
     /// Writes that found the outbox stuck (a hung disk) and went to memory.
     pub storage_stalls: u64,
     /// Requests in memory now, and their bytes.
@@ -100,7 +102,16 @@ pub(super) struct Inner {
     pub(super) not_before_ms: i64,
     /// What was last written to the database, so unchanged state is not rewritten per request.
     pub(super) saved_breaker: Option<BreakerState>,
-    /// `listener.max_requests_per_minute`, over both protocols and the backlog.
+    /// The last breaker save failed (said once; tried again until it succeeds).
+    pub(super) breaker_save_failing: bool,
+    /// The reserve file could not be made (said once until it exists).
+    pub(super) reserve_missing: bool,
+    /// The newest request imported from the Python agent's buffer: those go before anything else,
+    /// strictly in order, so the fresh share of a pass waits until they are sent.
+    pub(super) imported_until_seq: i64,
+    /// `agent.collection_interval`: a request waiting longer than two of them makes a backlog.
+    pub(super) interval: Duration,
+    /// `listener.max_requests_per_minute` where it applies, over new data and the backlog.
     pub(super) rate: RateLimiter,
     /// Settled requests whose removal from the outbox failed.
     pub(super) unremoved: Unremoved,
@@ -164,7 +175,11 @@ impl Shipper {
                 ),
                 not_before_ms: 0,
                 saved_breaker: None,
-                rate: RateLimiter::new(config.listener.max_requests_per_minute),
+                breaker_save_failing: false,
+                reserve_missing: false,
+                imported_until_seq: 0,
+                interval: config.agent.collection_interval,
+                rate: RateLimiter::new(config.listener.request_limit()),
                 unremoved: Unremoved::default(),
                 storage_error: None,
             }),
@@ -203,9 +218,8 @@ impl Shipper {
         inner.breaker.failure_threshold = config.circuit_breaker.failure_threshold.max(1);
         inner.breaker.recovery_timeout = config.circuit_breaker.recovery_timeout;
         inner.max_size_bytes = config.buffer.max_size_bytes;
-        inner
-            .rate
-            .set_limit(config.listener.max_requests_per_minute);
+        inner.interval = config.agent.collection_interval;
+        inner.rate.set_limit(config.listener.request_limit());
         self.encoder().reconfigure(config);
         if sender.is_some() && inner.outbox.is_none() {
             match Outbox::open(&inner.path, inner.max_size_bytes) {
@@ -219,6 +233,7 @@ impl Shipper {
                         inner.saved_breaker = Some(saved);
                     }
                     inner.outbox = Some(opened);
+                    self.check_reserve(&mut inner);
                 }
                 // An unwritable state directory: run on the memory queue; every later write
                 // tries to open the outbox again.
@@ -400,6 +415,9 @@ impl Shipper {
         let mut inner = self.lock();
         let eviction = self.with_outbox(&mut inner, |ob| ob.push(&row))?;
         self.log_evictions(&eviction, "buffer.max_size_mb reached");
+        if let Ok(seq) = self.with_outbox(&mut inner, |ob| ob.max_seq()) {
+            inner.imported_until_seq = seq;
+        }
         Ok(())
     }
 
@@ -490,6 +508,12 @@ impl Shipper {
         }
     }
 
+    /// The directory of the outbox, unless the outbox is stuck (a hung disk).
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        let inner = self.inner.try_lock_for(STATS_WAIT)?;
+        inner.path.parent().map(|p| p.to_path_buf())
+    }
+
     /// Current figures (reads the outbox; cheap). While the outbox is stuck (a hung disk), the
     /// figures it gave last, with the counters of now.
     pub fn stats(&self) -> Result<ShipStats, ShipError> {
@@ -558,6 +582,7 @@ impl Shipper {
             storage_failures: c.get(Event::OutboxStorageFailures),
             held_total: c.get(Event::RequestsHeld),
             held_dropped: c.get(Event::HeldDropped),
+            held_lost: c.get(Event::HeldLost),
             storage_stalls: c.get(Event::OutboxStorageStalls),
             held_now,
             held_bytes,

@@ -125,6 +125,28 @@ impl Shipper {
         }
     }
 
+    /// At exit, after the last send attempt: requests still held in memory are lost (the outbox
+    /// took no writes). Counts them ([`Event::HeldLost`]), logs how many, and returns the count.
+    pub fn abandon_held(&self) -> usize {
+        let (n, bytes) = {
+            let mut held = self.held();
+            let n = (held.len(), held.bytes());
+            held.clear();
+            n
+        };
+        if n > 0 {
+            self.counters.add(Event::HeldLost, n as u64);
+            tracing::error!(
+                event = "held_lost",
+                requests = n,
+                bytes,
+                "requests held in memory (the outbox took no writes) could not be sent before \
+                 exit and are lost"
+            );
+        }
+        n
+    }
+
     pub(super) fn storage_failed(&self, inner: &mut Inner, e: &OutboxError) {
         self.counters.add(Event::OutboxStorageFailures, 1);
         if inner.storage_error.is_none() {
@@ -139,8 +161,27 @@ impl Shipper {
         if inner.storage_error.take().is_some() {
             tracing::info!(event = "outbox_writable", "the outbox takes writes again");
         }
-        if let Some(ob) = inner.outbox.as_ref() {
-            ob.ensure_reserve();
+        self.check_reserve(inner);
+    }
+
+    /// Makes the disk space reserve if it is missing; its absence is logged once (until it exists).
+    pub(super) fn check_reserve(&self, inner: &mut Inner) {
+        let missing = inner.outbox.as_ref().and_then(|ob| ob.ensure_reserve());
+        match (missing, inner.reserve_missing) {
+            (Some(why), false) => {
+                inner.reserve_missing = true;
+                tracing::warn!(event = "outbox_reserve_missing", error = %why,
+                    "no disk space reserve beside the outbox: on a full disk, making room may need \
+                     the disk to give back space first (said once until the reserve exists)");
+            }
+            (None, true) => {
+                inner.reserve_missing = false;
+                tracing::info!(
+                    event = "outbox_reserve_made",
+                    "the disk space reserve beside the outbox exists again"
+                );
+            }
+            _ => {}
         }
     }
 

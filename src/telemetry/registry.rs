@@ -122,6 +122,8 @@ events! {
         "Requests held in memory because the outbox took no writes";
     HeldDropped = "held_dropped",
         "Requests dropped from memory at its 16 MiB bound while the outbox took no writes (lost)";
+    HeldLost = "held_lost",
+        "Requests still held in memory at exit after one last send attempt, the outbox taking no writes (lost)";
     RequestsEvicted = "requests_evicted",
         "Requests evicted from the outbox by this process (buffer.max_size_mb or a full disk); per type across restarts: outbox_evictions";
     EnqueueFailures = "enqueue_failures",

@@ -46,6 +46,8 @@ pub struct Row {
     pub timestamp: f64,
     /// The validated payload with unknown top-level keys stripped.
     pub payload: Value,
+    /// Bytes of the request body as received.
+    pub body_bytes: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -189,6 +191,7 @@ async fn handle(
         source: "postgres_agent".into(),
         timestamp: payload["timestamp"].as_f64().unwrap_or(0.0),
         payload: payload.clone(),
+        body_bytes: body.len(),
     });
     inner.tally.stored += 1;
     json_response(
@@ -244,6 +247,11 @@ pub fn validate(v: &Value) -> Result<Value, String> {
 impl BitvilleListener {
     /// A listener accepting `keys` (api key -> project) with `limit` requests per minute per IP.
     pub fn start(keys: &[(&str, &str)], limit: u32) -> BitvilleListener {
+        BitvilleListener::start_on(keys, limit, 0)
+    }
+
+    /// [`BitvilleListener::start`] on a given port (0: any free one).
+    pub fn start_on(keys: &[(&str, &str)], limit: u32, port: u16) -> BitvilleListener {
         let shared = Shared(Arc::new(Mutex::new(Inner {
             keys: keys
                 .iter()
@@ -256,7 +264,7 @@ impl BitvilleListener {
             failures: Vec::new(),
         })));
         let app = Router::new().fallback(handle).with_state(shared.clone());
-        let (addr, thread) = super::serve::serve_in_thread(app);
+        let (addr, thread) = super::serve::serve_in_thread_on(app, port);
         BitvilleListener {
             addr,
             shared,

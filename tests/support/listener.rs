@@ -18,6 +18,10 @@ use axum::Router;
 pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body: serde_json::Value,
+    /// Bytes of the body as sent (compressed when it was).
+    pub body_bytes: usize,
+    /// What the listener answered.
+    pub status: u16,
 }
 
 impl Received {
@@ -45,6 +49,7 @@ pub struct Listener {
 async fn ingest(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
     let gzip = headers.get("content-encoding").is_some_and(|v| v == "gzip");
+    let body_bytes = body.len();
     let raw = if gzip {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&body[..])
@@ -59,7 +64,12 @@ async fn ingest(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Sta
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
-    s.received.lock().unwrap().push(Received { headers, body });
+    s.received.lock().unwrap().push(Received {
+        headers,
+        body,
+        body_bytes,
+        status: status.as_u16(),
+    });
     status
 }
 

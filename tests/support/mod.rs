@@ -6,6 +6,7 @@
 pub mod bitville;
 pub mod child;
 pub mod collect;
+pub mod delivery;
 pub mod fault_listener;
 pub mod listener;
 pub mod logs;

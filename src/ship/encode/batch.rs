@@ -50,56 +50,68 @@ pub fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
-/// Serializes and compresses `batch`, splitting it so each body is at most `max_body` bytes.
-pub fn prepare(batch: &Batch, max_body: usize) -> Result<Vec<NewBatch>, PrepareError> {
+/// Serializes and compresses `batch`, splitting it so each body is at most `max_body` bytes on the
+/// wire: the gzip body when `gzipped` (`listener.compress`), else the JSON. A part of one record
+/// still over the limit has its longest texts trimmed ([`super::trim`]).
+pub fn prepare(
+    batch: &Batch,
+    max_body: usize,
+    gzipped: bool,
+) -> Result<Vec<NewBatch>, PrepareError> {
+    let size = |b: &Batch| -> Result<usize, PrepareError> {
+        if gzipped {
+            encode(b).map(|gz| gz.len())
+        } else {
+            json(b).map(|j| j.len())
+        }
+    };
     let whole = encode(batch)?;
-    if whole.len() <= max_body || batch.data.len() <= 1 {
+    let whole_size = if gzipped { whole.len() } else { size(batch)? };
+    if whole_size <= max_body {
         return Ok(vec![new_batch(batch, whole)]);
     }
+    drop(whole);
+    let limit = max_body.saturating_sub(PART_FIELDS_SLACK);
     let mut ranges = Vec::new();
-    split(
-        batch,
-        0,
-        batch.data.len(),
-        max_body.saturating_sub(PART_FIELDS_SLACK),
-        &mut ranges,
-    )?;
+    split_by(0, batch.data.len(), limit, &mut ranges, &mut |lo, hi| {
+        size(&sub_batch(batch, lo, hi))
+    })?;
     let parts = ranges.len();
-    tracing::info!(
-        event = "batch_split",
-        batch_id = %batch.batch_id,
-        kind = %batch.kind,
-        records = batch.data.len(),
-        compressed_bytes = whole.len(),
-        parts,
-        "batch over the request size limit split into parts"
-    );
+    if parts > 1 {
+        tracing::info!(event = "batch_split", batch_id = %batch.batch_id, kind = %batch.kind,
+            records = batch.data.len(), bytes = whole_size, parts,
+            "batch over the request size limit split into parts");
+    }
     ranges
         .into_iter()
         .enumerate()
         .map(|(i, (lo, hi))| {
             let mut part = sub_batch(batch, lo, hi);
-            part.extra
-                .insert("part_of".into(), Value::String(batch.batch_id.to_string()));
-            part.extra.insert("part".into(), Value::from(i + 1));
-            part.extra.insert("parts".into(), Value::from(parts));
+            if parts > 1 {
+                part.extra
+                    .insert("part_of".into(), Value::String(batch.batch_id.to_string()));
+                part.extra.insert("part".into(), Value::from(i + 1));
+                part.extra.insert("parts".into(), Value::from(parts));
+            } else {
+                part.batch_id = batch.batch_id;
+            }
+            if part.data.len() == 1 && size(&part)? > max_body {
+                let mut fits = |r: &Record| {
+                    part.data[0] = r.clone();
+                    size(&part).map(|n| n <= max_body)
+                };
+                let original = batch.data[lo].clone();
+                let trimmed = super::trim::trim_to_fit(&original, &mut fits)?;
+                tracing::warn!(event = "record_trimmed", batch_id = %batch.batch_id,
+                    kind = %batch.kind, max_body_bytes = max_body,
+                    "a record over listener.max_body_bytes on its own: its longest texts were cut \
+                     (marked truncated, with omitted_bytes)");
+                part.data[0] = trimmed;
+            }
             let body = encode(&part)?;
             Ok(new_batch(&part, body))
         })
         .collect()
-}
-
-/// Appends to `out` the record ranges of `batch.data[lo..hi]`, halved until each fits `limit`.
-fn split(
-    batch: &Batch,
-    lo: usize,
-    hi: usize,
-    limit: usize,
-    out: &mut Vec<(usize, usize)>,
-) -> Result<(), PrepareError> {
-    split_by(lo, hi, limit, out, &mut |lo, hi| {
-        encode(&sub_batch(batch, lo, hi)).map(|b| b.len())
-    })
 }
 
 /// Appends to `out` the ranges of `lo..hi`, halved until `size(range)` is at most `limit` or the
@@ -140,12 +152,16 @@ pub(super) fn sub_batch(batch: &Batch, lo: usize, hi: usize) -> Batch {
     }
 }
 
-fn encode(batch: &Batch) -> Result<Vec<u8>, PrepareError> {
-    let json = serde_json::to_vec(batch).map_err(|source| PrepareError::Json {
+fn json(batch: &Batch) -> Result<Vec<u8>, PrepareError> {
+    serde_json::to_vec(batch).map_err(|source| PrepareError::Json {
         batch_id: batch.batch_id,
         kind: batch.kind.to_string(),
         source,
-    })?;
+    })
+}
+
+fn encode(batch: &Batch) -> Result<Vec<u8>, PrepareError> {
+    let json = json(batch)?;
     gzip(&json).map_err(|source| PrepareError::Gzip {
         batch_id: batch.batch_id,
         source,
@@ -197,7 +213,7 @@ mod tests {
     #[test]
     fn small_batch_is_one_unchanged_part() {
         let b = batch(3);
-        let parts = prepare(&b, MAX_BODY_BYTES).unwrap();
+        let parts = prepare(&b, MAX_BODY_BYTES, true).unwrap();
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].batch_id, b.batch_id);
         assert_eq!(decode(&parts[0].body), b);
@@ -207,7 +223,7 @@ mod tests {
     fn large_batch_is_split_into_linked_parts_that_keep_every_record() {
         let b = batch(400);
         let limit = 16 * 1024;
-        let parts = prepare(&b, limit).unwrap();
+        let parts = prepare(&b, limit, true).unwrap();
         assert!(parts.len() > 2, "{} parts", parts.len());
         let mut records = Vec::new();
         let mut correlated = 0;
@@ -228,10 +244,31 @@ mod tests {
     }
 
     #[test]
-    fn a_single_oversized_record_is_kept() {
+    fn a_single_oversized_record_is_kept_with_its_text_trimmed() {
         let b = batch(1);
-        let parts = prepare(&b, 10).unwrap();
+        let parts = prepare(&b, 10, true).unwrap();
         assert_eq!(parts.len(), 1);
-        assert_eq!(decode(&parts[0].body).data, b.data);
+        let d = decode(&parts[0].body);
+        assert_eq!(d.batch_id, b.batch_id);
+        let v = d.data[0].to_value().unwrap();
+        assert_eq!(v["i"], 0);
+        assert_eq!(v["truncated"], true);
+        assert!(v["omitted_bytes"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn uncompressed_bodies_are_measured_as_json() {
+        let b = batch(100);
+        let limit = 8 * 1024;
+        let parts = prepare(&b, limit, false).unwrap();
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        let mut records = Vec::new();
+        for p in &parts {
+            let mut s = String::new();
+            GzDecoder::new(&p.body[..]).read_to_string(&mut s).unwrap();
+            assert!(s.len() <= limit, "{} bytes of JSON", s.len());
+            records.extend(decode(&p.body).data);
+        }
+        assert_eq!(records, b.data);
     }
 }

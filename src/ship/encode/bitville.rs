@@ -68,7 +68,7 @@ pub fn aggregate(
     project: &str,
     max_body: usize,
 ) -> Result<Vec<NewBatch>, PrepareError> {
-    let encode = |lo: usize, hi: usize, id: Uuid, part: Option<(usize, usize)>| {
+    let encode = |records: &[Record], id: Uuid, part: Option<(usize, usize)>| {
         let payload = Payload {
             correlation_id: "",
             project,
@@ -76,7 +76,7 @@ pub fn aggregate(
             source: source(batch.kind),
             data: Data {
                 batch,
-                records: &batch.data[lo..hi],
+                records,
                 batch_id: id,
                 part,
             },
@@ -87,26 +87,45 @@ pub fn aggregate(
             source,
         })
     };
-    let whole = encode(0, batch.data.len(), batch.batch_id, None)?;
-    if whole.len() <= max_body || batch.data.len() <= 1 {
+    let whole = encode(&batch.data, batch.batch_id, None)?;
+    if whole.len() <= max_body {
         return Ok(vec![stored(whole, batch.batch_id, batch)?]);
     }
+    let whole_bytes = whole.len();
     drop(whole);
     let mut ranges = Vec::new();
     // Room for the part fields.
     let limit = max_body.saturating_sub(256);
     split_by(0, batch.data.len(), limit, &mut ranges, &mut |lo, hi| {
-        encode(lo, hi, batch.batch_id, None).map(|j| j.len())
+        encode(&batch.data[lo..hi], batch.batch_id, None).map(|j| j.len())
     })?;
     let parts = ranges.len();
-    tracing::info!(event = "batch_split", batch_id = %batch.batch_id, kind = %batch.kind,
-        records = batch.data.len(), parts, "payload over the request size limit split into parts");
+    if parts > 1 {
+        tracing::info!(event = "batch_split", batch_id = %batch.batch_id, kind = %batch.kind,
+            records = batch.data.len(), bytes = whole_bytes, parts,
+            "payload over the request size limit split into parts");
+    }
     ranges
         .into_iter()
         .enumerate()
         .map(|(i, (lo, hi))| {
-            let id = Uuid::now_v7();
-            stored(encode(lo, hi, id, Some((i + 1, parts)))?, id, batch)
+            let (id, part) = match parts {
+                1 => (batch.batch_id, None),
+                _ => (Uuid::now_v7(), Some((i + 1, parts))),
+            };
+            let json = encode(&batch.data[lo..hi], id, part)?;
+            if hi - lo != 1 || json.len() <= max_body {
+                return stored(json, id, batch);
+            }
+            // One record over the limit on its own: its longest texts are cut.
+            let trimmed = super::trim::trim_to_fit(&batch.data[lo], &mut |r: &Record| {
+                encode(std::slice::from_ref(r), id, part).map(|j| j.len() <= max_body)
+            })?;
+            tracing::warn!(event = "record_trimmed", batch_id = %batch.batch_id,
+                kind = %batch.kind, max_body_bytes = max_body,
+                "a record over listener.max_body_bytes on its own: its longest texts were cut \
+                 (marked truncated, with omitted_bytes)");
+            stored(encode(std::slice::from_ref(&trimmed), id, part)?, id, batch)
         })
         .collect()
 }
@@ -286,6 +305,22 @@ mod tests {
         assert_eq!(v["source"], "system_metrics");
         assert_eq!(v["data"]["load"]["load1"], 2.0);
         assert_eq!(v["data"]["interval_s"], 0.1);
+    }
+
+    #[test]
+    fn a_single_record_over_the_limit_is_trimmed_and_says_so() {
+        let b = batch(
+            BatchKind::PgActivity,
+            vec![json!({"pid": 7, "query": "x".repeat(20_000)})],
+        );
+        let rows = aggregate(&b, "p", 4096).unwrap();
+        assert_eq!(rows.len(), 1);
+        let v = decode(&rows[0]);
+        assert!(v.to_string().len() <= 4096, "{}", v.to_string().len());
+        assert_eq!(v["data"]["batch_id"], b.batch_id.to_string());
+        assert_eq!(v["data"]["sessions"][0]["pid"], 7);
+        assert_eq!(v["data"]["sessions"][0]["truncated"], true);
+        assert!(v["data"]["sessions"][0]["omitted_bytes"].as_u64().unwrap() > 10_000);
     }
 
     #[test]

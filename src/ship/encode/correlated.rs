@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::bitville::{source, Payload};
 use super::{stored, unix_seconds, PrepareError};
-use crate::ship::batch::{Batch, BatchKind, SCHEMA_VERSION};
+use crate::ship::batch::{Batch, BatchKind, Record, SCHEMA_VERSION};
 use crate::ship::outbox::NewBatch;
 
 /// Statements remembered as sent (pid and start); the oldest half is forgotten beyond it.
@@ -320,7 +320,14 @@ impl Planner {
 }
 
 /// The stored request of one planned payload.
-pub fn encode(planned: &Planned, batch: &Batch, project: &str) -> Result<NewBatch, PrepareError> {
+/// The payload of `planned`; one over `max_body` bytes has its longest texts cut
+/// ([`super::trim`]), marked in `data`.
+pub fn encode(
+    planned: &Planned,
+    batch: &Batch,
+    project: &str,
+    max_body: usize,
+) -> Result<NewBatch, PrepareError> {
     let id = Uuid::now_v7();
     let json_err = |source| PrepareError::Json {
         batch_id: batch.batch_id,
@@ -382,14 +389,36 @@ pub fn encode(planned: &Planned, batch: &Batch, project: &str) -> Result<NewBatc
         meta(&mut data);
         (started, data)
     };
-    let payload = Payload {
-        correlation_id: &first.correlation_id,
-        project,
-        timestamp,
-        source: first.source,
-        data,
+    let to_json = |data: &Value| {
+        serde_json::to_vec(&Payload {
+            correlation_id: &first.correlation_id,
+            project,
+            timestamp,
+            source: first.source,
+            data,
+        })
+        .map_err(json_err)
     };
-    let json = serde_json::to_vec(&payload).map_err(json_err)?;
+    let mut json = to_json(&Value::Object(data))?;
+    if json.len() > max_body {
+        // Only `data` is cut, so the payload's own fields stay as the listener needs them.
+        let full: Value = serde_json::from_slice::<Map<String, Value>>(&json)
+            .ok()
+            .and_then(|mut m| m.remove("data"))
+            .unwrap_or(Value::Null);
+        if let Ok(record) = Record::new(&full) {
+            let trimmed = super::trim::trim_to_fit(&record, &mut |r: &Record| {
+                let v = r.to_value().map_err(json_err)?;
+                to_json(&v).map(|j| j.len() <= max_body)
+            })?;
+            let v = trimmed.to_value().map_err(json_err)?;
+            json = to_json(&v)?;
+            tracing::warn!(event = "record_trimmed", batch_id = %batch.batch_id,
+                max_body_bytes = max_body,
+                "a correlated payload over listener.max_body_bytes: its longest texts were cut \
+                 (marked truncated, with omitted_bytes)");
+        }
+    }
     stored(json, id, batch)
 }
 
@@ -485,7 +514,7 @@ mod tests {
         let plan = p.plan(statements(&b), now);
         assert_eq!(plan.payloads.len(), 3);
         assert_eq!(plan.merged, 9);
-        let row = encode(&plan.payloads[0], &b, "p").unwrap();
+        let row = encode(&plan.payloads[0], &b, "p", 1 << 20).unwrap();
         let mut text = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&row.body[..]), &mut text)
             .unwrap();
@@ -495,5 +524,24 @@ mod tests {
         assert_eq!(v["data"]["queries"].as_array().unwrap().len(), 4);
         assert_eq!(v["data"]["duration_ms"], 6000.0);
         assert_eq!(v["data"]["query"], "SELECT ?");
+    }
+
+    #[test]
+    fn a_correlated_payload_over_the_body_limit_is_trimmed_and_says_so() {
+        let now = Instant::now();
+        let mut p = Planner::new(&Budget::new(1000, Duration::from_secs(60)), now);
+        let mut r = session(1, "a", "2026-11-28T10:00:00.000Z");
+        r["query"] = Value::from(format!("SELECT {}", "x".repeat(20_000)));
+        let b = batch(BatchKind::PgActivity, vec![r]);
+        let plan = p.plan(statements(&b), now);
+        let row = encode(&plan.payloads[0], &b, "p", 4096).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&row.body[..]), &mut text)
+            .unwrap();
+        assert!(text.len() <= 4096, "{} bytes", text.len());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["correlation_id"], "a");
+        assert_eq!(v["data"]["truncated"], true);
+        assert!(v["data"]["omitted_bytes"].as_u64().unwrap() > 15_000);
     }
 }

@@ -1,7 +1,8 @@
 //! The wire-protocol seam: an [`Encoder`] turns one neutral [`Batch`] into the requests the outbox
 //! stores and the sender posts (`listener.protocol`; docs/protocol.md describes both protocols).
 //!
-//! - `batch` ([`batch`]): the batch envelope as one request (split into linked parts over 8 MiB).
+//! - `batch` ([`batch`]): the batch envelope as one request (split into linked parts over
+//!   `listener.max_body_bytes`).
 //! - `bitville` ([`bitville`], [`correlated`]): what the Bitville listener's `POST /ingest/postgres`
 //!   accepts, one `{correlation_id, project, timestamp, source, data}` object per request: one
 //!   aggregate payload per batch, plus one payload per correlated statement (merged per correlation
@@ -15,6 +16,7 @@
 pub mod batch;
 pub mod bitville;
 pub mod correlated;
+pub mod trim;
 
 use std::time::Instant;
 
@@ -53,16 +55,24 @@ pub struct EncodeCounters {
 pub struct Encoder {
     protocol: Protocol,
     project: String,
+    /// The largest body: `listener.max_body_bytes`, never above `ceiling`.
     max_body: usize,
+    /// What the caller allows at most ([`MAX_BODY_BYTES`], or less in tests).
+    ceiling: usize,
+    /// Batch-protocol bodies go out gzipped (`listener.compress`): the limit applies to the gzip.
+    gzipped: bool,
     planner: correlated::Planner,
 }
 
 impl Encoder {
-    pub fn new(config: &Config, max_body: usize) -> Encoder {
+    /// An encoder for `config`; `ceiling` caps `listener.max_body_bytes`.
+    pub fn new(config: &Config, ceiling: usize) -> Encoder {
         Encoder {
             protocol: config.listener.protocol,
             project: config.agent.project_id.clone(),
-            max_body,
+            max_body: config.listener.max_body_bytes.min(ceiling),
+            ceiling,
+            gzipped: config.listener.compress,
             planner: correlated::Planner::new(&config_budget(config), Instant::now()),
         }
     }
@@ -71,6 +81,8 @@ impl Encoder {
     pub fn reconfigure(&mut self, config: &Config) {
         self.protocol = config.listener.protocol;
         self.project = config.agent.project_id.clone();
+        self.max_body = config.listener.max_body_bytes.min(self.ceiling);
+        self.gzipped = config.listener.compress;
         self.planner.set_budget(&config_budget(config));
     }
 
@@ -82,7 +94,7 @@ impl Encoder {
     pub fn encode(&mut self, batch: &Batch) -> Result<Encoded, PrepareError> {
         match self.protocol {
             Protocol::Batch => Ok(Encoded {
-                rows: batch::prepare(batch, self.max_body)?,
+                rows: batch::prepare(batch, self.max_body, self.gzipped)?,
                 ..Encoded::default()
             }),
             Protocol::Bitville => {
@@ -90,7 +102,12 @@ impl Encoder {
                 let plan = self.planner.plan(statements, Instant::now());
                 let mut rows = Vec::with_capacity(plan.payloads.len() + 1);
                 for payload in &plan.payloads {
-                    rows.push(correlated::encode(payload, batch, &self.project)?);
+                    rows.push(correlated::encode(
+                        payload,
+                        batch,
+                        &self.project,
+                        self.max_body,
+                    )?);
                 }
                 // The aggregate goes last, so the newest stored request of a type is its
                 // aggregate (the log reader resumes from the newest pg_logs aggregate).

@@ -19,6 +19,7 @@
 //! keeps the counters and reads the figures for `status`.
 
 mod evict;
+mod fresh;
 mod replace;
 pub mod schema;
 mod space;

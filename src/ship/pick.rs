@@ -1,0 +1,143 @@
+//! What a drain pass sends next: the backlog oldest-first, with a share kept for fresh data so that
+//! a long backlog (after an outage or a full disk) never starves what is being collected now.
+//!
+//! While a backlog exists (the oldest request has waited more than [`BACKLOG_CYCLES`] collection
+//! intervals, and at least 2 s), every [`FRESH_EVERY`]th request of a pass, its first included, is
+//! the newest waiting request: one held in memory if any (held requests are newer than anything in
+//! the outbox), else the newest in the outbox; pg_logs excepted either way (the log reader resumes
+//! after the newest pg_logs request waiting, so those keep their order). The other three quarters
+//! go to the backlog, oldest first. Without a backlog the order is strictly oldest-first. Payloads
+//! imported from the Python agent's buffer are the exception: they go first, strictly in order. A
+//! request is removed (or marked settled) once the listener took it, so neither end sends it again;
+//! settled requests whose removal failed are skipped wherever they are.
+
+use super::batch::BatchKind;
+use super::outbox::{now_ms, NewBatch, StoredBatch};
+use super::shipper::{Inner, Shipper};
+use super::ShipError;
+use crate::config::Protocol;
+
+/// One request in this many (the first of a pass included) goes to the newest data while there is a
+/// backlog: a quarter of the pass, so the backlog still drains at three quarters of the rate.
+pub const FRESH_EVERY: u64 = 4;
+
+/// A request waiting longer than this many collection intervals (and 2 s) means a backlog; a
+/// delivery that keeps up sends each cycle's requests within one, oldest first.
+pub const BACKLOG_CYCLES: u32 = 2;
+
+/// The next request of a drain pass: from the outbox, or held in memory.
+pub(super) enum Next {
+    Stored(StoredBatch),
+    Held(NewBatch),
+}
+
+impl Next {
+    pub(super) fn request(&self) -> (uuid::Uuid, BatchKind, &[u8], Protocol) {
+        match self {
+            Next::Stored(b) => (b.batch_id, b.kind, &b.body, b.protocol),
+            Next::Held(r) => (r.batch_id, r.kind, &r.body, r.protocol),
+        }
+    }
+
+    pub(super) fn attempts(&self) -> u32 {
+        match self {
+            Next::Stored(b) => b.attempts,
+            Next::Held(_) => 0,
+        }
+    }
+}
+
+impl Shipper {
+    /// The request to send as the `nth` (0-based) of this pass; None when nothing waits. With
+    /// `held_first` (the last pass before exit), requests held in memory go before anything else.
+    pub(super) fn pick(
+        &self,
+        inner: &mut Inner,
+        nth: u64,
+        held_first: bool,
+    ) -> Result<Option<Next>, ShipError> {
+        if held_first {
+            if let Some(r) = self.held().front() {
+                return Ok(Some(Next::Held(r.clone())));
+            }
+        }
+        let oldest = match self.oldest_unsettled(inner) {
+            Ok(b) => b,
+            // Unreadable outbox: requests held in memory can still go.
+            Err(e) => {
+                return match self.held().front() {
+                    Some(r) => Ok(Some(Next::Held(r.clone()))),
+                    None => Err(e),
+                }
+            }
+        };
+        // Payloads imported from the Python agent's buffer go first, strictly in order.
+        let importing = oldest
+            .as_ref()
+            .is_some_and(|b| b.seq <= inner.imported_until_seq);
+        if nth % FRESH_EVERY == 0 && !importing {
+            if let Some(fresh) = self.fresh(inner, oldest.as_ref())? {
+                return Ok(Some(fresh));
+            }
+        }
+        Ok(match oldest {
+            Some(b) => Some(Next::Stored(b)),
+            None => self.held().front().cloned().map(Next::Held),
+        })
+    }
+
+    /// The newest request when there is a backlog ([`BACKLOG_CYCLES`]), else None.
+    fn fresh(
+        &self,
+        inner: &mut Inner,
+        oldest: Option<&StoredBatch>,
+    ) -> Result<Option<Next>, ShipError> {
+        let backlog_ms = (inner.interval * BACKLOG_CYCLES)
+            .max(std::time::Duration::from_secs(2))
+            .as_millis() as i64;
+        let waited_since = match oldest {
+            Some(b) => Some(b.enqueued_ms),
+            None => self.held().front().and_then(|r| {
+                super::encode::unix_seconds(&r.collected_at).map(|s| (s * 1000.0) as i64)
+            }),
+        };
+        if waited_since.is_none_or(|t| now_ms() - t <= backlog_ms) {
+            return Ok(None);
+        }
+        {
+            let held = self.held();
+            if oldest.is_some() || held.len() > 1 {
+                let newest = held
+                    .rows()
+                    .iter()
+                    .rev()
+                    .find(|r| r.kind != BatchKind::PgLogs);
+                if let Some(r) = newest {
+                    return Ok(Some(Next::Held(r.clone())));
+                }
+            }
+        }
+        let Some(oldest) = oldest else {
+            return Ok(None);
+        };
+        let mut below = i64::MAX;
+        loop {
+            let above = oldest.seq;
+            match self.with_outbox(inner, |ob| ob.newest_between(above, below))? {
+                Some(b) if inner.unremoved.contains(b.seq) => below = b.seq,
+                other => return Ok(other.map(Next::Stored)),
+            }
+        }
+    }
+
+    /// The oldest request in the outbox that is not settled already.
+    fn oldest_unsettled(&self, inner: &mut Inner) -> Result<Option<StoredBatch>, ShipError> {
+        let mut after = 0;
+        loop {
+            match self.with_outbox(inner, |ob| ob.oldest_after(after))? {
+                Some(b) if inner.unremoved.contains(b.seq) => after = b.seq,
+                other => return Ok(other),
+            }
+        }
+    }
+}
