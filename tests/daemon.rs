@@ -74,23 +74,8 @@ fn set_interval(path: &str, seconds: u64) {
 }
 
 fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
+    support::http::get(port, path, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no answer to GET {path} within 5 s"))
 }
 
 fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {

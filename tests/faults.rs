@@ -12,24 +12,7 @@ use support::child::AgentChild;
 use support::PgServer;
 
 use support::free_port;
-
-/// GET with a read deadline; None when no answer came in time.
-fn get(port: u16, path: &str, deadline: Duration) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(deadline)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
-    ))
-}
+use support::http::get;
 
 /// Waits until `/health` answers 503 because the outbox takes no writes.
 fn wait_until_unwritable_is_reported(port: u16, agent: &AgentChild, what: &str) {
@@ -381,69 +364,6 @@ fn a_read_only_state_directory_does_not_stop_delivery() {
     drop(tmpfs);
 }
 
-/// An ext4 file system on a loop device, mounted at a directory of the test's own, that the test
-/// can freeze (`fsfreeze`: every write blocks until it is thawed, as on a hung disk or a stuck
-/// network file system). Thawed and unmounted on drop, whatever happened. None when this process
-/// cannot mount (not root, no loop devices).
-struct FreezableFs {
-    dir: std::path::PathBuf,
-}
-
-impl FreezableFs {
-    fn mount(image: &std::path::Path, dir: &std::path::Path) -> Option<FreezableFs> {
-        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
-            std::process::Command::new(cmd)
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let file = std::fs::File::create(image).ok()?;
-        file.set_len(64 * 1024 * 1024).ok()?;
-        drop(file);
-        let ok = run(
-            "mkfs.ext4",
-            &["-q".as_ref(), "-F".as_ref(), image.as_os_str()],
-        ) && run(
-            "mount",
-            &[
-                "-o".as_ref(),
-                "loop".as_ref(),
-                image.as_os_str(),
-                dir.as_os_str(),
-            ],
-        );
-        ok.then(|| FreezableFs {
-            dir: dir.to_path_buf(),
-        })
-    }
-
-    fn freeze(&self, on: bool) {
-        let status = std::process::Command::new("fsfreeze")
-            .arg(if on { "--freeze" } else { "--unfreeze" })
-            .arg(&self.dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "fsfreeze {on}");
-    }
-}
-
-impl Drop for FreezableFs {
-    fn drop(&mut self) {
-        // A frozen file system left behind would hang every process that writes to it.
-        let _ = std::process::Command::new("fsfreeze")
-            .arg("--unfreeze")
-            .arg(&self.dir)
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = std::process::Command::new("umount")
-            .args(["-l", "-d"])
-            .arg(&self.dir)
-            .status();
-    }
-}
-
 /// The state directory's disk hangs (every write blocks, as on a failing disk or a stuck network
 /// file system): cycles keep their schedule, `/health` and `/metrics` keep answering and `/health`
 /// says delivery or the outbox is stuck, SIGTERM stops the daemon (its last stuck write returns
@@ -454,7 +374,8 @@ fn a_hung_disk_stalls_neither_cycles_nor_health_nor_shutdown() {
     let root = tempfile::tempdir().unwrap();
     let state = root.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let Some(disk) = FreezableFs::mount(&root.path().join("disk.img"), &state) else {
+    let Some(disk) = support::freeze::FreezableFs::mount(&root.path().join("disk.img"), &state)
+    else {
         eprintln!("skipped: freezing a file system needs root and a loop device");
         return;
     };

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,7 @@ use axum::Router;
 use postgres_agent::config::Protocol;
 use postgres_agent::ship::http::{Outcome, Sender};
 use support::child::AgentChild;
+use support::http::get;
 use support::{agent, free_port, PgServer};
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -129,28 +129,13 @@ impl RedirectListener {
     }
 }
 
-/// GET on the agent's telemetry port: (status, JSON body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, out.split("\r\n\r\n").nth(1)?.to_string()))
-}
-
 fn health(port: u16) -> Option<(u16, serde_json::Value)> {
-    let (status, body) = get(port, "/health")?;
+    let (status, body) = get(port, "/health", Duration::from_secs(5))?;
     Some((status, serde_json::from_str(&body).ok()?))
 }
 
 fn counter(port: u16, name: &str) -> u64 {
-    let Some((_, body)) = get(port, "/metrics") else {
+    let Some((_, body)) = get(port, "/metrics", Duration::from_secs(5)) else {
         return 0;
     };
     body.lines()

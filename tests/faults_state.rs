@@ -2,36 +2,16 @@
 //! the outbox deleted under a running agent (recreated, nothing lost or repeated), and a frozen file
 //! system under it (no tick skipped).
 
-#[path = "support/freeze.rs"]
-mod freeze;
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::child::AgentChild;
 use support::fault_listener::{Behavior, Listener};
+use support::http::get;
 use support::{free_port, PgServer};
-
-/// GET with a read deadline; None when no answer came in time.
-fn get(port: u16, path: &str, deadline: Duration) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(deadline)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
-    ))
-}
 
 /// The sum of a counter family on /metrics (0 when it does not answer).
 fn metric(port: u16, name: &str) -> u64 {
@@ -213,7 +193,14 @@ fn outbox_removed_under_the_agent(whole_dir: bool) {
     wait_until("a few cycles queued", &agent, 60, || cycles(port) >= 4);
 
     if whole_dir {
-        std::fs::remove_dir_all(&state).unwrap();
+        // The agent writes into the directory while it is being removed (a file created or
+        // removed between the listing and the unlink fails the call): retried as `rm -rf` would be.
+        let mut tries = 0;
+        while let Err(e) = std::fs::remove_dir_all(&state) {
+            tries += 1;
+            assert!(tries < 100, "cannot remove {}: {e}", state.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
     } else {
         for name in ["outbox.db", "outbox.db-wal", "outbox.db-shm"] {
             let _ = std::fs::remove_file(state.join(name));
@@ -276,7 +263,8 @@ fn a_frozen_state_dir_costs_no_tick_and_loses_nothing() {
     let root = tempfile::tempdir().unwrap();
     let state = root.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let Some(disk) = freeze::FreezableFs::mount(&root.path().join("disk.img"), &state) else {
+    let Some(disk) = support::freeze::FreezableFs::mount(&root.path().join("disk.img"), &state)
+    else {
         eprintln!("skipped: freezing a file system needs root and a loop device");
         return;
     };

@@ -12,6 +12,9 @@ pub struct AgentChild {
     pub child: Child,
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// The threads reading stdout and stderr: joined once the process has exited, so that
+    /// everything it wrote is collected before a test reads it.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl AgentChild {
@@ -53,6 +56,7 @@ impl AgentChild {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().expect("stdout");
         let err = child.stderr.take().expect("stderr");
+        let mut readers = Vec::new();
         for (pipe, sink) in [
             (
                 Box::new(out) as Box<dyn std::io::Read + Send>,
@@ -60,16 +64,17 @@ impl AgentChild {
             ),
             (Box::new(err), stderr.clone()),
         ] {
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     sink.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         AgentChild {
             child,
             stdout,
             stderr,
+            readers,
         }
     }
 
@@ -124,7 +129,9 @@ impl AgentChild {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, start.elapsed());
+                let took = start.elapsed();
+                self.collect_output();
+                return (status, took);
             }
             if start.elapsed() > timeout {
                 let _ = self.child.kill();
@@ -134,6 +141,19 @@ impl AgentChild {
                 );
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits (up to 10 s) for the reader threads to reach the end of the exited process's output.
+    fn collect_output(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for r in std::mem::take(&mut self.readers) {
+            if r.is_finished() {
+                let _ = r.join();
+            }
         }
     }
 

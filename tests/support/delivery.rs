@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,24 +14,9 @@ use serde_json::Value;
 use super::child::AgentChild;
 use super::PgServer;
 
-/// GET with a read deadline; None when no answer came in time.
-pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, out.split("\r\n\r\n").nth(1)?.to_string()))
-}
-
 /// The sum of the /metrics samples whose line starts with `prefix` (None when /metrics is down).
 pub fn metric(port: u16, prefix: &str) -> Option<f64> {
-    let (_, body) = get(port, "/metrics")?;
+    let (_, body) = super::http::get(port, "/metrics", Duration::from_secs(2))?;
     Some(
         body.lines()
             .filter(|l| l.starts_with(prefix))

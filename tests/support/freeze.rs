@@ -2,8 +2,6 @@
 //! directory of the test's own. Every write blocks while it is frozen, as on a hung disk or a
 //! stuck network file system. Thawed and unmounted on drop, whatever happened.
 
-#![allow(dead_code)]
-
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

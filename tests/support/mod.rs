@@ -8,6 +8,8 @@ pub mod child;
 pub mod collect;
 pub mod delivery;
 pub mod fault_listener;
+pub mod freeze;
+pub mod http;
 pub mod listener;
 pub mod logs;
 pub mod pg;
