@@ -13,6 +13,7 @@ pub mod config;
 pub mod correlation;
 pub mod daemon;
 pub mod db;
+pub mod identity;
 pub mod logs;
 pub mod privacy;
 pub mod ship;
