@@ -14,6 +14,7 @@ pub mod correlation;
 pub mod daemon;
 pub mod db;
 pub mod identity;
+pub mod log_format;
 pub mod logs;
 pub mod privacy;
 pub mod ship;

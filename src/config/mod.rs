@@ -225,7 +225,7 @@ pub struct LogsConfig {
     pub enabled: bool,
     pub path: Option<PathBuf>,
     /// None: `auto` (asked from the server, else detected from the file).
-    pub format: Option<crate::logs::parse::LogFormat>,
+    pub format: Option<crate::log_format::LogFormat>,
     pub line_prefix: Option<String>,
     pub poll_interval: Duration,
     pub max_buffered_entries: usize,
@@ -525,7 +525,7 @@ impl Config {
                 enabled: v.bool("logs", "enabled")?,
                 path: v.opt_str("logs", "path").map(PathBuf::from),
                 // Checked against keys.rs's choices: anything else than `auto` is a format name.
-                format: crate::logs::parse::LogFormat::from_name(&v.choice("logs", "format")?),
+                format: crate::log_format::LogFormat::from_name(&v.choice("logs", "format")?),
                 line_prefix: v.opt_str("logs", "line_prefix"),
                 poll_interval: v.millis("logs", "poll_interval_ms")?,
                 max_buffered_entries: v.int("logs", "max_buffered_entries")? as usize,

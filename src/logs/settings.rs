@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::parse::{detect_format, infer_prefix_for, LogFormat, MAX_ENTRY_BYTES};
+use super::parse::{detect_format, infer_prefix_for, MAX_ENTRY_BYTES};
 use super::source::{LogSource, ServerLogging};
 use super::Finisher;
 use crate::config::Config;
+use crate::log_format::LogFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
