@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::db::{Db, DbError, ServerInfo, Session};
+use crate::privacy::Privacy;
 use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::telemetry::registry::{Counters, Event};
 
@@ -137,8 +138,8 @@ pub fn query_text(raw: &str, config: &Config) -> (String, bool) {
         }
         (&raw[..end], true)
     };
-    // Config validation already rejected a policy Privacy cannot build; the default is the strictest.
-    (config.policy.query_text(cut).into_owned(), truncated)
+    let policy = Privacy::from_validated(&config.privacy);
+    (policy.query_text(cut).into_owned(), truncated)
 }
 
 /// How one collector fared in a cycle.

@@ -293,9 +293,6 @@ pub struct Config {
     pub logs: LogsConfig,
     pub correlation: CorrelationConfig,
     pub privacy: PrivacyConfig,
-    /// The privacy policy built from `privacy`, once, at load (every query text and log entry goes
-    /// through it).
-    pub policy: crate::privacy::Privacy,
     pub telemetry: TelemetryConfig,
     pub logging: LoggingConfig,
     pub activity: ActivityConfig,
@@ -319,7 +316,6 @@ impl PartialEq for Config {
             logs,
             correlation,
             privacy,
-            policy: _,
             telemetry,
             logging,
             activity,
@@ -466,7 +462,7 @@ impl Config {
         let hostname = v
             .opt_str("agent", "hostname")
             .unwrap_or_else(system_hostname);
-        (Config {
+        Ok(Config {
             file: raw.file.clone(),
             agent: AgentConfig {
                 project_id,
@@ -573,16 +569,7 @@ impl Config {
                 min_gap: Duration::from_secs(v.int("spikes", "min_gap_s")?),
             },
             notices: raw.notices.clone(),
-            policy: crate::privacy::Privacy::default(),
         })
-        .with_policy(&v)
-    }
-
-    /// Builds the privacy policy from `[privacy]` (validated already, so a failure names the key).
-    fn with_policy(mut self, v: &Validator<'_>) -> Result<Config, ConfigError> {
-        self.policy = crate::privacy::Privacy::from_config(&self.privacy)
-            .map_err(|e| v.bad("privacy", "redact_log_secrets", e.to_string()))?;
-        Ok(self)
     }
 
     /// Logs each notice at WARN; call once logging is initialised.
