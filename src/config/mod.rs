@@ -13,14 +13,16 @@ pub mod keys;
 pub mod raw;
 mod secret;
 mod validate;
+pub mod value;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{Origin, RawConfig, ENV_CONFIG_PATH};
+pub use env::ENV_CONFIG_PATH;
 pub use secret::Secret;
 use validate::Validator;
+pub use value::{Origin, RawConfig};
 
 /// The default config path, used when it exists and no other is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bitville/postgres-agent.ini";
