@@ -58,7 +58,7 @@ pub fn application_name_id(application_name: &str) -> Option<&str> {
         && id
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'));
-    (ok && application_name != crate::db::APPLICATION_NAME).then_some(id)
+    (ok && application_name != crate::identity::APPLICATION_NAME).then_some(id)
 }
 
 /// Whether `sql` holds `/*` or `--`, the only places correlation tags are read from: one SIMD scan
@@ -422,7 +422,7 @@ mod tests {
             Some("fallback-5f1a2b3c4d5e6.12345678")
         );
         for not_an_id in [
-            crate::db::APPLICATION_NAME,
+            crate::identity::APPLICATION_NAME,
             "bitville-",
             "bitville-a b",
             "psql",

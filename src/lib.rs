@@ -13,6 +13,8 @@ pub mod config;
 pub mod correlation;
 pub mod daemon;
 pub mod db;
+pub mod identity;
+pub mod log_format;
 pub mod logs;
 pub mod privacy;
 pub mod ship;

@@ -4,7 +4,7 @@
 
 mod support;
 
-use postgres_agent::db::APPLICATION_NAME;
+use postgres_agent::identity::APPLICATION_NAME;
 use postgres_agent::ship::batch::BatchKind;
 use postgres_agent::telemetry::registry::{Counters, Event};
 use serde_json::Value;

@@ -5,7 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use postgres_agent::db::{Db, DbError, APPLICATION_NAME};
+use postgres_agent::db::{Db, DbError};
+use postgres_agent::identity::APPLICATION_NAME;
 use support::{agent_config, rt, PgServer};
 
 #[test]

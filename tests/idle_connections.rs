@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use postgres_agent::db::APPLICATION_NAME;
+use postgres_agent::identity::APPLICATION_NAME;
 use support::child::AgentChild;
 use support::PgServer;
 

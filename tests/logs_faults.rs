@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use postgres_agent::logs::parse::LogFormat;
+use postgres_agent::log_format::LogFormat;
 use postgres_agent::logs::source::LogSource;
 use postgres_agent::logs::tail::{TailSettings, Tailer};
 use support::child::AgentChild;

@@ -3,8 +3,9 @@
 
 use std::io::Read;
 
+use postgres_agent::log_format::LogFormat;
 use postgres_agent::logs::parse::prefix::Prefix;
-use postgres_agent::logs::parse::{LogFormat, Parser};
+use postgres_agent::logs::parse::Parser;
 use postgres_agent::logs::reader::EntryReader;
 use postgres_agent::logs::{finish_entry, Finisher};
 use proptest::prelude::*;

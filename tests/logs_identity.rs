@@ -14,7 +14,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use postgres_agent::logs::parse::LogFormat;
+use postgres_agent::log_format::LogFormat;
 use postgres_agent::logs::source::LogSource;
 use postgres_agent::logs::tail::{TailSettings, Tailer};
 use serde_json::Value;

@@ -7,8 +7,9 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use postgres_agent::log_format::LogFormat;
 use postgres_agent::logs::classify::sqlstate_class;
-use postgres_agent::logs::parse::{infer_prefix, infer_prefix_for, LogFormat};
+use postgres_agent::logs::parse::{infer_prefix, infer_prefix_for};
 use serde_json::{Map, Value};
 use support::logs::{log_files, parse_file, start_logging_server, stderr_to_syslog, workload};
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use postgres_agent::logs::parse::LogFormat;
+use postgres_agent::log_format::LogFormat;
 use postgres_agent::logs::position::Position;
 use postgres_agent::logs::source::LogSource;
 use postgres_agent::logs::tail::{TailSettings, Tailer};

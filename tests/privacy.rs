@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use postgres_agent::db::Db;
-use postgres_agent::logs::parse::{LogFormat, Parser, MAX_ENTRY_BYTES};
+use postgres_agent::log_format::LogFormat;
+use postgres_agent::logs::parse::{Parser, MAX_ENTRY_BYTES};
 use postgres_agent::logs::reader::EntryReader;
 use postgres_agent::logs::LogEntry;
 use postgres_agent::privacy::{fingerprint, obfuscate, LogFields, Privacy, RedactClasses};

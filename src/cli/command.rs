@@ -233,7 +233,13 @@ fn parse_log(
     use super::parse_log as cli;
     use crate::logs::Finisher;
     let (correlation_keys, privacy) = match Config::load(config.as_deref()) {
-        Ok(c) => (c.correlation.keys, c.policy),
+        Ok(c) => match crate::privacy::Privacy::from_config(&c.privacy) {
+            Ok(policy) => (c.correlation.keys, policy),
+            Err(e) => {
+                eprintln!("postgres-agent: configuration error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
         Err(e) => {
             eprintln!("postgres-agent: configuration error: {e}");
             return ExitCode::from(EXIT_CONFIG);

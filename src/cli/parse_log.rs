@@ -10,7 +10,8 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::logs::parse::{detect_format, infer_prefix_for, LogFormat, Parser, MAX_ENTRY_BYTES};
+use crate::log_format::LogFormat;
+use crate::logs::parse::{detect_format, infer_prefix_for, Parser, MAX_ENTRY_BYTES};
 use crate::logs::reader::EntryReader;
 use crate::logs::stats::LogStats;
 use crate::logs::{finish_entry, Finisher, LogEntry};

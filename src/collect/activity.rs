@@ -7,7 +7,7 @@ use tokio_postgres::types::Type;
 
 use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
 use crate::correlation::{self, Correlation};
-use crate::db::APPLICATION_NAME;
+use crate::identity::APPLICATION_NAME;
 use crate::ship::batch::{format_rfc3339, BatchKind};
 use crate::telemetry::registry::Event;
 

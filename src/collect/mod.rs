@@ -27,7 +27,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
-use crate::db::{Db, DbError, ServerInfo, Session, QUERY_TAG};
+use crate::db::{Db, DbError, ServerInfo, Session};
+use crate::privacy::Privacy;
 use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::telemetry::registry::{Counters, Event};
 
@@ -137,8 +138,8 @@ pub fn query_text(raw: &str, config: &Config) -> (String, bool) {
         }
         (&raw[..end], true)
     };
-    // Config validation already rejected a policy Privacy cannot build; the default is the strictest.
-    (config.policy.query_text(cut).into_owned(), truncated)
+    let policy = Privacy::from_validated(&config.privacy);
+    (policy.query_text(cut).into_owned(), truncated)
 }
 
 /// How one collector fared in a cycle.
@@ -398,7 +399,8 @@ fn make_batch<C: Collector>(
 /// Reads the server identity (the fields of [`ServerInfo`]) and the settings collectors need, in one
 /// query. pg_settings hides superuser-only rows from roles without pg_read_all_settings instead of
 /// failing, so a less privileged role simply gets no paths. The tag sits after `SELECT` because
-/// PostgreSQL 18 drops leading comments from pg_stat_statements texts (see [`is_agent_text`]).
+/// PostgreSQL 18 drops leading comments from pg_stat_statements texts (see
+/// [`crate::identity::is_agent_text`]).
 pub(crate) async fn server_context(db: &Db, config: &Config) -> Result<ServerContext, DbError> {
     let mut session = db.session().await?;
     let row = session
@@ -438,17 +440,6 @@ pub(crate) async fn server_context(db: &Db, config: &Config) -> Result<ServerCon
         data_directory,
         log_directory,
     })
-}
-
-/// Whether a pg_stat_statements text is one of the agent's own statements. Agent queries carry the
-/// tag both first (added by [`Session::query`]) and right after their first keyword, because
-/// PostgreSQL 18 stores statement texts without their leading comments.
-pub fn is_agent_text(text: &str) -> bool {
-    let text = text.trim_start();
-    text.starts_with(QUERY_TAG)
-        || text
-            .split_once(char::is_whitespace)
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(QUERY_TAG))
 }
 
 /// Reads a column, mapping a type mismatch to an error that names the query and the column.
@@ -492,17 +483,6 @@ mod tests {
         // A literal cut by the bound is masked whole.
         let long = format!("SELECT '{}'", "é".repeat(100));
         assert_eq!(query_text(&long, &c), ("SELECT ?".to_string(), true));
-    }
-
-    #[test]
-    fn agent_texts_are_recognised_with_the_tag_first_or_after_the_first_keyword() {
-        assert!(is_agent_text("/* postgres-agent */ SELECT $1"));
-        assert!(is_agent_text(
-            "SELECT /* postgres-agent */ pid FROM pg_stat_activity"
-        ));
-        assert!(!is_agent_text("SELECT pid FROM t /* postgres-agent */"));
-        assert!(!is_agent_text("SELECT $1"));
-        assert!(!is_agent_text(""));
     }
 
     #[test]

@@ -6,21 +6,9 @@
 //! keys, refuses an old and a new name that disagree, and leaves one notice per old name used (logged
 //! at WARN once logging runs). Our own keys and their precedence are not defined here.
 
-use super::raw::{is_secret, Origin, RawConfig, RawValue};
+use super::env::ENV_PREFIX;
+use super::value::{is_secret, Alias, Origin, RawConfig, RawValue};
 use super::ConfigError;
-
-/// One name of the Python agent and the key of ours it sets.
-#[derive(Debug)]
-pub struct Alias {
-    /// Section and key in the Python agent's INI file.
-    pub old_section: &'static str,
-    pub old_key: &'static str,
-    /// The Python agent's environment variable.
-    pub env: &'static str,
-    /// Our section and key.
-    pub section: &'static str,
-    pub key: &'static str,
-}
 
 const fn a(
     old_section: &'static str,
@@ -71,7 +59,7 @@ pub fn by_env(name: &str) -> Option<&'static Alias> {
 
 /// Our environment variable for `[section] key`.
 pub fn env_name(section: &str, key: &str) -> String {
-    format!("{}{section}_{key}", super::raw::ENV_PREFIX).to_ascii_uppercase()
+    format!("{}{section}_{key}", ENV_PREFIX).to_ascii_uppercase()
 }
 
 impl Alias {

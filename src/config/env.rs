@@ -8,8 +8,12 @@
 
 use std::ffi::OsString;
 
-use super::raw::ENV_PREFIX;
 use super::ConfigError;
+
+/// Prefix of every environment override: `BITVILLE_PG_<SECTION>_<KEY>`.
+pub const ENV_PREFIX: &str = "BITVILLE_PG_";
+/// Environment variable naming the config file.
+pub const ENV_CONFIG_PATH: &str = "BITVILLE_PG_CONFIG_PATH";
 
 /// The libpq variables read as fallbacks for `[postgres]`, and the key each fills.
 pub const LIBPQ: &[(&str, &str)] = &[

@@ -13,14 +13,16 @@ pub mod keys;
 pub mod raw;
 mod secret;
 mod validate;
+pub mod value;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{Origin, RawConfig, ENV_CONFIG_PATH};
+pub use env::ENV_CONFIG_PATH;
 pub use secret::Secret;
 use validate::Validator;
+pub use value::{Origin, RawConfig};
 
 /// The default config path, used when it exists and no other is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bitville/postgres-agent.ini";
@@ -225,7 +227,7 @@ pub struct LogsConfig {
     pub enabled: bool,
     pub path: Option<PathBuf>,
     /// None: `auto` (asked from the server, else detected from the file).
-    pub format: Option<crate::logs::parse::LogFormat>,
+    pub format: Option<crate::log_format::LogFormat>,
     pub line_prefix: Option<String>,
     pub poll_interval: Duration,
     pub max_buffered_entries: usize,
@@ -293,9 +295,6 @@ pub struct Config {
     pub logs: LogsConfig,
     pub correlation: CorrelationConfig,
     pub privacy: PrivacyConfig,
-    /// The privacy policy built from `privacy`, once, at load (every query text and log entry goes
-    /// through it).
-    pub policy: crate::privacy::Privacy,
     pub telemetry: TelemetryConfig,
     pub logging: LoggingConfig,
     pub activity: ActivityConfig,
@@ -319,7 +318,6 @@ impl PartialEq for Config {
             logs,
             correlation,
             privacy,
-            policy: _,
             telemetry,
             logging,
             activity,
@@ -466,7 +464,7 @@ impl Config {
         let hostname = v
             .opt_str("agent", "hostname")
             .unwrap_or_else(system_hostname);
-        (Config {
+        Ok(Config {
             file: raw.file.clone(),
             agent: AgentConfig {
                 project_id,
@@ -525,7 +523,7 @@ impl Config {
                 enabled: v.bool("logs", "enabled")?,
                 path: v.opt_str("logs", "path").map(PathBuf::from),
                 // Checked against keys.rs's choices: anything else than `auto` is a format name.
-                format: crate::logs::parse::LogFormat::from_name(&v.choice("logs", "format")?),
+                format: crate::log_format::LogFormat::from_name(&v.choice("logs", "format")?),
                 line_prefix: v.opt_str("logs", "line_prefix"),
                 poll_interval: v.millis("logs", "poll_interval_ms")?,
                 max_buffered_entries: v.int("logs", "max_buffered_entries")? as usize,
@@ -573,16 +571,7 @@ impl Config {
                 min_gap: Duration::from_secs(v.int("spikes", "min_gap_s")?),
             },
             notices: raw.notices.clone(),
-            policy: crate::privacy::Privacy::default(),
         })
-        .with_policy(&v)
-    }
-
-    /// Builds the privacy policy from `[privacy]` (validated already, so a failure names the key).
-    fn with_policy(mut self, v: &Validator<'_>) -> Result<Config, ConfigError> {
-        self.policy = crate::privacy::Privacy::from_config(&self.privacy)
-            .map_err(|e| v.bad("privacy", "redact_log_secrets", e.to_string()))?;
-        Ok(self)
     }
 
     /// Logs each notice at WARN; call once logging is initialised.

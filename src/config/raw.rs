@@ -2,58 +2,18 @@
 //!
 //! Every value remembers where it came from, so a later validation error can name the file (or the
 //! environment variable), the section, the key and the value.
+//!
+//! The types it fills ([`RawConfig`], [`RawValue`], [`Origin`]) are defined in [`super::value`], which
+//! [`super::aliases`] and [`super::validate`] read too; this file owns the reading.
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::aliases::{self, Alias};
-use super::keys::{self, Kind};
-use super::{env, validate, ConfigError};
-
-/// Prefix of every environment override: `BITVILLE_PG_<SECTION>_<KEY>`.
-pub const ENV_PREFIX: &str = "BITVILLE_PG_";
-/// Environment variable naming the config file.
-pub const ENV_CONFIG_PATH: &str = "BITVILLE_PG_CONFIG_PATH";
-
-/// Where a value came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    Default,
-    File(PathBuf),
-    Env(String),
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::Default => f.write_str("built-in default"),
-            Origin::File(p) => write!(f, "{}", p.display()),
-            Origin::Env(v) => write!(f, "environment variable {v}"),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RawValue {
-    pub value: String,
-    pub origin: Origin,
-    /// Set when the value was given under the Python agent's name for this key.
-    pub alias: Option<&'static Alias>,
-}
-
-/// Known keys that were set explicitly, by file or environment.
-#[derive(Debug, Default, Clone)]
-pub struct RawConfig {
-    pub file: Option<PathBuf>,
-    pub values: BTreeMap<(&'static str, &'static str), RawValue>,
-    /// Values given under the Python agent's names, in the order read; [`aliases::resolve`] moves
-    /// them into `values`.
-    pub aliased: Vec<(&'static Alias, RawValue)>,
-    /// One line per Python agent name used, for a warning once logging runs.
-    pub notices: Vec<String>,
-}
+use super::aliases;
+use super::env::{self, ENV_CONFIG_PATH, ENV_PREFIX};
+use super::keys;
+use super::value::{Origin, RawConfig, RawValue};
+use super::{validate, ConfigError};
 
 impl RawConfig {
     /// Parses INI text. `path` is only used in error messages.
@@ -254,9 +214,4 @@ fn unquote(v: &str) -> &str {
     } else {
         v
     }
-}
-
-/// Is this key a secret whose value must never be printed?
-pub fn is_secret(section: &str, key: &str) -> bool {
-    keys::spec(section, key).is_some_and(|s| s.kind == Kind::Secret)
 }

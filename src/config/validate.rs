@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{self, Origin, RawConfig, RawValue};
+use super::value::{is_secret, Origin, RawConfig, RawValue};
 use super::{keys, ConfigError, Secret};
 
 /// The error for a value as given; a secret is shown as `<redacted>`.
@@ -71,13 +71,7 @@ pub(super) fn no_control_chars(
     key: &'static str,
 ) -> Result<(), ConfigError> {
     match control_char(rv.value.trim()) {
-        Some(reason) => Err(bad_value(
-            rv,
-            section,
-            key,
-            raw::is_secret(section, key),
-            reason,
-        )),
+        Some(reason) => Err(bad_value(rv, section, key, is_secret(section, key), reason)),
         None => Ok(()),
     }
 }
@@ -100,7 +94,7 @@ impl Given {
         target: (&'static str, &'static str),
         rv: &RawValue,
     ) -> Result<(), ConfigError> {
-        let secret = raw::is_secret(target.0, target.1);
+        let secret = is_secret(target.0, target.1);
         if let Some(reason) = control_char(rv.value.trim()) {
             return Err(bad_value(rv, section, key, secret, reason));
         }
@@ -135,7 +129,7 @@ impl Validator<'_> {
         reason: impl Into<String>,
     ) -> ConfigError {
         let rv = self.raw.get(section, key);
-        let secret = raw::is_secret(section, key);
+        let secret = is_secret(section, key);
         // A value from the Python agent's file is named as it is written there.
         let (section, key) = match rv.alias {
             Some(a) if matches!(rv.origin, Origin::File(_)) => (a.old_section, a.old_key),

@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::db::{Db, ServerInfo, APPLICATION_NAME, QUERY_TAG};
+use crate::db::{Db, ServerInfo};
+use crate::identity::{APPLICATION_NAME, QUERY_TAG};
 use crate::logs::position::{Position, PositionStore};
 use crate::logs::settings::TailSettings;
 use crate::logs::source;

@@ -22,13 +22,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
 use crate::config::{PostgresConfig, SafetyConfig};
+use crate::identity::{APPLICATION_NAME, QUERY_TAG};
 pub use failure::ConnectFailure;
-
-/// The `application_name` of every agent session; collectors exclude sessions carrying it.
-pub const APPLICATION_NAME: &str = "bitville-postgres-agent";
-/// Every agent query starts with this comment, so its statements can be told apart in
-/// pg_stat_statements and pg_stat_activity.
-pub const QUERY_TAG: &str = "/* postgres-agent */";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -456,7 +451,7 @@ mod tests {
             tagged("SELECT /* postgres-agent */ 1"),
             "/* postgres-agent */ SELECT /* postgres-agent */ 1"
         );
-        assert!(crate::collect::is_agent_text(
+        assert!(crate::identity::is_agent_text(
             &tagged("SELECT x FROM y")["/* postgres-agent */ ".len()..]
         ));
     }

@@ -54,7 +54,6 @@ pub use entry::LogEntry;
 use crate::correlation;
 use crate::privacy::fingerprint::Fingerprint;
 use crate::privacy::{LogFields, Privacy, SqlSource};
-pub use parse::LogFormat;
 
 /// The settings [`finish_entry`] needs.
 #[derive(Debug, Clone, Default)]

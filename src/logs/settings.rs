@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::parse::{detect_format, infer_prefix_for, LogFormat, MAX_ENTRY_BYTES};
+use super::parse::{detect_format, infer_prefix_for, MAX_ENTRY_BYTES};
 use super::source::{LogSource, ServerLogging};
 use super::Finisher;
 use crate::config::Config;
+use crate::log_format::LogFormat;
+use crate::privacy::Privacy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -128,7 +130,7 @@ impl TailSettings {
             max_batch_bytes: logs.max_batch_bytes,
             finisher: Finisher {
                 correlation_keys: config.correlation.keys.clone(),
-                privacy: config.policy,
+                privacy: Privacy::from_validated(&config.privacy),
             },
         })
     }

@@ -12,9 +12,9 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::parse::LogFormat;
 use super::position::FileId;
 use crate::db::{DbError, Session};
+use crate::log_format::LogFormat;
 
 /// What a file type is, for messages: "a FIFO (named pipe)", "a directory", ...
 pub fn describe(ft: fs::FileType) -> &'static str {

@@ -50,6 +50,14 @@ impl Privacy {
         })
     }
 
+    /// The policy of a `[privacy]` section that passed config validation, which rejects every value
+    /// [`Privacy::from_config`] refuses (unknown classes, `none` with others); were one to slip
+    /// through, the default policy applies. Built by whoever holds the loaded config (the collectors'
+    /// [`crate::collect::query_text`], the log tail's settings), so `Config` holds values only.
+    pub fn from_validated(config: &PrivacyConfig) -> Privacy {
+        Privacy::from_config(config).unwrap_or_default()
+    }
+
     fn options(&self) -> ObfuscateOptions {
         ObfuscateOptions {
             strings: self.strings,

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use postgres_agent::logs::parse::{LogFormat, Parser, MAX_ENTRY_BYTES};
+use postgres_agent::log_format::LogFormat;
+use postgres_agent::logs::parse::{Parser, MAX_ENTRY_BYTES};
 use postgres_agent::logs::reader::EntryReader;
 use postgres_agent::logs::{finish_entry, Finisher};
 use serde_json::Value;

@@ -13,7 +13,7 @@ use tokio_postgres::types::Type;
 use super::CheckResult;
 use crate::config::Config;
 use crate::db::Session;
-use crate::logs::parse::LogFormat;
+use crate::log_format::LogFormat;
 use crate::logs::settings::{SettingsError, TailSettings};
 use crate::logs::source::{self, LogSource};
 

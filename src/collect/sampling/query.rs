@@ -9,7 +9,8 @@ use std::sync::Arc;
 use super::super::{col, query_text, CollectError};
 use crate::config::Config;
 use crate::correlation;
-use crate::db::{Session, APPLICATION_NAME};
+use crate::db::Session;
+use crate::identity::APPLICATION_NAME;
 
 pub const QUERY: &str = "activity_sample";
 

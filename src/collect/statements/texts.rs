@@ -10,10 +10,11 @@ use std::collections::HashMap;
 
 use tokio_postgres::types::Type;
 
-use super::super::{col, is_agent_text, CollectError};
+use super::super::{col, CollectError};
 use crate::db::Session;
+use crate::identity::is_agent_text;
 #[cfg(test)]
-use crate::db::QUERY_TAG;
+use crate::identity::QUERY_TAG;
 
 /// Texts beyond this many bytes in total empty the cache (it refills with what is reported). Twice
 /// the most one cycle can report at the defaults (500 entries of up to 4,096 bytes).

@@ -194,7 +194,7 @@ fn entry(r: Record<'_>) -> LogEntry<'_> {
 #[cfg(test)]
 mod tests {
     use super::super::Parser;
-    use crate::logs::parse::LogFormat;
+    use crate::log_format::LogFormat;
     use crate::logs::reader::EntryReader;
 
     #[test]

@@ -20,52 +20,10 @@ pub mod syslog;
 pub mod time;
 
 use super::entry::LogEntry;
+use crate::log_format::LogFormat;
 
 /// The default cap on one entry's size (1 MiB).
 pub const MAX_ENTRY_BYTES: usize = 1 << 20;
-
-/// A server log format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Stderr,
-    Csvlog,
-    Jsonlog,
-    /// `log_destination = syslog`, as rsyslog writes it to a file.
-    Syslog,
-}
-
-impl LogFormat {
-    /// Parses `stderr`, `csvlog` or `jsonlog`.
-    pub fn from_name(name: &str) -> Option<LogFormat> {
-        match name {
-            "stderr" => Some(LogFormat::Stderr),
-            "csvlog" | "csv" => Some(LogFormat::Csvlog),
-            "jsonlog" | "json" => Some(LogFormat::Jsonlog),
-            "syslog" => Some(LogFormat::Syslog),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Stderr => "stderr",
-            LogFormat::Csvlog => "csvlog",
-            LogFormat::Jsonlog => "jsonlog",
-            LogFormat::Syslog => "syslog",
-        }
-    }
-
-    /// The format PostgreSQL writes to a file with this name's extension, if it says.
-    pub fn from_file_name(name: &str) -> Option<LogFormat> {
-        if name.ends_with(".json") {
-            Some(LogFormat::Jsonlog)
-        } else if name.ends_with(".csv") {
-            Some(LogFormat::Csvlog)
-        } else {
-            None
-        }
-    }
-}
 
 /// How final the end of the buffer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

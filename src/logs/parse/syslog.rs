@@ -336,7 +336,7 @@ mod tests {
     use super::*;
 
     fn parse_all(prefix: &str, input: &[u8]) -> Vec<LogEntry<'static>> {
-        super::super::parse_all(super::super::LogFormat::Syslog, prefix, input)
+        super::super::parse_all(crate::log_format::LogFormat::Syslog, prefix, input)
     }
 
     #[test]
