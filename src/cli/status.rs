@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::clock::{format_rfc3339, now_ms};
 use crate::config::Config;
-use crate::ship::batch::format_rfc3339;
-use crate::ship::outbox::{self, now_ms, schema, OutboxStats};
+use crate::ship::outbox::{self, schema, OutboxStats};
 use crate::ship::ShipError;
 
 /// Everything `status` prints.

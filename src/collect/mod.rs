@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::config::Config;
 use crate::db::{Db, DbError, ServerInfo, Session, QUERY_TAG};
-use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::telemetry::registry::{Counters, Event};
 
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::cycle;
-use crate::ship::batch::Batch;
+use crate::batch::Batch;
 use crate::ship::recreate::OutboxFile;
 use crate::ship::Shipper;
 use crate::state::lock::{Ensured, StateLock};

@@ -1,10 +1,11 @@
-//! Shipping: the batch envelope, the durable outbox, the circuit breaker and HTTP(S) delivery to the
-//! listener (docs/shipping.md describes the guarantees and the transport for users).
+//! Shipping: the durable outbox, the circuit breaker and HTTP(S) delivery to the listener
+//! (docs/shipping.md describes the guarantees and the transport for users). The batch envelope it
+//! ships is [`crate::batch`], a leaf every layer imports.
 //!
 //! The daemon holds one [`Shipper`]:
 //!
 //! ```no_run
-//! # async fn cycle(config: &postgres_agent::config::Config, batch: postgres_agent::ship::batch::Batch)
+//! # async fn cycle(config: &postgres_agent::config::Config, batch: postgres_agent::batch::Batch)
 //! #     -> Result<(), postgres_agent::ship::ShipError> {
 //! use std::time::Duration;
 //! use postgres_agent::ship::Shipper;
@@ -34,7 +35,6 @@
 //! Every batch that leaves the outbox without a 2xx is counted: evictions per type, dead letters per
 //! type, dropped dead letters, enqueue failures, and replaced corrupt databases.
 
-pub mod batch;
 pub mod breaker;
 pub mod drain;
 pub mod encode;

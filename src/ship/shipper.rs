@@ -12,7 +12,6 @@ use parking_lot::MutexGuard;
 
 use serde::Serialize;
 
-use super::batch::{Batch, BatchKind};
 use super::breaker::{Breaker, BreakerState};
 use super::encode::{EncodeCounters, Encoder, PrepareError, MAX_BODY_BYTES};
 use super::held::{Held, Unremoved};
@@ -22,6 +21,7 @@ use super::python_buffer::LegacyPayload;
 use super::ratelimit::RateLimiter;
 use super::store::Stored;
 use super::ShipError;
+use crate::batch::{Batch, BatchKind};
 use crate::config::{Config, Protocol};
 use crate::telemetry::registry::{Counters, Event};
 
@@ -288,7 +288,7 @@ impl Shipper {
                     self.stalled_since_ms.store(0, Ordering::Relaxed);
                     tracing::info!(
                         event = "outbox_answers",
-                        stalled_ms = outbox::now_ms() - since,
+                        stalled_ms = crate::clock::now_ms() - since,
                         "the outbox answers again"
                     );
                 }
@@ -298,7 +298,7 @@ impl Shipper {
                 self.counters.add(Event::OutboxStorageStalls, 1);
                 if since == 0 {
                     self.stalled_since_ms.store(
-                        outbox::now_ms() - wait.as_millis() as i64,
+                        crate::clock::now_ms() - wait.as_millis() as i64,
                         Ordering::Relaxed,
                     );
                     tracing::error!(
@@ -319,7 +319,7 @@ impl Shipper {
         if since != 0 {
             return Some(format!(
                 "a write has been stuck for {} s (a hung disk or file system?)",
-                (outbox::now_ms() - since).max(0) / 1000
+                (crate::clock::now_ms() - since).max(0) / 1000
             ));
         }
         failing.cloned()
@@ -403,8 +403,8 @@ impl Shipper {
             .map_err(|source| ShipError::from(PrepareError::Gzip { batch_id, source }))?;
         let collected_at =
             time::OffsetDateTime::from_unix_timestamp_nanos((p.timestamp * 1e9) as i128)
-                .map(super::batch::format_rfc3339)
-                .unwrap_or_else(|_| super::batch::now_rfc3339());
+                .map(crate::clock::format_rfc3339)
+                .unwrap_or_else(|_| crate::clock::now_rfc3339());
         let row = NewBatch {
             batch_id,
             kind,

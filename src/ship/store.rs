@@ -2,10 +2,10 @@
 //! memory, making room on a full disk, holding requests in memory while the outbox takes no writes
 //! ([`super::held`]), and re-encoding requests queued in another protocol.
 
-use super::batch::Batch;
 use super::outbox::{self, EvictionReport, NewBatch, OutboxError};
 use super::shipper::{Inner, Shipper};
 use super::ShipError;
+use crate::batch::Batch;
 use crate::config::Protocol;
 use crate::telemetry::registry::Event;
 

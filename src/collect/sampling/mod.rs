@@ -25,9 +25,10 @@ use serde_json::{Map, Value};
 
 use super::spikes::{self, Gate, Moment, Thresholds, Trigger};
 use super::{server_context, CollectError, ServerContext};
+use crate::batch::{AgentInfo, Batch, BatchKind, Record};
+use crate::clock::format_rfc3339;
 use crate::config::Config;
 use crate::db::Db;
-use crate::ship::batch::{format_rfc3339, AgentInfo, Batch, BatchKind, Record};
 use crate::telemetry::registry::{Counters, Event};
 use host::{HostPoint, HostReader};
 use query::StatementCache;

@@ -18,8 +18,9 @@ use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 
 use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
+use crate::batch::BatchKind;
+use crate::clock::now_rfc3339;
 use crate::db::Session;
-use crate::ship::batch::{now_rfc3339, BatchKind};
 use crate::telemetry::registry::{Counters as Tally, Event};
 use baseline::{Delta, Fold, Key, Meta, Snapshot};
 use columns::{

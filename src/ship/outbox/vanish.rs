@@ -127,8 +127,8 @@ pub fn install_copy(path: &Path, copy: &Path, max_size_bytes: u64) -> Result<Out
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::BatchKind;
     use crate::config::Protocol;
-    use crate::ship::batch::BatchKind;
     use crate::ship::outbox::NewBatch;
 
     fn row(n: u8) -> NewBatch {
