@@ -261,7 +261,7 @@ fn writable(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// What a daemon left in the state directory, so `check` says whether it reads a running daemon's.
 fn daemon_files(dir: &std::path::Path) -> String {
-    match crate::ship::status::LastCycle::load(dir) {
+    match crate::state::last_cycle::LastCycle::load(dir) {
         Some(c) => format!(
             "; a daemon recorded a cycle there at {}",
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(c.at_ms) * 1_000_000)

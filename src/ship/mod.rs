@@ -29,7 +29,7 @@
 //!   `listener.max_requests_per_minute` ([`ratelimit`]), stopping at the first failed request (the
 //!   rest waits for the next pass), at a `Retry-After` or 429, or when the budget is spent; a
 //!   request already started is allowed to finish ([`http`]). One drain runs at a time.
-//! - [`Shipper::stats`] and [`status`] read the same figures; `status` opens the database read-only
+//! - [`Shipper::stats`] and `status` (`crate::cli::status`) read the same figures; `status` opens the database read-only
 //!   so it works while the daemon runs.
 //!
 //! Every batch that leaves the outbox without a 2xx is counted: evictions per type, dead letters per
@@ -47,10 +47,8 @@ pub mod python_buffer;
 pub mod ratelimit;
 pub mod recreate;
 pub mod shipper;
-pub mod tls_error;
-/// `status` is a command (`crate::cli::status`); the daemon writes its [`status::LastCycle`] record.
-pub use crate::cli::status;
 mod store;
+pub mod tls_error;
 
 pub use drain::{DrainReport, DrainStop};
 pub use shipper::{EnqueueReport, ProcessStats, ShipStats, Shipper};
