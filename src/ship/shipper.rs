@@ -19,7 +19,6 @@ use super::http::Sender;
 use super::outbox::{self, EvictionReport, NewBatch, Outbox, OutboxError, OutboxStats};
 use super::python_buffer::LegacyPayload;
 use super::ratelimit::RateLimiter;
-use super::store::Stored;
 use super::ShipError;
 use crate::batch::{Batch, BatchKind};
 use crate::config::{Config, Protocol};
@@ -38,6 +37,13 @@ pub struct EnqueueReport {
     /// directory): sent from memory, written to the outbox when it recovers, lost if the process
     /// dies first.
     pub held: usize,
+}
+
+/// Where [`Shipper::store`] put a batch's requests.
+pub(super) enum Stored {
+    Outbox(EvictionReport),
+    Memory,
+    Failed(ShipError),
 }
 
 /// How long a writer waits for the outbox while another one holds it, before it holds its
