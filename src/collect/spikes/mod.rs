@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use super::activity::ActivityCollector;
 use super::locks::LocksCollector;
-use super::sampling::{host::HostPoint, Point};
+use super::sampling::{host::HostPoint, point::Point};
 use super::{CollectError, Collector, Context, ServerContext};
 use crate::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::clock::format_rfc3339;
