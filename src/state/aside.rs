@@ -8,6 +8,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::clock::now_ms;
+
 /// Corrupt files moved aside that are kept for inspection; older ones are deleted so repeated
 /// corruption cannot fill the disk.
 const KEEP_CORRUPT_COPIES: usize = 2;
@@ -26,10 +28,7 @@ pub fn companions(path: &Path) -> [PathBuf; 2] {
 /// `<name>.corrupt-<unix milliseconds>` so a fresh one can be created, and deletes all but the newest
 /// [`KEEP_CORRUPT_COPIES`] earlier copies. Returns the new name.
 pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let stamp = now_ms();
     let mut target = path.as_os_str().to_owned();
     target.push(format!(".corrupt-{stamp}"));
     let target = PathBuf::from(target);
