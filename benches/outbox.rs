@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+use postgres_agent::batch::{AgentInfo, Batch, BatchKind, Record};
 use postgres_agent::config::Config;
-use postgres_agent::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use postgres_agent::ship::{DrainStop, Shipper};
 use serde_json::{json, Value};
 

@@ -3,11 +3,13 @@
 //! Data flow: [`config`] loads and validates the INI file and environment. [`db`] holds a small pool of
 //! safe, read-only sessions to the watched server. Each cycle the collectors read pg_stat_activity,
 //! pg_stat_statements deltas, locks and host metrics; a background task tails the server log. Every
-//! kind of data becomes a [`ship::batch::Batch`], written to the durable outbox before it is sent to
+//! kind of data becomes a [`batch::Batch`], written to the durable outbox before it is sent to
 //! the listener through a circuit breaker. [`telemetry`] covers the agent's own logs and metrics.
 //! [`cli`] is the command line: `check`, `once`, `status` and the table view of batches.
 
+pub mod batch;
 pub mod cli;
+pub mod clock;
 pub mod collect;
 pub mod config;
 pub mod correlation;

@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use postgres_agent::batch::{AgentInfo, Batch, BatchKind, Record};
 use postgres_agent::config::Config;
-use postgres_agent::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use postgres_agent::ship::breaker::CircuitState;
 use postgres_agent::ship::{DrainStop, Shipper};
 use serde_json::{json, Value};

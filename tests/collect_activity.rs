@@ -4,8 +4,8 @@
 
 mod support;
 
+use postgres_agent::batch::BatchKind;
 use postgres_agent::identity::APPLICATION_NAME;
-use postgres_agent::ship::batch::BatchKind;
 use postgres_agent::telemetry::registry::{Counters, Event};
 use serde_json::Value;
 use support::collect::{batch, client, cycle, cycle_counted, pid, validate, wait_until};

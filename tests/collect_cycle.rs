@@ -6,9 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use postgres_agent::batch::BatchKind;
 use postgres_agent::collect::{Collectors, Outcome};
 use postgres_agent::db::Db;
-use postgres_agent::ship::batch::BatchKind;
 use postgres_agent::telemetry::registry::Event;
 use support::collect::{client, validate};
 use support::{agent_config, rt, PgServer};

@@ -4,7 +4,7 @@
 
 mod support;
 
-use postgres_agent::ship::batch::BatchKind;
+use postgres_agent::batch::BatchKind;
 use serde_json::Value;
 use support::collect::{batch, client, cycle, pid, validate, wait_until};
 use support::{agent_config, rt, PgOptions, PgServer};

@@ -4,9 +4,9 @@
 
 mod support;
 
+use postgres_agent::batch::BatchKind;
 use postgres_agent::collect::{Collectors, Outcome};
 use postgres_agent::db::Db;
-use postgres_agent::ship::batch::BatchKind;
 use postgres_agent::telemetry::registry::{Counters, Event};
 use serde_json::Value;
 use support::collect::{batch, check, client, cycle_counted, validate};

@@ -4,8 +4,8 @@
 
 mod support;
 
+use postgres_agent::batch::BatchKind;
 use postgres_agent::collect::Outcome;
-use postgres_agent::ship::batch::BatchKind;
 use support::collect::{batch, cycle, validate};
 use support::{agent_config, rt, PgServer};
 

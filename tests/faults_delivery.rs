@@ -489,7 +489,7 @@ fn batch_bodies_stay_within_max_body_bytes() {
 /// once (were the refusals counted, the minute's slots would be spent and nothing would go).
 #[test]
 fn refused_connections_do_not_count_against_the_request_limit() {
-    use postgres_agent::ship::batch::BatchKind;
+    use postgres_agent::batch::BatchKind;
     use postgres_agent::ship::{DrainStop, Shipper};
     use support::fault_listener::{self, ship_config, test_batch};
     support::rt().block_on(async {

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use postgres_agent::ship::batch::BatchKind;
+use postgres_agent::batch::BatchKind;
 use postgres_agent::ship::breaker::CircuitState;
 use postgres_agent::ship::{DrainStop, Shipper};
 use support::fault_listener::{ship_config, test_batch, Behavior, Listener};

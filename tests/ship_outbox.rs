@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use postgres_agent::ship::batch::BatchKind;
+use postgres_agent::batch::BatchKind;
 use postgres_agent::ship::outbox::{self, budget, charge, NewBatch, Outbox, MAX_DEAD_LETTERS};
 use postgres_agent::ship::{DrainStop, Shipper};
 use proptest::prelude::*;

@@ -261,11 +261,11 @@ fn writable(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// What a daemon left in the state directory, so `check` says whether it reads a running daemon's.
 fn daemon_files(dir: &std::path::Path) -> String {
-    match crate::ship::status::LastCycle::load(dir) {
+    match crate::state::last_cycle::LastCycle::load(dir) {
         Some(c) => format!(
             "; a daemon recorded a cycle there at {}",
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(c.at_ms) * 1_000_000)
-                .map(crate::ship::batch::format_rfc3339)
+                .map(crate::clock::format_rfc3339)
                 .unwrap_or_else(|_| c.at_ms.to_string())
         ),
         None => "; no daemon has recorded a cycle there".to_string(),

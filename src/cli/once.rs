@@ -13,11 +13,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::batch::Batch;
 use crate::cli::pretty::{self, Format};
 use crate::collect::Collectors;
 use crate::config::Config;
 use crate::db::Db;
-use crate::ship::batch::Batch;
 use crate::ship::Shipper;
 use crate::state::lock::{StateLock, EXIT_LOCKED};
 

@@ -1,16 +1,19 @@
 //! `postgres-agent status`: reads the outbox database read-only (safe while the daemon writes to
 //! it) and renders depth, bytes and age per type, dead letters, evictions, the circuit breaker and
 //! the last successful send, as text or JSON.
+//!
+//! Only the command: the daemon's last-cycle record it shows is [`crate::state::last_cycle`].
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::clock::{format_rfc3339, now_ms};
 use crate::config::Config;
-use crate::ship::batch::format_rfc3339;
-use crate::ship::outbox::{self, now_ms, schema, OutboxStats};
+use crate::ship::outbox::{self, schema, OutboxStats};
 use crate::ship::ShipError;
+use crate::state::last_cycle::LastCycle;
 
 /// Everything `status` prints.
 #[derive(Debug, Clone, Serialize)]
@@ -33,60 +36,6 @@ pub struct StatusReport {
     pub now_ms: i64,
     /// The daemon's last collection cycle (`<state_dir>/last_cycle.json`), if it has run.
     pub last_cycle: Option<LastCycle>,
-}
-
-/// What the daemon records after every cycle, for `status`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct LastCycle {
-    /// When the cycle finished (unix milliseconds).
-    pub at_ms: i64,
-    /// The database was reachable and the cycle produced its batches.
-    pub ok: bool,
-    /// When the last cycle with `ok` finished.
-    pub last_ok_ms: Option<i64>,
-    pub summary: String,
-    /// The daemon's counters since it started ([`crate::telemetry::registry`]), as on /metrics.
-    #[serde(default)]
-    pub counters: std::collections::BTreeMap<String, u64>,
-}
-
-/// File name of [`LastCycle`] under `agent.state_dir`.
-pub const LAST_CYCLE_FILE: &str = "last_cycle.json";
-
-impl LastCycle {
-    /// Records a finished cycle (write to a temporary file, then rename: readers never see half).
-    pub fn save(
-        state_dir: &std::path::Path,
-        ok: bool,
-        summary: &str,
-        counters: std::collections::BTreeMap<String, u64>,
-    ) -> std::io::Result<()> {
-        let at_ms = now_ms();
-        let previous = LastCycle::load(state_dir);
-        let record = LastCycle {
-            at_ms,
-            ok,
-            last_ok_ms: if ok {
-                Some(at_ms)
-            } else {
-                previous.and_then(|p| p.last_ok_ms)
-            },
-            summary: summary.to_string(),
-            counters,
-        };
-        let tmp = state_dir.join(format!("{LAST_CYCLE_FILE}.tmp"));
-        std::fs::create_dir_all(state_dir)?;
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(&record).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, state_dir.join(LAST_CYCLE_FILE))
-    }
-
-    pub fn load(state_dir: &std::path::Path) -> Option<LastCycle> {
-        let bytes = std::fs::read(state_dir.join(LAST_CYCLE_FILE)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
 }
 
 /// Reads the status of the outbox configured in `config`.

@@ -6,9 +6,10 @@ use serde::Serialize;
 use tokio_postgres::types::Type;
 
 use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
+use crate::batch::BatchKind;
+use crate::clock::format_rfc3339;
 use crate::correlation::{self, Correlation};
 use crate::identity::APPLICATION_NAME;
-use crate::ship::batch::{format_rfc3339, BatchKind};
 use crate::telemetry::registry::Event;
 
 /// One backend.

@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::config::Config;
 use crate::db::{Db, DbError, ServerInfo, Session};
 use crate::privacy::Privacy;
-use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::telemetry::registry::{Counters, Event};
 
 #[derive(Debug, thiserror::Error)]

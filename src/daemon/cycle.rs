@@ -3,8 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::batch::Batch;
 use crate::collect::{CycleReport, Outcome};
-use crate::ship::batch::Batch;
 use crate::ship::breaker::CircuitState;
 use crate::ship::{DrainReport, ShipStats, Shipper};
 use crate::telemetry::metrics::{

@@ -268,7 +268,7 @@ async fn record_loss_for_status(shipper: &Shipper, telemetry: &Telemetry, lost: 
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     let save = tokio::task::spawn_blocking(move || {
-        use crate::ship::status::LastCycle;
+        use crate::state::last_cycle::LastCycle;
         let previous = LastCycle::load(&dir);
         let (ok, summary) = previous.map_or((false, String::new()), |p| (p.ok, p.summary));
         let summary = format!("{summary}; at exit {lost} requests held in memory were lost");

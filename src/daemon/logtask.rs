@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::config::Config;
 use crate::db::{Db, ServerInfo};
 use crate::identity::{APPLICATION_NAME, QUERY_TAG};
@@ -26,7 +27,6 @@ use crate::logs::position::{Position, PositionStore};
 use crate::logs::settings::TailSettings;
 use crate::logs::source;
 use crate::logs::tail::{LogBatch, Tailer};
-use crate::ship::batch::{AgentInfo, Batch, BatchKind, Record};
 use crate::ship::Shipper;
 use crate::telemetry::registry::{Counters, Event};
 use crate::telemetry::server::Telemetry;

@@ -222,7 +222,7 @@ impl Daemon {
         if let Ok(mut hint) = daemon.log_resume_hint.lock() {
             *hint = daemon
                 .shipper
-                .newest_field(crate::ship::batch::BatchKind::PgLogs, "log_position");
+                .newest_field(crate::batch::BatchKind::PgLogs, "log_position");
         }
         daemon.start_log_task();
         daemon.delivery = Some(

@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::schedule::Schedule;
+use crate::batch::Batch;
 use crate::collect::sampling::{Outcome, Sampler};
 use crate::config::Config;
 use crate::db::Db;
-use crate::ship::batch::Batch;
 use crate::telemetry::metrics::CollectorOutcomeLabel;
 use crate::telemetry::server::Telemetry;
 

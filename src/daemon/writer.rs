@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::cycle;
-use crate::ship::batch::Batch;
+use crate::batch::Batch;
 use crate::ship::recreate::OutboxFile;
 use crate::ship::Shipper;
 use crate::state::lock::{Ensured, StateLock};
@@ -364,7 +364,7 @@ fn save_record(s: &Shared, r: Record) {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    if let Err(e) = crate::ship::status::LastCycle::save(&r.dir, r.ok, &r.summary, counters) {
+    if let Err(e) = crate::state::last_cycle::LastCycle::save(&r.dir, r.ok, &r.summary, counters) {
         tracing::debug!(error = %e, "cannot record the cycle for `status`");
     }
 }

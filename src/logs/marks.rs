@@ -15,8 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::position::{fingerprint, FileId};
-use super::source::LogFile;
+use super::source::{fingerprint, FileId, LogFile};
 
 /// Files remembered besides the current one: more than a week of daily names (`%a`), an hour of
 /// `%M` names. Each costs about 100 bytes in the saved position (not in batches: the log task

@@ -10,11 +10,13 @@
 //! outbox, see [`PositionStore::load_or_set_aside`].
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::marks::FileMark;
+use super::source::{fingerprint, FileId};
 
 /// Damaged position files kept beside the state (older ones are deleted).
 pub const KEEP_SET_ASIDE: usize = 2;
@@ -51,27 +53,11 @@ pub struct Position {
     /// The other files read recently and how far: a name the server reuses (appending to the file
     /// again) is continued from there, never read again from the start nor skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub read: Vec<super::marks::FileMark>,
+    pub read: Vec<FileMark>,
     /// `system_identifier` of the server whose log this is, when it was known: a position taken on
     /// another server is not applied to this one's files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
-}
-
-/// The identity of an open file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileId {
-    pub dev: u64,
-    pub ino: u64,
-}
-
-impl FileId {
-    pub fn of(meta: &fs::Metadata) -> FileId {
-        FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        }
-    }
 }
 
 impl Position {
@@ -92,43 +78,6 @@ impl Position {
         }
         matches!(fingerprint(path, self.fingerprint_len as usize), Ok((fp, n)) if fp == self.fingerprint && n == self.fingerprint_len)
     }
-}
-
-/// FNV-1a of the first `max` bytes of the file (fewer when it is shorter), and how many were read.
-pub fn fingerprint(path: &Path, max: usize) -> io::Result<(u64, u32)> {
-    let mut f = super::source::open_regular(path)?;
-    let mut buf = vec![0u8; max];
-    let mut n = 0;
-    while n < max {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(fnv(&buf[..n]))
-}
-
-/// [`fingerprint`] of a file already open (whatever its path holds now), without moving its
-/// offset.
-pub fn fingerprint_open(f: &File, max: usize) -> io::Result<(u64, u32)> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; max];
-    let mut n = 0;
-    while n < max {
-        match f.read_at(&mut buf[n..], n as u64)? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(fnv(&buf[..n]))
-}
-
-fn fnv(bytes: &[u8]) -> (u64, u32) {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h = (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h, bytes.len() as u32)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,16 +5,71 @@
 //! In a directory, files of the followed format are ordered by (modification time, name): the
 //! logging collector creates a new file before it stops writing the old one, so a newer file means
 //! the current one is finished once it has been read to its end.
+//!
+//! It also says which file is which ([`FileId`], [`fingerprint`]), for the position and the marks
+//! that record how far each file was read; it does not persist anything.
 
 use std::fs::{self, File};
-use std::io;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::position::FileId;
 use crate::db::{DbError, Session};
 use crate::log_format::LogFormat;
+
+/// The identity of an open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(meta: &fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// FNV-1a of the first `max` bytes of the file (fewer when it is shorter), and how many were read.
+pub fn fingerprint(path: &Path, max: usize) -> io::Result<(u64, u32)> {
+    let mut f = open_regular(path)?;
+    let mut buf = vec![0u8; max];
+    let mut n = 0;
+    while n < max {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(fnv(&buf[..n]))
+}
+
+/// [`fingerprint`] of a file already open (whatever its path holds now), without moving its
+/// offset.
+pub fn fingerprint_open(f: &File, max: usize) -> io::Result<(u64, u32)> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; max];
+    let mut n = 0;
+    while n < max {
+        match f.read_at(&mut buf[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(fnv(&buf[..n]))
+}
+
+fn fnv(bytes: &[u8]) -> (u64, u32) {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h, bytes.len() as u32)
+}
 
 /// What a file type is, for messages: "a FIFO (named pipe)", "a directory", ...
 pub fn describe(ft: fs::FileType) -> &'static str {

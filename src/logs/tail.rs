@@ -30,12 +30,10 @@ use files::{entry_position, position_in};
 use super::finish_entry;
 use super::marks::{FileMark, Marks};
 use super::parse::End;
-use super::position::{
-    fingerprint_open, Position, PositionError, PositionStore, SetAside, FINGERPRINT_BYTES,
-};
+use super::position::{Position, PositionError, PositionStore, SetAside, FINGERPRINT_BYTES};
 use super::reader::EntryReader;
 pub use super::settings::TailSettings;
-use super::source::LogFile;
+use super::source::{fingerprint_open, LogFile};
 use super::stats::LogStats;
 
 /// Bytes read per refill while tailing: the server writes its log in small appends, and this

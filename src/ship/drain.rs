@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 use super::breaker::{Permit, Transition};
 use super::held::Settled;
 use super::http::Outcome;
-use super::outbox::now_ms;
 use super::pick::Next;
 use super::shipper::{Inner, Shipper};
+use crate::clock::now_ms;
 use crate::telemetry::registry::Event;
 
 /// Why a drain pass ended.

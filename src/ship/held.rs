@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::batch::BatchKind;
 use super::outbox::NewBatch;
+use crate::batch::BatchKind;
 
 /// Most bytes (stored, compressed) held in memory.
 pub const HELD_BYTES: usize = 16 * 1024 * 1024;

@@ -1,10 +1,11 @@
-//! Shipping: the batch envelope, the durable outbox, the circuit breaker and HTTP(S) delivery to the
-//! listener (docs/shipping.md describes the guarantees and the transport for users).
+//! Shipping: the durable outbox, the circuit breaker and HTTP(S) delivery to the listener
+//! (docs/shipping.md describes the guarantees and the transport for users). The batch envelope it
+//! ships is [`crate::batch`], a leaf every layer imports.
 //!
 //! The daemon holds one [`Shipper`]:
 //!
 //! ```no_run
-//! # async fn cycle(config: &postgres_agent::config::Config, batch: postgres_agent::ship::batch::Batch)
+//! # async fn cycle(config: &postgres_agent::config::Config, batch: postgres_agent::batch::Batch)
 //! #     -> Result<(), postgres_agent::ship::ShipError> {
 //! use std::time::Duration;
 //! use postgres_agent::ship::Shipper;
@@ -28,13 +29,12 @@
 //!   `listener.max_requests_per_minute` ([`ratelimit`]), stopping at the first failed request (the
 //!   rest waits for the next pass), at a `Retry-After` or 429, or when the budget is spent; a
 //!   request already started is allowed to finish ([`http`]). One drain runs at a time.
-//! - [`Shipper::stats`] and [`status`] read the same figures; `status` opens the database read-only
+//! - [`Shipper::stats`] and `status` (`crate::cli::status`) read the same figures; `status` opens the database read-only
 //!   so it works while the daemon runs.
 //!
 //! Every batch that leaves the outbox without a 2xx is counted: evictions per type, dead letters per
 //! type, dropped dead letters, enqueue failures, and replaced corrupt databases.
 
-pub mod batch;
 pub mod breaker;
 pub mod drain;
 pub mod encode;
@@ -47,10 +47,8 @@ pub mod python_buffer;
 pub mod ratelimit;
 pub mod recreate;
 pub mod shipper;
-pub mod tls_error;
-/// `status` is a command (`crate::cli::status`); the daemon writes its [`status::LastCycle`] record.
-pub use crate::cli::status;
 mod store;
+pub mod tls_error;
 
 pub use drain::{DrainReport, DrainStop};
 pub use shipper::{EnqueueReport, ProcessStats, ShipStats, Shipper};

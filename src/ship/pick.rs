@@ -11,10 +11,11 @@
 //! request is removed (or marked settled) once the listener took it, so neither end sends it again;
 //! settled requests whose removal failed are skipped wherever they are.
 
-use super::batch::BatchKind;
-use super::outbox::{now_ms, NewBatch, StoredBatch};
+use super::outbox::{NewBatch, StoredBatch};
 use super::shipper::{Inner, Shipper};
 use super::ShipError;
+use crate::batch::BatchKind;
+use crate::clock::now_ms;
 use crate::config::Protocol;
 
 /// One request in this many (the first of a pass included) goes to the newest data while there is a

@@ -338,7 +338,7 @@ fn stop(path: &Path, state: &mut ImportMarker, err: PythonBufferError) -> Python
 }
 
 fn save(path: &Path, state: &mut ImportMarker) -> Result<(), PythonBufferError> {
-    state.updated_ms = crate::ship::outbox::now_ms();
+    state.updated_ms = crate::clock::now_ms();
     marker::save(path, state)
 }
 

@@ -12,7 +12,6 @@ use parking_lot::MutexGuard;
 
 use serde::Serialize;
 
-use super::batch::{Batch, BatchKind};
 use super::breaker::{Breaker, BreakerState};
 use super::encode::{EncodeCounters, Encoder, PrepareError, MAX_BODY_BYTES};
 use super::held::{Held, Unremoved};
@@ -20,8 +19,8 @@ use super::http::Sender;
 use super::outbox::{self, EvictionReport, NewBatch, Outbox, OutboxError, OutboxStats};
 use super::python_buffer::LegacyPayload;
 use super::ratelimit::RateLimiter;
-use super::store::Stored;
 use super::ShipError;
+use crate::batch::{Batch, BatchKind};
 use crate::config::{Config, Protocol};
 use crate::telemetry::registry::{Counters, Event};
 
@@ -38,6 +37,13 @@ pub struct EnqueueReport {
     /// directory): sent from memory, written to the outbox when it recovers, lost if the process
     /// dies first.
     pub held: usize,
+}
+
+/// Where [`Shipper::store`] put a batch's requests.
+pub(super) enum Stored {
+    Outbox(EvictionReport),
+    Memory,
+    Failed(ShipError),
 }
 
 /// How long a writer waits for the outbox while another one holds it, before it holds its
@@ -288,7 +294,7 @@ impl Shipper {
                     self.stalled_since_ms.store(0, Ordering::Relaxed);
                     tracing::info!(
                         event = "outbox_answers",
-                        stalled_ms = outbox::now_ms() - since,
+                        stalled_ms = crate::clock::now_ms() - since,
                         "the outbox answers again"
                     );
                 }
@@ -298,7 +304,7 @@ impl Shipper {
                 self.counters.add(Event::OutboxStorageStalls, 1);
                 if since == 0 {
                     self.stalled_since_ms.store(
-                        outbox::now_ms() - wait.as_millis() as i64,
+                        crate::clock::now_ms() - wait.as_millis() as i64,
                         Ordering::Relaxed,
                     );
                     tracing::error!(
@@ -319,7 +325,7 @@ impl Shipper {
         if since != 0 {
             return Some(format!(
                 "a write has been stuck for {} s (a hung disk or file system?)",
-                (outbox::now_ms() - since).max(0) / 1000
+                (crate::clock::now_ms() - since).max(0) / 1000
             ));
         }
         failing.cloned()
@@ -403,8 +409,8 @@ impl Shipper {
             .map_err(|source| ShipError::from(PrepareError::Gzip { batch_id, source }))?;
         let collected_at =
             time::OffsetDateTime::from_unix_timestamp_nanos((p.timestamp * 1e9) as i128)
-                .map(super::batch::format_rfc3339)
-                .unwrap_or_else(|_| super::batch::now_rfc3339());
+                .map(crate::clock::format_rfc3339)
+                .unwrap_or_else(|_| crate::clock::now_rfc3339());
         let row = NewBatch {
             batch_id,
             kind,

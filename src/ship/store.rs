@@ -2,19 +2,12 @@
 //! memory, making room on a full disk, holding requests in memory while the outbox takes no writes
 //! ([`super::held`]), and re-encoding requests queued in another protocol.
 
-use super::batch::Batch;
 use super::outbox::{self, EvictionReport, NewBatch, OutboxError};
-use super::shipper::{Inner, Shipper};
+use super::shipper::{Inner, Shipper, Stored};
 use super::ShipError;
+use crate::batch::Batch;
 use crate::config::Protocol;
 use crate::telemetry::registry::Event;
-
-/// Where [`Shipper::store`] put a batch's requests.
-pub(super) enum Stored {
-    Outbox(EvictionReport),
-    Memory,
-    Failed(ShipError),
-}
 
 impl Shipper {
     /// Writes `rows` to the outbox; on a full disk makes room by evicting the oldest requests and

@@ -151,7 +151,7 @@ impl Metrics {
     }
 
     /// Counts a batch of `records` records of `kind` with `outcome`.
-    pub fn count_batch(&self, kind: crate::ship::batch::BatchKind, records: usize, outcome: &str) {
+    pub fn count_batch(&self, kind: crate::batch::BatchKind, records: usize, outcome: &str) {
         self.batches
             .get_or_create(&TypeOutcomeLabel {
                 r#type: kind.as_str().to_string(),

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
+use postgres_agent::batch::{Batch, BatchKind};
 use postgres_agent::collect::{Collectors, CycleReport};
 use postgres_agent::config::Config;
 use postgres_agent::db::Db;
-use postgres_agent::ship::batch::{Batch, BatchKind};
 use postgres_agent::telemetry::registry::Counters;
 use serde_json::Value;
 

@@ -261,11 +261,11 @@ pub fn ship_config(state_dir: &std::path::Path, url: Option<&str>, extra: &str) 
 
 /// A batch of `records` pg_activity-like records (about 250 bytes of JSON each), distinct per `seed`.
 pub fn test_batch(
-    kind: postgres_agent::ship::batch::BatchKind,
+    kind: postgres_agent::batch::BatchKind,
     records: usize,
     seed: u64,
-) -> postgres_agent::ship::batch::Batch {
-    use postgres_agent::ship::batch::{AgentInfo, Batch, Record};
+) -> postgres_agent::batch::Batch {
+    use postgres_agent::batch::{AgentInfo, Batch, Record};
     let data = (0..records)
         .map(|i| {
             let v = serde_json::json!({

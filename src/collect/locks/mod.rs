@@ -13,9 +13,9 @@ use serde_json::Value;
 use tokio_postgres::types::Type;
 
 use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
+use crate::batch::BatchKind;
 use crate::correlation::{self, Correlation};
 use crate::identity::APPLICATION_NAME;
-use crate::ship::batch::BatchKind;
 use crate::telemetry::registry::Event;
 use chain::{Blocker, Proc, Wait};
 
@@ -177,7 +177,7 @@ impl Collector for LocksCollector {
                 xact_duration_ms: col::<Option<f64>>(row, Q, "xact_ms")?
                     .map(|v| round_ms(v.max(0.0))),
                 query_start: col::<Option<time::OffsetDateTime>>(row, Q, "query_start")?
-                    .map(crate::ship::batch::format_rfc3339),
+                    .map(crate::clock::format_rfc3339),
                 correlation,
                 blocked_by: Vec::new(),
                 cycle: false,

@@ -14,59 +14,29 @@
 //! This module does not ship anything and keeps no timer: the daemon's sample task does both.
 
 pub mod host;
+pub mod point;
 pub mod query;
 pub mod window;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use serde::ser::{Serialize, SerializeStruct, Serializer};
 use serde_json::{Map, Value};
 
 use super::spikes::{self, Gate, Moment, Thresholds, Trigger};
 use super::{server_context, CollectError, ServerContext};
+use crate::batch::{AgentInfo, Batch, BatchKind, Record};
+use crate::clock::format_rfc3339;
 use crate::config::Config;
 use crate::db::Db;
-use crate::ship::batch::{format_rfc3339, AgentInfo, Batch, BatchKind, Record};
 use crate::telemetry::registry::{Counters, Event};
-use host::{HostPoint, HostReader};
+use host::HostReader;
+pub use point::Point;
 use query::StatementCache;
 use window::Window;
 
 /// The server facts (version, track_activity_query_size) are read again after this long.
 const SERVER_REFRESH: Duration = Duration::from_secs(600);
-
-/// One sample in the series.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Point {
-    /// Unix milliseconds.
-    pub at_ms: i64,
-    /// Non-idle sessions (active, idle in transaction, ...).
-    pub sessions: u32,
-    pub active: u32,
-    /// Active sessions waiting on a wait event (not on CPU).
-    pub waiting: u32,
-    /// Active sessions waiting on a heavyweight lock.
-    pub lock_waits: u32,
-    pub host: HostPoint,
-}
-
-impl Serialize for Point {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.at_ms) * 1_000_000)
-            .map(format_rfc3339)
-            .unwrap_or_default();
-        let mut st = s.serialize_struct("Point", 7)?;
-        st.serialize_field("t", &t)?;
-        st.serialize_field("sessions", &self.sessions)?;
-        st.serialize_field("active", &self.active)?;
-        st.serialize_field("waiting", &self.waiting)?;
-        st.serialize_field("lock_waits", &self.lock_waits)?;
-        st.serialize_field("load1", &self.host.load1)?;
-        st.serialize_field("cpu_percent", &self.host.cpu_percent)?;
-        st.end()
-    }
-}
 
 /// What became of one tick.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,11 +16,12 @@ use serde_json::{Map, Value};
 
 use super::activity::ActivityCollector;
 use super::locks::LocksCollector;
-use super::sampling::{host::HostPoint, Point};
+use super::sampling::{host::HostPoint, point::Point};
 use super::{CollectError, Collector, Context, ServerContext};
+use crate::batch::{AgentInfo, Batch, BatchKind, Record};
+use crate::clock::format_rfc3339;
 use crate::config::{Config, SpikesConfig};
 use crate::db::Session;
-use crate::ship::batch::{format_rfc3339, AgentInfo, Batch, BatchKind, Record};
 
 /// Processes listed in a snapshot's `host.top_processes`.
 pub const TOP_PROCESSES: usize = 10;

@@ -18,8 +18,9 @@ use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 
 use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
+use crate::batch::BatchKind;
+use crate::clock::now_rfc3339;
 use crate::db::Session;
-use crate::ship::batch::{now_rfc3339, BatchKind};
 use crate::telemetry::registry::{Counters as Tally, Event};
 use baseline::{Delta, Fold, Key, Meta, Snapshot};
 use columns::{
@@ -176,7 +177,7 @@ impl StatementsCollector {
                     tally.incr(Event::StatementsBaselineDiscarded);
                     // Kept for inspection, out of the way of the next save (at most two copies).
                     let path = baseline::path(&self.state_dir);
-                    let moved = crate::ship::outbox::schema::move_aside(&path);
+                    let moved = crate::state::aside::move_aside(&path);
                     tracing::error!(error = %e, file = %path.display(),
                         moved_to = ?moved.as_ref().ok(),
                         "the saved statement baseline is damaged; moved it aside and starting a \

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{col, CollectError, Collected, Collector, Context};
-use crate::ship::batch::BatchKind;
+use crate::batch::BatchKind;
 use crate::telemetry::registry::{Counters, Event};
 use sample::Sample;
 pub use sample::{Cpu, Disk, Load, Memory, Net};

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use super::{io_err, nanos, Current, TailError, Tailer, TAIL_CHUNK_BYTES};
 use crate::logs::parse::{End, Parser};
-use crate::logs::position::{fingerprint_open, Position, FINGERPRINT_BYTES, POSITION_VERSION};
+use crate::logs::position::{Position, FINGERPRINT_BYTES, POSITION_VERSION};
 use crate::logs::reader::EntryReader;
+use crate::logs::source::fingerprint_open;
 use crate::logs::source::{LogFile, LogSource};
 
 impl Tailer {

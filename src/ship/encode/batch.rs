@@ -15,8 +15,8 @@ use flate2::Compression;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::batch::{Batch, Record};
 use crate::config::Protocol;
-use crate::ship::batch::{Batch, Record};
 use crate::ship::outbox::NewBatch;
 
 /// Largest compressed request body the agent sends (before splitting).
@@ -181,7 +181,7 @@ fn new_batch(batch: &Batch, body: Vec<u8>) -> NewBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ship::batch::{AgentInfo, BatchKind};
+    use crate::batch::{AgentInfo, BatchKind};
     use flate2::read::GzDecoder;
     use std::io::Read;
 

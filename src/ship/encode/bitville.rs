@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::batch::split_by;
 use super::{now_seconds, stored, unix_seconds, PrepareError};
-use crate::ship::batch::{Batch, BatchKind, Record};
+use crate::batch::{Batch, BatchKind, Record};
 use crate::ship::outbox::NewBatch;
 
 /// The listener's `source` for a batch type.
@@ -221,7 +221,7 @@ fn levels(records: &[Record]) -> BTreeMap<String, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ship::batch::AgentInfo;
+    use crate::batch::AgentInfo;
     use serde_json::json;
     use std::io::Read;
 

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::bitville::{source, Payload};
 use super::{stored, unix_seconds, PrepareError};
-use crate::ship::batch::{Batch, BatchKind, Record, SCHEMA_VERSION};
+use crate::batch::{Batch, BatchKind, Record, SCHEMA_VERSION};
 use crate::ship::outbox::NewBatch;
 
 /// Statements remembered as sent (pid and start); the oldest half is forgotten beyond it.
@@ -425,7 +425,7 @@ pub fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ship::batch::{AgentInfo, Record};
+    use crate::batch::{AgentInfo, Record};
     use serde_json::json;
 
     fn batch(kind: BatchKind, records: Vec<Value>) -> Batch {

@@ -22,8 +22,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::batch::Batch;
 use crate::config::{Config, Protocol};
-use crate::ship::batch::Batch;
 use crate::ship::outbox::NewBatch;
 
 pub use batch::{gzip, PrepareError, MAX_BODY_BYTES};

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::ship::batch::Record;
+use crate::batch::Record;
 
 /// Texts are not cut below this many bytes: a record whose overhead alone exceeds the limit is sent
 /// as it is (and may be refused by the listener, which makes it a counted dead letter).

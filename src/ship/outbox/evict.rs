@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::stats::bump;
 use super::EvictionReport;
-use crate::ship::batch::BatchKind;
+use crate::batch::BatchKind;
 
 /// Deletes dead letters, then the oldest batches, until `cost` more bytes fit in `budget`.
 /// Returns what was removed and the new charged total.

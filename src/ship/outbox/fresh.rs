@@ -4,7 +4,7 @@
 use rusqlite::OptionalExtension;
 
 use super::{Outbox, OutboxError, StoredBatch};
-use crate::ship::batch::BatchKind;
+use crate::batch::BatchKind;
 
 impl Outbox {
     /// The newest request with `above < seq < below`, pg_logs excepted (the log reader resumes after

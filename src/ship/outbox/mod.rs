@@ -31,8 +31,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use uuid::Uuid;
 
+use crate::batch::BatchKind;
+use crate::clock::now_ms;
 use crate::config::Protocol;
-use crate::ship::batch::BatchKind;
 use crate::ship::breaker::BreakerState;
 
 use evict::{drop_oldest_dead_letter, make_room};
@@ -192,14 +193,6 @@ pub(super) fn delete_row(tx: &Connection, seq: i64) -> rusqlite::Result<Option<i
         |r| r.get(0),
     )
     .optional()
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Bytes charged against the budget for a body of `len` bytes.

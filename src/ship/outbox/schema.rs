@@ -9,14 +9,11 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::OutboxError;
+use crate::state::aside::{self, companions};
 
 /// How long a statement waits for a lock held by another connection (the `status` command, or a
 /// second agent process) before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Corrupt files moved aside that are kept for inspection; older ones are deleted so repeated
-/// corruption cannot fill the disk.
-const KEEP_CORRUPT_COPIES: usize = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS outbox (
@@ -59,16 +56,6 @@ CREATE TABLE IF NOT EXISTS breaker (
     transition_reason    TEXT
 );
 ";
-
-/// The `-wal` and `-shm` companions of a database file.
-pub fn companions(path: &Path) -> [PathBuf; 2] {
-    let with = |suffix: &str| {
-        let mut s = path.as_os_str().to_owned();
-        s.push(suffix);
-        PathBuf::from(s)
-    };
-    [with("-wal"), with("-shm")]
-}
 
 /// Bytes on disk of the database plus its write-ahead log.
 pub fn file_bytes(path: &Path) -> u64 {
@@ -174,58 +161,11 @@ pub fn open_ro(path: &Path) -> Result<Connection, OutboxError> {
     Ok(conn)
 }
 
-/// Renames a damaged database (and its WAL and shared-memory files) to
-/// `<name>.corrupt-<unix milliseconds>` so a fresh one can be created, and deletes all but the newest
-/// [`KEEP_CORRUPT_COPIES`] earlier copies. Returns the new name.
+/// Renames a damaged database (and its WAL and shared-memory files) aside
+/// ([`crate::state::aside::move_aside`]); an I/O error names `path`. Returns the new name.
 pub fn move_aside(path: &Path) -> Result<PathBuf, OutboxError> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let mut target = path.as_os_str().to_owned();
-    target.push(format!(".corrupt-{stamp}"));
-    let target = PathBuf::from(target);
-    let io = |source| OutboxError::Io {
+    aside::move_aside(path).map_err(|source| OutboxError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    if path.exists() {
-        std::fs::rename(path, &target).map_err(io)?;
-    }
-    for (companion, suffix) in companions(path).iter().zip(["-wal", "-shm"]) {
-        if companion.exists() {
-            let mut t = target.as_os_str().to_owned();
-            t.push(suffix);
-            std::fs::rename(companion, PathBuf::from(t)).map_err(io)?;
-        }
-    }
-    prune_corrupt_copies(path);
-    Ok(target)
-}
-
-fn prune_corrupt_copies(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
-    };
-    let prefix = format!("{}.corrupt-", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    // Copies are grouped by their stamp (the main file plus optional -wal/-shm).
-    let mut stamps: Vec<u128> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            let rest = n.strip_prefix(&prefix)?;
-            rest.split('-').next()?.parse().ok()
-        })
-        .collect();
-    stamps.sort_unstable();
-    stamps.dedup();
-    let excess = stamps.len().saturating_sub(KEEP_CORRUPT_COPIES);
-    for stamp in &stamps[..excess] {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(dir.join(format!("{prefix}{stamp}{suffix}")));
-        }
-    }
+    })
 }

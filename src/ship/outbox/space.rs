@@ -76,8 +76,8 @@ pub fn reserve_bytes(path: &Path) -> u64 {
 mod tests {
     use super::super::{charge, NewBatch};
     use super::*;
+    use crate::batch::BatchKind;
     use crate::config::Protocol;
-    use crate::ship::batch::BatchKind;
 
     fn row(i: usize) -> NewBatch {
         NewBatch {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::ship::batch::BatchKind;
+use crate::batch::BatchKind;
 use crate::ship::breaker::{BreakerState, CircuitState, Transition};
 
 /// Per-type figures.

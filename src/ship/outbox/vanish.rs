@@ -105,7 +105,7 @@ pub fn install_copy(path: &Path, copy: &Path, max_size_bytes: u64) -> Result<Out
         tracing::warn!(event = "outbox_foreign_file", moved_to = %moved.display(),
             "a file the agent did not write was at the outbox's path; moved it aside");
     }
-    for companion in schema::companions(path) {
+    for companion in crate::state::aside::companions(path) {
         match std::fs::remove_file(&companion) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
             _ => {}
@@ -127,8 +127,8 @@ pub fn install_copy(path: &Path, copy: &Path, max_size_bytes: u64) -> Result<Out
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::BatchKind;
     use crate::config::Protocol;
-    use crate::ship::batch::BatchKind;
     use crate::ship::outbox::NewBatch;
 
     fn row(n: u8) -> NewBatch {
@@ -184,7 +184,9 @@ mod tests {
     #[test]
     fn a_removed_outbox_is_copied_back_with_every_row() {
         copied_back(|path| {
-            for p in std::iter::once(path.to_path_buf()).chain(schema::companions(path)) {
+            for p in
+                std::iter::once(path.to_path_buf()).chain(crate::state::aside::companions(path))
+            {
                 let _ = std::fs::remove_file(p);
             }
         });

@@ -1,4 +1,7 @@
 //! The batch envelope of the wire protocol (docs/protocol.md): one batch per data type per cycle.
+//!
+//! A leaf every layer may import: the kinds of data ([`BatchKind`]), the envelope ([`Batch`]) and its
+//! records ([`Record`]). It does not store, encode or send batches; that is [`crate::ship`].
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -6,6 +9,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::clock::now_rfc3339;
 use crate::db::ServerInfo;
 
 /// Version of the envelope format.
@@ -167,21 +171,6 @@ impl Batch {
             data,
         }
     }
-}
-
-/// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-27T00:18:00.088Z`.
-pub fn now_rfc3339() -> String {
-    format_rfc3339(time::OffsetDateTime::now_utc())
-}
-
-/// Formats a timestamp as RFC 3339 UTC with milliseconds.
-pub fn format_rfc3339(t: time::OffsetDateTime) -> String {
-    const FMT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    t.to_offset(time::UtcOffset::UTC)
-        .format(FMT)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 #[cfg(test)]
