@@ -27,6 +27,8 @@ fi
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 
+# The import-structure check is a Python script.
+command -v python3 >/dev/null 2>&1 || apt_install python3
 # The version matrix fetches PostgreSQL 13, 14, 16, 17 and 18 from the npm registry.
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 
@@ -45,6 +47,9 @@ stage() {
   fi
 }
 
+# Dependencies run one way: no cycle between the crate's top-level modules, none between files
+# (scripts/layers.py reads the imports from the source text).
+stage "import structure (no module or file cycles)" python3 scripts/layers.py .
 stage "cargo test (PostgreSQL $(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -1) and everything else)" \
   cargo test --locked --no-fail-fast
 stage "collector tests against every other supported major" \
