@@ -14,6 +14,9 @@ use super::shipper::{Inner, Shipper};
 use crate::clock::now_ms;
 use crate::telemetry::registry::Event;
 
+/// How often a failure to save the breaker state is said while the disk keeps failing or flapping.
+pub(super) const SAY_AGAIN_AFTER: Duration = Duration::from_secs(600);
+
 /// Why a drain pass ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -305,7 +308,9 @@ impl Shipper {
 
     /// Logs a breaker transition and saves the breaker state once per transition (not per request:
     /// the failure count in between is not saved). A save that fails (a full disk) is tried again at
-    /// every later call until it succeeds; the failure and the recovery are logged once each.
+    /// every later call until it succeeds; the failure is logged at most once per
+    /// [`SAY_AGAIN_AFTER`] (a disk that flaps between full and not would otherwise say it at every
+    /// flap), and the recovery once after each failure logged.
     pub(super) fn persist_transition(&self, inner: &mut Inner, transition: Option<Transition>) {
         if let Some(t) = &transition {
             tracing::warn!(event = "circuit_transition", from = %t.from, to = %t.to,
@@ -324,8 +329,8 @@ impl Shipper {
         match self.with_outbox(inner, |ob| ob.save_breaker(&state)) {
             Ok(()) => {
                 inner.saved_breaker = Some(state);
-                if inner.breaker_save_failing {
-                    inner.breaker_save_failing = false;
+                // The recovery is said once for each failure that was said.
+                if std::mem::take(&mut inner.breaker_save_recovery_due) {
                     tracing::info!(
                         event = "breaker_persisted",
                         "the circuit breaker state is saved again"
@@ -333,11 +338,15 @@ impl Shipper {
                 }
             }
             Err(e) => {
-                if !inner.breaker_save_failing {
-                    inner.breaker_save_failing = true;
+                if inner
+                    .breaker_save_said
+                    .is_none_or(|t| t.elapsed() >= SAY_AGAIN_AFTER)
+                {
+                    inner.breaker_save_said = Some(Instant::now());
+                    inner.breaker_save_recovery_due = true;
                     tracing::error!(event = "outbox_error", error = %e,
                         "cannot persist the circuit breaker state; trying again at every request \
-                         until the outbox takes writes (said once)");
+                         until the outbox takes writes (said at most once every 10 minutes)");
                 }
             }
         }

@@ -108,8 +108,11 @@ pub(super) struct Inner {
     pub(super) not_before_ms: i64,
     /// What was last written to the database, so unchanged state is not rewritten per request.
     pub(super) saved_breaker: Option<BreakerState>,
-    /// The last breaker save failed (said once; tried again until it succeeds).
-    pub(super) breaker_save_failing: bool,
+    /// When the failure to save the breaker was last said: a disk that flaps between full and not
+    /// (eviction frees a page, the next write takes it) is said once per [`super::drain::SAY_AGAIN_AFTER`].
+    pub(super) breaker_save_said: Option<std::time::Instant>,
+    /// A failure was said and its recovery not yet.
+    pub(super) breaker_save_recovery_due: bool,
     /// The reserve file could not be made (said once until it exists).
     pub(super) reserve_missing: bool,
     /// The newest request imported from the Python agent's buffer: those go before anything else,
@@ -181,7 +184,8 @@ impl Shipper {
                 ),
                 not_before_ms: 0,
                 saved_breaker: None,
-                breaker_save_failing: false,
+                breaker_save_said: None,
+                breaker_save_recovery_due: false,
                 reserve_missing: false,
                 imported_until_seq: 0,
                 interval: config.agent.collection_interval,
