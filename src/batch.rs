@@ -251,7 +251,14 @@ mod tests {
         let data = vec![Record::new(&json!({"pid": 1})).unwrap()];
         let stamp = Stamp::new("p", "h", 60);
         let mut a = stamp.batch(BatchKind::Locks, None, data.clone());
-        let mut b = Batch::new(BatchKind::Locks, "p", AgentInfo::new("h"), None, 60, data.clone());
+        let mut b = Batch::new(
+            BatchKind::Locks,
+            "p",
+            AgentInfo::new("h"),
+            None,
+            60,
+            data.clone(),
+        );
         // Only the batch id and the time differ between two calls.
         b.batch_id = a.batch_id;
         b.collected_at = a.collected_at.clone();
