@@ -173,6 +173,47 @@ impl Batch {
     }
 }
 
+/// What every batch of this agent carries besides its records: the project, the agent's identity
+/// and the interval the batch covers. Built once from config (by [`crate::collect::stamp`]); a
+/// [`Batch`] is then one call, so the envelope is filled in one place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamp {
+    project_id: String,
+    agent: AgentInfo,
+    interval_s: u64,
+}
+
+impl Stamp {
+    pub fn new(project_id: &str, hostname: &str, interval_s: u64) -> Stamp {
+        Stamp {
+            project_id: project_id.to_string(),
+            agent: AgentInfo::new(hostname),
+            interval_s,
+        }
+    }
+
+    /// The same stamp for batches that cover another interval (a spike covers its lookback).
+    pub fn with_interval(&self, interval_s: u64) -> Stamp {
+        Stamp {
+            interval_s,
+            ..self.clone()
+        }
+    }
+
+    /// A batch of `kind` around `data`, from `server` (the identity the cycle read, when it did):
+    /// [`Batch::new`] with this stamp's fields, so the wire output is the same.
+    pub fn batch(&self, kind: BatchKind, server: Option<ServerInfo>, data: Vec<Record>) -> Batch {
+        Batch::new(
+            kind,
+            &self.project_id,
+            self.agent.clone(),
+            server,
+            self.interval_s,
+            data,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +244,26 @@ mod tests {
         let decoded: Batch = serde_json::from_str(&text).unwrap();
         assert_eq!(decoded, b);
         assert_eq!(decoded.data[2].to_value().unwrap(), values[2]);
+    }
+
+    #[test]
+    fn a_stamp_fills_the_envelope_as_batch_new_does() {
+        let data = vec![Record::new(&json!({"pid": 1})).unwrap()];
+        let stamp = Stamp::new("p", "h", 60);
+        let mut a = stamp.batch(BatchKind::Locks, None, data.clone());
+        let mut b = Batch::new(
+            BatchKind::Locks,
+            "p",
+            AgentInfo::new("h"),
+            None,
+            60,
+            data.clone(),
+        );
+        // Only the batch id and the time differ between two calls.
+        b.batch_id = a.batch_id;
+        b.collected_at = a.collected_at.clone();
+        assert_eq!(a, b);
+        a = stamp.with_interval(5).batch(BatchKind::Spike, None, data);
+        assert_eq!((a.interval_s, a.project_id.as_str()), (5, "p"));
     }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::batch::{AgentInfo, Batch, BatchKind, Record};
+use crate::batch::{Batch, BatchKind, Record, Stamp};
 use crate::config::Config;
 use crate::db::{Db, DbError, ServerInfo, Session};
 use crate::privacy::Privacy;
@@ -259,10 +259,11 @@ impl Collectors {
         };
         let server = server.as_ref();
         let c = &self.counters;
-        run_one(&mut self.activity, db, config, c, server, &mut out).await;
-        run_one(&mut self.statements, db, config, c, server, &mut out).await;
-        run_one(&mut self.locks, db, config, c, server, &mut out).await;
-        run_one(&mut self.system, db, config, c, server, &mut out).await;
+        let st = &stamp(config);
+        run_one(&mut self.activity, db, config, st, c, server, &mut out).await;
+        run_one(&mut self.statements, db, config, st, c, server, &mut out).await;
+        run_one(&mut self.locks, db, config, st, c, server, &mut out).await;
+        run_one(&mut self.system, db, config, st, c, server, &mut out).await;
         out.duration = started.elapsed();
         out
     }
@@ -278,6 +279,7 @@ async fn run_one<C: Collector>(
     collector: &mut C,
     db: &Db,
     config: &Config,
+    stamp: &Stamp,
     counters: &Counters,
     server: Option<&ServerContext>,
     out: &mut CycleReport,
@@ -291,7 +293,7 @@ async fn run_one<C: Collector>(
                     out,
                     started,
                     Err(CollectError::Db(e)),
-                    config,
+                    stamp,
                     counters,
                     server,
                 );
@@ -300,7 +302,7 @@ async fn run_one<C: Collector>(
         },
         (true, None) => {
             let e = CollectError::NoSession("the server is not reachable".into());
-            finish::<C>(out, started, Err(e), config, counters, server);
+            finish::<C>(out, started, Err(e), stamp, counters, server);
             return;
         }
         // Host collectors use the database only for optional facts (paths, pids), when reachable.
@@ -326,19 +328,19 @@ async fn run_one<C: Collector>(
             s.discard();
         }
     }
-    finish::<C>(out, started, result, config, counters, server);
+    finish::<C>(out, started, result, stamp, counters, server);
 }
 
 fn finish<C: Collector>(
     out: &mut CycleReport,
     started: Instant,
     result: Result<Option<Collected<C::Record>>, CollectError>,
-    config: &Config,
+    stamp: &Stamp,
     counters: &Counters,
     server: Option<&ServerContext>,
 ) {
     let outcome = match result {
-        Ok(Some(collected)) => match make_batch::<C>(collected, config, server) {
+        Ok(Some(collected)) => match make_batch::<C>(collected, stamp, server) {
             Ok(batch) => {
                 let records = batch.count;
                 out.batches.push(batch);
@@ -376,7 +378,7 @@ fn finish<C: Collector>(
 
 fn make_batch<C: Collector>(
     collected: Collected<C::Record>,
-    config: &Config,
+    stamp: &Stamp,
     server: Option<&ServerContext>,
 ) -> Result<Batch, serde_json::Error> {
     let data = collected
@@ -384,16 +386,20 @@ fn make_batch<C: Collector>(
         .iter()
         .map(Record::new)
         .collect::<Result<Vec<Record>, _>>()?;
-    let mut batch = Batch::new(
-        C::KIND,
-        &config.agent.project_id,
-        AgentInfo::new(&config.agent.hostname),
-        server.map(|s| s.info.clone()),
-        config.agent.collection_interval.as_secs(),
-        data,
-    );
+    let mut batch = stamp.batch(C::KIND, server.map(|s| s.info.clone()), data);
     batch.extra = collected.extra;
     Ok(batch)
+}
+
+/// The envelope every batch of this config carries: project, agent (hostname) and the collection
+/// interval. The one place a [`Stamp`] is made from config (the log task and the sampler use it too;
+/// a spike re-stamps it with its lookback).
+pub fn stamp(config: &Config) -> Stamp {
+    Stamp::new(
+        &config.agent.project_id,
+        &config.agent.hostname,
+        config.agent.collection_interval.as_secs(),
+    )
 }
 
 /// Reads the server identity (the fields of [`ServerInfo`]) and the settings collectors need, in one

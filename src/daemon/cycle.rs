@@ -152,10 +152,7 @@ pub fn record_shipping(metrics: &Metrics, counters: &Counters, stats: Option<&Sh
         if let Some(o) = &stats.outbox {
             metrics.outbox_bytes.set(o.file_bytes as i64);
             metrics.dead_letters.set(o.dead_letters as i64);
-            let now_ms = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
+            let now_ms = crate::clock::now_ms();
             metrics.outbox_oldest_age_seconds.set(
                 o.oldest_enqueued_ms
                     .map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0),

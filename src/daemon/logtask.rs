@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{AgentInfo, Batch, BatchKind, Record};
+use crate::batch::{BatchKind, Record, Stamp};
 use crate::config::Config;
 use crate::db::{Db, ServerInfo};
 use crate::identity::{APPLICATION_NAME, QUERY_TAG};
@@ -191,6 +191,8 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     shared.telemetry.set_condition("logs_not_followed", None);
     tracing::info!("following the server log");
     let max = config.logs.max_buffered_entries;
+    // The task's config is fixed for its life: its batches' envelope is filled once.
+    let stamp = crate::collect::stamp(&config);
     let mut failing = ShipFailures {
         position: false,
         saver: PositionSaver::new(&config.agent.state_dir, shared.telemetry.counters.clone()),
@@ -214,7 +216,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             Err(e) => (None, Some(e)),
         };
         if let Some(b) = batch {
-            if !ship(&mut tailer, b, &config, &shared, own, &mut failing).await {
+            if !ship(&mut tailer, b, &stamp, &shared, own, &mut failing).await {
                 // The same entries are read again: wait, with back-off and jitter, so a failing
                 // outbox cannot make this loop spin.
                 shared.telemetry.counters.incr(Event::LogBatchRetries);
@@ -255,11 +257,11 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     loop {
         match tailer.take_batch(max) {
             Ok(b) if b.entries.is_empty() || b.read_error.is_some() => {
-                ship(&mut tailer, b, &config, &shared, own, &mut failing).await;
+                ship(&mut tailer, b, &stamp, &shared, own, &mut failing).await;
                 break;
             }
             Ok(b) => {
-                if !ship(&mut tailer, b, &config, &shared, own, &mut failing).await {
+                if !ship(&mut tailer, b, &stamp, &shared, own, &mut failing).await {
                     break;
                 }
             }
@@ -395,7 +397,7 @@ fn jittered(d: Duration) -> Duration {
 async fn ship(
     tailer: &mut Tailer,
     batch: LogBatch,
-    config: &Config,
+    stamp: &Stamp,
     shared: &LogShared,
     own_server: Option<&ServerInfo>,
     failing: &mut ShipFailures,
@@ -433,14 +435,7 @@ async fn ship(
         Some(s) => Some(s.clone()),
         None => shared.server.lock().ok().and_then(|s| s.clone()),
     };
-    let mut b = Batch::new(
-        BatchKind::PgLogs,
-        &config.agent.project_id,
-        AgentInfo::new(&config.agent.hostname),
-        server,
-        config.agent.collection_interval.as_secs(),
-        entries,
-    );
+    let mut b = stamp.batch(BatchKind::PgLogs, server, entries);
     // The marks of other files stay out of the payload (up to 64 of them, state rather than data):
     // `reconcile` takes them from the saved position.
     let stored = Position {

@@ -14,7 +14,7 @@
 //! loop {
 //!     let batch = tailer.next_batch(max_entries, cycle_deadline).await?;   // or take_batch() offline
 //!     if batch.entries.is_empty() { continue }
-//!     let mut b = Batch::new(BatchKind::PgLogs, ..., batch.entries);
+//!     let mut b = stamp.batch(BatchKind::PgLogs, server, records);
 //!     b.extra.insert("log_position".into(), serde_json::to_value(&batch.position)?);
 //!     outbox.enqueue(b)?;                                 // durable before the next line
 //!     tailer.commit(&batch.position)?;                    // fsync'd under agent.state_dir

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 
 use super::spikes::{self, Gate, Moment, Thresholds, Trigger};
 use super::{server_context, CollectError, ServerContext};
-use crate::batch::{AgentInfo, Batch, BatchKind, Record};
+use crate::batch::{Batch, BatchKind, Record};
 use crate::clock::format_rfc3339;
 use crate::config::Config;
 use crate::db::Db;
@@ -313,12 +313,9 @@ impl Sampler {
             serde_json::to_value(&correlations).unwrap_or(Value::Null),
         );
         put("correlations_omitted", Value::from(correlations_omitted));
-        let mut batch = Batch::new(
+        let mut batch = super::stamp(config).batch(
             BatchKind::PgActivitySamples,
-            &config.agent.project_id,
-            AgentInfo::new(&config.agent.hostname),
             self.server.as_ref().map(|(s, _)| s.info.clone()),
-            config.agent.collection_interval.as_secs(),
             data,
         );
         batch.extra = extra;

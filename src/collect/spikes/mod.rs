@@ -18,7 +18,7 @@ use super::activity::ActivityCollector;
 use super::locks::LocksCollector;
 use super::sampling::{host::HostPoint, point::Point};
 use super::{CollectError, Collector, Context, ServerContext};
-use crate::batch::{AgentInfo, Batch, BatchKind, Record};
+use crate::batch::{Batch, BatchKind, Record};
 use crate::clock::format_rfc3339;
 use crate::config::{Config, SpikesConfig};
 use crate::db::Session;
@@ -224,14 +224,10 @@ pub async fn snapshot(
         "snapshot_ms".into(),
         Value::from(super::round_ms(started.elapsed().as_secs_f64() * 1000.0)),
     );
-    let mut batch = Batch::new(
-        BatchKind::Spike,
-        &config.agent.project_id,
-        AgentInfo::new(&config.agent.hostname),
-        Some(moment.server.info.clone()),
-        config.spikes.lookback.as_secs(),
-        data,
-    );
+    // A spike covers its lookback, not a collection interval.
+    let mut batch = super::stamp(config)
+        .with_interval(config.spikes.lookback.as_secs())
+        .batch(BatchKind::Spike, Some(moment.server.info.clone()), data);
     batch.extra = extra;
     Ok(batch)
 }
