@@ -178,6 +178,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     }
     if let Some(aside) = tailer.set_aside() {
         shared.telemetry.counters.incr(Event::LogPositionSetAside);
+        shared.telemetry.counters.incr(Event::StateFilesSetAside);
         // A damaged position file must not stop shipping: say once, loudly, where reading resumes.
         let resume = match (&enqueued, config.logs.start_at_end) {
             (Some(_), _) => "after the newest pg_logs batch in the outbox",

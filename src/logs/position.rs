@@ -1,16 +1,16 @@
 //! The tailer's position: which file (device + inode, with a fingerprint of its first bytes so a
 //! reused inode is noticed), the byte offset just past the last entry handed off, how far each other
 //! recently read file was read (see [`super::marks`]), and the server whose log it is. Persisted as
-//! `log_position.json` under `agent.state_dir` by write-to-temp, fsync, rename, fsync-directory, so
-//! a crash leaves either the old or the new position, never a torn one.
+//! `log_position.json` under `agent.state_dir` by write-to-temp, fsync, rename, fsync-directory
+//! ([`crate::state::file`]), so a crash leaves either the old or the new position, never a torn one.
 //!
 //! A damaged file (bytes that are not a position, or a file that cannot be read) is moved aside to
-//! `log_position.json.corrupt-<ms since the epoch>` (the newest [`KEEP_SET_ASIDE`] are kept for
-//! inspection) and reading resumes as if there were none: the caller then reconciles with the
+//! `log_position.json.corrupt-<ms since the epoch>` by [`crate::state::file::set_aside`] (the newest
+//! [`KEEP_SET_ASIDE`] are kept for inspection) and reading resumes as if there were none: the caller then reconciles with the
 //! outbox, see [`PositionStore::load_or_set_aside`].
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ use super::marks::FileMark;
 use super::source::{fingerprint, FileId};
 
 /// Damaged position files kept beside the state (older ones are deleted).
-pub const KEEP_SET_ASIDE: usize = 2;
+pub const KEEP_SET_ASIDE: usize = crate::state::aside::KEEP_CORRUPT_COPIES;
 
 /// Bytes at the start of a file that identify it together with its inode.
 pub const FINGERPRINT_BYTES: usize = 1024;
@@ -169,29 +169,13 @@ impl PositionStore {
             Err(PositionError::Read { source, .. }) => format!("unreadable: {source}"),
             Err(e) => return Err(e),
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let mut aside = self.set_aside_files();
-        // Later than every file already set aside, so the newest are the ones kept.
-        let ms = aside
-            .last()
-            .map_or(now_ms, |(last, _)| now_ms.max(last + 1));
-        let mut to = self.path.clone().into_os_string();
-        to.push(format!(".corrupt-{ms}"));
-        let to = PathBuf::from(to);
-        fs::rename(&self.path, &to).map_err(|source| PositionError::SetAside {
-            path: self.path.clone(),
-            to: to.clone(),
-            reason: reason.clone(),
-            source,
-        })?;
-        aside.push((ms, to.clone()));
-        // Best effort: a leftover file costs a few bytes and is deleted next time.
-        let excess = aside.len().saturating_sub(KEEP_SET_ASIDE);
-        for (_, old) in aside.into_iter().take(excess) {
-            let _ = fs::remove_file(old);
-        }
+        let to =
+            crate::state::file::set_aside(&self.path).map_err(|e| PositionError::SetAside {
+                path: self.path.clone(),
+                to: e.to,
+                reason: reason.clone(),
+                source: e.source,
+            })?;
         Ok(Loaded {
             position: None,
             set_aside: Some(SetAside {
@@ -201,50 +185,17 @@ impl PositionStore {
         })
     }
 
-    /// The damaged files set aside so far, oldest first, with their millisecond suffix.
-    fn set_aside_files(&self) -> Vec<(u128, PathBuf)> {
-        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
-            return Vec::new();
-        };
-        let prefix = format!("{}.corrupt-", name.to_string_lossy());
-        let Ok(entries) = fs::read_dir(dir) else {
-            return Vec::new();
-        };
-        let mut aside: Vec<(u128, PathBuf)> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let ms = e
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix(&prefix)?
-                    .parse::<u128>()
-                    .ok()?;
-                Some((ms, e.path()))
-            })
-            .collect();
-        aside.sort();
-        aside
-    }
-
     /// Saves durably: the position survives a crash or power loss once this returns.
     pub fn save(&self, pos: &Position) -> Result<(), PositionError> {
         let err = |source| PositionError::Write {
             path: self.path.clone(),
             source,
         };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(err)?;
-        let tmp = self.path.with_extension("json.tmp");
         let body = serde_json::to_vec(&Position {
             version: POSITION_VERSION,
             ..pos.clone()
         })
         .map_err(|e| err(e.into()))?;
-        let mut f = File::create(&tmp).map_err(err)?;
-        f.write_all(&body).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        fs::rename(&tmp, &self.path).map_err(err)?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-        Ok(())
+        crate::state::file::write_bytes(&self.path, &body).map_err(err)
     }
 }

@@ -12,7 +12,7 @@ use crate::clock::now_ms;
 
 /// Corrupt files moved aside that are kept for inspection; older ones are deleted so repeated
 /// corruption cannot fill the disk.
-const KEEP_CORRUPT_COPIES: usize = 2;
+pub const KEEP_CORRUPT_COPIES: usize = 2;
 
 /// The `-wal` and `-shm` companions of a database file.
 pub fn companions(path: &Path) -> [PathBuf; 2] {
@@ -28,10 +28,25 @@ pub fn companions(path: &Path) -> [PathBuf; 2] {
 /// `<name>.corrupt-<unix milliseconds>` so a fresh one can be created, and deletes all but the newest
 /// [`KEEP_CORRUPT_COPIES`] earlier copies. Returns the new name.
 pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
-    let stamp = now_ms();
+    move_aside_to(path, &target(path))
+}
+
+/// The name [`move_aside`] gives `path` now: `<name>.corrupt-<unix milliseconds>`, stamped later
+/// than every copy already set aside so that the newest are the ones kept (and two set-asides in
+/// the same millisecond do not overwrite each other).
+pub fn target(path: &Path) -> PathBuf {
+    let now = u128::try_from(now_ms()).unwrap_or(0);
+    let stamp = corrupt_stamps(path)
+        .last()
+        .map_or(now, |newest| now.max(newest + 1));
     let mut target = path.as_os_str().to_owned();
     target.push(format!(".corrupt-{stamp}"));
-    let target = PathBuf::from(target);
+    PathBuf::from(target)
+}
+
+/// [`move_aside`] to a name taken from [`target`].
+pub fn move_aside_to(path: &Path, target: &Path) -> io::Result<PathBuf> {
+    let target = target.to_path_buf();
     if path.exists() {
         std::fs::rename(path, &target)?;
     }
@@ -51,8 +66,23 @@ fn prune_corrupt_copies(path: &Path) {
         return;
     };
     let prefix = format!("{}.corrupt-", name.to_string_lossy());
+    let stamps = corrupt_stamps(path);
+    let excess = stamps.len().saturating_sub(KEEP_CORRUPT_COPIES);
+    for stamp in &stamps[..excess] {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.join(format!("{prefix}{stamp}{suffix}")));
+        }
+    }
+}
+
+/// The stamps of the copies of `path` set aside so far, oldest first.
+fn corrupt_stamps(path: &Path) -> Vec<u128> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.corrupt-", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
     // Copies are grouped by their stamp (the main file plus optional -wal/-shm).
     let mut stamps: Vec<u128> = entries
@@ -65,10 +95,5 @@ fn prune_corrupt_copies(path: &Path) {
         .collect();
     stamps.sort_unstable();
     stamps.dedup();
-    let excess = stamps.len().saturating_sub(KEEP_CORRUPT_COPIES);
-    for stamp in &stamps[..excess] {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(dir.join(format!("{prefix}{stamp}{suffix}")));
-        }
-    }
+    stamps
 }

@@ -27,7 +27,8 @@ pub struct LastCycle {
 pub const LAST_CYCLE_FILE: &str = "last_cycle.json";
 
 impl LastCycle {
-    /// Records a finished cycle (write to a temporary file, then rename: readers never see half).
+    /// Records a finished cycle atomically and durably ([`super::file::write_atomic`]: readers never
+    /// see half, a crash leaves the previous record).
     pub fn save(
         state_dir: &std::path::Path,
         ok: bool,
@@ -47,13 +48,8 @@ impl LastCycle {
             summary: summary.to_string(),
             counters,
         };
-        let tmp = state_dir.join(format!("{LAST_CYCLE_FILE}.tmp"));
-        std::fs::create_dir_all(state_dir)?;
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(&record).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, state_dir.join(LAST_CYCLE_FILE))
+        let body = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        super::file::write_bytes(&state_dir.join(LAST_CYCLE_FILE), &body)
     }
 
     pub fn load(state_dir: &std::path::Path) -> Option<LastCycle> {

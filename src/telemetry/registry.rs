@@ -95,6 +95,8 @@ events! {
         "Log entries written by the agent's own sessions, left out of pg_logs";
     LogPositionSetAside = "log_position_set_aside",
         "Damaged log position files moved aside (reading resumed after the newest pg_logs batch in the outbox, else logs.start_at)";
+    StateFilesSetAside = "state_files_set_aside",
+        "Damaged state files (statement baseline, log position) moved aside to <name>.corrupt-<ms> and replaced by a fresh one";
     LogBatchRetries = "log_batch_retries",
         "pg_logs batches that could not be written and were read again after a back-off";
     PrivacyLiteralsMasked = "privacy_unterminated_literals_masked",

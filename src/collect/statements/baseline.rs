@@ -10,7 +10,7 @@
 //! cannot be told from ordinary growth; that limit is documented in docs/protocol.md.
 
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -348,9 +348,10 @@ pub fn usable(saved: &Snapshot, system_identifier: &str, layout: &[usize]) -> bo
     saved.system_identifier == system_identifier && saved.layout == layout
 }
 
-/// Writes the snapshot atomically (temporary file, fsync, rename), so a crash leaves the old or the
-/// new baseline, never half of one. The snapshot is serialized straight from memory through a small
-/// buffer: no copy of its entries and no whole-file buffer.
+/// Writes the snapshot atomically ([`crate::state::file::write_atomic`]: temporary file, fsync,
+/// rename, fsync of the directory), so a crash leaves the old or the new baseline, never half of
+/// one. The snapshot is serialized straight from memory through a small buffer: no copy of its
+/// entries and no whole-file buffer.
 pub fn save(state_dir: &Path, snap: &Snapshot) -> Result<(), BaselineError> {
     let path = path(state_dir);
     let file = FileRef {
@@ -363,17 +364,10 @@ pub fn save(state_dir: &Path, snap: &Snapshot) -> Result<(), BaselineError> {
         dealloc: snap.dealloc,
         entries: EntriesRef(&snap.entries),
     };
-    let write = |path: &Path| -> std::io::Result<()> {
-        std::fs::create_dir_all(state_dir)?;
-        let tmp = path.with_extension("json.tmp");
-        let mut out = BufWriter::with_capacity(64 * 1024, std::fs::File::create(&tmp)?);
-        serde_json::to_writer(&mut out, &file)?;
-        out.flush()?;
-        out.get_ref().sync_all()?;
-        drop(out);
-        std::fs::rename(&tmp, path)
-    };
-    write(&path).map_err(|source| BaselineError::Write { path, source })
+    crate::state::file::write_atomic(&path, |out| {
+        serde_json::to_writer(out, &file).map_err(std::io::Error::from)
+    })
+    .map_err(|source| BaselineError::Write { path, source })
 }
 
 /// [`File`] borrowing from a snapshot, for [`save`].

@@ -177,7 +177,10 @@ impl StatementsCollector {
                     tally.incr(Event::StatementsBaselineDiscarded);
                     // Kept for inspection, out of the way of the next save (at most two copies).
                     let path = baseline::path(&self.state_dir);
-                    let moved = crate::state::aside::move_aside(&path);
+                    let moved = crate::state::file::set_aside(&path);
+                    if moved.is_ok() {
+                        tally.incr(Event::StateFilesSetAside);
+                    }
                     tracing::error!(error = %e, file = %path.display(),
                         moved_to = ?moved.as_ref().ok(),
                         "the saved statement baseline is damaged; moved it aside and starting a \

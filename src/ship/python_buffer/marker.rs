@@ -1,9 +1,9 @@
 //! The import marker, `<state_dir>/python-buffer-import.json`: which Python buffer file was imported
-//! and up to which item. Saved atomically (temp file, fsync, rename, fsync of the directory), so it
-//! is always either the previous or the new version.
+//! and up to which item. Saved atomically ([`crate::state::file::write_atomic`]: temp file, fsync,
+//! rename, fsync of the directory), so it is always either the previous or the new version.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -83,19 +83,8 @@ pub fn save(path: &Path, marker: &ImportMarker) -> Result<(), PythonBufferError>
         path: path.to_path_buf(),
         source,
     };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("json.tmp");
     let body = serde_json::to_vec_pretty(marker).map_err(|e| err(e.into()))?;
-    let mut f = File::create(&tmp).map_err(err)?;
-    f.write_all(&body).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    Ok(())
+    crate::state::file::write_bytes(path, &body).map_err(err)
 }
 
 #[cfg(test)]
