@@ -267,39 +267,6 @@ fn a_full_disk_holds_batches_in_memory_and_delivery_goes_on() {
     agent.terminate_within(Duration::from_secs(2));
 }
 
-/// A small tmpfs of the test's own, unmounted on drop; None when this process cannot mount.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, mode: &str) -> Option<Tmpfs> {
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size=64m,{mode}"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
-
-    fn remount(&self, mode: &str) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{mode}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success(), "remount {mode}");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// The state directory is read-only when the daemon starts (a tmpfs mounted `ro`; without the right
 /// to mount, a directory the agent may not write): it starts anyway, collection goes on, batches are
 /// delivered from memory, `/health` says why, and once the directory is writable again the outbox
@@ -313,7 +280,7 @@ fn a_read_only_state_directory_does_not_stop_delivery() {
     let root = tempfile::tempdir().unwrap();
     let state = root.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let tmpfs = Tmpfs::mount(&state, "ro");
+    let tmpfs = support::tmpfs::Tmpfs::mount(&state, "size=64m,ro");
     let port = free_port();
     let config_dir = tempfile::tempdir().unwrap();
     let path = fault_ini(

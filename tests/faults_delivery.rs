@@ -229,7 +229,7 @@ fn a_full_disk_logs_few_errors_and_the_saved_breaker_matches_after_recovery() {
     listener.set_status(503);
     let root = tempfile::tempdir().unwrap();
     let state = root.path().join("state");
-    let Some(fs) = Tmpfs::mount(&state, "16m") else {
+    let Some(fs) = support::tmpfs::Tmpfs::mount(&state, "size=16m") else {
         eprintln!("skipped: cannot mount a tmpfs (needs root)");
         return;
     };

@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -64,43 +63,6 @@ pub fn now_seconds() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-/// A small tmpfs of the test's own, unmounted on drop; None when this process cannot mount.
-pub struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
-
-    /// Writes `filler` until the file system is full.
-    pub fn fill(&self) -> std::path::PathBuf {
-        let path = self.0.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let chunk = vec![1u8; 64 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        let small = [1u8; 512];
-        while f.write_all(&small).is_ok() {}
-        let _ = f.sync_all();
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 pub fn error_lines(agent: &AgentChild) -> Vec<String> {

@@ -15,6 +15,7 @@ pub mod logs;
 pub mod pg;
 pub mod python;
 pub mod serve;
+pub mod tmpfs;
 
 use std::path::Path;
 use std::process::{Command, Output};
