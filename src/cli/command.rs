@@ -1,5 +1,6 @@
 //! The `postgres-agent` command line: parses arguments, loads the configuration, and calls the
-//! command. Exit status: 0 success, 1 runtime failure, 2 usage error, 78 configuration error.
+//! command. Exit status: 0 success, 1 runtime failure, 2 usage error, 75 another agent holds the
+//! state directory, 78 configuration error.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
