@@ -69,10 +69,19 @@ pub fn check(batch: &Value) -> Result<(), String> {
 
 /// A client session of the test (not the agent), connected over the Unix socket.
 pub async fn client(server: &PgServer, db: &str, application_name: &str) -> tokio_postgres::Client {
+    connect(&server.socket_dir, server.port, db, application_name).await
+}
+
+/// [`client`] from the socket directory and port, for a task that does not hold the server.
+pub async fn connect(
+    socket_dir: &std::path::Path,
+    port: u16,
+    db: &str,
+    application_name: &str,
+) -> tokio_postgres::Client {
     let conn = format!(
-        "host={} port={} user={SUPERUSER} dbname={db} application_name={application_name}",
-        server.socket_dir.display(),
-        server.port
+        "host={} port={port} user={SUPERUSER} dbname={db} application_name={application_name}",
+        socket_dir.display()
     );
     let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
         .await

@@ -132,17 +132,7 @@ pub fn workload(server: &PgServer) -> (HashSet<i64>, i64) {
 }
 
 pub async fn connect(socket_dir: &Path, port: u16, app: &str) -> tokio_postgres::Client {
-    let conn = format!(
-        "host={} port={port} user=postgres dbname=postgres application_name={app}",
-        socket_dir.display()
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .expect("test client connects");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    super::collect::connect(socket_dir, port, "postgres", app).await
 }
 
 pub async fn pid(c: &tokio_postgres::Client) -> i64 {
