@@ -234,7 +234,7 @@ fn parse_log(
     use super::parse_log as cli;
     use crate::logs::Finisher;
     let (correlation_keys, privacy) = match Config::load(config.as_deref()) {
-        Ok(c) => match crate::privacy::Privacy::from_config(&c.privacy) {
+        Ok(c) => match crate::privacy::from_config(&c.privacy) {
             Ok(policy) => (c.correlation.keys, policy),
             Err(e) => {
                 eprintln!("postgres-agent: configuration error: {e}");

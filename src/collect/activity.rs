@@ -117,7 +117,7 @@ impl Collector for ActivityCollector {
                 Some(raw) => {
                     let correlation = correlation::extract_from(Some(&raw), app, keys);
                     let fingerprint = (!raw.is_empty()).then(|| crate::privacy::fingerprint(&raw));
-                    let (text, cut) = query_text(&raw, config);
+                    let (text, cut) = query_text(&raw, config, counters);
                     let server_cut = raw.len() + 1 >= server.track_activity_query_size;
                     (Some(text), cut || server_cut, correlation, fingerprint)
                 }

@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 use crate::batch::{Batch, BatchKind, Record, Stamp};
 use crate::config::Config;
 use crate::db::{Db, DbError, ServerInfo, Session};
-use crate::privacy::Privacy;
+use crate::privacy::PrivacyCounts;
 use crate::telemetry::registry::{Counters, Event};
 
 #[derive(Debug, thiserror::Error)]
@@ -125,9 +125,9 @@ pub trait Collector {
 /// The text of one query as the agent emits it: cut to `safety.max_query_length` bytes at a
 /// character boundary, then passed through the privacy policy (literals masked unless
 /// `privacy.obfuscate_queries = false`, credentials redacted either way); with whether it was cut.
-/// Every query text in every batch goes through here. Correlation tags and fingerprints must be read
-/// from `raw` before this.
-pub fn query_text(raw: &str, config: &Config) -> (String, bool) {
+/// Every query text in every batch goes through here; what the policy masked or redacted is added to
+/// `counters`. Correlation tags and fingerprints must be read from `raw` before this.
+pub fn query_text(raw: &str, config: &Config, counters: &Counters) -> (String, bool) {
     let max = config.safety.max_query_length;
     let (cut, truncated) = if raw.len() <= max {
         (raw, false)
@@ -138,8 +138,11 @@ pub fn query_text(raw: &str, config: &Config) -> (String, bool) {
         }
         (&raw[..end], true)
     };
-    let policy = Privacy::from_validated(&config.privacy);
-    (policy.query_text(cut).into_owned(), truncated)
+    let policy = crate::privacy::from_validated(&config.privacy);
+    let mut counts = PrivacyCounts::default();
+    let text = policy.query_text(cut, &mut counts).into_owned();
+    crate::privacy::count(counters, counts);
+    (text, truncated)
 }
 
 /// How one collector fared in a cycle.
@@ -479,16 +482,37 @@ mod tests {
     #[test]
     fn query_text_cuts_at_a_character_boundary_and_flags_it() {
         let c = config(64);
-        assert_eq!(query_text("SELECT x", &c), ("SELECT x".to_string(), false));
-        assert_eq!(query_text("SELECT 1", &c), ("SELECT ?".to_string(), false));
+        let n = Counters::default();
+        assert_eq!(
+            query_text("SELECT x", &c, &n),
+            ("SELECT x".to_string(), false)
+        );
+        assert_eq!(
+            query_text("SELECT 1", &c, &n),
+            ("SELECT ?".to_string(), false)
+        );
         let long = format!("SELECT {}", "é".repeat(100));
-        let (text, cut) = query_text(&long, &c);
+        let (text, cut) = query_text(&long, &c, &n);
         assert!(cut);
         assert!(text.len() <= 64 && text.len() >= 63, "{}", text.len());
         assert!(long.starts_with(&text));
         // A literal cut by the bound is masked whole.
         let long = format!("SELECT '{}'", "é".repeat(100));
-        assert_eq!(query_text(&long, &c), ("SELECT ?".to_string(), true));
+        assert_eq!(query_text(&long, &c, &n), ("SELECT ?".to_string(), true));
+        // ... and counted where /metrics reads it, not in a process-wide static.
+        assert_eq!(n.get(Event::PrivacyLiteralsMasked), 1);
+        assert_eq!(n.get(Event::PrivacyLogSpansRedacted), 0);
+    }
+
+    #[test]
+    fn query_text_counts_credentials_redacted_with_obfuscation_off() {
+        let mut c = config(1024);
+        c.privacy.obfuscate_queries = false;
+        let n = Counters::default();
+        let (text, _) = query_text("ALTER ROLE x PASSWORD 'secret'", &c, &n);
+        assert_eq!(text, "ALTER ROLE x PASSWORD [redacted]");
+        assert_eq!(n.get(Event::PrivacyLogSpansRedacted), 1);
+        assert_eq!(n.get(Event::PrivacyLiteralsMasked), 0);
     }
 
     #[test]

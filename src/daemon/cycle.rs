@@ -10,7 +10,7 @@ use crate::ship::{DrainReport, ShipStats, Shipper};
 use crate::telemetry::metrics::{
     set_counter, CollectorLabel, CollectorOutcomeLabel, Metrics, OutcomeLabel, TypeLabel,
 };
-use crate::telemetry::registry::{Counters, Event};
+use crate::telemetry::registry::Counters;
 use crate::telemetry::server::Telemetry;
 
 /// Writes a cycle's batches durably (or prints them with no listener). Returns how many batches
@@ -145,9 +145,9 @@ pub fn record_cycle(metrics: &Metrics, report: &CycleReport) {
     }
 }
 
-/// Publishes the outbox and breaker figures (`stats`, read once by the caller) and the privacy
-/// counters.
-pub fn record_shipping(metrics: &Metrics, counters: &Counters, stats: Option<&ShipStats>) {
+/// Publishes the outbox and breaker figures (`stats`, read once by the caller). The privacy counts
+/// reach `counters` where privacy is applied (`collect::query_text`, the log tail).
+pub fn record_shipping(metrics: &Metrics, _counters: &Counters, stats: Option<&ShipStats>) {
     if let Some(stats) = stats {
         if let Some(o) = &stats.outbox {
             metrics.outbox_bytes.set(o.file_bytes as i64);
@@ -178,12 +178,6 @@ pub fn record_shipping(metrics: &Metrics, counters: &Counters, stats: Option<&Sh
             });
         }
     }
-    let privacy = crate::privacy::counters();
-    counters.raise_to(
-        Event::PrivacyLiteralsMasked,
-        privacy.unterminated_literals_masked,
-    );
-    counters.raise_to(Event::PrivacyLogSpansRedacted, privacy.log_spans_redacted);
 }
 
 /// Counts a drain pass's outcomes per batch (types are not broken down by the drain report).

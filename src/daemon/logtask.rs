@@ -380,6 +380,7 @@ fn record_log_stats(counters: &Counters, met: crate::logs::stats::LogStats) {
     counters.add(Event::LogBytesSkipped, met.skipped_bytes);
     counters.add(Event::LogNoTimestamp, met.no_timestamp);
     counters.add(Event::LogFilesTruncated, met.files_truncated);
+    crate::privacy::count(counters, met.privacy);
 }
 
 /// `d` plus up to a quarter of it, so retries of many agents do not line up.

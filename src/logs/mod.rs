@@ -53,7 +53,7 @@ pub use entry::LogEntry;
 
 use crate::correlation;
 use crate::privacy::fingerprint::Fingerprint;
-use crate::privacy::{LogFields, Privacy, SqlSource};
+use crate::privacy::{LogFields, Privacy, PrivacyCounts, SqlSource};
 
 /// The settings [`finish_entry`] needs.
 #[derive(Debug, Clone, Default)]
@@ -67,9 +67,10 @@ pub struct Finisher {
 
 /// The last step of every entry, in this order: classification (`event`, `duration_ms`,
 /// `extracted`), correlation tags from the statement text (before anything rewrites that text), then
-/// the privacy step (obfuscation of `statement`/`internal_query`/the message's SQL, redaction of
-/// secrets), which belongs to the privacy module (issue 7) and is applied here once it exists.
-pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
+/// the privacy step (obfuscation of `statement`/`internal_query`/the message's SQL and of a JSON
+/// plan's SQL strings, redaction of secrets). Returns what the privacy step masked and redacted, for
+/// the caller to count.
+pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) -> PrivacyCounts {
     classify::classify(e);
     let keys = &f.correlation_keys;
     let plan_text = || {
@@ -105,7 +106,7 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
         (correlation, source, separate)
     };
     e.correlation = correlation;
-    let (_, fingerprint) = f.privacy.apply_to_log_fingerprinting(
+    let (mut counts, fingerprint) = f.privacy.apply_to_log_fingerprinting(
         LogFields {
             sqlstate: e.state_code.as_deref(),
             message: &mut e.message,
@@ -119,13 +120,14 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) {
     );
     e.fingerprint = separate.or(fingerprint).map(Fingerprint);
     if f.privacy.obfuscate_queries {
-        mask_json_plan(e);
+        mask_json_plan(e, &mut counts);
     }
+    counts
 }
 
 /// auto_explain's JSON plan carries the statement as "Query Text" and conditions with literals
 /// (filters, index conditions): mask every string in the plan that holds SQL.
-fn mask_json_plan(e: &mut LogEntry<'_>) {
+fn mask_json_plan(e: &mut LogEntry<'_>, counts: &mut PrivacyCounts) {
     const SQL_KEYS: &[&str] = &[
         "Query Text",
         "Filter",
@@ -138,28 +140,29 @@ fn mask_json_plan(e: &mut LogEntry<'_>) {
         "TID Cond",
         "Output",
     ];
-    fn walk(v: &mut serde_json::Value) {
+    fn walk(v: &mut serde_json::Value, counts: &mut PrivacyCounts) {
         match v {
             serde_json::Value::Object(map) => {
                 for (k, v) in map.iter_mut() {
                     match v {
                         serde_json::Value::String(s) if SQL_KEYS.contains(&k.as_str()) => {
+                            let opts = crate::privacy::ObfuscateOptions::default();
                             if let std::borrow::Cow::Owned(masked) =
-                                crate::privacy::obfuscate_cow(s)
+                                crate::privacy::obfuscate_counted(s, opts, counts)
                             {
                                 *s = masked;
                             }
                         }
-                        _ => walk(v),
+                        _ => walk(v, counts),
                     }
                 }
             }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, counts)),
             _ => {}
         }
     }
     if let Some(plan) = e.extracted.as_mut().and_then(|x| x.get_mut("plan")) {
-        walk(plan);
+        walk(plan, counts);
     }
 }
 

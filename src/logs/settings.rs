@@ -9,7 +9,6 @@ use super::source::{LogSource, ServerLogging};
 use super::Finisher;
 use crate::config::Config;
 use crate::log_format::LogFormat;
-use crate::privacy::Privacy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -130,7 +129,7 @@ impl TailSettings {
             max_batch_bytes: logs.max_batch_bytes,
             finisher: Finisher {
                 correlation_keys: config.correlation.keys.clone(),
-                privacy: Privacy::from_validated(&config.privacy),
+                privacy: crate::privacy::from_validated(&config.privacy),
             },
         })
     }

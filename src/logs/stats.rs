@@ -19,6 +19,10 @@ pub struct LogStats {
     pub no_timestamp: u64,
     /// Times a followed file shrank below the saved position (truncated or replaced in place).
     pub files_truncated: u64,
+    /// What the privacy step of [`super::finish_entry`] masked and redacted (the log task adds it to
+    /// the registry's `privacy_*` counters; not part of `parse-log`'s summary).
+    #[serde(skip)]
+    pub privacy: crate::privacy::PrivacyCounts,
 }
 
 impl LogStats {
@@ -46,5 +50,6 @@ impl LogStats {
         self.skipped_bytes += other.skipped_bytes;
         self.no_timestamp += other.no_timestamp;
         self.files_truncated += other.files_truncated;
+        self.privacy += other.privacy;
     }
 }

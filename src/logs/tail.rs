@@ -419,7 +419,7 @@ impl Tailer {
         while self.pending.len() < max && self.pending_bytes < budget {
             let next = cur.reader.next_entry().map_err(io_err(&cur.file.path))?;
             let Some((mut entry, _)) = next else { break };
-            finish_entry(&mut entry, &self.settings.finisher);
+            self.stats.privacy += finish_entry(&mut entry, &self.settings.finisher);
             match serde_json::to_value(&entry) {
                 Ok(value) => {
                     let bytes = json_len(&value) + 1;

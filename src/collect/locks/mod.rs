@@ -16,7 +16,7 @@ use super::{col, query_text, round_ms, CollectError, Collected, Collector, Conte
 use crate::batch::BatchKind;
 use crate::correlation::{self, Correlation};
 use crate::identity::APPLICATION_NAME;
-use crate::telemetry::registry::Event;
+use crate::telemetry::registry::{Counters, Event};
 use chain::{Blocker, Proc, Wait};
 
 /// One waiting lock.
@@ -150,8 +150,14 @@ impl Collector for LocksCollector {
             waits.insert(pid, Wait { tag, blockers });
             let raw: Option<String> = col(row, Q, "query")?;
             let application_name: Option<String> = col(row, Q, "application_name")?;
-            let (query, query_truncated, correlation) =
-                text(raw, application_name.as_deref(), config, keys, tas);
+            let (query, query_truncated, correlation) = text(
+                raw,
+                application_name.as_deref(),
+                config,
+                counters,
+                keys,
+                tas,
+            );
             records.push(LockRecord {
                 pid,
                 locktype: col(row, Q, "locktype")?,
@@ -197,7 +203,7 @@ impl Collector for LocksCollector {
             let mut tags: Vec<String> = waits.values().map(|w| w.tag.clone()).collect();
             tags.sort_unstable();
             tags.dedup();
-            blocker_procs(session, &pids, &tags, text_chars, config, tas).await?
+            blocker_procs(session, &pids, &tags, text_chars, config, counters, tas).await?
         };
         for r in &mut records {
             let c = chain::build(r.pid, &waits, &procs);
@@ -234,13 +240,14 @@ fn text(
     raw: Option<String>,
     application_name: Option<&str>,
     config: &crate::config::Config,
+    counters: &Counters,
     keys: &[String],
     track_activity_query_size: usize,
 ) -> (Option<String>, bool, Option<Correlation>) {
     match raw {
         Some(raw) => {
             let correlation = correlation::extract_from(Some(&raw), application_name, keys);
-            let (t, cut) = query_text(&raw, config);
+            let (t, cut) = query_text(&raw, config, counters);
             (
                 Some(t),
                 cut || raw.len() + 1 >= track_activity_query_size,
@@ -261,6 +268,7 @@ async fn blocker_procs(
     tags: &[String],
     text_chars: i32,
     config: &crate::config::Config,
+    counters: &Counters,
     tas: usize,
 ) -> Result<HashMap<i32, Proc>, CollectError> {
     const Q: &str = "locks_blockers";
@@ -283,6 +291,7 @@ async fn blocker_procs(
             raw,
             application_name.as_deref(),
             config,
+            counters,
             &config.correlation.keys,
             tas,
         );

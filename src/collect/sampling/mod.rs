@@ -173,6 +173,7 @@ impl Sampler {
             server.info.version_num,
             server.track_activity_query_size,
             &mut self.cache,
+            &self.counters,
         )
         .await
         {

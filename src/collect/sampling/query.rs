@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::correlation;
 use crate::db::Session;
 use crate::identity::APPLICATION_NAME;
+use crate::telemetry::registry::Counters;
 
 pub const QUERY: &str = "activity_sample";
 
@@ -103,6 +104,7 @@ pub async fn read(
     version_num: i32,
     track_activity_query_size: usize,
     cache: &mut StatementCache,
+    counters: &Counters,
 ) -> Result<Read, CollectError> {
     let text_chars = (config.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
     let limit = config.safety.max_activity_rows as i64;
@@ -129,7 +131,7 @@ pub async fn read(
         let key = (pid, query_start_us);
         let statement = match cache.known.remove(&key) {
             Some(s) => s,
-            None => Arc::new(analyse(row, config, track_activity_query_size)?),
+            None => Arc::new(analyse(row, config, counters, track_activity_query_size)?),
         };
         known.insert(key, statement.clone());
         out.rows.push(Seen {
@@ -152,6 +154,7 @@ pub async fn read(
 fn analyse(
     row: &tokio_postgres::Row,
     config: &Config,
+    counters: &Counters,
     track_activity_query_size: usize,
 ) -> Result<Statement, CollectError> {
     let raw: Option<String> = col(row, QUERY, "query")?;
@@ -163,7 +166,7 @@ fn analyse(
         .map(|q| q.to_string());
     let (text, truncated, fingerprint) = match raw.as_deref().filter(|r| !r.is_empty()) {
         Some(raw) => {
-            let (text, cut) = query_text(raw, config);
+            let (text, cut) = query_text(raw, config, counters);
             let server_cut = raw.len() + 1 >= track_activity_query_size;
             (
                 Some(text),

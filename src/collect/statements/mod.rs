@@ -392,7 +392,7 @@ impl StatementsCollector {
         for d in &chosen {
             let (query, query_truncated) = match self.texts.lookup(d.key.queryid) {
                 Lookup::Text(raw) => {
-                    let (t, cut) = query_text(raw, config);
+                    let (t, cut) = query_text(raw, config, tally);
                     (Some(t), cut)
                 }
                 _ => {

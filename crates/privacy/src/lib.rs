@@ -1,6 +1,12 @@
 //! Privacy: what of a query text or log entry may leave the host.
 //!
-//! Three tools, all pure functions over text (no I/O), used by the collectors and the log pipeline:
+//! The agent's privacy text functions as a crate of their own (`pga-privacy`; the `pga-` prefix marks
+//! the postgres-agent's internal crates, which are not published): pure functions over text, with no
+//! I/O, no configuration, no async runtime and no global counters, so the compiler keeps them below
+//! everything that uses them. The agent re-exports the crate as `postgres_agent::privacy` and builds
+//! the policy from its `[privacy]` settings there.
+//!
+//! Three tools, used by the collectors and the log pipeline:
 //!
 //! - **Obfuscation** ([`obfuscate()`], [`obfuscate_cow`], [`obfuscate_with`]): every literal becomes
 //!   [`PLACEHOLDER`] (`?`): `'...'` strings (with `''` escapes), `E'...'` (backslash escapes), `U&'...'`,
@@ -17,8 +23,10 @@
 //!   plus `all`/`none`), replacing spans with [`REDACTED`].
 //!
 //! # API for the collectors and the log pipeline
-//! Build a [`Privacy`] once from the config (`Privacy::from_config(&config.privacy)?`), then:
-//! - query texts (activity, locks, statements): `privacy.query_text(&text)` returns a `Cow<str>`;
+//! Build a [`Privacy`] once from plain values (`Privacy::new(obfuscate_queries, &classes)?`; the
+//! agent converts its config), then:
+//! - query texts (activity, locks, statements): `privacy.query_text(&text, &mut counts)` returns a
+//!   `Cow<str>`;
 //!   `fingerprint(&raw_text)` on the raw text, before obfuscation (literals do not change it anyway).
 //! - log entries: `privacy.apply_to_log(LogFields { sqlstate: entry.state_code.as_deref(),
 //!   message: &mut entry.message, detail: &mut entry.detail, hint: &mut entry.hint,
@@ -29,6 +37,7 @@
 //!   Redaction runs first, on the raw text; obfuscation (if enabled) then masks the literals of the
 //!   statement fields, of `statement:`/`execute ...:`/`plan:` messages (a plan's statistics lines keep their numbers),
 //!   `prepare:` details, `parameters: $1 = '...'` lists and `SQL statement "..."` context lines.
+//!   `apply_to_log` returns what it did as [`PrivacyCounts`].
 //!   Correlation IDs must be extracted before (comments are kept anyway). The pieces are also public on
 //!   their own: [`obfuscate_message`] and [`obfuscate_parameters`] for a single message or DETAIL,
 //!   [`redact_log_secrets`] for redaction without obfuscation, [`redact_credentials`] for any text.
@@ -44,8 +53,13 @@
 //! Known limits: with `standard_conforming_strings = off` on a session but not in [`Privacy::strings`],
 //! a plain string holding `\'` ends early in the lexer's eyes; the remainder usually lexes as a new
 //! string running to the end and is masked, and credential redaction covers passwords through the end
-//! of their statement for this reason. JSON-format auto_explain plans quote SQL in `"..."` and are not
-//! obfuscated.
+//! of their statement for this reason. JSON-format auto_explain plans quote SQL in `"..."`: the
+//! `Privacy` methods leave them alone, the agent's log finisher masks their SQL strings.
+//!
+//! # Counts
+//! No function keeps a counter of its own. What is masked or redacted is counted into a
+//! [`PrivacyCounts`] value the caller owns (returned by the log methods, passed as `&mut` to
+//! [`Privacy::query_text`] and [`obfuscate_counted`]); the agent adds them to its metrics registry.
 
 pub mod entry;
 pub mod fields;
@@ -67,11 +81,12 @@ pub use fields::{LogFields, TextField};
 pub use fingerprint::{fingerprint, normalize};
 pub use lexer::StringMode;
 pub use obfuscate::{
-    fingerprint_and_obfuscate, obfuscate, obfuscate_cow, obfuscate_with, unterminated_masked_total,
+    fingerprint_and_obfuscate, obfuscate, obfuscate_counted, obfuscate_cow, obfuscate_with,
     ObfuscateOptions, PLACEHOLDER,
 };
 pub use redact::{
-    redact_credentials, redact_log_secrets, redacted_total, RedactClass, RedactClasses, REDACTED,
+    redact_credentials, redact_credentials_counted, redact_log_secrets, RedactClass, RedactClasses,
+    REDACTED,
 };
 
 /// Errors of the privacy settings.
@@ -83,18 +98,19 @@ pub enum PrivacyError {
     NoneWithOtherClasses,
 }
 
-/// The module's counters, for `/metrics` and `status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PrivacyCounters {
+/// What the privacy functions did to the texts they were given, accumulated in a value the caller
+/// owns (the agent adds it to its `/metrics` counters of the same names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrivacyCounts {
     /// Texts whose unterminated trailing literal was masked (cut by `track_activity_query_size`).
     pub unterminated_literals_masked: u64,
-    /// Spans replaced by log secret redaction.
+    /// Spans replaced by secret redaction (log fields, and credentials in query texts).
     pub log_spans_redacted: u64,
 }
 
-pub fn counters() -> PrivacyCounters {
-    PrivacyCounters {
-        unterminated_literals_masked: unterminated_masked_total(),
-        log_spans_redacted: redacted_total(),
+impl std::ops::AddAssign for PrivacyCounts {
+    fn add_assign(&mut self, other: PrivacyCounts) {
+        self.unterminated_literals_masked += other.unterminated_literals_masked;
+        self.log_spans_redacted += other.log_spans_redacted;
     }
 }

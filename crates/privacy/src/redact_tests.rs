@@ -271,33 +271,57 @@ fn obfuscation_off_ships_texts_unchanged_but_credentials() {
         ..Privacy::default()
     };
     let sql = "SELECT * FROM t WHERE a = 'visible'";
+    let mut counts = PrivacyCounts::default();
     assert!(matches!(
-        privacy.query_text(sql),
+        privacy.query_text(sql, &mut counts),
         std::borrow::Cow::Borrowed(_)
     ));
     assert_eq!(
-        privacy.query_text("ALTER ROLE x PASSWORD 'p'"),
+        privacy.query_text("ALTER ROLE x PASSWORD 'p'", &mut counts),
         "ALTER ROLE x PASSWORD [redacted]"
     );
+    assert_eq!(counts.log_spans_redacted, 1);
     let mut e = Entry::new(None, "statement: SELECT 'visible'");
     privacy.apply_to_log(e.fields());
     assert_eq!(e.message.as_deref(), Some("statement: SELECT 'visible'"));
     assert_eq!(
-        Privacy::default().query_text(sql),
+        Privacy::default().query_text(sql, &mut counts),
         "SELECT * FROM t WHERE a = ?"
+    );
+    Privacy::default().query_text("SELECT 'cut", &mut counts);
+    assert_eq!(
+        counts,
+        PrivacyCounts {
+            unterminated_literals_masked: 1,
+            log_spans_redacted: 1
+        }
     );
 }
 
 #[test]
-fn config_builds_the_policy() {
-    let config = crate::config::PrivacyConfig {
-        obfuscate_queries: true,
-        redact_log_secrets: vec!["credential".into(), "table_data".into()],
-    };
-    let p = Privacy::from_config(&config).unwrap();
+fn plain_values_build_the_policy() {
+    let p = Privacy::new(true, &["credential", "table_data"]).unwrap();
     assert!(
         p.redact.contains(RedactClass::TableData) && !p.redact.contains(RedactClass::ParsingError)
     );
+    assert_eq!(
+        Privacy::new(true, &["credential", "bogus"]),
+        Err(PrivacyError::UnknownRedactClass {
+            name: "bogus".into()
+        })
+    );
+}
+
+#[test]
+fn log_methods_return_what_they_did() {
+    let privacy = Privacy::default();
+    let mut e = Entry {
+        statement: Some("ALTER ROLE x PASSWORD 'p'".into()),
+        ..Entry::new(None, "statement: SELECT 'cut")
+    };
+    let counts = privacy.apply_to_log(e.fields());
+    assert_eq!(counts.log_spans_redacted, 1, "{counts:?}");
+    assert_eq!(counts.unterminated_literals_masked, 1, "{counts:?}");
 }
 
 #[test]

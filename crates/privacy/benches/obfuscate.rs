@@ -11,7 +11,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use postgres_agent::privacy::{fingerprint, obfuscate, obfuscate_cow, LogFields, Privacy};
+use pga_privacy::{fingerprint, obfuscate, obfuscate_cow, LogFields, Privacy};
 
 /// xorshift64*: a fixed, dependency-free generator so every run measures the same corpus.
 struct Rng(u64);

@@ -4,22 +4,14 @@
 //! byte for byte, so the text keeps its shape and its correlation comments.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::fingerprint::{Scratch, ShapeCache};
 use super::lexer::{Lexer, LiteralStyle, StringMode, TokenKind};
+use super::PrivacyCounts;
 
 /// What a masked literal becomes. `?` like the Datadog agent rather than pg_stat_statements' `$n`:
 /// numbering would collide with the real `$n` parameters that stay in the text.
 pub const PLACEHOLDER: &str = "?";
-
-static UNTERMINATED_MASKED: AtomicU64 = AtomicU64::new(0);
-
-/// How many texts ended in an unterminated literal (cut by `track_activity_query_size`, or simply
-/// malformed) whose tail was masked.
-pub fn unterminated_masked_total() -> u64 {
-    UNTERMINATED_MASKED.load(Ordering::Relaxed)
-}
 
 /// Options of [`obfuscate_with`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,14 +43,28 @@ pub fn obfuscate_cow(sql: &str) -> Cow<'_, str> {
 
 /// Masks literals per `options`; borrows `sql` unchanged when there is nothing to mask.
 pub fn obfuscate_with(sql: &str, options: ObfuscateOptions) -> Cow<'_, str> {
-    mask(sql, options.strings, |_| !options.numbers)
+    obfuscate_counted(sql, options, &mut PrivacyCounts::default())
+}
+
+/// [`obfuscate_with`], counting into `counts` a text whose unterminated trailing literal was masked.
+pub fn obfuscate_counted<'s>(
+    sql: &'s str,
+    options: ObfuscateOptions,
+    counts: &mut PrivacyCounts,
+) -> Cow<'s, str> {
+    mask(sql, options.strings, |_| !options.numbers, counts)
 }
 
 /// The fingerprint of `sql` (as [`super::fingerprint::fingerprint_u64`]) and `sql` with its literals
 /// masked (as [`obfuscate_with`]), from one lexing pass when both read the text the same way (always,
 /// unless a backslash sits in it and `options.strings` is not [`StringMode::Standard`]): the log
-/// pipeline needs both for every statement it sees.
-pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, Cow<'_, str>) {
+/// pipeline needs both for every statement it sees. A text whose unterminated trailing literal was
+/// masked is counted into `counts`.
+pub fn fingerprint_and_obfuscate<'s>(
+    sql: &'s str,
+    options: ObfuscateOptions,
+    counts: &mut PrivacyCounts,
+) -> (u64, Cow<'s, str>) {
     let one_pass = match options.strings {
         StringMode::Standard => true,
         _ => memchr::memchr(b'\\', sql.as_bytes()).is_none(),
@@ -66,7 +72,7 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
     if !one_pass || !options.numbers {
         return (
             super::fingerprint::fingerprint_u64(sql),
-            obfuscate_with(sql, options),
+            obfuscate_counted(sql, options, counts),
         );
     }
     super::fingerprint::with_scratch(|scratch| {
@@ -92,7 +98,7 @@ pub fn fingerprint_and_obfuscate(sql: &str, options: ObfuscateOptions) -> (u64, 
             );
         }
         if unterminated {
-            UNTERMINATED_MASKED.fetch_add(1, Ordering::Relaxed);
+            counts.unterminated_literals_masked += 1;
         }
         let (text, key) = match masked {
             None => (Cow::Borrowed(sql), sql.as_bytes()),
@@ -124,26 +130,37 @@ pub fn obfuscate_keeping_numbers_in<'s>(
     sql: &'s str,
     strings: StringMode,
     keep: &[(usize, usize)],
+    counts: &mut PrivacyCounts,
 ) -> Cow<'s, str> {
-    mask(sql, strings, |at| {
-        let i = keep.partition_point(|&(_, end)| end <= at);
-        keep.get(i).is_some_and(|&(start, _)| start <= at)
-    })
+    mask(
+        sql,
+        strings,
+        |at| {
+            let i = keep.partition_point(|&(_, end)| end <= at);
+            keep.get(i).is_some_and(|&(start, _)| start <= at)
+        },
+        counts,
+    )
 }
 
-fn mask(sql: &str, strings: StringMode, keep_number_at: impl Fn(usize) -> bool) -> Cow<'_, str> {
+fn mask<'s>(
+    sql: &'s str,
+    strings: StringMode,
+    keep_number_at: impl Fn(usize) -> bool,
+    counts: &mut PrivacyCounts,
+) -> Cow<'s, str> {
     // The two readings differ only where a backslash sits in a plain string.
     if strings == StringMode::Either && memchr::memchr(b'\\', sql.as_bytes()).is_some() {
         let mut spans: Vec<Span> =
             literal_spans(sql, StringMode::Standard, &keep_number_at).collect();
         spans.extend(literal_spans(sql, StringMode::Escape, &keep_number_at));
-        return replace_spans(sql, union(spans));
+        return replace_spans(sql, union(spans), counts);
     }
     let mode = match strings {
         StringMode::Either => StringMode::Standard,
         mode => mode,
     };
-    replace_spans(sql, literal_spans(sql, mode, keep_number_at))
+    replace_spans(sql, literal_spans(sql, mode, keep_number_at), counts)
 }
 
 /// A literal's byte range, and whether it ran unterminated to the end.
@@ -184,7 +201,11 @@ fn union(mut spans: Vec<Span>) -> Vec<Span> {
 
 /// `sql` with each span replaced by [`PLACEHOLDER`]; spans are sorted, disjoint and on char
 /// boundaries (lexer tokens always are). Borrows `sql` when there is no span.
-fn replace_spans(sql: &str, spans: impl IntoIterator<Item = Span>) -> Cow<'_, str> {
+fn replace_spans<'s>(
+    sql: &'s str,
+    spans: impl IntoIterator<Item = Span>,
+    counts: &mut PrivacyCounts,
+) -> Cow<'s, str> {
     let mut out: Option<String> = None;
     let mut copied = 0;
     let mut unterminated = false;
@@ -196,7 +217,7 @@ fn replace_spans(sql: &str, spans: impl IntoIterator<Item = Span>) -> Cow<'_, st
         unterminated |= cut;
     }
     if unterminated {
-        UNTERMINATED_MASKED.fetch_add(1, Ordering::Relaxed);
+        counts.unterminated_literals_masked += 1;
     }
     match out {
         None => Cow::Borrowed(sql),
@@ -265,6 +286,24 @@ mod tests {
         ] {
             assert_eq!(obfuscate(sql), want, "input {sql:?}");
         }
+    }
+
+    #[test]
+    fn unterminated_tails_are_counted_by_the_caller() {
+        let mut counts = PrivacyCounts::default();
+        let opts = ObfuscateOptions::default();
+        obfuscate_counted("SELECT 1, 'done'", opts, &mut counts);
+        obfuscate_counted("SELECT 1 /* trace='abc", opts, &mut counts);
+        assert_eq!(counts.unterminated_literals_masked, 0);
+        obfuscate_counted("SELECT * FROM t WHERE pw = 'hunt", opts, &mut counts);
+        fingerprint_and_obfuscate("SELECT E'ab", opts, &mut counts);
+        let either = ObfuscateOptions {
+            strings: StringMode::Either,
+            numbers: true,
+        };
+        obfuscate_counted(r"SELECT 'a\' , 'cut", either, &mut counts);
+        assert_eq!(counts.unterminated_literals_masked, 3);
+        assert_eq!(counts.log_spans_redacted, 0);
     }
 
     #[test]
@@ -345,7 +384,8 @@ mod tests {
         // Twice over: the second round is answered from the cache.
         for round in 0..2 {
             for t in texts {
-                let (fp, masked) = fingerprint_and_obfuscate(t, opts);
+                let (fp, masked) =
+                    fingerprint_and_obfuscate(t, opts, &mut PrivacyCounts::default());
                 assert_eq!(
                     fp,
                     super::super::fingerprint::fingerprint_u64(t),

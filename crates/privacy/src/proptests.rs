@@ -196,7 +196,7 @@ proptest! {
     ) {
         let strings = [StringMode::Standard, StringMode::Escape, StringMode::Either][mode as usize];
         let opts = ObfuscateOptions { strings, numbers: true };
-        let (fp, masked) = super::fingerprint_and_obfuscate(&s, opts);
+        let (fp, masked) = super::fingerprint_and_obfuscate(&s, opts, &mut super::PrivacyCounts::default());
         prop_assert_eq!(format!("{fp:016x}"), fingerprint(&s));
         prop_assert_eq!(masked, obfuscate_with(&s, opts));
         let privacy = match policy {

@@ -2,8 +2,6 @@
 //! config list becomes a set, and what each class removes from the text fields of a log entry. Spans
 //! are replaced by [`REDACTED`]. Obfuscation of the remaining literals is separate ([`super::entry`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::fields::{LogFields, TextField};
 use super::lexer::{tokens, TokenKind};
 use super::messages;
@@ -11,13 +9,6 @@ use super::PrivacyError;
 
 /// What a redacted span becomes.
 pub const REDACTED: &str = "[redacted]";
-
-static REDACTED_SPANS: AtomicU64 = AtomicU64::new(0);
-
-/// How many spans (values, statements, passwords) redaction has replaced since start.
-pub fn redacted_total() -> u64 {
-    REDACTED_SPANS.load(Ordering::Relaxed)
-}
 
 /// One class of secret in log entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,19 +165,22 @@ pub fn redact_log_secrets(fields: &mut LogFields<'_>, classes: RedactClasses) ->
         n += edit(fields.detail, messages::table_data);
         n += edit(fields.context, messages::table_data);
     }
-    REDACTED_SPANS.fetch_add(n as u64, Ordering::Relaxed);
     n
 }
 
 /// `text` with its credentials replaced (see [`credential_spans`]); borrowed when there are none.
 pub fn redact_credentials(text: &str) -> std::borrow::Cow<'_, str> {
+    redact_credentials_counted(text).0
+}
+
+/// [`redact_credentials`], and how many spans were replaced.
+pub fn redact_credentials_counted(text: &str) -> (std::borrow::Cow<'_, str>, usize) {
     if credential_spans(text).is_empty() {
-        return std::borrow::Cow::Borrowed(text);
+        return (std::borrow::Cow::Borrowed(text), 0);
     }
     let mut field = text.to_string();
     let n = edit(&mut field, credential_spans);
-    REDACTED_SPANS.fetch_add(n as u64, Ordering::Relaxed);
-    std::borrow::Cow::Owned(field)
+    (std::borrow::Cow::Owned(field), n)
 }
 
 /// Removes password values from any text: see [`RedactClass::Credential`]. A `PASSWORD` literal is
