@@ -16,7 +16,7 @@ pub mod correlation;
 pub mod daemon;
 pub mod db;
 pub mod identity;
-pub mod log_format;
+pub use pga_logparse::log_format;
 pub mod logs;
 pub mod privacy;
 pub mod ship;

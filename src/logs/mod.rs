@@ -38,16 +38,16 @@
 //!   again, which resumes just after them. An error with nothing read is returned as `Err`.
 
 pub mod classify;
-pub mod entry;
-pub mod json_out;
 pub mod marks;
-pub mod parse;
 pub mod position;
 pub mod reader;
 pub mod settings;
 pub mod source;
 pub mod stats;
 pub mod tail;
+
+// The parser crate's modules, where the agent always had them.
+pub use pga_logparse::{entry, json_out, parse};
 
 pub use entry::LogEntry;
 
@@ -105,7 +105,8 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) -> PrivacyCounts {
         };
         (correlation, source, separate)
     };
-    e.correlation = correlation;
+    // Serializing a struct of strings cannot fail; were it to, the entry would go without tags.
+    e.correlation = correlation.and_then(|c| entry::RawJson::of(&c).ok());
     let (mut counts, fingerprint) = f.privacy.apply_to_log_fingerprinting(
         LogFields {
             sqlstate: e.state_code.as_deref(),

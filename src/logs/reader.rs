@@ -182,3 +182,33 @@ impl<R: Read> EntryReader<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::EntryReader;
+    use crate::log_format::LogFormat;
+    use crate::logs::parse::Parser;
+
+    #[test]
+    fn a_jsonlog_line_over_the_cap_keeps_its_fields_with_long_strings_cut() {
+        let big = "x".repeat(3 << 20);
+        let mut log = format!(
+            "{{\"timestamp\":\"2026-11-27 03:05:14.907 UTC\",\"pid\":9,\"error_severity\":\"LOG\",\"message\":\"duration: 1.0 ms\",\"statement\":\"select '{big}'\",\"application_name\":\"app\",\"query_id\":5}}\n"
+        );
+        log.push_str("{\"pid\":10,\"error_severity\":\"LOG\",\"message\":\"next\"}\n");
+        let parser = Parser::new(LogFormat::Jsonlog, "", 1 << 20);
+        let mut reader = EntryReader::new(std::io::Cursor::new(log.clone()), parser, 0);
+        let (e, offset) = reader.next_entry().unwrap().unwrap();
+        assert_eq!(e.pid, Some(9));
+        assert_eq!(e.application_name.as_deref(), Some("app"));
+        assert_eq!(e.query_id, Some(5));
+        assert!(e.truncated);
+        assert!(e.statement.as_deref().unwrap().len() <= 1 << 20);
+        assert_eq!(offset as usize, log.find("\n{\"pid\":10").unwrap() + 1);
+        drop(e);
+        let (e, offset) = reader.next_entry().unwrap().unwrap();
+        assert_eq!(e.message, "next");
+        assert!(!e.truncated);
+        assert_eq!(offset as usize, log.len());
+    }
+}

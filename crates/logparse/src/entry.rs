@@ -12,8 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::parse::time::Timestamp;
-use crate::correlation::Correlation;
-use crate::privacy::fingerprint::Fingerprint;
+use pga_privacy::fingerprint::Fingerprint;
 
 type Text<'a> = Option<Cow<'a, str>>;
 
@@ -83,8 +82,9 @@ pub struct LogEntry<'a> {
     /// Derived: the duration the entry reports (statement, checkpoint, vacuum, lock wait), in ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
-    /// Derived: the correlation tags found in the statement (or the logged statement text).
-    pub correlation: Option<Correlation>,
+    /// Derived: the correlation tags found in the statement (or the logged statement text), as the
+    /// agent serialized them (the parser does not know their type; see [`RawJson`]).
+    pub correlation: Option<RawJson>,
     /// Derived: the fingerprint of the statement text (see `privacy::fingerprint`), taken before
     /// obfuscation; groups entries of the same statement and joins them to activity records.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,6 +95,30 @@ pub struct LogEntry<'a> {
     /// The entry exceeded the size cap and its text was cut.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+}
+
+/// A derived value that the agent fills in after parsing (the correlation tags), held as its JSON
+/// text and written out verbatim: `serde_json` output is byte for byte that of the value itself.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct RawJson(pub Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// `value` serialized (compact, as `serde_json::to_writer` writes it).
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<RawJson> {
+        serde_json::value::to_raw_value(value).map(RawJson)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get()
+    }
 }
 
 fn own(t: Text<'_>) -> Text<'static> {

@@ -1,7 +1,7 @@
 //! The server log formats by name: `[logs] format`, `parse-log --format`, and what a log file's
-//! extension says. A pure leaf shared by [`crate::config`] (which holds the configured format as a
-//! value) and [`crate::logs::parse`] (which has one parser per format); it owns the names and nothing
-//! of the parsing.
+//! extension says. A pure leaf shared by the agent's config (which holds the configured format as a
+//! value) and [`crate::parse`] (which has one parser per format); it owns the names and nothing of
+//! the parsing.
 
 /// A server log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

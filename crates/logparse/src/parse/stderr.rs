@@ -15,7 +15,7 @@ use memchr::memchr;
 use super::prefix::{Field, Prefix, PrefixFields};
 use super::time::{parse_epoch, parse_pg_time, TimeCache};
 use super::{End, Frame};
-use crate::logs::entry::{severity, state_code, trim_eol, LogEntry};
+use crate::entry::{severity, state_code, trim_eol, LogEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Aux {

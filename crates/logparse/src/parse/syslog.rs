@@ -21,7 +21,7 @@ use memchr::memchr;
 
 use super::stderr::StderrParser;
 use super::{End, Frame};
-use crate::logs::entry::LogEntry;
+use crate::entry::LogEntry;
 
 /// PostgreSQL's `PG_SYSLOG_LIMIT`: the longest piece `write_syslog` sends.
 const PG_SYSLOG_LIMIT: usize = 900;

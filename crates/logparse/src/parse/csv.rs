@@ -13,7 +13,7 @@ use memchr::{memchr, memchr2};
 
 use super::time::parse_pg_time;
 use super::{End, Frame};
-use crate::logs::entry::{severity, state_code, LogEntry};
+use crate::entry::{severity, state_code, LogEntry};
 
 const MAX_COLUMNS: usize = 26;
 const MIN_COLUMNS: usize = 23;
