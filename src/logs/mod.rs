@@ -37,7 +37,6 @@
 //!   error (`read_error`); the caller stores and commits it as any other, then waits before reading
 //!   again, which resumes just after them. An error with nothing read is returned as `Err`.
 
-pub mod classify;
 pub mod marks;
 pub mod position;
 pub mod reader;
@@ -47,7 +46,7 @@ pub mod stats;
 pub mod tail;
 
 // The parser crate's modules, where the agent always had them.
-pub use pga_logparse::{entry, json_out, parse};
+pub use pga_logparse::{classify, entry, json_out, parse};
 
 pub use entry::LogEntry;
 

@@ -11,6 +11,7 @@
 //! modules as `postgres_agent::logs::{entry, parse, classify, json_out}` and
 //! `postgres_agent::log_format`.
 
+pub mod classify;
 pub mod entry;
 pub mod json_out;
 pub mod log_format;
