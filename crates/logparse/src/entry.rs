@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::parse::time::Timestamp;
+use crate::time::Timestamp;
 use pga_privacy::fingerprint::Fingerprint;
 
 type Text<'a> = Option<Cow<'a, str>>;

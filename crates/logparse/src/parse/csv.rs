@@ -11,9 +11,9 @@ use std::borrow::Cow;
 
 use memchr::{memchr, memchr2};
 
-use super::time::parse_pg_time;
 use super::{End, Frame};
 use crate::entry::{severity, state_code, LogEntry};
+use crate::time::parse_pg_time;
 
 const MAX_COLUMNS: usize = 26;
 const MIN_COLUMNS: usize = 23;

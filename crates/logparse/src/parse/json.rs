@@ -10,9 +10,9 @@ use memchr::memchr;
 use serde::Deserialize;
 
 use super::jsoncap::JsonCapper;
-use super::time::parse_pg_time;
 use super::{End, Frame};
 use crate::entry::{cap_text, severity, state_code, trim_eol, LogEntry};
+use crate::time::parse_pg_time;
 
 #[derive(Deserialize)]
 struct Record<'a> {

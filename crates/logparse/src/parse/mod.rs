@@ -17,7 +17,6 @@ pub mod jsoncap;
 pub mod prefix;
 pub mod stderr;
 pub mod syslog;
-pub mod time;
 
 use super::entry::LogEntry;
 use crate::log_format::LogFormat;
@@ -157,7 +156,7 @@ pub fn detect_format(sample: &[u8]) -> LogFormat {
     if syslog::header(line).is_some() {
         return LogFormat::Syslog;
     }
-    if let Some((_, n)) = time::parse_pg_time(line) {
+    if let Some((_, n)) = crate::time::parse_pg_time(line) {
         if line.get(n) == Some(&b',') {
             return LogFormat::Csvlog;
         }

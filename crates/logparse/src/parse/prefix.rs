@@ -12,7 +12,7 @@
 
 use memchr::memchr;
 
-use super::time::{parse_epoch, pg_time_len};
+use crate::time::{parse_epoch, pg_time_len};
 
 /// Fields a prefix escape can carry; the index into [`PrefixFields`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,9 +13,9 @@ use std::borrow::Cow;
 use memchr::memchr;
 
 use super::prefix::{Field, Prefix, PrefixFields};
-use super::time::{parse_epoch, parse_pg_time, TimeCache};
 use super::{End, Frame};
 use crate::entry::{severity, state_code, trim_eol, LogEntry};
+use crate::time::{parse_epoch, parse_pg_time, TimeCache};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Aux {
