@@ -51,7 +51,7 @@ stage() {
 # (scripts/layers.py reads the imports from the source text).
 stage "import structure (no module or file cycles)" python3 scripts/layers.py .
 stage "cargo test (PostgreSQL $(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -1) and everything else)" \
-  cargo test --locked --no-fail-fast
+  cargo test --workspace --locked --no-fail-fast
 stage "collector tests against every other supported major" \
   bash scripts/pg-versions.sh 13 14 16 17 18
 

@@ -1,5 +1,5 @@
 //! Throughput of obfuscation, fingerprinting and log redaction on realistic query texts, printed as
-//! MB/s and texts/s. Run: `cargo bench --bench obfuscate`.
+//! MB/s and texts/s. Run: `cargo bench -p pga-privacy --bench obfuscate`.
 //!
 //! Corpora (generated deterministically, no data files):
 //! - pgbench: the five statements of pgbench's built-in tpcb-like script with its variables
