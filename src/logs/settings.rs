@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::parse::{detect_format, infer_prefix_for, MAX_ENTRY_BYTES};
 use super::source::{LogSource, ServerLogging};
 use super::Finisher;
-use crate::config::Config;
+use crate::config::{Config, LogFileFormat};
 use crate::log_format::LogFormat;
 use crate::privacy::Privacy;
 
@@ -90,7 +90,7 @@ impl TailSettings {
         }
         let sample = newest_sample(&path, meta.is_dir());
         let format = match (logs.format, server) {
-            (Some(f), _) => f,
+            (Some(f), _) => log_format(f),
             (None, Some(s)) if logs.path.is_none() || meta.is_dir() => s.format,
             (None, _) if !meta.is_dir() => path
                 .to_str()
@@ -133,6 +133,16 @@ impl TailSettings {
                 privacy: Privacy::from_validated(&config.privacy),
             },
         })
+    }
+}
+
+/// The parser's format for a configured `[logs] format` (config holds its own plain value).
+pub fn log_format(format: LogFileFormat) -> LogFormat {
+    match format {
+        LogFileFormat::Stderr => LogFormat::Stderr,
+        LogFileFormat::Csvlog => LogFormat::Csvlog,
+        LogFileFormat::Jsonlog => LogFormat::Jsonlog,
+        LogFileFormat::Syslog => LogFormat::Syslog,
     }
 }
 
