@@ -18,22 +18,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::schedule::Schedule;
+use super::setup::Setup;
 use super::writer::{self, Writer};
 use super::{cycle, deliver, notify};
 use crate::collect::Collectors;
 use crate::config::Config;
-use crate::db::{Db, ServerInfo};
+use crate::db::ServerInfo;
 use crate::telemetry::registry::Event;
 use crate::telemetry::server::Telemetry;
 
 /// A state writer job may take this long before `/health` says it is stuck.
 pub const PERSIST_DEADLINE: Duration = Duration::from_secs(10);
-
-/// What a cycle runs with; replaced as a whole on reload.
-pub struct Setup {
-    pub config: Arc<Config>,
-    pub db: Db,
-}
 
 /// What the collection task shares with the rest of the daemon.
 pub struct CycleShared {
@@ -60,11 +55,11 @@ impl CollectTask {
     /// the daemon's token) is cancelled.
     pub fn spawn(
         tracker: &TaskTracker,
-        setup: Setup,
+        setup: Arc<Setup>,
         shared: CycleShared,
         stop: CancellationToken,
     ) -> CollectTask {
-        let (tx, rx) = watch::channel(Arc::new(setup));
+        let (tx, rx) = watch::channel(setup);
         let handle = tracker.spawn(run(rx, shared, stop.clone()));
         CollectTask {
             setup: tx,
@@ -74,8 +69,8 @@ impl CollectTask {
     }
 
     /// A reloaded configuration (and pool) for the next cycles.
-    pub fn update(&self, setup: Setup) {
-        self.setup.send_replace(Arc::new(setup));
+    pub fn update(&self, setup: Arc<Setup>) {
+        self.setup.send_replace(setup);
     }
 
     /// Stops the task, abandoning a cycle in progress, and waits at most `deadline` for it.
@@ -88,7 +83,7 @@ impl CollectTask {
 async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: CancellationToken) {
     let first = setup.borrow_and_update().clone();
     let mut collectors =
-        Collectors::with_counters(&first.config, shared.telemetry.counters.clone());
+        Collectors::with_counters(&first.collect, shared.telemetry.counters.clone());
     let mut interval = first.config.agent.collection_interval;
     let mut schedule = Schedule::new(Instant::now(), interval);
     let mut current = first;
@@ -135,7 +130,7 @@ async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared)
         counted(Event::StatementsUnavailable),
         counted(Event::StatementsNoPrivilege),
     ];
-    let mut report = collectors.run_cycle(db, config).await;
+    let mut report = collectors.run_cycle(db, &setup.collect).await;
     if report.server.is_some() {
         report_degraded(&shared.telemetry, before);
     }

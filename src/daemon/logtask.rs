@@ -19,12 +19,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::setup::Setup;
 use crate::batch::{BatchKind, Record, Stamp};
-use crate::config::Config;
 use crate::db::{Db, ServerInfo};
 use crate::identity::{APPLICATION_NAME, QUERY_TAG};
 use crate::logs::position::{Position, PositionStore};
-use crate::logs::settings::TailSettings;
+use crate::logs::settings::{TailConfig, TailSettings};
 use crate::logs::source;
 use crate::logs::tail::{LogBatch, Tailer};
 use crate::ship::Shipper;
@@ -57,14 +57,13 @@ impl LogTask {
     /// Starts the task on `tracker`; it stops when `stop` (a child of the daemon's token) is
     /// cancelled.
     pub fn spawn(
-        config: Arc<Config>,
-        db: Db,
+        setup: Arc<Setup>,
         shared: LogShared,
         tracker: &tokio_util::task::TaskTracker,
         stop: CancellationToken,
     ) -> LogTask {
         let token = stop.clone();
-        let handle = tracker.spawn(async move { run(config, db, shared, token).await });
+        let handle = tracker.spawn(async move { run(setup, shared, token).await });
         LogTask { stop, handle }
     }
 
@@ -78,7 +77,7 @@ impl LogTask {
     }
 }
 
-async fn settings(config: &Config, db: &Db) -> Result<TailSettings, String> {
+async fn settings(config: &TailConfig, db: &Db) -> Result<TailSettings, String> {
     let mut hidden = None;
     let server = if config.logs.path.is_none() || config.logs.line_prefix.is_none() {
         match db.session().await {
@@ -95,24 +94,24 @@ async fn settings(config: &Config, db: &Db) -> Result<TailSettings, String> {
     } else {
         None
     };
-    let mut settings = TailSettings::from_config(config, server.as_ref()).map_err(|e| {
+    let settings = TailSettings::resolve(config, server.as_ref()).map_err(|e| {
         // Without [logs] path, a hidden location is the reason; say which grant unlocks it.
         match (&config.logs.path, hidden) {
             (None, Some(h)) => h.to_string(),
             _ => e.to_string(),
         }
     })?;
-    settings.finisher.correlation_keys = config.correlation.keys.clone();
     Ok(settings)
 }
 
-async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationToken) {
+async fn run(setup: Arc<Setup>, shared: LogShared, stop: CancellationToken) {
+    let (config, db) = (&setup.config, &setup.db);
     let interval = config.agent.collection_interval;
     let mut warned = false;
     // Retries start after a second and double up to the collection interval.
     let mut backoff = RETRY_FIRST.min(interval);
     let mut tailer = loop {
-        let attempt = match settings(&config, &db).await {
+        let attempt = match settings(&setup.tail, db).await {
             Ok(s) => Tailer::open(s).map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
@@ -156,7 +155,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     };
     // Whose log this is: learned before the outbox hint is applied, so a position taken on
     // another server is applied neither from the position file nor from the outbox.
-    let own_server = match crate::collect::server_context(&db, &config).await {
+    let own_server = match crate::collect::server_context(db, &setup.collect).await {
         Ok(c) if !c.info.system_identifier.is_empty() => Some(c.info),
         _ => None,
     };
@@ -193,7 +192,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     tracing::info!("following the server log");
     let max = config.logs.max_buffered_entries;
     // The task's config is fixed for its life: its batches' envelope is filled once.
-    let stamp = crate::collect::stamp(&config);
+    let stamp = setup.collect.stamp.clone();
     let mut failing = ShipFailures {
         position: false,
         saver: PositionSaver::new(&config.agent.state_dir, shared.telemetry.counters.clone()),

@@ -12,7 +12,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::types::Type;
 
-use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
+use super::{
+    col, query_text, round_ms, CollectError, CollectSettings, Collected, Collector, Context,
+};
 use crate::batch::BatchKind;
 use crate::correlation::{self, Correlation};
 use crate::identity::APPLICATION_NAME;
@@ -115,12 +117,12 @@ impl Collector for LocksCollector {
         ctx: &mut Context<'_>,
     ) -> Result<Option<Collected<LockRecord>>, CollectError> {
         const Q: &str = "locks_waiting";
-        let config = ctx.config;
+        let settings = ctx.settings;
         let counters = ctx.counters;
-        let keys = &config.correlation.keys;
+        let keys = &settings.correlation.keys;
         let (session, server) = ctx.db()?;
-        let text_chars = (config.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
-        let limit = config.safety.max_activity_rows as i64;
+        let text_chars = (settings.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
+        let limit = settings.safety.max_activity_rows as i64;
         let tas = server.track_activity_query_size;
         let rows = session
             .query(
@@ -151,7 +153,7 @@ impl Collector for LocksCollector {
             let raw: Option<String> = col(row, Q, "query")?;
             let application_name: Option<String> = col(row, Q, "application_name")?;
             let (query, query_truncated, correlation) =
-                text(raw, application_name.as_deref(), config, keys, tas);
+                text(raw, application_name.as_deref(), settings, keys, tas);
             records.push(LockRecord {
                 pid,
                 locktype: col(row, Q, "locktype")?,
@@ -197,7 +199,7 @@ impl Collector for LocksCollector {
             let mut tags: Vec<String> = waits.values().map(|w| w.tag.clone()).collect();
             tags.sort_unstable();
             tags.dedup();
-            blocker_procs(session, &pids, &tags, text_chars, config, tas).await?
+            blocker_procs(session, &pids, &tags, text_chars, settings, tas).await?
         };
         for r in &mut records {
             let c = chain::build(r.pid, &waits, &procs);
@@ -233,14 +235,14 @@ impl Collector for LocksCollector {
 fn text(
     raw: Option<String>,
     application_name: Option<&str>,
-    config: &crate::config::Config,
+    settings: &CollectSettings,
     keys: &[String],
     track_activity_query_size: usize,
 ) -> (Option<String>, bool, Option<Correlation>) {
     match raw {
         Some(raw) => {
             let correlation = correlation::extract_from(Some(&raw), application_name, keys);
-            let (t, cut) = query_text(&raw, config);
+            let (t, cut) = query_text(&raw, settings);
             (
                 Some(t),
                 cut || raw.len() + 1 >= track_activity_query_size,
@@ -260,7 +262,7 @@ async fn blocker_procs(
     pids: &[i32],
     tags: &[String],
     text_chars: i32,
-    config: &crate::config::Config,
+    settings: &CollectSettings,
     tas: usize,
 ) -> Result<HashMap<i32, Proc>, CollectError> {
     const Q: &str = "locks_blockers";
@@ -282,8 +284,8 @@ async fn blocker_procs(
         let (query, query_truncated, correlation) = text(
             raw,
             application_name.as_deref(),
-            config,
-            &config.correlation.keys,
+            settings,
+            &settings.correlation.keys,
             tas,
         );
         let held = col::<Vec<String>>(row, Q, "held")?
