@@ -24,6 +24,7 @@ use super::{cycle, deliver, notify};
 use crate::collect::Collectors;
 use crate::config::Config;
 use crate::db::ServerInfo;
+use crate::telemetry::conditions::Condition;
 use crate::telemetry::registry::Event;
 use crate::telemetry::server::Telemetry;
 
@@ -205,23 +206,23 @@ fn report_writer(telemetry: &Telemetry, writer: &Writer, summary: &mut String) {
             tracing::error!(event = "outbox_write_stalled", "{why}");
         }
     }
-    telemetry.set_condition("outbox_stalled", reason);
+    telemetry.set_condition(Condition::OutboxStalled, reason);
 }
 
 /// `/health` stays 200 but says `degraded` while the agent works without something it could use,
 /// judged by what this cycle counted.
 fn report_degraded(telemetry: &Telemetry, before: [u64; 2]) {
     let counted = |e| telemetry.counters.get(e);
-    telemetry.set_warning(
-        "pg_stat_statements",
+    telemetry.set_condition(
+        Condition::PgStatStatements,
         (counted(Event::StatementsUnavailable) > before[0]).then(|| {
             "pg_stat_statements is not available: no pg_statements batches (add it to \
              shared_preload_libraries, restart PostgreSQL, then CREATE EXTENSION pg_stat_statements)"
                 .to_string()
         }),
     );
-    telemetry.set_warning(
-        "statements_hidden",
+    telemetry.set_condition(
+        Condition::StatementsHidden,
         (counted(Event::StatementsNoPrivilege) > before[1]).then(|| {
             "other roles' statements are hidden from the agent's role: GRANT pg_read_all_stats \
              (or pg_monitor) to it"
@@ -247,5 +248,5 @@ fn report_delivery_stall(telemetry: &Telemetry, watch: &deliver::PassWatch, conf
     if reason.is_some() {
         telemetry.counters.incr(Event::DeliveryStalls);
     }
-    telemetry.set_condition("delivery_stalled", reason);
+    telemetry.set_condition(Condition::DeliveryStalled, reason);
 }

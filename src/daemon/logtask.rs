@@ -28,6 +28,7 @@ use crate::logs::settings::{TailConfig, TailSettings};
 use crate::logs::source;
 use crate::logs::tail::{LogBatch, Tailer};
 use crate::ship::Shipper;
+use crate::telemetry::conditions::Condition;
 use crate::telemetry::registry::{Counters, Event};
 use crate::telemetry::server::Telemetry;
 
@@ -119,7 +120,7 @@ async fn run(setup: Arc<Setup>, shared: LogShared, stop: CancellationToken) {
             Ok(t) => break t,
             Err(e) => {
                 shared.telemetry.set_condition(
-                    "logs_not_followed",
+                    Condition::LogsNotFollowed,
                     Some(format!(
                         "the server log is not followed: {e} (set [logs] enabled = false to run \
                          without logs)"
@@ -188,7 +189,9 @@ async fn run(setup: Arc<Setup>, shared: LogShared, stop: CancellationToken) {
             reason = %aside.reason, resume_from = resume,
             "the saved log position was damaged and has been moved aside; reading resumes {resume}");
     }
-    shared.telemetry.set_condition("logs_not_followed", None);
+    shared
+        .telemetry
+        .set_condition(Condition::LogsNotFollowed, None);
     tracing::info!("following the server log");
     let max = config.logs.max_buffered_entries;
     // The task's config is fixed for its life: its batches' envelope is filled once.
@@ -230,14 +233,16 @@ async fn run(setup: Arc<Setup>, shared: LogShared, stop: CancellationToken) {
             backoff = RETRY_FIRST.min(interval);
         }
         let Some(e) = read_error else {
-            shared.telemetry.set_condition("logs_not_followed", None);
+            shared
+                .telemetry
+                .set_condition(Condition::LogsNotFollowed, None);
             if std::mem::take(&mut read_failing) {
                 tracing::info!("reading the server log works again");
             }
             continue;
         };
         shared.telemetry.set_condition(
-            "logs_not_followed",
+            Condition::LogsNotFollowed,
             Some(format!(
                 "reading the server log failed: {e}; retrying every interval"
             )),
@@ -452,7 +457,7 @@ async fn ship(
         Ok(r) => r,
         Err(_) => {
             shared.telemetry.set_condition(
-                "logs_stalled",
+                Condition::LogsStalled,
                 Some(format!(
                     "writing a pg_logs batch has not returned for {} s (a hung disk?): the log \
                      is not read meanwhile",
@@ -460,7 +465,7 @@ async fn ship(
                 )),
             );
             let r = job.await;
-            shared.telemetry.set_condition("logs_stalled", None);
+            shared.telemetry.set_condition(Condition::LogsStalled, None);
             r
         }
     };
@@ -472,13 +477,15 @@ async fn ship(
                 .telemetry
                 .metrics
                 .count_batch(BatchKind::PgLogs, count, outcome);
-            shared.telemetry.set_condition("logs_enqueue_failed", None);
+            shared
+                .telemetry
+                .set_condition(Condition::LogsEnqueueFailed, None);
             failing.commit(tailer, &position).await;
             true
         }
         Err(e) => {
             shared.telemetry.set_condition(
-                "logs_enqueue_failed",
+                Condition::LogsEnqueueFailed,
                 Some(format!(
                     "a pg_logs batch could not be stored ({e}); its entries are read again after \
                      a back-off"
