@@ -33,6 +33,7 @@ mod cycle;
 mod deliver;
 mod logtask;
 pub mod notify;
+mod publish;
 mod sample_task;
 pub mod schedule;
 pub mod setup;

@@ -19,12 +19,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::publish;
 use super::schedule::Schedule;
 use super::setup::Setup;
 use crate::batch::Batch;
 use crate::collect::sampling::{Outcome, Sampler};
 use crate::collect::CollectSettings;
-use crate::telemetry::metrics::CollectorOutcomeLabel;
 use crate::telemetry::server::Telemetry;
 
 /// On stop, the window so far is written to the outbox if that takes at most this long.
@@ -139,14 +139,14 @@ async fn run(
                     "failed"
                 }
             };
-            count(&shared.telemetry, "sampling", outcome);
+            publish::sample(&shared.telemetry, "sampling", outcome);
             if let Some(e) = &t.spike_error {
-                count(&shared.telemetry, "spikes", "failed");
+                publish::sample(&shared.telemetry, "spikes", "failed");
                 tracing::warn!(event = "spike_snapshot_failed", error = %e,
                     "a spike trigger fired but the snapshot failed");
             }
             if let Some(spike) = t.spike {
-                count(&shared.telemetry, "spikes", "ok");
+                publish::sample(&shared.telemetry, "spikes", "ok");
                 tracing::info!(event = "spike", trigger = ?spike.extra.get("trigger"),
                     value = ?spike.extra.get("trigger_value"), sessions = spike.count,
                     "spike snapshot taken");
@@ -168,17 +168,6 @@ async fn flush(sampler: &mut Sampler, config: &CollectSettings, shared: &SampleS
     if let Some(batch) = sampler.take_window(config) {
         persist(batch, shared);
     }
-}
-
-fn count(telemetry: &Telemetry, collector: &str, outcome: &str) {
-    telemetry
-        .metrics
-        .collector_runs
-        .get_or_create(&CollectorOutcomeLabel {
-            collector: collector.into(),
-            outcome: outcome.into(),
-        })
-        .inc();
 }
 
 /// Hands one batch to the state writer ([`super::writer`]): never waits on the disk.
