@@ -3,14 +3,14 @@
 //! answers signals and the systemd watchdog. It holds the state directory's lock
 //! ([`crate::state::lock`]) for its whole life: a second daemon on the directory exits 75.
 //!
-//! - collection (`collect_task`): a cycle at every tick of the drift-free schedule, handing its
+//! - collection (`tasks::collect`): a cycle at every tick of the drift-free schedule, handing its
 //!   batches to the state writer;
-//! - active-session sampling (`sample_task`): a sample every second, its per-cycle aggregate and
+//! - active-session sampling (`tasks::sample`): a sample every second, its per-cycle aggregate and
 //!   spike snapshots;
-//! - the state writer (`writer`): writes those batches to the outbox and the cycle record for
+//! - the state writer (`tasks::writer`): writes those batches to the outbox and the cycle record for
 //!   `status`, after checking that the lock file and the outbox file are still in place;
-//! - delivery (`deliver`): drains the outbox to the listener, on its own thread and runtime;
-//! - the log reader (`logtask`): tails the server log into pg_logs batches;
+//! - delivery (`tasks::deliver`): drains the outbox to the listener, on its own thread and runtime;
+//! - the log reader (`tasks::log`): tails the server log into pg_logs batches;
 //! - telemetry: `/health` and `/metrics`.
 //!
 //! No task waits on another, and collection never waits on the disk.
@@ -28,16 +28,12 @@
 //! per remaining state file (baseline, log position), since no writer starts a second write while
 //! its first has not returned; one more stays free.
 
-mod collect_task;
 mod cycle;
-mod deliver;
-mod logtask;
 pub mod notify;
 mod publish;
-mod sample_task;
 pub mod schedule;
 pub mod setup;
-mod writer;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,10 +50,11 @@ use crate::ship::Shipper;
 use crate::state::lock::StateLock;
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::server::Telemetry;
-use collect_task::CollectTask;
-use deliver::Delivery;
-use logtask::{LogShared, LogTask};
 use setup::Setup;
+use tasks::collect::CollectTask;
+use tasks::deliver::Delivery;
+use tasks::log::{LogShared, LogTask};
+use tasks::{sample, writer};
 
 /// Blocking threads of the main runtime (SQLite and file writes run there).
 const BLOCKING_THREADS: usize = 4;
@@ -165,7 +162,7 @@ struct Daemon {
     /// See [`LogShared::resume_hint`].
     log_resume_hint: Arc<Mutex<Option<serde_json::Value>>>,
     delivery: Option<Delivery>,
-    sampling: Option<sample_task::SampleTask>,
+    sampling: Option<sample::SampleTask>,
     /// The lock on the state directory, held until the process exits.
     lock: Arc<Mutex<StateLock>>,
     /// Does the collection's disk work (outbox, cycle record) off the collection path.
@@ -379,7 +376,7 @@ impl Daemon {
         self.collection = Some(CollectTask::spawn(
             &self.tracker,
             self.setup.clone(),
-            collect_task::CycleShared {
+            tasks::collect::CycleShared {
                 telemetry: self.telemetry.clone(),
                 server: self.server.clone(),
                 deliver: deliver.clone(),
@@ -388,10 +385,10 @@ impl Daemon {
             },
             self.shutdown.child_token(),
         ));
-        self.sampling = Some(sample_task::SampleTask::spawn(
+        self.sampling = Some(sample::SampleTask::spawn(
             &self.tracker,
             self.setup.clone(),
-            sample_task::SampleShared {
+            sample::SampleShared {
                 writer: writer.clone(),
                 telemetry: self.telemetry.clone(),
                 deliver,
@@ -486,8 +483,7 @@ impl Daemon {
             c.stop(Duration::from_millis(200)).await;
         }
         if let Some(s) = self.sampling.take() {
-            s.stop(sample_task::STOP_FLUSH + Duration::from_millis(50))
-                .await;
+            s.stop(sample::STOP_FLUSH + Duration::from_millis(50)).await;
         }
         // The state writer finishes what the last cycles handed it, if the disk answers.
         if let Some(w) = self.writer.take() {

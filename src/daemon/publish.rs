@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use super::writer::Writer;
-use super::{cycle, deliver};
+use super::cycle;
+use super::tasks::deliver;
+use super::tasks::writer::Writer;
 use crate::collect::CycleReport;
 use crate::db::Db;
 use crate::telemetry::conditions::Condition;

@@ -17,11 +17,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::schedule::Schedule;
-use super::setup::Setup;
+use super::deliver;
 use super::writer::{self, Writer};
-use super::{cycle, deliver, notify, publish};
 use crate::collect::Collectors;
+use crate::daemon::schedule::Schedule;
+use crate::daemon::setup::Setup;
+use crate::daemon::{cycle, notify, publish};
 use crate::db::ServerInfo;
 use crate::telemetry::registry::Event;
 use crate::telemetry::server::Telemetry;

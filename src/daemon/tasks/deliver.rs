@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::cycle;
+use crate::daemon::cycle;
 use crate::ship::breaker::CircuitState;
 use crate::ship::{DrainReport, DrainStop, ShipStats, Shipper};
 use crate::telemetry::conditions::Condition;

@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::setup::Setup;
 use crate::batch::{BatchKind, Record, Stamp};
+use crate::daemon::setup::Setup;
 use crate::db::{Db, ServerInfo};
 use crate::identity::{APPLICATION_NAME, QUERY_TAG};
 use crate::logs::position::{Position, PositionStore};

@@ -19,12 +19,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::publish;
-use super::schedule::Schedule;
-use super::setup::Setup;
 use crate::batch::Batch;
 use crate::collect::sampling::{Outcome, Sampler};
 use crate::collect::CollectSettings;
+use crate::daemon::publish;
+use crate::daemon::schedule::Schedule;
+use crate::daemon::setup::Setup;
 use crate::telemetry::server::Telemetry;
 
 /// On stop, the window so far is written to the outbox if that takes at most this long.

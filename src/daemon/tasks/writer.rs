@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::cycle;
 use crate::batch::Batch;
+use crate::daemon::cycle;
 use crate::ship::recreate::OutboxFile;
 use crate::ship::Shipper;
 use crate::state::lock::{Ensured, StateLock};
