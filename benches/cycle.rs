@@ -10,7 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use postgres_agent::collect::Collectors;
+use postgres_agent::collect::{CollectSettings, Collectors};
 use postgres_agent::db::Db;
 use support::collect::{client, wait_until};
 use support::{agent_config, PgOptions, PgServer};
@@ -140,9 +140,10 @@ fn main() {
         .await;
 
         let db = Db::new(&config.postgres, &config.safety).expect("db");
-        let mut collectors = Collectors::new(&config);
+        let settings = CollectSettings::from_config(&config);
+        let mut collectors = Collectors::new(&settings);
         run_workload(&admin).await;
-        let _ = collectors.run_cycle(&db, &config).await;
+        let _ = collectors.run_cycle(&db, &settings).await;
         let distinct: i64 = admin
             .query_one("SELECT count(*) FROM pg_stat_statements", &[])
             .await
@@ -168,7 +169,7 @@ fn main() {
             let per_query0 = agent_breakdown(&admin).await;
             let cpu0 = thread_cpu();
             let t0 = Instant::now();
-            let report = collectors.run_cycle(&db, &config).await;
+            let report = collectors.run_cycle(&db, &settings).await;
             let wall = t0.elapsed();
             let cpu = thread_cpu() - cpu0;
             let (ms1, calls1) = agent_server_time(&admin).await;

@@ -174,8 +174,9 @@ impl Batch {
 }
 
 /// What every batch of this agent carries besides its records: the project, the agent's identity
-/// and the interval the batch covers. Built once from config (by [`crate::collect::stamp`]); a
-/// [`Batch`] is then one call, so the envelope is filled in one place.
+/// and the interval the batch covers. Built once per configuration (in
+/// [`crate::collect::CollectSettings`]); a [`Batch`] is then one call, so the envelope is filled in
+/// one place.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stamp {
     project_id: String,

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use postgres_agent::batch::BatchKind;
-use postgres_agent::collect::{Collectors, Outcome};
+use postgres_agent::collect::{CollectSettings, Collectors, Outcome};
 use postgres_agent::db::Db;
 use postgres_agent::telemetry::registry::Event;
 use support::collect::{client, validate};
@@ -30,9 +30,11 @@ fn a_blocked_collector_fails_alone_within_its_deadline_and_the_next_cycle_recove
             .await
             .unwrap();
         let db = Db::new(&config.postgres, &config.safety).unwrap();
-        let mut collectors = Collectors::new(&config);
+        let mut collectors = Collectors::new(&CollectSettings::from_config(&config));
         let started = Instant::now();
-        let report = collectors.run_cycle(&db, &config).await;
+        let report = collectors
+            .run_cycle(&db, &CollectSettings::from_config(&config))
+            .await;
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
@@ -70,7 +72,9 @@ fn a_blocked_collector_fails_alone_within_its_deadline_and_the_next_cycle_recove
         assert!(db.open_connections() <= 1, "{}", db.open_connections());
 
         blocker.batch_execute("COMMIT").await.unwrap();
-        let report = collectors.run_cycle(&db, &config).await;
+        let report = collectors
+            .run_cycle(&db, &CollectSettings::from_config(&config))
+            .await;
         assert!(report.all_ok(), "{:?}", report.runs);
         assert_eq!(report.batches.len(), 4);
         db.close();

@@ -12,6 +12,7 @@ mod support;
 use std::time::Duration;
 
 use postgres_agent::collect::sampling::{Outcome, Sampler};
+use postgres_agent::collect::CollectSettings;
 use postgres_agent::db::Db;
 use serde_json::Value;
 use support::collect::{client, validate, wait_until};
@@ -74,7 +75,9 @@ fn a_controlled_workload_is_reported_as_its_average_active_sessions() {
         let db = Db::new(&config.postgres, &config.safety).unwrap();
         let mut sampler = Sampler::new();
         // No connection open yet: the sample is skipped, and none is opened.
-        let t = sampler.tick(&db, &config).await;
+        let t = sampler
+            .tick(&db, &CollectSettings::from_config(&config))
+            .await;
         assert!(
             matches!(t.outcome, Outcome::Unreachable(_)),
             "{:?}",
@@ -83,14 +86,20 @@ fn a_controlled_workload_is_reported_as_its_average_active_sessions() {
         assert_eq!(db.open_connections(), 0);
         // The connection the collection cycle opens; while it is in use, samples are skipped.
         let held = db.session().await.unwrap();
-        let t = sampler.tick(&db, &config).await;
+        let t = sampler
+            .tick(&db, &CollectSettings::from_config(&config))
+            .await;
         assert_eq!(t.outcome, Outcome::Busy);
         assert_eq!(db.open_connections(), 1);
         drop(held);
-        assert!(sampler.take_window(&config).is_some());
+        assert!(sampler
+            .take_window(&CollectSettings::from_config(&config))
+            .is_some());
 
         for _ in 0..SAMPLES {
-            let t = sampler.tick(&db, &config).await;
+            let t = sampler
+                .tick(&db, &CollectSettings::from_config(&config))
+                .await;
             match t.outcome {
                 Outcome::Sampled(p) => {
                     assert_eq!((p.active, p.lock_waits), (6, 2), "{p:?}");
@@ -106,7 +115,12 @@ fn a_controlled_workload_is_reported_as_its_average_active_sessions() {
             1,
             "sampling reuses the one connection"
         );
-        let batch = serde_json::to_value(sampler.take_window(&config).unwrap()).unwrap();
+        let batch = serde_json::to_value(
+            sampler
+                .take_window(&CollectSettings::from_config(&config))
+                .unwrap(),
+        )
+        .unwrap();
         validate(&batch);
         assert_eq!(batch["type"], "pg_activity_samples");
         assert_eq!(batch["samples"], SAMPLES);

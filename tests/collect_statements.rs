@@ -5,7 +5,7 @@
 mod support;
 
 use postgres_agent::batch::BatchKind;
-use postgres_agent::collect::{Collectors, Outcome};
+use postgres_agent::collect::{CollectSettings, Collectors, Outcome};
 use postgres_agent::db::Db;
 use postgres_agent::telemetry::registry::{Counters, Event};
 use serde_json::Value;
@@ -135,16 +135,26 @@ fn calls_between_two_cycles_are_exact_across_a_restart_and_in_memory() {
 
         // In memory: one set of collectors over three cycles.
         let db = Db::new(&config.postgres, &config.safety).unwrap();
-        let mut collectors = Collectors::new(&config);
-        let _ = collectors.run_cycle(&db, &config).await;
+        let mut collectors = Collectors::new(&CollectSettings::from_config(&config));
+        let _ = collectors
+            .run_cycle(&db, &CollectSettings::from_config(&config))
+            .await;
         for i in 0..3 {
             app.batch_execute(&format!("SELECT count(*) FROM delta_probe WHERE id < {i}"))
                 .await
                 .unwrap();
         }
-        let third = statements(&collectors.run_cycle(&db, &config).await);
+        let third = statements(
+            &collectors
+                .run_cycle(&db, &CollectSettings::from_config(&config))
+                .await,
+        );
         assert_eq!(matching(&third, "FROM delta_probe")[0]["calls"], 3);
-        let idle = statements(&collectors.run_cycle(&db, &config).await);
+        let idle = statements(
+            &collectors
+                .run_cycle(&db, &CollectSettings::from_config(&config))
+                .await,
+        );
         assert!(matching(&idle, "FROM delta_probe").is_empty(), "{idle}");
         db.close();
     });
@@ -287,8 +297,12 @@ fn a_failed_cycle_loses_no_calls_the_next_one_reports_both_intervals() {
     rt().block_on(async {
         let app = client(&server, "postgres", "app").await;
         let db = Db::new(&config.postgres, &config.safety).unwrap();
-        let mut collectors = Collectors::new(&config);
-        let first = statements(&collectors.run_cycle(&db, &config).await);
+        let mut collectors = Collectors::new(&CollectSettings::from_config(&config));
+        let first = statements(
+            &collectors
+                .run_cycle(&db, &CollectSettings::from_config(&config))
+                .await,
+        );
         assert_eq!(first["baseline"], "new");
         let probe = |n: usize| {
             let app = &app;
@@ -306,7 +320,9 @@ fn a_failed_cycle_loses_no_calls_the_next_one_reports_both_intervals() {
             "postgres",
             "REVOKE EXECUTE ON FUNCTION pg_stat_statements(boolean) FROM PUBLIC",
         );
-        let failed = collectors.run_cycle(&db, &config).await;
+        let failed = collectors
+            .run_cycle(&db, &CollectSettings::from_config(&config))
+            .await;
         let run = failed.runs.iter().find(|r| r.name == "statements").unwrap();
         assert!(
             matches!(run.outcome, Outcome::Failed(_)),
@@ -323,7 +339,11 @@ fn a_failed_cycle_loses_no_calls_the_next_one_reports_both_intervals() {
         );
         probe(2).await;
         // The next cycle subtracts the last good snapshot: the failed interval is not lost.
-        let third = statements(&collectors.run_cycle(&db, &config).await);
+        let third = statements(
+            &collectors
+                .run_cycle(&db, &CollectSettings::from_config(&config))
+                .await,
+        );
         assert_eq!(third["baseline"], "continued", "{third}");
         assert_eq!(third["interval_start"], first["interval_end"]);
         let rec = matching(&third, "FROM gap_probe");

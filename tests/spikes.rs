@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use postgres_agent::collect::sampling::{Outcome, Sampler};
+use postgres_agent::collect::CollectSettings;
 use postgres_agent::db::Db;
 use postgres_agent::ship::{DrainStop, Shipper};
 use serde_json::Value;
@@ -79,7 +80,7 @@ fn a_spike_of_40_sessions_makes_one_snapshot_with_their_ids_and_the_lock_chain()
         let mut quiet = 0;
         while quiet < 3 {
             tick.tick().await;
-            let t = sampler.tick(&db, &config).await;
+            let t = sampler.tick(&db, &CollectSettings::from_config(&config)).await;
             match t.outcome {
                 Outcome::Sampled(_) => quiet += 1,
                 other => panic!("sample not taken: {other:?}"),
@@ -103,7 +104,7 @@ fn a_spike_of_40_sessions_makes_one_snapshot_with_their_ids_and_the_lock_chain()
         let mut spike = None;
         for _ in 0..30 {
             tick.tick().await;
-            let t = sampler.tick(&db, &config).await;
+            let t = sampler.tick(&db, &CollectSettings::from_config(&config)).await;
             if let Some(e) = &t.spike_error {
                 panic!("snapshot failed: {e}");
             }
@@ -184,11 +185,11 @@ fn a_spike_of_40_sessions_makes_one_snapshot_with_their_ids_and_the_lock_chain()
 
         // Still above the threshold, but within min_gap_s: no second snapshot.
         tick.tick().await;
-        let t = sampler.tick(&db, &config).await;
+        let t = sampler.tick(&db, &CollectSettings::from_config(&config)).await;
         assert!(!t.triggers.is_empty());
         assert!(t.spike.is_none());
         // The cycle's series shows the same shape.
-        let window = serde_json::to_value(sampler.take_window(&config).unwrap()).unwrap();
+        let window = serde_json::to_value(sampler.take_window(&CollectSettings::from_config(&config)).unwrap()).unwrap();
         validate(&window);
         let active: Vec<u64> = window["series"]
             .as_array()
@@ -363,7 +364,9 @@ fn an_old_lock_wait_fires_the_lock_wait_trigger() {
         let first_seen = Instant::now();
         let mut spike = None;
         for _ in 0..200 {
-            let t = sampler.tick(&db, &config).await;
+            let t = sampler
+                .tick(&db, &CollectSettings::from_config(&config))
+                .await;
             assert!(matches!(t.outcome, Outcome::Sampled(_)), "{:?}", t.outcome);
             if let Some(b) = t.spike {
                 spike = Some(b);

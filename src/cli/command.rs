@@ -232,15 +232,8 @@ fn parse_log(
     files: &[PathBuf],
 ) -> ExitCode {
     use super::parse_log as cli;
-    use crate::logs::Finisher;
-    let (correlation_keys, privacy) = match Config::load(config.as_deref()) {
-        Ok(c) => match crate::privacy::from_config(&c.privacy) {
-            Ok(policy) => (c.correlation.keys, policy),
-            Err(e) => {
-                eprintln!("postgres-agent: configuration error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
+    let finisher = match Config::load(config.as_deref()) {
+        Ok(c) => crate::logs::settings::finisher(&c),
         Err(e) => {
             eprintln!("postgres-agent: configuration error: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -250,10 +243,7 @@ fn parse_log(
         format: format.to_string(),
         prefix: prefix.clone(),
         files: files.to_vec(),
-        finisher: Finisher {
-            correlation_keys,
-            privacy,
-        },
+        finisher,
     };
     match cli::run(&opts, std::io::stdout().lock()) {
         Ok(met) => {

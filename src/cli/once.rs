@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use crate::batch::Batch;
 use crate::cli::pretty::{self, Format};
-use crate::collect::Collectors;
+use crate::collect::{CollectSettings, Collectors};
 use crate::config::Config;
 use crate::db::Db;
 use crate::ship::Shipper;
@@ -46,12 +46,13 @@ pub fn run(config: &Config, dry_run: bool, format: Format) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let settings = CollectSettings::from_config(config);
     let mut collectors = if dry_run {
-        Collectors::read_only(config)
+        Collectors::read_only(&settings)
     } else {
-        Collectors::new(config)
+        Collectors::new(&settings)
     };
-    let report = runtime.block_on(collectors.run_cycle(&db, config));
+    let report = runtime.block_on(collectors.run_cycle(&db, &settings));
     db.close();
     if dry_run || config.listener.url.is_none() {
         if let Err(e) = print_batches(&report.batches, format) {

@@ -84,12 +84,12 @@ impl Collector for ActivityCollector {
         &mut self,
         ctx: &mut Context<'_>,
     ) -> Result<Option<Collected<ActivityRecord>>, CollectError> {
-        let config = ctx.config;
+        let settings = ctx.settings;
         let counters = ctx.counters;
         let (session, server) = ctx.db()?;
         // One character more than the limit, so query_text can tell a cut text from a full one.
-        let text_chars = (config.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
-        let limit = config.safety.max_activity_rows as i64;
+        let text_chars = (settings.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
+        let limit = settings.safety.max_activity_rows as i64;
         let rows = session
             .query(
                 QUERY,
@@ -112,12 +112,12 @@ impl Collector for ActivityCollector {
             let raw: Option<String> = col(row, QUERY, "query")?;
             let application_name: Option<String> = col(row, QUERY, "application_name")?;
             let app = application_name.as_deref();
-            let keys = &config.correlation.keys;
+            let keys = &settings.correlation.keys;
             let (query, query_truncated, correlation, fingerprint) = match raw {
                 Some(raw) => {
                     let correlation = correlation::extract_from(Some(&raw), app, keys);
                     let fingerprint = (!raw.is_empty()).then(|| crate::privacy::fingerprint(&raw));
-                    let (text, cut) = query_text(&raw, config, counters);
+                    let (text, cut) = query_text(&raw, settings, counters);
                     let server_cut = raw.len() + 1 >= server.track_activity_query_size;
                     (Some(text), cut || server_cut, correlation, fingerprint)
                 }

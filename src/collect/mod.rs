@@ -17,6 +17,7 @@
 pub mod activity;
 pub mod locks;
 pub mod sampling;
+pub mod settings;
 pub mod spikes;
 pub mod statements;
 pub mod system;
@@ -27,10 +28,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::batch::{Batch, BatchKind, Record, Stamp};
-use crate::config::Config;
 use crate::db::{Db, DbError, ServerInfo, Session};
 use crate::privacy::PrivacyCounts;
 use crate::telemetry::registry::{Counters, Event};
+pub use settings::CollectSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
@@ -80,7 +81,8 @@ pub struct ServerContext {
 
 /// What a collector gets to read from.
 pub struct Context<'a> {
-    pub config: &'a Config,
+    /// What the collectors read of the configuration.
+    pub settings: &'a CollectSettings,
     /// Where the collectors count what they skip, drop or cut.
     pub counters: &'a Counters,
     /// None when the server could not be reached this cycle.
@@ -127,8 +129,8 @@ pub trait Collector {
 /// `privacy.obfuscate_queries = false`, credentials redacted either way); with whether it was cut.
 /// Every query text in every batch goes through here; what the policy masked or redacted is added to
 /// `counters`. Correlation tags and fingerprints must be read from `raw` before this.
-pub fn query_text(raw: &str, config: &Config, counters: &Counters) -> (String, bool) {
-    let max = config.safety.max_query_length;
+pub fn query_text(raw: &str, settings: &CollectSettings, counters: &Counters) -> (String, bool) {
+    let max = settings.safety.max_query_length;
     let (cut, truncated) = if raw.len() <= max {
         (raw, false)
     } else {
@@ -138,9 +140,8 @@ pub fn query_text(raw: &str, config: &Config, counters: &Counters) -> (String, b
         }
         (&raw[..end], true)
     };
-    let policy = crate::privacy::from_validated(&config.privacy);
     let mut counts = PrivacyCounts::default();
-    let text = policy.query_text(cut, &mut counts).into_owned();
+    let text = settings.privacy.query_text(cut, &mut counts).into_owned();
     crate::privacy::count(counters, counts);
     (text, truncated)
 }
@@ -198,16 +199,16 @@ pub struct Collectors {
 
 impl Collectors {
     /// Collectors counting into counters of their own (see [`Collectors::with_counters`]).
-    pub fn new(config: &Config) -> Collectors {
-        Collectors::with_counters(config, Counters::default())
+    pub fn new(settings: &CollectSettings) -> Collectors {
+        Collectors::with_counters(settings, Counters::default())
     }
 
     /// Collectors counting into `counters` (the daemon's, exported on /metrics).
-    pub fn with_counters(config: &Config, counters: Counters) -> Collectors {
+    pub fn with_counters(settings: &CollectSettings, counters: Counters) -> Collectors {
         Collectors {
             counters,
             activity: activity::ActivityCollector,
-            statements: statements::StatementsCollector::new(&config.agent.state_dir),
+            statements: statements::StatementsCollector::new(&settings.state_dir),
             locks: locks::LocksCollector,
             system: system::SystemCollector::default(),
         }
@@ -215,9 +216,9 @@ impl Collectors {
 
     /// Collectors that read their saved state (the statement baseline) but never write it, for
     /// `once --dry-run`.
-    pub fn read_only(config: &Config) -> Collectors {
-        let mut c = Collectors::new(config);
-        c.statements = statements::StatementsCollector::new(&config.agent.state_dir).read_only();
+    pub fn read_only(settings: &CollectSettings) -> Collectors {
+        let mut c = Collectors::new(settings);
+        c.statements = statements::StatementsCollector::new(&settings.state_dir).read_only();
         c
     }
 
@@ -228,11 +229,11 @@ impl Collectors {
 
     /// Runs one cycle: reads the server's identity, then each collector in turn under its own
     /// deadline. Never fails as a whole: failures are in the report's runs.
-    pub async fn run_cycle(&mut self, db: &Db, config: &Config) -> CycleReport {
+    pub async fn run_cycle(&mut self, db: &Db, settings: &CollectSettings) -> CycleReport {
         let started = Instant::now();
         self.system.begin_window();
         let mut server_error = None;
-        let server = match server_context(db, config).await {
+        let server = match server_context(db, settings).await {
             Ok(s) => Some(s),
             // A refused password or a pg_hba.conf rejection is a configuration error, not an
             // outage: ERROR with the fix, where an unreachable server is a WARN.
@@ -262,11 +263,10 @@ impl Collectors {
         };
         let server = server.as_ref();
         let c = &self.counters;
-        let st = &stamp(config);
-        run_one(&mut self.activity, db, config, st, c, server, &mut out).await;
-        run_one(&mut self.statements, db, config, st, c, server, &mut out).await;
-        run_one(&mut self.locks, db, config, st, c, server, &mut out).await;
-        run_one(&mut self.system, db, config, st, c, server, &mut out).await;
+        run_one(&mut self.activity, db, settings, c, server, &mut out).await;
+        run_one(&mut self.statements, db, settings, c, server, &mut out).await;
+        run_one(&mut self.locks, db, settings, c, server, &mut out).await;
+        run_one(&mut self.system, db, settings, c, server, &mut out).await;
         out.duration = started.elapsed();
         out
     }
@@ -274,20 +274,20 @@ impl Collectors {
 
 /// The time one collector may take: each of its queries already has the client deadline; this bounds
 /// the whole collector (several queries, /proc reads) so one cannot eat the cycle.
-fn collector_budget(config: &Config) -> Duration {
-    config.safety.client_timeout * 2
+fn collector_budget(settings: &CollectSettings) -> Duration {
+    settings.safety.client_timeout * 2
 }
 
 async fn run_one<C: Collector>(
     collector: &mut C,
     db: &Db,
-    config: &Config,
-    stamp: &Stamp,
+    settings: &CollectSettings,
     counters: &Counters,
     server: Option<&ServerContext>,
     out: &mut CycleReport,
 ) {
     let started = Instant::now();
+    let stamp = &settings.stamp;
     let mut session = match (C::NEEDS_DB, server) {
         (true, Some(_)) => match db.session().await {
             Ok(s) => Some(s),
@@ -312,10 +312,10 @@ async fn run_one<C: Collector>(
         (false, Some(_)) => db.session().await.ok(),
         (false, None) => None,
     };
-    let budget = collector_budget(config);
+    let budget = collector_budget(settings);
     let result = {
         let mut ctx = Context {
-            config,
+            settings,
             counters,
             server,
             session: session.as_mut(),
@@ -394,23 +394,15 @@ fn make_batch<C: Collector>(
     Ok(batch)
 }
 
-/// The envelope every batch of this config carries: project, agent (hostname) and the collection
-/// interval. The one place a [`Stamp`] is made from config (the log task and the sampler use it too;
-/// a spike re-stamps it with its lookback).
-pub fn stamp(config: &Config) -> Stamp {
-    Stamp::new(
-        &config.agent.project_id,
-        &config.agent.hostname,
-        config.agent.collection_interval.as_secs(),
-    )
-}
-
 /// Reads the server identity (the fields of [`ServerInfo`]) and the settings collectors need, in one
 /// query. pg_settings hides superuser-only rows from roles without pg_read_all_settings instead of
 /// failing, so a less privileged role simply gets no paths. The tag sits after `SELECT` because
 /// PostgreSQL 18 drops leading comments from pg_stat_statements texts (see
 /// [`crate::identity::is_agent_text`]).
-pub(crate) async fn server_context(db: &Db, config: &Config) -> Result<ServerContext, DbError> {
+pub(crate) async fn server_context(
+    db: &Db,
+    settings: &CollectSettings,
+) -> Result<ServerContext, DbError> {
     let mut session = db.session().await?;
     let row = session
         .query_opt(
@@ -434,8 +426,8 @@ pub(crate) async fn server_context(db: &Db, config: &Config) -> Result<ServerCon
             .as_ref()
             .and_then(|r| r.try_get::<_, i32>("version_num").ok())
             .unwrap_or(0),
-        host: config.postgres.host.clone(),
-        port: config.postgres.port,
+        host: settings.host.clone(),
+        port: settings.port,
     };
     let data_directory = text("data_directory");
     let log_directory = match (text("log_directory"), &data_directory) {
@@ -473,15 +465,15 @@ pub(crate) fn round_ms(ms: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn config(max: usize) -> Config {
-        let mut c = Config::load_with(None, Vec::<(String, String)>::new()).unwrap();
+    fn config(max: usize) -> crate::config::Config {
+        let mut c = crate::config::Config::load_with(None, Vec::<(String, String)>::new()).unwrap();
         c.safety.max_query_length = max;
         c
     }
 
     #[test]
     fn query_text_cuts_at_a_character_boundary_and_flags_it() {
-        let c = config(64);
+        let c = CollectSettings::from_config(&config(64));
         let n = Counters::default();
         assert_eq!(
             query_text("SELECT x", &c, &n),
@@ -508,6 +500,7 @@ mod tests {
     fn query_text_counts_credentials_redacted_with_obfuscation_off() {
         let mut c = config(1024);
         c.privacy.obfuscate_queries = false;
+        let c = CollectSettings::from_config(&c);
         let n = Counters::default();
         let (text, _) = query_text("ALTER ROLE x PASSWORD 'secret'", &c, &n);
         assert_eq!(text, "ALTER ROLE x PASSWORD [redacted]");
@@ -520,8 +513,9 @@ mod tests {
         fn assert_send<T: Send>(_: &T) {}
         let c = config(64);
         let db = Db::new(&c.postgres, &c.safety).unwrap();
-        let mut collectors = Collectors::new(&c);
-        let fut = collectors.run_cycle(&db, &c);
+        let settings = CollectSettings::from_config(&c);
+        let mut collectors = Collectors::new(&settings);
+        let fut = collectors.run_cycle(&db, &settings);
         assert_send(&fut);
     }
 }

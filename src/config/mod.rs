@@ -10,16 +10,20 @@
 pub mod aliases;
 pub mod env;
 pub mod keys;
+mod protocol;
 pub mod raw;
 mod secret;
 mod validate;
 pub mod value;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use env::ENV_CONFIG_PATH;
+pub use protocol::{
+    bitville_aggregates_per_cycle, Protocol, BITVILLE_AGGREGATES_PER_CYCLE,
+    BITVILLE_MAX_PROJECT_LEN,
+};
 pub use secret::Secret;
 use validate::Validator;
 pub use value::{Origin, RawConfig};
@@ -134,53 +138,6 @@ pub struct SafetyConfig {
     pub max_query_length: usize,
 }
 
-/// What goes on the wire (`listener.protocol`; docs/protocol.md describes both).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    /// The Bitville listener's `POST /ingest/postgres`: one `{correlation_id, project, timestamp,
-    /// source, data}` object per request, never compressed.
-    Bitville,
-    /// This agent's batch envelope, gzip, one batch per request.
-    Batch,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Bitville => "bitville",
-            Protocol::Batch => "batch",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Protocol> {
-        match s {
-            "bitville" => Some(Protocol::Bitville),
-            "batch" => Some(Protocol::Batch),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Longest `project` the Bitville listener accepts.
-pub const BITVILLE_MAX_PROJECT_LEN: usize = 50;
-
-/// Aggregate requests per cycle in the bitville protocol: activity, statements, locks, system
-/// metrics and (at least) one pg_log; the sampling aggregate adds one ([`bitville_aggregates_per_cycle`]).
-pub const BITVILLE_AGGREGATES_PER_CYCLE: u32 = 5;
-
-/// Aggregate requests per cycle with this configuration: [`BITVILLE_AGGREGATES_PER_CYCLE`], plus
-/// the pg_activity_samples aggregate when sampling is on. Spike snapshots (at most one per
-/// `spikes.min_gap_s`) are not counted: the request pacing absorbs them.
-pub fn bitville_aggregates_per_cycle(config: &Config) -> u32 {
-    BITVILLE_AGGREGATES_PER_CYCLE + u32::from(config.activity.sample_interval.is_some())
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// None: batches go to stdout as JSON lines.
@@ -227,12 +184,36 @@ pub struct LogsConfig {
     pub enabled: bool,
     pub path: Option<PathBuf>,
     /// None: `auto` (asked from the server, else detected from the file).
-    pub format: Option<crate::log_format::LogFormat>,
+    pub format: Option<LogFileFormat>,
     pub line_prefix: Option<String>,
     pub poll_interval: Duration,
     pub max_buffered_entries: usize,
     pub max_batch_bytes: usize,
     pub start_at_end: bool,
+}
+
+/// `[logs] format` when not `auto`: a plain value. The log layer turns it into its parser's format
+/// (`logs::settings::log_format`), so `config` depends on nothing of the agent's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFileFormat {
+    Stderr,
+    Csvlog,
+    Jsonlog,
+    /// `log_destination = syslog`, as rsyslog writes it to a file.
+    Syslog,
+}
+
+impl LogFileFormat {
+    /// One of [`keys::LOG_FORMATS`] other than `auto`.
+    pub fn from_name(name: &str) -> Option<LogFileFormat> {
+        match name {
+            "stderr" => Some(LogFileFormat::Stderr),
+            "csvlog" => Some(LogFileFormat::Csvlog),
+            "jsonlog" => Some(LogFileFormat::Jsonlog),
+            "syslog" => Some(LogFileFormat::Syslog),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -523,7 +504,7 @@ impl Config {
                 enabled: v.bool("logs", "enabled")?,
                 path: v.opt_str("logs", "path").map(PathBuf::from),
                 // Checked against keys.rs's choices: anything else than `auto` is a format name.
-                format: crate::log_format::LogFormat::from_name(&v.choice("logs", "format")?),
+                format: LogFileFormat::from_name(&v.choice("logs", "format")?),
                 line_prefix: v.opt_str("logs", "line_prefix"),
                 poll_interval: v.millis("logs", "poll_interval_ms")?,
                 max_buffered_entries: v.int("logs", "max_buffered_entries")? as usize,

@@ -3,14 +3,14 @@
 //! answers signals and the systemd watchdog. It holds the state directory's lock
 //! ([`crate::state::lock`]) for its whole life: a second daemon on the directory exits 75.
 //!
-//! - collection (`collect_task`): a cycle at every tick of the drift-free schedule, handing its
+//! - collection (`tasks::collect`): a cycle at every tick of the drift-free schedule, handing its
 //!   batches to the state writer;
-//! - active-session sampling (`sample_task`): a sample every second, its per-cycle aggregate and
+//! - active-session sampling (`tasks::sample`): a sample every second, its per-cycle aggregate and
 //!   spike snapshots;
-//! - the state writer (`writer`): writes those batches to the outbox and the cycle record for
+//! - the state writer (`tasks::writer`): writes those batches to the outbox and the cycle record for
 //!   `status`, after checking that the lock file and the outbox file are still in place;
-//! - delivery (`deliver`): drains the outbox to the listener, on its own thread and runtime;
-//! - the log reader (`logtask`): tails the server log into pg_logs batches;
+//! - delivery (`tasks::deliver`): drains the outbox to the listener, on its own thread and runtime;
+//! - the log reader (`tasks::log`): tails the server log into pg_logs batches;
 //! - telemetry: `/health` and `/metrics`.
 //!
 //! No task waits on another, and collection never waits on the disk.
@@ -28,14 +28,12 @@
 //! per remaining state file (baseline, log position), since no writer starts a second write while
 //! its first has not returned; one more stays free.
 
-mod collect_task;
 mod cycle;
-mod deliver;
-mod logtask;
 pub mod notify;
-mod sample_task;
+mod publish;
 pub mod schedule;
-mod writer;
+pub mod setup;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,9 +50,11 @@ use crate::ship::Shipper;
 use crate::state::lock::StateLock;
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::server::Telemetry;
-use collect_task::CollectTask;
-use deliver::Delivery;
-use logtask::{LogShared, LogTask};
+use setup::Setup;
+use tasks::collect::CollectTask;
+use tasks::deliver::Delivery;
+use tasks::log::{LogShared, LogTask};
+use tasks::{sample, writer};
 
 /// Blocking threads of the main runtime (SQLite and file writes run there).
 const BLOCKING_THREADS: usize = 4;
@@ -148,9 +148,9 @@ pub fn run(path: Option<PathBuf>, config: Config, log: LogControl) -> ExitCode {
 
 struct Daemon {
     path: Option<PathBuf>,
-    config: Arc<Config>,
+    /// The running configuration, its pool and what is built from it; replaced on reload.
+    setup: Arc<Setup>,
     log: LogControl,
-    db: Db,
     shipper: Arc<Shipper>,
     telemetry: Telemetry,
     collection: Option<CollectTask>,
@@ -162,7 +162,7 @@ struct Daemon {
     /// See [`LogShared::resume_hint`].
     log_resume_hint: Arc<Mutex<Option<serde_json::Value>>>,
     delivery: Option<Delivery>,
-    sampling: Option<sample_task::SampleTask>,
+    sampling: Option<sample::SampleTask>,
     /// The lock on the state directory, held until the process exits.
     lock: Arc<Mutex<StateLock>>,
     /// Does the collection's disk work (outbox, cycle record) off the collection path.
@@ -200,9 +200,8 @@ impl Daemon {
         let mut daemon = Daemon {
             path,
             collection: None,
-            config,
+            setup: Arc::new(Setup::new(config, db)),
             log,
-            db,
             shipper,
             telemetry,
             server: Arc::new(Mutex::new(None)),
@@ -229,7 +228,7 @@ impl Daemon {
             Delivery::spawn(
                 daemon.shipper.clone(),
                 daemon.telemetry.clone(),
-                daemon.config.agent.collection_interval,
+                daemon.setup.config.agent.collection_interval,
                 daemon.shutdown.child_token(),
             )
             .map_err(DaemonError::Runtime)?,
@@ -242,10 +241,11 @@ impl Daemon {
     /// never changed; a marker in the state directory remembers what was taken. Failures are logged
     /// and the import is tried again at the next start.
     async fn import_python_buffer(&self) {
-        let Some(dir) = self.config.buffer.python_buffer_path.clone() else {
+        let Some(dir) = self.setup.config.buffer.python_buffer_path.clone() else {
             return;
         };
-        if self.config.listener.url.is_none() || self.config.listener.protocol != Protocol::Bitville
+        if self.setup.config.listener.url.is_none()
+            || self.setup.config.listener.protocol != Protocol::Bitville
         {
             if dir.join(crate::ship::python_buffer::DB_FILE_NAME).exists() {
                 tracing::warn!(event = "python_buffer_not_imported", path = %dir.display(),
@@ -255,7 +255,7 @@ impl Daemon {
             return;
         }
         let shipper = self.shipper.clone();
-        let state_dir = self.config.agent.state_dir.clone();
+        let state_dir = self.setup.config.agent.state_dir.clone();
         let job = tokio::task::spawn_blocking(move || {
             crate::ship::python_buffer::import(&dir, &state_dir, |p| {
                 shipper.enqueue_python_payload(&p)
@@ -280,7 +280,7 @@ impl Daemon {
             token.cancel();
             let _ = handle.await;
         }
-        if let Some(addr) = self.config.telemetry.listen {
+        if let Some(addr) = self.setup.config.telemetry.listen {
             let token = self.shutdown.child_token();
             let (bound, handle) =
                 crate::telemetry::server::serve(addr, self.telemetry.clone(), token.clone())
@@ -293,7 +293,7 @@ impl Daemon {
     }
 
     fn start_log_task(&mut self) {
-        if !self.config.logs.enabled {
+        if !self.setup.config.logs.enabled {
             return;
         }
         let shared = LogShared {
@@ -303,8 +303,7 @@ impl Daemon {
             resume_hint: self.log_resume_hint.clone(),
         };
         self.log_task = Some(LogTask::spawn(
-            self.config.clone(),
-            self.db.clone(),
+            self.setup.clone(),
             shared,
             &self.tracker,
             self.shutdown.child_token(),
@@ -323,8 +322,14 @@ impl Daemon {
         self.start_collection();
         notify::ready("started; first cycle now");
         tracing::info!(
-            interval_s = self.config.agent.collection_interval.as_secs(),
-            listener = self.config.listener.url.as_deref().unwrap_or("stdout"),
+            interval_s = self.setup.config.agent.collection_interval.as_secs(),
+            listener = self
+                .setup
+                .config
+                .listener
+                .url
+                .as_deref()
+                .unwrap_or("stdout"),
             "postgres-agent running"
         );
         // This loop only answers signals and the watchdog; collection, delivery, the log reader
@@ -336,13 +341,10 @@ impl Daemon {
                 _ = sighup.recv() => {
                     if self.reload().await {
                         if let Some(s) = &self.sampling {
-                            s.update(self.config.clone(), self.db.clone());
+                            s.update(self.setup.clone());
                         }
                         if let Some(c) = &self.collection {
-                            c.update(collect_task::Setup {
-                                config: self.config.clone(),
-                                db: self.db.clone(),
-                            });
+                            c.update(self.setup.clone());
                         }
                     }
                 }
@@ -373,11 +375,8 @@ impl Daemon {
         self.writer = Some(writer.clone());
         self.collection = Some(CollectTask::spawn(
             &self.tracker,
-            collect_task::Setup {
-                config: self.config.clone(),
-                db: self.db.clone(),
-            },
-            collect_task::CycleShared {
+            self.setup.clone(),
+            tasks::collect::CycleShared {
                 telemetry: self.telemetry.clone(),
                 server: self.server.clone(),
                 deliver: deliver.clone(),
@@ -386,11 +385,10 @@ impl Daemon {
             },
             self.shutdown.child_token(),
         ));
-        self.sampling = Some(sample_task::SampleTask::spawn(
+        self.sampling = Some(sample::SampleTask::spawn(
             &self.tracker,
-            self.config.clone(),
-            self.db.clone(),
-            sample_task::SampleShared {
+            self.setup.clone(),
+            sample::SampleShared {
                 writer: writer.clone(),
                 telemetry: self.telemetry.clone(),
                 deliver,
@@ -413,17 +411,18 @@ impl Daemon {
                 return false;
             }
         };
-        if new == *self.config {
+        if new == *self.setup.config {
             tracing::info!("configuration reloaded: unchanged");
             notify::reloaded("configuration unchanged");
             return false;
         }
-        let old = self.config.clone();
+        let old = self.setup.config.clone();
+        let mut db = self.setup.db.clone();
         if new.postgres != old.postgres || new.safety != old.safety {
             match Db::new(&new.postgres, &new.safety) {
                 // The old pool is not closed under a cycle that may be using it: its connections
                 // close when that cycle ends and the collection task takes the new setup.
-                Ok(db) => self.db = db,
+                Ok(new_db) => db = new_db,
                 Err(e) => {
                     tracing::error!(error = %e, "configuration reload rejected: [postgres]; keeping the running configuration");
                     notify::reloaded("reload rejected");
@@ -451,18 +450,19 @@ impl Daemon {
         if let Some(d) = &self.delivery {
             d.set_interval(new.agent.collection_interval);
         }
-        self.config = Arc::new(new);
-        if self.config.telemetry.listen != old.telemetry.listen {
+        // Everything built from the configuration is built again, once, for all the tasks.
+        self.setup = Arc::new(Setup::new(Arc::new(new), db));
+        if self.setup.config.telemetry.listen != old.telemetry.listen {
             if let Err(e) = self.start_telemetry().await {
                 tracing::error!(error = %e, "telemetry endpoint not restarted");
             }
         }
-        if self.config.logs != old.logs
-            || self.config.postgres != old.postgres
-            || self.config.safety != old.safety
-            || self.config.correlation != old.correlation
-            || self.config.privacy != old.privacy
-            || self.config.agent != old.agent
+        if self.setup.config.logs != old.logs
+            || self.setup.config.postgres != old.postgres
+            || self.setup.config.safety != old.safety
+            || self.setup.config.correlation != old.correlation
+            || self.setup.config.privacy != old.privacy
+            || self.setup.config.agent != old.agent
         {
             // The old task flushes its buffer into the outbox and saves its position first.
             if let Some(task) = self.log_task.take() {
@@ -483,8 +483,7 @@ impl Daemon {
             c.stop(Duration::from_millis(200)).await;
         }
         if let Some(s) = self.sampling.take() {
-            s.stop(sample_task::STOP_FLUSH + Duration::from_millis(50))
-                .await;
+            s.stop(sample::STOP_FLUSH + Duration::from_millis(50)).await;
         }
         // The state writer finishes what the last cycles handed it, if the disk answers.
         if let Some(w) = self.writer.take() {
@@ -502,7 +501,7 @@ impl Daemon {
         if let Some(d) = self.delivery.take() {
             d.stop(SHUTDOWN_SEND_BUDGET).await;
         }
-        self.db.close();
+        self.setup.db.close();
         self.shutdown.cancel();
         // Its tracked future must be awaited (or dropped) for the tracker to see it end.
         if let Some((_, handle)) = self.telemetry_task.take() {

@@ -1,5 +1,7 @@
 //! What the tailer follows and how: built from the `[logs]` configuration, completed by what the
 //! server says about its logging when `logs.path`, `logs.format` or `logs.line_prefix` are unset.
+//! Also the one place the log entry [`Finisher`] is made from a configuration ([`finisher`]: the
+//! daemon's `Setup` and `parse-log` both use it).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,7 +9,7 @@ use std::time::Duration;
 use super::parse::{detect_format, infer_prefix_for, MAX_ENTRY_BYTES};
 use super::source::{LogSource, ServerLogging};
 use super::Finisher;
-use crate::config::Config;
+use crate::config::{Config, LogFileFormat, LogsConfig};
 use crate::log_format::LogFormat;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,41 @@ pub enum SettingsError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// The entry finisher of a configuration: `correlation.keys` and the `[privacy]` policy. The one
+/// function that assembles it, for the log task (through the daemon's `Setup`) and `parse-log`.
+pub fn finisher(config: &Config) -> Finisher {
+    Finisher {
+        correlation_keys: config.correlation.keys.clone(),
+        privacy: crate::privacy::from_validated(&config.privacy),
+    }
+}
+
+/// The log task's part of a configuration, built once per `Setup`: `[logs]`, where the position
+/// file lives, and the finisher. [`TailSettings::resolve`] completes it with what the server
+/// says.
+#[derive(Debug, Clone)]
+pub struct TailConfig {
+    pub logs: LogsConfig,
+    /// `agent.state_dir`.
+    pub state_dir: PathBuf,
+    pub finisher: Finisher,
+}
+
+impl TailConfig {
+    pub fn new(config: &Config, finisher: Finisher) -> TailConfig {
+        TailConfig {
+            logs: config.logs.clone(),
+            state_dir: config.agent.state_dir.clone(),
+            finisher,
+        }
+    }
+
+    /// With the finisher of `config` ([`finisher`]), for commands that hold only a `Config`.
+    pub fn from_config(config: &Config) -> TailConfig {
+        TailConfig::new(config, finisher(config))
+    }
 }
 
 /// What the tailer follows and how.
@@ -62,11 +99,19 @@ impl TailSettings {
 }
 
 impl TailSettings {
+    /// [`TailSettings::resolve`] for commands that hold only a `Config` (`check`).
+    pub fn from_config(
+        config: &Config,
+        server: Option<&ServerLogging>,
+    ) -> Result<TailSettings, SettingsError> {
+        TailSettings::resolve(&TailConfig::from_config(config), server)
+    }
+
     /// Settings from the configuration; `server` is what [`super::source::discover`] found, used
     /// for whatever `[logs]` leaves unset. With `format = auto` and no server information, the
     /// format (and for stderr the prefix) is detected from the newest file's first bytes.
-    pub fn from_config(
-        config: &Config,
+    pub fn resolve(
+        config: &TailConfig,
         server: Option<&ServerLogging>,
     ) -> Result<TailSettings, SettingsError> {
         let logs = &config.logs;
@@ -89,7 +134,7 @@ impl TailSettings {
         }
         let sample = newest_sample(&path, meta.is_dir());
         let format = match (logs.format, server) {
-            (Some(f), _) => f,
+            (Some(f), _) => log_format(f),
             (None, Some(s)) if logs.path.is_none() || meta.is_dir() => s.format,
             (None, _) if !meta.is_dir() => path
                 .to_str()
@@ -122,16 +167,23 @@ impl TailSettings {
             source,
             format,
             prefix,
-            state_dir: config.agent.state_dir.clone(),
+            state_dir: config.state_dir.clone(),
             start_at_end: logs.start_at_end,
             poll_interval: logs.poll_interval,
             max_entry_bytes: MAX_ENTRY_BYTES,
             max_batch_bytes: logs.max_batch_bytes,
-            finisher: Finisher {
-                correlation_keys: config.correlation.keys.clone(),
-                privacy: crate::privacy::from_validated(&config.privacy),
-            },
+            finisher: config.finisher.clone(),
         })
+    }
+}
+
+/// The parser's format for a configured `[logs] format` (config holds its own plain value).
+pub fn log_format(format: LogFileFormat) -> LogFormat {
+    match format {
+        LogFileFormat::Stderr => LogFormat::Stderr,
+        LogFileFormat::Csvlog => LogFormat::Csvlog,
+        LogFileFormat::Jsonlog => LogFormat::Jsonlog,
+        LogFileFormat::Syslog => LogFormat::Syslog,
     }
 }
 

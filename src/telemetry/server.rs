@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::conditions::{Condition, Effect};
 use super::delivery_health::DeliveryHealth;
 use super::metrics::Metrics;
 use super::registry::Counters;
@@ -32,7 +33,7 @@ pub struct HealthState {
     pub last_success: Option<Instant>,
     pub last_error: Option<String>,
     /// Conditions that make the agent unhealthy while they last (data that cannot be stored or is
-    /// being lost), by code; some expire by themselves (an event "in the last interval").
+    /// being lost), by [`Condition::code`]; some expire by themselves (an event "in the last interval").
     pub conditions: std::collections::BTreeMap<&'static str, (String, Option<Instant>)>,
     /// What the agent works without (200, `degraded`), by code.
     pub warnings: std::collections::BTreeMap<&'static str, String>,
@@ -86,40 +87,35 @@ impl Telemetry {
         }
     }
 
-    /// Sets (`Some(reason)`) or clears a condition that makes `/health` answer 503.
-    pub fn set_condition(&self, name: &'static str, reason: Option<String>) {
+    /// Sets (`Some(reason)`) or clears `condition`: while set, `/health` answers 503 (an
+    /// [`Effect::Unhealthy`] code) or says `degraded` (an [`Effect::Degraded`] one).
+    pub fn set_condition(&self, condition: Condition, reason: Option<String>) {
         if let Ok(mut h) = self.health.lock() {
-            match reason {
-                Some(r) => {
-                    h.conditions.insert(name, (r, None));
+            let code = condition.code();
+            match (condition.effect(), reason) {
+                (Effect::Unhealthy, Some(r)) => {
+                    h.conditions.insert(code, (r, None));
                 }
-                None => {
-                    h.conditions.remove(name);
+                (Effect::Unhealthy, None) => {
+                    h.conditions.remove(code);
+                }
+                (Effect::Degraded, Some(r)) => {
+                    h.warnings.insert(code, r);
+                }
+                (Effect::Degraded, None) => {
+                    h.warnings.remove(code);
                 }
             }
         }
     }
 
-    /// Sets a condition that makes `/health` answer 503 for `lasting` (an event such as a dead
-    /// letter, reported for one interval).
-    pub fn set_condition_for(&self, name: &'static str, reason: String, lasting: Duration) {
+    /// Sets an [`Effect::Unhealthy`] condition for `lasting` (an event such as a dead letter,
+    /// reported for one interval).
+    pub fn set_condition_for(&self, condition: Condition, reason: String, lasting: Duration) {
+        debug_assert_eq!(condition.effect(), Effect::Unhealthy);
         if let Ok(mut h) = self.health.lock() {
             h.conditions
-                .insert(name, (reason, Some(Instant::now() + lasting)));
-        }
-    }
-
-    /// Sets (`Some(reason)`) or clears a warning: `/health` stays 200 and says `degraded`.
-    pub fn set_warning(&self, name: &'static str, reason: Option<String>) {
-        if let Ok(mut h) = self.health.lock() {
-            match reason {
-                Some(r) => {
-                    h.warnings.insert(name, r);
-                }
-                None => {
-                    h.warnings.remove(name);
-                }
-            }
+                .insert(condition.code(), (reason, Some(Instant::now() + lasting)));
         }
     }
 
@@ -165,7 +161,7 @@ impl Telemetry {
             Some(a) if a <= window => {}
             Some(a) => {
                 conditions.insert(
-                    "cycles_failing".into(),
+                    Condition::CyclesFailing.code().into(),
                     format!(
                         "last successful cycle {:.0}s ago, more than 3 intervals ({}s)",
                         a.as_secs_f64(),
@@ -176,13 +172,13 @@ impl Telemetry {
             }
             None if starting => {
                 conditions.insert(
-                    "starting".into(),
+                    Condition::Starting.code().into(),
                     "starting: no cycle has succeeded yet".into(),
                 );
             }
             None => {
                 conditions.insert(
-                    "cycles_failing".into(),
+                    Condition::CyclesFailing.code().into(),
                     format!(
                         "no successful cycle since start {:.0}s ago",
                         h.started.elapsed().as_secs_f64()
@@ -192,17 +188,20 @@ impl Telemetry {
             }
         }
         if let (Some(e), false) = (&h.last_error, conditions.is_empty()) {
-            conditions.insert("last_error".into(), format!("last error: {e}").into());
+            conditions.insert(
+                Condition::LastError.code().into(),
+                format!("last error: {e}").into(),
+            );
         }
         for (code, (reason, _)) in &h.conditions {
             conditions.insert((*code).into(), reason.clone().into());
         }
         let (failing, breaker_open) = h.delivery.judge(now);
         if let Some(reason) = failing {
-            conditions.insert("delivery_failing".into(), reason.into());
+            conditions.insert(Condition::DeliveryFailing.code().into(), reason.into());
         }
         if let Some(reason) = breaker_open {
-            h.warnings.insert("breaker_open", reason);
+            h.warnings.insert(Condition::BreakerOpen.code(), reason);
         }
         let healthy = conditions.is_empty();
         let status = match (starting, healthy, h.warnings.is_empty()) {

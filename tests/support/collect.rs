@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use postgres_agent::batch::{Batch, BatchKind};
-use postgres_agent::collect::{Collectors, CycleReport};
+use postgres_agent::collect::{CollectSettings, Collectors, CycleReport};
 use postgres_agent::config::Config;
 use postgres_agent::db::Db;
 use postgres_agent::telemetry::registry::Counters;
@@ -21,8 +21,9 @@ pub async fn cycle(config: &Config) -> CycleReport {
 /// [`cycle`], counting into `counters`.
 pub async fn cycle_counted(config: &Config, counters: &Counters) -> CycleReport {
     let db = Db::new(&config.postgres, &config.safety).expect("db");
-    let mut collectors = Collectors::with_counters(config, counters.clone());
-    let report = collectors.run_cycle(&db, config).await;
+    let settings = CollectSettings::from_config(config);
+    let mut collectors = Collectors::with_counters(&settings, counters.clone());
+    let report = collectors.run_cycle(&db, &settings).await;
     db.close();
     report
 }

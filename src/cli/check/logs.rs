@@ -14,7 +14,7 @@ use super::CheckResult;
 use crate::config::Config;
 use crate::db::Session;
 use crate::log_format::LogFormat;
-use crate::logs::settings::{SettingsError, TailSettings};
+use crate::logs::settings::{log_format, SettingsError, TailSettings};
 use crate::logs::source::{self, LogSource};
 
 const NAME: &str = "logs";
@@ -46,7 +46,7 @@ pub(super) async fn check(config: &Config, mut session: Option<&mut Session>) ->
     let settings = TailSettings::from_config(config, server.as_ref());
     let format = match &settings {
         Ok(s) => s.format,
-        Err(_) => config.logs.format.unwrap_or(LogFormat::Stderr),
+        Err(_) => config.logs.format.map_or(LogFormat::Stderr, log_format),
     };
     let current = match session {
         Some(s) => ServerFile::read(s, format).await,

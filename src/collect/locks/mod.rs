@@ -12,7 +12,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::types::Type;
 
-use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
+use super::{
+    col, query_text, round_ms, CollectError, CollectSettings, Collected, Collector, Context,
+};
 use crate::batch::BatchKind;
 use crate::correlation::{self, Correlation};
 use crate::identity::APPLICATION_NAME;
@@ -115,12 +117,12 @@ impl Collector for LocksCollector {
         ctx: &mut Context<'_>,
     ) -> Result<Option<Collected<LockRecord>>, CollectError> {
         const Q: &str = "locks_waiting";
-        let config = ctx.config;
+        let settings = ctx.settings;
         let counters = ctx.counters;
-        let keys = &config.correlation.keys;
+        let keys = &settings.correlation.keys;
         let (session, server) = ctx.db()?;
-        let text_chars = (config.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
-        let limit = config.safety.max_activity_rows as i64;
+        let text_chars = (settings.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
+        let limit = settings.safety.max_activity_rows as i64;
         let tas = server.track_activity_query_size;
         let rows = session
             .query(
@@ -150,14 +152,8 @@ impl Collector for LocksCollector {
             waits.insert(pid, Wait { tag, blockers });
             let raw: Option<String> = col(row, Q, "query")?;
             let application_name: Option<String> = col(row, Q, "application_name")?;
-            let (query, query_truncated, correlation) = text(
-                raw,
-                application_name.as_deref(),
-                config,
-                counters,
-                keys,
-                tas,
-            );
+            let (query, query_truncated, correlation) =
+                text(raw, application_name.as_deref(), settings, counters, keys, tas);
             records.push(LockRecord {
                 pid,
                 locktype: col(row, Q, "locktype")?,
@@ -203,7 +199,7 @@ impl Collector for LocksCollector {
             let mut tags: Vec<String> = waits.values().map(|w| w.tag.clone()).collect();
             tags.sort_unstable();
             tags.dedup();
-            blocker_procs(session, &pids, &tags, text_chars, config, counters, tas).await?
+            blocker_procs(session, &pids, &tags, text_chars, settings, counters, tas).await?
         };
         for r in &mut records {
             let c = chain::build(r.pid, &waits, &procs);
@@ -239,7 +235,7 @@ impl Collector for LocksCollector {
 fn text(
     raw: Option<String>,
     application_name: Option<&str>,
-    config: &crate::config::Config,
+    settings: &CollectSettings,
     counters: &Counters,
     keys: &[String],
     track_activity_query_size: usize,
@@ -247,7 +243,7 @@ fn text(
     match raw {
         Some(raw) => {
             let correlation = correlation::extract_from(Some(&raw), application_name, keys);
-            let (t, cut) = query_text(&raw, config, counters);
+            let (t, cut) = query_text(&raw, settings, counters);
             (
                 Some(t),
                 cut || raw.len() + 1 >= track_activity_query_size,
@@ -267,7 +263,7 @@ async fn blocker_procs(
     pids: &[i32],
     tags: &[String],
     text_chars: i32,
-    config: &crate::config::Config,
+    settings: &CollectSettings,
     counters: &Counters,
     tas: usize,
 ) -> Result<HashMap<i32, Proc>, CollectError> {
@@ -290,9 +286,9 @@ async fn blocker_procs(
         let (query, query_truncated, correlation) = text(
             raw,
             application_name.as_deref(),
-            config,
+            settings,
             counters,
-            &config.correlation.keys,
+            &settings.correlation.keys,
             tas,
         );
         let held = col::<Vec<String>>(row, Q, "held")?

@@ -24,10 +24,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::spikes::{self, Gate, Moment, Thresholds, Trigger};
-use super::{server_context, CollectError, ServerContext};
+use super::{server_context, CollectError, CollectSettings, ServerContext};
 use crate::batch::{Batch, BatchKind, Record};
 use crate::clock::format_rfc3339;
-use crate::config::Config;
 use crate::db::Db;
 use crate::telemetry::registry::{Counters, Event};
 use host::HostReader;
@@ -108,13 +107,13 @@ impl Sampler {
     }
 
     /// The trigger values in effect for `config`.
-    pub fn thresholds(&self, config: &Config) -> Thresholds {
+    pub fn thresholds(&self, config: &CollectSettings) -> Thresholds {
         Thresholds::new(&config.spikes, self.cores)
     }
 
     /// Takes one sample; when it crosses a trigger and the gap allows, a spike snapshot on the same
     /// session.
-    pub async fn tick(&mut self, db: &Db, config: &Config) -> Tick {
+    pub async fn tick(&mut self, db: &Db, config: &CollectSettings) -> Tick {
         let mut tick = Tick {
             outcome: Outcome::Busy,
             triggers: Vec::new(),
@@ -233,7 +232,7 @@ impl Sampler {
     }
 
     /// Keeps the last `spikes.lookback_s` seconds of samples.
-    fn remember(&mut self, point: Point, config: &Config) {
+    fn remember(&mut self, point: Point, config: &CollectSettings) {
         self.lookback.push_back(point);
         let horizon = point.at_ms - config.spikes.lookback.as_millis() as i64;
         while self.lookback.front().is_some_and(|p| p.at_ms <= horizon) {
@@ -259,7 +258,7 @@ impl Sampler {
 
     /// Closes the current window: its `pg_activity_samples` batch (None when no tick ran), and a
     /// new window starts.
-    pub fn take_window(&mut self, config: &Config) -> Option<Batch> {
+    pub fn take_window(&mut self, config: &CollectSettings) -> Option<Batch> {
         let w = std::mem::take(&mut self.window);
         if w.is_empty() {
             return None;
@@ -314,7 +313,7 @@ impl Sampler {
             serde_json::to_value(&correlations).unwrap_or(Value::Null),
         );
         put("correlations_omitted", Value::from(correlations_omitted));
-        let mut batch = super::stamp(config).batch(
+        let mut batch = config.stamp.batch(
             BatchKind::PgActivitySamples,
             self.server.as_ref().map(|(s, _)| s.info.clone()),
             data,

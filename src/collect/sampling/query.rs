@@ -6,8 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::super::{col, query_text, CollectError};
-use crate::config::Config;
+use super::super::{col, query_text, CollectError, CollectSettings};
 use crate::correlation;
 use crate::db::Session;
 use crate::identity::APPLICATION_NAME;
@@ -100,7 +99,7 @@ pub struct StatementCache {
 /// Runs the sampling query on `session`.
 pub async fn read(
     session: &mut Session,
-    config: &Config,
+    config: &CollectSettings,
     version_num: i32,
     track_activity_query_size: usize,
     cache: &mut StatementCache,
@@ -153,7 +152,7 @@ pub async fn read(
 /// Fingerprint and correlation from the raw text first, then the emitted text.
 fn analyse(
     row: &tokio_postgres::Row,
-    config: &Config,
+    config: &CollectSettings,
     counters: &Counters,
     track_activity_query_size: usize,
 ) -> Result<Statement, CollectError> {

@@ -17,10 +17,10 @@ use serde_json::{Map, Value};
 use super::activity::ActivityCollector;
 use super::locks::LocksCollector;
 use super::sampling::{host::HostPoint, point::Point};
-use super::{CollectError, Collector, Context, ServerContext};
+use super::{CollectError, CollectSettings, Collector, Context, ServerContext};
 use crate::batch::{Batch, BatchKind, Record};
 use crate::clock::format_rfc3339;
-use crate::config::{Config, SpikesConfig};
+use crate::config::SpikesConfig;
 use crate::db::Session;
 
 /// Processes listed in a snapshot's `host.top_processes`.
@@ -136,7 +136,7 @@ pub struct Moment<'a> {
 /// together (the session is then unusable); the host part never fails.
 pub async fn snapshot(
     session: &mut Session,
-    config: &Config,
+    config: &CollectSettings,
     moment: Moment<'_>,
 ) -> Result<Batch, CollectError> {
     let started = Instant::now();
@@ -144,7 +144,7 @@ pub async fn snapshot(
     let first = tokio::task::spawn_blocking(procs::read);
     let (activity, locks) = {
         let mut ctx = Context {
-            config,
+            settings: config,
             counters: moment.counters,
             server: Some(moment.server),
             session: Some(session),
@@ -225,7 +225,8 @@ pub async fn snapshot(
         Value::from(super::round_ms(started.elapsed().as_secs_f64() * 1000.0)),
     );
     // A spike covers its lookback, not a collection interval.
-    let mut batch = super::stamp(config)
+    let mut batch = config
+        .stamp
         .with_interval(config.spikes.lookback.as_secs())
         .batch(BatchKind::Spike, Some(moment.server.info.clone()), data);
     batch.extra = extra;

@@ -280,9 +280,9 @@ impl StatementsCollector {
         &mut self,
         ctx: &mut Context<'_>,
     ) -> Result<Option<Collected<StatementRecord>>, CollectError> {
-        let config = ctx.config;
+        let settings = ctx.settings;
         let tally = ctx.counters;
-        let dbname = config.postgres.database.clone();
+        let dbname = settings.database.clone();
         let (session, server) = ctx.db()?;
         let ext = match extension(session).await? {
             Ok(ext) => ext,
@@ -342,8 +342,8 @@ impl StatementsCollector {
         let mut agent_own = (before - deltas.len()) as u64;
         deltas.sort_by(|a, b| total(b).total_cmp(&total(a)).then(a.key.cmp(&b.key)));
 
-        let max = config.safety.max_statement_rows;
-        let max_chars = (config.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
+        let max = settings.safety.max_statement_rows;
+        let max_chars = (settings.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
         let mut chosen: Vec<Delta> = Vec::new();
         let mut next = 0;
         while chosen.len() < max && next < deltas.len() {
@@ -392,7 +392,7 @@ impl StatementsCollector {
         for d in &chosen {
             let (query, query_truncated) = match self.texts.lookup(d.key.queryid) {
                 Lookup::Text(raw) => {
-                    let (t, cut) = query_text(raw, config, tally);
+                    let (t, cut) = query_text(raw, settings, tally);
                     (Some(t), cut)
                 }
                 _ => {

@@ -124,10 +124,7 @@ impl Collector for SystemCollector {
         );
         let mut filesystems = Vec::new();
         if let Some(server) = ctx.server {
-            self.note_hidden_directories(
-                server.data_directory.is_none(),
-                &ctx.config.postgres.user,
-            );
+            self.note_hidden_directories(server.data_directory.is_none(), &ctx.settings.user);
             for (role, dir) in [
                 ("data_directory", &server.data_directory),
                 ("log_directory", &server.log_directory),

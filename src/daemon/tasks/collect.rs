@@ -17,23 +17,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::schedule::Schedule;
+use super::deliver;
 use super::writer::{self, Writer};
-use super::{cycle, deliver, notify};
 use crate::collect::Collectors;
-use crate::config::Config;
-use crate::db::{Db, ServerInfo};
+use crate::daemon::schedule::Schedule;
+use crate::daemon::setup::Setup;
+use crate::daemon::{cycle, notify, publish};
+use crate::db::ServerInfo;
 use crate::telemetry::registry::Event;
 use crate::telemetry::server::Telemetry;
-
-/// A state writer job may take this long before `/health` says it is stuck.
-pub const PERSIST_DEADLINE: Duration = Duration::from_secs(10);
-
-/// What a cycle runs with; replaced as a whole on reload.
-pub struct Setup {
-    pub config: Arc<Config>,
-    pub db: Db,
-}
 
 /// What the collection task shares with the rest of the daemon.
 pub struct CycleShared {
@@ -60,11 +52,11 @@ impl CollectTask {
     /// the daemon's token) is cancelled.
     pub fn spawn(
         tracker: &TaskTracker,
-        setup: Setup,
+        setup: Arc<Setup>,
         shared: CycleShared,
         stop: CancellationToken,
     ) -> CollectTask {
-        let (tx, rx) = watch::channel(Arc::new(setup));
+        let (tx, rx) = watch::channel(setup);
         let handle = tracker.spawn(run(rx, shared, stop.clone()));
         CollectTask {
             setup: tx,
@@ -74,8 +66,8 @@ impl CollectTask {
     }
 
     /// A reloaded configuration (and pool) for the next cycles.
-    pub fn update(&self, setup: Setup) {
-        self.setup.send_replace(Arc::new(setup));
+    pub fn update(&self, setup: Arc<Setup>) {
+        self.setup.send_replace(setup);
     }
 
     /// Stops the task, abandoning a cycle in progress, and waits at most `deadline` for it.
@@ -88,7 +80,7 @@ impl CollectTask {
 async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: CancellationToken) {
     let first = setup.borrow_and_update().clone();
     let mut collectors =
-        Collectors::with_counters(&first.config, shared.telemetry.counters.clone());
+        Collectors::with_counters(&first.collect, shared.telemetry.counters.clone());
     let mut interval = first.config.agent.collection_interval;
     let mut schedule = Schedule::new(Instant::now(), interval);
     let mut current = first;
@@ -130,14 +122,10 @@ async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: 
 /// One cycle: collect, hand the batches to the state writer, wake delivery, publish the figures.
 async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared) {
     let (config, db) = (&setup.config, &setup.db);
-    let counted = |e| shared.telemetry.counters.get(e);
-    let before = [
-        counted(Event::StatementsUnavailable),
-        counted(Event::StatementsNoPrivilege),
-    ];
-    let mut report = collectors.run_cycle(db, config).await;
+    let before = publish::DegradedCounts::read(&shared.telemetry);
+    let mut report = collectors.run_cycle(db, &setup.collect).await;
     if report.server.is_some() {
-        report_degraded(&shared.telemetry, before);
+        publish::degraded(&shared.telemetry, before);
     }
     if let Some(s) = &report.server {
         if let Ok(mut guard) = shared.server.lock() {
@@ -145,29 +133,20 @@ async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared)
         }
     }
     let telemetry = &shared.telemetry;
-    cycle::record_cycle(&telemetry.metrics, &report);
     let mut summary = cycle::summary(&report, None);
     // Disk work is the state writer's: this cycle hands its batches over and goes on; what the
     // writer did with the previous ones is reported here.
     shared.writer.submit(std::mem::take(&mut report.batches));
-    report_writer(telemetry, &shared.writer, &mut summary);
+    publish::writer(telemetry, &shared.writer, &mut summary);
     // Sending is the delivery task's: a slow listener never holds up the next cycle.
     shared.deliver.notify_one();
-    report_delivery_stall(telemetry, &shared.delivery, config);
-    telemetry
-        .metrics
-        .db_connections_open
-        .set(db.open_connections() as i64);
-    telemetry.record_cycle(if report.server.is_some() {
-        None
-    } else {
-        Some(
-            report
-                .server_error
-                .clone()
-                .unwrap_or_else(|| "the database could not be read".to_string()),
-        )
-    });
+    publish::delivery_stall(
+        telemetry,
+        &shared.delivery,
+        config.agent.collection_interval,
+        config.listener.timeout,
+    );
+    publish::cycle(telemetry, &report, db);
     tracing::info!(summary = %summary, "cycle finished");
     notify::status(&summary);
     shared.writer.record(writer::Record {
@@ -175,82 +154,4 @@ async fn cycle(collectors: &mut Collectors, setup: &Setup, shared: &CycleShared)
         ok: report.server.is_some(),
         summary,
     });
-}
-
-/// Adds what the state writer did since the last cycle to the summary, and says on `/health` when
-/// it has been stuck on the storage longer than [`PERSIST_DEADLINE`] (new batches then wait in
-/// its queue, or in memory past its bound).
-fn report_writer(telemetry: &Telemetry, writer: &Writer, summary: &mut String) {
-    let r = writer.take_report();
-    if let Some(w) = r.waiting {
-        summary.push_str(&cycle::waiting_text(w));
-    }
-    if r.held > 0 {
-        summary.push_str(&format!(", {} requests newly held in memory", r.held));
-    }
-    if r.failed > 0 {
-        summary.push_str(&format!(", {} batches lost", r.failed));
-    }
-    if let Some(f) = r.outbox_file {
-        summary.push_str(&format!(", {f}"));
-    }
-    let stuck = writer.busy_for().filter(|d| *d > PERSIST_DEADLINE);
-    let reason = stuck.map(|d| {
-        format!(
-            "writing to the state directory has been stuck for {} s (a hung disk or file \
-             system?): new batches wait in the state writer's queue, in memory",
-            d.as_secs()
-        )
-    });
-    if reason.is_some() {
-        telemetry.counters.incr(Event::OutboxWriteStalls);
-    }
-    if writer.note_stall(reason.is_some()) {
-        if let Some(why) = &reason {
-            tracing::error!(event = "outbox_write_stalled", "{why}");
-        }
-    }
-    telemetry.set_condition("outbox_stalled", reason);
-}
-
-/// `/health` stays 200 but says `degraded` while the agent works without something it could use,
-/// judged by what this cycle counted.
-fn report_degraded(telemetry: &Telemetry, before: [u64; 2]) {
-    let counted = |e| telemetry.counters.get(e);
-    telemetry.set_warning(
-        "pg_stat_statements",
-        (counted(Event::StatementsUnavailable) > before[0]).then(|| {
-            "pg_stat_statements is not available: no pg_statements batches (add it to \
-             shared_preload_libraries, restart PostgreSQL, then CREATE EXTENSION pg_stat_statements)"
-                .to_string()
-        }),
-    );
-    telemetry.set_warning(
-        "statements_hidden",
-        (counted(Event::StatementsNoPrivilege) > before[1]).then(|| {
-            "other roles' statements are hidden from the agent's role: GRANT pg_read_all_stats \
-             (or pg_monitor) to it"
-                .to_string()
-        }),
-    );
-}
-
-/// `/health` is 503 while a delivery pass has been running far past its budget and the listener's
-/// timeout: the delivery thread is stuck (on the storage under the outbox), so nothing is sent.
-fn report_delivery_stall(telemetry: &Telemetry, watch: &deliver::PassWatch, config: &Config) {
-    let limit = cycle::drain_budget(config.agent.collection_interval)
-        + config.listener.timeout
-        + Duration::from_secs(5);
-    let reason = watch.running_for().filter(|d| *d > limit).map(|d| {
-        format!(
-            "a delivery pass has been running for {} s (limit {} s): delivery is stuck, most \
-             likely on the storage under the outbox (a hung disk?)",
-            d.as_secs(),
-            limit.as_secs()
-        )
-    });
-    if reason.is_some() {
-        telemetry.counters.incr(Event::DeliveryStalls);
-    }
-    telemetry.set_condition("delivery_stalled", reason);
 }

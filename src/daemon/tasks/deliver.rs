@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::cycle;
+use crate::daemon::cycle;
 use crate::ship::breaker::CircuitState;
 use crate::ship::{DrainReport, DrainStop, ShipStats, Shipper};
+use crate::telemetry::conditions::Condition;
 use crate::telemetry::server::Telemetry;
 
 /// The running delivery thread.
@@ -196,7 +197,7 @@ impl Task {
                 .map(|i| *i)
                 .unwrap_or(Duration::from_secs(60));
             self.telemetry.set_condition_for(
-                "dead_letters",
+                Condition::DeadLetters,
                 format!(
                     "the listener rejected {} requests for good (moved to the dead letters; see \
                      the agent's log and `status`)",
@@ -322,5 +323,5 @@ pub fn record_storage_health(telemetry: &Telemetry, stats: &ShipStats) {
             p.held_now, p.held_bytes, p.held_dropped
         )
     });
-    telemetry.set_condition("outbox_storage", reason);
+    telemetry.set_condition(Condition::OutboxStorage, reason);
 }

@@ -20,14 +20,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{BatchKind, Record, Stamp};
-use crate::config::Config;
+use crate::daemon::setup::Setup;
 use crate::db::{Db, ServerInfo};
 use crate::identity::{APPLICATION_NAME, QUERY_TAG};
 use crate::logs::position::{Position, PositionStore};
-use crate::logs::settings::TailSettings;
+use crate::logs::settings::{TailConfig, TailSettings};
 use crate::logs::source;
 use crate::logs::tail::{LogBatch, Tailer};
 use crate::ship::Shipper;
+use crate::telemetry::conditions::Condition;
 use crate::telemetry::registry::{Counters, Event};
 use crate::telemetry::server::Telemetry;
 
@@ -57,14 +58,13 @@ impl LogTask {
     /// Starts the task on `tracker`; it stops when `stop` (a child of the daemon's token) is
     /// cancelled.
     pub fn spawn(
-        config: Arc<Config>,
-        db: Db,
+        setup: Arc<Setup>,
         shared: LogShared,
         tracker: &tokio_util::task::TaskTracker,
         stop: CancellationToken,
     ) -> LogTask {
         let token = stop.clone();
-        let handle = tracker.spawn(async move { run(config, db, shared, token).await });
+        let handle = tracker.spawn(async move { run(setup, shared, token).await });
         LogTask { stop, handle }
     }
 
@@ -78,7 +78,7 @@ impl LogTask {
     }
 }
 
-async fn settings(config: &Config, db: &Db) -> Result<TailSettings, String> {
+async fn settings(config: &TailConfig, db: &Db) -> Result<TailSettings, String> {
     let mut hidden = None;
     let server = if config.logs.path.is_none() || config.logs.line_prefix.is_none() {
         match db.session().await {
@@ -95,24 +95,24 @@ async fn settings(config: &Config, db: &Db) -> Result<TailSettings, String> {
     } else {
         None
     };
-    let mut settings = TailSettings::from_config(config, server.as_ref()).map_err(|e| {
+    let settings = TailSettings::resolve(config, server.as_ref()).map_err(|e| {
         // Without [logs] path, a hidden location is the reason; say which grant unlocks it.
         match (&config.logs.path, hidden) {
             (None, Some(h)) => h.to_string(),
             _ => e.to_string(),
         }
     })?;
-    settings.finisher.correlation_keys = config.correlation.keys.clone();
     Ok(settings)
 }
 
-async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationToken) {
+async fn run(setup: Arc<Setup>, shared: LogShared, stop: CancellationToken) {
+    let (config, db) = (&setup.config, &setup.db);
     let interval = config.agent.collection_interval;
     let mut warned = false;
     // Retries start after a second and double up to the collection interval.
     let mut backoff = RETRY_FIRST.min(interval);
     let mut tailer = loop {
-        let attempt = match settings(&config, &db).await {
+        let attempt = match settings(&setup.tail, db).await {
             Ok(s) => Tailer::open(s).map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
@@ -120,7 +120,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             Ok(t) => break t,
             Err(e) => {
                 shared.telemetry.set_condition(
-                    "logs_not_followed",
+                    Condition::LogsNotFollowed,
                     Some(format!(
                         "the server log is not followed: {e} (set [logs] enabled = false to run \
                          without logs)"
@@ -156,7 +156,7 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
     };
     // Whose log this is: learned before the outbox hint is applied, so a position taken on
     // another server is applied neither from the position file nor from the outbox.
-    let own_server = match crate::collect::server_context(&db, &config).await {
+    let own_server = match crate::collect::server_context(db, &setup.collect).await {
         Ok(c) if !c.info.system_identifier.is_empty() => Some(c.info),
         _ => None,
     };
@@ -189,11 +189,13 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             reason = %aside.reason, resume_from = resume,
             "the saved log position was damaged and has been moved aside; reading resumes {resume}");
     }
-    shared.telemetry.set_condition("logs_not_followed", None);
+    shared
+        .telemetry
+        .set_condition(Condition::LogsNotFollowed, None);
     tracing::info!("following the server log");
     let max = config.logs.max_buffered_entries;
     // The task's config is fixed for its life: its batches' envelope is filled once.
-    let stamp = crate::collect::stamp(&config);
+    let stamp = setup.collect.stamp.clone();
     let mut failing = ShipFailures {
         position: false,
         saver: PositionSaver::new(&config.agent.state_dir, shared.telemetry.counters.clone()),
@@ -231,14 +233,16 @@ async fn run(config: Arc<Config>, db: Db, shared: LogShared, stop: CancellationT
             backoff = RETRY_FIRST.min(interval);
         }
         let Some(e) = read_error else {
-            shared.telemetry.set_condition("logs_not_followed", None);
+            shared
+                .telemetry
+                .set_condition(Condition::LogsNotFollowed, None);
             if std::mem::take(&mut read_failing) {
                 tracing::info!("reading the server log works again");
             }
             continue;
         };
         shared.telemetry.set_condition(
-            "logs_not_followed",
+            Condition::LogsNotFollowed,
             Some(format!(
                 "reading the server log failed: {e}; retrying every interval"
             )),
@@ -454,7 +458,7 @@ async fn ship(
         Ok(r) => r,
         Err(_) => {
             shared.telemetry.set_condition(
-                "logs_stalled",
+                Condition::LogsStalled,
                 Some(format!(
                     "writing a pg_logs batch has not returned for {} s (a hung disk?): the log \
                      is not read meanwhile",
@@ -462,7 +466,7 @@ async fn ship(
                 )),
             );
             let r = job.await;
-            shared.telemetry.set_condition("logs_stalled", None);
+            shared.telemetry.set_condition(Condition::LogsStalled, None);
             r
         }
     };
@@ -474,13 +478,15 @@ async fn ship(
                 .telemetry
                 .metrics
                 .count_batch(BatchKind::PgLogs, count, outcome);
-            shared.telemetry.set_condition("logs_enqueue_failed", None);
+            shared
+                .telemetry
+                .set_condition(Condition::LogsEnqueueFailed, None);
             failing.commit(tailer, &position).await;
             true
         }
         Err(e) => {
             shared.telemetry.set_condition(
-                "logs_enqueue_failed",
+                Condition::LogsEnqueueFailed,
                 Some(format!(
                     "a pg_logs batch could not be stored ({e}); its entries are read again after \
                      a back-off"

@@ -5,7 +5,7 @@
 //! on the disk.
 //!
 //! Ticks follow a drift-free schedule that skips ticks missed while a sample (or a spike snapshot)
-//! ran, never queueing them. A reload hands it a new configuration and pool ([`SampleTask::update`]);
+//! ran, never queueing them. A reload hands it a new [`Setup`] ([`SampleTask::update`]);
 //! `sample_interval_ms = 0` parks it until a reload turns sampling on. Stopping abandons a tick in
 //! progress and writes the window so far as a last `pg_activity_samples` batch (within
 //! [`STOP_FLUSH`]).
@@ -19,12 +19,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::schedule::Schedule;
 use crate::batch::Batch;
 use crate::collect::sampling::{Outcome, Sampler};
-use crate::config::Config;
-use crate::db::Db;
-use crate::telemetry::metrics::CollectorOutcomeLabel;
+use crate::collect::CollectSettings;
+use crate::daemon::publish;
+use crate::daemon::schedule::Schedule;
+use crate::daemon::setup::Setup;
 use crate::telemetry::server::Telemetry;
 
 /// On stop, the window so far is written to the outbox if that takes at most this long.
@@ -41,7 +41,7 @@ pub struct SampleShared {
 
 /// The running sampling task.
 pub struct SampleTask {
-    setup: watch::Sender<(Arc<Config>, Db)>,
+    setup: watch::Sender<Arc<Setup>>,
     stop: CancellationToken,
     handle: JoinHandle<()>,
 }
@@ -51,12 +51,11 @@ impl SampleTask {
     /// cancelled.
     pub fn spawn(
         tracker: &TaskTracker,
-        config: Arc<Config>,
-        db: Db,
+        setup: Arc<Setup>,
         shared: SampleShared,
         stop: CancellationToken,
     ) -> SampleTask {
-        let (tx, rx) = watch::channel((config, db));
+        let (tx, rx) = watch::channel(setup);
         let handle = tracker.spawn(run(rx, shared, stop.clone()));
         SampleTask {
             setup: tx,
@@ -65,9 +64,9 @@ impl SampleTask {
         }
     }
 
-    /// A reloaded configuration (and pool) for the next ticks.
-    pub fn update(&self, config: Arc<Config>, db: Db) {
-        self.setup.send_replace((config, db));
+    /// A reloaded setup (configuration and pool) for the next ticks.
+    pub fn update(&self, setup: Arc<Setup>) {
+        self.setup.send_replace(setup);
     }
 
     /// Stops the task and waits at most `deadline` for it.
@@ -78,13 +77,14 @@ impl SampleTask {
 }
 
 async fn run(
-    mut setup: watch::Receiver<(Arc<Config>, Db)>,
+    mut setup: watch::Receiver<Arc<Setup>>,
     shared: SampleShared,
     stop: CancellationToken,
 ) {
     let mut sampler = Sampler::with_counters(shared.telemetry.counters.clone());
-    let (mut config, mut db) = setup.borrow_and_update().clone();
+    let mut current = setup.borrow_and_update().clone();
     'setup: loop {
+        let (config, db) = (&current.collect, &current.db);
         let Some(every) = config.activity.sample_interval else {
             tracing::info!("active-session sampling is off (activity.sample_interval_ms = 0)");
             tokio::select! {
@@ -93,12 +93,12 @@ async fn run(
                     if changed.is_err() {
                         return;
                     }
-                    (config, db) = setup.borrow_and_update().clone();
+                    current = setup.borrow_and_update().clone();
                     continue 'setup;
                 }
             }
         };
-        let th = sampler.thresholds(&config);
+        let th = sampler.thresholds(config);
         tracing::info!(
             interval_ms = every.as_millis() as u64,
             spikes = config.spikes.enabled,
@@ -109,26 +109,26 @@ async fn run(
         );
         let start = Instant::now();
         let mut ticks = Schedule::new(start, every);
-        let mut windows = Schedule::new(start, config.agent.collection_interval);
+        let mut windows = Schedule::new(start, current.config.agent.collection_interval);
         // The first window closes one interval from now.
         let _ = windows.next_after(start);
         let mut window_due = windows.next_after(start).at;
         loop {
             let tick = ticks.next_after(Instant::now());
             tokio::select! {
-                _ = stop.cancelled() => return flush(&mut sampler, &config, &shared).await,
+                _ = stop.cancelled() => return flush(&mut sampler, config, &shared).await,
                 _ = tokio::time::sleep_until(tick.at) => {}
                 changed = setup.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    (config, db) = setup.borrow_and_update().clone();
+                    current = setup.borrow_and_update().clone();
                     continue 'setup;
                 }
             }
             let t = tokio::select! {
-                _ = stop.cancelled() => return flush(&mut sampler, &config, &shared).await,
-                t = sampler.tick(&db, &config) => t,
+                _ = stop.cancelled() => return flush(&mut sampler, config, &shared).await,
+                t = sampler.tick(db, config) => t,
             };
             let outcome = match &t.outcome {
                 Outcome::Sampled(_) => "ok",
@@ -139,14 +139,14 @@ async fn run(
                     "failed"
                 }
             };
-            count(&shared.telemetry, "sampling", outcome);
+            publish::sample(&shared.telemetry, "sampling", outcome);
             if let Some(e) = &t.spike_error {
-                count(&shared.telemetry, "spikes", "failed");
+                publish::sample(&shared.telemetry, "spikes", "failed");
                 tracing::warn!(event = "spike_snapshot_failed", error = %e,
                     "a spike trigger fired but the snapshot failed");
             }
             if let Some(spike) = t.spike {
-                count(&shared.telemetry, "spikes", "ok");
+                publish::sample(&shared.telemetry, "spikes", "ok");
                 tracing::info!(event = "spike", trigger = ?spike.extra.get("trigger"),
                     value = ?spike.extra.get("trigger_value"), sessions = spike.count,
                     "spike snapshot taken");
@@ -155,7 +155,7 @@ async fn run(
             }
             if Instant::now() >= window_due {
                 window_due = windows.next_after(Instant::now()).at;
-                if let Some(batch) = sampler.take_window(&config) {
+                if let Some(batch) = sampler.take_window(config) {
                     persist(batch, &shared);
                 }
             }
@@ -164,21 +164,10 @@ async fn run(
 }
 
 /// The window so far, written to the outbox on stop if that is quick.
-async fn flush(sampler: &mut Sampler, config: &Config, shared: &SampleShared) {
+async fn flush(sampler: &mut Sampler, config: &CollectSettings, shared: &SampleShared) {
     if let Some(batch) = sampler.take_window(config) {
         persist(batch, shared);
     }
-}
-
-fn count(telemetry: &Telemetry, collector: &str, outcome: &str) {
-    telemetry
-        .metrics
-        .collector_runs
-        .get_or_create(&CollectorOutcomeLabel {
-            collector: collector.into(),
-            outcome: outcome.into(),
-        })
-        .inc();
 }
 
 /// Hands one batch to the state writer ([`super::writer`]): never waits on the disk.

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::cycle;
 use crate::batch::Batch;
+use crate::daemon::cycle;
 use crate::ship::recreate::OutboxFile;
 use crate::ship::Shipper;
 use crate::state::lock::{Ensured, StateLock};
+use crate::telemetry::conditions::Condition;
 use crate::telemetry::registry::Event;
 use crate::telemetry::server::Telemetry;
 
@@ -291,7 +292,7 @@ fn write_batches(s: &Shared, batches: &[Batch]) {
         super::deliver::record_storage_health(&s.telemetry, stats);
     }
     s.telemetry.set_condition(
-        "enqueue_failed",
+        Condition::EnqueueFailed,
         (failed > 0).then(|| {
             format!(
                 "{failed} batches of the last cycle could not be stored or printed (lost; see the \
@@ -328,7 +329,7 @@ fn check_state_dir(s: &Shared) {
             if let Some(why) = &lost {
                 tracing::error!(event = "state_lock_lost", dir = %lock.dir().display(), "{why}");
             }
-            s.telemetry.set_condition("state_lock_lost", lost);
+            s.telemetry.set_condition(Condition::StateLockLost, lost);
         }
     }
     let file = s.shipper.check_outbox_file();
@@ -337,17 +338,20 @@ fn check_state_dir(s: &Shared) {
         (OutboxFile::Missing { .. }, Some(r)) => {
             s.missing.store(true, Ordering::Relaxed);
             s.telemetry
-                .set_condition("outbox_vanished", Some(r.clone()));
+                .set_condition(Condition::OutboxVanished, Some(r.clone()));
         }
         (OutboxFile::Recreated { .. }, Some(r)) => {
             s.missing.store(false, Ordering::Relaxed);
             // Said for a while after the fact (a condition set for a time expires by itself).
-            s.telemetry
-                .set_condition_for("outbox_vanished", r.clone(), RECREATED_REPORT_FOR);
+            s.telemetry.set_condition_for(
+                Condition::OutboxVanished,
+                r.clone(),
+                RECREATED_REPORT_FOR,
+            );
         }
         _ => {
             if s.missing.swap(false, Ordering::Relaxed) {
-                s.telemetry.set_condition("outbox_vanished", None);
+                s.telemetry.set_condition(Condition::OutboxVanished, None);
             }
         }
     }
