@@ -1,7 +1,8 @@
 # Sourced by the benchmark scripts: a throwaway PostgreSQL cluster with a realistic monitoring load.
 #
 #   pg_start DIR       initdb into DIR, start on a free 127.0.0.1 port with its socket in DIR/sock;
-#                      exports PGB_PORT, PGB_SOCK, PGB_BIN, PGB_DATA
+#                      exports PGB_PORT, PGB_SOCK, PGB_BIN, PGB_DATA (PGB_PSS_MAX: pg_stat_statements.max,
+#                      default 10000)
 #   pg_workload N S    create N distinct statements in pg_stat_statements and keep S sessions busy
 #                      (pgbench in the background, PID in PGB_LOAD_PID)
 #   pg_stop            stop the load and the server (by PID), remove DIR
@@ -33,7 +34,7 @@ port = $PGB_PORT
 unix_socket_directories = '$PGB_SOCK'
 max_connections = 250
 shared_preload_libraries = 'pg_stat_statements'
-pg_stat_statements.max = 10000
+pg_stat_statements.max = ${PGB_PSS_MAX:-10000}
 pg_stat_statements.track = all
 fsync = off
 logging_collector = on

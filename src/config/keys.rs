@@ -127,7 +127,8 @@ pub const KEYS: &[KeySpec] = &[
     k("logs", "max_buffered_entries", "500", Int(1, 1_000_000), "Entries held in memory before a pg_logs batch is written early."),
     k("logs", "max_batch_bytes", "8388608", Int(65_536, 268_435_456), "Most bytes of entries (serialized JSON) in one pg_logs batch; a batch is written early when the next entry would exceed it."),
     k("logs", "start_at", "end", Choice(&["end", "beginning"]), "Where to start reading on first start (no saved position)."),
-    k("correlation", "keys", "correlation_id,correlation,request_id,x_request_id,traceparent,application_name", List, "Comment keys whose value is the correlation ID, in order of preference; `application_name` takes it from an `application_name` of the form `bitville-<id>`."),
+    k("correlation", "keys", "correlation_id,correlation,request_id,x_request_id,traceparent,application_name", List, "Comment keys whose value is the correlation ID, in order of preference; `application_name` takes it from an `application_name` of the form `bitville-<id>` (see `id_shape`)."),
+    k("correlation", "id_shape", "php", Choice(crate::correlation::ID_SHAPES), "Which IDs count: `php` = only the Bitville PHP agent's shapes (a UUID after `bitville-` in `application_name`; a `correlation` comment value matching `[a-f0-9-]+`), so `bitville-monitor` or the agent's own sessions never become an ID; `any` = any `bitville-<id>` and any `correlation` value."),
     k("privacy", "obfuscate_queries", "true", Bool, "Replace literals in query texts with placeholders before they leave the host."),
     k("privacy", "redact_log_secrets", "credential,parsing_error", List, "Log secret classes to redact: credential, parsing_error, statement_text, statement_parameter, table_data, all, none."),
     k("telemetry", "listen", "127.0.0.1:9188", Str, "Address of the /health and /metrics endpoint; empty = disabled."),
@@ -137,11 +138,14 @@ pub const KEYS: &[KeySpec] = &[
     k("activity", "sample_interval_ms", "1000", Int(0, 60_000), "Active-session sampling period (100 to 60000 ms); 0 = no sampling (and no spike detection)."),
     k("activity", "sample_top_n", "50", Int(1, 1000), "Groups (query, wait event, state, database, user) listed per pg_activity_samples batch, by average active sessions; the rest are counted in `omitted`."),
     k("spikes", "enabled", "true", Bool, "Take a spike snapshot when a trigger fires (needs sampling on)."),
-    k("spikes", "active_sessions", "", Str, "Trigger: active sessions at least this many; empty = twice the host's cores."),
-    k("spikes", "load", "", Str, "Trigger: 1-minute load average at least this (a decimal number); empty = twice the host's cores."),
+    k("spikes", "active_sessions", "", Str, "Trigger (floor): active sessions at least this many; empty = twice the host's cores."),
+    k("spikes", "load", "", Str, "Trigger (floor): 1-minute load average at least this (a decimal number); empty = twice the host's cores."),
     k("spikes", "lock_wait_ms", "5000", Int(0, 86_400_000), "Trigger: a session waiting on a lock for at least this long; 0 = off."),
     k("spikes", "lookback_s", "60", Int(1, 3600), "Seconds of per-sample series carried in a spike snapshot."),
     k("spikes", "min_gap_s", "60", Int(1, 86_400), "At most one spike snapshot per this many seconds."),
+    k("spikes", "mode", "baseline", Choice(&["baseline", "absolute"]), "`baseline`: the active-sessions and load triggers also need `baseline_factor` times the median of the last `baseline_s` seconds, so a steady load is no spike; `absolute`: the floors alone."),
+    k("spikes", "baseline_s", "300", Int(10, 3600), "Seconds of samples whose median is the baseline (`mode = baseline`)."),
+    k("spikes", "baseline_factor", "2", Str, "How many times the baseline median a sample must reach (a decimal number above 0, `mode = baseline`)."),
 ];
 
 /// The spec of `section.key`, if it exists.

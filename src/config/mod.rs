@@ -273,6 +273,10 @@ pub struct SpikesConfig {
     pub lock_wait: Option<Duration>,
     pub lookback: Duration,
     pub min_gap: Duration,
+    /// `spikes.baseline_s`: the trailing window whose median a trigger must exceed.
+    pub baseline: Duration,
+    /// `spikes.baseline_factor` in `spikes.mode = baseline`; None in `absolute` mode.
+    pub baseline_factor: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -531,7 +535,11 @@ impl Config {
                 start_at_end: v.choice("logs", "start_at")? == "end",
             },
             correlation: CorrelationConfig {
-                keys: v.list("correlation", "keys", None)?,
+                // `id_shape` travels inside the keys list, so every reader applies it.
+                keys: crate::correlation::keys_with_shape(
+                    v.list("correlation", "keys", None)?,
+                    &v.choice("correlation", "id_shape")?,
+                ),
             },
             privacy: PrivacyConfig {
                 obfuscate_queries: v.bool("privacy", "obfuscate_queries")?,
@@ -569,6 +577,11 @@ impl Config {
                 lock_wait: Some(v.millis("spikes", "lock_wait_ms")?).filter(|d| !d.is_zero()),
                 lookback: Duration::from_secs(v.int("spikes", "lookback_s")?),
                 min_gap: Duration::from_secs(v.int("spikes", "min_gap_s")?),
+                baseline: Duration::from_secs(v.int("spikes", "baseline_s")?),
+                baseline_factor: match v.choice("spikes", "mode")?.as_str() {
+                    "absolute" => None,
+                    _ => v.opt_positive("spikes", "baseline_factor", 1000.0, false)?,
+                },
             },
             notices: raw.notices.clone(),
         })
