@@ -131,6 +131,8 @@ pub struct SafetyConfig {
     pub session_max_age: Duration,
     pub max_activity_rows: usize,
     pub max_statement_rows: usize,
+    /// `safety.statement_texts_interval_s`; zero = every cycle.
+    pub statement_texts_interval: Duration,
     pub max_query_length: usize,
 }
 
@@ -497,6 +499,9 @@ impl Config {
                 session_max_age: Duration::from_secs(v.int("safety", "session_max_age_s")?),
                 max_activity_rows: v.int("safety", "max_activity_rows")? as usize,
                 max_statement_rows: v.int("safety", "max_statement_rows")? as usize,
+                statement_texts_interval: Duration::from_secs(
+                    v.int("safety", "statement_texts_interval_s")?,
+                ),
                 max_query_length: v.int("safety", "max_query_length")? as usize,
             },
             listener: ListenerConfig {
