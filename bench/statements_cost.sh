@@ -20,6 +20,8 @@
 #   combined    one pg_stat_statements(true) pass: every counter, and the text of unknown queryids
 #               only (the client sends the queryids whose text it has)
 #   sampling    the sampler's pg_stat_activity query (x10 per 10 s cycle at 1 s sampling)
+#   python      the Bitville Python agent's statements query (top 100 by total time, with texts)
+# and the per-cycle totals at 10 s cycles: texts every cycle (before) and once per 60 s (now).
 #
 #   bench/statements_cost.sh [REPS]   (default 20; SIZES="5000 20000"; CHANGED=200 = 20 new/s x 10 s)
 set -euo pipefail
@@ -98,6 +100,16 @@ alts = {
               "left(query, 4097) AS query FROM pg_stat_statements(true) WHERE queryid = ANY($1) ORDER BY queryid",
               f"EXECUTE texts('{ids}')"),
     "sampling": (f"SELECT /* bench sampling */ {sampling[7:]}", ""),
+    # The Bitville Python agent's statements query (top 100 by total time, texts included).
+    "python": ("SELECT /* bench python */ queryid, query, calls, total_exec_time, mean_exec_time, min_exec_time, "
+               "max_exec_time, stddev_exec_time, rows, shared_blks_hit, shared_blks_read, shared_blks_written, "
+               "local_blks_hit, local_blks_read, local_blks_written, temp_blks_read, temp_blks_written, "
+               "blk_read_time, blk_write_time FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 100"
+               if version < 170000 else
+               "SELECT /* bench python */ queryid, query, calls, total_exec_time, mean_exec_time, min_exec_time, "
+               "max_exec_time, stddev_exec_time, rows, shared_blks_hit, shared_blks_read, shared_blks_written, "
+               "local_blks_hit, local_blks_read, local_blks_written, temp_blks_read, temp_blks_written, "
+               "shared_blk_read_time, shared_blk_write_time FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 100", ""),
 }
 def cpu_ns(pid):
     with open(f"/proc/{pid}/schedstat") as f:
@@ -138,10 +150,16 @@ out["full+texts"] = tuple(a + b for a, b in zip(out["full"], out["texts"]))
 per_cycle = {"sampling": 10}
 print(f"\nPostgreSQL {version}, pg_stat_statements {ext}, {n} statements, {changed} changed per cycle, {reps} calls each")
 print(f"{'alternative':<16} {'server ms/call':>15} {'backend CPU ms':>15} {'client ms':>10} {'rows':>6} {'server ms/cycle':>16}")
-for name in ["full", "narrow", "changed", "narrow+changed", "diff", "texts", "full+texts", "combined", "sampling"]:
+for name in ["full", "narrow", "changed", "narrow+changed", "diff", "texts", "full+texts", "combined", "sampling", "python"]:
     s, cpu, c, r = out[name]
     k = per_cycle.get(name, 1)
     print(f"{name:<16} {s:>15.2f} {cpu:>15.2f} {c:>10.2f} {r:>6.0f} {s * k:>16.2f}")
+# Per 10 s cycle with new statements every cycle (20 a second), sampling at 1 s.
+cyc = lambda texts_share: tuple(out["full"][i] + texts_share * out["texts"][i] + 10 * out["sampling"][i] for i in (0, 1))
+print("\nper 10 s cycle (server ms, backend CPU ms):")
+print("  before (texts every cycle)           %7.2f %7.2f" % cyc(1.0))
+print("  now (texts once per 60 s, default)   %7.2f %7.2f" % cyc(1 / 6))
+print("  Python agent (its statements query)  %7.2f %7.2f" % (out["python"][0], out["python"][1]))
 PY
   pg_stop
   trap - EXIT
