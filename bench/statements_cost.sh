@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Server time of the ways to read pg_stat_statements (issue 22, point 1), at 5,000 and 20,000
 # distinct statements on one throwaway cluster per size (bench/pg-cluster.sh; PG_BINDIR picks the
-# major). Each alternative runs REPS times as a role of its own with pg_read_all_stats (like the
+# major, e.g. the bin directory scripts/pg-versions.sh --fetch-only 13 prints). Each alternative runs REPS times as a role of its own with pg_read_all_stats (like the
 # agent's), while pgbench keeps 10 sessions running; it prints per call:
 #   - server time: the alternative's total_exec_time / calls in pg_stat_statements (each alternative
 #     is a statement of its own, so this is the role's total_exec_time delta split by statement);
@@ -10,6 +10,7 @@
 #   - client time: psql's \timing, median (text format over a Unix socket; the agent reads binary).
 # The alternatives:
 #   full        today's snapshot: identity + every counter column of every entry
+#   full_nocast the same columns as they are (int8 counters not cast to float8; numeric wal_bytes is)
 #   narrow      identity + calls + total times of every entry (a first pass)
 #   changed     every counter column of CHANGED entries only, by queryid = ANY($1) (a second pass)
 #   narrow+changed  the two-pass total
@@ -42,7 +43,7 @@ for N in $SIZES; do
   python3 - "$N" "$REPS" "$CHANGED" "$VERSION" <<'PY'
 import os, re, subprocess, sys
 n, reps, changed, version = (int(a) for a in sys.argv[1:])
-psql = [os.environ["PGB_BIN"] + "/psql", "-X", "-q", "-h", os.environ["PGB_SOCK"],
+psql = [os.environ["PGB_CLIENT_BIN"] + "/psql", "-X", "-q", "-h", os.environ["PGB_SOCK"],
         "-p", os.environ["PGB_PORT"], "-d", "postgres"]
 
 def run(sql, user="postgres"):
@@ -58,6 +59,7 @@ cols = [c for c in run(
     "ORDER BY attnum").split()]
 counters = ", ".join(f"{c}::float8" for c in cols)
 s_counters = ", ".join(f"s.{c}::float8" for c in cols)
+raw = ", ".join(c if c != "wal_bytes" else "wal_bytes::float8" for c in cols)
 toplevel = "toplevel" if "toplevel" in run("SELECT attname FROM pg_attribute WHERE attrelid = 'pg_stat_statements'::regclass") else "NULL::bool"
 ident = f"userid, dbid, {toplevel} AS toplevel, queryid"
 total = "total_exec_time, total_plan_time" if "total_exec_time" in cols else "total_time"
@@ -79,6 +81,7 @@ sampling = ("SELECT pid, state, wait_event_type, wait_event, backend_type, datna
             "AND application_name IS DISTINCT FROM 'bitville-postgres-agent' LIMIT 1000")
 alts = {
     "full": (f"SELECT /* bench full */ {ident}, {counters} FROM pg_stat_statements(false)", ""),
+    "full_nocast": (f"SELECT /* bench full_nocast */ {ident}, {raw} FROM pg_stat_statements(false)", ""),
     "narrow": (f"SELECT /* bench narrow */ {ident}, calls, {total} FROM pg_stat_statements(false)", ""),
     "changed": ("PREPARE changed(int8[]) AS SELECT /* bench changed */ "
                 f"{ident}, {counters} FROM pg_stat_statements(false) WHERE queryid = ANY($1)",
@@ -150,7 +153,7 @@ out["full+texts"] = tuple(a + b for a, b in zip(out["full"], out["texts"]))
 per_cycle = {"sampling": 10}
 print(f"\nPostgreSQL {version}, pg_stat_statements {ext}, {n} statements, {changed} changed per cycle, {reps} calls each")
 print(f"{'alternative':<16} {'server ms/call':>15} {'backend CPU ms':>15} {'client ms':>10} {'rows':>6} {'server ms/cycle':>16}")
-for name in ["full", "narrow", "changed", "narrow+changed", "diff", "texts", "full+texts", "combined", "sampling", "python"]:
+for name in ["full", "full_nocast", "narrow", "changed", "narrow+changed", "diff", "texts", "full+texts", "combined", "sampling", "python"]:
     s, cpu, c, r = out[name]
     k = per_cycle.get(name, 1)
     print(f"{name:<16} {s:>15.2f} {cpu:>15.2f} {c:>10.2f} {r:>6.0f} {s * k:>16.2f}")
