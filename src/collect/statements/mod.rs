@@ -623,10 +623,11 @@ async fn fold_entries(
     } else {
         "NULL::bool"
     };
+    // Read as a timestamp: extract() computes in numeric, for every entry.
     let since = if ext.version >= STATS_SINCE_SINCE {
-        "(extract(epoch FROM stats_since) * 1000000)::int8"
+        "stats_since"
     } else {
-        "NULL::int8"
+        "NULL::timestamptz"
     };
     let sql = format!(
         "SELECT /* postgres-agent */ userid, dbid, {toplevel} AS toplevel, queryid, {since} AS since, {} \
@@ -647,10 +648,19 @@ async fn fold_entries(
                 queryid,
                 toplevel: col(row, QUERY, "toplevel")?,
             };
-            let stats_since = col(row, QUERY, "since")?;
+            let stats_since = col::<Option<time::OffsetDateTime>>(row, QUERY, "since")?
+                .map(|t| (t.unix_timestamp_nanos() / 1000) as i64);
             let values = fold.values();
             for (i, &counter) in layout.iter().enumerate() {
-                let v: Option<f64> = row.try_get(5 + i).map_err(|e| CollectError::Column {
+                let at = 5 + i;
+                let int8 = row.columns().get(at).map(|c| c.type_()) == Some(&Type::INT8);
+                let v: Result<Option<f64>, _> = if int8 {
+                    row.try_get::<_, Option<i64>>(at)
+                        .map(|v| v.map(|n| n as f64))
+                } else {
+                    row.try_get(at)
+                };
+                let v = v.map_err(|e| CollectError::Column {
                     query: QUERY,
                     column: COUNTERS[counter].name,
                     message: e.to_string(),
