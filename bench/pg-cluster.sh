@@ -1,7 +1,8 @@
 # Sourced by the benchmark scripts: a throwaway PostgreSQL cluster with a realistic monitoring load.
 #
 #   pg_start DIR       initdb into DIR, start on a free 127.0.0.1 port with its socket in DIR/sock;
-#                      exports PGB_PORT, PGB_SOCK, PGB_BIN, PGB_DATA
+#                      exports PGB_PORT, PGB_SOCK, PGB_BIN, PGB_DATA (PGB_PSS_MAX: pg_stat_statements.max,
+#                      default 10000)
 #   pg_workload N S    create N distinct statements in pg_stat_statements and keep S sessions busy
 #                      (pgbench in the background, PID in PGB_LOAD_PID)
 #   pg_stop            stop the load and the server (by PID), remove DIR
@@ -21,6 +22,10 @@ pg_as() {
 pg_start() {
   PGB_DIR=$1
   PGB_BIN=$(pg_bindir)
+  # psql and pgbench: from the server's bin directory, else the newest installed (the embedded builds
+  # scripts/pg-versions.sh fetches carry only the server).
+  PGB_CLIENT_BIN=$PGB_BIN
+  [ -x "$PGB_CLIENT_BIN/psql" ] || PGB_CLIENT_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
   PGB_DATA=$PGB_DIR/data
   PGB_SOCK=$PGB_DIR/sock
   mkdir -p "$PGB_SOCK"
@@ -33,7 +38,7 @@ port = $PGB_PORT
 unix_socket_directories = '$PGB_SOCK'
 max_connections = 250
 shared_preload_libraries = 'pg_stat_statements'
-pg_stat_statements.max = 10000
+pg_stat_statements.max = ${PGB_PSS_MAX:-10000}
 pg_stat_statements.track = all
 fsync = off
 logging_collector = on
@@ -42,12 +47,12 @@ log_min_duration_statement = 0
 log_line_prefix = '%m [%p] %q%u@%d '
 CONF
   pg_as "$PGB_BIN/pg_ctl" -D "$PGB_DATA" -l "$PGB_DIR/server.log" -w start >/dev/null
-  export PGB_PORT PGB_SOCK PGB_BIN PGB_DATA PGB_DIR
+  export PGB_PORT PGB_SOCK PGB_BIN PGB_CLIENT_BIN PGB_DATA PGB_DIR
   pg_psql -c "CREATE EXTENSION pg_stat_statements" >/dev/null
 }
 
 pg_psql() {
-  "$PGB_BIN/psql" -X -q -h "$PGB_SOCK" -p "$PGB_PORT" -U postgres -d postgres "$@"
+  "$PGB_CLIENT_BIN/psql" -X -q -h "$PGB_SOCK" -p "$PGB_PORT" -U postgres -d postgres "$@"
 }
 
 pg_workload() {
@@ -73,7 +78,7 @@ SELECT v FROM t:t WHERE id = :id;
 UPDATE t:t SET v = v + 1 WHERE id = :id;
 \sleep 200 ms
 SQL
-  "$PGB_BIN/pgbench" -n -M simple -h "$PGB_SOCK" -p "$PGB_PORT" -U postgres -c "$sessions" -j 2 -T 100000 \
+  "$PGB_CLIENT_BIN/pgbench" -n -M simple -h "$PGB_SOCK" -p "$PGB_PORT" -U postgres -c "$sessions" -j 2 -T 100000 \
     -f "$PGB_DIR/load.sql" postgres >"$PGB_DIR/pgbench.log" 2>&1 &
   PGB_LOAD_PID=$!
   export PGB_LOAD_PID

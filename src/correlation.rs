@@ -11,6 +11,14 @@
 //! pseudo-key `application_name` in `correlation.keys` takes the ID from there (the agent's own
 //! `bitville-postgres-agent` never counts).
 //!
+//! The ID's shape (`correlation.id_shape`): by default (`php`) only what the PHP agent writes counts,
+//! so other programs named `bitville-<word>` (the Python agent's own `bitville-monitor`) are not
+//! requests: from `application_name` only a UUID (`8-4-4-4-12` hex digits), from the `correlation`
+//! key only a value the PHP agent's own pattern `[a-f0-9-]+` (case-insensitive) matches. `any` accepts
+//! any `bitville-<id>` of 1 to 128 letters, digits, `-`, `_`, `.`, `:` and any `correlation` value.
+//! The choice travels inside the keys list as [`ANY_SHAPE_KEY`] (see [`keys_with_shape`]), so every
+//! reader of `correlation.keys` applies the same rule.
+//!
 //! Keys are normalised (lower case, `-` -> `_`). `correlation.keys` lists, in order of preference,
 //! which keys hold the correlation ID. Comments inside string literals are ignored. Bounded: at most
 //! [`MAX_TAGS`] tags of at most [`MAX_VALUE_LEN`] bytes each. Runs before any obfuscation; it only reads.
@@ -44,13 +52,59 @@ pub const APPLICATION_NAME_KEY: &str = "application_name";
 /// Prefix of the Bitville PHP agent's `application_name`: `bitville-<id>`.
 pub const APPLICATION_NAME_PREFIX: &str = "bitville-";
 
+/// The comment key of the Bitville PHP agent's `/* correlation:<id> */`.
+pub const PHP_COMMENT_KEY: &str = "correlation";
+
+/// Marker in a keys list for `correlation.id_shape = any`. It cannot be a real key: keys are read
+/// from comments as letters, digits, `_`, `-`, `.` and `%` only.
+pub const ANY_SHAPE_KEY: &str = "*any_shape";
+
+/// The shapes `correlation.id_shape` accepts, default first.
+pub const ID_SHAPES: &[&str] = &["php", "any"];
+
+/// `keys` (from `correlation.keys`) carrying the `correlation.id_shape` choice (`php` or `any`).
+pub fn keys_with_shape(mut keys: Vec<String>, shape: &str) -> Vec<String> {
+    keys.retain(|k| k != ANY_SHAPE_KEY);
+    if shape == "any" {
+        keys.push(ANY_SHAPE_KEY.to_string());
+    }
+    keys
+}
+
+fn any_shape(keys: &[String]) -> bool {
+    keys.iter().any(|k| k == ANY_SHAPE_KEY)
+}
+
+/// Whether `id` is a UUID in its text form: `8-4-4-4-12` hex digits, any case.
+pub fn is_uuid(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Whether the PHP agent's own pattern for `/* correlation:<id> */`, `[a-f0-9-]+` with PHP's `/i`,
+/// matches all of `id`.
+pub fn is_php_comment_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-')
+}
+
 /// Extracts correlation tags from every comment in `sql`; None when there are none.
 pub fn extract(sql: &str, keys: &[String]) -> Option<Correlation> {
     extract_from(Some(sql), None, keys)
 }
 
-/// The ID in an `application_name` of the form `bitville-<id>` (the Bitville PHP agent's), where
-/// `<id>` is 1 to 128 letters, digits, `-`, `_`, `.` or `:`. The agent's own name never matches.
+/// The ID in an `application_name` of the form `bitville-<uuid>` (the Bitville PHP agent's).
+pub fn application_name_uuid(application_name: &str) -> Option<&str> {
+    application_name
+        .strip_prefix(APPLICATION_NAME_PREFIX)
+        .filter(|id| is_uuid(id))
+}
+
+/// The ID in an `application_name` of the form `bitville-<id>`, where `<id>` is 1 to 128 letters,
+/// digits, `-`, `_`, `.` or `:` (`correlation.id_shape = any`). The agent's own name never matches.
 pub fn application_name_id(application_name: &str) -> Option<&str> {
     let id = application_name.strip_prefix(APPLICATION_NAME_PREFIX)?;
     let ok = !id.is_empty()
@@ -78,9 +132,16 @@ pub fn extract_from(
     application_name: Option<&str>,
     keys: &[String],
 ) -> Option<Correlation> {
+    let any = any_shape(keys);
     let app_id = application_name
         .filter(|_| keys.iter().any(|k| k == APPLICATION_NAME_KEY))
-        .and_then(application_name_id);
+        .and_then(|a| {
+            if any {
+                application_name_id(a)
+            } else {
+                application_name_uuid(a)
+            }
+        });
     let mut tags = BTreeMap::new();
     if let Some(sql) = sql {
         if has_comment(sql) {
@@ -104,6 +165,10 @@ pub fn extract_from(
         match k.as_ref() {
             "traceparent" => trace_id.clone(),
             APPLICATION_NAME_KEY => app_id.map(|id| cut(id.to_string())),
+            PHP_COMMENT_KEY if !any => tags
+                .get(PHP_COMMENT_KEY)
+                .filter(|v| is_php_comment_id(v))
+                .cloned(),
             _ => tags.get(k.as_ref()).cloned(),
         }
     });
@@ -411,20 +476,14 @@ mod tests {
         assert!(c.id.is_some());
         let c = extract_from(Some("/* correlation:abc */ SELECT 1"), Some(app), &keys).unwrap();
         assert_eq!(c.id.as_deref(), Some("abc"));
-        // PHP's fallback id: 'fallback-' . uniqid('', true).
-        let c = extract_from(
-            None,
-            Some("bitville-fallback-5f1a2b3c4d5e6.12345678"),
-            &keys,
-        );
-        assert_eq!(
-            c.unwrap().id.as_deref(),
-            Some("fallback-5f1a2b3c4d5e6.12345678")
-        );
         for not_an_id in [
             crate::identity::APPLICATION_NAME,
+            "bitville-monitor",
             "bitville-",
             "bitville-a b",
+            "bitville-550e8400-e29b-41d4-a716-44665544000",
+            "bitville-550e8400xe29b-41d4-a716-446655440000",
+            "bitville-fallback-5f1a2b3c4d5e6.12345678",
             "psql",
             "xbitville-abc",
         ] {
@@ -436,6 +495,51 @@ mod tests {
         }
         // Without the pseudo-key, application_name is not read.
         assert_eq!(extract_from(None, Some(app), &without_app), None);
+    }
+
+    #[test]
+    fn correlation_comment_needs_the_php_pattern_unless_any_shape() {
+        let keys = default_keys();
+        let c = extract("/* correlation:monitor */ SELECT 1", &keys).unwrap();
+        assert_eq!(c.id, None);
+        assert_eq!(c.tags["correlation"], "monitor", "the tag is kept");
+        // A later key still counts when `correlation` does not.
+        let c = extract("/* correlation:x.y, request_id=r1 */ SELECT 1", &keys).unwrap();
+        assert_eq!(c.id.as_deref(), Some("r1"));
+        let any = keys_with_shape(keys, "any");
+        let c = extract("/* correlation:monitor */ SELECT 1", &any).unwrap();
+        assert_eq!(c.id.as_deref(), Some("monitor"));
+    }
+
+    #[test]
+    fn any_shape_accepts_other_bitville_names_but_never_our_own() {
+        let keys = keys_with_shape(default_keys(), "any");
+        // PHP's fallback id: 'fallback-' . uniqid('', true).
+        let c = extract_from(
+            None,
+            Some("bitville-fallback-5f1a2b3c4d5e6.12345678"),
+            &keys,
+        );
+        assert_eq!(
+            c.unwrap().id.as_deref(),
+            Some("fallback-5f1a2b3c4d5e6.12345678")
+        );
+        let c = extract_from(None, Some("bitville-monitor"), &keys);
+        assert_eq!(c.unwrap().id.as_deref(), Some("monitor"));
+        assert_eq!(
+            extract_from(None, Some(crate::identity::APPLICATION_NAME), &keys),
+            None
+        );
+        assert_eq!(keys_with_shape(keys.clone(), "php"), default_keys());
+        assert_eq!(keys_with_shape(keys.clone(), "any"), keys);
+    }
+
+    #[test]
+    fn uuid_shape() {
+        assert!(is_uuid("550E8400-e29b-41d4-a716-446655440000"));
+        assert!(!is_uuid("550e8400-e29b-41d4-a716-4466554400000"));
+        assert!(!is_uuid("550e8400e29b-41d4-a716-4466554400000"));
+        assert!(!is_uuid("g50e8400-e29b-41d4-a716-446655440000"));
     }
 
     proptest::proptest! {

@@ -41,7 +41,7 @@ fn a_controlled_workload_is_reported_as_its_average_active_sessions() {
     let config = agent_config(
         &server,
         state.path(),
-        "[activity]\nsample_interval_ms = 200\n[spikes]\nenabled = false\n",
+        "[activity]\nsample_interval_ms = 200\n[spikes]\nenabled = false\n[correlation]\nid_shape = any\n",
     );
     rt().block_on(async {
         let watcher = client(&server, "postgres", "watcher").await;

@@ -39,7 +39,7 @@ fn a_spike_of_40_sessions_makes_one_snapshot_with_their_ids_and_the_lock_chain()
         state.path(),
         &format!(
             "[agent]\nproject_id = shop\n[listener]\nurl = {}\napi_key = {KEY}\ntimeout_s = 5\n\
-             [spikes]\nactive_sessions = {SESSIONS}\nload = 100000\nlock_wait_ms = 0\n\
+             [correlation]\nid_shape = any\n[spikes]\nactive_sessions = {SESSIONS}\nload = 100000\nlock_wait_ms = 0\n\
              lookback_s = 60\nmin_gap_s = 60\n",
             listener.url()
         ),
@@ -254,7 +254,7 @@ fn the_daemon_ships_sampling_aggregates_and_spikes_and_keeps_one_connection() {
         &format!(
             "[agent]\ncollection_interval_s = 2\n[listener]\nprotocol = batch\nurl = {}\n\
              [logs]\nenabled = false\n[activity]\nsample_interval_ms = 200\n\
-             [spikes]\nactive_sessions = 2\nload = 100000\nlock_wait_ms = 0\nmin_gap_s = 5\n",
+             [correlation]\nid_shape = any\n[spikes]\nactive_sessions = 2\nload = 100000\nlock_wait_ms = 0\nmin_gap_s = 5\n",
             listener.url()
         ),
     );
@@ -338,7 +338,7 @@ fn an_old_lock_wait_fires_the_lock_wait_trigger() {
         &server,
         state.path(),
         "[activity]\nsample_interval_ms = 100\n\
-         [spikes]\nactive_sessions = 1000\nload = 100000\nlock_wait_ms = 500\nmin_gap_s = 60\n",
+         [correlation]\nid_shape = any\n[spikes]\nactive_sessions = 1000\nload = 100000\nlock_wait_ms = 500\nmin_gap_s = 60\n",
     );
     rt().block_on(async {
         let watcher = client(&server, "postgres", "watcher").await;

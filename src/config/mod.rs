@@ -135,6 +135,8 @@ pub struct SafetyConfig {
     pub session_max_age: Duration,
     pub max_activity_rows: usize,
     pub max_statement_rows: usize,
+    /// `safety.statement_texts_interval_s`; zero = every cycle.
+    pub statement_texts_interval: Duration,
     pub max_query_length: usize,
 }
 
@@ -254,6 +256,10 @@ pub struct SpikesConfig {
     pub lock_wait: Option<Duration>,
     pub lookback: Duration,
     pub min_gap: Duration,
+    /// `spikes.baseline_s`: the trailing window whose median a trigger must exceed.
+    pub baseline: Duration,
+    /// `spikes.baseline_factor` in `spikes.mode = baseline`; None in `absolute` mode.
+    pub baseline_factor: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -474,6 +480,9 @@ impl Config {
                 session_max_age: Duration::from_secs(v.int("safety", "session_max_age_s")?),
                 max_activity_rows: v.int("safety", "max_activity_rows")? as usize,
                 max_statement_rows: v.int("safety", "max_statement_rows")? as usize,
+                statement_texts_interval: Duration::from_secs(
+                    v.int("safety", "statement_texts_interval_s")?,
+                ),
                 max_query_length: v.int("safety", "max_query_length")? as usize,
             },
             listener: ListenerConfig {
@@ -512,7 +521,11 @@ impl Config {
                 start_at_end: v.choice("logs", "start_at")? == "end",
             },
             correlation: CorrelationConfig {
-                keys: v.list("correlation", "keys", None)?,
+                // `id_shape` travels inside the keys list, so every reader applies it.
+                keys: crate::correlation::keys_with_shape(
+                    v.list("correlation", "keys", None)?,
+                    &v.choice("correlation", "id_shape")?,
+                ),
             },
             privacy: PrivacyConfig {
                 obfuscate_queries: v.bool("privacy", "obfuscate_queries")?,
@@ -550,6 +563,11 @@ impl Config {
                 lock_wait: Some(v.millis("spikes", "lock_wait_ms")?).filter(|d| !d.is_zero()),
                 lookback: Duration::from_secs(v.int("spikes", "lookback_s")?),
                 min_gap: Duration::from_secs(v.int("spikes", "min_gap_s")?),
+                baseline: Duration::from_secs(v.int("spikes", "baseline_s")?),
+                baseline_factor: match v.choice("spikes", "mode")?.as_str() {
+                    "absolute" => None,
+                    _ => v.opt_positive("spikes", "baseline_factor", 1000.0, false)?,
+                },
             },
             notices: raw.notices.clone(),
         })

@@ -460,7 +460,7 @@ impl PgServer {
     /// A TOML-free INI config pointing the agent at this server, for CLI tests.
     pub fn agent_ini(&self, state_dir: &Path, extra: &str) -> String {
         let base = format!(
-            "[agent]\nproject_id = test\nstate_dir = {}\n\n[postgres]\nhost = {}\nport = {}\nuser = {SUPERUSER}\ndatabase = postgres\n\n[telemetry]\nlisten =\n\n",
+            "[agent]\nproject_id = test\nstate_dir = {}\n\n[postgres]\nhost = {}\nport = {}\nuser = {SUPERUSER}\ndatabase = postgres\n\n[telemetry]\nlisten =\n\n[safety]\n# Texts of new statements every cycle: tests run cycles seconds apart.\nstatement_texts_interval_s = 0\n\n",
             state_dir.display(),
             self.socket_dir.display(),
             self.port

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use super::spikes::{self, Gate, Moment, Thresholds, Trigger};
+use super::spikes::{self, Baseline, Gate, Moment, Thresholds, Trigger};
 use super::{server_context, CollectError, CollectSettings, ServerContext};
 use crate::batch::{Batch, BatchKind, Record};
 use crate::clock::format_rfc3339;
@@ -70,6 +70,8 @@ pub struct Sampler {
     lock_waits: HashMap<(i32, i64), Instant>,
     server: Option<(ServerContext, Instant)>,
     gate: Gate,
+    /// The samples of the last `spikes.baseline_s` seconds, for baseline-relative triggers.
+    baseline: Baseline,
     cores: usize,
     counters: Counters,
 }
@@ -97,6 +99,7 @@ impl Sampler {
             lock_waits: HashMap::new(),
             server: None,
             gate: Gate::default(),
+            baseline: Baseline::default(),
             cores: host::cores(),
         }
     }
@@ -197,7 +200,12 @@ impl Sampler {
         let oldest_lock_wait = self.track_lock_waits(&read.rows, now);
         tick.outcome = Outcome::Sampled(point);
         if config.spikes.enabled {
-            tick.triggers = spikes::crossed(&self.thresholds(config), &point, oldest_lock_wait);
+            tick.triggers = spikes::crossed(
+                &self.thresholds(config),
+                &point,
+                oldest_lock_wait,
+                &self.baseline,
+            );
             if !tick.triggers.is_empty() && self.gate.admit(now, config.spikes.min_gap) {
                 let moment = Moment {
                     triggers: tick.triggers.clone(),
@@ -223,6 +231,12 @@ impl Sampler {
                 }
             }
         }
+        self.baseline.push(
+            point.at_ms,
+            point.active,
+            host.load1,
+            config.spikes.baseline,
+        );
         if db.open_connections() > 1 {
             // A collector asked for a session while this one was in use, so the pool opened a
             // second connection: close this one, and the pool is back to one.

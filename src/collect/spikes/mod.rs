@@ -4,9 +4,16 @@
 //! processes ([`procs`]) and the samples of the last `spikes.lookback_s` seconds. Shipped as a
 //! `spike` batch, at most one per `spikes.min_gap_s`.
 //!
+//! When a trigger fires (`spikes.mode`): in `baseline` mode (the default) the active-sessions and
+//! load triggers need a sample at or above both the absolute floor (`spikes.active_sessions`,
+//! `spikes.load`) and `spikes.baseline_factor` times the median of the last `spikes.baseline_s`
+//! seconds of samples ([`baseline`]); in `absolute` mode the floor alone. The lock-wait trigger is
+//! absolute in both.
+//!
 //! It does not decide when to sample; [`super::sampling::Sampler`] calls [`crossed`] on every
 //! sample, and [`snapshot`] when a trigger fired and the [`Gate`] lets it.
 
+pub mod baseline;
 pub mod procs;
 
 use std::time::{Duration, Instant};
@@ -22,6 +29,7 @@ use crate::batch::{Batch, BatchKind, Record};
 use crate::clock::format_rfc3339;
 use crate::config::SpikesConfig;
 use crate::db::Session;
+pub use baseline::Baseline;
 
 /// Processes listed in a snapshot's `host.top_processes`.
 pub const TOP_PROCESSES: usize = 10;
@@ -37,6 +45,9 @@ pub struct Thresholds {
     pub active_sessions: u32,
     pub load: f64,
     pub lock_wait: Option<Duration>,
+    /// `spikes.mode = baseline`: the multiple of the trailing median a sample must also reach;
+    /// None in `absolute` mode.
+    pub baseline_factor: Option<f64>,
 }
 
 impl Thresholds {
@@ -46,6 +57,15 @@ impl Thresholds {
             active_sessions: config.active_sessions.unwrap_or(twice),
             load: config.load.unwrap_or(f64::from(twice)),
             lock_wait: config.lock_wait,
+            baseline_factor: config.baseline_factor,
+        }
+    }
+
+    /// What a value must reach: the floor, and in baseline mode the factor times the median.
+    fn bar(&self, floor: f64, median: impl FnOnce() -> f64) -> f64 {
+        match self.baseline_factor {
+            Some(f) => floor.max(f * median()),
+            None => floor,
         }
     }
 }
@@ -59,22 +79,36 @@ pub struct Trigger {
     pub threshold: f64,
 }
 
-/// The triggers a sample crosses, in the order active_sessions, load, lock_wait_ms.
-pub fn crossed(th: &Thresholds, point: &Point, oldest_lock_wait: Option<Duration>) -> Vec<Trigger> {
+/// The triggers a sample crosses, in the order active_sessions, load, lock_wait_ms. `baseline`
+/// holds the samples before this one; a trigger's `threshold` is the bar it crossed (the floor, or
+/// the factor times the median when that is higher).
+pub fn crossed(
+    th: &Thresholds,
+    point: &Point,
+    oldest_lock_wait: Option<Duration>,
+    baseline: &Baseline,
+) -> Vec<Trigger> {
     let mut out = Vec::new();
+    // The medians are only computed once a floor is reached.
     if point.active >= th.active_sessions {
-        out.push(Trigger {
-            name: "active_sessions",
-            value: f64::from(point.active),
-            threshold: f64::from(th.active_sessions),
-        });
+        let bar = th.bar(f64::from(th.active_sessions), || baseline.median_active());
+        if f64::from(point.active) >= bar {
+            out.push(Trigger {
+                name: "active_sessions",
+                value: f64::from(point.active),
+                threshold: bar,
+            });
+        }
     }
     if let Some(load) = point.host.load1.filter(|l| *l >= th.load) {
-        out.push(Trigger {
-            name: "load",
-            value: load,
-            threshold: th.load,
-        });
+        let bar = th.bar(th.load, || baseline.median_load());
+        if load >= bar {
+            out.push(Trigger {
+                name: "load",
+                value: load,
+                threshold: bar,
+            });
+        }
     }
     if let (Some(limit), Some(waited)) = (th.lock_wait, oldest_lock_wait) {
         if waited >= limit {
@@ -272,16 +306,25 @@ mod tests {
             lock_wait: Some(Duration::from_millis(5000)),
             lookback: Duration::from_secs(60),
             min_gap: Duration::from_secs(60),
+            baseline: Duration::from_secs(300),
+            baseline_factor: Some(2.0),
         };
         let th = Thresholds::new(&config, 4);
+        let none = Baseline::default();
         assert_eq!((th.active_sessions, th.load), (8, 8.0));
         assert!(crossed(
             &th,
             &point(7, Some(7.99)),
-            Some(Duration::from_millis(4999))
+            Some(Duration::from_millis(4999)),
+            &none
         )
         .is_empty());
-        let all = crossed(&th, &point(8, Some(8.0)), Some(Duration::from_secs(5)));
+        let all = crossed(
+            &th,
+            &point(8, Some(8.0)),
+            Some(Duration::from_secs(5)),
+            &none,
+        );
         let names: Vec<&str> = all.iter().map(|t| t.name).collect();
         assert_eq!(names, ["active_sessions", "load", "lock_wait_ms"]);
         assert_eq!(all[2].value, 5000.0);
@@ -289,7 +332,44 @@ mod tests {
             lock_wait: None,
             ..th
         };
-        assert!(crossed(&off, &point(0, None), Some(Duration::from_secs(99))).is_empty());
+        assert!(crossed(&off, &point(0, None), Some(Duration::from_secs(99)), &none).is_empty());
+    }
+
+    #[test]
+    fn baseline_mode_needs_a_rise_above_the_trailing_median_and_the_floor() {
+        let config = SpikesConfig {
+            enabled: true,
+            active_sessions: Some(10),
+            load: Some(4.0),
+            lock_wait: None,
+            lookback: Duration::from_secs(60),
+            min_gap: Duration::from_secs(60),
+            baseline: Duration::from_secs(300),
+            baseline_factor: Some(2.0),
+        };
+        let th = Thresholds::new(&config, 2);
+        let mut steady = Baseline::default();
+        for i in 0..60 {
+            steady.push(i * 1000, 100, Some(50.0), config.baseline);
+        }
+        // A steady 100 sessions (load 50) is no spike; 200 (load 100) is.
+        assert!(crossed(&th, &point(110, Some(60.0)), None, &steady).is_empty());
+        let t = crossed(&th, &point(200, Some(100.0)), None, &steady);
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!((t[0].value, t[0].threshold), (200.0, 200.0));
+        assert_eq!((t[1].value, t[1].threshold), (100.0, 100.0));
+        // A quiet baseline: the floor decides.
+        let mut quiet = Baseline::default();
+        quiet.push(0, 1, Some(0.1), config.baseline);
+        assert!(crossed(&th, &point(9, None), None, &quiet).is_empty());
+        let t = crossed(&th, &point(10, None), None, &quiet);
+        assert_eq!(t[0].threshold, 10.0);
+        // Absolute mode ignores the baseline.
+        let abs = Thresholds {
+            baseline_factor: None,
+            ..th
+        };
+        assert_eq!(crossed(&abs, &point(110, None), None, &steady).len(), 1);
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct Delta {
     pub values: Vec<f64>,
     /// Counted from a reset or eviction inside the interval rather than from the previous snapshot.
     pub reset: bool,
+    /// The entry was not in the previous snapshot.
+    pub new: bool,
 }
 
 /// What a new snapshot says about itself before its entries are read.
@@ -143,6 +145,7 @@ impl<'a> Fold<'a> {
     /// Folds in the entry whose values were just written to [`Fold::values`].
     pub fn entry(&mut self, key: Key, stats_since: Option<i64>) {
         let now = &self.values;
+        let new = !self.snap.entries.contains_key(&key);
         let (delta, reset) = match self.snap.entries.get_mut(&key) {
             None => {
                 self.snap.entries.insert(
@@ -186,6 +189,7 @@ impl<'a> Fold<'a> {
                 key,
                 values: delta.clone(),
                 reset,
+                new,
             });
         }
     }
@@ -195,6 +199,31 @@ impl<'a> Fold<'a> {
     pub fn finish(self) -> (Vec<Delta>, bool) {
         self.snap.entries.retain(|_, e| e.seen);
         (self.deltas, self.full_reset)
+    }
+}
+
+impl Snapshot {
+    /// Takes `d` back out of this snapshot (the one it was folded into), so the next fold reports
+    /// it again, added to what runs until then: a new entry is removed, an existing one gets its
+    /// previous values back. A reset delta cannot be taken back (its previous values are gone):
+    /// false, and nothing changes.
+    pub fn take_back(&mut self, d: &Delta) -> bool {
+        if d.reset {
+            return false;
+        }
+        if d.new {
+            self.entries.remove(&d.key);
+            return true;
+        }
+        match self.entries.get_mut(&d.key) {
+            Some(e) if e.values.len() == d.values.len() => {
+                for (v, dv) in e.values.iter_mut().zip(&d.values) {
+                    *v -= dv;
+                }
+                true
+            }
+            _ => false,
+        }
     }
 }
 

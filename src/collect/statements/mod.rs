@@ -3,7 +3,12 @@
 //!
 //! Each cycle reads every entry's counters with `pg_stat_statements(false)` (no texts), subtracts the
 //! baseline ([`baseline`]), keeps the top entries, and only then fetches the texts it lacks
-//! ([`texts`]). The agent's own statements are left out. Without the extension (or its library) the
+//! ([`texts`]). That read costs the server more than the snapshot itself (it reads the whole
+//! query-text file), so it happens at most once per `safety.statement_texts_interval_s`: an entry
+//! whose text is unknown in between is taken back out of the new baseline ([`Snapshot::take_back`])
+//! and reported at the next read, its delta then covering every interval since it was last
+//! reported (its record's `interval_start` says from when; the batch's `deferred` counts them).
+//! The agent's own statements are left out. Without the extension (or its library) the
 //! collector warns once with the fix and reports nothing until it appears; the others are unaffected.
 
 pub mod baseline;
@@ -12,6 +17,7 @@ pub mod texts;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -100,6 +106,10 @@ pub struct StatementsCollector {
     save_failed: bool,
     /// Read the saved baseline but never write, move or replace it (`once --dry-run`).
     read_only: bool,
+    /// When texts were last read from the server.
+    texts_read_at: Option<Instant>,
+    /// Entries taken back for want of a text: the `interval_start` their next record covers from.
+    deferred_since: HashMap<Key, String>,
 }
 
 /// Where the extension lives, and its version.
@@ -125,6 +135,8 @@ impl StatementsCollector {
             warned_unavailable: false,
             save_failed: false,
             read_only: false,
+            texts_read_at: None,
+            deferred_since: HashMap::new(),
         }
     }
 
@@ -317,6 +329,9 @@ impl StatementsCollector {
         }
         let (mut deltas, full_reset) = fold.finish();
         self.warned_unavailable = false;
+        // Entries gone from the server (or a new baseline) leave nothing to report later.
+        self.deferred_since
+            .retain(|k, _| !first && cur.entries.contains_key(k));
         if first {
             let mut collected = Collected::new(Vec::new());
             batch_fields(&mut collected.extra, None, &cur, 0, false, "new");
@@ -345,6 +360,12 @@ impl StatementsCollector {
         let max = settings.safety.max_statement_rows;
         let max_chars = (settings.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
         let mut chosen: Vec<Delta> = Vec::new();
+        let mut deferred: Vec<Delta> = Vec::new();
+        let mut due = texts_due(
+            self.texts_read_at,
+            settings.safety.statement_texts_interval,
+            Instant::now(),
+        );
         let mut next = 0;
         while chosen.len() < max && next < deltas.len() {
             let window = next..(next + max - chosen.len()).min(deltas.len());
@@ -356,13 +377,26 @@ impl StatementsCollector {
                 .collect();
             unknown.sort_unstable();
             unknown.dedup();
-            self.texts
-                .fetch(session, &ext.function, &unknown, max_chars)
-                .await?;
+            // A reset entry cannot wait: its previous values are gone.
+            let must = || {
+                deltas[window.clone()]
+                    .iter()
+                    .any(|d| d.reset && matches!(self.texts.lookup(d.key.queryid), Lookup::Unknown))
+            };
+            let fetched = !unknown.is_empty() && (due || must());
+            if fetched {
+                self.texts
+                    .fetch(session, &ext.function, &unknown, max_chars)
+                    .await?;
+                self.texts_read_at = Some(Instant::now());
+                due = true;
+            }
             for d in &deltas[window] {
                 if self.texts.is_agent(d.key.queryid) {
                     agent_own += 1;
                     agent_cost(d);
+                } else if !fetched && matches!(self.texts.lookup(d.key.queryid), Lookup::Unknown) {
+                    deferred.push(d.clone());
                 } else {
                     chosen.push(d.clone());
                 }
@@ -375,6 +409,17 @@ impl StatementsCollector {
                 .count() as u64;
         tally.add(Event::StatementsAgentOwn, agent_own);
         tally.add(Event::StatementsOmitted, omitted);
+        let mut deferred_count = 0u64;
+        for d in &deferred {
+            if cur.take_back(d) {
+                deferred_count += 1;
+                self.deferred_since
+                    .entry(d.key)
+                    .or_insert_with(|| interval_start.clone());
+            } else {
+                chosen.push(d.clone());
+            }
+        }
 
         let mut dbids: Vec<u32> = chosen.iter().map(|d| d.key.dbid).collect();
         let mut userids: Vec<u32> = chosen.iter().map(|d| d.key.userid).collect();
@@ -400,9 +445,10 @@ impl StatementsCollector {
                     (None, false)
                 }
             };
+            let since = self.deferred_since.remove(&d.key);
             records.push(record(
                 d,
-                &interval_start,
+                since.as_deref().unwrap_or(&interval_start),
                 &cur,
                 query,
                 query_truncated,
@@ -426,6 +472,9 @@ impl StatementsCollector {
         );
         collected
             .extra
+            .insert("deferred".into(), deferred_count.into());
+        collected
+            .extra
             .insert("evicted".into(), evicted.map_or(Value::Null, Value::from));
         self.keep(tally, cur).await;
         Ok(Some(collected))
@@ -446,10 +495,16 @@ fn batch_fields(
     );
     extra.insert("interval_end".into(), cur.taken_at.clone().into());
     extra.insert("omitted".into(), omitted.into());
+    extra.insert("deferred".into(), 0.into());
     extra.insert("stats_reset".into(), stats_reset.into());
     extra.insert("baseline".into(), baseline.into());
     extra.insert("extension_version".into(), cur.extversion.clone().into());
     extra.entry("evicted").or_insert(Value::Null);
+}
+
+/// Whether texts may be read now: never read yet, or read at least `interval` ago (zero: always).
+fn texts_due(read_at: Option<Instant>, interval: Duration, now: Instant) -> bool {
+    read_at.is_none_or(|t| now.saturating_duration_since(t) >= interval)
 }
 
 /// The value of counter `counter` in a delta (0 when the layout lacks it).
@@ -568,10 +623,11 @@ async fn fold_entries(
     } else {
         "NULL::bool"
     };
+    // Read as a timestamp: extract() computes in numeric, for every entry.
     let since = if ext.version >= STATS_SINCE_SINCE {
-        "(extract(epoch FROM stats_since) * 1000000)::int8"
+        "stats_since"
     } else {
-        "NULL::int8"
+        "NULL::timestamptz"
     };
     let sql = format!(
         "SELECT /* postgres-agent */ userid, dbid, {toplevel} AS toplevel, queryid, {since} AS since, {} \
@@ -592,10 +648,19 @@ async fn fold_entries(
                 queryid,
                 toplevel: col(row, QUERY, "toplevel")?,
             };
-            let stats_since = col(row, QUERY, "since")?;
+            let stats_since = col::<Option<time::OffsetDateTime>>(row, QUERY, "since")?
+                .map(|t| (t.unix_timestamp_nanos() / 1000) as i64);
             let values = fold.values();
             for (i, &counter) in layout.iter().enumerate() {
-                let v: Option<f64> = row.try_get(5 + i).map_err(|e| CollectError::Column {
+                let at = 5 + i;
+                let int8 = row.columns().get(at).map(|c| c.type_()) == Some(&Type::INT8);
+                let v: Result<Option<f64>, _> = if int8 {
+                    row.try_get::<_, Option<i64>>(at)
+                        .map(|v| v.map(|n| n as f64))
+                } else {
+                    row.try_get(at)
+                };
+                let v = v.map_err(|e| CollectError::Column {
                     query: QUERY,
                     column: COUNTERS[counter].name,
                     message: e.to_string(),

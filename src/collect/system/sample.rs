@@ -269,6 +269,10 @@ pub struct Memory {
     pub used_bytes: u64,
     pub swap_total_bytes: u64,
     pub swap_used_bytes: u64,
+    /// Kernel buffers and page cache (`Buffers`, `Cached` of /proc/meminfo): reclaimable, and
+    /// where PostgreSQL's reads beyond shared_buffers are served from.
+    pub buffers_bytes: u64,
+    pub cached_bytes: u64,
 }
 
 pub fn memory() -> Option<Memory> {
@@ -280,6 +284,8 @@ pub fn memory() -> Option<Memory> {
             used_bytes: m.mem_total.saturating_sub(available),
             swap_total_bytes: m.swap_total,
             swap_used_bytes: m.swap_total.saturating_sub(m.swap_free),
+            buffers_bytes: m.buffers,
+            cached_bytes: m.cached,
         }
     })
 }

@@ -147,9 +147,17 @@ async fn run(
             }
             if let Some(spike) = t.spike {
                 publish::sample(&shared.telemetry, "spikes", "ok");
-                tracing::info!(event = "spike", trigger = ?spike.extra.get("trigger"),
-                    value = ?spike.extra.get("trigger_value"), sessions = spike.count,
-                    "spike snapshot taken");
+                tracing::info!(
+                    event = "spike",
+                    trigger = spike
+                        .extra
+                        .get("trigger")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or(""),
+                    value = spike.extra.get("trigger_value").and_then(|v| v.as_f64()),
+                    sessions = spike.count,
+                    "spike snapshot taken"
+                );
                 persist(spike, &shared);
                 shared.deliver.notify_one();
             }
