@@ -16,11 +16,12 @@ use super::breaker::{Breaker, BreakerState};
 use super::encode::{EncodeCounters, Encoder, PrepareError, MAX_BODY_BYTES};
 use super::held::{Held, Unremoved};
 use super::http::Sender;
+use super::outbox::cursor::LogCursor;
 use super::outbox::{self, EvictionReport, NewBatch, Outbox, OutboxError, OutboxStats};
 use super::python_buffer::LegacyPayload;
 use super::ratelimit::RateLimiter;
 use super::ShipError;
-use crate::batch::{Batch, BatchKind};
+use crate::batch::Batch;
 use crate::config::{Config, Protocol};
 use crate::telemetry::registry::{Counters, Event};
 
@@ -52,6 +53,9 @@ pub(super) enum Stored {
 pub const STORAGE_WAIT: Duration = Duration::from_secs(2);
 /// The same wait while the outbox is known to be stuck, so that each write fails fast.
 const STALLED_WAIT: Duration = Duration::from_millis(20);
+/// The batch-level field of a pg_logs batch that carries the log position on the wire (kept for
+/// the listener; the outbox keeps its own copy, [`outbox::cursor`]).
+pub const LOG_CURSOR_FIELD: &str = "log_position";
 /// How long `stats()` waits for the outbox before answering with the figures it read last.
 const STATS_WAIT: Duration = Duration::from_millis(100);
 
@@ -344,6 +348,18 @@ impl Shipper {
     /// stores its requests durably in the outbox in one transaction, returning once they are
     /// committed; without one, prints it as one JSON line on stdout.
     pub fn enqueue(&self, batch: &Batch) -> Result<EnqueueReport, ShipError> {
+        self.enqueue_with_cursor(batch, None)
+    }
+
+    /// [`Shipper::enqueue`] of a pg_logs batch with the log position after its entries (`cursor`,
+    /// JSON text), stored in the outbox in the same transaction as the batch's requests and read
+    /// back on start by [`Shipper::log_cursor`]. Requests held in memory (the outbox takes no
+    /// writes) keep it only in their body.
+    pub fn enqueue_with_cursor(
+        &self,
+        batch: &Batch,
+        cursor: Option<&str>,
+    ) -> Result<EnqueueReport, ShipError> {
         if !self.has_listener.load(Ordering::Relaxed) {
             return self.print(batch);
         }
@@ -379,7 +395,7 @@ impl Shipper {
         }
         let rows = encoded.rows;
         let n = rows.len();
-        match self.store(&mut inner, rows) {
+        match self.store(&mut inner, rows, cursor) {
             Stored::Outbox(eviction) => {
                 self.log_evictions(&eviction, "buffer.max_size_mb reached");
                 Ok(EnqueueReport {
@@ -402,12 +418,7 @@ impl Shipper {
     /// Stores one payload of the Bitville Python agent's buffer as a bitville request, so it is
     /// sent (oldest first, before anything collected after it) like the agent's own.
     pub fn enqueue_python_payload(&self, p: &LegacyPayload) -> Result<(), ShipError> {
-        let kind = match p.source.as_str() {
-            "pg_stat_statements" => BatchKind::PgStatements,
-            "pg_log" => BatchKind::PgLogs,
-            "system_metrics" => BatchKind::SystemMetrics,
-            _ => BatchKind::PgActivity,
-        };
+        let kind = super::encode::bitville::kind_of_source(&p.source);
         let batch_id = uuid::Uuid::now_v7();
         let body = super::encode::gzip(p.json.as_bytes())
             .map_err(|source| ShipError::from(PrepareError::Gzip { batch_id, source }))?;
@@ -482,23 +493,28 @@ impl Shipper {
         }
     }
 
-    /// A batch-level field (for example `log_position`) of the newest waiting batch of `kind`:
-    /// what the log reader needs on start to skip entries already written to the outbox before a
-    /// crash. None in stdout mode, when nothing of that kind waits, or when the body is unreadable.
-    pub fn newest_field(&self, kind: BatchKind, field: &str) -> Option<serde_json::Value> {
+    /// The log cursor stored with the newest waiting pg_logs batch ([`outbox::cursor`]): what the
+    /// log reader needs on start to skip entries already written to the outbox before a crash.
+    /// None in stdout mode, when no pg_logs batch waits, or when it cannot be read. A request
+    /// written by the previous version (or first held in memory) has its cursor only in its body,
+    /// as `log_position` (an envelope field in the batch protocol, inside `data` in bitville):
+    /// read from there.
+    pub fn log_cursor(&self) -> Option<serde_json::Value> {
         let mut inner = self.lock();
         inner.sender.as_ref()?;
-        let body = self
-            .with_outbox(&mut inner, |ob| ob.newest_body(kind))
-            .ok()??;
-        let mut json = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json).ok()?;
-        let mut value: serde_json::Value = serde_json::from_slice(&json).ok()?;
-        // Batch protocol: an envelope field; bitville: inside `data`.
-        if value.get(field).is_none() {
-            value = value.get_mut("data")?.take();
+        match self.with_outbox(&mut inner, |ob| ob.log_cursor()).ok()?? {
+            LogCursor::Stored(text) => serde_json::from_str(&text).ok(),
+            LogCursor::InBody(body) => {
+                let mut json = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json)
+                    .ok()?;
+                let mut value: serde_json::Value = serde_json::from_slice(&json).ok()?;
+                if value.get(LOG_CURSOR_FIELD).is_none() {
+                    value = value.get_mut("data")?.take();
+                }
+                value.get_mut(LOG_CURSOR_FIELD).map(serde_json::Value::take)
+            }
         }
-        value.get_mut(field).map(serde_json::Value::take)
     }
 
     pub(super) fn log_evictions(&self, report: &EvictionReport, why: &str) {

@@ -14,12 +14,17 @@ impl Shipper {
     /// tries once more; when the storage still refuses, holds them in memory. While requests are
     /// held, new ones are held after them (the delivery pass writes them all to the outbox, in
     /// order, once it takes writes: [`Shipper::write_held`]). Other errors are returned.
-    pub(super) fn store(&self, inner: &mut Inner, rows: Vec<NewBatch>) -> Stored {
+    pub(super) fn store(
+        &self,
+        inner: &mut Inner,
+        rows: Vec<NewBatch>,
+        cursor: Option<&str>,
+    ) -> Stored {
         if !self.held().is_empty() {
             self.hold(rows);
             return Stored::Memory;
         }
-        match self.push_making_space(inner, &rows) {
+        match self.push_making_space(inner, &rows, cursor) {
             Ok(eviction) => {
                 self.storage_recovered(inner);
                 Stored::Outbox(eviction)
@@ -39,15 +44,16 @@ impl Shipper {
         &self,
         inner: &mut Inner,
         rows: &[NewBatch],
+        cursor: Option<&str>,
     ) -> Result<EvictionReport, ShipError> {
-        let result = self.with_outbox(inner, |ob| ob.push_all(rows));
+        let result = self.with_outbox(inner, |ob| ob.push_all_with_cursor(rows, cursor));
         match &result {
             Err(ShipError::Outbox(e)) if e.is_disk_full() => {
                 let need: u64 = rows.iter().map(|r| outbox::charge(r.body.len())).sum();
                 match self.with_outbox(inner, |ob| ob.make_space(need)) {
                     Ok(freed) => {
                         self.log_evictions(&freed, "the disk is full");
-                        self.with_outbox(inner, |ob| ob.push_all(rows))
+                        self.with_outbox(inner, |ob| ob.push_all_with_cursor(rows, cursor))
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot evict on a full disk");
@@ -70,7 +76,7 @@ impl Shipper {
             }
             held.rows().iter().cloned().collect()
         };
-        match self.push_making_space(inner, &rows) {
+        match self.push_making_space(inner, &rows, None) {
             Ok(eviction) => {
                 tracing::info!(
                     event = "held_written",
