@@ -11,12 +11,13 @@
 //! request is removed (or marked settled) once the listener took it, so neither end sends it again;
 //! settled requests whose removal failed are skipped wherever they are.
 
-use super::outbox::{NewBatch, StoredBatch};
-use super::shipper::{Inner, Shipper};
-use super::ShipError;
+use super::{State, Storage};
 use crate::batch::BatchKind;
 use crate::clock::now_ms;
 use crate::config::Protocol;
+use crate::ship::held::Settled;
+use crate::ship::outbox::{NewBatch, StoredBatch};
+use crate::ship::ShipError;
 
 /// One request in this many (the first of a pass included) goes to the newest data while there is a
 /// backlog: a quarter of the pass, so the backlog still drains at three quarters of the rate.
@@ -27,20 +28,20 @@ pub const FRESH_EVERY: u64 = 4;
 pub const BACKLOG_CYCLES: u32 = 2;
 
 /// The next request of a drain pass: from the outbox, or held in memory.
-pub(super) enum Next {
+pub enum Next {
     Stored(StoredBatch),
     Held(NewBatch),
 }
 
 impl Next {
-    pub(super) fn request(&self) -> (uuid::Uuid, BatchKind, &[u8], Protocol) {
+    pub fn request(&self) -> (uuid::Uuid, BatchKind, &[u8], Protocol) {
         match self {
             Next::Stored(b) => (b.batch_id, b.kind, &b.body, b.protocol),
             Next::Held(r) => (r.batch_id, r.kind, &r.body, r.protocol),
         }
     }
 
-    pub(super) fn attempts(&self) -> u32 {
+    pub fn attempts(&self) -> u32 {
         match self {
             Next::Stored(b) => b.attempts,
             Next::Held(_) => 0,
@@ -48,15 +49,12 @@ impl Next {
     }
 }
 
-impl Shipper {
+impl Storage {
     /// The request to send as the `nth` (0-based) of this pass; None when nothing waits. With
     /// `held_first` (the last pass before exit), requests held in memory go before anything else.
-    pub(super) fn pick(
-        &self,
-        inner: &mut Inner,
-        nth: u64,
-        held_first: bool,
-    ) -> Result<Option<Next>, ShipError> {
+    pub fn pick(&self, nth: u64, held_first: bool) -> Result<Option<Next>, ShipError> {
+        let mut st = self.lock();
+        let inner = &mut *st;
         if held_first {
             if let Some(r) = self.held().front() {
                 return Ok(Some(Next::Held(r.clone())));
@@ -90,7 +88,7 @@ impl Shipper {
     /// The newest request when there is a backlog ([`BACKLOG_CYCLES`]), else None.
     fn fresh(
         &self,
-        inner: &mut Inner,
+        inner: &mut State,
         oldest: Option<&StoredBatch>,
     ) -> Result<Option<Next>, ShipError> {
         let backlog_ms = (inner.interval * BACKLOG_CYCLES)
@@ -99,7 +97,7 @@ impl Shipper {
         let waited_since = match oldest {
             Some(b) => Some(b.enqueued_ms),
             None => self.held().front().and_then(|r| {
-                super::encode::unix_seconds(&r.collected_at).map(|s| (s * 1000.0) as i64)
+                crate::ship::encode::unix_seconds(&r.collected_at).map(|s| (s * 1000.0) as i64)
             }),
         };
         if waited_since.is_none_or(|t| now_ms() - t <= backlog_ms) {
@@ -132,12 +130,114 @@ impl Shipper {
     }
 
     /// The oldest request in the outbox that is not settled already.
-    fn oldest_unsettled(&self, inner: &mut Inner) -> Result<Option<StoredBatch>, ShipError> {
+    fn oldest_unsettled(&self, inner: &mut State) -> Result<Option<StoredBatch>, ShipError> {
         let mut after = 0;
         loop {
             match self.with_outbox(inner, |ob| ob.oldest_after(after))? {
                 Some(b) if inner.unremoved.contains(b.seq) => after = b.seq,
                 other => return Ok(other),
+            }
+        }
+    }
+
+    /// Before a pass: writes the requests held in memory to the outbox if it takes writes again,
+    /// and removes settled requests whose removal failed before.
+    pub fn prepare_pass(&self) {
+        let mut st = self.lock();
+        self.write_held(&mut st);
+        self.remove_settled(&mut st);
+    }
+
+    /// Removes settled requests the outbox could not remove before (acks, dead letters).
+    fn remove_settled(&self, st: &mut State) {
+        if st.unremoved.is_empty() {
+            return;
+        }
+        for (seq, how) in st.unremoved.take() {
+            let result = match &how {
+                Settled::Delivered(kind) => {
+                    self.with_outbox(st, |ob| ob.ack(seq, *kind).map(|_| ()))
+                }
+                Settled::Rejected { status, reason } => {
+                    self.with_outbox(st, |ob| ob.dead_letter(seq, *status, reason).map(|_| ()))
+                }
+            };
+            if result.is_err() {
+                st.unremoved.insert(seq, how);
+            }
+        }
+    }
+
+    /// The listener took `next`: removed from the outbox (or memory). Delivered but not removable
+    /// (a full or read-only disk): never sent again; removed when the outbox takes writes.
+    pub fn delivered(&self, next: &Next) {
+        match next {
+            Next::Stored(b) => {
+                let mut st = self.lock();
+                if let Err(e) = self.with_outbox(&mut st, |ob| ob.ack(b.seq, b.kind)) {
+                    tracing::warn!(event = "outbox_error", error = %e, batch_id = %b.batch_id,
+                        "delivered request could not be removed from the outbox yet");
+                    st.unremoved.insert(b.seq, Settled::Delivered(b.kind));
+                }
+            }
+            Next::Held(r) => {
+                self.held().remove(r.batch_id);
+            }
+        }
+    }
+
+    /// `next` failed and stays queued: its attempt count and last error are recorded (only those
+    /// are lost if this fails).
+    pub fn failed(&self, next: &Next, reason: &str) {
+        if let Next::Stored(b) = next {
+            let mut st = self.lock();
+            if let Err(e) = self.with_outbox(&mut st, |ob| ob.record_failure(b.seq, reason)) {
+                tracing::debug!(event = "outbox_error", error = %e,
+                    "cannot record the failed attempt");
+            }
+        }
+    }
+
+    /// Counts a request the listener answered 429 in the outbox's cumulative figures.
+    pub fn throttled(&self) {
+        let mut st = self.lock();
+        if let Err(e) = self.with_outbox(&mut st, |ob| ob.bump("throttled", 1)) {
+            tracing::debug!(event = "outbox_error", error = %e,
+                "cannot count the throttled request");
+        }
+    }
+
+    /// The listener rejected `next` for good: moved to the dead letters. Held in memory: there is
+    /// nowhere to keep it; the caller's log line is its record.
+    pub fn rejected(&self, next: &Next, status: Option<u16>, reason: &str) {
+        match next {
+            Next::Stored(b) => {
+                let mut st = self.lock();
+                match self.with_outbox(&mut st, |ob| ob.dead_letter(b.seq, status, reason)) {
+                    Ok(dropped) => {
+                        if dropped > 0 {
+                            tracing::warn!(
+                                event = "dead_letters_dropped",
+                                count = dropped,
+                                "dead letter limit reached; dropped the oldest"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = "outbox_error", error = %e,
+                            "cannot move the batch to the dead letters yet");
+                        st.unremoved.insert(
+                            b.seq,
+                            Settled::Rejected {
+                                status,
+                                reason: reason.to_string(),
+                            },
+                        );
+                    }
+                }
+            }
+            Next::Held(r) => {
+                self.held().remove(r.batch_id);
             }
         }
     }

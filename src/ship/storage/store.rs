@@ -1,40 +1,74 @@
-//! Where requests go when the storage misbehaves: writing to the outbox after anything held in
-//! memory, making room on a full disk, holding requests in memory while the outbox takes no writes
-//! ([`super::held`]), and re-encoding requests queued in another protocol.
+//! Where [`Storage`] puts encoded requests: the outbox after anything held in memory, making room
+//! on a full disk, holding requests in memory while the outbox takes no writes ([`crate::ship::held`])
+//! or while another writer is stuck on it, and the disk space reserve.
 
-use super::outbox::{self, EvictionReport, NewBatch, OutboxError};
-use super::shipper::{Inner, Shipper, Stored};
-use super::ShipError;
-use crate::batch::Batch;
-use crate::config::Protocol;
+use super::{State, Storage};
+use crate::ship::outbox::{self, EvictionReport, NewBatch, OutboxError};
+use crate::ship::ShipError;
 use crate::telemetry::registry::Event;
 
-impl Shipper {
+/// Where [`Storage::store`] put a batch's requests.
+pub enum Stored {
+    /// In the outbox: `evicted` requests (possibly some of these) were evicted to make room.
+    Outbox {
+        evicted: usize,
+    },
+    /// Held in memory (the outbox takes no writes, or another writer is stuck on it).
+    Memory,
+    Failed(ShipError),
+}
+
+impl Storage {
+    /// Stores a batch's encoded requests durably (one transaction, with the log `cursor` of a
+    /// pg_logs batch), counting `merged` correlated statements in the outbox. While another writer
+    /// is stuck on the storage ([`super::STORAGE_WAIT`]), they are held in memory instead: sent from
+    /// there while the listener answers, written once the outbox answers again.
+    pub fn store(&self, rows: Vec<NewBatch>, merged: usize, cursor: Option<&str>) -> Stored {
+        let Some(mut st) = self.lock_within() else {
+            self.hold(rows);
+            return Stored::Memory;
+        };
+        if merged > 0 {
+            let _ = self.with_outbox(&mut st, |ob| ob.bump("correlated_merged", merged as i64));
+        }
+        match self.store_rows(&mut st, rows, cursor) {
+            Ok(eviction) => {
+                self.log_evictions(&eviction, "buffer.max_size_mb reached");
+                Stored::Outbox {
+                    evicted: eviction.evicted.len(),
+                }
+            }
+            Err(None) => Stored::Memory,
+            Err(Some(e)) => Stored::Failed(e),
+        }
+    }
+
     /// Writes `rows` to the outbox; on a full disk makes room by evicting the oldest requests and
     /// tries once more; when the storage still refuses, holds them in memory. While requests are
     /// held, new ones are held after them (the delivery pass writes them all to the outbox, in
-    /// order, once it takes writes: [`Shipper::write_held`]). Other errors are returned.
-    pub(super) fn store(
+    /// order, once it takes writes: [`Storage::write_held`]). Other errors are returned.
+    /// (Err(None): held in memory.)
+    fn store_rows(
         &self,
-        inner: &mut Inner,
+        st: &mut State,
         rows: Vec<NewBatch>,
         cursor: Option<&str>,
-    ) -> Stored {
+    ) -> Result<EvictionReport, Option<ShipError>> {
         if !self.held().is_empty() {
             self.hold(rows);
-            return Stored::Memory;
+            return Err(None);
         }
-        match self.push_making_space(inner, &rows, cursor) {
+        match self.push_making_space(st, &rows, cursor) {
             Ok(eviction) => {
-                self.storage_recovered(inner);
-                Stored::Outbox(eviction)
+                self.storage_recovered(st);
+                Ok(eviction)
             }
             Err(ShipError::Outbox(e)) if e.is_storage() => {
-                self.storage_failed(inner, &e);
+                self.storage_failed(st, &e);
                 self.hold(rows);
-                Stored::Memory
+                Err(None)
             }
-            Err(e) => Stored::Failed(e),
+            Err(e) => Err(Some(e)),
         }
     }
 
@@ -42,18 +76,18 @@ impl Shipper {
     /// ([`outbox::Outbox::make_space`]) and tries once more.
     fn push_making_space(
         &self,
-        inner: &mut Inner,
+        st: &mut State,
         rows: &[NewBatch],
         cursor: Option<&str>,
     ) -> Result<EvictionReport, ShipError> {
-        let result = self.with_outbox(inner, |ob| ob.push_all_with_cursor(rows, cursor));
+        let result = self.with_outbox(st, |ob| ob.push_all_with_cursor(rows, cursor));
         match &result {
             Err(ShipError::Outbox(e)) if e.is_disk_full() => {
                 let need: u64 = rows.iter().map(|r| outbox::charge(r.body.len())).sum();
-                match self.with_outbox(inner, |ob| ob.make_space(need)) {
+                match self.with_outbox(st, |ob| ob.make_space(need)) {
                     Ok(freed) => {
                         self.log_evictions(&freed, "the disk is full");
-                        self.with_outbox(inner, |ob| ob.push_all_with_cursor(rows, cursor))
+                        self.with_outbox(st, |ob| ob.push_all_with_cursor(rows, cursor))
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot evict on a full disk");
@@ -68,7 +102,7 @@ impl Shipper {
     /// Moves requests held in memory into the outbox, in order, if it takes writes again (making
     /// room on a full disk). Only the delivery pass calls it (under its one-at-a-time lock), so no
     /// held request is in flight meanwhile.
-    pub(super) fn write_held(&self, inner: &mut Inner) {
+    pub(super) fn write_held(&self, st: &mut State) {
         let rows: Vec<NewBatch> = {
             let held = self.held();
             if held.is_empty() {
@@ -76,7 +110,7 @@ impl Shipper {
             }
             held.rows().iter().cloned().collect()
         };
-        match self.push_making_space(inner, &rows, None) {
+        match self.push_making_space(st, &rows, None) {
             Ok(eviction) => {
                 tracing::info!(
                     event = "held_written",
@@ -90,29 +124,13 @@ impl Shipper {
                 }
                 drop(held);
                 self.log_evictions(&eviction, "buffer.max_size_mb reached");
-                self.storage_recovered(inner);
+                self.storage_recovered(st);
             }
             Err(e) => tracing::debug!(error = %e, "the outbox still does not take writes"),
         }
     }
 
-    /// Encodes a batch and holds its requests in memory without touching the outbox: for a writer
-    /// that must not wait on the storage (the daemon's state writer, when it is behind). Returns
-    /// the number of requests held.
-    pub fn hold_batch(&self, batch: &Batch) -> Result<usize, ShipError> {
-        if !self.has_listener() {
-            return self.enqueue(batch).map(|r| r.held);
-        }
-        let encoded = self.encoder().encode(batch).map_err(|e| {
-            self.counters.add(Event::EnqueueFailures, 1);
-            ShipError::from(e)
-        })?;
-        let n = encoded.rows.len();
-        self.hold(encoded.rows);
-        Ok(n)
-    }
-
-    pub(super) fn hold(&self, rows: Vec<NewBatch>) {
+    pub fn hold(&self, rows: Vec<NewBatch>) {
         self.counters.add(Event::RequestsHeld, rows.len() as u64);
         let dropped = self.held().push(rows);
         if !dropped.is_empty() {
@@ -146,88 +164,41 @@ impl Shipper {
         n
     }
 
-    pub(super) fn storage_failed(&self, inner: &mut Inner, e: &OutboxError) {
+    pub(super) fn storage_failed(&self, st: &mut State, e: &OutboxError) {
         self.counters.add(Event::OutboxStorageFailures, 1);
-        if inner.storage_error.is_none() {
+        if st.storage_error.is_none() {
             tracing::error!(event = "outbox_unwritable", error = %e,
                 "the outbox does not take writes (full disk, read-only or failing storage); \
                  holding requests in memory and sending from there");
         }
-        inner.storage_error = Some(e.to_string());
+        st.storage_error = Some(e.to_string());
     }
 
-    fn storage_recovered(&self, inner: &mut Inner) {
-        if inner.storage_error.take().is_some() {
+    fn storage_recovered(&self, st: &mut State) {
+        if st.storage_error.take().is_some() {
             tracing::info!(event = "outbox_writable", "the outbox takes writes again");
         }
-        self.check_reserve(inner);
+        self.check_reserve(st);
     }
 
     /// Makes the disk space reserve if it is missing; its absence is logged once (until it exists).
-    pub(super) fn check_reserve(&self, inner: &mut Inner) {
-        let missing = inner.outbox.as_ref().and_then(|ob| ob.ensure_reserve());
-        match (missing, inner.reserve_missing) {
+    pub(super) fn check_reserve(&self, st: &mut State) {
+        let missing = st.outbox.as_ref().and_then(|ob| ob.ensure_reserve());
+        match (missing, st.reserve_missing) {
             (Some(why), false) => {
-                inner.reserve_missing = true;
+                st.reserve_missing = true;
                 tracing::warn!(event = "outbox_reserve_missing", error = %why,
                     "no disk space reserve beside the outbox: on a full disk, making room may need \
                      the disk to give back space first (said once until the reserve exists)");
             }
             (None, true) => {
-                inner.reserve_missing = false;
+                st.reserve_missing = false;
                 tracing::info!(
                     event = "outbox_reserve_made",
                     "the disk space reserve beside the outbox exists again"
                 );
             }
             _ => {}
-        }
-    }
-
-    /// Re-encodes batch-protocol requests still queued (written before `listener.protocol` became
-    /// `bitville`) as bitville requests, so switching protocols loses nothing. A request that cannot
-    /// be read back stays as it is (logged); it will be sent as written.
-    pub(super) fn convert_queued(&self, inner: &mut Inner) {
-        let seqs = match self.with_outbox(inner, |ob| ob.seqs_in(Protocol::Batch)) {
-            Ok(seqs) => seqs,
-            Err(e) => {
-                tracing::error!(event = "outbox_error", error = %e, "cannot list queued batches");
-                return;
-            }
-        };
-        let mut converted = 0;
-        for seq in seqs {
-            let Ok(Some(body)) = self.with_outbox(inner, |ob| ob.body(seq)) else {
-                continue;
-            };
-            let mut json = Vec::new();
-            let batch =
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json)
-                    .map_err(|e| e.to_string())
-                    .and_then(|_| {
-                        serde_json::from_slice::<Batch>(&json).map_err(|e| e.to_string())
-                    });
-            drop(json);
-            let rows = match batch {
-                Ok(batch) => self.encoder().encode(&batch).map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            };
-            match rows {
-                Ok(encoded) => match self.with_outbox(inner, |ob| ob.replace(seq, &encoded.rows)) {
-                    Ok(()) => converted += 1,
-                    Err(e) => tracing::error!(event = "outbox_error", error = %e, seq,
-                        "cannot convert a queued batch to the bitville protocol"),
-                },
-                Err(e) => tracing::warn!(event = "convert_skipped", seq, error = %e,
-                    "a queued batch-protocol request cannot be read back; it is sent as written"),
-            }
-        }
-        if converted > 0 {
-            tracing::info!(
-                event = "queued_converted",
-                batches = converted,
-                "re-encoded batches queued in the batch protocol as bitville requests"
-            );
         }
     }
 }
