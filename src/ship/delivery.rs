@@ -139,7 +139,7 @@ impl Delivery {
     }
 
     /// Sends queued batches oldest-first, with a quarter of the requests kept for the newest data
-    /// while there is a backlog ([`super::storage::pick`]), until the outbox is empty, the breaker
+    /// while there is a backlog ([`super::storage::queue`]), until the outbox is empty, the breaker
     /// opens, a request fails, or `budget` is spent. Where pacing applies, requests are paced to
     /// `listener.max_requests_per_minute` (refused connections not counted): a pass waits for a
     /// free slot when one comes within the budget. A request already started is allowed to finish,

@@ -25,7 +25,7 @@
 //!   It is synchronous and short (one SQLite transaction per part, fsynced); call it from the task
 //!   that built the batch.
 //! - [`Shipper::drain`] sends oldest-first, with a quarter kept for the newest data while a backlog
-//!   waits (`storage::pick`), while the [`breaker`] allows and, where pacing applies, within
+//!   waits (`storage::queue`), while the [`breaker`] allows and, where pacing applies, within
 //!   `listener.max_requests_per_minute` ([`ratelimit`]), stopping at the first failed request (the
 //!   rest waits for the next pass), at a `Retry-After` or 429, or when the budget is spent; a
 //!   request already started is allowed to finish ([`http`]). One drain runs at a time.

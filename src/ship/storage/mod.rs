@@ -1,7 +1,7 @@
 //! [`Storage`]: the storage half of the shipper. It owns the outbox (SQLite, [`super::outbox`]),
 //! the requests held in memory while the outbox takes no writes ([`super::held`]), settled requests
 //! not yet removed, eviction and disk space, a vanished or corrupt outbox file, the pick of the next
-//! request to send ([`pick`]), and the saved copy of the breaker state (an outbox rebuilt from
+//! request to send ([`queue`]), and the saved copy of the breaker state (an outbox rebuilt from
 //! scratch needs it). It never sends and never calls delivery: [`super::delivery::Delivery`] calls
 //! it, and [`super::Shipper`] (the front) hands it encoded requests.
 //!
@@ -24,11 +24,11 @@ use super::ShipError;
 use crate::config::Config;
 use crate::telemetry::registry::{Counters, Event};
 
-pub mod pick;
+mod fallback;
+pub mod queue;
 pub mod recreate;
-mod store;
 
-pub use store::Stored;
+pub use queue::{Next, Stored};
 
 /// How long a writer waits for the outbox while another one holds it, before it holds its
 /// requests in memory instead: SQLite statements take milliseconds, so a longer wait means a

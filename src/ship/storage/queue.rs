@@ -1,5 +1,12 @@
-//! What a drain pass sends next: the backlog oldest-first, with a share kept for fresh data so that
-//! a long backlog (after an outage or a full disk) never starves what is being collected now.
+//! The request queue of [`Storage`]: what goes in ([`Storage::store`]: the outbox after anything
+//! held in memory, making room on a full disk, the held requests written back once it takes writes),
+//! what comes out next ([`Storage::pick`]), and what becomes of it once the listener answered
+//! ([`Storage::delivered`], `failed`, `throttled`, `rejected`). Both ends are in one file because
+//! the order out depends on how requests went in (held in memory before the outbox, imported ones
+//! first).
+//!
+//! The order out: the backlog goes oldest-first, with a share kept for fresh data so that a long
+//! backlog (after an outage or a full disk) never starves what is being collected now.
 //!
 //! While a backlog exists (the oldest request has waited more than [`BACKLOG_CYCLES`] collection
 //! intervals, and at least 2 s), every [`FRESH_EVERY`]th request of a pass, its first included, is
@@ -16,8 +23,19 @@ use crate::batch::BatchKind;
 use crate::clock::now_ms;
 use crate::config::Protocol;
 use crate::ship::held::Settled;
-use crate::ship::outbox::{NewBatch, StoredBatch};
+use crate::ship::outbox::{self, EvictionReport, NewBatch, StoredBatch};
 use crate::ship::ShipError;
+
+/// Where [`Storage::store`] put a batch's requests.
+pub enum Stored {
+    /// In the outbox: `evicted` requests (possibly some of these) were evicted to make room.
+    Outbox {
+        evicted: usize,
+    },
+    /// Held in memory (the outbox takes no writes, or another writer is stuck on it).
+    Memory,
+    Failed(ShipError),
+}
 
 /// One request in this many (the first of a pass included) goes to the newest data while there is a
 /// backlog: a quarter of the pass, so the backlog still drains at three quarters of the rate.
@@ -50,6 +68,117 @@ impl Next {
 }
 
 impl Storage {
+    /// Stores a batch's encoded requests durably (one transaction, with the log `cursor` of a
+    /// pg_logs batch), counting `merged` correlated statements in the outbox. While another writer
+    /// is stuck on the storage ([`super::STORAGE_WAIT`]), they are held in memory instead: sent from
+    /// there while the listener answers, written once the outbox answers again.
+    pub fn store(&self, rows: Vec<NewBatch>, merged: usize, cursor: Option<&str>) -> Stored {
+        let Some(mut st) = self.lock_within() else {
+            self.hold(rows);
+            return Stored::Memory;
+        };
+        if merged > 0 {
+            let _ = self.with_outbox(&mut st, |ob| ob.bump("correlated_merged", merged as i64));
+        }
+        match self.store_rows(&mut st, rows, cursor) {
+            Ok(eviction) => {
+                self.log_evictions(&eviction, "buffer.max_size_mb reached");
+                Stored::Outbox {
+                    evicted: eviction.evicted.len(),
+                }
+            }
+            Err(None) => Stored::Memory,
+            Err(Some(e)) => Stored::Failed(e),
+        }
+    }
+
+    /// Writes `rows` to the outbox; on a full disk makes room by evicting the oldest requests and
+    /// tries once more; when the storage still refuses, holds them in memory. While requests are
+    /// held, new ones are held after them (the delivery pass writes them all to the outbox, in
+    /// order, once it takes writes: [`Storage::write_held`]). Other errors are returned.
+    /// (Err(None): held in memory.)
+    fn store_rows(
+        &self,
+        st: &mut State,
+        rows: Vec<NewBatch>,
+        cursor: Option<&str>,
+    ) -> Result<EvictionReport, Option<ShipError>> {
+        if !self.held().is_empty() {
+            self.hold(rows);
+            return Err(None);
+        }
+        match self.push_making_space(st, &rows, cursor) {
+            Ok(eviction) => {
+                self.storage_recovered(st);
+                Ok(eviction)
+            }
+            Err(ShipError::Outbox(e)) if e.is_storage() => {
+                self.storage_failed(st, &e);
+                self.hold(rows);
+                Err(None)
+            }
+            Err(e) => Err(Some(e)),
+        }
+    }
+
+    /// Writes `rows` to the outbox; on a full disk evicts the oldest requests to make room
+    /// ([`outbox::Outbox::make_space`]) and tries once more.
+    fn push_making_space(
+        &self,
+        st: &mut State,
+        rows: &[NewBatch],
+        cursor: Option<&str>,
+    ) -> Result<EvictionReport, ShipError> {
+        let result = self.with_outbox(st, |ob| ob.push_all_with_cursor(rows, cursor));
+        match &result {
+            Err(ShipError::Outbox(e)) if e.is_disk_full() => {
+                let need: u64 = rows.iter().map(|r| outbox::charge(r.body.len())).sum();
+                match self.with_outbox(st, |ob| ob.make_space(need)) {
+                    Ok(freed) => {
+                        self.log_evictions(&freed, "the disk is full");
+                        self.with_outbox(st, |ob| ob.push_all_with_cursor(rows, cursor))
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot evict on a full disk");
+                        result
+                    }
+                }
+            }
+            _ => result,
+        }
+    }
+
+    /// Moves requests held in memory into the outbox, in order, if it takes writes again (making
+    /// room on a full disk). Only the delivery pass calls it (under its one-at-a-time lock), so no
+    /// held request is in flight meanwhile.
+    pub(super) fn write_held(&self, st: &mut State) {
+        let rows: Vec<NewBatch> = {
+            let held = self.held();
+            if held.is_empty() {
+                return;
+            }
+            held.rows().iter().cloned().collect()
+        };
+        match self.push_making_space(st, &rows, None) {
+            Ok(eviction) => {
+                tracing::info!(
+                    event = "held_written",
+                    requests = rows.len(),
+                    "the outbox takes writes again; requests held in memory are stored"
+                );
+                // Only what was written: writers may have held more meanwhile.
+                let mut held = self.held();
+                for r in &rows {
+                    held.pop_if_front(r.batch_id);
+                }
+                drop(held);
+                self.log_evictions(&eviction, "buffer.max_size_mb reached");
+                self.storage_recovered(st);
+            }
+            Err(e) => tracing::debug!(error = %e, "the outbox still does not take writes"),
+        }
+    }
+
     /// The request to send as the `nth` (0-based) of this pass; None when nothing waits. With
     /// `held_first` (the last pass before exit), requests held in memory go before anything else.
     pub fn pick(&self, nth: u64, held_first: bool) -> Result<Option<Next>, ShipError> {
