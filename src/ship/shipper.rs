@@ -288,51 +288,53 @@ impl Shipper {
     /// Re-encodes batch-protocol requests still queued (written before `listener.protocol` became
     /// `bitville`) as bitville requests, so switching protocols loses nothing. A request that cannot
     /// be read back stays as it is (logged); it will be sent as written.
+    /// The whole conversion runs under storage's lock, as one piece of work on the outbox, so that
+    /// a drain pass never sends a request that is being replaced.
     fn convert_queued(&self) {
-        let seqs = match self.storage.outbox(|ob| ob.seqs_in(Protocol::Batch)) {
-            Ok(seqs) => seqs,
-            Err(e) => {
-                tracing::error!(event = "outbox_error", error = %e, "cannot list queued batches");
-                return;
+        let converted = self.storage.outbox(|ob| {
+            let mut converted = 0;
+            for seq in ob.seqs_in(Protocol::Batch)? {
+                let Ok(Some(body)) = ob.body(seq) else {
+                    continue;
+                };
+                let mut json = Vec::new();
+                let batch = std::io::Read::read_to_end(
+                    &mut flate2::read::GzDecoder::new(&body[..]),
+                    &mut json,
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|_| serde_json::from_slice::<Batch>(&json).map_err(|e| e.to_string()));
+                drop(json);
+                let rows: Result<Vec<NewBatch>, String> = match batch {
+                    Ok(batch) => self
+                        .encoder()
+                        .encode(&batch)
+                        .map(|e| e.rows)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match rows {
+                    Ok(rows) => match ob.replace(seq, &rows) {
+                        Ok(()) => converted += 1,
+                        Err(e) => tracing::error!(event = "outbox_error", error = %e, seq,
+                            "cannot convert a queued batch to the bitville protocol"),
+                    },
+                    Err(e) => tracing::warn!(event = "convert_skipped", seq, error = %e,
+                        "a queued batch-protocol request cannot be read back; it is sent as written"),
+                }
             }
-        };
-        let mut converted = 0;
-        for seq in seqs {
-            let Ok(Some(body)) = self.storage.outbox(|ob| ob.body(seq)) else {
-                continue;
-            };
-            let mut json = Vec::new();
-            let batch =
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json)
-                    .map_err(|e| e.to_string())
-                    .and_then(|_| {
-                        serde_json::from_slice::<Batch>(&json).map_err(|e| e.to_string())
-                    });
-            drop(json);
-            let rows: Result<Vec<NewBatch>, String> = match batch {
-                Ok(batch) => self
-                    .encoder()
-                    .encode(&batch)
-                    .map(|e| e.rows)
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            };
-            match rows {
-                Ok(rows) => match self.storage.outbox(|ob| ob.replace(seq, &rows)) {
-                    Ok(()) => converted += 1,
-                    Err(e) => tracing::error!(event = "outbox_error", error = %e, seq,
-                        "cannot convert a queued batch to the bitville protocol"),
-                },
-                Err(e) => tracing::warn!(event = "convert_skipped", seq, error = %e,
-                    "a queued batch-protocol request cannot be read back; it is sent as written"),
-            }
-        }
-        if converted > 0 {
-            tracing::info!(
+            Ok(converted)
+        });
+        match converted {
+            Ok(0) => {}
+            Ok(converted) => tracing::info!(
                 event = "queued_converted",
                 batches = converted,
                 "re-encoded batches queued in the batch protocol as bitville requests"
-            );
+            ),
+            Err(e) => {
+                tracing::error!(event = "outbox_error", error = %e, "cannot list queued batches")
+            }
         }
     }
 
