@@ -1,7 +1,8 @@
 //! The batch envelope of the wire protocol (docs/protocol.md): one batch per data type per cycle.
 //!
 //! A leaf every layer may import: the kinds of data ([`BatchKind`]), the envelope ([`Batch`]) and its
-//! records ([`Record`]). It does not store, encode or send batches; that is [`crate::ship`].
+//! records ([`Record`]), and the watched server's identity ([`ServerInfo`]). It does not store,
+//! encode or send batches; that is [`crate::ship`].
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,6 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::clock::now_rfc3339;
-use crate::db::ServerInfo;
 
 /// Version of the envelope format.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -62,6 +62,15 @@ impl std::fmt::Display for BatchKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Identity of the watched server, carried in every batch envelope (`db` fills it from the server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub system_identifier: String,
+    pub version_num: i32,
+    pub host: String,
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod collect;
 pub mod config;
 pub mod correlation;
+pub mod crypto;
 pub mod daemon;
 pub mod db;
 pub mod identity;

@@ -1,42 +1,16 @@
-//! One collection cycle as the daemon runs it: collect, write every batch to the outbox (or stdout),
-//! drain the outbox within a budget, and publish the figures to /metrics, /health and systemd.
+//! One collection cycle as the daemon runs it: the drain budget, the cycle summary, and publishing
+//! the figures to /metrics, /health and systemd. (Writing the batches is the state writer's,
+//! `writer.rs`.)
 
 use std::time::{Duration, SystemTime};
 
-use crate::batch::Batch;
 use crate::collect::{CycleReport, Outcome};
 use crate::ship::breaker::CircuitState;
-use crate::ship::{DrainReport, ShipStats, Shipper};
+use crate::ship::{DrainReport, ShipStats};
 use crate::telemetry::metrics::{
     set_counter, CollectorLabel, CollectorOutcomeLabel, Metrics, OutcomeLabel, TypeLabel,
 };
 use crate::telemetry::registry::Counters;
-use crate::telemetry::server::Telemetry;
-
-/// Writes a cycle's batches durably (or prints them with no listener). Returns how many batches
-/// failed and how many requests went to memory instead of the outbox.
-pub fn enqueue_all(batches: &[Batch], shipper: &Shipper, telemetry: &Telemetry) -> (usize, usize) {
-    let (mut failed, mut held) = (0, 0);
-    for batch in batches {
-        match shipper.enqueue(batch) {
-            Ok(r) => {
-                held += r.held;
-                let outcome = if r.stdout { "printed" } else { "enqueued" };
-                telemetry
-                    .metrics
-                    .count_batch(batch.kind, batch.count, outcome);
-            }
-            Err(e) => {
-                failed += 1;
-                telemetry
-                    .metrics
-                    .count_batch(batch.kind, batch.count, "failed");
-                tracing::error!(r#type = %batch.kind, batch_id = %batch.batch_id, error = %e, "cannot write the batch to the outbox");
-            }
-        }
-    }
-    (failed, held)
-}
 
 /// How long one drain pass may take: half the interval, at most 30 s; the delivery task starts the
 /// next pass at once while a backlog remains.

@@ -219,9 +219,7 @@ impl Daemon {
         daemon.import_python_buffer().await;
         // Where the log reader must resume, read before the delivery task can send it away.
         if let Ok(mut hint) = daemon.log_resume_hint.lock() {
-            *hint = daemon
-                .shipper
-                .newest_field(crate::batch::BatchKind::PgLogs, "log_position");
+            *hint = daemon.shipper.log_cursor();
         }
         daemon.start_log_task();
         daemon.delivery = Some(

@@ -424,14 +424,9 @@ impl Session {
     }
 }
 
-/// Identity of the watched server, carried in every batch envelope.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ServerInfo {
-    pub system_identifier: String,
-    pub version_num: i32,
-    pub host: String,
-    pub port: u16,
-}
+/// Identity of the watched server, carried in every batch envelope: a plain value of the `batch`
+/// leaf, filled here from the server.
+pub use crate::batch::ServerInfo;
 
 #[cfg(test)]
 mod tests {

@@ -16,9 +16,10 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::DbError;
 
-/// Installs the ring crypto provider once per process (rustls panics without one).
+/// Installs the ring crypto provider once per process (rustls panics without one): see
+/// [`crate::crypto::install_provider`].
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::crypto::install_provider();
 }
 
 /// Loads CA certificates from a PEM file, or the system store when `path` is None.

@@ -76,7 +76,7 @@ pub struct Sender {
 impl Sender {
     /// Builds the client for `listener` (whose `url` must be set).
     pub fn new(listener: &ListenerConfig, url: &str) -> Result<Sender, HttpError> {
-        crate::db::tls::install_crypto_provider();
+        crate::crypto::install_provider();
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if !listener.api_key.is_empty() {

@@ -25,7 +25,7 @@
 //!   It is synchronous and short (one SQLite transaction per part, fsynced); call it from the task
 //!   that built the batch.
 //! - [`Shipper::drain`] sends oldest-first, with a quarter kept for the newest data while a backlog
-//!   waits (`pick`), while the [`breaker`] allows and, where pacing applies, within
+//!   waits (`storage::queue`), while the [`breaker`] allows and, where pacing applies, within
 //!   `listener.max_requests_per_minute` ([`ratelimit`]), stopping at the first failed request (the
 //!   rest waits for the next pass), at a `Retry-After` or 429, or when the budget is spent; a
 //!   request already started is allowed to finish ([`http`]). One drain runs at a time.
@@ -36,22 +36,21 @@
 //! type, dropped dead letters, enqueue failures, and replaced corrupt databases.
 
 pub mod breaker;
-pub mod drain;
+pub mod delivery;
 pub mod encode;
 pub mod held;
 pub mod http;
 pub mod outbox;
-mod pick;
 pub mod probe;
 pub mod python_buffer;
 pub mod ratelimit;
-pub mod recreate;
 pub mod shipper;
-mod store;
+pub mod storage;
 pub mod tls_error;
 
-pub use drain::{DrainReport, DrainStop};
+pub use delivery::{DrainReport, DrainStop};
 pub use shipper::{EnqueueReport, ProcessStats, ShipStats, Shipper};
+pub use storage::recreate;
 
 /// Errors of the shipping side.
 #[derive(Debug, thiserror::Error)]

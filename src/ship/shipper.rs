@@ -1,28 +1,35 @@
-//! [`Shipper`]: the one object the daemon holds for shipping. It ties the outbox, the breaker and the
-//! HTTP sender together, and switches to stdout JSON lines when no listener is configured. Sending
-//! (`drain`) lives in `drain.rs`.
+//! [`Shipper`]: the one object the daemon holds for shipping, a thin front over its two halves:
+//! [`Storage`] (outbox, held requests, eviction, space, pick of the next request) and [`Delivery`]
+//! (sender, breaker, Retry-After, rate limit, the drain loop). The front encodes batches
+//! ([`super::encode`]) and hands the requests to storage, switches to stdout JSON lines when no
+//! listener is configured, and puts the two halves' figures together for `stats()`.
+//!
+//! Lock order: the delivery pass lock, then delivery's state, then storage's state, then the held
+//! requests (each half documents its own); the front's encoder lock is taken alone.
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use parking_lot::MutexGuard;
-
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
-use super::breaker::{Breaker, BreakerState};
+use super::breaker::BreakerState;
+use super::delivery::{Delivery, DrainReport};
 use super::encode::{EncodeCounters, Encoder, PrepareError, MAX_BODY_BYTES};
-use super::held::{Held, Unremoved};
 use super::http::Sender;
-use super::outbox::{self, EvictionReport, NewBatch, Outbox, OutboxError, OutboxStats};
+use super::outbox::{NewBatch, OutboxStats};
 use super::python_buffer::LegacyPayload;
-use super::ratelimit::RateLimiter;
+use super::storage::recreate::OutboxFile;
+use super::storage::{Storage, Stored};
 use super::ShipError;
-use crate::batch::{Batch, BatchKind};
+use crate::batch::Batch;
 use crate::config::{Config, Protocol};
 use crate::telemetry::registry::{Counters, Event};
+
+pub use super::storage::{LOG_CURSOR_FIELD, STORAGE_WAIT};
 
 /// What [`Shipper::enqueue`] did with a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,22 +45,6 @@ pub struct EnqueueReport {
     /// dies first.
     pub held: usize,
 }
-
-/// Where [`Shipper::store`] put a batch's requests.
-pub(super) enum Stored {
-    Outbox(EvictionReport),
-    Memory,
-    Failed(ShipError),
-}
-
-/// How long a writer waits for the outbox while another one holds it, before it holds its
-/// requests in memory instead: SQLite statements take milliseconds, so a longer wait means a
-/// writer is stuck on the storage (a hung disk or file system).
-pub const STORAGE_WAIT: Duration = Duration::from_secs(2);
-/// The same wait while the outbox is known to be stuck, so that each write fails fast.
-const STALLED_WAIT: Duration = Duration::from_millis(20);
-/// How long `stats()` waits for the outbox before answering with the figures it read last.
-const STATS_WAIT: Duration = Duration::from_millis(100);
 
 /// Figures for `/metrics` and `status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -98,59 +89,18 @@ pub struct ProcessStats {
     pub storage_error: Option<String>,
 }
 
-pub(super) struct Inner {
-    pub(super) path: PathBuf,
-    pub(super) max_size_bytes: u64,
-    pub(super) outbox: Option<Outbox>,
-    pub(super) sender: Option<Arc<Sender>>,
-    pub(super) breaker: Breaker,
-    /// Set from Retry-After: no request before this time (unix ms).
-    pub(super) not_before_ms: i64,
-    /// What was last written to the database, so unchanged state is not rewritten per request.
-    pub(super) saved_breaker: Option<BreakerState>,
-    /// When the failure to save the breaker was last said: a disk that flaps between full and not
-    /// (eviction frees a page, the next write takes it) is said once per [`super::drain::SAY_AGAIN_AFTER`].
-    pub(super) breaker_save_said: Option<std::time::Instant>,
-    /// A failure was said and its recovery not yet.
-    pub(super) breaker_save_recovery_due: bool,
-    /// The reserve file could not be made (said once until it exists).
-    pub(super) reserve_missing: bool,
-    /// The newest request imported from the Python agent's buffer: those go before anything else,
-    /// strictly in order, so the fresh share of a pass waits until they are sent.
-    pub(super) imported_until_seq: i64,
-    /// `agent.collection_interval`: a request waiting longer than two of them makes a backlog.
-    pub(super) interval: Duration,
-    /// `listener.max_requests_per_minute` where it applies, over new data and the backlog.
-    pub(super) rate: RateLimiter,
-    /// Settled requests whose removal from the outbox failed.
-    pub(super) unremoved: Unremoved,
-    /// The last storage error, until a write succeeds again.
-    pub(super) storage_error: Option<String>,
-}
-
 /// The shipping side of the agent. Cheap to share (`&Shipper` from any task): every method takes
-/// `&self`; the outbox is behind a mutex held only for single SQLite statements, never across a
-/// request.
+/// `&self`; the outbox is behind storage's mutex, held only for single SQLite statements, never
+/// across a request.
 pub struct Shipper {
-    /// Locked blocking only by the delivery thread and the commands; the daemon's other writers
-    /// wait [`STORAGE_WAIT`] at most ([`Shipper::lock_within`]).
-    inner: parking_lot::Mutex<Inner>,
-    /// Requests the outbox could not take ([`super::held`]): outside `inner`, so a writer can hold
-    /// its requests while another one is stuck in the outbox. Locked for memory work only, and
-    /// never while waiting for `inner`.
-    pub(super) held: Mutex<Held>,
+    storage: Storage,
+    delivery: Delivery,
     /// A listener is configured (else batches go to stdout).
     has_listener: AtomicBool,
-    /// Since when (unix ms) the outbox has not been available to writers; 0 when it is.
-    stalled_since_ms: AtomicI64,
-    /// The figures `stats()` read last, for when the outbox is stuck.
-    last_stats: Mutex<Option<ShipStats>>,
     /// Turns batches into stored requests (`listener.protocol`); locked only while encoding.
     encoder: Mutex<Encoder>,
-    /// One drain at a time, so FIFO and the half-open single probe hold.
-    pub(super) drain_lock: tokio::sync::Mutex<()>,
     /// What this process counts (the daemon's registry, exported on /metrics).
-    pub(super) counters: Counters,
+    counters: Counters,
 }
 
 impl Shipper {
@@ -172,33 +122,10 @@ impl Shipper {
         counters: Counters,
     ) -> Result<Shipper, ShipError> {
         let shipper = Shipper {
-            inner: parking_lot::Mutex::new(Inner {
-                path: config.agent.state_dir.join(outbox::FILE_NAME),
-                max_size_bytes: config.buffer.max_size_bytes,
-                outbox: None,
-                sender: None,
-                breaker: Breaker::new(
-                    config.circuit_breaker.failure_threshold,
-                    config.circuit_breaker.recovery_timeout,
-                    BreakerState::default(),
-                ),
-                not_before_ms: 0,
-                saved_breaker: None,
-                breaker_save_said: None,
-                breaker_save_recovery_due: false,
-                reserve_missing: false,
-                imported_until_seq: 0,
-                interval: config.agent.collection_interval,
-                rate: RateLimiter::new(config.listener.request_limit()),
-                unremoved: Unremoved::default(),
-                storage_error: None,
-            }),
-            held: Mutex::new(Held::default()),
+            storage: Storage::new(config, counters.clone()),
+            delivery: Delivery::new(config, counters.clone()),
             has_listener: AtomicBool::new(false),
-            stalled_since_ms: AtomicI64::new(0),
-            last_stats: Mutex::new(None),
             encoder: Mutex::new(Encoder::new(config, max_body_bytes)),
-            drain_lock: tokio::sync::Mutex::new(()),
             counters,
         };
         shipper.reconfigure(config)?;
@@ -213,56 +140,17 @@ impl Shipper {
             Some(url) => Some(Arc::new(Sender::new(&config.listener, url)?)),
             None => None,
         };
-        let mut inner = self.lock();
-        let wanted = config.agent.state_dir.join(outbox::FILE_NAME);
-        if inner.outbox.is_some() && wanted != inner.path {
-            tracing::warn!(
-                event = "reload_state_dir_ignored",
-                current = %inner.path.display(),
-                requested = %wanted.display(),
-                "agent.state_dir cannot change on reload; restart the agent to move the outbox"
-            );
-        } else {
-            inner.path = wanted;
-        }
-        inner.breaker.failure_threshold = config.circuit_breaker.failure_threshold.max(1);
-        inner.breaker.recovery_timeout = config.circuit_breaker.recovery_timeout;
-        inner.max_size_bytes = config.buffer.max_size_bytes;
-        inner.interval = config.agent.collection_interval;
-        inner.rate.set_limit(config.listener.request_limit());
+        self.delivery.configure(config);
         self.encoder().reconfigure(config);
-        if sender.is_some() && inner.outbox.is_none() {
-            match Outbox::open(&inner.path, inner.max_size_bytes) {
-                Ok(opened) => {
-                    if let Some(saved) = opened.load_breaker()? {
-                        let (t, r) = (
-                            inner.breaker.failure_threshold,
-                            inner.breaker.recovery_timeout,
-                        );
-                        inner.breaker = Breaker::new(t, r, saved.clone());
-                        inner.saved_breaker = Some(saved);
-                    }
-                    inner.outbox = Some(opened);
-                    self.check_reserve(&mut inner);
-                }
-                // An unwritable state directory: run on the memory queue; every later write
-                // tries to open the outbox again.
-                Err(e) if e.is_storage() => self.storage_failed(&mut inner, &e),
-                Err(e) => return Err(e.into()),
-            }
+        if let Some(saved) = self.storage.reconfigure(config, sender.is_some())? {
+            self.delivery.restore_breaker(saved);
         }
         if sender.is_some() && config.listener.protocol == Protocol::Bitville {
-            self.convert_queued(&mut inner);
+            self.convert_queued();
         }
-        let max = inner.max_size_bytes;
-        if let Some(ob) = inner.outbox.as_mut() {
-            if ob.max_size_bytes() != max {
-                let report = ob.set_max_size(max)?;
-                self.log_evictions(&report, "buffer.max_size_mb lowered");
-            }
-        }
+        self.storage.apply_max_size()?;
         self.has_listener.store(sender.is_some(), Ordering::Relaxed);
-        inner.sender = sender;
+        self.delivery.set_sender(sender);
         Ok(())
     }
 
@@ -271,87 +159,54 @@ impl Shipper {
         self.has_listener.load(Ordering::Relaxed)
     }
 
-    pub(super) fn encoder(&self) -> std::sync::MutexGuard<'_, Encoder> {
+    fn encoder(&self) -> std::sync::MutexGuard<'_, Encoder> {
         // Encoding holds no state a panic could leave half-written beyond the dedup memory.
         self.encoder.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The outbox, waiting as long as it takes: for the delivery thread and the commands. (A panic
-    /// while holding the lock leaves SQLite consistent, transactions roll back; parking_lot's
-    /// mutex does not poison.)
-    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock()
-    }
-
-    /// The outbox, if it is free within [`STORAGE_WAIT`] (20 ms while it is known to be stuck);
-    /// None means a writer is stuck on the storage, and the caller holds its requests in memory.
-    pub(super) fn lock_within(&self) -> Option<MutexGuard<'_, Inner>> {
-        let since = self.stalled_since_ms.load(Ordering::Relaxed);
-        let wait = if since == 0 {
-            STORAGE_WAIT
-        } else {
-            STALLED_WAIT
-        };
-        match self.inner.try_lock_for(wait) {
-            Some(guard) => {
-                if since != 0 {
-                    self.stalled_since_ms.store(0, Ordering::Relaxed);
-                    tracing::info!(
-                        event = "outbox_answers",
-                        stalled_ms = crate::clock::now_ms() - since,
-                        "the outbox answers again"
-                    );
-                }
-                Some(guard)
-            }
-            None => {
-                self.counters.add(Event::OutboxStorageStalls, 1);
-                if since == 0 {
-                    self.stalled_since_ms.store(
-                        crate::clock::now_ms() - wait.as_millis() as i64,
-                        Ordering::Relaxed,
-                    );
-                    tracing::error!(
-                        event = "outbox_stalled",
-                        waited_ms = wait.as_millis() as u64,
-                        "the outbox has been busy for seconds: a write is stuck on the storage (a \
-                         hung disk or file system?); holding new requests in memory"
-                    );
-                }
-                None
-            }
-        }
-    }
-
-    /// Why the outbox takes no writes now, if it does not: stuck, or failing.
-    fn storage_problem(&self, failing: Option<&String>) -> Option<String> {
-        let since = self.stalled_since_ms.load(Ordering::Relaxed);
-        if since != 0 {
-            return Some(format!(
-                "a write has been stuck for {} s (a hung disk or file system?)",
-                (crate::clock::now_ms() - since).max(0) / 1000
-            ));
-        }
-        failing.cloned()
-    }
-
-    pub(super) fn held(&self) -> std::sync::MutexGuard<'_, Held> {
-        // Memory only: a panic cannot leave it half-written in a way that matters.
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes a batch: with a listener, encodes it for `listener.protocol` ([`super::encode`]) and
     /// stores its requests durably in the outbox in one transaction, returning once they are
     /// committed; without one, prints it as one JSON line on stdout.
     pub fn enqueue(&self, batch: &Batch) -> Result<EnqueueReport, ShipError> {
+        self.enqueue_with_cursor(batch, None)
+    }
+
+    /// [`Shipper::enqueue`] of a pg_logs batch with the log position after its entries (`cursor`,
+    /// JSON text), stored in the outbox in the same transaction as the batch's requests and read
+    /// back on start by [`Shipper::log_cursor`]. Requests held in memory (the outbox takes no
+    /// writes) keep it only in their body.
+    pub fn enqueue_with_cursor(
+        &self,
+        batch: &Batch,
+        cursor: Option<&str>,
+    ) -> Result<EnqueueReport, ShipError> {
         if !self.has_listener.load(Ordering::Relaxed) {
             return self.print(batch);
         }
-        let fail = |e| {
-            self.counters.add(Event::EnqueueFailures, 1);
-            e
+        let encoded = self.encode(batch)?;
+        let n = encoded.rows.len();
+        let report = |stored_parts, evicted, held| EnqueueReport {
+            stored_parts,
+            evicted,
+            stdout: false,
+            held,
         };
-        let encoded = self.encoder().encode(batch).map_err(|e| fail(e.into()))?;
+        match self.storage.store(encoded.rows, encoded.merged, cursor) {
+            Stored::Outbox { evicted } => Ok(report(n.saturating_sub(evicted), evicted, 0)),
+            Stored::Memory => Ok(report(0, 0, n)),
+            Stored::Failed(e) => {
+                self.counters.add(Event::EnqueueFailures, 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Encodes a batch for `listener.protocol`, counting the correlated payloads.
+    fn encode(&self, batch: &Batch) -> Result<super::encode::Encoded, ShipError> {
+        let encoded = self.encoder().encode(batch).map_err(|e| {
+            self.counters.add(Event::EnqueueFailures, 1);
+            ShipError::from(e)
+        })?;
         self.counters.add(
             Event::CorrelatedPayloads,
             encoded.correlated_payloads as u64,
@@ -360,54 +215,35 @@ impl Shipper {
             .add(Event::CorrelatedMerged, encoded.merged as u64);
         self.counters
             .add(Event::CorrelatedRepeated, encoded.repeated as u64);
-        let Some(mut inner) = self.lock_within() else {
-            // Another writer is stuck on the storage: memory, sent from there while the listener
-            // answers, written once the outbox answers again.
-            let n = encoded.rows.len();
-            self.hold(encoded.rows);
-            return Ok(EnqueueReport {
-                stored_parts: 0,
-                evicted: 0,
-                stdout: false,
-                held: n,
-            });
-        };
-        if encoded.merged > 0 {
-            let _ = self.with_outbox(&mut inner, |ob| {
-                ob.bump("correlated_merged", encoded.merged as i64)
-            });
+        Ok(encoded)
+    }
+
+    /// Encodes a batch and holds its requests in memory without touching the outbox: for a writer
+    /// that must not wait on the storage (the daemon's state writer, when it is behind). Returns
+    /// the number of requests held.
+    pub fn hold_batch(&self, batch: &Batch) -> Result<usize, ShipError> {
+        if !self.has_listener() {
+            return self.enqueue(batch).map(|r| r.held);
         }
-        let rows = encoded.rows;
-        let n = rows.len();
-        match self.store(&mut inner, rows) {
-            Stored::Outbox(eviction) => {
-                self.log_evictions(&eviction, "buffer.max_size_mb reached");
-                Ok(EnqueueReport {
-                    stored_parts: n.saturating_sub(eviction.evicted.len()),
-                    evicted: eviction.evicted.len(),
-                    stdout: false,
-                    held: 0,
-                })
-            }
-            Stored::Memory => Ok(EnqueueReport {
-                stored_parts: 0,
-                evicted: 0,
-                stdout: false,
-                held: n,
-            }),
-            Stored::Failed(e) => Err(fail(e)),
-        }
+        let encoded = self.encoder().encode(batch).map_err(|e| {
+            self.counters.add(Event::EnqueueFailures, 1);
+            ShipError::from(e)
+        })?;
+        let n = encoded.rows.len();
+        self.storage.hold(encoded.rows);
+        Ok(n)
+    }
+
+    /// At exit, after the last send attempt: requests still held in memory are lost (the outbox
+    /// took no writes). Counts them ([`Event::HeldLost`]), logs how many, and returns the count.
+    pub fn abandon_held(&self) -> usize {
+        self.storage.abandon_held()
     }
 
     /// Stores one payload of the Bitville Python agent's buffer as a bitville request, so it is
     /// sent (oldest first, before anything collected after it) like the agent's own.
     pub fn enqueue_python_payload(&self, p: &LegacyPayload) -> Result<(), ShipError> {
-        let kind = match p.source.as_str() {
-            "pg_stat_statements" => BatchKind::PgStatements,
-            "pg_log" => BatchKind::PgLogs,
-            "system_metrics" => BatchKind::SystemMetrics,
-            _ => BatchKind::PgActivity,
-        };
+        let kind = super::encode::bitville::kind_of_source(&p.source);
         let batch_id = uuid::Uuid::now_v7();
         let body = super::encode::gzip(p.json.as_bytes())
             .map_err(|source| ShipError::from(PrepareError::Gzip { batch_id, source }))?;
@@ -422,13 +258,7 @@ impl Shipper {
             body,
             protocol: Protocol::Bitville,
         };
-        let mut inner = self.lock();
-        let eviction = self.with_outbox(&mut inner, |ob| ob.push(&row))?;
-        self.log_evictions(&eviction, "buffer.max_size_mb reached");
-        if let Ok(seq) = self.with_outbox(&mut inner, |ob| ob.max_seq()) {
-            inner.imported_until_seq = seq;
-        }
-        Ok(())
+        self.storage.push_imported(&row)
     }
 
     fn print(&self, batch: &Batch) -> Result<EnqueueReport, ShipError> {
@@ -455,149 +285,141 @@ impl Shipper {
         })
     }
 
-    /// Runs `f` on the open outbox; a corrupt database is moved aside, replaced, and `f` retried
-    /// once on the fresh one.
-    pub(super) fn with_outbox<T>(
-        &self,
-        inner: &mut Inner,
-        f: impl Fn(&mut Outbox) -> Result<T, OutboxError>,
-    ) -> Result<T, ShipError> {
-        if inner.outbox.is_none() {
-            inner.outbox = Some(Outbox::open(&inner.path, inner.max_size_bytes)?);
-        }
-        let Some(ob) = inner.outbox.as_mut() else {
-            return Err(ShipError::NoOutbox);
-        };
-        match f(ob) {
-            Err(e) if e.is_corruption() => {
-                inner.outbox = None;
-                let mut fresh = Outbox::recover(&inner.path, inner.max_size_bytes, &e)?;
-                self.counters.add(Event::OutboxRecreated, 1);
-                let _ = fresh.save_breaker(inner.breaker.state());
-                let result = f(&mut fresh);
-                inner.outbox = Some(fresh);
-                Ok(result?)
+    /// Re-encodes batch-protocol requests still queued (written before `listener.protocol` became
+    /// `bitville`) as bitville requests, so switching protocols loses nothing. A request that cannot
+    /// be read back stays as it is (logged); it will be sent as written.
+    /// The whole conversion runs under storage's lock, as one piece of work on the outbox, so that
+    /// a drain pass never sends a request that is being replaced.
+    fn convert_queued(&self) {
+        let converted = self.storage.outbox(|ob| {
+            let mut converted = 0;
+            for seq in ob.seqs_in(Protocol::Batch)? {
+                let Ok(Some(body)) = ob.body(seq) else {
+                    continue;
+                };
+                let mut json = Vec::new();
+                let batch = std::io::Read::read_to_end(
+                    &mut flate2::read::GzDecoder::new(&body[..]),
+                    &mut json,
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|_| serde_json::from_slice::<Batch>(&json).map_err(|e| e.to_string()));
+                drop(json);
+                let rows: Result<Vec<NewBatch>, String> = match batch {
+                    Ok(batch) => self
+                        .encoder()
+                        .encode(&batch)
+                        .map(|e| e.rows)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match rows {
+                    Ok(rows) => match ob.replace(seq, &rows) {
+                        Ok(()) => converted += 1,
+                        Err(e) => tracing::error!(event = "outbox_error", error = %e, seq,
+                            "cannot convert a queued batch to the bitville protocol"),
+                    },
+                    Err(e) => tracing::warn!(event = "convert_skipped", seq, error = %e,
+                        "a queued batch-protocol request cannot be read back; it is sent as written"),
+                }
             }
-            other => Ok(other?),
+            Ok(converted)
+        });
+        match converted {
+            Ok(0) => {}
+            Ok(converted) => tracing::info!(
+                event = "queued_converted",
+                batches = converted,
+                "re-encoded batches queued in the batch protocol as bitville requests"
+            ),
+            Err(e) => {
+                tracing::error!(event = "outbox_error", error = %e, "cannot list queued batches")
+            }
         }
     }
 
-    /// A batch-level field (for example `log_position`) of the newest waiting batch of `kind`:
+    /// The log cursor stored with the newest waiting pg_logs batch ([`Storage::log_cursor`]):
     /// what the log reader needs on start to skip entries already written to the outbox before a
-    /// crash. None in stdout mode, when nothing of that kind waits, or when the body is unreadable.
-    pub fn newest_field(&self, kind: BatchKind, field: &str) -> Option<serde_json::Value> {
-        let mut inner = self.lock();
-        inner.sender.as_ref()?;
-        let body = self
-            .with_outbox(&mut inner, |ob| ob.newest_body(kind))
-            .ok()??;
-        let mut json = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json).ok()?;
-        let mut value: serde_json::Value = serde_json::from_slice(&json).ok()?;
-        // Batch protocol: an envelope field; bitville: inside `data`.
-        if value.get(field).is_none() {
-            value = value.get_mut("data")?.take();
+    /// crash. None in stdout mode, when no pg_logs batch waits, or when it cannot be read.
+    pub fn log_cursor(&self) -> Option<serde_json::Value> {
+        if !self.has_listener() {
+            return None;
         }
-        value.get_mut(field).map(serde_json::Value::take)
+        self.storage.log_cursor()
     }
 
-    pub(super) fn log_evictions(&self, report: &EvictionReport, why: &str) {
-        self.counters
-            .add(Event::RequestsEvicted, report.evicted.len() as u64);
-        for (kind, id) in &report.evicted {
-            tracing::warn!(event = "outbox_evicted", kind = %kind, batch_id = %id, reason = why,
-                "outbox full: evicted the oldest batch");
-        }
-        if report.dead_letters_dropped > 0 {
-            tracing::warn!(
-                event = "dead_letters_dropped",
-                count = report.dead_letters_dropped,
-                reason = why,
-                "outbox full: dropped the oldest dead letters to make room"
-            );
-        }
+    /// Once per cycle: whether the outbox file is still at its path, written back there if not
+    /// ([`Storage::check_outbox_file`]).
+    pub fn check_outbox_file(&self) -> OutboxFile {
+        self.storage.check_outbox_file()
     }
 
     /// The directory of the outbox, unless the outbox is stuck (a hung disk).
     pub fn state_dir(&self) -> Option<PathBuf> {
-        let inner = self.inner.try_lock_for(STATS_WAIT)?;
-        inner.path.parent().map(|p| p.to_path_buf())
+        self.storage.state_dir()
+    }
+
+    /// Sends queued batches ([`Delivery::drain`]): oldest first, within `budget`.
+    pub async fn drain(&self, budget: Duration) -> DrainReport {
+        self.drain_until(budget, &CancellationToken::new()).await
+    }
+
+    /// [`Shipper::drain`] that starts no new request once `stop` is cancelled (a request in flight
+    /// finishes; the caller bounds how long it waits for that).
+    pub async fn drain_until(&self, budget: Duration, stop: &CancellationToken) -> DrainReport {
+        self.delivery
+            .drain(&self.storage, budget, stop, false)
+            .await
+    }
+
+    /// The last pass before exit: requests held in memory go first (what is in the outbox is sent
+    /// after the next start; what is in memory only has this attempt), then the rest as usual.
+    pub async fn drain_final(&self, budget: Duration) -> DrainReport {
+        self.delivery
+            .drain(&self.storage, budget, &CancellationToken::new(), true)
+            .await
     }
 
     /// Current figures (reads the outbox; cheap). While the outbox is stuck (a hung disk), the
-    /// figures it gave last, with the counters of now.
+    /// outbox figures it gave last, with the counters of now.
     pub fn stats(&self) -> Result<ShipStats, ShipError> {
-        let Some(mut inner) = self.inner.try_lock_for(STATS_WAIT) else {
-            let last = self.last_stats.lock().ok().and_then(|l| l.clone());
-            return Ok(match last {
-                Some(mut s) => {
-                    s.process = self.process_stats(None, None);
-                    s
-                }
-                None => ShipStats {
-                    mode: "outbox",
-                    listener_url: None,
-                    max_size_bytes: 0,
-                    outbox: None,
-                    breaker: None,
-                    process: self.process_stats(None, None),
-                },
-            });
-        };
-        let outbox = match inner.outbox.is_some() {
-            true => Some(self.with_outbox(&mut inner, |ob| ob.stats())?),
-            false => None,
-        };
-        let stats = ShipStats {
-            mode: if inner.sender.is_some() {
+        let delivery = self.delivery.figures();
+        let storage = self.storage.figures()?;
+        let c = &self.counters;
+        Ok(ShipStats {
+            mode: if self.has_listener() {
                 "outbox"
             } else {
                 "stdout"
             },
-            listener_url: inner.sender.as_ref().map(|s| s.url().to_string()),
-            max_size_bytes: inner.max_size_bytes,
-            outbox,
-            breaker: inner.sender.as_ref().map(|_| inner.breaker.state().clone()),
-            process: self.process_stats(Some(inner.unremoved.len()), inner.storage_error.as_ref()),
-        };
-        drop(inner);
-        if let Ok(mut last) = self.last_stats.lock() {
-            *last = Some(stats.clone());
-        }
-        Ok(stats)
-    }
-
-    /// This process's counters; `unremoved` and the storage error come from the outbox's state
-    /// when it could be read.
-    fn process_stats(&self, unremoved: Option<usize>, failing: Option<&String>) -> ProcessStats {
-        let c = &self.counters;
-        let (held_now, held_bytes) = {
-            let held = self.held();
-            (held.len(), held.bytes())
-        };
-        ProcessStats {
-            stdout_lines: c.get(Event::StdoutLines),
-            enqueue_failures: c.get(Event::EnqueueFailures),
-            evicted: c.get(Event::RequestsEvicted),
-            dead_lettered: c.get(Event::RequestsDeadLettered),
-            delivered: c.get(Event::RequestsDelivered),
-            send_failures: c.get(Event::SendFailures),
-            outbox_recreated: c.get(Event::OutboxRecreated),
-            throttled: c.get(Event::RequestsThrottled),
-            encode: EncodeCounters {
-                correlated_payloads: c.get(Event::CorrelatedPayloads),
-                correlated_merged: c.get(Event::CorrelatedMerged),
-                correlated_repeated: c.get(Event::CorrelatedRepeated),
+            listener_url: delivery.listener_url,
+            max_size_bytes: storage.max_size_bytes,
+            outbox: storage.outbox,
+            breaker: delivery.breaker,
+            process: ProcessStats {
+                stdout_lines: c.get(Event::StdoutLines),
+                enqueue_failures: c.get(Event::EnqueueFailures),
+                evicted: c.get(Event::RequestsEvicted),
+                dead_lettered: c.get(Event::RequestsDeadLettered),
+                delivered: c.get(Event::RequestsDelivered),
+                send_failures: c.get(Event::SendFailures),
+                outbox_recreated: c.get(Event::OutboxRecreated),
+                throttled: c.get(Event::RequestsThrottled),
+                encode: EncodeCounters {
+                    correlated_payloads: c.get(Event::CorrelatedPayloads),
+                    correlated_merged: c.get(Event::CorrelatedMerged),
+                    correlated_repeated: c.get(Event::CorrelatedRepeated),
+                },
+                storage_failures: c.get(Event::OutboxStorageFailures),
+                held_total: c.get(Event::RequestsHeld),
+                held_dropped: c.get(Event::HeldDropped),
+                held_lost: c.get(Event::HeldLost),
+                storage_stalls: c.get(Event::OutboxStorageStalls),
+                held_now: storage.held_now,
+                held_bytes: storage.held_bytes,
+                unremoved: storage.unremoved,
+                storage_error: storage.storage_error,
             },
-            storage_failures: c.get(Event::OutboxStorageFailures),
-            held_total: c.get(Event::RequestsHeld),
-            held_dropped: c.get(Event::HeldDropped),
-            held_lost: c.get(Event::HeldLost),
-            storage_stalls: c.get(Event::OutboxStorageStalls),
-            held_now,
-            held_bytes,
-            unremoved: unremoved.unwrap_or(0),
-            storage_error: self.storage_problem(failing),
-        }
+        })
     }
 }

@@ -27,6 +27,7 @@ use crate::logs::position::{Position, PositionStore};
 use crate::logs::settings::{TailConfig, TailSettings};
 use crate::logs::source;
 use crate::logs::tail::{LogBatch, Tailer};
+use crate::ship::shipper::LOG_CURSOR_FIELD;
 use crate::ship::Shipper;
 use crate::telemetry::conditions::Condition;
 use crate::telemetry::registry::{Counters, Event};
@@ -42,9 +43,9 @@ pub struct LogShared {
     pub telemetry: Telemetry,
     /// The server's identity, as the last cycle read it, for the batch envelope.
     pub server: Arc<Mutex<Option<ServerInfo>>>,
-    /// The `log_position` of the newest pg_logs batch that was in the outbox when the daemon
-    /// started, read before the delivery task could send (and delete) it. Taken by the first log
-    /// task; later ones ask the outbox.
+    /// The log cursor of the newest pg_logs batch that was in the outbox when the daemon
+    /// started ([`Shipper::log_cursor`]), read before the delivery task could send (and delete)
+    /// it. Taken by the first log task; later ones ask the outbox.
     pub resume_hint: Arc<Mutex<Option<serde_json::Value>>>,
 }
 
@@ -146,12 +147,10 @@ async fn run(setup: Arc<Setup>, shared: LogShared, stop: CancellationToken) {
         // Reads the outbox: off the scheduler.
         None => {
             let shipper = shared.shipper.clone();
-            tokio::task::spawn_blocking(move || {
-                shipper.newest_field(BatchKind::PgLogs, "log_position")
-            })
-            .await
-            .ok()
-            .flatten()
+            tokio::task::spawn_blocking(move || shipper.log_cursor())
+                .await
+                .ok()
+                .flatten()
         }
     };
     // Whose log this is: learned before the outbox hint is applied, so a position taken on
@@ -448,12 +447,17 @@ async fn ship(
         read: Vec::new(),
         ..position.clone()
     };
-    if let Ok(v) = serde_json::to_value(&stored) {
-        b.extra.insert("log_position".into(), v);
+    // On the wire inside the batch (as before), and in the outbox as the cursor of its requests,
+    // written in the same transaction.
+    let cursor = serde_json::to_value(&stored).ok();
+    if let Some(v) = &cursor {
+        b.extra.insert(LOG_CURSOR_FIELD.into(), v.clone());
     }
+    let cursor = cursor.map(|v| v.to_string());
     let count = b.count;
     let shipper = shared.shipper.clone();
-    let mut job = tokio::task::spawn_blocking(move || shipper.enqueue(&b));
+    let mut job =
+        tokio::task::spawn_blocking(move || shipper.enqueue_with_cursor(&b, cursor.as_deref()));
     let written = match tokio::time::timeout(LOG_WRITE_WAIT, &mut job).await {
         Ok(r) => r,
         Err(_) => {

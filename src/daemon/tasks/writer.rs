@@ -284,8 +284,33 @@ fn run(s: &Shared) {
     }
 }
 
+/// Writes a cycle's batches durably (or prints them with no listener). Returns how many batches
+/// failed and how many requests went to memory instead of the outbox.
+fn enqueue_all(batches: &[Batch], shipper: &Shipper, telemetry: &Telemetry) -> (usize, usize) {
+    let (mut failed, mut held) = (0, 0);
+    for batch in batches {
+        match shipper.enqueue(batch) {
+            Ok(r) => {
+                held += r.held;
+                let outcome = if r.stdout { "printed" } else { "enqueued" };
+                telemetry
+                    .metrics
+                    .count_batch(batch.kind, batch.count, outcome);
+            }
+            Err(e) => {
+                failed += 1;
+                telemetry
+                    .metrics
+                    .count_batch(batch.kind, batch.count, "failed");
+                tracing::error!(r#type = %batch.kind, batch_id = %batch.batch_id, error = %e, "cannot write the batch to the outbox");
+            }
+        }
+    }
+    (failed, held)
+}
+
 fn write_batches(s: &Shared, batches: &[Batch]) {
-    let (failed, held) = cycle::enqueue_all(batches, &s.shipper, &s.telemetry);
+    let (failed, held) = enqueue_all(batches, &s.shipper, &s.telemetry);
     s.deliver.notify_one();
     let stats = s.shipper.stats().ok();
     if let Some(stats) = &stats {

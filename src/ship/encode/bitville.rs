@@ -21,30 +21,53 @@ use super::{now_seconds, stored, unix_seconds, PrepareError};
 use crate::batch::{Batch, BatchKind, Record};
 use crate::ship::outbox::NewBatch;
 
+/// The protocol's one mapping of batch types, read both ways: each type's listener `source`, and
+/// the name of its record list inside `data` (none for system metrics, whose one record is
+/// `data`). Several types share a source; reading a source back ([`kind_of_source`]) gives the first
+/// type listed with it.
+const KINDS: [(BatchKind, &str, Option<&str>); 7] = [
+    (BatchKind::PgActivity, "pg_stat_activity", Some("sessions")),
+    (
+        BatchKind::PgStatements,
+        "pg_stat_statements",
+        Some("statements"),
+    ),
+    (BatchKind::PgLogs, "pg_log", Some("entries")),
+    (BatchKind::SystemMetrics, "system_metrics", None),
+    (BatchKind::Locks, "pg_stat_activity", Some("locks")),
+    (
+        BatchKind::PgActivitySamples,
+        "pg_stat_activity",
+        Some("top"),
+    ),
+    (BatchKind::Spike, "pg_stat_activity", Some("sessions")),
+];
+
+fn entry(kind: BatchKind) -> (BatchKind, &'static str, Option<&'static str>) {
+    KINDS.into_iter().find(|(k, _, _)| *k == kind).unwrap_or((
+        kind,
+        "pg_stat_activity",
+        Some("sessions"),
+    ))
+}
+
 /// The listener's `source` for a batch type.
 pub fn source(kind: BatchKind) -> &'static str {
-    match kind {
-        BatchKind::PgActivity
-        | BatchKind::Locks
-        | BatchKind::PgActivitySamples
-        | BatchKind::Spike => "pg_stat_activity",
-        BatchKind::PgStatements => "pg_stat_statements",
-        BatchKind::PgLogs => "pg_log",
-        BatchKind::SystemMetrics => "system_metrics",
-    }
+    entry(kind).1
+}
+
+/// The batch type a listener `source` stands for (a payload of the Python agent's buffer): the
+/// first listed with it; an unknown source is taken as `pg_stat_activity`.
+pub fn kind_of_source(source: &str) -> BatchKind {
+    KINDS
+        .into_iter()
+        .find(|(_, s, _)| *s == source)
+        .map_or(BatchKind::PgActivity, |(k, _, _)| k)
 }
 
 /// Name of the record list inside `data` (none for system metrics, whose one record is `data`).
 fn list_key(kind: BatchKind) -> Option<&'static str> {
-    match kind {
-        BatchKind::PgActivity => Some("sessions"),
-        BatchKind::PgStatements => Some("statements"),
-        BatchKind::PgLogs => Some("entries"),
-        BatchKind::Locks => Some("locks"),
-        BatchKind::PgActivitySamples => Some("top"),
-        BatchKind::Spike => Some("sessions"),
-        BatchKind::SystemMetrics => None,
-    }
+    entry(kind).2
 }
 
 /// One top-level Bitville payload.
@@ -238,6 +261,29 @@ mod tests {
         let mut b = Batch::new(kind, "shop", AgentInfo::new("h"), None, 60, data);
         b.extra.insert("omitted".into(), json!(3));
         b
+    }
+
+    #[test]
+    fn every_kind_is_mapped_once_and_each_source_reads_back() {
+        for kind in BatchKind::ALL {
+            assert_eq!(
+                KINDS.iter().filter(|(k, _, _)| *k == kind).count(),
+                1,
+                "{kind}"
+            );
+        }
+        for (source, kind) in [
+            ("pg_stat_activity", BatchKind::PgActivity),
+            ("pg_stat_statements", BatchKind::PgStatements),
+            ("pg_log", BatchKind::PgLogs),
+            ("system_metrics", BatchKind::SystemMetrics),
+            ("something_else", BatchKind::PgActivity),
+        ] {
+            assert_eq!(kind_of_source(source), kind, "{source}");
+        }
+        assert_eq!(source(BatchKind::Spike), "pg_stat_activity");
+        assert_eq!(list_key(BatchKind::SystemMetrics), None);
+        assert_eq!(list_key(BatchKind::Locks), Some("locks"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The newest waiting request, for the fresh share of a drain pass ([`crate::ship::pick`]): delivery
-//! reads the outbox oldest-first, and this is the one read from the other end.
+//! The newest waiting request, for the fresh share of a drain pass
+//! ([`crate::ship::storage::queue`]): delivery reads the outbox oldest-first, and this is the one
+//! read from the other end.
 
 use rusqlite::OptionalExtension;
 

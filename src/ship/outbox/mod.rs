@@ -18,6 +18,7 @@
 //! This file owns the rows; `evict.rs` makes room at the cap, `schema.rs` owns the file, `stats.rs`
 //! keeps the counters and reads the figures for `status`.
 
+pub mod cursor;
 mod evict;
 mod fresh;
 mod replace;
@@ -302,6 +303,17 @@ impl Outbox {
     /// go to keep the budget. When together they exceed the budget they are stored one by one, so
     /// the cap evicts the oldest of them rather than all.
     pub fn push_all(&mut self, batches: &[NewBatch]) -> Result<EvictionReport, OutboxError> {
+        self.push_all_with_cursor(batches, None)
+    }
+
+    /// [`Outbox::push_all`] that also records `cursor` (the log position after a pg_logs batch's
+    /// entries) as the cursor of these requests, in the same transaction ([`cursor`]). Stored one
+    /// by one (over the budget together), the cursor goes with the last of them.
+    pub fn push_all_with_cursor(
+        &mut self,
+        batches: &[NewBatch],
+        cursor: Option<&str>,
+    ) -> Result<EvictionReport, OutboxError> {
         let budget = budget(self.max_size_bytes);
         let cost: u64 = batches.iter().map(|b| charge(b.body.len())).sum();
         if batches.len() > 1 && cost > budget {
@@ -309,8 +321,10 @@ impl Outbox {
                 stored: true,
                 ..EvictionReport::default()
             };
-            for b in batches {
-                let r = self.push_all(std::slice::from_ref(b))?;
+            for (i, b) in batches.iter().enumerate() {
+                let last = i + 1 == batches.len();
+                let r =
+                    self.push_all_with_cursor(std::slice::from_ref(b), cursor.filter(|_| last))?;
                 total.evicted.extend(r.evicted);
                 total.dead_letters_dropped += r.dead_letters_dropped;
                 total.stored &= r.stored;
@@ -336,8 +350,13 @@ impl Outbox {
         };
         let tx = self.conn.transaction().map_err(err)?;
         let (report, charged) = make_room(&tx, self.charged, cost, budget).map_err(err)?;
+        let mut first_seq = None;
         for batch in batches {
             insert_row(&tx, batch).map_err(err)?;
+            first_seq.get_or_insert(tx.last_insert_rowid());
+        }
+        if let (Some(position), Some(first_seq)) = (cursor, first_seq) {
+            cursor::write(&tx, first_seq, tx.last_insert_rowid(), position).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         self.charged = charged + cost;
@@ -412,18 +431,6 @@ impl Outbox {
             protocol: Protocol::parse(&protocol)
                 .ok_or_else(|| bad(format!("unknown protocol {protocol:?}")))?,
         }))
-    }
-
-    /// The gzipped body of the newest waiting batch of `kind`, if any.
-    pub fn newest_body(&self, kind: BatchKind) -> Result<Option<Vec<u8>>, OutboxError> {
-        self.conn
-            .query_row(
-                "SELECT body FROM outbox WHERE kind = ?1 ORDER BY seq DESC LIMIT 1",
-                [kind.as_str()],
-                |r| r.get::<_, Vec<u8>>(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))
     }
 
     /// Deletes a delivered batch and records the success time. False when it was no longer there

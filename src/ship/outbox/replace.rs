@@ -31,7 +31,8 @@ impl Outbox {
     }
 
     /// Replaces one waiting request by `rows` (the same data in another protocol) in one
-    /// transaction. The new rows queue behind everything already waiting.
+    /// transaction. The new rows queue behind everything already waiting, and take over its log
+    /// cursor, if it had one.
     pub fn replace(&mut self, seq: i64, rows: &[NewBatch]) -> Result<(), OutboxError> {
         let path = self.path.clone();
         let err = |source| OutboxError::Sqlite {
@@ -41,8 +42,13 @@ impl Outbox {
         let tx = self.conn.transaction().map_err(err)?;
         let freed = delete_row(&tx, seq).map_err(err)?;
         let mut added = 0;
+        let mut first_seq = None;
         for row in rows {
             added += insert_row(&tx, row).map_err(err)?;
+            first_seq.get_or_insert(tx.last_insert_rowid());
+        }
+        if let Some(first_seq) = first_seq {
+            super::cursor::carry_over(&tx, seq, first_seq, tx.last_insert_rowid()).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         self.charged = (self.charged + added).saturating_sub(freed.unwrap_or(0) as u64);

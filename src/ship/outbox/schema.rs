@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_cursor (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    first_seq INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    position  TEXT    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS breaker (
     id                   INTEGER PRIMARY KEY CHECK (id = 1),
     state                TEXT    NOT NULL,

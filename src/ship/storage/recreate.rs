@@ -1,12 +1,12 @@
-//! [`Shipper::check_outbox_file`]: once per cycle, whether the outbox file is still at its path;
+//! [`Storage::check_outbox_file`]: once per cycle, whether the outbox file is still at its path;
 //! when it was removed or replaced, the outbox is written back there from the open connection
 //! ([`super::outbox::vanish`]) so that nothing it holds is lost at the next start.
 
-use super::outbox::{vanish, FILE_NAME};
-use super::Shipper;
+use super::Storage;
+use crate::ship::outbox::{vanish, FILE_NAME};
 use crate::telemetry::registry::Event;
 
-/// What [`Shipper::check_outbox_file`] found.
+/// What [`Storage::check_outbox_file`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxFile {
     /// The file at the path is the open one (or no outbox is open, or it is busy).
@@ -35,9 +35,9 @@ impl OutboxFile {
     }
 }
 
-impl Shipper {
+impl Storage {
     /// Checks that the open outbox is the file at its path, and writes it back there if not. Waits
-    /// for the outbox like a writer does ([`super::shipper::STORAGE_WAIT`]); a busy one is checked
+    /// for the outbox like a writer does ([`super::STORAGE_WAIT`]); a busy one is checked
     /// next time. Logs at ERROR once per incident; counts `outbox_vanished` and `outbox_recreated`.
     pub fn check_outbox_file(&self) -> OutboxFile {
         let Some(mut inner) = self.lock_within() else {
@@ -80,7 +80,7 @@ impl Shipper {
         let (path, max) = (inner.path.clone(), inner.max_size_bytes);
         match vanish::install_copy(&path, &copy, max) {
             Ok(mut fresh) => {
-                let _ = fresh.save_breaker(inner.breaker.state());
+                let _ = fresh.save_breaker(&inner.breaker);
                 let _ = fresh.bump("recreated", 1);
                 inner.outbox = Some(fresh);
                 self.counters.add(Event::OutboxRecreated, 1);
