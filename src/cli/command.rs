@@ -8,12 +8,14 @@ use std::process::ExitCode;
 
 use crate::cli::pretty::Format;
 use crate::cli::stdout_filter::StdoutFilter;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Origin};
 use crate::telemetry::logging::LogControl;
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// sysexits.h EX_CONFIG.
 const EXIT_CONFIG: u8 = 78;
+/// A usage error, as clap exits.
+const EXIT_USAGE: u8 = 2;
 
 /// A low-overhead PostgreSQL monitoring agent.
 ///
@@ -116,7 +118,18 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse_from(implicit_run(std::env::args_os().collect()));
+    let args = match implicit_run(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("postgres-agent: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let cli = Cli::parse_from(args);
+    if let Some(message) = config_given_twice(&cli) {
+        eprintln!("postgres-agent: {message}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let explicit = |positional: &Option<PathBuf>| positional.clone().or_else(|| cli.config.clone());
     match &cli.command {
         Command::Run { config, output } => with_config_and_log(explicit(config), |config, log| {
@@ -162,19 +175,77 @@ pub fn main() -> ExitCode {
 }
 
 /// The Python agent's form `postgres-agent /path/to/config.ini`: a first argument that is neither a
-/// subcommand nor a flag is the config path of `run`.
-fn implicit_run(mut args: Vec<OsString>) -> Vec<OsString> {
+/// subcommand nor a flag is the config path of `run`. A word that is no existing file and looks like
+/// no path (no `/`, no `.`) is a mistyped command: an error naming the closest command.
+fn implicit_run(mut args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let Some(first) = args.get(1) else {
-        return args;
+        return Ok(args);
     };
-    let is_command = first == "help"
-        || Cli::command()
-            .get_subcommands()
-            .any(|c| first == c.get_name() || c.get_all_aliases().any(|a| first == a));
-    if !is_command && !first.to_string_lossy().starts_with('-') {
-        args.insert(1, OsString::from("run"));
+    let commands: Vec<String> = Cli::command()
+        .get_subcommands()
+        .flat_map(|c| {
+            std::iter::once(c.get_name().to_string()).chain(c.get_all_aliases().map(str::to_string))
+        })
+        .chain(std::iter::once("help".to_string()))
+        .collect();
+    let word = first.to_string_lossy();
+    if commands.iter().any(|c| *c == word) || word.starts_with('-') {
+        return Ok(args);
     }
-    args
+    let path_like =
+        word.contains('/') || word.contains('.') || std::path::Path::new(first).exists();
+    if !path_like {
+        return Err(unknown_command(&word, &commands));
+    }
+    args.insert(1, OsString::from("run"));
+    Ok(args)
+}
+
+/// "unknown command" with the closest command names.
+fn unknown_command(word: &str, commands: &[String]) -> String {
+    let mut close: Vec<(f64, &String)> = commands
+        .iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .collect();
+    close.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let hint = match close.first() {
+        Some((_, c)) => format!("; did you mean '{c}'?"),
+        None => String::new(),
+    };
+    format!(
+        "unknown command '{word}'{hint} (commands: {}; a config file path runs the daemon: \
+         postgres-agent run CONFIG). See postgres-agent --help",
+        commands
+            .iter()
+            .filter(|c| c.as_str() != "help")
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// `--config A` and a CONFIG argument B: an error unless they name the same file.
+fn config_given_twice(cli: &Cli) -> Option<String> {
+    let positional = match &cli.command {
+        Command::Run { config, .. }
+        | Command::Once { config, .. }
+        | Command::Check { config, .. }
+        | Command::Status { config, .. } => config.as_ref(),
+        Command::ParseLog { .. } => None,
+    };
+    let (flag, positional) = (cli.config.as_ref()?, positional?);
+    let same = match (flag.canonicalize(), positional.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => flag == positional,
+    };
+    (!same).then(|| {
+        format!(
+            "the config file is given twice, differently: --config {} and CONFIG {}; give one",
+            flag.display(),
+            positional.display()
+        )
+    })
 }
 
 fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
@@ -195,9 +266,31 @@ fn with_config_and_log(
             f(config, log)
         }
         Err(e) => {
-            eprintln!("postgres-agent: configuration error: {e}");
+            eprintln!(
+                "postgres-agent: configuration error: {}",
+                config_message(&e)
+            );
             ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+/// A required key left unset reads as what it is, not as the built-in default's empty value.
+fn config_message(e: &ConfigError) -> String {
+    match e {
+        ConfigError::BadValue {
+            origin: Origin::Default,
+            section,
+            key,
+            value,
+            reason,
+        } if value == "\"\"" => format!(
+            "[{section}] {key} is not set, and it is required: {reason}. Set it in the config file \
+             ([{section}] {key} = ...) or with BITVILLE_PG_{}_{}",
+            section.to_uppercase(),
+            key.to_uppercase()
+        ),
+        e => e.to_string(),
     }
 }
 

@@ -63,10 +63,11 @@ pub(super) async fn check(config: &Config, mut session: Option<&mut Session>) ->
                  script sends it, not to log_directory; server logs will not be collected",
                 format!(
                     "set [logs] path to that file{} and give the agent's user read access to it \
-                     (Debian: usermod -aG adm postgres-agent), or turn logging_collector on",
+                     (Debian: usermod -aG adm {}), or turn logging_collector on",
                     c.debian_log()
                         .map(|p| format!(" ({})", p.display()))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    current_user()
                 ),
             );
         }
@@ -102,6 +103,19 @@ pub(super) async fn check(config: &Config, mut session: Option<&mut Session>) ->
             if source.kind() == std::io::ErrorKind::PermissionDenied =>
         {
             return denied(&path, &source, current.as_ref());
+        }
+        Err(SettingsError::Path { path, source })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return CheckResult::fail(
+                NAME,
+                format!(
+                    "[logs] path = {}: {source}; {}",
+                    path.display(),
+                    nearest(&path)
+                ),
+                "set [logs] path to the server's log file or directory (log_directory)",
+            );
         }
         Err(e) => {
             return CheckResult::fail(
@@ -320,8 +334,43 @@ impl ServerFile {
     }
 }
 
-/// A permission error: which directory or file blocks the agent's user, and the settings that
-/// decide it.
+/// For a path that does not exist: what its nearest existing directory holds, so a typo shows.
+fn nearest(path: &Path) -> String {
+    let Some(dir) = path.ancestors().skip(1).find(|p| p.is_dir()) else {
+        return "no directory above it exists".to_string();
+    };
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    format!("{name}/")
+                } else {
+                    name
+                }
+            })
+            .collect(),
+        Err(e) => return format!("{} cannot be listed: {e}", dir.display()),
+    };
+    if names.is_empty() {
+        return format!("{} is empty", dir.display());
+    }
+    names.sort();
+    const SHOWN: usize = 20;
+    let more = names.len().saturating_sub(SHOWN);
+    names.truncate(SHOWN);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("{} holds: {}{more}", dir.display(), names.join(", "))
+}
+
+/// A permission error: which directory or file blocks the agent's user, and what to change. Only
+/// what applies is suggested: `log_file_mode` only when the logging collector writes the file and
+/// the file is not group-readable yet; the group only when the user is not in it.
 fn denied(path: &Path, error: &std::io::Error, server: Option<&ServerFile>) -> CheckResult {
     let me = Identity::current();
     let mut modes = Vec::new();
@@ -343,28 +392,73 @@ fn denied(path: &Path, error: &std::io::Error, server: Option<&ServerFile>) -> C
                 ));
             }
             if !searchable && blocked.is_none() {
-                blocked = Some((p.to_path_buf(), group_name(meta.gid())));
+                blocked = Some((p.to_path_buf(), meta.gid()));
             }
         }
     }
-    let group = blocked
+    let target = std::fs::metadata(path).ok();
+    let gid = blocked
         .as_ref()
-        .map(|(_, g)| g.clone())
-        .or_else(|| std::fs::metadata(path).ok().map(|m| group_name(m.gid())))
-        .unwrap_or_else(|| "postgres".to_string());
-    let file_mode = server
-        .and_then(|s| s.file_mode.clone())
-        .map(|m| format!(" (now {m})"))
-        .unwrap_or_default();
-    let dir_fix = match &blocked {
-        Some((dir, _)) => format!(
+        .map(|(_, g)| *g)
+        .or_else(|| target.as_ref().map(|m| m.gid()));
+    let user = user_name(me.uid);
+    let mut fixes = Vec::new();
+    // The file itself: readable by its group? (Unknown when a directory above hides it.)
+    let file_unreadable_by_group = target
+        .as_ref()
+        .is_some_and(|m| m.is_file() && m.mode() & 0o040 == 0);
+    let set_mode = |now: Option<&str>| {
+        format!(
+            "set log_file_mode = 0640 in postgresql.conf{} and reload (chmod g+r the existing files)",
+            now.map(|m| format!(" (now {m})")).unwrap_or_default()
+        )
+    };
+    let file_fix = match server {
+        // Without the collector, log_file_mode does not apply.
+        Some(s) if !s.collector => (file_unreadable_by_group || target.is_none()).then(|| {
+            format!(
+                "make {} group-readable (chmod g+r; logging_collector is off, so log_file_mode \
+                 does not apply: the file's mode is whatever the server's start script gives it)",
+                path.display()
+            )
+        }),
+        Some(s) => match s.file_mode.as_deref() {
+            Some(m) if group_readable(m) => file_unreadable_by_group.then(|| {
+                format!(
+                    "chmod g+r {} (log_file_mode is already {m}: new files are group-readable)",
+                    path.display()
+                )
+            }),
+            now => Some(set_mode(now)),
+        },
+        None => (file_unreadable_by_group || target.is_none()).then(|| set_mode(None)),
+    };
+    fixes.extend(file_fix);
+    if let Some((dir, _)) = &blocked {
+        fixes.push(format!(
             "let the group search {} (chmod g+rx; with log_directory inside the data directory, \
              PostgreSQL allows 0750 on it when the cluster was initialised with --allow-group-access, \
              else move log_directory to /var/log/postgresql)",
             dir.display()
-        ),
-        None => "make the log directory group-readable (chmod g+rx)".to_string(),
-    };
+        ));
+    }
+    match gid {
+        Some(g) if !me.groups.contains(&g) => {
+            let group = group_name(g);
+            fixes.push(format!(
+                "add the agent's user to group {group} (usermod -aG {group} {user}: {user} is the \
+                 user this check ran as; the systemd unit has SupplementaryGroups=postgres)"
+            ));
+        }
+        Some(g) => fixes.push(format!(
+            "user {user} is already in group {}: the group lacks read permission",
+            group_name(g)
+        )),
+        None => {}
+    }
+    if fixes.is_empty() {
+        fixes.push("give the agent's user read access to the log file".to_string());
+    }
     CheckResult::fail(
         NAME,
         format!(
@@ -373,12 +467,18 @@ fn denied(path: &Path, error: &std::io::Error, server: Option<&ServerFile>) -> C
             modes.join(", "),
             me.describe()
         ),
-        format!(
-            "set log_file_mode = 0640 in postgresql.conf{file_mode} and reload (chmod g+r the \
-             existing files), {dir_fix}, and add the agent's user to group {group} (usermod -aG \
-             {group} postgres-agent; the systemd unit has SupplementaryGroups=postgres)"
-        ),
+        fixes.join("; "),
     )
+}
+
+/// Whether an octal mode text such as `0640` lets the group read.
+fn group_readable(mode: &str) -> bool {
+    u32::from_str_radix(mode.trim_start_matches('0'), 8).is_ok_and(|m| m & 0o040 != 0)
+}
+
+/// The name of the user this process runs as, for fixes that name the agent's user.
+pub(super) fn current_user() -> String {
+    user_name(rustix::process::geteuid().as_raw())
 }
 
 /// The user and groups this process runs as, for messages.
