@@ -44,7 +44,7 @@ fn defaults_match_the_key_table() {
     assert!(c.privacy.obfuscate_queries);
     assert_eq!(c.listener.url, None);
     assert_eq!(c.telemetry.listen, Some("127.0.0.1:9188".parse().unwrap()));
-    assert_eq!(c.logging.format, "json");
+    assert_eq!(c.logging.format, "auto");
 }
 
 #[test]

@@ -38,6 +38,10 @@ struct Cli {
     /// Path of the INI config file.
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// The agent's own log lines on stderr: text on a terminal and JSON lines elsewhere (auto),
+    /// or always json, or always text. Overrides [logging] format.
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["auto", "json", "text"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,31 +136,33 @@ pub fn main() -> ExitCode {
     }
     let explicit = |positional: &Option<PathBuf>| positional.clone().or_else(|| cli.config.clone());
     match &cli.command {
-        Command::Run { config, output } => with_config_and_log(explicit(config), |config, log| {
-            // Batches reach stdout only without a listener.
-            let filter = (config.listener.url.is_none() && output.format() == Format::Pretty)
-                .then(StdoutFilter::start)
-                .and_then(|f| {
-                    f.map_err(|e| eprintln!("postgres-agent: no table view: {e}"))
-                        .ok()
-                });
-            let code = crate::daemon::run(config.file.clone(), config, log);
-            if let Some(f) = filter {
-                f.finish();
-            }
-            code
-        }),
+        Command::Run { config, output } => {
+            with_config_and_log(explicit(config), cli.log_format.clone(), |config, log| {
+                // Batches reach stdout only without a listener.
+                let filter = (config.listener.url.is_none() && output.format() == Format::Pretty)
+                    .then(StdoutFilter::start)
+                    .and_then(|f| {
+                        f.map_err(|e| eprintln!("postgres-agent: no table view: {e}"))
+                            .ok()
+                    });
+                let code = crate::daemon::run(config.file.clone(), config, log);
+                if let Some(f) = filter {
+                    f.finish();
+                }
+                code
+            })
+        }
         Command::Once {
             config,
             dry_run,
             output,
-        } => with_config(explicit(config), |config| {
+        } => with_config(explicit(config), cli.log_format.clone(), |config| {
             crate::cli::once::run(&config, *dry_run, output.format())
         }),
         Command::Check {
             config,
             config_only,
-        } => with_config(explicit(config), |config| {
+        } => with_config(explicit(config), cli.log_format.clone(), |config| {
             if *config_only {
                 crate::cli::check::config_only(&config)
             } else {
@@ -169,7 +175,9 @@ pub fn main() -> ExitCode {
             files,
         } => parse_log(cli.config.clone(), format, prefix, files),
         Command::Status { config, json } => {
-            with_config(explicit(config), |config| status(&config, *json))
+            with_config(explicit(config), cli.log_format.clone(), |config| {
+                status(&config, *json)
+            })
         }
     }
 }
@@ -248,18 +256,26 @@ fn config_given_twice(cli: &Cli) -> Option<String> {
     })
 }
 
-fn with_config(path: Option<PathBuf>, f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
-    with_config_and_log(path, |config, _| f(config))
+fn with_config(
+    path: Option<PathBuf>,
+    log_format: Option<String>,
+    f: impl FnOnce(Config) -> ExitCode,
+) -> ExitCode {
+    with_config_and_log(path, log_format, |config, _| f(config))
 }
 
 /// Loads the configuration and starts logging; the closure also gets the handle that changes the
 /// log level on reload.
 fn with_config_and_log(
     path: Option<PathBuf>,
+    log_format: Option<String>,
     f: impl FnOnce(Config, LogControl) -> ExitCode,
 ) -> ExitCode {
     match Config::load(path.as_deref()) {
-        Ok(config) => {
+        Ok(mut config) => {
+            if let Some(format) = log_format {
+                config.logging.format = format;
+            }
             let log =
                 crate::telemetry::logging::init(&config.logging.level, &config.logging.format);
             config.log_notices();

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::ship::outbox::{self, schema, OutboxStats};
 use crate::ship::ShipError;
 use crate::state::last_cycle::LastCycle;
+use crate::telemetry::registry::Event;
 
 /// Everything `status` prints.
 #[derive(Debug, Clone, Serialize)]
@@ -90,19 +91,24 @@ impl StatusReport {
                     Some(ms) => writeln!(s, "last success:  {}", self.when(ms))?,
                     None => writeln!(s, "last success:  never")?,
                 }
-                let counted: Vec<String> = c
-                    .counters
-                    .iter()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(name, n)| format!("{name} {n}"))
-                    .collect();
+                let counted: Vec<(&String, &u64)> =
+                    c.counters.iter().filter(|(_, n)| **n > 0).collect();
                 if !counted.is_empty() {
-                    // The same figures as /metrics (postgres_agent_<name>_total), as of that cycle.
+                    // The same figures as /metrics (postgres_agent_<name>_total), as of that cycle,
+                    // each with what it counts (docs/operations.md, "Counters").
                     writeln!(
                         s,
-                        "counted:       {} (since the daemon started)",
-                        counted.join(", ")
+                        "counted:       since the daemon started (docs/operations.md, \"Counters\"):"
                     )?;
+                    let width = counted.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+                    for (name, n) in counted {
+                        let help = Event::ALL
+                            .iter()
+                            .find(|e| e.name() == name.as_str())
+                            .map(|e| e.help())
+                            .unwrap_or("");
+                        writeln!(s, "  {name:<width$} {n:>6}  {help}")?;
+                    }
                 }
             }
             None => writeln!(
@@ -115,8 +121,9 @@ impl StatusReport {
             Some(url) => writeln!(s, "listener:      {url} (protocol {})", self.protocol)?,
             None => writeln!(
                 s,
-                "listener:      none (listener.url is empty): batches go to stdout as JSON lines, \
-                 the outbox is unused"
+                "listener:      none (listener.url is empty): the daemon prints each batch on its \
+                 stdout (a table on a terminal, JSON lines on a pipe or under systemd) and sends \
+                 nothing; the outbox is unused"
             )?,
         }
         if let Some(m) = &self.python_buffer {
