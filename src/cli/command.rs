@@ -108,6 +108,20 @@ enum Command {
         /// Files to parse; stdin when none.
         files: Vec<PathBuf>,
     },
+    /// See the agent work: a throwaway PostgreSQL of its own, a workload, and the agent running
+    /// against it. Ctrl-C stops and removes everything.
+    ///
+    /// Needs the PostgreSQL server binaries (initdb, pg_ctl, postgres): from --pg-bin, else PATH,
+    /// else the newest /usr/lib/postgresql/*/bin. Installs nothing; the server lives in a temporary
+    /// directory with its own socket and 127.0.0.1 port. As root, the server runs as user postgres
+    /// (or nobody).
+    Demo {
+        /// Directory of the PostgreSQL server binaries.
+        #[arg(long, value_name = "DIR")]
+        pg_bin: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Show outbox depth and age, circuit state, last successful cycle and send.
     ///
     /// Reads the outbox database read-only, so it is safe while the daemon runs.
@@ -174,6 +188,11 @@ pub fn main() -> ExitCode {
             prefix,
             files,
         } => parse_log(cli.config.clone(), format, prefix, files),
+        Command::Demo { pg_bin, output } => crate::cli::demo::run(
+            pg_bin.clone(),
+            output.format() == Format::Pretty,
+            cli.log_format.clone(),
+        ),
         Command::Status { config, json } => {
             with_config(explicit(config), cli.log_format.clone(), |config| {
                 status(&config, *json)
@@ -240,7 +259,7 @@ fn config_given_twice(cli: &Cli) -> Option<String> {
         | Command::Once { config, .. }
         | Command::Check { config, .. }
         | Command::Status { config, .. } => config.as_ref(),
-        Command::ParseLog { .. } => None,
+        Command::ParseLog { .. } | Command::Demo { .. } => None,
     };
     let (flag, positional) = (cli.config.as_ref()?, positional?);
     let same = match (flag.canonicalize(), positional.canonicalize()) {
