@@ -220,7 +220,7 @@ impl Server {
             "\n# postgres-agent demo\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              max_connections = 30\nshared_buffers = 32MB\nfsync = off\n\
              shared_preload_libraries = 'pg_stat_statements, auto_explain'\n\
-             pg_stat_statements.track = all\nauto_explain.log_min_duration = 500\n\
+             pg_stat_statements.track = all\npg_stat_statements.track_utility = off\nauto_explain.log_min_duration = 500\n\
              logging_collector = on\nlog_destination = 'stderr'\nlog_directory = 'log'\n\
              log_line_prefix = '%m [%p] %q%u@%d '\nlog_min_duration_statement = 300\n\
              log_lock_waits = on\ndeadlock_timeout = 1s\nlc_messages = 'C'\n",
