@@ -130,8 +130,24 @@ pub fn filter(input: impl BufRead, mut output: impl Write, width: usize) -> std:
     Ok(())
 }
 
+/// A number of things, from `usize` or `u64`.
+pub struct Count(u64);
+
+impl From<u64> for Count {
+    fn from(n: u64) -> Count {
+        Count(n)
+    }
+}
+
+impl From<usize> for Count {
+    fn from(n: usize) -> Count {
+        Count(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+}
+
 /// "1 record", "2 records", "0 records".
-pub fn plural(n: usize, one: &str, many: &str) -> String {
+pub fn plural(n: impl Into<Count>, one: &str, many: &str) -> String {
+    let n = n.into().0;
     if n == 1 {
         format!("1 {one}")
     } else {
@@ -488,11 +504,7 @@ fn samples(out: &mut String, batch: &Value, data: &[Value], width: usize) {
     let _ = write!(
         out,
         "  {} taken, {} active on average, {} at most",
-        plural(
-            usize::try_from(batch["samples"].as_u64().unwrap_or(0)).unwrap_or(0),
-            "sample",
-            "samples"
-        ),
+        plural(batch["samples"].as_u64().unwrap_or(0), "sample", "samples"),
         batch["avg_active_sessions"]
             .as_f64()
             .map_or("-".to_string(), |a| format!("{a:.2}")),

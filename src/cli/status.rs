@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::cli::pretty::plural;
 use crate::clock::{format_rfc3339, now_ms};
 use crate::config::Config;
 use crate::ship::outbox::{self, schema, OutboxStats};
@@ -179,7 +180,12 @@ impl StatusReport {
             Some(ms) => writeln!(s, "last send:     {}", self.when(ms))?,
             None => writeln!(s, "last send:     never")?,
         }
-        write!(s, "queued:        {} batches, {}", o.depth, bytes(o.bytes))?;
+        write!(
+            s,
+            "queued:        {}, {}",
+            plural(o.depth, "batch", "batches"),
+            bytes(o.bytes)
+        )?;
         match o.oldest_enqueued_ms {
             Some(ms) => writeln!(s, ", oldest enqueued {}", self.when(ms))?,
             None => writeln!(s)?,
@@ -208,8 +214,8 @@ impl StatusReport {
         }
         writeln!(
             s,
-            "evicted:       {} batches at the size cap (since the database was created)",
-            o.evicted
+            "evicted:       {} at the size cap (since the database was created)",
+            plural(o.evicted, "batch", "batches")
         )?;
         writeln!(
             s,

@@ -159,10 +159,10 @@ pub(super) async fn check(config: &Config, mut session: Option<&mut Session>) ->
         };
     }
     let readable = format!(
-        "{} is readable ({}, {} files)",
+        "{} is readable ({}, {})",
         newest.path.display(),
         settings.format.as_str(),
-        files.len()
+        crate::cli::pretty::plural(files.len(), "file", "files")
     );
     match current.map(|c| c.compare(&settings.source, settings.format, newest.size)) {
         Some(Verdict::Different { detail, fix }) => {
