@@ -458,9 +458,8 @@ fn correlation(r: &Value) -> String {
 /// A load spike: what fired, then the sessions of the snapshot (longest first) with their
 /// correlation IDs, and how many locks waited.
 fn spike(out: &mut String, batch: &Value, data: &[Value], width: usize) {
-    let locks = batch["locks"]["data"]
+    let locks = batch["locks"]["waiting_locks"]
         .as_array()
-        .or_else(|| batch["locks"].as_array())
         .map_or(0, Vec::len);
     let _ = write!(
         out,
@@ -589,7 +588,7 @@ mod tests {
     fn every_kind_shows_rows_under_its_header_and_counts_in_the_singular_for_one() {
         let spike = serde_json::json!({"type": "spike", "trigger": "lock_wait_ms",
             "trigger_value": 1500.0, "trigger_threshold": 1000.0,
-            "locks": {"data": [{"pid": 2}]},
+            "locks": {"waiting": 1, "waiting_locks": [{"pid": 2}]},
             "data": [{"pid": 7, "state": "active", "query_duration_ms": 1500.0,
                 "wait_event_type": "Lock", "wait_event": "relation",
                 "correlation": {"id": "0b1e6f5e-6c43-4d7e-9a43-6a1f2c3d4e5f"}, "query": "UPDATE t SET x = $1"}]});
