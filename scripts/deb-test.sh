@@ -42,9 +42,20 @@ echo "installed"
 # The user: a system account in group postgres, no login shell.
 id postgres-agent
 uid=$(id -u postgres-agent); [ "$uid" -lt 1000 ] || fail "uid $uid is not a system uid"
-if getent group postgres >/dev/null; then
-  id -nG postgres-agent | tr ' ' '\n' | grep -qx postgres || fail "postgres-agent is not in group postgres"
-fi
+# The groups the README's Quick Start gives the user: postgres (socket directory) and adm (Debian's log).
+for group in postgres adm; do
+  if getent group "$group" >/dev/null; then
+    id -nG postgres-agent | tr ' ' '\n' | grep -qx "$group" || fail "postgres-agent is not in group $group"
+  fi
+done
+# Every relative link of the installed README resolves to an installed file.
+doc=/usr/share/doc/postgres-agent
+links=$(grep -o '](docs/[^)#]*' "$doc/README.md" | sed 's/^](//' | sort -u)
+[ -n "$links" ] || fail "no docs/ links found in the installed README.md"
+for l in $links; do
+  [ -e "$doc/$l" ] || fail "README.md links $l, which the package does not ship"
+done
+echo "README links: $(echo "$links" | wc -l) docs, all shipped"
 [ "$(getent passwd postgres-agent | cut -d: -f7)" = /usr/sbin/nologin ] || fail "login shell"
 # The files, their owners and modes.
 stat -c '%A %U:%G %n' /usr/bin/postgres-agent /etc/bitville /etc/bitville/postgres-agent.ini \

@@ -94,8 +94,9 @@ fn ship(config: &Config, batches: &[Batch], runtime: &tokio::runtime::Runtime) -
     tracing::info!(sent = report.delivered, waiting = report.remaining, stopped = ?report.stopped, "send pass finished");
     if report.remaining > 0 {
         eprintln!(
-            "postgres-agent: {} batches wait in the outbox ({:?}); the daemon will send them",
-            report.remaining, report.stopped
+            "postgres-agent: {} wait in the outbox ({:?}); the daemon will send them",
+            crate::cli::pretty::plural(report.remaining, "batch", "batches"),
+            report.stopped
         );
     }
     ok

@@ -10,6 +10,8 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use serde_json::Value;
 
+mod sampled;
+
 /// How batches are written to stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -71,14 +73,21 @@ pub fn render(batch: &Value, width: usize) -> String {
         (Some(h), Some(p)) => format!("  {h}:{p}"),
         _ => String::new(),
     };
-    let _ = write!(out, "── {kind}  {time}  {} records{server}", data.len());
+    let _ = write!(
+        out,
+        "── {kind}  {time}  {}{server}",
+        plural(data.len(), "record", "records")
+    );
     match kind {
         "pg_activity" => activity(&mut out, data, width),
         "pg_statements" => statements(&mut out, batch, data, width),
         "locks" => locks(&mut out, data, width),
         "system_metrics" => system(&mut out, data),
         "pg_logs" => logs(&mut out, data, width),
-        _ => out.push('\n'),
+        "spike" => sampled::spike(&mut out, batch, data, width),
+        "pg_activity_samples" => sampled::samples(&mut out, batch, data, width),
+        // A kind this view does not know: its records' first fields, so no header stands alone.
+        _ => generic(&mut out, data, width),
     }
     // Nothing wider than the terminal: a wrapped line breaks the table.
     let mut fitted = String::with_capacity(out.len());
@@ -121,6 +130,31 @@ pub fn filter(input: impl BufRead, mut output: impl Write, width: usize) -> std:
         output.flush()?;
     }
     Ok(())
+}
+
+/// A number of things, from `usize` or `u64`.
+pub struct Count(u64);
+
+impl From<u64> for Count {
+    fn from(n: u64) -> Count {
+        Count(n)
+    }
+}
+
+impl From<usize> for Count {
+    fn from(n: usize) -> Count {
+        Count(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+}
+
+/// "1 record", "2 records", "0 records".
+pub fn plural(n: impl Into<Count>, one: &str, many: &str) -> String {
+    let n = n.into().0;
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }
 
 fn text(v: &Value) -> String {
@@ -336,10 +370,11 @@ fn locks(out: &mut String, data: &[Value], width: usize) {
 }
 
 fn system(out: &mut String, data: &[Value]) {
-    out.push('\n');
     let Some(m) = data.first() else {
+        out.push_str("  (none)\n");
         return;
     };
+    out.push('\n');
     let pct = |v: &Value| v.as_f64().map_or("-".to_string(), |p| format!("{p:.0}%"));
     let cpu = &m["cpu"];
     let _ = writeln!(
@@ -414,6 +449,28 @@ fn logs(out: &mut String, data: &[Value], width: usize) {
     );
 }
 
+/// Records of a kind this view has no table for: each one's fields as `key=value`.
+fn generic(out: &mut String, data: &[Value], width: usize) {
+    let more = data.len().saturating_sub(MAX_ROWS);
+    let rows = data
+        .iter()
+        .take(MAX_ROWS)
+        .map(|r| {
+            let fields = r
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| format!("{k}={}", text(v)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_else(|| text(r));
+            vec![fields]
+        })
+        .collect();
+    table(out, &["RECORD"], rows, width, more);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +492,41 @@ mod tests {
         // Longest first; 15 shown, 5 counted.
         assert!(text.lines().nth(2).unwrap().starts_with("19 "), "{text}");
         assert!(text.contains("… 5 more"), "{text}");
+    }
+
+    #[test]
+    fn every_kind_shows_rows_under_its_header_and_counts_in_the_singular_for_one() {
+        let spike = serde_json::json!({"type": "spike", "trigger": "lock_wait_ms",
+            "trigger_value": 1500.0, "trigger_threshold": 1000.0,
+            "locks": {"waiting": 1, "waiting_locks": [{"pid": 2}]},
+            "data": [{"pid": 7, "state": "active", "query_duration_ms": 1500.0,
+                "wait_event_type": "Lock", "wait_event": "relation",
+                "correlation": {"id": "0b1e6f5e-6c43-4d7e-9a43-6a1f2c3d4e5f"}, "query": "UPDATE t SET x = $1"}]});
+        let text = render(&spike, 160);
+        assert!(text.contains("1 record"), "{text}");
+        assert!(!text.contains("1 records"), "{text}");
+        assert!(text.contains("trigger lock_wait_ms = 1500.0"), "{text}");
+        assert!(
+            text.contains("1 waiting lock,") || text.contains("1 waiting lock"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0b1e6f5e-6c43-4d7e-9a43-6a1f2c3d4e5f"),
+            "{text}"
+        );
+        let samples = serde_json::json!({"type": "pg_activity_samples", "samples": 60,
+            "avg_active_sessions": 0.5, "max_active_sessions": 2,
+            "data": [{"avg_active_sessions": 0.5, "peak_sessions": 2, "state": "active",
+                "query": "SELECT pg_sleep($1)"}]});
+        let text = render(&samples, 160);
+        assert!(
+            text.contains("60 samples taken") && text.contains("SELECT pg_sleep"),
+            "{text}"
+        );
+        let empty = serde_json::json!({"type": "system_metrics", "data": []});
+        assert!(render(&empty, 100).contains("0 records  (none)"));
+        let unknown = serde_json::json!({"type": "new_kind", "data": [{"a": 1}]});
+        assert!(render(&unknown, 100).contains("a=1"));
     }
 
     #[test]

@@ -9,11 +9,13 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::cli::pretty::plural;
 use crate::clock::{format_rfc3339, now_ms};
 use crate::config::Config;
 use crate::ship::outbox::{self, schema, OutboxStats};
 use crate::ship::ShipError;
 use crate::state::last_cycle::LastCycle;
+use crate::telemetry::registry::Event;
 
 /// Everything `status` prints.
 #[derive(Debug, Clone, Serialize)]
@@ -90,19 +92,24 @@ impl StatusReport {
                     Some(ms) => writeln!(s, "last success:  {}", self.when(ms))?,
                     None => writeln!(s, "last success:  never")?,
                 }
-                let counted: Vec<String> = c
-                    .counters
-                    .iter()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(name, n)| format!("{name} {n}"))
-                    .collect();
+                let counted: Vec<(&String, &u64)> =
+                    c.counters.iter().filter(|(_, n)| **n > 0).collect();
                 if !counted.is_empty() {
-                    // The same figures as /metrics (postgres_agent_<name>_total), as of that cycle.
+                    // The same figures as /metrics (postgres_agent_<name>_total), as of that cycle,
+                    // each with what it counts (docs/operations.md, "Counters").
                     writeln!(
                         s,
-                        "counted:       {} (since the daemon started)",
-                        counted.join(", ")
+                        "counted:       since the daemon started (docs/operations.md, \"Counters\"):"
                     )?;
+                    let width = counted.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+                    for (name, n) in counted {
+                        let help = Event::ALL
+                            .iter()
+                            .find(|e| e.name() == name.as_str())
+                            .map(|e| e.help())
+                            .unwrap_or("");
+                        writeln!(s, "  {name:<width$} {n:>6}  {help}")?;
+                    }
                 }
             }
             None => writeln!(
@@ -115,8 +122,9 @@ impl StatusReport {
             Some(url) => writeln!(s, "listener:      {url} (protocol {})", self.protocol)?,
             None => writeln!(
                 s,
-                "listener:      none (listener.url is empty): batches go to stdout as JSON lines, \
-                 the outbox is unused"
+                "listener:      none (listener.url is empty): the daemon prints each batch on its \
+                 stdout (a table on a terminal, JSON lines on a pipe or under systemd) and sends \
+                 nothing; the outbox is unused"
             )?,
         }
         if let Some(m) = &self.python_buffer {
@@ -172,7 +180,12 @@ impl StatusReport {
             Some(ms) => writeln!(s, "last send:     {}", self.when(ms))?,
             None => writeln!(s, "last send:     never")?,
         }
-        write!(s, "queued:        {} batches, {}", o.depth, bytes(o.bytes))?;
+        write!(
+            s,
+            "queued:        {}, {}",
+            plural(o.depth, "batch", "batches"),
+            bytes(o.bytes)
+        )?;
         match o.oldest_enqueued_ms {
             Some(ms) => writeln!(s, ", oldest enqueued {}", self.when(ms))?,
             None => writeln!(s)?,
@@ -201,8 +214,8 @@ impl StatusReport {
         }
         writeln!(
             s,
-            "evicted:       {} batches at the size cap (since the database was created)",
-            o.evicted
+            "evicted:       {} at the size cap (since the database was created)",
+            plural(o.evicted, "batch", "batches")
         )?;
         writeln!(
             s,

@@ -304,7 +304,11 @@ async fn run_one<C: Collector>(
             }
         },
         (true, None) => {
-            let e = CollectError::NoSession("the server is not reachable".into());
+            // Say why: a refused password is not an unreachable server.
+            let e = CollectError::NoSession(match &out.server_error {
+                Some(why) => format!("cannot connect: {why}"),
+                None => "the server is not reachable".into(),
+            });
             finish::<C>(out, started, Err(e), stamp, counters, server);
             return;
         }

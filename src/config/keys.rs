@@ -135,7 +135,7 @@ pub const KEYS: &[KeySpec] = &[
     k("telemetry", "listen", "127.0.0.1:9188", Str, "Address of the /health and /metrics endpoint; empty = disabled."),
     k("telemetry", "unhealthy_after_s", "300", Int(1, 604_800), "`/health` answers 503 (`delivery_failing`) once delivery to the listener has failed, with nothing accepted, for longer than this; 200 `degraded` (`breaker_open`) while the circuit breaker is open before that."),
     k("logging", "level", "info", Choice(&["error", "warn", "info", "debug", "trace"]), "Agent log level (RUST_LOG overrides it)."),
-    k("logging", "format", "json", Choice(&["json", "text"]), "json lines for journald, or human text."),
+    k("logging", "format", "auto", Choice(&["auto", "json", "text"]), "auto: human text when stderr is a terminal, else json lines (journald); or json, or text."),
     k("activity", "sample_interval_ms", "1000", Int(0, 60_000), "Active-session sampling period (100 to 60000 ms); 0 = no sampling (and no spike detection)."),
     k("activity", "sample_top_n", "50", Int(1, 1000), "Groups (query, wait event, state, database, user) listed per pg_activity_samples batch, by average active sessions; the rest are counted in `omitted`."),
     k("spikes", "enabled", "true", Bool, "Take a spike snapshot when a trigger fires (needs sampling on)."),

@@ -1,7 +1,10 @@
-//! The agent's own structured logs: JSON lines (or text) on stderr, level reloadable on SIGHUP.
+//! The agent's own structured logs on stderr, level reloadable on SIGHUP: human text when stderr is
+//! a terminal, JSON lines elsewhere (journald, a pipe, a file), unless `logging.format` or
+//! `--log-format` says `json` or `text`.
 //!
 //! stdout is reserved for batches (dry-run and no-listener mode), so logs never go there.
 
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 use tracing_subscriber::filter::Targets;
@@ -27,7 +30,17 @@ impl LogControl {
     }
 }
 
-/// Installs the global subscriber. `format` is `json` or `text`; RUST_LOG, when set, overrides `level`.
+/// Whether `format` (`auto`, `json` or `text`) means text here: `auto` is text on a terminal.
+pub fn is_text(format: &str) -> bool {
+    match format {
+        "text" => true,
+        "json" => false,
+        _ => std::io::stderr().is_terminal(),
+    }
+}
+
+/// Installs the global subscriber. `format` is `auto`, `json` or `text` ([`is_text`]); RUST_LOG,
+/// when set, overrides `level`.
 pub fn init(level: &str, format: &str) -> LogControl {
     let env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
     let from_env = env.as_ref().is_some_and(|s| Targets::from_str(s).is_ok());
@@ -38,7 +51,7 @@ pub fn init(level: &str, format: &str) -> LogControl {
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let result = if format == "text" {
+    let result = if is_text(format) {
         registry
             .with(
                 tracing_subscriber::fmt::layer()

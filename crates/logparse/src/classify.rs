@@ -118,7 +118,15 @@ fn by_state(code: &str, m: &str) -> Option<&'static str> {
         "53200" => "out_of_memory",
         "57014" => "statement_canceled",
         _ if m == "deadlock detected" => "deadlock_detected",
-        _ if m.starts_with("password authentication failed") => "auth_failed",
+        // Without a SQLSTATE in the prefix (Debian's default): every method's failure
+        // ("password", "Peer", "Ident", "LDAP", ... "authentication failed for user") and the
+        // pg_hba.conf refusals, as SQLSTATE 28P01/28000 would class them.
+        _ if m.contains("authentication failed for user")
+            || m.starts_with("no pg_hba.conf entry for")
+            || m.starts_with("pg_hba.conf rejects connection") =>
+        {
+            "auth_failed"
+        }
         _ if m.starts_with("canceling statement due to lock timeout") => "lock_timeout",
         _ if m.starts_with("canceling statement due to") => "statement_canceled",
         _ if m.starts_with("sorry, too many clients") => "too_many_connections",
@@ -394,6 +402,16 @@ mod tests {
             .event,
             Some("auth_failed")
         );
+        // Debian's default prefix has no SQLSTATE: the message alone decides.
+        for m in [
+            "password authentication failed for user \"x\"",
+            "Peer authentication failed for user \"x\"",
+            "Ident authentication failed for user \"x\"",
+            "no pg_hba.conf entry for host \"[local]\", user \"x\", database \"y\", no encryption",
+            "pg_hba.conf rejects connection for host \"127.0.0.1\", user \"x\", database \"y\", no encryption",
+        ] {
+            assert_eq!(classified("FATAL", None, m).event, Some("auth_failed"), "{m}");
+        }
         assert_eq!(classified("ERROR", None, "something").event, Some("error"));
         assert_eq!(classified("LOG", None, "something").event, None);
     }

@@ -5,7 +5,6 @@
 //! A permission error names what decides it: `log_file_mode`, the directory modes on the way to the
 //! file, and the groups of the user the check runs as.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use tokio_postgres::types::Type;
@@ -16,6 +15,11 @@ use crate::db::Session;
 use crate::log_format::LogFormat;
 use crate::logs::settings::{log_format, SettingsError, TailSettings};
 use crate::logs::source::{self, LogSource};
+
+mod access;
+
+pub(super) use access::current_user;
+use access::{denied, nearest};
 
 const NAME: &str = "logs";
 
@@ -63,10 +67,11 @@ pub(super) async fn check(config: &Config, mut session: Option<&mut Session>) ->
                  script sends it, not to log_directory; server logs will not be collected",
                 format!(
                     "set [logs] path to that file{} and give the agent's user read access to it \
-                     (Debian: usermod -aG adm postgres-agent), or turn logging_collector on",
+                     (Debian: usermod -aG adm {}), or turn logging_collector on",
                     c.debian_log()
                         .map(|p| format!(" ({})", p.display()))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    current_user()
                 ),
             );
         }
@@ -102,6 +107,19 @@ pub(super) async fn check(config: &Config, mut session: Option<&mut Session>) ->
             if source.kind() == std::io::ErrorKind::PermissionDenied =>
         {
             return denied(&path, &source, current.as_ref());
+        }
+        Err(SettingsError::Path { path, source })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return CheckResult::fail(
+                NAME,
+                format!(
+                    "[logs] path = {}: {source}; {}",
+                    path.display(),
+                    nearest(&path)
+                ),
+                "set [logs] path to the server's log file or directory (log_directory)",
+            );
         }
         Err(e) => {
             return CheckResult::fail(
@@ -145,10 +163,10 @@ pub(super) async fn check(config: &Config, mut session: Option<&mut Session>) ->
         };
     }
     let readable = format!(
-        "{} is readable ({}, {} files)",
+        "{} is readable ({}, {})",
         newest.path.display(),
         settings.format.as_str(),
-        files.len()
+        crate::cli::pretty::plural(files.len(), "file", "files")
     );
     match current.map(|c| c.compare(&settings.source, settings.format, newest.size)) {
         Some(Verdict::Different { detail, fix }) => {
@@ -318,119 +336,4 @@ impl ServerFile {
             ),
         }
     }
-}
-
-/// A permission error: which directory or file blocks the agent's user, and the settings that
-/// decide it.
-fn denied(path: &Path, error: &std::io::Error, server: Option<&ServerFile>) -> CheckResult {
-    let me = Identity::current();
-    let mut modes = Vec::new();
-    let mut blocked = None;
-    // From the top down: the first directory the user cannot search is the one to open up.
-    let mut chain: Vec<&Path> = path.ancestors().collect();
-    chain.reverse();
-    for p in chain {
-        if let Ok(meta) = std::fs::metadata(p) {
-            let searchable =
-                !meta.is_dir() || rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok();
-            if p.as_os_str().len() > 1 && (!searchable || p == path) {
-                modes.push(format!(
-                    "{} mode {:04o} {}:{}",
-                    p.display(),
-                    meta.mode() & 0o7777,
-                    user_name(meta.uid()),
-                    group_name(meta.gid())
-                ));
-            }
-            if !searchable && blocked.is_none() {
-                blocked = Some((p.to_path_buf(), group_name(meta.gid())));
-            }
-        }
-    }
-    let group = blocked
-        .as_ref()
-        .map(|(_, g)| g.clone())
-        .or_else(|| std::fs::metadata(path).ok().map(|m| group_name(m.gid())))
-        .unwrap_or_else(|| "postgres".to_string());
-    let file_mode = server
-        .and_then(|s| s.file_mode.clone())
-        .map(|m| format!(" (now {m})"))
-        .unwrap_or_default();
-    let dir_fix = match &blocked {
-        Some((dir, _)) => format!(
-            "let the group search {} (chmod g+rx; with log_directory inside the data directory, \
-             PostgreSQL allows 0750 on it when the cluster was initialised with --allow-group-access, \
-             else move log_directory to /var/log/postgresql)",
-            dir.display()
-        ),
-        None => "make the log directory group-readable (chmod g+rx)".to_string(),
-    };
-    CheckResult::fail(
-        NAME,
-        format!(
-            "cannot read {}: {error}; {}; the check runs as {}",
-            path.display(),
-            modes.join(", "),
-            me.describe()
-        ),
-        format!(
-            "set log_file_mode = 0640 in postgresql.conf{file_mode} and reload (chmod g+r the \
-             existing files), {dir_fix}, and add the agent's user to group {group} (usermod -aG \
-             {group} postgres-agent; the systemd unit has SupplementaryGroups=postgres)"
-        ),
-    )
-}
-
-/// The user and groups this process runs as, for messages.
-struct Identity {
-    uid: u32,
-    groups: Vec<u32>,
-}
-
-impl Identity {
-    fn current() -> Identity {
-        let mut groups = vec![rustix::process::getegid().as_raw()];
-        if let Ok(more) = rustix::process::getgroups() {
-            for g in more {
-                if !groups.contains(&g.as_raw()) {
-                    groups.push(g.as_raw());
-                }
-            }
-        }
-        Identity {
-            uid: rustix::process::geteuid().as_raw(),
-            groups,
-        }
-    }
-
-    fn describe(&self) -> String {
-        let groups: Vec<String> = self.groups.iter().map(|g| group_name(*g)).collect();
-        format!(
-            "user {} (groups {})",
-            user_name(self.uid),
-            groups.join(", ")
-        )
-    }
-}
-
-/// The name of a user or group id from /etc/passwd or /etc/group, else the number.
-fn name_in(file: &str, id: u32) -> String {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                let mut f = l.split(':');
-                let name = f.next()?;
-                (f.nth(1)?.parse::<u32>().ok()? == id).then(|| name.to_string())
-            })
-        })
-        .unwrap_or_else(|| id.to_string())
-}
-
-fn user_name(uid: u32) -> String {
-    name_in("/etc/passwd", uid)
-}
-
-fn group_name(gid: u32) -> String {
-    name_in("/etc/group", gid)
 }

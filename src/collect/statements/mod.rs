@@ -152,16 +152,29 @@ impl StatementsCollector {
         tally: &Tally,
         dbname: &str,
         reason: &str,
+        loaded: bool,
     ) -> Option<Collected<StatementRecord>> {
         tally.incr(Event::StatementsUnavailable);
         if !self.warned_unavailable {
             self.warned_unavailable = true;
+            // A restart only when the library is not loaded: a needless one costs production.
+            let fix = if loaded {
+                format!(
+                    "the library is loaded: run CREATE EXTENSION pg_stat_statements; as a superuser \
+                     in database \"{dbname}\" (no restart needed)"
+                )
+            } else {
+                format!(
+                    "add pg_stat_statements to shared_preload_libraries in postgresql.conf (keeping \
+                     the libraries already there), restart PostgreSQL, then run CREATE EXTENSION \
+                     pg_stat_statements; in database \"{dbname}\""
+                )
+            };
             tracing::warn!(
                 collector = "statements",
                 database = dbname,
                 reason,
-                fix = "add pg_stat_statements to shared_preload_libraries in postgresql.conf, restart \
-                       PostgreSQL, then run CREATE EXTENSION pg_stat_statements; in this database",
+                fix = %fix,
                 "pg_stat_statements is not available: no pg_statements batches until it is (other \
                  collectors are unaffected)"
             );
@@ -298,7 +311,10 @@ impl StatementsCollector {
         let (session, server) = ctx.db()?;
         let ext = match extension(session).await? {
             Ok(ext) => ext,
-            Err(reason) => return Ok(self.unavailable(tally, &dbname, &reason)),
+            Err(reason) => {
+                let loaded = library_loaded(session).await;
+                return Ok(self.unavailable(tally, &dbname, &reason, loaded));
+            }
         };
         let sysid = &server.info.system_identifier;
         // 55000: the extension exists but its library is not in shared_preload_libraries.
@@ -309,7 +325,7 @@ impl StatementsCollector {
         let meta = match meta(session, &ext).await {
             Ok(m) => m,
             Err(e) => match not_loaded(&e) {
-                Some(reason) => return Ok(self.unavailable(tally, &dbname, &reason)),
+                Some(reason) => return Ok(self.unavailable(tally, &dbname, &reason, false)),
                 None => return Err(e),
             },
         };
@@ -323,7 +339,7 @@ impl StatementsCollector {
         let mut fold = Fold::new(&mut cur, &meta, !first);
         if let Err(e) = fold_entries(session, &ext, &mut fold, tally).await {
             return match not_loaded(&e) {
-                Some(reason) => Ok(self.unavailable(tally, &dbname, &reason)),
+                Some(reason) => Ok(self.unavailable(tally, &dbname, &reason, false)),
                 None => Err(e),
             };
         }
@@ -555,6 +571,23 @@ fn record(
 }
 
 /// Finds the extension in the connected database. The inner `Err` is why it is not usable.
+/// Whether the pg_stat_statements library is loaded: its settings are in `pg_settings` only then
+/// (a `pg_stat_statements.*` line in postgresql.conf alone makes a hidden placeholder).
+async fn library_loaded(session: &mut Session) -> bool {
+    session
+        .query_opt(
+            "statements_loaded",
+            "SELECT /* postgres-agent */ EXISTS (SELECT 1 FROM pg_settings \
+             WHERE name = 'pg_stat_statements.max')",
+            &[],
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.try_get::<_, bool>(0).ok())
+        .unwrap_or(false)
+}
+
 async fn extension(session: &mut Session) -> Result<Result<Extension, String>, CollectError> {
     const QUERY: &str = "statements_extension";
     let row = session
