@@ -1,0 +1,130 @@
+//! Shared harness of the integration tests: a real PostgreSQL per test, the agent's config for it, and
+//! helpers to drive the real binary.
+
+#![allow(dead_code)]
+
+pub mod bitville;
+pub mod bitville_probe;
+pub mod child;
+pub mod collect;
+pub mod delivery;
+pub mod fault_listener;
+pub mod freeze;
+pub mod http;
+pub mod listener;
+pub mod logs;
+pub mod pg;
+pub mod python;
+pub mod serve;
+pub mod tmpfs;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+#[allow(unused_imports)]
+pub use pg::{PgOptions, PgServer};
+use postgres_agent::config::Config;
+
+/// The agent configuration for a test server, with extra INI text appended.
+pub fn agent_config(server: &PgServer, state_dir: &Path, extra: &str) -> Config {
+    let ini = server.agent_ini(state_dir, extra);
+    let path = state_dir.join("agent.ini");
+    std::fs::create_dir_all(state_dir).expect("state dir");
+    std::fs::write(&path, ini).expect("write ini");
+    Config::load_with(Some(&path), Vec::<(String, String)>::new()).expect("valid test config")
+}
+
+/// Runs the real binary with `args` and a clean environment (no BITVILLE_PG_* or PG* leaking in).
+pub fn agent(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgres-agent"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BITVILLE_PG_") || k.starts_with("PG") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run postgres-agent")
+}
+
+/// `base` INI text with `extra` appended, less the lines of `base` that `extra` sets again: the agent
+/// refuses a key given twice in a section (a section may be repeated, not its keys), so the harness's
+/// "later keys win" is done here. Keys of `extra` before any `[section]` continue `base`'s last one.
+pub fn merge_ini(base: &str, extra: &str) -> String {
+    fn section_of(line: &str) -> Option<String> {
+        let t = line.trim();
+        (t.starts_with('[') && t.ends_with(']'))
+            .then(|| t[1..t.len() - 1].trim().to_ascii_lowercase())
+    }
+    fn key_of(line: &str) -> Option<String> {
+        let t = line.trim();
+        if t.starts_with([';', '#', '[']) {
+            return None;
+        }
+        t.split_once('=')
+            .map(|(k, _)| k.trim().to_ascii_lowercase())
+    }
+    let mut section = base
+        .lines()
+        .filter_map(section_of)
+        .next_back()
+        .unwrap_or_default();
+    let mut overridden = std::collections::HashSet::new();
+    for line in extra.lines() {
+        match (section_of(line), key_of(line)) {
+            (Some(s), _) => section = s,
+            (None, Some(k)) => {
+                overridden.insert((section.clone(), k));
+            }
+            (None, None) => {}
+        }
+    }
+    let mut merged = String::new();
+    let mut section = String::new();
+    for line in base.lines() {
+        if let Some(s) = section_of(line) {
+            section = s;
+        } else if key_of(line).is_some_and(|k| overridden.contains(&(section.clone(), k))) {
+            continue;
+        }
+        merged.push_str(line);
+        merged.push('\n');
+    }
+    merged.push_str(extra);
+    merged
+}
+
+/// [`agent`] with environment values that need not be UTF-8.
+pub fn agent_os(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgres-agent"));
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if name.starts_with("BITVILLE_PG_") || name.starts_with("PG") || name == "RUST_LOG" {
+            cmd.env_remove(&k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run postgres-agent")
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// A current-thread tokio runtime for async test bodies.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
