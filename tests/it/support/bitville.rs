@@ -15,8 +15,6 @@
 //!   stores `correlation_id || ""`, the key's project, source `postgres_agent`, and the payload.
 //! - Anything else: 404.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -36,13 +34,11 @@ pub const SOURCES: [&str; 4] = [
     "system_metrics",
 ];
 
-/// One stored row, as the listener's `profiling_data` table holds it.
+/// One stored row, as the listener's `profiling_data` table holds it (the columns the tests read).
 #[derive(Debug, Clone)]
 pub struct Row {
-    pub id: u64,
     pub correlation_id: String,
     pub project: String,
-    pub source: String,
     pub timestamp: f64,
     /// The validated payload with unknown top-level keys stripped.
     pub payload: Value,
@@ -185,10 +181,8 @@ async fn handle(
     };
     let id = inner.rows.len() as u64 + 1;
     inner.rows.push(Row {
-        id,
         correlation_id: payload["correlation_id"].as_str().unwrap_or("").to_string(),
         project,
-        source: "postgres_agent".into(),
         timestamp: payload["timestamp"].as_f64().unwrap_or(0.0),
         payload: payload.clone(),
         body_bytes: body.len(),

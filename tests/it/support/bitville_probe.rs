@@ -5,8 +5,6 @@
 //! be told to rate limit `/ingest*` (429). Not a model of the whole listener: only of the order in
 //! which it refuses.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

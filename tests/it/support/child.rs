@@ -1,8 +1,6 @@
 //! The real binary as a child process: its stdout lines collected in the background, signals sent to
 //! it, its exit awaited with a deadline.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};

@@ -2,8 +2,6 @@
 //! waiting for conditions, a small tmpfs to fill, a lock-waiter workload, and reassembling split
 //! payloads.
 
-#![allow(dead_code)]
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};

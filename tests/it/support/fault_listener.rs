@@ -3,8 +3,6 @@
 //! status with or without Retry-After, or stall. Stopping it makes the port refuse connections;
 //! it can come back on the same port.
 
-#![allow(dead_code)]
-
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,8 +1,6 @@
 //! A real HTTP listener inside the test process: records every request (headers and the gunzipped JSON
 //! body) and answers with a status the test can change at any time.
 
-#![allow(dead_code)]
-
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};

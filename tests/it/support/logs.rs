@@ -1,8 +1,6 @@
 //! Harness for the log pipeline tests: a server configured to log everything in all three formats,
 //! a workload that makes it log every kind of entry, and helpers to parse the files it wrote.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -219,10 +217,6 @@ pub fn parse_file(path: &Path, format: LogFormat, prefix: &str) -> Vec<Value> {
         out.push(serde_json::to_value(&e).expect("entry to json"));
     }
     out
-}
-
-pub fn superuser() -> &'static str {
-    SUPERUSER
 }
 
 /// PostgreSQL's `PG_SYSLOG_LIMIT` (elog.c).

@@ -1,8 +1,6 @@
 //! Shared harness of the integration tests: a real PostgreSQL per test, the agent's config for it, and
 //! helpers to drive the real binary.
 
-#![allow(dead_code)]
-
 pub mod bitville;
 pub mod bitville_probe;
 pub mod child;
@@ -21,7 +19,6 @@ pub mod tmpfs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-#[allow(unused_imports)]
 pub use pg::{PgOptions, PgServer};
 use postgres_agent::config::Config;
 

@@ -5,8 +5,6 @@
 //! initdb refuses to run as root, so when the tests run as root the server runs as an unprivileged OS
 //! user (`postgres` if it exists, else `pgagent-test`, created on first use).
 
-#![allow(dead_code)]
-
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

@@ -1,7 +1,5 @@
 //! Running an in-process HTTP listener for a test.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 
