@@ -1,5 +1,13 @@
 //! Shared harness of the integration tests: a real PostgreSQL per test, the agent's config for it, and
 //! helpers to drive the real binary.
+//!
+//! Every test runs as a thread of one process (the `it` crate), in parallel with the others. So the
+//! harness changes nothing process-wide: no `std::env::set_var` (the agent's environment is given
+//! to each child, [`agent`], [`child::AgentChild::spawn`]), no change of current directory (a child
+//! that needs one gets `Command::current_dir`), no signal handlers (signals go to children); each
+//! test has its own temporary directories and its own server; ports come from [`free_port`], which
+//! never hands the same port to two tests. What is shared is read-only once made: the PostgreSQL binaries found, the
+//! server's OS user and the initdb template ([`pg`], each behind a `OnceLock`).
 
 pub mod bitville;
 pub mod bitville_probe;
@@ -16,8 +24,10 @@ pub mod python;
 pub mod serve;
 pub mod tmpfs;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
 pub use pg::{PgOptions, PgServer};
 use postgres_agent::config::Config;
@@ -109,13 +119,25 @@ pub fn agent_os(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
     cmd.output().expect("run postgres-agent")
 }
 
-/// A TCP port free on 127.0.0.1 right now.
+/// A TCP port free on 127.0.0.1 right now, and never handed out before in this process.
+///
+/// All the tests run as threads of one process: two of them asking at the same moment must not be
+/// given the same port (the kernel may hand a just-released port out again), so every port given is
+/// remembered. Another process may still take it before the caller binds it; callers that start a
+/// server on it retry (see [`pg::PgServer`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("local address")
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("local address")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A current-thread tokio runtime for async test bodies.

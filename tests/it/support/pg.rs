@@ -6,7 +6,6 @@
 //! user (`postgres` if it exists, else `pgagent-test`, created on first use).
 
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -222,13 +221,6 @@ fn initdb(dir: &Path) {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl PgServer {
     /// Starts a cluster with pg_stat_statements loaded and created.
     pub fn start() -> PgServer {
@@ -322,7 +314,7 @@ impl PgServer {
         // A port picked as free may be taken by a parallel test before the server binds it: retry.
         let mut last = String::new();
         for _ in 0..5 {
-            server.port = free_port();
+            server.port = super::free_port();
             match server.try_start() {
                 Ok(()) => {
                     if options.pg_stat_statements {
