@@ -184,7 +184,7 @@ fn parse_logs(server: &PgServer, format: LogFormat) -> Vec<LogEntry<'static>> {
     entries
 }
 
-/// The harness's `log_line_prefix` (tests/support/pg.rs).
+/// The harness's `log_line_prefix` (tests/it/support/pg.rs).
 const HARNESS_PREFIX: &str = "%m [%p] %q%u@%d ";
 
 fn apply(entry: &mut LogEntry<'_>, privacy: &Privacy) {

@@ -284,7 +284,7 @@ fn weekday_log_names_appended_or_rewritten_are_read_once_each() {
     assert_eq!(got, want);
 }
 
-/// The OS user the servers run as when the tests run as root (see tests/support/pg.rs): the agent
+/// The OS user the servers run as when the tests run as root (see tests/it/support/pg.rs): the agent
 /// runs as it here, so a file with mode 000 is unreadable to it.
 fn server_user() -> Option<(u32, u32)> {
     if rustix::process::geteuid().as_raw() != 0 {

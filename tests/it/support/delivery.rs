@@ -1,4 +1,4 @@
-//! Helpers of the delivery fault tests (tests/faults_delivery.rs): reading the daemon's `/metrics`,
+//! Helpers of the delivery fault tests (tests/it/ship/drain.rs): reading the daemon's `/metrics`,
 //! waiting for conditions, a small tmpfs to fill, a lock-waiter workload, and reassembling split
 //! payloads.
 

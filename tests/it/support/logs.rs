@@ -201,7 +201,7 @@ pub fn parse_file(path: &Path, format: LogFormat, prefix: &str) -> Vec<Value> {
     let mut reader = EntryReader::new(file, Parser::new(format, prefix, MAX_ENTRY_BYTES), 0);
     let finisher = Finisher {
         correlation_keys: vec!["traceparent".into(), "correlation_id".into()],
-        // These tests are about parsing; the privacy policy is tested in tests/privacy.rs.
+        // These tests are about parsing; the privacy policy is tested in tests/it/privacy.rs.
         privacy: postgres_agent::privacy::Privacy::PASS_THROUGH,
     };
     let mut out = Vec::new();

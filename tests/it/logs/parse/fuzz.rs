@@ -86,7 +86,7 @@ fn run(format: LogFormat, prefix: &str, max_entry: usize, data: Vec<u8>, sizes: 
     };
     let finisher = Finisher {
         correlation_keys: vec!["traceparent".into()],
-        // These tests are about parsing; the privacy policy is tested in tests/privacy.rs.
+        // These tests are about parsing; the privacy policy is tested in tests/it/privacy.rs.
         privacy: postgres_agent::privacy::Privacy::PASS_THROUGH,
     };
     let mut reader = EntryReader::new(src, Parser::new(format, prefix, max_entry), 0);

@@ -1,5 +1,5 @@
 //! Bitville interoperability: the agent against a listener that enforces the Bitville listener's
-//! contract (tests/support/bitville.rs), through the shipper and through the real daemon with a real
+//! contract (tests/it/support/bitville.rs), through the shipper and through the real daemon with a real
 //! PostgreSQL and correlated traffic of both PHP-agent styles.
 
 use crate::support;
