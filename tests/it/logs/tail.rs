@@ -8,7 +8,6 @@ use crate::support;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use postgres_agent::log_format::LogFormat;
@@ -285,14 +284,7 @@ fn run_child(log_dir: &Path, state: &Path, extra: Value) -> std::process::Child 
     if let (Some(o), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
         o.extend(e.clone());
     }
-    Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            "tail_child_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    support::test_child(module_path!(), "tail_child_process")
         .env(CHILD_ENV, spec.to_string())
         .spawn()
         .expect("spawn follower")

@@ -317,14 +317,7 @@ const CHILD_URL: &str = "POSTGRES_AGENT_TEST_CHILD_URL";
 
 /// Runs one `#[ignore]`d test of this binary as a child process with the given environment.
 fn child(test: &str, env: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        test,
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
+    let mut cmd = support::test_child(module_path!(), test);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -119,6 +119,39 @@ pub fn agent_os(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
     cmd.output().expect("run postgres-agent")
 }
 
+/// A command that runs one `#[ignore]`d test of this test binary in a child process (a follower
+/// to kill with SIGKILL, a process with an environment of its own). `module` is the caller's
+/// `module_path!()`, `test` the test function's name.
+///
+/// libtest names a test by its path below the crate root (`logs::tail::tail_child_process`), and
+/// `--exact` with a name that matches nothing runs nothing and succeeds: so the name is checked
+/// against the binary's own list first, and a wrong one fails the calling test here.
+pub fn test_child(module: &str, test: &str) -> Command {
+    let name = match module.split_once("::") {
+        Some((_crate, path)) => format!("{path}::{test}"),
+        None => test.to_string(),
+    };
+    let exe = std::env::current_exe().expect("test binary");
+    let list = Command::new(&exe)
+        .args([name.as_str(), "--exact", "--ignored", "--list"])
+        .output()
+        .expect("list the tests of this binary");
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listed.lines().any(|l| l == format!("{name}: test")),
+        "no ignored test {name} in this binary:\n{listed}"
+    );
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        name.as_str(),
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    cmd
+}
+
 /// A TCP port free on 127.0.0.1 right now, and never handed out before in this process.
 ///
 /// All the tests run as threads of one process: two of them asking at the same moment must not be
