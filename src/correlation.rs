@@ -55,21 +55,7 @@ pub const APPLICATION_NAME_PREFIX: &str = "bitville-";
 /// The comment key of the Bitville PHP agent's `/* correlation:<id> */`.
 pub const PHP_COMMENT_KEY: &str = "correlation";
 
-/// Marker in a keys list for `correlation.id_shape = any`. It cannot be a real key: keys are read
-/// from comments as letters, digits, `_`, `-`, `.` and `%` only.
-pub const ANY_SHAPE_KEY: &str = "*any_shape";
-
-/// The shapes `correlation.id_shape` accepts, default first.
-pub const ID_SHAPES: &[&str] = &["php", "any"];
-
-/// `keys` (from `correlation.keys`) carrying the `correlation.id_shape` choice (`php` or `any`).
-pub fn keys_with_shape(mut keys: Vec<String>, shape: &str) -> Vec<String> {
-    keys.retain(|k| k != ANY_SHAPE_KEY);
-    if shape == "any" {
-        keys.push(ANY_SHAPE_KEY.to_string());
-    }
-    keys
-}
+pub use crate::config::correlation_shape::{keys_with_shape, ANY_SHAPE_KEY, ID_SHAPES};
 
 fn any_shape(keys: &[String]) -> bool {
     keys.iter().any(|k| k == ANY_SHAPE_KEY)

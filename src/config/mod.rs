@@ -8,6 +8,7 @@
 //! [`aliases`] lets the Python agent's INI file and variables be used unchanged.
 
 pub mod aliases;
+pub mod correlation_shape;
 pub mod env;
 pub mod keys;
 mod protocol;
@@ -522,7 +523,7 @@ impl Config {
             },
             correlation: CorrelationConfig {
                 // `id_shape` travels inside the keys list, so every reader applies it.
-                keys: crate::correlation::keys_with_shape(
+                keys: correlation_shape::keys_with_shape(
                     v.list("correlation", "keys", None)?,
                     &v.choice("correlation", "id_shape")?,
                 ),

@@ -109,8 +109,9 @@ pub fn degraded(telemetry: &Telemetry, before: DegradedCounts) {
     telemetry.set_condition(
         Condition::PgStatStatements,
         (counted(Event::StatementsUnavailable) > before[0]).then(|| {
-            "pg_stat_statements is not available: no pg_statements batches (add it to \
-             shared_preload_libraries, restart PostgreSQL, then CREATE EXTENSION pg_stat_statements)"
+            "pg_stat_statements is not available: no pg_statements batches (CREATE EXTENSION \
+             pg_stat_statements in the configured database; add it to shared_preload_libraries \
+             and restart only if the library is not loaded: the agent's log says which)"
                 .to_string()
         }),
     );

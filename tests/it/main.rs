@@ -16,11 +16,17 @@ mod support;
 mod cli {
     mod check;
     mod check_causes;
+    // The hints `check`, `once` and the daemon give, each produced for real.
+    mod check_hints;
     // The command line itself (`src/cli/command.rs`): the Python agent's forms, exit statuses.
     mod command;
+    // `postgres-agent demo`: a throwaway server, a workload and the daemon, headless.
+    mod demo;
     mod once;
     mod parse_log;
     mod pretty;
+    // Usage errors: "did you mean", CONFIG given twice.
+    mod usage;
 }
 
 mod collect {
@@ -30,7 +36,11 @@ mod collect {
     mod locks;
     mod sampling;
     mod spikes;
+    // Baseline-relative triggers under a steady load of 100 sessions.
+    mod spikes_baseline;
     mod statements;
+    // Statement texts read at most once per interval, deltas exact across the wait.
+    mod statements_texts;
     mod system;
 }
 
@@ -42,6 +52,9 @@ mod config {
     // Bad input refused at load (`src/config/validate.rs`, `raw.rs`, `env.rs`).
     mod validate;
 }
+
+// Correlation IDs only in the PHP agent's shapes (`src/correlation.rs`).
+mod correlation;
 
 mod daemon {
     // The daemon as a whole (`src/daemon/mod.rs`): signals, `/health`, systemd notifications.
@@ -60,6 +73,9 @@ mod db {
     mod tls;
 }
 
+// Every INI block of README.md and docs/ passes `check --config-only`; package assets.
+mod docs_examples;
+
 mod logs {
     mod faults;
     // Which file and server a log position belongs to (`src/logs/position.rs`, `source.rs`).
@@ -73,6 +89,8 @@ mod logs {
 }
 
 mod privacy;
+// Privacy counts land in the counters the collectors were handed.
+mod privacy_counts;
 
 mod ship {
     // Delivery to a real HTTP(S) listener: wire format, retries, breaker, TLS.
@@ -83,6 +101,8 @@ mod ship {
     mod faults;
     // HTTP faults of the listener connection: redirects, TLS mistakes.
     mod http;
+    // The log cursor stored with its pg_logs requests, and the upgrade path.
+    mod log_cursor;
     // `once` delivering through the outbox.
     mod once;
     mod outbox;

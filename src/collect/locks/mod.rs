@@ -152,8 +152,14 @@ impl Collector for LocksCollector {
             waits.insert(pid, Wait { tag, blockers });
             let raw: Option<String> = col(row, Q, "query")?;
             let application_name: Option<String> = col(row, Q, "application_name")?;
-            let (query, query_truncated, correlation) =
-                text(raw, application_name.as_deref(), settings, counters, keys, tas);
+            let (query, query_truncated, correlation) = text(
+                raw,
+                application_name.as_deref(),
+                settings,
+                counters,
+                keys,
+                tas,
+            );
             records.push(LockRecord {
                 pid,
                 locktype: col(row, Q, "locktype")?,

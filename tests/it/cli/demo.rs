@@ -3,7 +3,7 @@
 //! a server-log entry, a spike snapshot, correlation IDs of both Bitville styles as UUIDs); SIGTERM
 //! stops it with exit 0 and leaves no server process and no directory behind.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

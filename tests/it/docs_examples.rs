@@ -6,7 +6,7 @@
 //! reads them, so the test points each at a file it writes with a sample secret, and changes
 //! nothing else in the block.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

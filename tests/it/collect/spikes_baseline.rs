@@ -8,7 +8,7 @@
 //! default 300 s, still many times the 1 s sampling. The load trigger is set out of reach: the load of
 //! a shared CI machine is not this test's workload.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

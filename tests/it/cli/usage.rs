@@ -2,7 +2,7 @@
 //! config file given twice differently is an error, and a required key left unset is said plainly.
 //! None of these needs a server.
 
-mod support;
+use crate::support;
 
 use std::process::Output;
 

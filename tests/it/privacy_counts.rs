@@ -3,7 +3,7 @@
 //! `postgres_agent_privacy_unterminated_literals_masked_total` and
 //! `postgres_agent_privacy_log_spans_redacted_total`), not in process-wide statics.
 
-mod support;
+use crate::support;
 
 use postgres_agent::telemetry::registry::{Counters, Event};
 use support::collect::{client, cycle_counted};

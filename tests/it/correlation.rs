@@ -3,7 +3,7 @@
 //! named `bitville-monitor` (the Python agent's own), a `/* correlation:monitor */` comment and the
 //! agent's own sessions do not, unless `correlation.id_shape = any`.
 
-mod support;
+use crate::support;
 
 use postgres_agent::batch::BatchKind;
 use postgres_agent::identity::APPLICATION_NAME;

@@ -5,7 +5,7 @@
 //! authentication failed; a failed connection shows SKIP for what it prevents; a mistyped log path
 //! lists what its directory holds.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

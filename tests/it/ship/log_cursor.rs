@@ -2,7 +2,7 @@
 //! covers, read back on start while one of them waits, and read from the request body for an
 //! outbox written by the previous version (which had no cursor table).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! and reported at the next read with every call since it was last reported and the interval that
 //! covers them; statements whose text is known are reported every cycle as before.
 
-mod support;
+use crate::support;
 
 use postgres_agent::batch::BatchKind;
 use postgres_agent::collect::{CollectSettings, Collectors};
