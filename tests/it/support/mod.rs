@@ -56,6 +56,17 @@ pub fn agent(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run postgres-agent")
 }
 
+/// The value `status` prints for counter `name` (its "counted" lines: name, value, help text, in
+/// columns), or `None` when the counter is not listed.
+pub fn status_count(status: &str, name: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some(name))
+            .then(|| words.next().and_then(|v| v.parse().ok()))
+            .flatten()
+    })
+}
+
 /// `base` INI text with `extra` appended, less the lines of `base` that `extra` sets again: the agent
 /// refuses a key given twice in a section (a section may be repeated, not its keys), so the harness's
 /// "later keys win" is done here. Keys of `extra` before any `[section]` continue `base`'s last one.
