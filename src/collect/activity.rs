@@ -6,6 +6,7 @@ use serde::Serialize;
 use tokio_postgres::types::Type;
 
 use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
+use crate::batch::correlated::{Correlated, Detail, Session};
 use crate::batch::BatchKind;
 use crate::clock::format_rfc3339;
 use crate::correlation::{self, Correlation};
@@ -47,6 +48,37 @@ pub struct ActivityRecord {
     pub correlation: Option<Correlation>,
 }
 
+impl ActivityRecord {
+    /// The statement this session runs (or last ran) when it has a correlation ID, for a batch
+    /// collected at `collected_at` (pg_activity, and a spike's sessions).
+    pub fn correlated(&self, collected_at: &str) -> Option<Correlated> {
+        let correlation = serde_json::to_value(self.correlation.as_ref()?).ok()?;
+        let session = Session {
+            correlation,
+            pid: i64::from(self.pid),
+            query_start: self.query_start.as_deref()?,
+            query_duration_ms: self.query_duration_ms,
+            query: self.query.as_deref(),
+            running: self.state.as_deref() == Some("active"),
+            detail: Detail::default()
+                .put("pid", &self.pid)
+                .put("database", &self.datname)
+                .put("user", &self.usename)
+                .put("application_name", &self.application_name)
+                .put("state", &self.state)
+                .put("wait_event_type", &self.wait_event_type)
+                .put("wait_event", &self.wait_event)
+                .put("blocking_pids", &self.blocking_pids)
+                .put("query_id", &self.query_id)
+                .put("fingerprint", &self.fingerprint)
+                .put("query_truncated", &self.query_truncated)
+                .put("query_start", &self.query_start),
+            lock: None,
+        };
+        Correlated::session(session, collected_at)
+    }
+}
+
 pub struct ActivityCollector;
 
 const QUERY: &str = "activity";
@@ -79,6 +111,10 @@ impl Collector for ActivityCollector {
     const NAME: &'static str = "activity";
     const KIND: BatchKind = BatchKind::PgActivity;
     type Record = ActivityRecord;
+
+    fn correlated(record: &ActivityRecord, collected_at: &str) -> Option<Correlated> {
+        record.correlated(collected_at)
+    }
 
     async fn collect(
         &mut self,

@@ -50,6 +50,7 @@ pub use pga_logparse::{classify, entry, json_out, parse};
 
 pub use entry::LogEntry;
 
+use crate::batch::correlated::{Correlated, Detail, LogStatement};
 use crate::correlation;
 use crate::privacy::fingerprint::Fingerprint;
 use crate::privacy::{LogFields, Privacy, PrivacyCounts, SqlSource};
@@ -172,23 +173,39 @@ pub fn statement_text<'e>(e: &'e LogEntry<'_>) -> Option<&'e str> {
     statement_of(e.statement.as_deref(), &e.message)
 }
 
-/// [`statement_text`] from an entry's `statement` field and message.
-pub fn statement_of<'e>(statement: Option<&'e str>, message: &'e str) -> Option<&'e str> {
-    if let Some(s) = statement {
-        return Some(s);
-    }
-    let m = message;
-    let m = m
-        .strip_prefix("duration: ")
-        .and_then(|r| crate::privacy::messages::duration_end(r).map(|i| &r[i + 5..]))
-        .unwrap_or(m);
-    for marker in ["statement: ", "execute "] {
-        if let Some(rest) = m.strip_prefix(marker) {
-            return Some(match marker {
-                "execute " => rest.split_once(": ").map_or(rest, |(_, sql)| sql),
-                _ => rest,
-            });
-        }
-    }
-    None
+/// The correlated statement of an entry with a correlation ID and a duration
+/// (`log_min_duration_statement`, auto_explain): its text ([`statement_text`], else auto_explain's
+/// `Query Text`), read while the entry is typed, for the batch's [`Batch::correlated`].
+///
+/// [`Batch::correlated`]: crate::batch::Batch::correlated
+pub fn correlated_statement(e: &LogEntry<'_>) -> Option<Correlated> {
+    let correlation = serde_json::from_str(e.correlation.as_ref()?.0.get()).ok()?;
+    let logged_at = e.timestamp?.to_rfc3339();
+    let query = statement_text(e).or_else(|| {
+        e.extracted
+            .as_ref()?
+            .get("plan")?
+            .get("Query Text")?
+            .as_str()
+    });
+    Correlated::log_entry(LogStatement {
+        correlation,
+        logged_at: std::str::from_utf8(&logged_at).ok()?,
+        duration_ms: e.duration_ms?,
+        query,
+        detail: Detail::default()
+            .put("pid", &e.pid)
+            .put("database", &e.dbname)
+            .put("user", &e.user)
+            .put("application_name", &e.application_name)
+            .put("event", &e.event)
+            .put("error_severity", &e.error_severity)
+            .put("query_id", &e.query_id)
+            .put("fingerprint", &e.fingerprint)
+            .put("logged_at", &e.timestamp),
+    })
 }
+
+/// [`statement_text`] from an entry's `statement` field and message (pure text work, in the
+/// parser crate so the record types can use it without importing `logs`).
+pub use pga_logparse::entry::statement_of;

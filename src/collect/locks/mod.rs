@@ -15,6 +15,7 @@ use tokio_postgres::types::Type;
 use super::{
     col, query_text, round_ms, CollectError, CollectSettings, Collected, Collector, Context,
 };
+use crate::batch::correlated::{Correlated, Detail, Session};
 use crate::batch::BatchKind;
 use crate::correlation::{self, Correlation};
 use crate::identity::APPLICATION_NAME;
@@ -57,6 +58,41 @@ pub struct LockRecord {
     pub cycle: bool,
     /// The chain was cut at its depth or size bound.
     pub chain_truncated: bool,
+}
+
+impl LockRecord {
+    /// The waiting statement when it has a correlation ID: running since `query_start`, so until
+    /// `collected_at` (the batch's time) so far, with its lock and the pids blocking it.
+    pub fn correlated(&self, collected_at: &str) -> Option<Correlated> {
+        let correlation = serde_json::to_value(self.correlation.as_ref()?).ok()?;
+        let mut lock = Detail::default()
+            .put("locktype", &self.locktype)
+            .put("mode", &self.mode)
+            .put("relation_name", &self.relation_name)
+            .put("waiting_ms", &self.waiting_ms)
+            .put("cycle", &self.cycle)
+            .0;
+        let blockers: Vec<i32> = self.blocked_by.iter().map(|b| b.pid).collect();
+        lock.insert("blocked_by_pids".into(), serde_json::Value::from(blockers));
+        let session = Session {
+            correlation,
+            pid: i64::from(self.pid),
+            query_start: self.query_start.as_deref()?,
+            query_duration_ms: None,
+            query: self.query.as_deref(),
+            running: true,
+            detail: Detail::default()
+                .put("pid", &self.pid)
+                .put("database", &self.datname)
+                .put("user", &self.usename)
+                .put("application_name", &self.application_name)
+                .put("state", &self.state)
+                .put("query_truncated", &self.query_truncated)
+                .put("query_start", &self.query_start),
+            lock: Some(lock),
+        };
+        Correlated::session(session, collected_at)
+    }
 }
 
 pub struct LocksCollector;
@@ -111,6 +147,10 @@ impl Collector for LocksCollector {
     const NAME: &'static str = "locks";
     const KIND: BatchKind = BatchKind::Locks;
     type Record = LockRecord;
+
+    fn correlated(record: &LockRecord, collected_at: &str) -> Option<Correlated> {
+        record.correlated(collected_at)
+    }
 
     async fn collect(
         &mut self,
