@@ -201,3 +201,65 @@ impl Collector for ActivityCollector {
         Ok(Some(collected))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{AgentInfo, Batch, Record};
+
+    fn record(pid: i32, id: Option<&str>, state: &str) -> ActivityRecord {
+        ActivityRecord {
+            pid,
+            leader_pid: None,
+            datname: Some("shop".into()),
+            usename: Some("php".into()),
+            application_name: Some("web".into()),
+            client_addr: None,
+            client_port: None,
+            backend_type: Some("client backend".into()),
+            backend_start: None,
+            xact_start: None,
+            query_start: Some("2026-11-28T10:00:00.123Z".into()),
+            state_change: None,
+            state: Some(state.into()),
+            wait_event_type: Some("Lock".into()),
+            wait_event: Some("relation".into()),
+            blocking_pids: vec![7, 8],
+            query_id: Some("-42".into()),
+            query: Some("SELECT ? /* correlation_id=a */".into()),
+            query_truncated: false,
+            fingerprint: Some("0123456789abcdef".into()),
+            query_duration_ms: Some(1234.567),
+            xact_duration_ms: Some(2000.0),
+            correlation: id.map(|id| Correlation {
+                id: Some(id.into()),
+                ..Correlation::default()
+            }),
+        }
+    }
+
+    /// What the collector attaches while typed is what a batch read back from its JSON rebuilds,
+    /// for pg_activity and for a spike's sessions.
+    #[test]
+    fn typed_correlated_statements_equal_those_rebuilt_from_the_stored_json() {
+        let records = [
+            record(1, Some("a"), "active"),
+            record(2, None, "active"),
+            record(3, Some("b"), "idle"),
+            record(4, Some(""), "active"),
+        ];
+        for kind in [BatchKind::PgActivity, BatchKind::Spike] {
+            let data = records.iter().map(|r| Record::new(r).unwrap()).collect();
+            let mut b = Batch::new(kind, "p", AgentInfo::new("h"), None, 60, data);
+            let typed: Vec<Correlated> = records
+                .iter()
+                .filter_map(|r| r.correlated(&b.collected_at))
+                .collect();
+            assert_eq!(typed.len(), 2, "{kind}");
+            assert_eq!(typed[0].detail["running"], true);
+            assert_eq!(typed[1].detail["running"], false);
+            b.restore_correlated();
+            assert_eq!(typed, b.correlated, "{kind}");
+        }
+    }
+}

@@ -209,3 +209,48 @@ pub fn correlated_statement(e: &LogEntry<'_>) -> Option<Correlated> {
 /// [`statement_text`] from an entry's `statement` field and message (pure text work, in the
 /// parser crate so the record types can use it without importing `logs`).
 pub use pga_logparse::entry::statement_of;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{AgentInfo, Batch, BatchKind, Record};
+    use crate::log_format::LogFormat;
+    use crate::logs::parse::Parser;
+    use crate::logs::reader::EntryReader;
+
+    /// What the tailer takes from entries while typed is what a batch read back from their JSON
+    /// rebuilds: durations with a logged statement, an auto_explain plan, entries without one.
+    #[test]
+    fn typed_log_statements_equal_those_rebuilt_from_the_stored_json() {
+        let lines = [
+            r#"{"timestamp":"2026-11-28 10:00:02.000 UTC","user":"php","dbname":"shop","pid":42,"error_severity":"LOG","message":"duration: 2000.000 ms  statement: SELECT 1 /* correlation_id=x */","application_name":"web","query_id":77}"#,
+            r#"{"timestamp":"2026-11-28 10:00:03.500 UTC","pid":43,"error_severity":"LOG","message":"duration: 12.5 ms  execute s1: SELECT 2 /* correlation_id=y */"}"#,
+            r#"{"timestamp":"2026-11-28 10:00:04.000 UTC","pid":44,"error_severity":"LOG","message":"statement: SELECT 3 /* correlation_id=z */"}"#,
+            r#"{"timestamp":"2026-11-28 10:00:05.000 UTC","pid":45,"error_severity":"LOG","message":"duration: 3.0 ms  statement: SELECT 4"}"#,
+        ];
+        let text = lines.join("\n") + "\n";
+        let parser = Parser::new(LogFormat::Jsonlog, "", 1 << 20);
+        let mut reader = EntryReader::new(text.as_bytes(), parser, 0);
+        let finisher = Finisher {
+            correlation_keys: vec!["correlation_id".into()],
+            privacy: crate::privacy::Privacy::default(),
+        };
+        let (mut typed, mut data) = (Vec::new(), Vec::new());
+        while let Some((mut e, _)) = reader.next_entry().unwrap() {
+            finish_entry(&mut e, &finisher);
+            typed.extend(correlated_statement(&e));
+            data.push(Record::new(&e).unwrap());
+        }
+        assert_eq!(data.len(), 4);
+        assert_eq!(typed.len(), 2, "{typed:?}");
+        assert_eq!(typed[0].correlation_id, "x");
+        assert_eq!(typed[0].duration_ms, Some(2000.0));
+        assert!(typed[1]
+            .query
+            .as_deref()
+            .is_some_and(|q| q.starts_with("SELECT")));
+        let mut b = Batch::new(BatchKind::PgLogs, "p", AgentInfo::new("h"), None, 60, data);
+        b.restore_correlated();
+        assert_eq!(typed, b.correlated);
+    }
+}

@@ -358,3 +358,78 @@ async fn blocker_procs(
     }
     Ok(procs)
 }
+
+#[cfg(test)]
+mod correlated_tests {
+    use super::*;
+    use crate::batch::{AgentInfo, Batch, Record};
+    use crate::correlation::Correlation;
+
+    fn waiter(pid: i32, id: Option<&str>) -> LockRecord {
+        LockRecord {
+            pid,
+            locktype: Some("relation".into()),
+            mode: Some("AccessExclusiveLock".into()),
+            database: Some(5),
+            datname: Some("shop".into()),
+            relation: Some(16384),
+            relation_name: Some("public.orders".into()),
+            page: None,
+            tuple: None,
+            virtualxid: None,
+            transactionid: None,
+            classid: None,
+            objid: None,
+            objsubid: None,
+            waiting_ms: Some(812.5),
+            state: Some("active".into()),
+            usename: Some("php".into()),
+            application_name: None,
+            backend_type: Some("client backend".into()),
+            query: Some("ALTER TABLE orders ADD c int".into()),
+            query_truncated: false,
+            xact_duration_ms: Some(900.0),
+            query_start: Some("2026-11-28T10:00:00.000Z".into()),
+            correlation: id.map(|id| Correlation {
+                id: Some(id.into()),
+                ..Correlation::default()
+            }),
+            blocked_by: vec![Blocker {
+                pid: 9,
+                blocks_pid: pid,
+                depth: 1,
+                modes_held: vec!["AccessShareLock".into()],
+                waiting: false,
+                cycle: false,
+                state: Some("idle in transaction".into()),
+                query: None,
+                query_truncated: false,
+                xact_age_ms: Some(5000.0),
+                correlation: None,
+            }],
+            cycle: false,
+            chain_truncated: false,
+        }
+    }
+
+    /// What the collector attaches while typed is what a batch read back from its JSON rebuilds.
+    #[test]
+    fn typed_lock_waiters_equal_those_rebuilt_from_the_stored_json() {
+        let records = [waiter(1, Some("a")), waiter(2, None)];
+        let data = records.iter().map(|r| Record::new(r).unwrap()).collect();
+        let mut b = Batch::new(BatchKind::Locks, "p", AgentInfo::new("h"), None, 60, data);
+        b.collected_at = "2026-11-28T10:00:02.500Z".into();
+        let typed: Vec<Correlated> = records
+            .iter()
+            .filter_map(|r| r.correlated(&b.collected_at))
+            .collect();
+        assert_eq!(typed.len(), 1);
+        assert_eq!(typed[0].duration_ms, Some(2500.0));
+        assert_eq!(
+            typed[0].detail["lock"]["blocked_by_pids"],
+            serde_json::json!([9])
+        );
+        b.restore_correlated();
+        assert_eq!(typed, b.correlated);
+    }
+}
