@@ -132,7 +132,17 @@ fn damaged_position_file_resumes_from_the_outbox_and_keeps_shipping() {
                 .output()
                 .expect("status");
             let text = String::from_utf8_lossy(&out.stdout);
-            text.contains("log_position_set_aside 1") && text.contains("log_entries_parsed ")
+            // `status` aligns its counters in columns: name, then the figure.
+            let row = |name: &str| {
+                text.lines()
+                    .find_map(|l| {
+                        let mut words = l.split_whitespace();
+                        (words.next() == Some(name)).then(|| words.next().map(str::to_string))
+                    })
+                    .flatten()
+            };
+            row("log_position_set_aside").as_deref() == Some("1")
+                && row("log_entries_parsed").is_some()
         },
     );
     stop(&mut agent);
