@@ -271,6 +271,30 @@ mod tests {
         assert_eq!(decoded.data[2].to_value().unwrap(), values[2]);
     }
 
+    /// The correlated statements ride beside the records, never on the wire: the batch-protocol
+    /// body is the same with or without them.
+    #[test]
+    fn correlated_statements_are_not_serialized() {
+        let data = vec![
+            Record::new(&json!({"pid": 1, "state": "active", "query": "SELECT 1",
+            "query_start": "2026-11-28T10:00:00.000Z", "query_duration_ms": 5.0,
+            "correlation": {"id": "a"}}))
+            .unwrap(),
+        ];
+        let mut b = Batch::new(
+            BatchKind::PgActivity,
+            "p",
+            AgentInfo::new("h"),
+            None,
+            60,
+            data,
+        );
+        let bare = serde_json::to_string(&b).unwrap();
+        b.restore_correlated();
+        assert_eq!(b.correlated.len(), 1);
+        assert_eq!(serde_json::to_string(&b).unwrap(), bare);
+    }
+
     #[test]
     fn a_stamp_fills_the_envelope_as_batch_new_does() {
         let data = vec![Record::new(&json!({"pid": 1})).unwrap()];
