@@ -1,8 +1,11 @@
 //! The batch envelope of the wire protocol (docs/protocol.md): one batch per data type per cycle.
 //!
 //! A leaf every layer may import: the kinds of data ([`BatchKind`]), the envelope ([`Batch`]) and its
-//! records ([`Record`]), and the watched server's identity ([`ServerInfo`]). It does not store,
-//! encode or send batches; that is [`crate::ship`].
+//! records ([`Record`]), the correlated statements its records carry ([`correlated`]), and the
+//! watched server's identity ([`ServerInfo`]). It does not store, encode or send batches; that is
+//! [`crate::ship`].
+
+pub mod correlated;
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -108,6 +111,11 @@ pub struct Batch {
     #[serde(flatten)]
     pub extra: Map<String, Value>,
     pub data: Vec<Record>,
+    /// The correlated statements of `data`, attached by the producer while its records were typed
+    /// (empty for kinds without any). Not part of the wire format: a batch read back from JSON has
+    /// none until [`Batch::restore_correlated`].
+    #[serde(skip)]
+    pub correlated: Vec<correlated::Correlated>,
 }
 
 /// One record of a batch, held as its serialized JSON from the moment it is collected: compact
@@ -178,7 +186,14 @@ impl Batch {
             with_correlation,
             extra: Map::new(),
             data,
+            correlated: Vec::new(),
         }
+    }
+
+    /// Rebuilds [`Batch::correlated`] from the records' JSON ([`correlated::from_stored`]): for a
+    /// batch read back from storage or built from JSON.
+    pub fn restore_correlated(&mut self) {
+        self.correlated = correlated::from_stored(self.kind, &self.collected_at, &self.data);
     }
 }
 
@@ -254,6 +269,30 @@ mod tests {
         let decoded: Batch = serde_json::from_str(&text).unwrap();
         assert_eq!(decoded, b);
         assert_eq!(decoded.data[2].to_value().unwrap(), values[2]);
+    }
+
+    /// The correlated statements ride beside the records, never on the wire: the batch-protocol
+    /// body is the same with or without them.
+    #[test]
+    fn correlated_statements_are_not_serialized() {
+        let data = vec![
+            Record::new(&json!({"pid": 1, "state": "active", "query": "SELECT 1",
+            "query_start": "2026-11-28T10:00:00.000Z", "query_duration_ms": 5.0,
+            "correlation": {"id": "a"}}))
+            .unwrap(),
+        ];
+        let mut b = Batch::new(
+            BatchKind::PgActivity,
+            "p",
+            AgentInfo::new("h"),
+            None,
+            60,
+            data,
+        );
+        let bare = serde_json::to_string(&b).unwrap();
+        b.restore_correlated();
+        assert_eq!(b.correlated.len(), 1);
+        assert_eq!(serde_json::to_string(&b).unwrap(), bare);
     }
 
     #[test]

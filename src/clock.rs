@@ -1,7 +1,7 @@
 //! The wall clock as the agent writes it: Unix milliseconds and RFC 3339 UTC with milliseconds.
 //!
 //! A leaf with no dependency on the rest of the crate. It does not schedule anything (the cycle
-//! timer is `daemon::schedule`) and does not parse timestamps.
+//! timer is `daemon::schedule`) and reads timestamps back only as Unix seconds ([`unix_seconds`]).
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
@@ -24,4 +24,11 @@ pub fn format_rfc3339(t: time::OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC)
         .format(FMT)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// `rfc3339` as Unix seconds with a fractional part.
+pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some(t.unix_timestamp_nanos() as f64 / 1e9)
 }

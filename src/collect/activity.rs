@@ -6,6 +6,7 @@ use serde::Serialize;
 use tokio_postgres::types::Type;
 
 use super::{col, query_text, round_ms, CollectError, Collected, Collector, Context};
+use crate::batch::correlated::{Correlated, Detail, Session};
 use crate::batch::BatchKind;
 use crate::clock::format_rfc3339;
 use crate::correlation::{self, Correlation};
@@ -47,6 +48,37 @@ pub struct ActivityRecord {
     pub correlation: Option<Correlation>,
 }
 
+impl ActivityRecord {
+    /// The statement this session runs (or last ran) when it has a correlation ID, for a batch
+    /// collected at `collected_at` (pg_activity, and a spike's sessions).
+    pub fn correlated(&self, collected_at: &str) -> Option<Correlated> {
+        let correlation = serde_json::to_value(self.correlation.as_ref()?).ok()?;
+        let session = Session {
+            correlation,
+            pid: i64::from(self.pid),
+            query_start: self.query_start.as_deref()?,
+            query_duration_ms: self.query_duration_ms,
+            query: self.query.as_deref(),
+            running: self.state.as_deref() == Some("active"),
+            detail: Detail::default()
+                .put("pid", &self.pid)
+                .put("database", &self.datname)
+                .put("user", &self.usename)
+                .put("application_name", &self.application_name)
+                .put("state", &self.state)
+                .put("wait_event_type", &self.wait_event_type)
+                .put("wait_event", &self.wait_event)
+                .put("blocking_pids", &self.blocking_pids)
+                .put("query_id", &self.query_id)
+                .put("fingerprint", &self.fingerprint)
+                .put("query_truncated", &self.query_truncated)
+                .put("query_start", &self.query_start),
+            lock: None,
+        };
+        Correlated::session(session, collected_at)
+    }
+}
+
 pub struct ActivityCollector;
 
 const QUERY: &str = "activity";
@@ -79,6 +111,10 @@ impl Collector for ActivityCollector {
     const NAME: &'static str = "activity";
     const KIND: BatchKind = BatchKind::PgActivity;
     type Record = ActivityRecord;
+
+    fn correlated(record: &ActivityRecord, collected_at: &str) -> Option<Correlated> {
+        record.correlated(collected_at)
+    }
 
     async fn collect(
         &mut self,
@@ -163,5 +199,67 @@ impl Collector for ActivityCollector {
         let mut collected = Collected::new(records);
         collected.extra.insert("omitted".into(), omitted.into());
         Ok(Some(collected))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{AgentInfo, Batch, Record};
+
+    fn record(pid: i32, id: Option<&str>, state: &str) -> ActivityRecord {
+        ActivityRecord {
+            pid,
+            leader_pid: None,
+            datname: Some("shop".into()),
+            usename: Some("php".into()),
+            application_name: Some("web".into()),
+            client_addr: None,
+            client_port: None,
+            backend_type: Some("client backend".into()),
+            backend_start: None,
+            xact_start: None,
+            query_start: Some("2026-11-28T10:00:00.123Z".into()),
+            state_change: None,
+            state: Some(state.into()),
+            wait_event_type: Some("Lock".into()),
+            wait_event: Some("relation".into()),
+            blocking_pids: vec![7, 8],
+            query_id: Some("-42".into()),
+            query: Some("SELECT ? /* correlation_id=a */".into()),
+            query_truncated: false,
+            fingerprint: Some("0123456789abcdef".into()),
+            query_duration_ms: Some(1234.567),
+            xact_duration_ms: Some(2000.0),
+            correlation: id.map(|id| Correlation {
+                id: Some(id.into()),
+                ..Correlation::default()
+            }),
+        }
+    }
+
+    /// What the collector attaches while typed is what a batch read back from its JSON rebuilds,
+    /// for pg_activity and for a spike's sessions.
+    #[test]
+    fn typed_correlated_statements_equal_those_rebuilt_from_the_stored_json() {
+        let records = [
+            record(1, Some("a"), "active"),
+            record(2, None, "active"),
+            record(3, Some("b"), "idle"),
+            record(4, Some(""), "active"),
+        ];
+        for kind in [BatchKind::PgActivity, BatchKind::Spike] {
+            let data = records.iter().map(|r| Record::new(r).unwrap()).collect();
+            let mut b = Batch::new(kind, "p", AgentInfo::new("h"), None, 60, data);
+            let typed: Vec<Correlated> = records
+                .iter()
+                .filter_map(|r| r.correlated(&b.collected_at))
+                .collect();
+            assert_eq!(typed.len(), 2, "{kind}");
+            assert_eq!(typed[0].detail["running"], true);
+            assert_eq!(typed[1].detail["running"], false);
+            b.restore_correlated();
+            assert_eq!(typed, b.correlated, "{kind}");
+        }
     }
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::batch::correlated::Correlated;
 use crate::batch::{Batch, BatchKind, Record, Stamp};
 use crate::db::{Db, DbError, ServerInfo, Session};
 use crate::privacy::PrivacyCounts;
@@ -122,6 +123,13 @@ pub trait Collector {
         &mut self,
         ctx: &mut Context<'_>,
     ) -> Result<Option<Collected<Self::Record>>, CollectError>;
+
+    /// The correlated statement `record` carries, for a batch collected at `collected_at`
+    /// (RFC 3339): attached to the batch while the record is still typed ([`Batch::correlated`]).
+    /// None by default: only sessions and lock waiters carry one.
+    fn correlated(_record: &Self::Record, _collected_at: &str) -> Option<Correlated> {
+        None
+    }
 }
 
 /// The text of one query as the agent emits it: cut to `safety.max_query_length` bytes at a
@@ -395,6 +403,11 @@ fn make_batch<C: Collector>(
         .collect::<Result<Vec<Record>, _>>()?;
     let mut batch = stamp.batch(C::KIND, server.map(|s| s.info.clone()), data);
     batch.extra = collected.extra;
+    batch.correlated = collected
+        .records
+        .iter()
+        .filter_map(|r| C::correlated(r, &batch.collected_at))
+        .collect();
     Ok(batch)
 }
 

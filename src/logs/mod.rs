@@ -50,6 +50,7 @@ pub use pga_logparse::{classify, entry, json_out, parse};
 
 pub use entry::LogEntry;
 
+use crate::batch::correlated::{Correlated, Detail, LogStatement};
 use crate::correlation;
 use crate::privacy::fingerprint::Fingerprint;
 use crate::privacy::{LogFields, Privacy, PrivacyCounts, SqlSource};
@@ -172,23 +173,84 @@ pub fn statement_text<'e>(e: &'e LogEntry<'_>) -> Option<&'e str> {
     statement_of(e.statement.as_deref(), &e.message)
 }
 
-/// [`statement_text`] from an entry's `statement` field and message.
-pub fn statement_of<'e>(statement: Option<&'e str>, message: &'e str) -> Option<&'e str> {
-    if let Some(s) = statement {
-        return Some(s);
-    }
-    let m = message;
-    let m = m
-        .strip_prefix("duration: ")
-        .and_then(|r| crate::privacy::messages::duration_end(r).map(|i| &r[i + 5..]))
-        .unwrap_or(m);
-    for marker in ["statement: ", "execute "] {
-        if let Some(rest) = m.strip_prefix(marker) {
-            return Some(match marker {
-                "execute " => rest.split_once(": ").map_or(rest, |(_, sql)| sql),
-                _ => rest,
-            });
+/// The correlated statement of an entry with a correlation ID and a duration
+/// (`log_min_duration_statement`, auto_explain): its text ([`statement_text`], else auto_explain's
+/// `Query Text`), read while the entry is typed, for the batch's [`Batch::correlated`].
+///
+/// [`Batch::correlated`]: crate::batch::Batch::correlated
+pub fn correlated_statement(e: &LogEntry<'_>) -> Option<Correlated> {
+    let correlation = serde_json::from_str(e.correlation.as_ref()?.0.get()).ok()?;
+    let logged_at = e.timestamp?.to_rfc3339();
+    let query = statement_text(e).or_else(|| {
+        e.extracted
+            .as_ref()?
+            .get("plan")?
+            .get("Query Text")?
+            .as_str()
+    });
+    Correlated::log_entry(LogStatement {
+        correlation,
+        logged_at: std::str::from_utf8(&logged_at).ok()?,
+        duration_ms: e.duration_ms?,
+        query,
+        detail: Detail::default()
+            .put("pid", &e.pid)
+            .put("database", &e.dbname)
+            .put("user", &e.user)
+            .put("application_name", &e.application_name)
+            .put("event", &e.event)
+            .put("error_severity", &e.error_severity)
+            .put("query_id", &e.query_id)
+            .put("fingerprint", &e.fingerprint)
+            .put("logged_at", &e.timestamp),
+    })
+}
+
+/// [`statement_text`] from an entry's `statement` field and message (pure text work, in the
+/// parser crate so the record types can use it without importing `logs`).
+pub use pga_logparse::entry::statement_of;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{AgentInfo, Batch, BatchKind, Record};
+    use crate::log_format::LogFormat;
+    use crate::logs::parse::Parser;
+    use crate::logs::reader::EntryReader;
+
+    /// What the tailer takes from entries while typed is what a batch read back from their JSON
+    /// rebuilds: durations with a logged statement, an auto_explain plan, entries without one.
+    #[test]
+    fn typed_log_statements_equal_those_rebuilt_from_the_stored_json() {
+        let lines = [
+            r#"{"timestamp":"2026-11-28 10:00:02.000 UTC","user":"php","dbname":"shop","pid":42,"error_severity":"LOG","message":"duration: 2000.000 ms  statement: SELECT 1 /* correlation_id=x */","application_name":"web","query_id":77}"#,
+            r#"{"timestamp":"2026-11-28 10:00:03.500 UTC","pid":43,"error_severity":"LOG","message":"duration: 12.5 ms  execute s1: SELECT 2 /* correlation_id=y */"}"#,
+            r#"{"timestamp":"2026-11-28 10:00:04.000 UTC","pid":44,"error_severity":"LOG","message":"statement: SELECT 3 /* correlation_id=z */"}"#,
+            r#"{"timestamp":"2026-11-28 10:00:05.000 UTC","pid":45,"error_severity":"LOG","message":"duration: 3.0 ms  statement: SELECT 4"}"#,
+        ];
+        let text = lines.join("\n") + "\n";
+        let parser = Parser::new(LogFormat::Jsonlog, "", 1 << 20);
+        let mut reader = EntryReader::new(text.as_bytes(), parser, 0);
+        let finisher = Finisher {
+            correlation_keys: vec!["correlation_id".into()],
+            privacy: crate::privacy::Privacy::default(),
+        };
+        let (mut typed, mut data) = (Vec::new(), Vec::new());
+        while let Some((mut e, _)) = reader.next_entry().unwrap() {
+            finish_entry(&mut e, &finisher);
+            typed.extend(correlated_statement(&e));
+            data.push(Record::new(&e).unwrap());
         }
+        assert_eq!(data.len(), 4);
+        assert_eq!(typed.len(), 2, "{typed:?}");
+        assert_eq!(typed[0].correlation_id, "x");
+        assert_eq!(typed[0].duration_ms, Some(2000.0));
+        assert!(typed[1]
+            .query
+            .as_deref()
+            .is_some_and(|q| q.starts_with("SELECT")));
+        let mut b = Batch::new(BatchKind::PgLogs, "p", AgentInfo::new("h"), None, 60, data);
+        b.restore_correlated();
+        assert_eq!(typed, b.correlated);
     }
-    None
 }

@@ -27,7 +27,6 @@ mod files;
 
 use files::{entry_position, position_in};
 
-use super::finish_entry;
 use super::marks::{FileMark, Marks};
 use super::parse::End;
 use super::position::{Position, PositionError, PositionStore, SetAside, FINGERPRINT_BYTES};
@@ -35,6 +34,8 @@ use super::reader::EntryReader;
 pub use super::settings::TailSettings;
 use super::source::{fingerprint_open, LogFile};
 use super::stats::LogStats;
+use super::{correlated_statement, finish_entry};
+use crate::batch::correlated::Correlated;
 
 /// Bytes read per refill while tailing: the server writes its log in small appends, and this
 /// buffer lives as long as the daemon (parse-log reads in larger chunks).
@@ -64,6 +65,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TailError + '_ {
 pub struct LogBatch {
     /// Finished entries (see [`super::finish_entry`]) as JSON values for `Batch::data`.
     pub entries: Vec<Value>,
+    /// The correlated statement of each entry of `entries` (same order, `None` for most), taken
+    /// while the entry was typed ([`super::correlated_statement`]), for `Batch::correlated`.
+    pub correlated: Vec<Option<Correlated>>,
     /// None when no file has been opened yet.
     pub position: Option<Position>,
     /// Reading stopped on this error after `entries` were read: they are still to be stored, and
@@ -74,6 +78,7 @@ pub struct LogBatch {
 /// An entry read but not yet handed out.
 struct Pending {
     value: Value,
+    correlated: Option<Correlated>,
     /// Its serialized JSON length plus a separator.
     bytes: usize,
     /// Where reading resumes after it (a batch that ends with it commits this), without the
@@ -293,8 +298,14 @@ impl Tailer {
             _ => self.position(),
         };
         self.pending_bytes -= bytes;
+        let (entries, correlated) = self
+            .pending
+            .drain(..n)
+            .map(|p| (p.value, p.correlated))
+            .unzip();
         LogBatch {
-            entries: self.pending.drain(..n).map(|p| p.value).collect(),
+            entries,
+            correlated,
             position,
             read_error,
         }
@@ -426,6 +437,7 @@ impl Tailer {
                     self.pending_bytes += bytes;
                     self.pending.push(Pending {
                         value,
+                        correlated: correlated_statement(&entry),
                         bytes,
                         position: entry_position(cur),
                         read: cur.read.clone(),

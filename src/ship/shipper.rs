@@ -303,7 +303,12 @@ impl Shipper {
                     &mut json,
                 )
                 .map_err(|e| e.to_string())
-                .and_then(|_| serde_json::from_slice::<Batch>(&json).map_err(|e| e.to_string()));
+                .and_then(|_| serde_json::from_slice::<Batch>(&json).map_err(|e| e.to_string()))
+                .map(|mut batch| {
+                    // Stored JSON has no typed correlated statements: rebuild them from it.
+                    batch.restore_correlated();
+                    batch
+                });
                 drop(json);
                 let rows: Result<Vec<NewBatch>, String> = match batch {
                     Ok(batch) => self

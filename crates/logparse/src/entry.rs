@@ -254,3 +254,25 @@ pub fn cap_text(s: &mut Cow<'_, str>, max: usize) -> bool {
     }
     true
 }
+
+/// The SQL text an entry carries, from its `statement` field and message: `statement`, else the
+/// text a `duration: ... statement:` or `statement:` / `execute <name>:` message logs.
+pub fn statement_of<'e>(statement: Option<&'e str>, message: &'e str) -> Option<&'e str> {
+    if let Some(s) = statement {
+        return Some(s);
+    }
+    let m = message;
+    let m = m
+        .strip_prefix("duration: ")
+        .and_then(|r| pga_privacy::messages::duration_end(r).map(|i| &r[i + 5..]))
+        .unwrap_or(m);
+    for marker in ["statement: ", "execute "] {
+        if let Some(rest) = m.strip_prefix(marker) {
+            return Some(match marker {
+                "execute " => rest.split_once(": ").map_or(rest, |(_, sql)| sql),
+                _ => rest,
+            });
+        }
+    }
+    None
+}

@@ -15,6 +15,7 @@ use tokio_postgres::types::Type;
 use super::{
     col, query_text, round_ms, CollectError, CollectSettings, Collected, Collector, Context,
 };
+use crate::batch::correlated::{Correlated, Detail, Session};
 use crate::batch::BatchKind;
 use crate::correlation::{self, Correlation};
 use crate::identity::APPLICATION_NAME;
@@ -57,6 +58,41 @@ pub struct LockRecord {
     pub cycle: bool,
     /// The chain was cut at its depth or size bound.
     pub chain_truncated: bool,
+}
+
+impl LockRecord {
+    /// The waiting statement when it has a correlation ID: running since `query_start`, so until
+    /// `collected_at` (the batch's time) so far, with its lock and the pids blocking it.
+    pub fn correlated(&self, collected_at: &str) -> Option<Correlated> {
+        let correlation = serde_json::to_value(self.correlation.as_ref()?).ok()?;
+        let mut lock = Detail::default()
+            .put("locktype", &self.locktype)
+            .put("mode", &self.mode)
+            .put("relation_name", &self.relation_name)
+            .put("waiting_ms", &self.waiting_ms)
+            .put("cycle", &self.cycle)
+            .0;
+        let blockers: Vec<i32> = self.blocked_by.iter().map(|b| b.pid).collect();
+        lock.insert("blocked_by_pids".into(), serde_json::Value::from(blockers));
+        let session = Session {
+            correlation,
+            pid: i64::from(self.pid),
+            query_start: self.query_start.as_deref()?,
+            query_duration_ms: None,
+            query: self.query.as_deref(),
+            running: true,
+            detail: Detail::default()
+                .put("pid", &self.pid)
+                .put("database", &self.datname)
+                .put("user", &self.usename)
+                .put("application_name", &self.application_name)
+                .put("state", &self.state)
+                .put("query_truncated", &self.query_truncated)
+                .put("query_start", &self.query_start),
+            lock: Some(lock),
+        };
+        Correlated::session(session, collected_at)
+    }
 }
 
 pub struct LocksCollector;
@@ -111,6 +147,10 @@ impl Collector for LocksCollector {
     const NAME: &'static str = "locks";
     const KIND: BatchKind = BatchKind::Locks;
     type Record = LockRecord;
+
+    fn correlated(record: &LockRecord, collected_at: &str) -> Option<Correlated> {
+        record.correlated(collected_at)
+    }
 
     async fn collect(
         &mut self,
@@ -317,4 +357,79 @@ async fn blocker_procs(
         );
     }
     Ok(procs)
+}
+
+#[cfg(test)]
+mod correlated_tests {
+    use super::*;
+    use crate::batch::{AgentInfo, Batch, Record};
+    use crate::correlation::Correlation;
+
+    fn waiter(pid: i32, id: Option<&str>) -> LockRecord {
+        LockRecord {
+            pid,
+            locktype: Some("relation".into()),
+            mode: Some("AccessExclusiveLock".into()),
+            database: Some(5),
+            datname: Some("shop".into()),
+            relation: Some(16384),
+            relation_name: Some("public.orders".into()),
+            page: None,
+            tuple: None,
+            virtualxid: None,
+            transactionid: None,
+            classid: None,
+            objid: None,
+            objsubid: None,
+            waiting_ms: Some(812.5),
+            state: Some("active".into()),
+            usename: Some("php".into()),
+            application_name: None,
+            backend_type: Some("client backend".into()),
+            query: Some("ALTER TABLE orders ADD c int".into()),
+            query_truncated: false,
+            xact_duration_ms: Some(900.0),
+            query_start: Some("2026-11-28T10:00:00.000Z".into()),
+            correlation: id.map(|id| Correlation {
+                id: Some(id.into()),
+                ..Correlation::default()
+            }),
+            blocked_by: vec![Blocker {
+                pid: 9,
+                blocks_pid: pid,
+                depth: 1,
+                modes_held: vec!["AccessShareLock".into()],
+                waiting: false,
+                cycle: false,
+                state: Some("idle in transaction".into()),
+                query: None,
+                query_truncated: false,
+                xact_age_ms: Some(5000.0),
+                correlation: None,
+            }],
+            cycle: false,
+            chain_truncated: false,
+        }
+    }
+
+    /// What the collector attaches while typed is what a batch read back from its JSON rebuilds.
+    #[test]
+    fn typed_lock_waiters_equal_those_rebuilt_from_the_stored_json() {
+        let records = [waiter(1, Some("a")), waiter(2, None)];
+        let data = records.iter().map(|r| Record::new(r).unwrap()).collect();
+        let mut b = Batch::new(BatchKind::Locks, "p", AgentInfo::new("h"), None, 60, data);
+        b.collected_at = "2026-11-28T10:00:02.500Z".into();
+        let typed: Vec<Correlated> = records
+            .iter()
+            .filter_map(|r| r.correlated(&b.collected_at))
+            .collect();
+        assert_eq!(typed.len(), 1);
+        assert_eq!(typed[0].duration_ms, Some(2500.0));
+        assert_eq!(
+            typed[0].detail["lock"]["blocked_by_pids"],
+            serde_json::json!([9])
+        );
+        b.restore_correlated();
+        assert_eq!(typed, b.correlated);
+    }
 }

@@ -264,6 +264,10 @@ pub async fn snapshot(
         .with_interval(config.spikes.lookback.as_secs())
         .batch(BatchKind::Spike, Some(moment.server.info.clone()), data);
     batch.extra = extra;
+    batch.correlated = sessions
+        .iter()
+        .filter_map(|s| s.correlated(&batch.collected_at))
+        .collect();
     Ok(batch)
 }
 

@@ -416,11 +416,15 @@ async fn ship(
         return true;
     }
     let mut entries = Vec::with_capacity(batch.entries.len());
-    for e in batch
-        .entries
-        .into_iter()
-        .filter(|e| !is_agent_entry(e, &shared.telemetry.counters))
-    {
+    // The correlated statements the tailer took from the entries while they were typed.
+    let mut correlated = Vec::new();
+    let mut statements = batch.correlated.into_iter();
+    for e in batch.entries.into_iter() {
+        let statement = statements.next().flatten();
+        if is_agent_entry(&e, &shared.telemetry.counters) {
+            continue;
+        }
+        correlated.extend(statement);
         match Record::new(&e) {
             Ok(r) => entries.push(r),
             Err(e) => {
@@ -441,6 +445,7 @@ async fn ship(
         None => shared.server.lock().ok().and_then(|s| s.clone()),
     };
     let mut b = stamp.batch(BatchKind::PgLogs, server, entries);
+    b.correlated = correlated;
     // The marks of other files stay out of the payload (up to 64 of them, state rather than data):
     // `reconcile` takes them from the saved position.
     let stored = Position {

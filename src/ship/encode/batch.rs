@@ -149,6 +149,8 @@ pub(super) fn sub_batch(batch: &Batch, lo: usize, hi: usize) -> Batch {
         with_correlation: Record::correlated(&data),
         extra: batch.extra.clone(),
         data,
+        // Parts are batch-protocol bodies, which do not carry the correlated statements.
+        correlated: Vec::new(),
     }
 }
 

@@ -260,6 +260,7 @@ mod tests {
         let data = records.iter().map(|r| Record::new(r).unwrap()).collect();
         let mut b = Batch::new(kind, "shop", AgentInfo::new("h"), None, 60, data);
         b.extra.insert("omitted".into(), json!(3));
+        b.restore_correlated();
         b
     }
 

@@ -20,8 +20,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::bitville::{source, Payload};
-use super::{stored, unix_seconds, PrepareError};
-use crate::batch::{Batch, BatchKind, Record, SCHEMA_VERSION};
+use super::{stored, PrepareError};
+use crate::batch::{Batch, Record, SCHEMA_VERSION};
 use crate::ship::outbox::NewBatch;
 
 /// Statements remembered as sent (pid and start); the oldest half is forgotten beyond it.
@@ -45,149 +45,27 @@ pub struct Statement {
     pub detail: Map<String, Value>,
 }
 
-/// The correlated statements of a batch's records (none for statements and system metrics).
+/// The correlated statements the producer attached to `batch` ([`Batch::correlated`]; none for
+/// statements and system metrics), with the listener's `source` and the batch type as `origin`.
 pub fn statements(batch: &Batch) -> Vec<Statement> {
     let origin = batch.kind.as_str();
-    let mut out = Vec::new();
-    for record in batch.data.iter().filter(|r| r.has_correlation()) {
-        let Ok(Value::Object(r)) = record.to_value() else {
-            continue;
-        };
-        let Some(id) = r
-            .get("correlation")
-            .and_then(|c| c.get("id"))
-            .and_then(Value::as_str)
-            .filter(|id| !id.is_empty())
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        let statement = match batch.kind {
-            BatchKind::PgActivity | BatchKind::Locks | BatchKind::Spike => session(&r, batch, id),
-            BatchKind::PgLogs => log_entry(&r, id),
-            BatchKind::PgStatements | BatchKind::SystemMetrics | BatchKind::PgActivitySamples => {
-                None
+    batch
+        .correlated
+        .iter()
+        .map(|c| {
+            let mut detail = c.detail.clone();
+            detail.insert("origin".into(), Value::from(origin));
+            Statement {
+                correlation_id: c.correlation_id.clone(),
+                started: c.started,
+                duration_ms: c.duration_ms,
+                query: c.query.clone(),
+                source: source(batch.kind),
+                key: c.key.clone(),
+                detail,
             }
-        };
-        if let Some(mut s) = statement {
-            s.detail.insert("origin".into(), Value::from(origin));
-            if let Some(c) = r.get("correlation") {
-                s.detail.insert("correlation".into(), c.clone());
-            }
-            out.push(s);
-        }
-    }
-    out
-}
-
-fn copy(from: &Map<String, Value>, to: &mut Map<String, Value>, keys: &[(&str, &str)]) {
-    for (src, dst) in keys {
-        if let Some(v) = from.get(*src).filter(|v| !v.is_null()) {
-            to.insert((*dst).to_string(), v.clone());
-        }
-    }
-}
-
-/// A session from pg_activity or a lock waiter from locks: it started at `query_start`.
-fn session(r: &Map<String, Value>, batch: &Batch, id: String) -> Option<Statement> {
-    let query_start = r.get("query_start")?.as_str()?.to_string();
-    let started = unix_seconds(&query_start)?;
-    let pid = r.get("pid")?.as_i64()?;
-    let duration_ms = match r.get("query_duration_ms").and_then(Value::as_f64) {
-        Some(d) => Some(d),
-        // A lock waiter: how long its statement has run so far.
-        None => unix_seconds(&batch.collected_at).map(|now| ((now - started) * 1000.0).max(0.0)),
-    };
-    let mut detail = Map::new();
-    copy(
-        r,
-        &mut detail,
-        &[
-            ("pid", "pid"),
-            ("datname", "database"),
-            ("usename", "user"),
-            ("application_name", "application_name"),
-            ("state", "state"),
-            ("wait_event_type", "wait_event_type"),
-            ("wait_event", "wait_event"),
-            ("blocking_pids", "blocking_pids"),
-            ("query_id", "query_id"),
-            ("fingerprint", "fingerprint"),
-            ("query_truncated", "query_truncated"),
-            ("query_start", "query_start"),
-        ],
-    );
-    let running =
-        r.get("state").and_then(Value::as_str) == Some("active") || batch.kind == BatchKind::Locks;
-    detail.insert("running".into(), Value::from(running));
-    if batch.kind == BatchKind::Locks {
-        let mut lock = Map::new();
-        copy(
-            r,
-            &mut lock,
-            &[
-                ("locktype", "locktype"),
-                ("mode", "mode"),
-                ("relation_name", "relation_name"),
-                ("waiting_ms", "waiting_ms"),
-                ("cycle", "cycle"),
-            ],
-        );
-        let blockers: Vec<Value> = r
-            .get("blocked_by")
-            .and_then(Value::as_array)
-            .map(|links| links.iter().filter_map(|l| l.get("pid").cloned()).collect())
-            .unwrap_or_default();
-        lock.insert("blocked_by_pids".into(), Value::from(blockers));
-        detail.insert("lock".into(), Value::Object(lock));
-    }
-    Some(Statement {
-        correlation_id: id,
-        started,
-        duration_ms,
-        query: r.get("query").and_then(Value::as_str).map(str::to_string),
-        source: source(batch.kind),
-        key: Some((pid, query_start)),
-        detail,
-    })
-}
-
-/// A log entry with a duration (`log_min_duration_statement`, auto_explain): it started its
-/// duration before it was logged.
-fn log_entry(r: &Map<String, Value>, id: String) -> Option<Statement> {
-    let duration_ms = r.get("duration_ms")?.as_f64()?;
-    let ended = unix_seconds(r.get("timestamp")?.as_str()?)?;
-    let message = r.get("message").and_then(Value::as_str).unwrap_or("");
-    let statement = r.get("statement").and_then(Value::as_str);
-    let query = crate::logs::statement_of(statement, message)
-        .or_else(|| r.get("extracted")?.get("plan")?.get("Query Text")?.as_str())
-        .map(str::to_string);
-    let mut detail = Map::new();
-    copy(
-        r,
-        &mut detail,
-        &[
-            ("pid", "pid"),
-            ("dbname", "database"),
-            ("user", "user"),
-            ("application_name", "application_name"),
-            ("event", "event"),
-            ("error_severity", "error_severity"),
-            ("query_id", "query_id"),
-            ("fingerprint", "fingerprint"),
-            ("timestamp", "logged_at"),
-        ],
-    );
-    detail.insert("running".into(), Value::from(false));
-    Some(Statement {
-        correlation_id: id,
-        started: ended - duration_ms / 1000.0,
-        duration_ms: Some(duration_ms),
-        query,
-        source: source(BatchKind::PgLogs),
-        key: None,
-        detail,
-    })
+        })
+        .collect()
 }
 
 /// Requests per minute the correlated payloads may use.
@@ -425,13 +303,14 @@ pub fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{AgentInfo, Record};
+    use crate::batch::{AgentInfo, BatchKind, Record};
     use serde_json::json;
 
     fn batch(kind: BatchKind, records: Vec<Value>) -> Batch {
         let data = records.iter().map(|r| Record::new(r).unwrap()).collect();
         let mut b = Batch::new(kind, "p", AgentInfo::new("h"), None, 60, data);
         b.collected_at = "2026-11-28T10:00:10.000Z".into();
+        b.restore_correlated();
         b
     }
 

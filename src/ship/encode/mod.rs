@@ -132,12 +132,7 @@ fn config_budget(config: &Config) -> correlated::Budget {
     )
 }
 
-/// `rfc3339` as Unix seconds with a fractional part.
-pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
-    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .ok()?;
-    Some(t.unix_timestamp_nanos() as f64 / 1e9)
-}
+pub use crate::clock::unix_seconds;
 
 /// Unix seconds now.
 pub fn now_seconds() -> f64 {

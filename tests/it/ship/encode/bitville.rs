@@ -110,7 +110,10 @@ fn shipper_config(dir: &std::path::Path, url: &str, extra: &str) -> Config {
 
 fn batch(kind: BatchKind, records: &[Value]) -> Batch {
     let data = records.iter().map(|r| Record::new(r).unwrap()).collect();
-    Batch::new(kind, "shop", AgentInfo::new("db1"), None, 60, data)
+    let mut b = Batch::new(kind, "shop", AgentInfo::new("db1"), None, 60, data);
+    // Built from JSON: the correlated statements a producer attaches are rebuilt from it.
+    b.restore_correlated();
+    b
 }
 
 fn session(pid: i64, id: Option<&str>, start: &str) -> Value {
