@@ -244,6 +244,22 @@ fn table(out: &mut String, header: &[&str], rows: Vec<Vec<String>>, width: usize
     }
 }
 
+/// A session's wait column: `type:event`, or `-` when it waits on nothing.
+fn wait(r: &Value) -> String {
+    match (r["wait_event_type"].as_str(), r["wait_event"].as_str()) {
+        (Some(t), Some(e)) => format!("{t}:{e}"),
+        _ => "-".to_string(),
+    }
+}
+
+/// The first [`MAX_ROWS`] of `data` by `key`, largest first, and how many were left out.
+fn top<'a>(data: &'a [Value], key: &str) -> (Vec<&'a Value>, usize) {
+    let mut rows = sorted_by(data, key);
+    let more = rows.len().saturating_sub(MAX_ROWS);
+    rows.truncate(MAX_ROWS);
+    (rows, more)
+}
+
 fn sorted_by<'a>(data: &'a [Value], key: &str) -> Vec<&'a Value> {
     let mut rows: Vec<&Value> = data.iter().collect();
     rows.sort_by(|a, b| {
@@ -273,22 +289,16 @@ fn activity(out: &mut String, data: &[Value], width: usize) {
         "  {active} active, {waiting} blocked, {} background",
         data.len() - sessions.len()
     );
-    let rows = sorted_by(&sessions, "query_duration_ms");
-    let more = rows.len().saturating_sub(MAX_ROWS);
+    let (rows, more) = top(&sessions, "query_duration_ms");
     let rows = rows
         .into_iter()
-        .take(MAX_ROWS)
         .map(|r| {
-            let wait = match (r["wait_event_type"].as_str(), r["wait_event"].as_str()) {
-                (Some(t), Some(e)) => format!("{t}:{e}"),
-                _ => "-".to_string(),
-            };
             vec![
                 text(&r["pid"]),
                 text(&r["usename"]),
                 text(&r["datname"]),
                 text(&r["state"]),
-                wait,
+                wait(r),
                 ms(&r["query_duration_ms"]),
                 text(&r["query"]),
             ]
@@ -311,11 +321,9 @@ fn statements(out: &mut String, batch: &Value, data: &[Value], width: usize) {
         );
         return;
     }
-    let rows = sorted_by(data, "total_exec_time_ms");
-    let more = rows.len().saturating_sub(MAX_ROWS);
+    let (rows, more) = top(data, "total_exec_time_ms");
     let rows = rows
         .into_iter()
-        .take(MAX_ROWS)
         .map(|r| {
             vec![
                 text(&r["calls"]),
@@ -336,11 +344,9 @@ fn statements(out: &mut String, batch: &Value, data: &[Value], width: usize) {
 }
 
 fn locks(out: &mut String, data: &[Value], width: usize) {
-    let rows = sorted_by(data, "waiting_ms");
-    let more = rows.len().saturating_sub(MAX_ROWS);
+    let (rows, more) = top(data, "waiting_ms");
     let rows = rows
         .into_iter()
-        .take(MAX_ROWS)
         .map(|r| {
             let by: Vec<String> = r["blocked_by"]
                 .as_array()

@@ -51,9 +51,9 @@ use crate::state::lock::StateLock;
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::server::Telemetry;
 use setup::Setup;
-use tasks::collect::CollectTask;
 use tasks::deliver::Delivery;
 use tasks::log::{LogShared, LogTask};
+use tasks::SetupTask;
 use tasks::{sample, writer};
 
 /// Blocking threads of the main runtime (SQLite and file writes run there).
@@ -153,7 +153,7 @@ struct Daemon {
     log: LogControl,
     shipper: Arc<Shipper>,
     telemetry: Telemetry,
-    collection: Option<CollectTask>,
+    collection: Option<SetupTask>,
     server: Arc<Mutex<Option<crate::db::ServerInfo>>>,
     log_task: Option<LogTask>,
     shutdown: CancellationToken,
@@ -162,7 +162,7 @@ struct Daemon {
     /// See [`LogShared::resume_hint`].
     log_resume_hint: Arc<Mutex<Option<serde_json::Value>>>,
     delivery: Option<Delivery>,
-    sampling: Option<sample::SampleTask>,
+    sampling: Option<SetupTask>,
     /// The lock on the state directory, held until the process exits.
     lock: Arc<Mutex<StateLock>>,
     /// Does the collection's disk work (outbox, cycle record) off the collection path.
@@ -371,7 +371,7 @@ impl Daemon {
             }
         };
         self.writer = Some(writer.clone());
-        self.collection = Some(CollectTask::spawn(
+        self.collection = Some(tasks::collect::spawn(
             &self.tracker,
             self.setup.clone(),
             tasks::collect::CycleShared {
@@ -383,7 +383,7 @@ impl Daemon {
             },
             self.shutdown.child_token(),
         ));
-        self.sampling = Some(sample::SampleTask::spawn(
+        self.sampling = Some(sample::spawn(
             &self.tracker,
             self.setup.clone(),
             sample::SampleShared {

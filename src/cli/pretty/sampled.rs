@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::{ms, plural, sorted_by, table, text, MAX_ROWS};
+use super::{ms, plural, table, text, top, wait};
 
 /// The correlation ID of a record, or `-`.
 fn correlation(r: &Value) -> String {
@@ -29,20 +29,14 @@ pub(super) fn spike(out: &mut String, batch: &Value, data: &[Value], width: usiz
         text(&batch["trigger_threshold"]),
         plural(locks, "waiting lock", "waiting locks"),
     );
-    let rows = sorted_by(data, "query_duration_ms");
-    let more = rows.len().saturating_sub(MAX_ROWS);
+    let (rows, more) = top(data, "query_duration_ms");
     let rows = rows
         .into_iter()
-        .take(MAX_ROWS)
         .map(|r| {
-            let wait = match (r["wait_event_type"].as_str(), r["wait_event"].as_str()) {
-                (Some(t), Some(e)) => format!("{t}:{e}"),
-                _ => "-".to_string(),
-            };
             vec![
                 text(&r["pid"]),
                 text(&r["state"]),
-                wait,
+                wait(r),
                 ms(&r["query_duration_ms"]),
                 correlation(r),
                 text(&r["query"]),
@@ -69,23 +63,17 @@ pub(super) fn samples(out: &mut String, batch: &Value, data: &[Value], width: us
             .map_or("-".to_string(), |a| format!("{a:.2}")),
         text(&batch["max_active_sessions"]),
     );
-    let rows = sorted_by(data, "avg_active_sessions");
-    let more = rows.len().saturating_sub(MAX_ROWS);
+    let (rows, more) = top(data, "avg_active_sessions");
     let rows = rows
         .into_iter()
-        .take(MAX_ROWS)
         .map(|r| {
-            let wait = match (r["wait_event_type"].as_str(), r["wait_event"].as_str()) {
-                (Some(t), Some(e)) => format!("{t}:{e}"),
-                _ => "-".to_string(),
-            };
             vec![
                 r["avg_active_sessions"]
                     .as_f64()
                     .map_or("-".to_string(), |a| format!("{a:.2}")),
                 text(&r["peak_sessions"]),
                 text(&r["state"]),
-                wait,
+                wait(r),
                 text(&r["query"]),
             ]
         })

@@ -9,10 +9,8 @@
 //! handed over is written by the state writer).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +20,7 @@ use super::writer::{self, Writer};
 use crate::collect::Collectors;
 use crate::daemon::schedule::Schedule;
 use crate::daemon::setup::Setup;
+use crate::daemon::tasks::SetupTask;
 use crate::daemon::{cycle, notify, publish};
 use crate::db::ServerInfo;
 use crate::telemetry::registry::Event;
@@ -40,41 +39,15 @@ pub struct CycleShared {
     pub writer: Arc<Writer>,
 }
 
-/// The running collection task.
-pub struct CollectTask {
-    setup: watch::Sender<Arc<Setup>>,
+/// Starts the collection task on `tracker`: the first cycle runs at once. It stops when `stop` (a
+/// child of the daemon's token) is cancelled.
+pub fn spawn(
+    tracker: &TaskTracker,
+    setup: Arc<Setup>,
+    shared: CycleShared,
     stop: CancellationToken,
-    handle: JoinHandle<()>,
-}
-
-impl CollectTask {
-    /// Starts the task on `tracker`: the first cycle runs at once. It stops when `stop` (a child of
-    /// the daemon's token) is cancelled.
-    pub fn spawn(
-        tracker: &TaskTracker,
-        setup: Arc<Setup>,
-        shared: CycleShared,
-        stop: CancellationToken,
-    ) -> CollectTask {
-        let (tx, rx) = watch::channel(setup);
-        let handle = tracker.spawn(run(rx, shared, stop.clone()));
-        CollectTask {
-            setup: tx,
-            stop,
-            handle,
-        }
-    }
-
-    /// A reloaded configuration (and pool) for the next cycles.
-    pub fn update(&self, setup: Arc<Setup>) {
-        self.setup.send_replace(setup);
-    }
-
-    /// Stops the task, abandoning a cycle in progress, and waits at most `deadline` for it.
-    pub async fn stop(self, deadline: Duration) {
-        self.stop.cancel();
-        let _ = tokio::time::timeout(deadline, self.handle).await;
-    }
+) -> SetupTask {
+    SetupTask::spawn(tracker, setup, stop, |rx, stop| run(rx, shared, stop))
 }
 
 async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: CancellationToken) {

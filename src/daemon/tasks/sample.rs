@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,6 +24,7 @@ use crate::collect::CollectSettings;
 use crate::daemon::publish;
 use crate::daemon::schedule::Schedule;
 use crate::daemon::setup::Setup;
+use crate::daemon::tasks::SetupTask;
 use crate::telemetry::server::Telemetry;
 
 /// On stop, the window so far is written to the outbox if that takes at most this long.
@@ -39,41 +39,15 @@ pub struct SampleShared {
     pub deliver: Arc<Notify>,
 }
 
-/// The running sampling task.
-pub struct SampleTask {
-    setup: watch::Sender<Arc<Setup>>,
+/// Starts the sampling task on `tracker`; it stops when `stop` (a child of the daemon's token) is
+/// cancelled.
+pub fn spawn(
+    tracker: &TaskTracker,
+    setup: Arc<Setup>,
+    shared: SampleShared,
     stop: CancellationToken,
-    handle: JoinHandle<()>,
-}
-
-impl SampleTask {
-    /// Starts the task on `tracker`; it stops when `stop` (a child of the daemon's token) is
-    /// cancelled.
-    pub fn spawn(
-        tracker: &TaskTracker,
-        setup: Arc<Setup>,
-        shared: SampleShared,
-        stop: CancellationToken,
-    ) -> SampleTask {
-        let (tx, rx) = watch::channel(setup);
-        let handle = tracker.spawn(run(rx, shared, stop.clone()));
-        SampleTask {
-            setup: tx,
-            stop,
-            handle,
-        }
-    }
-
-    /// A reloaded setup (configuration and pool) for the next ticks.
-    pub fn update(&self, setup: Arc<Setup>) {
-        self.setup.send_replace(setup);
-    }
-
-    /// Stops the task and waits at most `deadline` for it.
-    pub async fn stop(self, deadline: Duration) {
-        self.stop.cancel();
-        let _ = tokio::time::timeout(deadline, self.handle).await;
-    }
+) -> SetupTask {
+    SetupTask::spawn(tracker, setup, stop, |rx, stop| run(rx, shared, stop))
 }
 
 async fn run(
