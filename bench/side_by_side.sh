@@ -134,6 +134,7 @@ start_listener() {
 start_listener ours
 start_listener python
 
+MPORT=$(free_port)
 cat >"$WORK/ours.ini" <<INI
 [agent]
 project_id = bench
@@ -147,7 +148,7 @@ user = pa_ours
 url = $URL_ours/ingest/postgres
 api_key = bench-key
 [telemetry]
-listen = 127.0.0.1:$(free_port)
+listen = 127.0.0.1:$MPORT
 INI
 "$AGENT_BIN" run "$WORK/ours.ini" >"$WORK/ours.out" 2>"$WORK/ours.err" &
 OURS=$!
@@ -185,10 +186,12 @@ PIDS+=($!)
 
 # cpu_ticks PID: utime + stime of every thread (clock ticks).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# Per role: total_exec_time (ms) and the calls of its pg_stat_statements read (= cycles).
+# Per role: total_exec_time (ms) and the calls of its pg_stat_statements read (= cycles: the most
+# called statement of the role that reads pg_stat_statements; each agent reads it once a cycle).
 role_totals() {
   pg_psql -At -F ' ' -c "SELECT r.rolname, sum(s.total_exec_time),
-      coalesce(max(s.calls) FILTER (WHERE s.query ILIKE '%from pg_stat_statements%'), 0)
+      coalesce(max(s.calls) FILTER (WHERE s.query ILIKE '%pg_stat_statements%'
+        AND s.query NOT ILIKE '%pg_stat_statements_info%'), 0)
     FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid
     WHERE r.rolname IN ('pa_ours', 'pa_python') GROUP BY 1 ORDER BY 1"
 }
@@ -210,6 +213,15 @@ alive
 role_totals >"$WORK/after"
 T1_OURS=$(cpu_ticks "$OURS")
 T1_PYTHON=$(cpu_ticks "$PYTHON")
+# Our agent's outbox at the end: batches waiting for delivery, and the oldest one's age.
+BACKLOG=$(python3 -c 'import sys, urllib.request
+m = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
+v = [l.split() for l in m.splitlines() if l and not l.startswith("#")]
+n = sum(float(x[1]) for x in v if x[0].startswith("postgres_agent_outbox_batches"))
+age = [x[1] for x in v if x[0] == "postgres_agent_outbox_oldest_age_seconds"]
+a = age[0] if age else "?"
+print(f"{n:.0f} batches waiting, the oldest {a} s old")' \
+  "http://127.0.0.1:$MPORT/metrics" 2>/dev/null || echo unknown)
 HWM_OURS=$(awk '/^VmHWM/ {print $2}' "/proc/$OURS/status")
 HWM_PYTHON=$(awk '/^VmHWM/ {print $2}' "/proc/$PYTHON/status")
 
@@ -265,3 +277,5 @@ print("|---|---|---|")
 for k in rows["pa_ours"]:
     print(f"| {k} | {rows['pa_ours'][k]} | {rows['pa_python'][k]} |")
 PY
+echo "
+our agent's outbox at the end: $BACKLOG"
