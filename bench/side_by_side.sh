@@ -195,6 +195,13 @@ role_totals() {
     FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid
     WHERE r.rolname IN ('pa_ours', 'pa_python') GROUP BY 1 ORDER BY 1"
 }
+# Per statement of each role, for the breakdown: role, queryid, total_exec_time, calls, text.
+stmt_totals() {
+  pg_psql -At -F '|' -c "SELECT r.rolname, s.queryid, s.total_exec_time, s.calls,
+      left(regexp_replace(s.query, '\\s+', ' ', 'g'), 90)
+    FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid
+    WHERE r.rolname IN ('pa_ours', 'pa_python')"
+}
 alive() { kill -0 "$OURS" 2>/dev/null || { echo "our agent exited:"; tail -20 "$WORK/ours.err"; exit 1; }
           kill -0 "$PYTHON" 2>/dev/null || { echo "the Python agent exited:"; tail -20 "$WORK/python.out"; exit 1; }; }
 
@@ -202,6 +209,7 @@ echo "warming up ${WARMUP}s, then measuring ${DURATION}s (load before: $(cut -d'
 sleep "$WARMUP"
 alive
 role_totals >"$WORK/before"
+stmt_totals >"$WORK/stmts-before"
 T0_OURS=$(cpu_ticks "$OURS")
 T0_PYTHON=$(cpu_ticks "$PYTHON")
 LOAD=()
@@ -211,6 +219,7 @@ for _ in $(seq $((DURATION / 10))); do
 done
 alive
 role_totals >"$WORK/after"
+stmt_totals >"$WORK/stmts-after"
 T1_OURS=$(cpu_ticks "$OURS")
 T1_PYTHON=$(cpu_ticks "$PYTHON")
 # Our agent's outbox at the end: batches waiting for delivery, and the oldest one's age.
@@ -276,6 +285,23 @@ print("| | ours | Python agent |")
 print("|---|---|---|")
 for k in rows["pa_ours"]:
     print(f"| {k} | {rows['pa_ours'][k]} | {rows['pa_python'][k]} |")
+
+# Where each role's server time goes: its statements by server time per cycle.
+def stmts(name):
+    out = {}
+    for line in open(f"{work}/{name}"):
+        role, qid, ms, calls, text = line.rstrip("\n").split("|", 4)
+        out[(role, qid)] = (float(ms), int(calls), text)
+    return out
+
+sb, sa = stmts("stmts-before"), stmts("stmts-after")
+for role, label in (("pa_ours", "ours"), ("pa_python", "Python agent")):
+    cycles = max(after[role][1] - before.get(role, (0.0, 0))[1], 1)
+    deltas = sorted(((ms - sb.get(k, (0.0, 0, ""))[0], calls - sb.get(k, (0.0, 0, ""))[1], text)
+                     for k, (ms, calls, text) in sa.items() if k[0] == role), reverse=True)
+    print(f"\n{label}: server ms per cycle, calls per cycle, statement (top 5)")
+    for ms, calls, text in deltas[:5]:
+        print(f"  {ms / cycles:8.1f} {calls / cycles:6.1f}  {text.replace('/* postgres-agent */ ', '')}")
 PY
 echo "
 our agent's outbox at the end: $BACKLOG"
