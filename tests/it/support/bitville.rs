@@ -13,6 +13,10 @@
 //!   null), `project` string of 1..50 UTF-16 units, `timestamp` number, `source` one of four,
 //!   `data` an object (400 "Payload validation failed"). Unknown top-level keys are stripped; the row
 //!   stores `correlation_id || ""`, the key's project, source `postgres_agent`, and the payload.
+//! - `GET /api/correlation?correlation_id=ID` (`api/correlation.ts`, not rate limited): 400 without
+//!   the parameter, 404 when no row has that ID, else 200 with `correlation_id`, `trace`
+//!   (`php_request`: null, `sql_queries`: the rows' payloads, `other_records`: []) and `summary`
+//!   (`total_records`, `php_count`, `postgres_count`).
 //! - Anything else: 404.
 
 use std::collections::HashMap;
@@ -104,6 +108,9 @@ async fn handle(
     if method == Method::GET && path == "/health" {
         return (StatusCode::OK, [("content-type", "text/plain")], "OK").into_response();
     }
+    if method == Method::GET && path == "/api/correlation" {
+        return correlation(&inner.rows, uri.query().unwrap_or(""));
+    }
     if path.starts_with("/ingest") {
         let ip = headers
             .get("x-forwarded-for")
@@ -191,6 +198,42 @@ async fn handle(
     json_response(
         StatusCode::OK,
         json!({"success": true, "row_id": id, "source": payload["source"]}),
+    )
+}
+
+/// `handleGetCorrelation`: the rows stored with one correlation ID, by timestamp (every row here
+/// is the PostgreSQL agent's). The ID is taken from the query string as it is (no percent-decoding:
+/// correlation IDs are UUIDs).
+fn correlation(rows: &[Row], query: &str) -> Response {
+    let id = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("correlation_id="))
+        .filter(|id| !id.is_empty());
+    let Some(id) = id else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "Bad Request", "message": "correlation_id parameter is required"}),
+        );
+    };
+    let mut found: Vec<&Row> = rows.iter().filter(|r| r.correlation_id == id).collect();
+    if found.is_empty() {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": "Not Found", "message": "No records found for the specified correlation_id"}),
+        );
+    }
+    found.sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
+    let sql: Vec<Value> = found
+        .iter()
+        .map(|r| json!({"project": r.project, "source": "postgres_agent", "timestamp": r.timestamp, "payload": r.payload}))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "correlation_id": id,
+            "trace": {"php_request": null, "sql_queries": sql, "other_records": []},
+            "summary": {"total_records": found.len(), "php_count": 0, "postgres_count": found.len()},
+        }),
     )
 }
 
