@@ -8,55 +8,10 @@
 use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Output};
 
+use support::check::{check, is_root, line, text, write_ini};
 use support::{agent, PgOptions, PgServer};
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Writes the INI into a directory anyone may read (and only root may write).
-fn write_ini(dir: &Path, server: &PgServer, extra: &str) -> String {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = dir.join("agent.ini");
-    std::fs::write(&path, server.agent_ini(&dir.join("state"), extra)).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
-fn text(out: Output) -> (i32, String) {
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn check(server: &PgServer, extra: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let ini = write_ini(dir.path(), server, extra);
-    text(agent(&["check", &ini], &[]))
-}
-
-/// The line of check `name` and its fix line.
-fn line(out: &str, name: &str) -> String {
-    let mut lines = out.lines();
-    while let Some(l) = lines.next() {
-        if l.split_whitespace().nth(1) == Some(name) {
-            let fix = lines
-                .next()
-                .filter(|f| f.trim_start().starts_with("fix:"))
-                .unwrap_or("");
-            return format!("{l}\n{fix}");
-        }
-    }
-    panic!("no {name} line in:\n{out}")
-}
 
 /// Runs the binary as `nobody` (uid 65534, no supplementary groups).
 fn as_nobody(args: &[&str]) -> Output {

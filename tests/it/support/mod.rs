@@ -11,6 +11,7 @@
 
 pub mod bitville;
 pub mod bitville_probe;
+pub mod check;
 pub mod child;
 pub mod collect;
 pub mod delivery;
