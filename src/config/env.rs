@@ -49,6 +49,7 @@ pub fn is_read(name: &str) -> bool {
         || name == RUST_LOG
         || LIBPQ.iter().any(|(v, _)| *v == name)
         || PROXY.contains(&name)
+        || super::otlp::is_otel_var(name)
 }
 
 /// The variables the agent reads, as strings; the others are dropped unexamined.

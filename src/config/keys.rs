@@ -60,6 +60,7 @@ pub const SECTIONS: &[&str] = &[
     "logging",
     "activity",
     "spikes",
+    "otlp",
 ];
 
 pub const SSLMODES: &[&str] = &[
@@ -111,7 +112,7 @@ pub const KEYS: &[KeySpec] = &[
     k("listener", "api_key", "", Secret, "Bearer token sent with every request. Prefer `api_key_file`."),
     k("listener", "api_key_file", "", Str, "File whose first line is the API key."),
     k("listener", "timeout_s", "10", Int(1, 300), "Per-request timeout in seconds."),
-    k("listener", "protocol", "bitville", Choice(&["bitville", "batch"]), "Wire protocol: `bitville` (the Bitville listener's `/ingest/postgres` payloads) or `batch` (this agent's batch envelope)."),
+    k("listener", "protocol", "bitville", Choice(&["bitville", "batch", "otlp"]), "Wire protocol: `bitville` (the Bitville listener's `/ingest/postgres` payloads), `batch` (this agent's batch envelope) or `otlp` (OTLP/HTTP protobuf; `url` is the base endpoint, see docs/otlp.md)."),
     k("listener", "max_requests_per_minute", "90", Int(1, 100_000), "Most requests sent per minute (the Bitville listener allows 100 per client IP). Paces the `bitville` protocol; the `batch` protocol only when set explicitly."),
     k("listener", "max_body_bytes", "1048576", Int(1024, 8_388_608), "Largest request body sent, in bytes on the wire (bitville: the JSON; batch: the gzip body, or the JSON with `compress = false`); larger aggregates are split into parts, a larger single record has its longest texts trimmed."),
     k("listener", "compress", "true", Bool, "gzip request bodies (Content-Encoding: gzip); batch protocol only, bitville bodies are never compressed."),
@@ -147,6 +148,12 @@ pub const KEYS: &[KeySpec] = &[
     k("spikes", "mode", "baseline", Choice(&["baseline", "absolute"]), "`baseline`: the active-sessions and load triggers also need `baseline_factor` times the median of the last `baseline_s` seconds, so a steady load is no spike; `absolute`: the floors alone."),
     k("spikes", "baseline_s", "300", Int(10, 3600), "Seconds of samples whose median is the baseline (`mode = baseline`)."),
     k("spikes", "baseline_factor", "2", Str, "How many times the baseline median a sample must reach (a decimal number above 0, `mode = baseline`)."),
+    k("otlp", "logs_url", "", Str, "Full URL of the OTLP logs signal; empty = `<listener.url>/v1/logs`. Falls back to OTEL_EXPORTER_OTLP_LOGS_ENDPOINT."),
+    k("otlp", "metrics_url", "", Str, "Full URL of the OTLP metrics signal; empty = `<listener.url>/v1/metrics`. Falls back to OTEL_EXPORTER_OTLP_METRICS_ENDPOINT."),
+    k("otlp", "headers", "", Secret, "Extra request headers, `key=value,key2=value2` (values percent-decoded). Falls back to OTEL_EXPORTER_OTLP_HEADERS."),
+    k("otlp", "compression", "gzip", Choice(&["gzip", "none"]), "Request body compression: gzip or none. Falls back to OTEL_EXPORTER_OTLP_COMPRESSION."),
+    k("otlp", "service_name", "postgres-agent", Str, "The resource attribute `service.name`. Falls back to OTEL_SERVICE_NAME."),
+    k("otlp", "top_statements", "100", Int(1, 100_000), "Most statements sent as OTLP metrics per interval (top by total time)."),
 ];
 
 /// The spec of `section.key`, if it exists.

@@ -11,6 +11,7 @@ pub mod aliases;
 pub mod correlation_shape;
 pub mod env;
 pub mod keys;
+pub mod otlp;
 mod protocol;
 pub mod raw;
 mod secret;
@@ -157,6 +158,8 @@ pub struct ListenerConfig {
     /// gzip bodies; the batch protocol only.
     pub compress: bool,
     pub ca_file: Option<PathBuf>,
+    /// The `[otlp]` section (`protocol = otlp`).
+    pub otlp: otlp::OtlpConfig,
 }
 
 impl ListenerConfig {
@@ -371,7 +374,8 @@ impl Config {
         let env: Vec<(String, String)> = env.into_iter().collect();
         raw.apply_env(env.iter().cloned())?;
         aliases::resolve(&mut raw)?;
-        raw.apply_libpq_env(env)?;
+        raw.apply_libpq_env(env.iter().cloned())?;
+        otlp::apply_env(&mut raw, &env)?;
         Config::from_raw(&raw)
     }
 
@@ -499,6 +503,7 @@ impl Config {
                 max_body_bytes: v.int("listener", "max_body_bytes")? as usize,
                 compress: v.bool("listener", "compress")?,
                 ca_file: v.opt_str("listener", "ca_file").map(PathBuf::from),
+                otlp: v.otlp()?,
             },
             buffer: BufferConfig {
                 max_size_bytes: v.int("buffer", "max_size_mb")? * 1024 * 1024,

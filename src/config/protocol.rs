@@ -14,6 +14,8 @@ pub enum Protocol {
     Bitville,
     /// This agent's batch envelope, gzip, one batch per request.
     Batch,
+    /// OTLP/HTTP with protobuf bodies: logs to `/v1/logs`, metrics to `/v1/metrics` (docs/otlp.md).
+    Otlp,
 }
 
 impl Protocol {
@@ -21,6 +23,7 @@ impl Protocol {
         match self {
             Protocol::Bitville => "bitville",
             Protocol::Batch => "batch",
+            Protocol::Otlp => "otlp",
         }
     }
 
@@ -28,6 +31,7 @@ impl Protocol {
         match s {
             "bitville" => Some(Protocol::Bitville),
             "batch" => Some(Protocol::Batch),
+            "otlp" => Some(Protocol::Otlp),
             _ => None,
         }
     }

@@ -240,7 +240,9 @@ impl Delivery {
             let (batch_id, kind, body, protocol) = next.request();
             started_requests += 1;
             let sent_at = Instant::now();
-            let outcome = sender.send(batch_id, body, protocol).await;
+            let outcome = sender
+                .send_request(batch_id, Some(kind), body, protocol)
+                .await;
             if !refused(&outcome) {
                 self.lock().rate.record(sent_at);
             }
@@ -253,6 +255,26 @@ impl Delivery {
                     self.persist_transition(storage, t);
                     storage.delivered(&next);
                     self.counters.add(Event::RequestsDelivered, 1);
+                    report.delivered += 1;
+                    report.delivered_bytes += body.len() as u64;
+                }
+                Outcome::Partial {
+                    status,
+                    rejected,
+                    message,
+                } => {
+                    // OTLP partial success: delivered, never sent again (the specification),
+                    // the rejected part said and counted.
+                    tracing::warn!(event = "otlp_partial_success", batch_id = %batch_id,
+                        kind = %kind, status, rejected, error = %message,
+                        "the OTLP receiver accepted the request but rejected part of it");
+                    let t = self.lock().breaker.on_success(now);
+                    self.persist_transition(storage, t);
+                    storage.delivered(&next);
+                    self.counters.add(Event::RequestsDelivered, 1);
+                    self.counters.add(Event::OtlpPartialSuccesses, 1);
+                    self.counters
+                        .add(Event::OtlpRejectedItems, rejected.max(0) as u64);
                     report.delivered += 1;
                     report.delivered_bytes += body.len() as u64;
                 }

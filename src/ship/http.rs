@@ -14,6 +14,13 @@
 //! errors retried later (honouring `Retry-After`); 401 and 403 also retried, since they mean the
 //! agent's key is wrong, not the batch; every other 4xx rejects the batch for good (dead letter).
 //! A TLS failure is described in words ([`super::tls_error`]).
+//!
+//! An otlp-protocol request ([`otlp_wire`]) goes to its signal's URL (`/v1/logs` or
+//! `/v1/metrics` from the request's type) as `application/x-protobuf`, gzip unless
+//! `otlp.compression = none`, with `otlp.headers`; the statuses are classified as above (the OTLP
+//! specification's retryable 429, 502, 503, 504 included), and a 2xx whose body reports a
+//! `partial_success` is [`Outcome::Partial`]: delivered, never sent again, the rejected count and
+//! the receiver's message reported.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,7 +31,9 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, C
 use reqwest::StatusCode;
 use uuid::Uuid;
 
+use super::otlp_wire;
 use super::tls_error;
+use crate::batch::BatchKind;
 use crate::config::{ListenerConfig, Protocol};
 
 /// `User-Agent` of every request.
@@ -42,6 +51,8 @@ pub enum HttpError {
     CaFile { path: PathBuf, detail: String },
     #[error("listener.api_key is not a valid HTTP header value")]
     BadApiKey,
+    #[error("otlp.headers holds a header that is not a valid HTTP header")]
+    BadHeader,
     #[error("cannot build the HTTP client: {0}")]
     Client(reqwest::Error),
 }
@@ -55,6 +66,13 @@ pub enum Outcome {
     Retry {
         reason: String,
         retry_after: Option<Duration>,
+    },
+    /// 2xx from an OTLP receiver that rejected part of the request (`partial_success`): delivered
+    /// (the spec forbids a retry), with what the receiver said.
+    Partial {
+        status: u16,
+        rejected: i64,
+        message: String,
     },
     /// Can never succeed: dead-letter it.
     Reject { status: u16, reason: String },
@@ -71,6 +89,8 @@ pub struct Sender {
     client: reqwest::Client,
     url: String,
     compress: bool,
+    /// Where and how otlp-protocol requests go.
+    otlp: otlp_wire::OtlpWire,
 }
 
 impl Sender {
@@ -101,6 +121,8 @@ impl Sender {
             client: builder.build().map_err(HttpError::Client)?,
             url: url.to_string(),
             compress: listener.compress,
+            otlp: otlp_wire::OtlpWire::new(&listener.otlp, url)
+                .map_err(|_| HttpError::BadHeader)?,
         })
     }
 
@@ -117,6 +139,20 @@ impl Sender {
     /// sent compressed unless `listener.compress = false`; a bitville body is always sent as plain
     /// JSON, since the Bitville listener does not decode `Content-Encoding: gzip`.
     pub async fn send(&self, batch_id: Uuid, gz_body: &[u8], protocol: Protocol) -> Outcome {
+        self.send_request(batch_id, None, gz_body, protocol).await
+    }
+
+    /// [`Sender::send`] of a request of type `kind` (which decides an otlp request's signal URL).
+    pub async fn send_request(
+        &self,
+        batch_id: Uuid,
+        kind: Option<BatchKind>,
+        gz_body: &[u8],
+        protocol: Protocol,
+    ) -> Outcome {
+        if protocol == Protocol::Otlp {
+            return self.send_otlp(batch_id, kind, gz_body).await;
+        }
         let mut req = self
             .client
             .post(&self.url)
@@ -143,43 +179,109 @@ impl Sender {
             }
         };
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
         if status.is_success() {
             return Outcome::Delivered {
                 status: status.as_u16(),
             };
         }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            return Outcome::Throttled {
-                retry_after: retry_after.unwrap_or(DEFAULT_THROTTLE),
-            };
-        }
-        if status.is_redirection() {
-            return Outcome::Retry {
-                reason: redirect_reason(status, &self.url, resp.headers()),
-                retry_after,
-            };
-        }
-        let body = excerpt(resp).await;
-        let reason = if body.is_empty() {
-            format!("HTTP {status}")
+        classify_failure(resp, &self.url).await
+    }
+
+    /// POSTs one stored otlp request (`gz_body`: the gzip of its protobuf body).
+    async fn send_otlp(&self, batch_id: Uuid, kind: Option<BatchKind>, gz_body: &[u8]) -> Outcome {
+        let wire = &self.otlp;
+        let url = wire.url(kind);
+        let mut req = self
+            .client
+            .post(url)
+            .headers(wire.headers.clone())
+            .header("Idempotency-Key", batch_id.to_string());
+        if wire.gzip {
+            req = req.header(CONTENT_ENCODING, "gzip").body(gz_body.to_vec());
         } else {
-            format!("HTTP {status}: {body}")
+            let mut body = Vec::with_capacity(gz_body.len() * 4);
+            if let Err(e) = GzDecoder::new(gz_body).read_to_end(&mut body) {
+                return Outcome::Reject {
+                    status: 0,
+                    reason: format!("stored body does not decompress: {e}"),
+                };
+            }
+            req = req.body(body);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Retry {
+                    reason: describe(&e),
+                    retry_after: None,
+                }
+            }
         };
-        if is_retryable(status) {
-            Outcome::Retry {
-                reason,
-                retry_after,
-            }
-        } else {
-            Outcome::Reject {
-                status: status.as_u16(),
-                reason,
-            }
+        let status = resp.status();
+        if !status.is_success() {
+            return classify_failure(resp, url).await;
+        }
+        let status = status.as_u16();
+        let protobuf = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_none_or(|v| v.as_bytes().starts_with(b"application/x-protobuf"));
+        let body = body_prefix(resp, otlp_wire::RESPONSE_BYTES).await;
+        match protobuf
+            .then(|| otlp_wire::partial_success(kind, &body))
+            .flatten()
+        {
+            Some((rejected, message)) => Outcome::Partial {
+                status,
+                rejected,
+                message,
+            },
+            None => Outcome::Delivered { status },
+        }
+    }
+}
+
+/// The outcome of an answer that is not 2xx (a redirect, 429, retryable or a rejection).
+async fn classify_failure(resp: reqwest::Response, url: &str) -> Outcome {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Outcome::Throttled {
+            retry_after: retry_after.unwrap_or(DEFAULT_THROTTLE),
+        };
+    }
+    if status.is_redirection() {
+        return Outcome::Retry {
+            reason: redirect_reason(status, url, resp.headers()),
+            retry_after,
+        };
+    }
+    let body = match resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/x-protobuf"))
+    {
+        true => otlp_wire::status_text(&body_prefix(resp, 64 * 1024).await),
+        false => excerpt(resp).await,
+    };
+    let reason = if body.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {body}")
+    };
+    if is_retryable(status) {
+        Outcome::Retry {
+            reason,
+            retry_after,
+        }
+    } else {
+        Outcome::Reject {
+            status: status.as_u16(),
+            reason,
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod delivery;
 pub mod encode;
 pub mod held;
 pub mod http;
+pub mod otlp_wire;
 pub mod outbox;
 pub mod probe;
 pub mod python_buffer;

@@ -79,6 +79,54 @@ pub async fn probe(listener: &ListenerConfig, url: &str) -> Probe {
     match protocol {
         Protocol::Bitville => probe_bitville(&sender, url, ca_file).await,
         Protocol::Batch => probe_batch(&sender, url, ca_file).await,
+        Protocol::Otlp => probe_otlp(&sender, listener, url, ca_file).await,
+    }
+}
+
+/// `otlp`: an empty `ExportLogsServiceRequest` (zero bytes of protobuf: no records, nothing
+/// stored) POSTed to the logs URL with the configured headers must answer 2xx.
+async fn probe_otlp(
+    sender: &Sender,
+    listener: &ListenerConfig,
+    url: &str,
+    ca_file: Option<&Path>,
+) -> Probe {
+    let p = Protocol::Otlp;
+    let logs = listener.otlp.logs_url(url);
+    let mut req = sender
+        .client()
+        .post(&logs)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
+    for (name, value) in &listener.otlp.headers {
+        req = req.header(name.as_str(), value.expose());
+    }
+    let resp = match req.body(Vec::new()).send().await {
+        Ok(resp) => resp,
+        Err(e) => return unreachable(p, &logs, &e, ca_file),
+    };
+    if let Some(probe) = redirected(p, "POST", &logs, url, &resp) {
+        return probe;
+    }
+    let code = resp.status().as_u16();
+    match code {
+        200..=299 => Probe::new(
+            Verdict::Ok,
+            p,
+            format!("{logs} took an empty OTLP logs request (HTTP {code})"),
+            None,
+        ),
+        401 | 403 => Probe::new(
+            Verdict::Fail,
+            p,
+            format!("{logs} refused the request (HTTP {code})"),
+            Some("set the receiver's credentials in [otlp] headers (or api_key_file)"),
+        ),
+        _ => Probe::new(
+            Verdict::Fail,
+            p,
+            format!("{logs} did not take an empty OTLP logs request (HTTP {code})"),
+            Some("set [listener] url to the OTLP/HTTP base endpoint (for example http://collector:4318)"),
+        ),
     }
 }
 

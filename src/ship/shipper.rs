@@ -125,7 +125,7 @@ impl Shipper {
             storage: Storage::new(config, counters.clone()),
             delivery: Delivery::new(config, counters.clone()),
             has_listener: AtomicBool::new(false),
-            encoder: Mutex::new(Encoder::new(config, max_body_bytes)),
+            encoder: Mutex::new(Encoder::new(config, max_body_bytes).counting(counters.clone())),
             counters,
         };
         shipper.reconfigure(config)?;

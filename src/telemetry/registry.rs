@@ -149,6 +149,10 @@ events! {
         "Statements merged into another correlated payload of the same ID (the per-minute budget)";
     CorrelatedRepeated = "correlated_repeated",
         "Sessions not sent again because the same statement was already sent";
+    OtlpPartialSuccesses = "otlp_partial_successes",
+        "OTLP requests accepted with a partial_success (part rejected by the receiver, not sent again)";
+    OtlpRejectedItems = "otlp_rejected_items",
+        "Log records and data points an OTLP receiver reported rejected in a partial_success";
 }
 
 /// One counter per [`Event`], shared by every part of one process that counts. Cheap to clone.

@@ -16,6 +16,7 @@
 pub mod batch;
 pub mod bitville;
 pub mod correlated;
+pub mod otlp;
 pub mod trim;
 
 use std::time::Instant;
@@ -62,6 +63,12 @@ pub struct Encoder {
     /// Batch-protocol bodies go out gzipped (`listener.compress`): the limit applies to the gzip.
     gzipped: bool,
     planner: correlated::Planner,
+    /// `[otlp]` settings (the otlp protocol).
+    otlp: crate::config::otlp::OtlpConfig,
+    /// The agent's counters, sent with host metrics in the otlp protocol ([`Encoder::counting`]).
+    counters: Option<crate::telemetry::registry::Counters>,
+    /// When this encoder was made (unix ns): the start of the counters' cumulative sums.
+    started_ns: u64,
 }
 
 impl Encoder {
@@ -74,7 +81,16 @@ impl Encoder {
             ceiling,
             gzipped: config.listener.compress,
             planner: correlated::Planner::new(&config_budget(config), Instant::now()),
+            otlp: config.listener.otlp.clone(),
+            counters: None,
+            started_ns: (now_seconds() * 1e9) as u64,
         }
+    }
+
+    /// Sends the agent's own counters with the host metrics (otlp protocol).
+    pub fn counting(mut self, counters: crate::telemetry::registry::Counters) -> Encoder {
+        self.counters = Some(counters);
+        self
     }
 
     /// Applies a reloaded configuration; the memory of sent statements is kept.
@@ -84,6 +100,7 @@ impl Encoder {
         self.max_body = config.listener.max_body_bytes.min(self.ceiling);
         self.gzipped = config.listener.compress;
         self.planner.set_budget(&config_budget(config));
+        self.otlp = config.listener.otlp.clone();
     }
 
     pub fn protocol(&self) -> Protocol {
@@ -97,6 +114,21 @@ impl Encoder {
                 rows: batch::prepare(batch, self.max_body, self.gzipped)?,
                 ..Encoded::default()
             }),
+            Protocol::Otlp => {
+                let counters = self.counters.as_ref().map(|c| c.snapshot());
+                let ctx = otlp::Context {
+                    project: &self.project,
+                    service_name: &self.otlp.service_name,
+                    top_statements: self.otlp.top_statements,
+                    max_body: self.max_body,
+                    counters: counters.as_ref(),
+                    process_start_ns: self.started_ns,
+                };
+                Ok(Encoded {
+                    rows: otlp::encode(batch, &ctx)?,
+                    ..Encoded::default()
+                })
+            }
             Protocol::Bitville => {
                 let statements = correlated::statements(batch);
                 let plan = self.planner.plan(statements, Instant::now());
