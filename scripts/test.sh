@@ -29,6 +29,13 @@ command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 
 # The import-structure check is a Python script.
 command -v python3 >/dev/null 2>&1 || apt_install python3
+# The OTLP tests decode every request with the official definitions (PyPI opentelemetry-proto) in
+# a venv of their own (.venv-otlp, gitignored; tests/it/support/otlp.rs makes it too when missing).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_install python3-venv
+if ! .venv-otlp/bin/python -c 'import opentelemetry.proto' >/dev/null 2>&1; then
+  echo "== installing opentelemetry-proto 1.45.0 into .venv-otlp"
+  python3 -m venv .venv-otlp && .venv-otlp/bin/pip install -q opentelemetry-proto==1.45.0
+fi
 # The version matrix fetches PostgreSQL 13, 14, 16, 17 and 18 from the npm registry.
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 

@@ -105,6 +105,8 @@ mod ship {
     mod log_cursor;
     // `once` delivering through the outbox.
     mod once;
+    // listener.protocol = otlp: the real daemon, decoded by the official OTLP definitions.
+    mod otlp;
     mod outbox;
     mod python_buffer;
     mod encode {

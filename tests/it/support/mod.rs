@@ -20,6 +20,7 @@ pub mod freeze;
 pub mod http;
 pub mod listener;
 pub mod logs;
+pub mod otlp;
 pub mod pg;
 pub mod python;
 pub mod serve;
