@@ -207,6 +207,61 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
     }
 
+    fn load(env: &[(&str, &str)]) -> Result<super::super::Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        super::super::Config::load_with(None, env)
+    }
+
+    #[test]
+    fn otel_variables_are_defaults_under_the_agents_keys() {
+        let otel = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cr%3Dt"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://m:4318/custom",
+            ),
+            ("OTEL_SERVICE_NAME", "db-7"),
+        ];
+        let mut env = otel.to_vec();
+        env.push(("BITVILLE_PG_LISTENER_PROTOCOL", "otlp"));
+        let c = load(&env).unwrap();
+        let l = &c.listener;
+        assert_eq!(l.url.as_deref(), Some("http://collector:4318"));
+        assert_eq!(l.timeout.as_secs(), 3);
+        assert!(!l.otlp.gzip);
+        assert_eq!(l.otlp.headers[0].1.expose(), "s3cr=t");
+        assert_eq!(l.otlp.service_name, "db-7");
+        assert_eq!(
+            l.otlp.logs_url("http://collector:4318"),
+            "http://collector:4318/v1/logs"
+        );
+        assert_eq!(l.otlp.metrics_url("x"), "http://m:4318/custom");
+        // The agent's own keys win.
+        env.push(("BITVILLE_PG_LISTENER_URL", "https://mine:4318"));
+        env.push(("BITVILLE_PG_OTLP_COMPRESSION", "gzip"));
+        let c = load(&env).unwrap();
+        assert_eq!(c.listener.url.as_deref(), Some("https://mine:4318"));
+        assert!(c.listener.otlp.gzip);
+        // Another protocol does not read them.
+        let c = load(&otel).unwrap();
+        assert_eq!(c.listener.url, None);
+        assert_eq!(c.listener.otlp.service_name, "postgres-agent");
+        // A bad value names the variable.
+        let err = load(&[
+            ("BITVILLE_PG_LISTENER_PROTOCOL", "otlp"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("OTEL_EXPORTER_OTLP_COMPRESSION"), "{err}");
+    }
+
     #[test]
     fn signal_urls_join_the_base() {
         let c = OtlpConfig::default();

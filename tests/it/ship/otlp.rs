@@ -317,3 +317,65 @@ fn daemon_over_otlp_decodes_links_traces_counts_calls_and_loses_nothing_to_a_503
     }
     agent.terminate_within(Duration::from_secs(30));
 }
+
+#[test]
+fn a_partial_success_is_delivered_once_and_counted_and_a_400_is_dead_lettered() {
+    use postgres_agent::batch::{AgentInfo, Batch, BatchKind, Record};
+    use postgres_agent::config::Config;
+    use postgres_agent::ship::Shipper;
+    use postgres_agent::telemetry::registry::{Counters, Event};
+
+    let r = OtlpReceiver::start();
+    r.set_partial_success(2, "2 log records too old");
+    let dir = tempfile::tempdir().unwrap();
+    let ini = format!(
+        "[agent]\nproject_id = shop\nstate_dir = {}\n[listener]\nprotocol = otlp\nurl = {}\n\
+         timeout_s = 5\n",
+        dir.path().display(),
+        r.url()
+    );
+    let path = dir.path().join("agent.ini");
+    std::fs::write(&path, ini).unwrap();
+    let config = Config::load_with(Some(&path), Vec::<(String, String)>::new()).unwrap();
+    let counters = Counters::default();
+    let shipper = Shipper::open_counted(
+        &config,
+        postgres_agent::ship::encode::MAX_BODY_BYTES,
+        counters.clone(),
+    )
+    .unwrap();
+    let entry = serde_json::json!({"timestamp": "2026-12-06T10:00:00.000Z",
+        "error_severity": "WARNING", "message": "a warning", "dbname": "shop"});
+    let batch = || {
+        Batch::new(
+            BatchKind::PgLogs,
+            "shop",
+            AgentInfo::new("db1"),
+            None,
+            1,
+            vec![Record::new(&entry).unwrap()],
+        )
+    };
+    let rt = support::rt();
+    shipper.enqueue(&batch()).unwrap();
+    let report = rt.block_on(shipper.drain(Duration::from_secs(20)));
+    assert_eq!((report.delivered, report.failed), (1, 0), "{report:?}");
+    assert_eq!(counters.get(Event::OtlpPartialSuccesses), 1);
+    assert_eq!(counters.get(Event::OtlpRejectedItems), 2);
+    // Never sent again.
+    let report = rt.block_on(shipper.drain(Duration::from_secs(5)));
+    assert_eq!(report.delivered + report.failed, 0, "{report:?}");
+    assert_eq!(r.received().len(), 1);
+    let decoded = decode(&r.received());
+    let logs = log_records(&decoded);
+    assert_eq!(logs[0]["severity_number"], "SEVERITY_NUMBER_WARN");
+    assert_eq!(logs[0]["body"]["string_value"], "a warning");
+
+    // A 400 is permanent (OTLP): the request goes to the dead letters, said and counted.
+    r.set_status(400);
+    shipper.enqueue(&batch()).unwrap();
+    let report = rt.block_on(shipper.drain(Duration::from_secs(20)));
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+    assert_eq!(counters.get(Event::RequestsDeadLettered), 1);
+    assert_eq!(r.received().len(), 2);
+}

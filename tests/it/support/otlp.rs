@@ -39,6 +39,8 @@ pub struct OtlpRequest {
 struct Shared {
     received: Arc<Mutex<Vec<OtlpRequest>>>,
     status: Arc<AtomicU16>,
+    /// The body of a 200 answer: empty (full success) or a `partial_success`.
+    answer: Arc<Mutex<Vec<u8>>>,
 }
 
 pub struct OtlpReceiver {
@@ -85,8 +87,11 @@ async fn take(
     if status == 503 || status == 429 {
         h.insert("retry-after", "1".parse().unwrap());
     }
-    // An empty Export*ServiceResponse: full success.
-    (code, h, Vec::<u8>::new())
+    let body = match status {
+        200 => s.answer.lock().unwrap().clone(),
+        _ => Vec::new(),
+    };
+    (code, h, body)
 }
 
 async fn post_logs(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
@@ -124,6 +129,25 @@ impl OtlpReceiver {
 
     pub fn set_status(&self, status: u16) {
         self.shared.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers 200 with a `partial_success` of `rejected` items and `message` from now on
+    /// (`ExportLogsServiceResponse` and `ExportMetricsServiceResponse` have the same fields).
+    pub fn set_partial_success(&self, rejected: i64, message: &str) {
+        // Field 1 (partial_success) holding field 1 (rejected, varint) and field 2 (message).
+        let mut inner = vec![0x08];
+        let mut v = rejected as u64;
+        while v >= 0x80 {
+            inner.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        inner.push(v as u8);
+        inner.push(0x12);
+        inner.push(message.len() as u8);
+        inner.extend_from_slice(message.as_bytes());
+        let mut body = vec![0x0a, inner.len() as u8];
+        body.extend(inner);
+        *self.shared.answer.lock().unwrap() = body;
     }
 
     pub fn received(&self) -> Vec<OtlpRequest> {
