@@ -209,6 +209,7 @@ fn daemon_over_otlp_decodes_links_traces_counts_calls_and_loses_nothing_to_a_503
     let logs = log_records(&accepted);
     let rec = logs.iter().find(|l| l["trace_id"] == TRACE_ID).unwrap();
     assert_eq!(rec["span_id"], SPAN_ID, "{rec}");
+    assert_eq!(rec["flags"], 1, "the traceparent's sampled flag: {rec}");
     assert!(rec["severity_number"].is_string(), "{rec}");
     assert!(attr(&rec["attributes"], "db.query.text").is_some(), "{rec}");
     assert_eq!(
@@ -378,4 +379,30 @@ fn a_partial_success_is_delivered_once_and_counted_and_a_400_is_dead_lettered() 
     assert_eq!(report.dead_lettered, 1, "{report:?}");
     assert_eq!(counters.get(Event::RequestsDeadLettered), 1);
     assert_eq!(r.received().len(), 2);
+}
+
+#[test]
+fn check_probes_the_otlp_logs_endpoint() {
+    use postgres_agent::config::Config;
+    use postgres_agent::ship::probe::{probe, Verdict};
+
+    let r = OtlpReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |url: &str| {
+        let path = dir.path().join("agent.ini");
+        let ini = format!("[listener]\nprotocol = otlp\nurl = {url}\n");
+        std::fs::write(&path, ini).unwrap();
+        Config::load_with(Some(&path), Vec::<(String, String)>::new()).unwrap()
+    };
+    let rt = support::rt();
+    let good = config(&r.url());
+    let p = rt.block_on(probe(&good.listener, &r.url()));
+    assert_eq!(p.verdict, Verdict::Ok, "{}", p.detail);
+    // The empty request stored nothing a decoder would find.
+    let decoded = decode(&r.received());
+    assert!(log_records(&decoded).is_empty());
+    let wrong = format!("{}/ingest", r.url());
+    let p = rt.block_on(probe(&config(&wrong).listener, &wrong));
+    assert_eq!(p.verdict, Verdict::Fail, "{}", p.detail);
+    assert!(p.detail.contains("HTTP 404"), "{}", p.detail);
 }

@@ -113,7 +113,7 @@ pub fn entry(map: &Map<String, Value>, observed: u64) -> LogRecord {
     .into_iter()
     .flatten()
     .collect();
-    let (trace_id, span_id) = trace(map, &mut attributes);
+    let (trace_id, span_id, flags) = trace(map, &mut attributes);
     let time = text(map, "timestamp").map_or(0, unix_nanos);
     LogRecord {
         time_unix_nano: if time == 0 { observed } else { time },
@@ -122,7 +122,7 @@ pub fn entry(map: &Map<String, Value>, observed: u64) -> LogRecord {
         severity_text: level.to_string(),
         body: Some(string(message)),
         attributes,
-        flags: u32::from(!trace_id.is_empty()),
+        flags,
         trace_id,
         span_id,
         event_name: String::new(),
@@ -142,7 +142,7 @@ pub fn event(name: &str, map: &Map<String, Value>, observed: u64) -> LogRecord {
     .into_iter()
     .flatten()
     .collect();
-    let (trace_id, span_id) = trace(map, &mut attributes);
+    let (trace_id, span_id, flags) = trace(map, &mut attributes);
     LogRecord {
         time_unix_nano: observed,
         observed_time_unix_nano: observed,
@@ -150,28 +150,35 @@ pub fn event(name: &str, map: &Map<String, Value>, observed: u64) -> LogRecord {
         severity_text: "INFO".into(),
         body: any(&Value::Object(map.clone())),
         attributes,
-        flags: u32::from(!trace_id.is_empty()),
+        flags,
         trace_id,
         span_id,
         event_name: name.to_string(),
     }
 }
 
-/// The trace and span ID of a record's `correlation` (from a `traceparent`), and its correlation
-/// ID as `postgres_agent.correlation_id`.
-fn trace(map: &Map<String, Value>, attributes: &mut Vec<KeyValue>) -> (Vec<u8>, Vec<u8>) {
+/// The trace ID, span ID and W3C trace flags of a record's `correlation` (from a `traceparent`;
+/// the flags are its last field), and its correlation ID as `postgres_agent.correlation_id`.
+fn trace(map: &Map<String, Value>, attributes: &mut Vec<KeyValue>) -> (Vec<u8>, Vec<u8>, u32) {
     let Some(c) = map.get("correlation").and_then(Value::as_object) else {
-        return (Vec::new(), Vec::new());
+        return (Vec::new(), Vec::new(), 0);
     };
     if let Some(a) = attr("postgres_agent.correlation_id", c.get("id")) {
         attributes.push(a);
     }
     let trace_id = text(c, "trace_id").and_then(|t| hex_id(t, 16));
     let span_id = text(c, "span_id").and_then(|s| hex_id(s, 8));
+    let flags = c
+        .get("tags")
+        .and_then(|t| t.get("traceparent"))
+        .and_then(Value::as_str)
+        .and_then(|tp| tp.rsplit('-').next())
+        .and_then(|f| u8::from_str_radix(f, 16).ok())
+        .map_or(0, u32::from);
     match (trace_id, span_id) {
-        (Some(t), Some(s)) => (t, s),
-        (Some(t), None) => (t, Vec::new()),
-        _ => (Vec::new(), Vec::new()),
+        (Some(t), Some(s)) => (t, s, flags),
+        (Some(t), None) => (t, Vec::new(), flags),
+        _ => (Vec::new(), Vec::new(), 0),
     }
 }
 
@@ -211,12 +218,14 @@ mod tests {
             r#"{"timestamp":"2026-11-28T10:00:02.000Z","error_severity":"ERROR","state_code":"42P01",
             "message":"relation \"x\" does not exist","statement":"SELECT * FROM x",
             "dbname":"shop","correlation":{"id":"5bd66ef5095369c7b0d1f8f4bd33716a",
-            "trace_id":"5bd66ef5095369c7b0d1f8f4bd33716a","span_id":"c532cb4098ac3dd2","tags":{}}}"#,
+            "trace_id":"5bd66ef5095369c7b0d1f8f4bd33716a","span_id":"c532cb4098ac3dd2",
+            "tags":{"traceparent":"00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-01"}}}"#,
         )
         .unwrap();
         let r = entry(&map, 1);
         assert_eq!(r.severity_number, 17);
         assert_eq!(r.trace_id.len(), 16);
+        assert_eq!(r.flags, 1);
         assert_eq!(
             r.span_id,
             vec![0xc5, 0x32, 0xcb, 0x40, 0x98, 0xac, 0x3d, 0xd2]
