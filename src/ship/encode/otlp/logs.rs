@@ -15,10 +15,15 @@ use crate::batch::Batch;
 /// The log records of one logs-signal batch, in record order; a batch with type-level fields
 /// (a spike's trigger, the sampling series) gets one more event, `postgres_agent.<type>`, first.
 pub fn records(batch: &Batch) -> Vec<LogRecord> {
+    records_as(batch, mapping(batch.kind))
+}
+
+/// [`records`] with the mapping given: None is the generic one of a type not in `KINDS`.
+fn records_as(batch: &Batch, mapping: Option<Mapping>) -> Vec<LogRecord> {
     let observed = collected_nanos(batch);
     let batch_id = batch.batch_id.to_string();
     let mut out = Vec::with_capacity(batch.data.len() + 1);
-    let event_name = match mapping(batch.kind) {
+    let event_name = match mapping {
         Some(Mapping::ServerLog) => None,
         Some(Mapping::Event(name)) => Some(name.to_string()),
         _ => Some(format!("postgres_agent.{}", batch.kind)),
@@ -211,6 +216,35 @@ fn summary(batch: &Batch, observed: u64, batch_id: &str) -> Option<LogRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_type_without_a_mapping_goes_as_generic_events() {
+        use crate::batch::{AgentInfo, BatchKind, Record};
+        let rec = serde_json::json!({"relname": "orders", "n_dead_tup": 12, "datname": "shop"});
+        let mut batch = Batch::new(
+            BatchKind::Locks,
+            "p",
+            AgentInfo::new("h"),
+            None,
+            60,
+            vec![Record::new(&rec).unwrap()],
+        );
+        batch.extra.insert("omitted".into(), Value::from(3));
+        let out = records_as(&batch, None);
+        assert_eq!(
+            out.len(),
+            2,
+            "one event for the batch's fields, one per record"
+        );
+        assert_eq!(out[0].event_name, "postgres_agent.locks");
+        assert_eq!(out[1].event_name, "postgres_agent.locks");
+        let Some(any_value::Value::KvlistValue(body)) = out[1].body.clone().and_then(|b| b.value)
+        else {
+            panic!("the record as a map body");
+        };
+        assert!(body.values.iter().any(|kv| kv.key == "n_dead_tup"));
+        assert!(out[1].attributes.iter().any(|a| a.key == "db.namespace"));
+    }
 
     #[test]
     fn an_entry_with_a_traceparent_carries_it() {
