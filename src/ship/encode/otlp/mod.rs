@@ -8,6 +8,7 @@
 //! encoder; adding a row gives it a proper mapping. The signal of a stored request is read from
 //! the same table ([`signal`]), so the sender knows its path from the request's type.
 
+mod host;
 pub mod logs;
 pub mod metrics;
 pub mod proto;
@@ -37,7 +38,7 @@ pub enum Mapping {
     Event(&'static str),
     /// Statement deltas as delta sums ([`metrics::statements`]).
     Statements,
-    /// Host metrics as `system.*` metrics, plus the agent's own counters ([`metrics::system`]).
+    /// Host metrics as `system.*` metrics, plus the agent's own counters (`host::system`).
     System,
 }
 
@@ -114,7 +115,7 @@ pub fn encode(batch: &Batch, ctx: &Context<'_>) -> Result<Vec<NewBatch>, Prepare
         Signal::Metrics => {
             let metrics = match mapping(batch.kind) {
                 Some(Mapping::Statements) => metrics::statements(batch, ctx.top_statements),
-                _ => metrics::system(batch, ctx),
+                _ => host::system(batch, ctx),
             };
             pack(metrics, ctx.max_body, |metrics| {
                 proto::ExportMetricsServiceRequest {
