@@ -32,9 +32,9 @@ pub enum Signal {
 /// How the records of a batch type are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mapping {
-    /// Server-log entries as log records ([`logs::entries`]).
+    /// Server-log entries as log records ([`logs::entry`]).
     ServerLog,
-    /// One event per record with this event name, the record as body ([`logs::events`]).
+    /// One event per record with this event name, the record as body ([`logs::event`]).
     Event(&'static str),
     /// Statement deltas as delta sums ([`metrics::statements`]).
     Statements,
