@@ -60,6 +60,7 @@ pub const SECTIONS: &[&str] = &[
     "logging",
     "activity",
     "spikes",
+    "health",
 ];
 
 pub const SSLMODES: &[&str] = &[
@@ -147,6 +148,10 @@ pub const KEYS: &[KeySpec] = &[
     k("spikes", "mode", "baseline", Choice(&["baseline", "absolute"]), "`baseline`: the active-sessions and load triggers also need `baseline_factor` times the median of the last `baseline_s` seconds, so a steady load is no spike; `absolute`: the floors alone."),
     k("spikes", "baseline_s", "300", Int(10, 3600), "Seconds of samples whose median is the baseline (`mode = baseline`)."),
     k("spikes", "baseline_factor", "2", Str, "How many times the baseline median a sample must reach (a decimal number above 0, `mode = baseline`)."),
+    k("health", "enabled", "false", Bool, "Collect server health every cycle: pg_stat_database, checkpoints, WAL, I/O, progress, replication, settings changes (docs/health.md)."),
+    k("health", "table_interval_s", "600", Int(0, 86_400), "Seconds between table passes (table and index statistics in every database the role may connect to); 0 = off. Needs `enabled`."),
+    k("health", "table_top_n", "20", Int(1, 1000), "Tables and indexes kept per database and pass for each ranking (activity, dead tuples, size); the rest are counted in `omitted`."),
+    k("health", "table_max_bytes", "262144", Int(4096, 16_777_216), "Most bytes of table records (as JSON) per database and pass; records past it are counted in `omitted`."),
 ];
 
 /// The spec of `section.key`, if it exists.
