@@ -44,7 +44,11 @@ const KINDS: [(BatchKind, &str, Option<&str>); 11] = [
     // Server health: the listener accepts only four sources; these describe the server, not a
     // session or a statement, so they go with the host's metrics (docs/health.md).
     (BatchKind::PgDatabase, "system_metrics", Some("databases")),
-    (BatchKind::PgServerHealth, "system_metrics", Some("sections")),
+    (
+        BatchKind::PgServerHealth,
+        "system_metrics",
+        Some("sections"),
+    ),
     (BatchKind::PgTables, "system_metrics", Some("tables")),
     (BatchKind::PgSettings, "system_metrics", Some("settings")),
 ];
