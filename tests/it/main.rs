@@ -33,6 +33,8 @@ mod collect {
     mod activity;
     // A cycle of all collectors (`src/collect/mod.rs`, `Collectors::run_cycle`).
     mod cycle;
+    // Server and table health (issue 24): deltas, settings changes, the table pass, versions.
+    mod health;
     mod locks;
     mod sampling;
     mod spikes;

@@ -61,8 +61,10 @@ pub struct Baseline {
     path: PathBuf,
     file: File,
     loaded: bool,
-    /// Views folded since the last save, with the keys seen.
+    /// Views being folded, with the keys seen.
     seen: HashMap<String, HashSet<String>>,
+    /// Views being folded that had no previous snapshot.
+    fresh: HashSet<String>,
 }
 
 /// How a row's counters were reported.
@@ -86,6 +88,7 @@ impl Baseline {
             file: File::default(),
             loaded: false,
             seen: HashMap::new(),
+            fresh: HashSet::new(),
         }
     }
 
@@ -150,7 +153,10 @@ impl Baseline {
                 now.insert(name.clone(), n);
             }
         }
-        let had_view = self.file.views.contains_key(view);
+        if !self.file.views.contains_key(view) {
+            self.fresh.insert(view.to_string());
+        }
+        let first = self.fresh.contains(view);
         let entries = self.file.views.entry(view.to_string()).or_default();
         self.seen
             .entry(view.to_string())
@@ -161,7 +167,7 @@ impl Baseline {
             values: now,
         };
         let mark = match entries.get(&key) {
-            None if !had_view => {
+            None if first => {
                 for name in new.values.keys() {
                     row.remove(name);
                 }
@@ -195,6 +201,7 @@ impl Baseline {
     /// becomes known, so its rows that appear later are new.
     pub fn finish(&mut self, view: &str) {
         let seen = self.seen.remove(view).unwrap_or_default();
+        self.fresh.remove(view);
         let entries = self.file.views.entry(view.to_string()).or_default();
         entries.retain(|k, _| seen.contains(k));
     }
@@ -241,6 +248,8 @@ mod tests {
             Mark::First
         );
         assert_eq!(r, row(json!({"datname": "a", "numbackends": 3})));
+        let mut r = row(json!({"datname": "b", "xact_commit": 1}));
+        assert_eq!(b.fold("db", "3".into(), &mut r, &[]), Mark::First);
         b.finish("db");
         b.save().unwrap();
 
@@ -257,6 +266,9 @@ mod tests {
         let mut r = row(json!({"xact_commit": 4}));
         assert_eq!(b.fold("db", "2".into(), &mut r, &[]), Mark::New);
         assert_eq!(r["xact_commit"], json!(4));
+        let mut r = row(json!({"xact_commit": 3}));
+        assert_eq!(b.fold("db", "3".into(), &mut r, &[]), Mark::Delta);
+        assert_eq!(r["xact_commit"], json!(2));
         b.finish("db");
         // Went back: a reset; counted from it.
         let mut r = row(json!({"xact_commit": 2, "t": 1.5}));

@@ -81,7 +81,10 @@ impl Reader {
         for row in &rows {
             let text: String = super::col(row, name, "json")?;
             match serde_json::from_str::<Row>(&text) {
-                Ok(r) => out.push(r),
+                Ok(mut r) => {
+                    oids_as_numbers(&mut r);
+                    out.push(r)
+                }
                 Err(e) => {
                     return Err(CollectError::Column {
                         query: name,
@@ -95,6 +98,27 @@ impl Reader {
         Ok(Some(out))
     }
 }
+
+/// `row_to_json` writes `oid` columns as strings; the records carry them as numbers.
+fn oids_as_numbers(row: &mut Row) {
+    for f in OIDS {
+        if let Some(Value::String(s)) = row.get(*f) {
+            if let Ok(n) = s.parse::<u32>() {
+                row.insert((*f).to_string(), Value::from(n));
+            }
+        }
+    }
+}
+
+/// The `oid` columns of the views read.
+const OIDS: &[&str] = &[
+    "datid",
+    "relid",
+    "indexrelid",
+    "usesysid",
+    "datoid",
+    "leader_pid",
+];
 
 /// Reads the baseline for this server; a damaged file is moved aside (logged, counted) and the
 /// baseline starts empty.
