@@ -14,7 +14,7 @@ use postgres_agent::batch::BatchKind;
 use postgres_agent::collect::{CollectSettings, Collectors, CycleReport, Outcome};
 use postgres_agent::db::Db;
 use serde_json::Value;
-use support::collect::{client, validate};
+use support::collect::{client, validate, wait_until};
 use support::{agent_config, rt, PgServer};
 
 const HEALTH: &str = "[health]\nenabled = true\ntable_interval_s = 1\n";
@@ -208,6 +208,13 @@ fn a_restart_reports_deltas_across_it_and_no_settings_change() {
         let settings = CollectSettings::from_config(&config);
         let _ = Collectors::new(&settings).run_cycle(&db, &settings).await;
         server.psql("postgres", &"SELECT count(*) FROM probe;".repeat(4));
+        // Before 15 the statistics collector publishes counters up to half a second late.
+        let watcher = client(&server, "postgres", "watcher").await;
+        wait_until(
+            &watcher,
+            "SELECT seq_scan = 4 FROM pg_stat_user_tables WHERE relname = 'probe'",
+        )
+        .await;
         // A new agent process: baselines come from the state directory.
         let report = Collectors::new(&settings).run_cycle(&db, &settings).await;
         health_runs_ok(&report);
