@@ -75,7 +75,8 @@ pub const SECTIONS: &[Section] = &[
          checkpoint_write_time AS write_time, checkpoint_sync_time AS sync_time, \
          buffers_checkpoint AS buffers_written, stats_reset, \
          (SELECT wait_event FROM pg_stat_activity WHERE backend_type = 'checkpointer') \
-         AS checkpointer_wait_event, (SELECT wait_event IS DISTINCT FROM 'CheckpointerMain' \
+         AS checkpointer_wait_event, (SELECT CASE WHEN query = '<insufficient privilege>' THEN NULL \
+         ELSE wait_event IS DISTINCT FROM 'CheckpointerMain' END \
          FROM pg_stat_activity WHERE backend_type = 'checkpointer') AS checkpoint_in_progress \
          FROM pg_stat_bgwriter) x",
         Some(&[]),
@@ -89,7 +90,8 @@ pub const SECTIONS: &[Section] = &[
          num_requested AS checkpoints_req, write_time AS checkpoint_write_time, \
          sync_time AS checkpoint_sync_time, buffers_written AS buffers_checkpoint, \
          (SELECT wait_event FROM pg_stat_activity WHERE backend_type = 'checkpointer') \
-         AS checkpointer_wait_event, (SELECT wait_event IS DISTINCT FROM 'CheckpointerMain' \
+         AS checkpointer_wait_event, (SELECT CASE WHEN query = '<insufficient privilege>' THEN NULL \
+         ELSE wait_event IS DISTINCT FROM 'CheckpointerMain' END \
          FROM pg_stat_activity WHERE backend_type = 'checkpointer') AS checkpoint_in_progress \
          FROM pg_stat_checkpointer c) x",
         Some(&[]),
@@ -270,6 +272,22 @@ pub async fn read_sections(
         }
     }
     Ok(out)
+}
+
+/// What ran in the background at a spike (the [`SPIKE_SECTIONS`]: checkpoint in progress,
+/// vacuum and analyze progress, replication lag), for the spike snapshot. Counters are totals
+/// there (no baseline). Never fails: a section the server refuses is left out, and a failed read
+/// gives an empty list, with a warning.
+pub async fn background(session: &mut Session, version: i32) -> Vec<Row> {
+    let mut reader = Reader::default();
+    let only = |s: &str| SPIKE_SECTIONS.contains(&s);
+    match read_sections(session, &mut reader, version, None, only).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "spike: cannot read the background sections; left out");
+            Vec::new()
+        }
+    }
 }
 
 pub struct ServerHealthCollector {
