@@ -16,6 +16,8 @@ mod support;
 mod cli {
     mod check;
     mod check_causes;
+    // The `health` line: which health views the role reads, and the fix for the others.
+    mod check_health;
     // The hints `check`, `once` and the daemon give, each produced for real.
     mod check_hints;
     // The command line itself (`src/cli/command.rs`): the Python agent's forms, exit statuses.
