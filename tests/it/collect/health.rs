@@ -14,6 +14,8 @@ use postgres_agent::batch::BatchKind;
 use postgres_agent::collect::{CollectSettings, Collectors, CycleReport, Outcome};
 use postgres_agent::db::Db;
 use serde_json::Value;
+use support::bitville::BitvilleListener;
+use support::child::AgentChild;
 use support::collect::{client, validate, wait_until};
 use support::{agent_config, rt, PgServer};
 
@@ -299,4 +301,90 @@ fn every_section_of_this_major_reads_and_a_refused_view_leaves_the_rest() {
             db.close();
         });
     }
+}
+
+/// The real daemon with the Bitville listener: the four kinds arrive as `system_metrics` payloads
+/// the listener's schema accepts, the table pass covers the unconfigured database, and the agent
+/// holds at most two sessions.
+#[test]
+fn the_daemon_ships_the_health_kinds_to_the_bitville_listener() {
+    const KEY: &str = "k-health";
+    let server = PgServer::start();
+    server.psql("postgres", "CREATE DATABASE other");
+    server.psql("other", "CREATE TABLE far_away (id int)");
+    let listener = BitvilleListener::start(&[(KEY, "shop")], 100);
+    let state = tempfile::tempdir().unwrap();
+    let ini = server.agent_ini(
+        state.path(),
+        &format!(
+            "[agent]\nproject_id = shop\ncollection_interval_s = 5\n[listener]\nurl = {}\n\
+             api_key = {KEY}\n[logs]\nenabled = false\n[activity]\nsample_interval_ms = 0\n\
+             {HEALTH}",
+            listener.url()
+        ),
+    );
+    let path = state.path().join("agent.ini");
+    std::fs::write(&path, ini).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicI64::new(0));
+    watch_sessions(&server, stop.clone(), most.clone());
+    let mut agent = AgentChild::spawn(&["run", path.to_str().unwrap()], &[]);
+    let of_type = |kind: &str| -> Vec<Value> {
+        listener
+            .rows()
+            .into_iter()
+            .filter(|r| r.payload["data"]["type"] == kind)
+            .map(|r| r.payload)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    // Two of each per-cycle kind: the second has deltas.
+    while of_type("pg_database").len() < 2
+        || of_type("pg_server_health").len() < 2
+        || of_type("pg_tables").is_empty()
+        || of_type("pg_settings").is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "rows: {:?}\nfailures: {:?}\n{}",
+            listener
+                .rows()
+                .iter()
+                .map(|r| r.payload["data"]["type"].clone())
+                .collect::<Vec<_>>(),
+            listener.failures(),
+            agent.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (kind, list) in [
+        ("pg_database", "databases"),
+        ("pg_server_health", "sections"),
+        ("pg_tables", "tables"),
+        ("pg_settings", "settings"),
+    ] {
+        let p = &of_type(kind)[0];
+        assert_eq!(p["source"], "system_metrics", "{p}");
+        assert!(
+            p["data"][list].as_array().is_some_and(|l| !l.is_empty()),
+            "{kind}: {p}"
+        );
+    }
+    let tables = &of_type("pg_tables")[0]["data"];
+    assert!(
+        tables["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["datname"] == "other" && t["relname"] == "far_away"),
+        "{tables}"
+    );
+    assert!(listener.failures().is_empty(), "{:?}", listener.failures());
+    agent.terminate_within(Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    let most = most.load(Ordering::Relaxed);
+    assert!(
+        (1..=2).contains(&most),
+        "the agent held {most} sessions at once"
+    );
 }
