@@ -388,3 +388,81 @@ fn the_daemon_ships_the_health_kinds_to_the_bitville_listener() {
         "the agent held {most} sessions at once"
     );
 }
+
+/// A real standby made with pg_basebackup: the primary shows the standby's replication record with
+/// its lag and the slot's `wal_status`; the standby shows its receive/replay lag.
+#[test]
+fn a_real_standby_shows_replay_lag_and_the_slot_wal_status() {
+    let primary = PgServer::start();
+    let Some(basebackup) = support::standby::basebackup(&primary) else {
+        // The embedded builds of scripts/pg-versions.sh carry only the server; PostgreSQL 15 (the
+        // suite's own) always has it.
+        assert_ne!(
+            primary.major(),
+            15,
+            "pg_basebackup missing for PostgreSQL 15"
+        );
+        eprintln!(
+            "no pg_basebackup for PostgreSQL {}: skipped",
+            primary.major()
+        );
+        return;
+    };
+    let standby = support::standby::Standby::start(&primary, &basebackup, "health_standby");
+    let state = tempfile::tempdir().unwrap();
+    let on_primary = agent_config(&primary, &state.path().join("p"), HEALTH);
+    let mut on_standby = agent_config(&primary, &state.path().join("s"), HEALTH);
+    on_standby.postgres.host = standby.socket_dir.display().to_string();
+    on_standby.postgres.port = standby.port;
+    primary.psql(
+        "postgres",
+        "CREATE TABLE replicated AS SELECT generate_series(1, 1000) AS id",
+    );
+    rt().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let section = |report: &CycleReport, name: &str| -> Vec<Value> {
+            records(report, BatchKind::PgServerHealth)
+                .into_iter()
+                .filter(|r| r["section"] == name)
+                .collect()
+        };
+        // The primary: the standby streams through the slot.
+        loop {
+            let report = support::collect::cycle(&on_primary).await;
+            health_runs_ok(&report);
+            let repl = section(&report, "replication");
+            let slot = section(&report, "replication_slot");
+            let streaming = repl.iter().find(|r| r["state"] == "streaming");
+            let slot = slot.iter().find(|r| r["slot_name"] == "health_standby");
+            if let (Some(r), Some(s)) = (streaming, slot) {
+                assert!(r["replay_lag_bytes"].is_number(), "{r}");
+                assert!(r.get("replay_lag_s").is_some(), "{r}");
+                assert_eq!(s["wal_status"], "reserved", "{s}");
+                assert_eq!(s["active"], true, "{s}");
+                assert!(s["retained_bytes"].is_number(), "{s}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{repl:?} {slot:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // The standby: its receive/replay positions and lag once a transaction was replayed.
+        loop {
+            let report = support::collect::cycle(&on_standby).await;
+            health_runs_ok(&report);
+            let recovery = section(&report, "recovery");
+            let receiver = section(&report, "wal_receiver");
+            assert!(section(&report, "replication_slot").is_empty());
+            if let (Some(r), Some(w)) = (recovery.first(), receiver.first()) {
+                if r["replay_lag_s"].is_number() && w["status"] == "streaming" {
+                    assert!(r["replay_lag_bytes"].as_f64().unwrap() >= 0.0, "{r}");
+                    assert_eq!(r["in_recovery"], true, "{r}");
+                    assert!(w.get("conninfo").is_none(), "{w}");
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "{recovery:?} {receiver:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    drop(standby);
+}

@@ -23,6 +23,7 @@ pub mod logs;
 pub mod pg;
 pub mod python;
 pub mod serve;
+pub mod standby;
 pub mod tmpfs;
 
 use std::collections::BTreeSet;
