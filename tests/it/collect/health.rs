@@ -466,3 +466,67 @@ fn a_real_standby_shows_replay_lag_and_the_slot_wal_status() {
     });
     drop(standby);
 }
+
+/// A view the role may not read and a view the server does not have (dropped, as some managed
+/// services hide views): one warning each over many cycles, and the rest of every cycle's data.
+#[test]
+fn a_refused_view_and_a_missing_view_give_one_warning_each_and_the_rest() {
+    let server = PgServer::start();
+    server.psql(
+        "postgres",
+        "CREATE ROLE limited LOGIN; GRANT pg_read_all_stats TO limited; \
+         REVOKE SELECT ON pg_catalog.pg_stat_progress_vacuum FROM PUBLIC; \
+         SET allow_system_table_mods = on; DROP VIEW pg_catalog.pg_stat_progress_cluster",
+    );
+    let state = tempfile::tempdir().unwrap();
+    let ini = server.agent_ini(
+        state.path(),
+        &format!(
+            "[agent]\ncollection_interval_s = 1\n[postgres]\nuser = limited\n[logs]\nenabled = false\n\
+             [activity]\nsample_interval_ms = 0\n{HEALTH}"
+        ),
+    );
+    let path = state.path().join("agent.ini");
+    std::fs::write(&path, ini).unwrap();
+    let mut agent = AgentChild::spawn(&["run", path.to_str().unwrap()], &[]);
+    let health = |agent: &AgentChild| -> Vec<Value> {
+        agent
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|b| b["type"] == "pg_server_health")
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while health(&agent).len() < 4 {
+        assert!(Instant::now() < deadline, "{}", agent.stderr_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.terminate_within(Duration::from_secs(10));
+    let stderr = agent.stderr_text();
+    let warnings = |section: &str| {
+        stderr
+            .lines()
+            .filter(|l| l.contains("cannot read this section") && l.contains(section))
+            .count()
+    };
+    assert_eq!(warnings("\"progress_vacuum\""), 1, "{stderr}");
+    assert_eq!(warnings("\"progress_cluster\""), 1, "{stderr}");
+    for b in health(&agent) {
+        validate(&b);
+        let sections: Vec<&str> = b["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["section"].as_str().unwrap())
+            .collect();
+        assert!(sections.contains(&"bgwriter"), "{sections:?}");
+        assert!(sections.contains(&"checkpointer"), "{sections:?}");
+    }
+    let databases = agent
+        .stdout_lines()
+        .iter()
+        .filter(|l| l.contains("\"type\":\"pg_database\""))
+        .count();
+    assert!(databases >= 4, "{databases}");
+}
