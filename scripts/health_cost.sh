@@ -84,6 +84,7 @@ printf '[activity]\nsample_interval_ms = 0\n' >>"$WORK/agent.ini"
 "$AGENT" run "$WORK/agent.ini" >/dev/null 2>"$WORK/daemon.err" &
 DAEMON=$!
 sleep "$STEADY_S"
+echo "daemon peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$DAEMON/status) (this build)"
 kill "$DAEMON"; wait "$DAEMON" || true
 pg_psql -At -F ' ' -c "
   WITH c AS (SELECT sum(calls) AS cycles FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid
