@@ -8,7 +8,7 @@
 #   other      the agent's other collectors, for scale
 # and the most sessions the role held at once (pg_stat_activity sampled every 50 ms).
 #
-#   scripts/health_cost.sh   (DBS=5 TABLES=1000 RUNS=3; PG_BINDIR picks the major; needs a built
+#   scripts/health_cost.sh   (DBS=5 TABLES=1000 RUNS=3 STEADY_S=60 HEALTH=true (false: for comparison); PG_BINDIR picks the major; needs a built
 #                            target/debug/postgres-agent)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,7 @@ listen =
 [logs]
 enabled = false
 [health]
-enabled = true
+enabled = ${HEALTH:-true}
 INI
 # The most sessions of the role at once, sampled while the runs go.
 ( most=0; while [ ! -f "$WORK/done" ]; do

@@ -19,21 +19,31 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
-/// One row's counters at the last snapshot.
+/// A counter a row did not have (counters are never negative).
+const ABSENT: f64 = -1.0;
+
+/// One row's counters at the last snapshot, in its view's column order.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct Entry {
     stats_reset: Option<String>,
-    values: BTreeMap<String, f64>,
+    values: Vec<f64>,
+}
+
+/// The rows of one view. Column names are held once per view, not per row: a table pass keeps
+/// thousands of rows of some 25 counters each.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct View {
+    columns: Vec<String>,
+    entries: HashMap<String, Entry>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct File {
     format: u32,
     system_identifier: String,
-    /// View name -> row key -> counters.
-    views: BTreeMap<String, HashMap<String, Entry>>,
+    views: BTreeMap<String, View>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +144,8 @@ impl Baseline {
         result
     }
 
-    /// Replaces the counters of `row` (every number not in `gauges` or `keep`) by their deltas
-    /// against the previous snapshot of `view` under `key`, and records the new values.
+    /// Replaces the counters of `row` (every number not in `gauges`) by their deltas against the
+    /// previous snapshot of `view` under `key`, and records the new values.
     pub fn fold(
         &mut self,
         view: &str,
@@ -143,56 +153,73 @@ impl Baseline {
         row: &mut Map<String, Value>,
         gauges: &[&str],
     ) -> Mark {
-        let stats_reset = row
-            .get("stats_reset")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let mut now = BTreeMap::new();
-        for (name, v) in row.iter() {
-            if let (Some(n), false) = (v.as_f64(), gauges.contains(&name.as_str())) {
-                now.insert(name.clone(), n);
-            }
-        }
         if !self.file.views.contains_key(view) {
             self.fresh.insert(view.to_string());
         }
         let first = self.fresh.contains(view);
-        let entries = self.file.views.entry(view.to_string()).or_default();
         self.seen
             .entry(view.to_string())
             .or_default()
             .insert(key.clone());
-        let new = Entry {
-            stats_reset,
-            values: now,
-        };
-        let mark = match entries.get(&key) {
+        let v = self.file.views.entry(view.to_string()).or_default();
+        let stats_reset = row
+            .get("stats_reset")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let mut values = vec![ABSENT; v.columns.len()];
+        for (name, value) in row.iter() {
+            let Some(n) = value.as_f64() else { continue };
+            if gauges.contains(&name.as_str()) {
+                continue;
+            }
+            let i = match v.columns.iter().position(|c| c == name) {
+                Some(i) => i,
+                None => {
+                    v.columns.push(name.clone());
+                    values.push(ABSENT);
+                    v.columns.len() - 1
+                }
+            };
+            values[i] = n.max(0.0);
+        }
+        let columns = &v.columns;
+        let now = |i: usize| values.get(i).copied().filter(|x| *x != ABSENT);
+        let mark = match v.entries.get(&key) {
             None if first => {
-                for name in new.values.keys() {
-                    row.remove(name);
+                for (i, name) in columns.iter().enumerate() {
+                    if now(i).is_some() {
+                        row.remove(name);
+                    }
                 }
                 Mark::First
             }
             None => Mark::New,
             Some(old) => {
-                let went_back = new
-                    .values
-                    .iter()
-                    .any(|(k, v)| old.values.get(k).is_some_and(|o| v - o < -1e-6));
+                let then = |i: usize| old.values.get(i).copied().filter(|x| *x != ABSENT);
+                let went_back = (0..columns.len())
+                    .any(|i| matches!((now(i), then(i)), (Some(n), Some(t)) if n - t < -1e-6));
                 let reset =
-                    went_back || (old.stats_reset.is_some() && old.stats_reset != new.stats_reset);
+                    went_back || (old.stats_reset.is_some() && old.stats_reset != stats_reset);
                 if reset {
                     Mark::Reset
                 } else {
-                    for (name, v) in &new.values {
-                        let d = v - old.values.get(name).copied().unwrap_or(0.0);
-                        row.insert(name.clone(), number(d.max(0.0)));
+                    for (i, name) in columns.iter().enumerate() {
+                        if let Some(n) = now(i) {
+                            let d = n - then(i).unwrap_or(0.0);
+                            row.insert(name.clone(), number(d.max(0.0)));
+                        }
                     }
                     Mark::Delta
                 }
             }
         };
-        entries.insert(key, new);
+        v.entries.insert(
+            key,
+            Entry {
+                stats_reset,
+                values,
+            },
+        );
         mark
     }
 
@@ -202,8 +229,8 @@ impl Baseline {
     pub fn finish(&mut self, view: &str) {
         let seen = self.seen.remove(view).unwrap_or_default();
         self.fresh.remove(view);
-        let entries = self.file.views.entry(view.to_string()).or_default();
-        entries.retain(|k, _| seen.contains(k));
+        let v = self.file.views.entry(view.to_string()).or_default();
+        v.entries.retain(|k, _| seen.contains(k));
     }
 
     /// Writes the baseline atomically.

@@ -53,6 +53,42 @@ fn refused(e: &DbError) -> Option<&'static str> {
 }
 
 impl Reader {
+    /// As [`Reader::rows`], handing each row to `each` parsed one at a time instead of holding
+    /// every parsed row (a table pass reads thousands). The result is read whole first, so the
+    /// server's statement never waits on the agent's processing. `Ok(None)`: refused, as there.
+    pub async fn each(
+        &mut self,
+        session: &mut Session,
+        section: &str,
+        name: &'static str,
+        sql: &str,
+        mut each: impl FnMut(Row) -> Result<(), CollectError>,
+    ) -> Result<Option<usize>, CollectError> {
+        let rows = match session.query(name, sql, &[]).await {
+            Ok(rows) => rows,
+            Err(e) => match refused(&e) {
+                Some(why) => {
+                    self.warn_once(section, name, &e, why);
+                    return Ok(None);
+                }
+                None => return Err(e.into()),
+            },
+        };
+        self.warned.remove(section);
+        let n = rows.len();
+        for row in rows {
+            each(parse(&row, name)?)?;
+        }
+        Ok(Some(n))
+    }
+
+    fn warn_once(&mut self, section: &str, name: &'static str, e: &DbError, why: &str) {
+        if self.warned.insert(section.to_string()) {
+            tracing::warn!(section, query = name, error = %e, why,
+                "health: cannot read this section; the others are still collected (said once)");
+        }
+    }
+
     /// Runs `sql`, whose rows are one `json` text column each. `Ok(None)`: the server refused it
     /// for a reason in [`refused`] (warned once per `section`); other failures (a lost
     /// connection, the client deadline) end the collector's cycle.
@@ -67,11 +103,7 @@ impl Reader {
             Ok(rows) => rows,
             Err(e) => match refused(&e) {
                 Some(why) => {
-                    if self.warned.insert(section.to_string()) {
-                        tracing::warn!(section, query = name, error = %e, why,
-                            "health: cannot read this section; the others are still collected \
-                             (said once)");
-                    }
+                    self.warn_once(section, name, &e, why);
                     return Ok(None);
                 }
                 None => return Err(e.into()),
@@ -79,24 +111,23 @@ impl Reader {
         };
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            let text: String = super::col(row, name, "json")?;
-            match serde_json::from_str::<Row>(&text) {
-                Ok(mut r) => {
-                    oids_as_numbers(&mut r);
-                    out.push(r)
-                }
-                Err(e) => {
-                    return Err(CollectError::Column {
-                        query: name,
-                        column: "json",
-                        message: e.to_string(),
-                    })
-                }
-            }
+            out.push(parse(row, name)?);
         }
         self.warned.remove(section);
         Ok(Some(out))
     }
+}
+
+/// One row's `json` column as a record.
+fn parse(row: &tokio_postgres::Row, name: &'static str) -> Result<Row, CollectError> {
+    let text: String = super::col(row, name, "json")?;
+    let mut r = serde_json::from_str::<Row>(&text).map_err(|e| CollectError::Column {
+        query: name,
+        column: "json",
+        message: e.to_string(),
+    })?;
+    oids_as_numbers(&mut r);
+    Ok(r)
 }
 
 /// `row_to_json` writes `oid` columns as strings; the records carry them as numbers.

@@ -91,32 +91,55 @@ fn num(row: &Row, f: &str) -> f64 {
     row.get(f).and_then(Value::as_f64).unwrap_or(0.0)
 }
 
-/// The rows kept of one kind: the union of the top `n` by each ranking, most active first.
-fn top(mut rows: Vec<Row>, n: usize, by_dead: bool) -> (Vec<Row>, usize) {
+/// A row read, held as compact JSON with the figures it is ranked by, so a database of thousands
+/// of tables costs about a kilobyte per table while it is ranked.
+struct Candidate {
+    activity: f64,
+    size: f64,
+    dead: f64,
+    json: String,
+}
+
+impl Candidate {
+    fn of(row: &Row) -> Result<Candidate, CollectError> {
+        Ok(Candidate {
+            activity: activity(row),
+            size: num(row, "size_bytes"),
+            dead: num(row, "n_dead_tup"),
+            json: serde_json::to_string(row).map_err(|e| CollectError::Column {
+                query: "health_tables",
+                column: "json",
+                message: e.to_string(),
+            })?,
+        })
+    }
+}
+
+/// The rows kept of one kind: the union of the top `n` by each ranking, most active first; with
+/// how many were left out.
+fn top(rows: Vec<Candidate>, n: usize, by_dead: bool) -> (Vec<Candidate>, usize) {
     let total = rows.len();
-    if total <= n {
-        rows.sort_by(|a, b| activity(b).total_cmp(&activity(a)));
-        return (rows, 0);
-    }
-    let mut keep = vec![false; total];
-    let mut mark = |key: &dyn Fn(&Row) -> f64| {
-        let mut order: Vec<usize> = (0..total).collect();
-        order.sort_by(|&a, &b| key(&rows[b]).total_cmp(&key(&rows[a])));
-        for &i in order.iter().take(n) {
-            keep[i] = true;
+    let mut keep = vec![total <= n; total];
+    if total > n {
+        let mut mark = |key: &dyn Fn(&Candidate) -> f64| {
+            let mut order: Vec<usize> = (0..total).collect();
+            order.sort_by(|&a, &b| key(&rows[b]).total_cmp(&key(&rows[a])));
+            for &i in order.iter().take(n) {
+                keep[i] = true;
+            }
+        };
+        mark(&|c| c.activity);
+        mark(&|c| c.size);
+        if by_dead {
+            mark(&|c| c.dead);
         }
-    };
-    mark(&activity);
-    mark(&|r| num(r, "size_bytes"));
-    if by_dead {
-        mark(&|r| num(r, "n_dead_tup"));
     }
-    let mut kept: Vec<Row> = rows
-        .drain(..)
+    let mut kept: Vec<Candidate> = rows
+        .into_iter()
         .zip(keep)
         .filter_map(|(r, k)| k.then_some(r))
         .collect();
-    kept.sort_by(|a, b| activity(b).total_cmp(&activity(a)));
+    kept.sort_by(|a, b| b.activity.total_cmp(&a.activity));
     let omitted = total - kept.len();
     (kept, omitted)
 }
@@ -142,32 +165,32 @@ impl TablesCollector {
             ("indexes", INDEXES, INDEX_GAUGES, "indexrelid"),
         ] {
             let section = format!("pg_stat_user_{view}");
-            let Some(rows) = self
-                .reader
-                .rows(session, &section, "health_tables", sql)
-                .await?
-            else {
-                continue;
-            };
             let view = format!("{view}/{datname}");
-            let rows: Vec<Row> = rows
-                .into_iter()
-                .map(|r| {
+            let mut rows = Vec::new();
+            let baseline = &mut self.baseline;
+            let read = self
+                .reader
+                .each(session, &section, "health_tables", sql, |r| {
                     let k = super::text(&r, key);
-                    fold(&mut self.baseline, &view, k, r, gauges)
+                    rows.push(Candidate::of(&fold(baseline, &view, k, r, gauges))?);
+                    Ok(())
                 })
-                .collect();
+                .await?;
+            if read.is_none() {
+                continue;
+            }
             self.baseline.finish(&view);
             let (kept, dropped) = top(rows, top_n, key == "relid");
             omitted += dropped;
-            for r in kept {
-                let size = serde_json::to_string(&r).map_or(0, |s| s.len());
-                if used + size > max_bytes {
+            for c in kept {
+                if used + c.json.len() > max_bytes {
                     omitted += 1;
                     continue;
                 }
-                used += size;
-                out.push(r);
+                used += c.json.len();
+                if let Ok(r) = serde_json::from_str::<Row>(&c.json) {
+                    out.push(r);
+                }
             }
         }
         Ok((out, omitted))
@@ -296,16 +319,21 @@ mod tests {
 
     #[test]
     fn top_keeps_the_union_of_rankings_and_counts_the_rest() {
-        let rows: Vec<Row> = (0..10)
+        let rows: Vec<Candidate> = (0..10)
             .map(|i| {
-                json!({"relid": i, "seq_scan": i, "size_bytes": 100 - i, "n_dead_tup": if i == 5 { 1000 } else { 0 }})
-                    .as_object()
-                    .unwrap()
-                    .clone()
+                let r = json!({"relid": i, "seq_scan": i, "size_bytes": 100 - i, "n_dead_tup": if i == 5 { 1000 } else { 0 }});
+                Candidate::of(r.as_object().unwrap()).unwrap()
             })
             .collect();
         let (kept, omitted) = top(rows, 2, true);
-        let ids: Vec<i64> = kept.iter().map(|r| r["relid"].as_i64().unwrap()).collect();
+        let ids: Vec<i64> = kept
+            .iter()
+            .map(|c| {
+                serde_json::from_str::<Value>(&c.json).unwrap()["relid"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
         // Most active first: 9, 8; largest: 0, 1; most dead tuples: 5 (and one tie).
         for id in [9, 8, 0, 1, 5] {
             assert!(ids.contains(&id), "{ids:?}");
