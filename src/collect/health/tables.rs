@@ -293,6 +293,9 @@ impl Collector for TablesCollector {
         out.extra.insert("databases".into(), Value::Array(visited));
         out.extra
             .insert("pass_complete".into(), Value::from(self.pending.is_empty()));
+        // The deltas cover the time between passes, not the envelope's collection interval.
+        out.extra
+            .insert("table_interval_s".into(), Value::from(interval.as_secs()));
         Ok(Some(out))
     }
 }
