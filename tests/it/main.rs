@@ -37,6 +37,7 @@ mod collect {
     mod cycle;
     // Server and table health (issue 24): deltas, settings changes, the table pass, versions.
     mod health;
+    mod health_daemon;
     mod locks;
     mod sampling;
     mod spikes;
