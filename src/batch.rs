@@ -31,10 +31,19 @@ pub enum BatchKind {
     PgActivitySamples,
     /// A snapshot taken when a spike trigger fired (`collect::spikes`).
     Spike,
+    /// Per-database counters and wraparound ages (`collect::health::database`).
+    PgDatabase,
+    /// Checkpoints, WAL, I/O, progress and replication, one record per row of each section
+    /// (`collect::health::server`).
+    PgServerHealth,
+    /// Table and index statistics of a table pass (`collect::health::tables`).
+    PgTables,
+    /// The settings snapshot and change records (`collect::health::settings`).
+    PgSettings,
 }
 
 impl BatchKind {
-    pub const ALL: [BatchKind; 7] = [
+    pub const ALL: [BatchKind; 11] = [
         BatchKind::PgActivity,
         BatchKind::PgStatements,
         BatchKind::Locks,
@@ -42,6 +51,10 @@ impl BatchKind {
         BatchKind::PgLogs,
         BatchKind::PgActivitySamples,
         BatchKind::Spike,
+        BatchKind::PgDatabase,
+        BatchKind::PgServerHealth,
+        BatchKind::PgTables,
+        BatchKind::PgSettings,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +66,10 @@ impl BatchKind {
             BatchKind::PgLogs => "pg_logs",
             BatchKind::PgActivitySamples => "pg_activity_samples",
             BatchKind::Spike => "spike",
+            BatchKind::PgDatabase => "pg_database",
+            BatchKind::PgServerHealth => "pg_server_health",
+            BatchKind::PgTables => "pg_tables",
+            BatchKind::PgSettings => "pg_settings",
         }
     }
 

@@ -147,6 +147,10 @@ pub fn from_stored(kind: BatchKind, collected_at: &str, records: &[Record]) -> V
             BatchKind::PgStatements | BatchKind::SystemMetrics | BatchKind::PgActivitySamples => {
                 None
             }
+            BatchKind::PgDatabase
+            | BatchKind::PgServerHealth
+            | BatchKind::PgTables
+            | BatchKind::PgSettings => None,
         };
         out.extend(statement);
     }

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::db::{Db, Session};
 use crate::ship::probe::{self, Verdict};
 
+mod health;
 mod logs;
 
 /// How one check came out.
@@ -143,6 +144,7 @@ pub async fn checks(config: &Config) -> Vec<CheckResult> {
             out.push(check_filesystems(&mut session, &config.postgres.user).await);
             out.push(check_statements_extension(&mut session).await);
             out.push(logs::check(config, Some(&mut session)).await);
+            out.push(health::check(config, &mut session).await);
         }
         Err(e) => {
             let cause = e
@@ -156,7 +158,7 @@ pub async fn checks(config: &Config) -> Vec<CheckResult> {
                     "check [postgres] host/port/user/password, that the server runs, and pg_hba.conf",
                 ),
             ));
-            for name in ["privileges", "filesystems", "pg_stat_statements"] {
+            for name in ["privileges", "filesystems", "pg_stat_statements", "health"] {
                 out.push(CheckResult::skip(name, "needs the connection"));
             }
             // A path given in [logs] can still be checked; finding the log needs the server.

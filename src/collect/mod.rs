@@ -15,6 +15,7 @@
 //! module does not ship anything: the caller decides where batches go.
 
 pub mod activity;
+pub mod health;
 pub mod locks;
 pub mod sampling;
 pub mod settings;
@@ -203,6 +204,27 @@ pub struct Collectors {
     statements: statements::StatementsCollector,
     locks: locks::LocksCollector,
     system: system::SystemCollector,
+    health: Health,
+}
+
+/// The health collectors (`collect::health`), off unless `[health] enabled`.
+struct Health {
+    database: health::database::DatabaseCollector,
+    server: health::server::ServerHealthCollector,
+    settings: health::settings::SettingsCollector,
+    tables: health::tables::TablesCollector,
+}
+
+impl Health {
+    fn new(settings: &CollectSettings, read_only: bool) -> Health {
+        let dir = &settings.state_dir;
+        Health {
+            database: health::database::DatabaseCollector::new(dir, read_only),
+            server: health::server::ServerHealthCollector::new(dir, read_only),
+            settings: health::settings::SettingsCollector::new(dir, read_only),
+            tables: health::tables::TablesCollector::new(dir, read_only),
+        }
+    }
 }
 
 impl Collectors {
@@ -219,6 +241,7 @@ impl Collectors {
             statements: statements::StatementsCollector::new(&settings.state_dir),
             locks: locks::LocksCollector,
             system: system::SystemCollector::default(),
+            health: Health::new(settings, false),
         }
     }
 
@@ -227,6 +250,7 @@ impl Collectors {
     pub fn read_only(settings: &CollectSettings) -> Collectors {
         let mut c = Collectors::new(settings);
         c.statements = statements::StatementsCollector::new(&settings.state_dir).read_only();
+        c.health = Health::new(settings, true);
         c
     }
 
@@ -275,6 +299,13 @@ impl Collectors {
         run_one(&mut self.statements, db, settings, c, server, &mut out).await;
         run_one(&mut self.locks, db, settings, c, server, &mut out).await;
         run_one(&mut self.system, db, settings, c, server, &mut out).await;
+        if settings.health.enabled {
+            let h = &mut self.health;
+            run_one(&mut h.database, db, settings, c, server, &mut out).await;
+            run_one(&mut h.server, db, settings, c, server, &mut out).await;
+            run_one(&mut h.settings, db, settings, c, server, &mut out).await;
+            run_one(&mut h.tables, db, settings, c, server, &mut out).await;
+        }
         out.duration = started.elapsed();
         out
     }

@@ -6,7 +6,10 @@
 use std::path::PathBuf;
 
 use crate::batch::Stamp;
-use crate::config::{ActivityConfig, Config, CorrelationConfig, SafetyConfig, SpikesConfig};
+use crate::config::{
+    ActivityConfig, Config, CorrelationConfig, HealthConfig, PostgresConfig, SafetyConfig,
+    SpikesConfig,
+};
 use crate::privacy::Privacy;
 
 /// The collectors' part of a configuration.
@@ -33,6 +36,10 @@ pub struct CollectSettings {
     pub user: String,
     /// `[postgres] database`: the database whose statements are attributed as local.
     pub database: String,
+    /// `[health]`: server and table health collectors.
+    pub health: HealthConfig,
+    /// `[postgres]`: the table pass opens one session per other database with it.
+    pub postgres: PostgresConfig,
 }
 
 impl CollectSettings {
@@ -54,6 +61,8 @@ impl CollectSettings {
             port: config.postgres.port,
             user: config.postgres.user.clone(),
             database: config.postgres.database.clone(),
+            health: config.health.clone(),
+            postgres: config.postgres.clone(),
         }
     }
 

@@ -61,6 +61,7 @@ pub const SECTIONS: &[&str] = &[
     "activity",
     "spikes",
     "otlp",
+    "health",
 ];
 
 pub const SSLMODES: &[&str] = &[
@@ -154,6 +155,10 @@ pub const KEYS: &[KeySpec] = &[
     k("otlp", "compression", "gzip", Choice(&["gzip", "none"]), "Request body compression: gzip or none. Falls back to OTEL_EXPORTER_OTLP_COMPRESSION."),
     k("otlp", "service_name", "postgres-agent", Str, "The resource attribute `service.name`. Falls back to OTEL_SERVICE_NAME."),
     k("otlp", "top_statements", "100", Int(1, 100_000), "Most statements sent as OTLP metrics per interval (top by total time)."),
+    k("health", "enabled", "false", Bool, "Collect server health every cycle: pg_stat_database, checkpoints, WAL, I/O, progress, replication, settings changes (docs/health.md)."),
+    k("health", "table_interval_s", "600", Int(0, 86_400), "Seconds between table passes (table and index statistics in every database the role may connect to); 0 = off. Needs `enabled`."),
+    k("health", "table_top_n", "20", Int(1, 1000), "Tables and indexes kept per database and pass for each ranking (activity, dead tuples, size); the rest are counted in `omitted`."),
+    k("health", "table_max_bytes", "262144", Int(4096, 16_777_216), "Most bytes of table records (as JSON) per database and pass; records past it are counted in `omitted`."),
 ];
 
 /// The spec of `section.key`, if it exists.

@@ -10,6 +10,7 @@
 pub mod aliases;
 pub mod correlation_shape;
 pub mod env;
+mod health;
 pub mod keys;
 pub mod otlp;
 mod protocol;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use env::ENV_CONFIG_PATH;
+pub use health::HealthConfig;
 pub use protocol::{
     bitville_aggregates_per_cycle, Protocol, BITVILLE_AGGREGATES_PER_CYCLE,
     BITVILLE_MAX_PROJECT_LEN,
@@ -290,6 +292,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub activity: ActivityConfig,
     pub spikes: SpikesConfig,
+    /// Server and table health (`[health]`).
+    pub health: HealthConfig,
     /// One line per Python agent name used (see [`aliases`]), to be logged at WARN once logging runs;
     /// not a setting, so left out of comparisons.
     pub notices: Vec<String>,
@@ -313,6 +317,7 @@ impl PartialEq for Config {
             logging,
             activity,
             spikes,
+            health,
             notices: _,
         } = self;
         *file == other.file
@@ -329,6 +334,7 @@ impl PartialEq for Config {
             && *logging == other.logging
             && *activity == other.activity
             && *spikes == other.spikes
+            && *health == other.health
     }
 }
 
@@ -425,7 +431,9 @@ impl Config {
             let interval = v.int("agent", "collection_interval_s")?;
             let limit = v.int("listener", "max_requests_per_minute")?;
             let sampling = v.sample_interval()?.is_some();
-            let per_cycle = u64::from(BITVILLE_AGGREGATES_PER_CYCLE) + u64::from(sampling);
+            let per_cycle = u64::from(BITVILLE_AGGREGATES_PER_CYCLE)
+                + u64::from(sampling)
+                + u64::from(health::AGGREGATES_PER_CYCLE) * u64::from(v.bool("health", "enabled")?);
             let spikes = match sampling && v.bool("spikes", "enabled")? {
                 true => 60u64.div_ceil(v.int("spikes", "min_gap_s")?.max(1)),
                 false => 0,
@@ -575,6 +583,7 @@ impl Config {
                     _ => v.opt_positive("spikes", "baseline_factor", 1000.0, false)?,
                 },
             },
+            health: health::parse(&v)?,
             notices: raw.notices.clone(),
         })
     }

@@ -54,5 +54,7 @@ pub const BITVILLE_AGGREGATES_PER_CYCLE: u32 = 5;
 /// the pg_activity_samples aggregate when sampling is on. Spike snapshots (at most one per
 /// `spikes.min_gap_s`) are not counted: the request pacing absorbs them.
 pub fn bitville_aggregates_per_cycle(config: &Config) -> u32 {
-    BITVILLE_AGGREGATES_PER_CYCLE + u32::from(config.activity.sample_interval.is_some())
+    BITVILLE_AGGREGATES_PER_CYCLE
+        + u32::from(config.activity.sample_interval.is_some())
+        + super::health::AGGREGATES_PER_CYCLE * u32::from(config.health.enabled)
 }

@@ -16,6 +16,8 @@ mod support;
 mod cli {
     mod check;
     mod check_causes;
+    // The `health` line: which health views the role reads, and the fix for the others.
+    mod check_health;
     // The hints `check`, `once` and the daemon give, each produced for real.
     mod check_hints;
     // The command line itself (`src/cli/command.rs`): the Python agent's forms, exit statuses.
@@ -33,6 +35,9 @@ mod collect {
     mod activity;
     // A cycle of all collectors (`src/collect/mod.rs`, `Collectors::run_cycle`).
     mod cycle;
+    // Server and table health (issue 24): deltas, settings changes, the table pass, versions.
+    mod health;
+    mod health_daemon;
     mod locks;
     mod sampling;
     mod spikes;

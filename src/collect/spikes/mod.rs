@@ -248,6 +248,13 @@ pub async fn snapshot(
         lock_part.extend(l.extra);
     }
     extra.insert("locks".into(), Value::Object(lock_part));
+    // What the server did in the background (issue 24): checkpoint, vacuum/analyze, replication.
+    let background =
+        super::health::server::background(session, moment.server.info.version_num).await;
+    extra.insert(
+        "background".into(),
+        Value::Array(background.into_iter().map(Value::Object).collect()),
+    );
     extra.insert("host".into(), to_value(&host)?);
     extra.insert(
         "lookback_s".into(),

@@ -25,7 +25,7 @@ use crate::ship::outbox::NewBatch;
 /// the name of its record list inside `data` (none for system metrics, whose one record is
 /// `data`). Several types share a source; reading a source back ([`kind_of_source`]) gives the first
 /// type listed with it.
-const KINDS: [(BatchKind, &str, Option<&str>); 7] = [
+const KINDS: [(BatchKind, &str, Option<&str>); 11] = [
     (BatchKind::PgActivity, "pg_stat_activity", Some("sessions")),
     (
         BatchKind::PgStatements,
@@ -41,6 +41,16 @@ const KINDS: [(BatchKind, &str, Option<&str>); 7] = [
         Some("top"),
     ),
     (BatchKind::Spike, "pg_stat_activity", Some("sessions")),
+    // Server health: the listener accepts only four sources; these describe the server, not a
+    // session or a statement, so they go with the host's metrics (docs/health.md).
+    (BatchKind::PgDatabase, "system_metrics", Some("databases")),
+    (
+        BatchKind::PgServerHealth,
+        "system_metrics",
+        Some("sections"),
+    ),
+    (BatchKind::PgTables, "system_metrics", Some("tables")),
+    (BatchKind::PgSettings, "system_metrics", Some("settings")),
 ];
 
 fn entry(kind: BatchKind) -> (BatchKind, &'static str, Option<&'static str>) {
@@ -195,6 +205,10 @@ impl Serialize for Data<'_> {
             BatchKind::Locks => m.serialize_entry("has_blocking", &!self.records.is_empty())?,
             BatchKind::PgLogs => m.serialize_entry("levels", &levels(self.records))?,
             BatchKind::PgStatements | BatchKind::SystemMetrics | BatchKind::PgActivitySamples => {}
+            BatchKind::PgDatabase
+            | BatchKind::PgServerHealth
+            | BatchKind::PgTables
+            | BatchKind::PgSettings => {}
         }
         let agent = serde_json::to_value(&b.agent).map_err(serde::ser::Error::custom)?;
         let server = serde_json::to_value(&b.server).map_err(serde::ser::Error::custom)?;

@@ -168,6 +168,14 @@ fn a_spike_of_40_sessions_makes_one_snapshot_with_their_ids_and_the_lock_chain()
             assert_eq!(chain[0]["correlation"]["id"], "holder-1");
         }
         assert_eq!(b["locks"]["waiting"], waiting.len());
+        // What ran in the background (issue 24): at least the checkpointer's state.
+        let background = b["background"].as_array().unwrap();
+        assert!(
+            background
+                .iter()
+                .any(|r| r["section"] == "checkpointer" && r["checkpoint_in_progress"].is_boolean()),
+            "{background:?}"
+        );
 
         // Host metrics with the busiest processes.
         assert!(b["host"]["cores"].as_u64().unwrap() >= 1);

@@ -24,6 +24,7 @@ pub mod otlp;
 pub mod pg;
 pub mod python;
 pub mod serve;
+pub mod standby;
 pub mod tmpfs;
 
 use std::collections::BTreeSet;
