@@ -126,44 +126,13 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) -> PrivacyCounts {
     counts
 }
 
-/// auto_explain's JSON plan carries the statement as "Query Text" and conditions with literals
-/// (filters, index conditions): mask every string in the plan that holds SQL.
+/// auto_explain's plan tree (`extracted.plan`, from any format) carries the statement as "Query
+/// Text" and SQL with literals in conditions, filters and output lists: mask every string in it
+/// that may hold SQL (`privacy::plan::mask_plan_tree`).
 fn mask_json_plan(e: &mut LogEntry<'_>, counts: &mut PrivacyCounts) {
-    const SQL_KEYS: &[&str] = &[
-        "Query Text",
-        "Filter",
-        "Index Cond",
-        "Recheck Cond",
-        "Join Filter",
-        "Hash Cond",
-        "Merge Cond",
-        "One-Time Filter",
-        "TID Cond",
-        "Output",
-    ];
-    fn walk(v: &mut serde_json::Value, counts: &mut PrivacyCounts) {
-        match v {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map.iter_mut() {
-                    match v {
-                        serde_json::Value::String(s) if SQL_KEYS.contains(&k.as_str()) => {
-                            let opts = crate::privacy::ObfuscateOptions::default();
-                            if let std::borrow::Cow::Owned(masked) =
-                                crate::privacy::obfuscate_counted(s, opts, counts)
-                            {
-                                *s = masked;
-                            }
-                        }
-                        _ => walk(v, counts),
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, counts)),
-            _ => {}
-        }
-    }
     if let Some(plan) = e.extracted.as_mut().and_then(|x| x.get_mut("plan")) {
-        walk(plan, counts);
+        let opts = crate::privacy::ObfuscateOptions::default();
+        crate::privacy::plan::mask_plan_tree(plan, opts, counts);
     }
 }
 
@@ -252,5 +221,43 @@ mod tests {
         let mut b = Batch::new(BatchKind::PgLogs, "p", AgentInfo::new("h"), None, 60, data);
         b.restore_correlated();
         assert_eq!(typed, b.correlated);
+    }
+
+    /// Issue 23's privacy hole: real auto_explain output of PostgreSQL 15 in every plan format
+    /// (text, JSON, YAML, XML), read from stderr, csvlog and jsonlog: after `finish_entry` with the
+    /// default privacy policy, none of the statements' literals appears anywhere in the entries.
+    #[test]
+    fn auto_explain_literals_appear_nowhere_in_any_format_or_destination() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crates/logparse/tests/fixtures/auto_explain"
+        );
+        let prefix = "%m [%p] %q%u@%d %Q ";
+        for (file, format) in [
+            ("pg15.log", LogFormat::Stderr),
+            ("pg15.csv", LogFormat::Csvlog),
+            ("pg15.json", LogFormat::Jsonlog),
+        ] {
+            let text = std::fs::read(format!("{dir}/{file}")).unwrap();
+            let parser = Parser::new(format, prefix, 1 << 20);
+            let mut reader = EntryReader::new(&text[..], parser, 0);
+            let finisher = Finisher::default();
+            let (mut plans, mut out) = (0, String::new());
+            while let Some((mut e, _)) = reader.next_entry().unwrap() {
+                finish_entry(&mut e, &finisher);
+                if e.event == Some("auto_explain") {
+                    plans += 1;
+                }
+                out.push_str(&serde_json::to_string(&e).unwrap());
+                out.push('\n');
+            }
+            assert!(plans >= 32, "{file}: {plans} auto_explain entries");
+            for literal in ["918273645", "secret-", "lit-", "zz9"] {
+                assert!(
+                    !out.contains(literal),
+                    "{file}: {literal:?} left the host:\n{out}"
+                );
+            }
+        }
     }
 }
