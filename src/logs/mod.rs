@@ -225,7 +225,8 @@ mod tests {
 
     /// Issue 23's privacy hole: real auto_explain output of PostgreSQL 15 in every plan format
     /// (text, JSON, YAML, XML), read from stderr, csvlog and jsonlog: after `finish_entry` with the
-    /// default privacy policy, none of the statements' literals appears anywhere in the entries.
+    /// default privacy policy, none of the statements' literals appears anywhere in the entries, and
+    /// text and JSON plans carry a tree, a `plan_id`, the fingerprint and the query ID.
     #[test]
     fn auto_explain_literals_appear_nowhere_in_any_format_or_destination() {
         let dir = concat!(
@@ -242,16 +243,27 @@ mod tests {
             let parser = Parser::new(format, prefix, 1 << 20);
             let mut reader = EntryReader::new(&text[..], parser, 0);
             let finisher = Finisher::default();
-            let (mut plans, mut out) = (0, String::new());
+            let (mut plans, mut trees, mut out) = (0, 0, String::new());
             while let Some((mut e, _)) = reader.next_entry().unwrap() {
                 finish_entry(&mut e, &finisher);
                 if e.event == Some("auto_explain") {
                     plans += 1;
+                    let x = e.extracted.as_ref();
+                    if x.is_some_and(|x| x.contains_key("plan_id")) {
+                        trees += 1;
+                        assert!(
+                            e.fingerprint.is_some(),
+                            "{file}: a plan without fingerprint"
+                        );
+                        assert!(e.query_id.is_some() || format == LogFormat::Stderr);
+                    }
                 }
                 out.push_str(&serde_json::to_string(&e).unwrap());
                 out.push('\n');
             }
             assert!(plans >= 32, "{file}: {plans} auto_explain entries");
+            // Text and JSON plans (16 of the 32) become trees with a plan_id; YAML and XML do not.
+            assert!(trees >= 16, "{file}: {trees} plan trees");
             for literal in ["918273645", "secret-", "lit-", "zz9"] {
                 assert!(
                     !out.contains(literal),
