@@ -31,10 +31,12 @@ pub enum BatchKind {
     PgActivitySamples,
     /// A snapshot taken when a spike trigger fired (`collect::spikes`).
     Spike,
+    /// Plans seen in the interval and plan changes (`collect::plans`).
+    PgPlans,
 }
 
 impl BatchKind {
-    pub const ALL: [BatchKind; 7] = [
+    pub const ALL: [BatchKind; 8] = [
         BatchKind::PgActivity,
         BatchKind::PgStatements,
         BatchKind::Locks,
@@ -42,6 +44,7 @@ impl BatchKind {
         BatchKind::PgLogs,
         BatchKind::PgActivitySamples,
         BatchKind::Spike,
+        BatchKind::PgPlans,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +56,7 @@ impl BatchKind {
             BatchKind::PgLogs => "pg_logs",
             BatchKind::PgActivitySamples => "pg_activity_samples",
             BatchKind::Spike => "spike",
+            BatchKind::PgPlans => "pg_plans",
         }
     }
 

@@ -147,6 +147,7 @@ pub fn from_stored(kind: BatchKind, collected_at: &str, records: &[Record]) -> V
             BatchKind::PgStatements | BatchKind::SystemMetrics | BatchKind::PgActivitySamples => {
                 None
             }
+            BatchKind::PgPlans => None,
         };
         out.extend(statement);
     }

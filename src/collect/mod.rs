@@ -16,6 +16,7 @@
 
 pub mod activity;
 pub mod locks;
+pub mod plans;
 pub mod sampling;
 pub mod settings;
 pub mod spikes;
@@ -203,6 +204,7 @@ pub struct Collectors {
     statements: statements::StatementsCollector,
     locks: locks::LocksCollector,
     system: system::SystemCollector,
+    plans: plans::PlansCollector,
 }
 
 impl Collectors {
@@ -219,7 +221,14 @@ impl Collectors {
             statements: statements::StatementsCollector::new(&settings.state_dir),
             locks: locks::LocksCollector,
             system: system::SystemCollector::default(),
+            plans: plans::PlansCollector::new(&settings.state_dir),
         }
+    }
+
+    /// These collectors with the inbox of plan sightings the daemon's log task fills.
+    pub fn with_plan_inbox(mut self, inbox: plans::PlanInbox) -> Collectors {
+        self.plans = self.plans.with_inbox(inbox);
+        self
     }
 
     /// Collectors that read their saved state (the statement baseline) but never write it, for
@@ -227,6 +236,7 @@ impl Collectors {
     pub fn read_only(settings: &CollectSettings) -> Collectors {
         let mut c = Collectors::new(settings);
         c.statements = statements::StatementsCollector::new(&settings.state_dir).read_only();
+        c.plans = plans::PlansCollector::new(&settings.state_dir).read_only();
         c
     }
 
@@ -275,6 +285,7 @@ impl Collectors {
         run_one(&mut self.statements, db, settings, c, server, &mut out).await;
         run_one(&mut self.locks, db, settings, c, server, &mut out).await;
         run_one(&mut self.system, db, settings, c, server, &mut out).await;
+        run_one(&mut self.plans, db, settings, c, server, &mut out).await;
         out.duration = started.elapsed();
         out
     }

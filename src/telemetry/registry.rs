@@ -149,6 +149,11 @@ events! {
         "Statements merged into another correlated payload of the same ID (the per-minute budget)";
     CorrelatedRepeated = "correlated_repeated",
         "Sessions not sent again because the same statement was already sent";
+    // Plans (issue 23).
+    PlansDropped = "plans_dropped",
+        "auto_explain plan sightings dropped because 10,000 were waiting for the next cycle (the entries still went out in pg_logs)";
+    PlansEvicted = "plans_evicted",
+        "Plans or statements evicted from the plan store at its bounds (20,000 statements, 8 plans each)";
 }
 
 /// One counter per [`Event`], shared by every part of one process that counts. Cheap to clone.

@@ -25,7 +25,7 @@ use crate::ship::outbox::NewBatch;
 /// the name of its record list inside `data` (none for system metrics, whose one record is
 /// `data`). Several types share a source; reading a source back ([`kind_of_source`]) gives the first
 /// type listed with it.
-const KINDS: [(BatchKind, &str, Option<&str>); 7] = [
+const KINDS: [(BatchKind, &str, Option<&str>); 8] = [
     (BatchKind::PgActivity, "pg_stat_activity", Some("sessions")),
     (
         BatchKind::PgStatements,
@@ -41,6 +41,7 @@ const KINDS: [(BatchKind, &str, Option<&str>); 7] = [
         Some("top"),
     ),
     (BatchKind::Spike, "pg_stat_activity", Some("sessions")),
+    (BatchKind::PgPlans, "pg_log", Some("plans")),
 ];
 
 fn entry(kind: BatchKind) -> (BatchKind, &'static str, Option<&'static str>) {
@@ -195,6 +196,7 @@ impl Serialize for Data<'_> {
             BatchKind::Locks => m.serialize_entry("has_blocking", &!self.records.is_empty())?,
             BatchKind::PgLogs => m.serialize_entry("levels", &levels(self.records))?,
             BatchKind::PgStatements | BatchKind::SystemMetrics | BatchKind::PgActivitySamples => {}
+            BatchKind::PgPlans => {}
         }
         let agent = serde_json::to_value(&b.agent).map_err(serde::ser::Error::custom)?;
         let server = serde_json::to_value(&b.server).map_err(serde::ser::Error::custom)?;
