@@ -34,6 +34,8 @@ mod collect {
     // A cycle of all collectors (`src/collect/mod.rs`, `Collectors::run_cycle`).
     mod cycle;
     mod locks;
+    // Plans from auto_explain tied to their statements, plan changes (`src/collect/plans`).
+    mod plans;
     mod sampling;
     mod spikes;
     // Baseline-relative triggers under a steady load of 100 sessions.

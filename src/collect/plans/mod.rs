@@ -238,8 +238,7 @@ impl Collector for PlansCollector {
             return Ok(None);
         }
         let mut records = Vec::new();
-        // Per plan seen in the interval: its count, a tree, the database.
-        let mut interval: Vec<(u64, u64, u64, Option<Value>, Option<String>)> = Vec::new();
+        let mut interval: Vec<InInterval> = Vec::new();
         let mut evicted = 0;
         for s in sightings {
             let added = self.store.add(Seen {
@@ -256,33 +255,32 @@ impl Collector for PlansCollector {
             }
             match interval
                 .iter_mut()
-                .find(|i| i.0 == s.fingerprint && i.1 == s.plan_id)
+                .find(|i| i.fingerprint == s.fingerprint && i.plan_id == s.plan_id)
             {
-                Some(i) => i.2 += 1,
-                None => interval.push((s.fingerprint, s.plan_id, 1, Some(s.tree), s.dbname)),
+                Some(i) => i.count += 1,
+                None => interval.push(InInterval {
+                    fingerprint: s.fingerprint,
+                    plan_id: s.plan_id,
+                    count: 1,
+                    tree: s.tree,
+                    dbname: s.dbname,
+                }),
             }
         }
         if evicted > 0 {
             ctx.counters.add(Event::PlansEvicted, evicted);
         }
-        for (fp, plan_id, n, tree, dbname) in interval {
-            let Some(st) = self.store.statement(fp) else {
+        for i in interval {
+            let Some(st) = self.store.statement(i.fingerprint) else {
                 continue;
             };
-            let Some(p) = st.plan(plan_id) else { continue };
-            let plan = if self.sent.insert(plan_id) {
-                tree
-            } else {
-                None
+            let Some(p) = st.plan(i.plan_id) else {
+                continue;
             };
+            let plan = self.sent.insert(i.plan_id).then(|| i.tree.clone());
+            let current = st.current == Some(i.plan_id);
             records.push(PlanRecord::Plan(seen_record(
-                fp,
-                st.queryid,
-                p,
-                n,
-                st.current == Some(plan_id),
-                dbname,
-                plan,
+                &i, st.queryid, p, current, plan,
             )));
         }
         if !self.read_only {
@@ -295,25 +293,32 @@ impl Collector for PlansCollector {
     }
 }
 
+/// A plan seen in this cycle's sightings: how often, its tree and database.
+struct InInterval {
+    fingerprint: u64,
+    plan_id: u64,
+    count: u64,
+    tree: Value,
+    dbname: Option<String>,
+}
+
 fn seen_record(
-    fp: u64,
+    i: &InInterval,
     queryid: Option<i64>,
     p: &PlanStats,
-    in_interval: u64,
     current: bool,
-    dbname: Option<String>,
     plan: Option<Value>,
 ) -> PlanSeen {
     PlanSeen {
-        fingerprint: hex(fp),
+        fingerprint: hex(i.fingerprint),
         queryid: queryid.map(|q| q.to_string()),
         plan_id: hex(p.plan_id),
         source: p.source.clone(),
-        dbname,
+        dbname: i.dbname.clone(),
         first_seen: rfc3339(p.first_seen),
         last_seen: rfc3339(p.last_seen),
         times_seen: p.times_seen,
-        seen_in_interval: in_interval,
+        seen_in_interval: i.count,
         duration_ms_min: round((p.durations.count > 0).then_some(p.durations.min_ms)),
         duration_ms_mean: round(p.durations.mean_ms()),
         duration_ms_max: round((p.durations.count > 0).then_some(p.durations.max_ms)),
