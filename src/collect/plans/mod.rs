@@ -26,10 +26,13 @@ use serde_json::Value;
 use super::{CollectError, Collected, Collector, Context};
 use crate::batch::BatchKind;
 use crate::telemetry::registry::{Counters, Event};
-use store::{PlanStats, PlanStore, Seen};
+use store::{PlanStats, PlanStore, Seen, Source};
 
 /// At most this many plan sightings wait for the next cycle.
 pub const MAX_PENDING: usize = 10_000;
+
+/// At most this many sent trees are remembered (the store's own bound: 20,000 x 8).
+const MAX_SENT: usize = store::MAX_STATEMENTS * store::MAX_PLANS_PER_STATEMENT;
 
 /// One plan logged once, as the log task read it from a finished entry.
 #[derive(Debug, Clone)]
@@ -157,8 +160,16 @@ pub struct PlansCollector {
     path: PathBuf,
     read_only: bool,
     loaded: bool,
-    /// Plans whose tree was sent since the agent started.
-    sent: HashSet<u64>,
+    /// (fingerprint, plan_id) of the trees sent since the agent started; forgotten past
+    /// [`MAX_SENT`] (those trees are then sent once more).
+    sent: HashSet<(u64, u64)>,
+    /// The store changed since its last save started.
+    dirty: bool,
+    /// The save in progress, off the scheduler: the cycle never waits for the disk, and no new
+    /// save starts before it has returned (`state_writes_skipped`).
+    saving: Option<tokio::task::JoinHandle<()>>,
+    /// The last save failed (warned once until one succeeds).
+    save_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PlansCollector {
@@ -170,6 +181,9 @@ impl PlansCollector {
             read_only: false,
             loaded: false,
             sent: HashSet::new(),
+            dirty: false,
+            saving: None,
+            save_failed: Arc::default(),
         }
     }
 
@@ -208,6 +222,35 @@ impl PlansCollector {
     }
 }
 
+impl PlansCollector {
+    /// Saves the store if it changed, unless the previous save has not returned.
+    fn save(&mut self, counters: &Counters) {
+        if self.read_only || !self.dirty {
+            return;
+        }
+        if self.saving.as_ref().is_some_and(|h| !h.is_finished()) {
+            counters.incr(Event::StateWritesSkipped);
+            return;
+        }
+        self.dirty = false;
+        let (store, path, failed) = (
+            self.store.clone(),
+            self.path.clone(),
+            self.save_failed.clone(),
+        );
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            use std::sync::atomic::Ordering;
+            match store.save(&path) {
+                Ok(()) => failed.store(false, Ordering::Relaxed),
+                Err(e) if !failed.swap(true, Ordering::Relaxed) => tracing::warn!(
+                    path = %path.display(), error = %e,
+                    "cannot save the plan store; plans seen are kept in memory but not across a restart"),
+                Err(_) => {}
+            }
+        }));
+    }
+}
+
 fn hex(v: u64) -> String {
     format!("{v:016x}")
 }
@@ -235,8 +278,10 @@ impl Collector for PlansCollector {
         self.load_once(ctx.counters);
         let sightings = self.inbox.take();
         if sightings.is_empty() {
+            self.save(ctx.counters);
             return Ok(None);
         }
+        self.dirty = true;
         let mut records = Vec::new();
         let mut interval: Vec<InInterval> = Vec::new();
         let mut evicted = 0;
@@ -247,7 +292,7 @@ impl Collector for PlansCollector {
                 plan_id: s.plan_id,
                 at_ms: s.at_ms,
                 duration_ms: s.duration_ms,
-                source: "auto_explain",
+                source: Source::AutoExplain,
             });
             evicted += added.evicted;
             if let Some(c) = added.change {
@@ -277,18 +322,19 @@ impl Collector for PlansCollector {
             let Some(p) = st.plan(i.plan_id) else {
                 continue;
             };
-            let plan = self.sent.insert(i.plan_id).then(|| i.tree.clone());
+            if self.sent.len() >= MAX_SENT {
+                self.sent.clear();
+            }
+            let plan = self
+                .sent
+                .insert((i.fingerprint, i.plan_id))
+                .then(|| i.tree.clone());
             let current = st.current == Some(i.plan_id);
             records.push(PlanRecord::Plan(seen_record(
                 &i, st.queryid, p, current, plan,
             )));
         }
-        if !self.read_only {
-            if let Err(e) = self.store.save(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e,
-                    "cannot save the plan store; it is kept in memory and saved at the next cycle");
-            }
-        }
+        self.save(ctx.counters);
         Ok(Some(Collected::new(records)))
     }
 }
@@ -313,7 +359,7 @@ fn seen_record(
         fingerprint: hex(i.fingerprint),
         queryid: queryid.map(|q| q.to_string()),
         plan_id: hex(p.plan_id),
-        source: p.source.clone(),
+        source: p.source.as_str().to_string(),
         dbname: i.dbname.clone(),
         first_seen: rfc3339(p.first_seen),
         last_seen: rfc3339(p.last_seen),

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// At most this many statements are remembered (10,000 statements x 3 plans measured at about
-/// 2 MB: `benches/plan_store.rs`); pg_stat_statements keeps 5,000 by default.
+/// At most this many statements are remembered; pg_stat_statements keeps 5,000 by default.
+/// Memory: 10,000 statements x 3 plans measured by `benches/plan_store.rs` (docs/plans.md).
 pub const MAX_STATEMENTS: usize = 20_000;
 /// At most this many plans per statement.
 pub const MAX_PLANS_PER_STATEMENT: usize = 8;
@@ -58,8 +58,27 @@ pub struct PlanStats {
     pub last_seen: i64,
     pub times_seen: u64,
     pub durations: Durations,
-    /// Where it came from: `auto_explain` or `explain`.
-    pub source: String,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// Where a plan came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The server log (auto_explain).
+    AutoExplain,
+    /// EXPLAIN run by the agent.
+    Explain,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::AutoExplain => "auto_explain",
+            Source::Explain => "explain",
+        }
+    }
 }
 
 /// What the store knows of one statement.
@@ -107,13 +126,13 @@ pub struct PlanStore {
 
 /// One plan seen once.
 #[derive(Debug, Clone, Copy)]
-pub struct Seen<'a> {
+pub struct Seen {
     pub fingerprint: u64,
     pub queryid: Option<i64>,
     pub plan_id: u64,
     pub at_ms: i64,
     pub duration_ms: Option<f64>,
-    pub source: &'a str,
+    pub source: Source,
 }
 
 impl PlanStore {
@@ -135,7 +154,7 @@ impl PlanStore {
     }
 
     /// Records one sighting; a different plan than the statement's current one is a change.
-    pub fn add(&mut self, s: Seen<'_>) -> Added {
+    pub fn add(&mut self, s: Seen) -> Added {
         let mut added = Added::default();
         if !self.statements.contains_key(&s.fingerprint) && self.statements.len() >= MAX_STATEMENTS
         {
@@ -174,7 +193,7 @@ impl PlanStore {
                 last_seen: s.at_ms,
                 times_seen: 0,
                 durations: Durations::default(),
-                source: s.source.to_string(),
+                source: s.source,
             });
         }
         let previous = st.current.filter(|&c| c != s.plan_id);
@@ -273,14 +292,14 @@ struct SavedRef<'a> {
 mod tests {
     use super::*;
 
-    fn seen(fp: u64, plan: u64, at: i64, ms: f64) -> Seen<'static> {
+    fn seen(fp: u64, plan: u64, at: i64, ms: f64) -> Seen {
         Seen {
             fingerprint: fp,
             queryid: Some(7),
             plan_id: plan,
             at_ms: at,
             duration_ms: Some(ms),
-            source: "auto_explain",
+            source: Source::AutoExplain,
         }
     }
 
