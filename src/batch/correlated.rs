@@ -240,6 +240,12 @@ fn stored_log_entry(r: &Map<String, Value>) -> Option<Correlated> {
                 ("fingerprint", "fingerprint"),
                 ("timestamp", "logged_at"),
             ],
-        ),
+        )
+        // An auto_explain entry's plan goes with its correlated statement (docs/plans.md).
+        .put(
+            "plan_id",
+            &r.get("extracted").and_then(|x| x.get("plan_id")),
+        )
+        .put("plan", &r.get("extracted").and_then(|x| x.get("plan"))),
     })
 }

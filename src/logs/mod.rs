@@ -171,7 +171,12 @@ pub fn correlated_statement(e: &LogEntry<'_>) -> Option<Correlated> {
             .put("error_severity", &e.error_severity)
             .put("query_id", &e.query_id)
             .put("fingerprint", &e.fingerprint)
-            .put("logged_at", &e.timestamp),
+            .put("logged_at", &e.timestamp)
+            .put(
+                "plan_id",
+                &e.extracted.as_ref().and_then(|x| x.get("plan_id")),
+            )
+            .put("plan", &e.extracted.as_ref().and_then(|x| x.get("plan"))),
     })
 }
 
@@ -196,6 +201,7 @@ mod tests {
             r#"{"timestamp":"2026-11-28 10:00:03.500 UTC","pid":43,"error_severity":"LOG","message":"duration: 12.5 ms  execute s1: SELECT 2 /* correlation_id=y */"}"#,
             r#"{"timestamp":"2026-11-28 10:00:04.000 UTC","pid":44,"error_severity":"LOG","message":"statement: SELECT 3 /* correlation_id=z */"}"#,
             r#"{"timestamp":"2026-11-28 10:00:05.000 UTC","pid":45,"error_severity":"LOG","message":"duration: 3.0 ms  statement: SELECT 4"}"#,
+            r#"{"timestamp":"2026-11-28 10:00:06.000 UTC","pid":46,"error_severity":"LOG","message":"duration: 7.0 ms  plan:\nQuery Text: SELECT 5 /* correlation_id=p */\nResult  (cost=0.00..0.01 rows=1 width=4)"}"#,
         ];
         let text = lines.join("\n") + "\n";
         let parser = Parser::new(LogFormat::Jsonlog, "", 1 << 20);
@@ -210,14 +216,20 @@ mod tests {
             typed.extend(correlated_statement(&e));
             data.push(Record::new(&e).unwrap());
         }
-        assert_eq!(data.len(), 4);
-        assert_eq!(typed.len(), 2, "{typed:?}");
+        assert_eq!(data.len(), 5);
+        assert_eq!(typed.len(), 3, "{typed:?}");
         assert_eq!(typed[0].correlation_id, "x");
         assert_eq!(typed[0].duration_ms, Some(2000.0));
         assert!(typed[1]
             .query
             .as_deref()
             .is_some_and(|q| q.starts_with("SELECT")));
+        // The text-format plan of an auto_explain entry goes with its correlated statement.
+        let plan = serde_json::to_string(&typed[2].detail).unwrap();
+        assert!(
+            plan.contains("plan_id") && plan.contains("\"Node Type\":\"Result\""),
+            "{plan}"
+        );
         let mut b = Batch::new(BatchKind::PgLogs, "p", AgentInfo::new("h"), None, 60, data);
         b.restore_correlated();
         assert_eq!(typed, b.correlated);
