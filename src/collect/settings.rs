@@ -33,6 +33,8 @@ pub struct CollectSettings {
     pub user: String,
     /// `[postgres] database`: the database whose statements are attributed as local.
     pub database: String,
+    /// The current plan of each statement, published by the plans collector for spike snapshots.
+    pub current_plans: super::plans::CurrentPlans,
 }
 
 impl CollectSettings {
@@ -54,6 +56,7 @@ impl CollectSettings {
             port: config.postgres.port,
             user: config.postgres.user.clone(),
             database: config.postgres.database.clone(),
+            current_plans: Default::default(),
         }
     }
 

@@ -103,6 +103,31 @@ impl PlanInbox {
     }
 }
 
+/// The current plan of each statement (fingerprint -> plan_id), as the plans collector last
+/// published it: what a spike snapshot reads. Part of [`super::CollectSettings`], so the sampler
+/// reads it without knowing the collector; a reload starts an empty one, filled at the next cycle.
+#[derive(Debug, Clone, Default)]
+pub struct CurrentPlans(Arc<std::sync::RwLock<std::collections::HashMap<u64, u64>>>);
+
+impl CurrentPlans {
+    /// The current plan_id of the statement with this fingerprint (both 16 hex digits).
+    pub fn get_hex(&self, fingerprint: &str) -> Option<String> {
+        let fp = u64::from_str_radix(fingerprint, 16).ok()?;
+        let id = *self.0.read().ok()?.get(&fp)?;
+        Some(hex(id))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.read().map_or(true, |m| m.is_empty())
+    }
+
+    fn replace(&self, map: std::collections::HashMap<u64, u64>) {
+        if let Ok(mut m) = self.0.write() {
+            *m = map;
+        }
+    }
+}
+
 /// A record of the `pg_plans` batch (`record_type` says which).
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "record_type", rename_all = "snake_case")]
@@ -199,11 +224,6 @@ impl PlansCollector {
         self
     }
 
-    /// The current plan of a statement (by fingerprint), for spike snapshots.
-    pub fn current_plan(&self, fingerprint: u64) -> Option<u64> {
-        self.store.current(fingerprint)
-    }
-
     fn load_once(&mut self, counters: &Counters) {
         if self.loaded {
             return;
@@ -278,6 +298,9 @@ impl Collector for PlansCollector {
         self.load_once(ctx.counters);
         let sightings = self.inbox.take();
         if sightings.is_empty() {
+            if ctx.settings.current_plans.is_empty() && !self.store.is_empty() {
+                ctx.settings.current_plans.replace(self.store.currents());
+            }
             self.save(ctx.counters);
             return Ok(None);
         }
@@ -334,6 +357,7 @@ impl Collector for PlansCollector {
                 &i, st.queryid, p, current, plan,
             )));
         }
+        ctx.settings.current_plans.replace(self.store.currents());
         self.save(ctx.counters);
         Ok(Some(Collected::new(records)))
     }

@@ -148,9 +148,17 @@ impl PlanStore {
         self.statements.get(&fingerprint)
     }
 
-    /// The current plan of each statement, for spike snapshots.
+    /// The current plan of a statement.
     pub fn current(&self, fingerprint: u64) -> Option<u64> {
         self.statements.get(&fingerprint)?.current
+    }
+
+    /// The current plan of every statement, for spike snapshots.
+    pub fn currents(&self) -> HashMap<u64, u64> {
+        self.statements
+            .iter()
+            .filter_map(|(fp, st)| Some((*fp, st.current?)))
+            .collect()
     }
 
     /// Records one sighting; a different plan than the statement's current one is a change.

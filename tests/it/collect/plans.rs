@@ -78,7 +78,9 @@ fn a_plan_change_after_create_index_reaches_the_listener_joined_to_its_statement
     let ini = server.agent_ini(
         state.path(),
         &format!(
-            "[agent]\ncollection_interval_s = 2\n[listener]\nprotocol = batch\nurl = {}\n",
+            "[agent]\ncollection_interval_s = 2\n[listener]\nprotocol = batch\nurl = {}\n\
+             [activity]\nsample_interval_ms = 200\n\
+             [spikes]\nactive_sessions = 1\nload = 100000\nlock_wait_ms = 0\nmin_gap_s = 3\n",
             listener.url()
         ),
     );
@@ -183,6 +185,28 @@ fn a_plan_change_after_create_index_reaches_the_listener_joined_to_its_statement
             .next()
             .unwrap(),
     );
+
+    // A spike while the statement runs (blocked behind a lock) lists its current plan.
+    let current = with_tree[1]["plan_id"].as_str().unwrap().to_string();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            server.psql(
+                "plan_app",
+                "BEGIN; LOCK plan_t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        s.spawn(|| server.psql("plan_app", QUERY));
+        let spike = wait_for("a spike listing the statement's plan", &agent, || {
+            listener
+                .bodies_of_type("spike")
+                .into_iter()
+                .find(|b| b["plans"].get(fingerprint.as_str()).is_some())
+        });
+        assert_eq!(spike["plans"][fingerprint.as_str()], current.as_str());
+        validate(&spike);
+    });
+
     // The literal appears nowhere in anything the listener received.
     for r in listener.received() {
         let text = all_text(&r.body);
