@@ -285,6 +285,9 @@ impl Collectors {
         run_one(&mut self.statements, db, settings, c, server, &mut out).await;
         run_one(&mut self.locks, db, settings, c, server, &mut out).await;
         run_one(&mut self.system, db, settings, c, server, &mut out).await;
+        if settings.plans.explain {
+            self.plans.set_candidates(plans::candidates(&out.batches));
+        }
         run_one(&mut self.plans, db, settings, c, server, &mut out).await;
         out.duration = started.elapsed();
         out

@@ -35,6 +35,8 @@ pub struct CollectSettings {
     pub database: String,
     /// The current plan of each statement, published by the plans collector for spike snapshots.
     pub current_plans: super::plans::CurrentPlans,
+    /// `[plans]`: EXPLAIN on demand.
+    pub plans: crate::config::plans::PlansConfig,
 }
 
 impl CollectSettings {
@@ -57,6 +59,7 @@ impl CollectSettings {
             user: config.postgres.user.clone(),
             database: config.postgres.database.clone(),
             current_plans: Default::default(),
+            plans: config.plans.clone(),
         }
     }
 

@@ -60,6 +60,7 @@ pub const SECTIONS: &[&str] = &[
     "logging",
     "activity",
     "spikes",
+    "plans",
 ];
 
 pub const SSLMODES: &[&str] = &[
@@ -147,6 +148,9 @@ pub const KEYS: &[KeySpec] = &[
     k("spikes", "mode", "baseline", Choice(&["baseline", "absolute"]), "`baseline`: the active-sessions and load triggers also need `baseline_factor` times the median of the last `baseline_s` seconds, so a steady load is no spike; `absolute`: the floors alone."),
     k("spikes", "baseline_s", "300", Int(10, 3600), "Seconds of samples whose median is the baseline (`mode = baseline`)."),
     k("spikes", "baseline_factor", "2", Str, "How many times the baseline median a sample must reach (a decimal number above 0, `mode = baseline`)."),
+    k("plans", "explain", "false", Bool, "EXPLAIN on demand (PostgreSQL 16+): `EXPLAIN (GENERIC_PLAN, FORMAT JSON)` of the top statements by time that have no plan seen in the last hour; never ANALYZE (docs/plans.md)."),
+    k("plans", "explain_per_cycle", "3", Int(1, 20), "At most this many EXPLAINs per cycle (each statement at most once an hour)."),
+    k("plans", "explain_timeout_ms", "500", Int(10, 5000), "statement_timeout of each EXPLAIN; lock_timeout is a fifth of it."),
 ];
 
 /// The spec of `section.key`, if it exists.

@@ -11,6 +11,7 @@ pub mod aliases;
 pub mod correlation_shape;
 pub mod env;
 pub mod keys;
+pub mod plans;
 mod protocol;
 pub mod raw;
 mod secret;
@@ -287,6 +288,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub activity: ActivityConfig,
     pub spikes: SpikesConfig,
+    /// `[plans]`: EXPLAIN on demand.
+    pub plans: plans::PlansConfig,
     /// One line per Python agent name used (see [`aliases`]), to be logged at WARN once logging runs;
     /// not a setting, so left out of comparisons.
     pub notices: Vec<String>,
@@ -310,6 +313,7 @@ impl PartialEq for Config {
             logging,
             activity,
             spikes,
+            plans,
             notices: _,
         } = self;
         *file == other.file
@@ -326,6 +330,7 @@ impl PartialEq for Config {
             && *logging == other.logging
             && *activity == other.activity
             && *spikes == other.spikes
+            && *plans == other.plans
     }
 }
 
@@ -570,6 +575,7 @@ impl Config {
                     _ => v.opt_positive("spikes", "baseline_factor", 1000.0, false)?,
                 },
             },
+            plans: plans::PlansConfig::read(&v)?,
             notices: raw.notices.clone(),
         })
     }

@@ -14,7 +14,10 @@
 //! drops is counted (`plans_dropped`) and still went out in pg_logs. Sightings in it when the
 //! process dies are lost to pg_plans (not to pg_logs).
 
+pub mod explain;
 pub mod store;
+
+pub use explain::{candidates, Candidate};
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -45,6 +48,7 @@ pub struct Sighting {
     pub dbname: Option<String>,
     /// The plan tree (literals already masked by the privacy step).
     pub tree: Value,
+    pub source: Source,
 }
 
 impl Sighting {
@@ -69,6 +73,7 @@ impl Sighting {
             duration_ms: e.get("duration_ms").and_then(Value::as_f64),
             dbname: e.get("dbname").and_then(Value::as_str).map(str::to_string),
             tree: x.get("plan")?.clone(),
+            source: Source::AutoExplain,
         })
     }
 }
@@ -195,6 +200,13 @@ pub struct PlansCollector {
     saving: Option<tokio::task::JoinHandle<()>>,
     /// The last save failed (warned once until one succeeds).
     save_failed: Arc<std::sync::atomic::AtomicBool>,
+    /// This cycle's top statements, for EXPLAIN on demand.
+    candidates: Vec<explain::Candidate>,
+    /// When each statement (fingerprint) was last explained or tried: at most once an hour,
+    /// failures included.
+    explained: std::collections::HashMap<u64, std::time::Instant>,
+    /// Said once: EXPLAIN on demand needs PostgreSQL 16.
+    said_needs_16: bool,
 }
 
 impl PlansCollector {
@@ -209,6 +221,9 @@ impl PlansCollector {
             dirty: false,
             saving: None,
             save_failed: Arc::default(),
+            candidates: Vec::new(),
+            explained: Default::default(),
+            said_needs_16: false,
         }
     }
 
@@ -216,6 +231,11 @@ impl PlansCollector {
     pub fn read_only(mut self) -> PlansCollector {
         self.read_only = true;
         self
+    }
+
+    /// This cycle's top statements (see [`explain::candidates`]).
+    pub fn set_candidates(&mut self, candidates: Vec<explain::Candidate>) {
+        self.candidates = candidates;
     }
 
     /// The inbox the log task fills (one per daemon).
@@ -296,7 +316,10 @@ impl Collector for PlansCollector {
         ctx: &mut Context<'_>,
     ) -> Result<Option<Collected<PlanRecord>>, CollectError> {
         self.load_once(ctx.counters);
-        let sightings = self.inbox.take();
+        let mut sightings = self.inbox.take();
+        let explained = self.explain_top(ctx).await;
+        let explain_ms = explained.1;
+        sightings.extend(explained.0);
         if sightings.is_empty() {
             if ctx.settings.current_plans.is_empty() && !self.store.is_empty() {
                 ctx.settings.current_plans.replace(self.store.currents());
@@ -315,7 +338,7 @@ impl Collector for PlansCollector {
                 plan_id: s.plan_id,
                 at_ms: s.at_ms,
                 duration_ms: s.duration_ms,
-                source: Source::AutoExplain,
+                source: s.source,
             });
             evicted += added.evicted;
             if let Some(c) = added.change {
@@ -359,7 +382,13 @@ impl Collector for PlansCollector {
         }
         ctx.settings.current_plans.replace(self.store.currents());
         self.save(ctx.counters);
-        Ok(Some(Collected::new(records)))
+        let mut collected = Collected::new(records);
+        if let Some(ms) = explain_ms {
+            collected
+                .extra
+                .insert("explain_ms".into(), Value::from(super::round_ms(ms)));
+        }
+        Ok(Some(collected))
     }
 }
 
