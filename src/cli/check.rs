@@ -12,6 +12,7 @@ use crate::db::{Db, Session};
 use crate::ship::probe::{self, Verdict};
 
 mod logs;
+mod plans;
 
 /// How one check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +144,7 @@ pub async fn checks(config: &Config) -> Vec<CheckResult> {
             out.push(check_filesystems(&mut session, &config.postgres.user).await);
             out.push(check_statements_extension(&mut session).await);
             out.push(logs::check(config, Some(&mut session)).await);
+            out.extend(plans::check(config, &mut session).await);
         }
         Err(e) => {
             let cause = e
