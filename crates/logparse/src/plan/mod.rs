@@ -26,8 +26,8 @@ pub fn parse(plan: &str) -> Option<Value> {
 }
 
 /// The keys of a node that make its shape: what it does and on what. Costs, rows, times, buffers,
-/// output lists, workers and memory are left out; conditions are in, with their literals masked,
-/// so `v = 1` and `v = 2` give one plan while `v = $1` under a generic plan gives another.
+/// output lists, workers and memory are left out; conditions are in, with their literals and `$n`
+/// parameters masked, so `v = 1`, `v = 2` and `v = $1` (a generic plan) give one plan.
 const SHAPE_KEYS: &[&str] = &[
     "Node Type",
     "Strategy",
@@ -43,7 +43,7 @@ const SHAPE_KEYS: &[&str] = &[
     "Command",
 ];
 
-/// Condition keys, hashed with their literals masked.
+/// Condition keys, hashed with their literals and `$n` parameters masked.
 const CONDITION_KEYS: &[&str] = &[
     "Index Cond",
     "Recheck Cond",
@@ -79,7 +79,7 @@ fn hash_node(node: &Value, h: &mut Xxh3) {
         h.update(b"=");
         match v {
             Value::String(s) if CONDITION_KEYS.contains(key) => {
-                h.update(pga_privacy::obfuscate_cow(s).as_bytes())
+                h.update(without_params(&pga_privacy::obfuscate_cow(s)).as_bytes())
             }
             Value::String(s) => h.update(s.as_bytes()),
             other => h.update(other.to_string().as_bytes()),
@@ -92,6 +92,27 @@ fn hash_node(node: &Value, h: &mut Xxh3) {
         }
     }
     h.update(b")");
+}
+
+/// `$n` parameters as `?`, like masked literals: a generic plan (`v = $1`, EXPLAIN on demand) and a
+/// custom plan of the same shape (`v = 42`, masked `v = ?`) hash alike.
+fn without_params(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('$') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The node types of a plan, depth first (for tests and summaries: "Seq Scan", "Bitmap Heap Scan").

@@ -157,3 +157,18 @@ fn find(v: &Value, key: &str) -> Option<Value> {
         _ => None,
     }
 }
+
+#[test]
+fn a_generic_plan_and_a_custom_plan_of_one_shape_share_the_plan_id() {
+    let custom =
+        parse("Query Text: x\nSeq Scan on t  (cost=0.00..1.00 rows=1 width=4)\n  Filter: (v = 42)")
+            .unwrap();
+    let generic =
+        parse("Query Text: x\nSeq Scan on t  (cost=0.00..9.00 rows=5 width=4)\n  Filter: (v = $1)")
+            .unwrap();
+    let other =
+        parse("Query Text: x\nSeq Scan on t  (cost=0.00..1.00 rows=1 width=4)\n  Filter: (w = 42)")
+            .unwrap();
+    assert_eq!(plan_id(&custom), plan_id(&generic));
+    assert_ne!(plan_id(&custom), plan_id(&other));
+}
