@@ -172,3 +172,55 @@ fn a_generic_plan_and_a_custom_plan_of_one_shape_share_the_plan_id() {
     assert_eq!(plan_id(&custom), plan_id(&generic));
     assert_ne!(plan_id(&custom), plan_id(&other));
 }
+
+/// A text-format plan as syslog carries it (one syslog line per message line, continuation lines
+/// numbered `[n-2]`, `[n-3]`, ..., the stderr tab written `#011`) gives the tree and plan_id the
+/// jsonlog entry of the same plan gives.
+#[test]
+fn syslog_plans_parse_like_jsonlog() {
+    use crate::classify::classify;
+    use crate::log_format::LogFormat;
+    use crate::parse::{End, Frame, Parser};
+
+    let text = include_str!("../../tests/fixtures/auto_explain/pg15.json");
+    let mut checked = 0;
+    for line in text.lines() {
+        let e: Value = serde_json::from_str(line).expect("jsonlog line");
+        let m = e["message"].as_str().unwrap_or("");
+        let Some((_, plan)) = m.split_once("  plan:\n") else {
+            continue;
+        };
+        if !plan.starts_with("Query Text: ") || plan.starts_with("Query Text: \"") {
+            continue;
+        }
+        let mut log = String::new();
+        for (i, l) in m.lines().enumerate() {
+            let body = if i == 0 {
+                format!("LOG:  {l}")
+            } else {
+                format!("#011{l}")
+            };
+            log.push_str(&format!(
+                "Dec  6 14:38:21 h postgres[77]: [5-{}] {body}\n",
+                i + 1
+            ));
+        }
+        let mut parser = Parser::new(LogFormat::Syslog, "", 1 << 20);
+        let bytes = log.as_bytes();
+        let Frame::Entry(n) = parser.frame(bytes, End::Eof) else {
+            panic!("no entry in {log}");
+        };
+        assert_eq!(n, bytes.len(), "one entry: {log}");
+        let mut entry = parser.build(&bytes[..n]);
+        classify(&mut entry);
+        let x = entry.extracted.as_ref().expect("extracted");
+        assert_eq!(
+            x["plan_id"],
+            Value::from(plan_id(&parse(plan).unwrap())),
+            "{log}"
+        );
+        assert_eq!(x["plan"]["Query Text"], parse(plan).unwrap()["Query Text"]);
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked} text plans");
+}
