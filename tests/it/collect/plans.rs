@@ -43,12 +43,9 @@ fn records(listener: &Listener, kind: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The done-when of issue 23: a statement run before and after CREATE INDEX, logged by auto_explain
-/// in text then JSON format, reaches the listener as two plan records (a seq scan, then a bitmap or
-/// index scan) with the fingerprint and queryid of its pg_statements record, and one change record
-/// from the first plan_id to the second; the literal appears nowhere in anything received.
-#[test]
-fn a_plan_change_after_create_index_reaches_the_listener_joined_to_its_statement() {
+/// A server with auto_explain logging every statement of the database `plan_app` (text format),
+/// and its table `plan_t` (20,000 rows, no index yet).
+fn server_with_auto_explain() -> PgServer {
     let server = PgServer::start_with(PgOptions {
         conf: vec![
             "shared_preload_libraries = 'pg_stat_statements,auto_explain'".into(),
@@ -56,7 +53,6 @@ fn a_plan_change_after_create_index_reaches_the_listener_joined_to_its_statement
         ],
         ..Default::default()
     });
-    let major = server.major();
     // auto_explain only in the application's database: the agent's own statements stay out.
     server.psql("postgres", "CREATE DATABASE plan_app");
     for sql in [
@@ -73,23 +69,49 @@ fn a_plan_change_after_create_index_reaches_the_listener_joined_to_its_statement
     );
     server.psql("plan_app", "ANALYZE plan_t");
 
-    let listener = Listener::start();
-    let state = tempfile::tempdir().unwrap();
+    server
+}
+
+/// The daemon for `server`, shipping to `listener` every 2 s with `extra` settings.
+fn start_agent(
+    server: &PgServer,
+    listener: &Listener,
+    state: &std::path::Path,
+    extra: &str,
+) -> AgentChild {
     let ini = server.agent_ini(
-        state.path(),
+        state,
         &format!(
-            "[agent]\ncollection_interval_s = 2\n[listener]\nprotocol = batch\nurl = {}\n\
-             [activity]\nsample_interval_ms = 200\n\
-             [spikes]\nactive_sessions = 1\nload = 100000\nlock_wait_ms = 0\nmin_gap_s = 3\n",
+            "[agent]\ncollection_interval_s = 2\n[listener]\nprotocol = batch\nurl = {}\n{extra}",
             listener.url()
         ),
     );
-    let path = state.path().join("agent.ini");
+    let path = state.join("agent.ini");
     std::fs::write(&path, ini).unwrap();
     let agent = AgentChild::spawn(&["run", path.to_str().unwrap()], &[]);
     agent.wait_for_line(Duration::from_secs(60), "the log task", |l| {
         l.contains("following the server log")
     });
+    agent
+}
+
+/// The done-when of issue 23: a statement run before and after CREATE INDEX, logged by auto_explain
+/// in text then JSON format, reaches the listener as two plan records (a seq scan, then a bitmap or
+/// index scan) with the fingerprint and queryid of its pg_statements record, and one change record
+/// from the first plan_id to the second; the literal appears nowhere in anything received.
+#[test]
+fn a_plan_change_after_create_index_reaches_the_listener_joined_to_its_statement() {
+    let server = server_with_auto_explain();
+    let major = server.major();
+    let listener = Listener::start();
+    let state = tempfile::tempdir().unwrap();
+    let agent = start_agent(
+        &server,
+        &listener,
+        state.path(),
+        "[activity]\nsample_interval_ms = 200\n\
+         [spikes]\nactive_sessions = 1\nload = 100000\nlock_wait_ms = 0\nmin_gap_s = 3\n",
+    );
 
     // Before the index, in text format then JSON: one plan (the same plan_id in both formats).
     server.psql("plan_app", QUERY);
@@ -216,5 +238,42 @@ fn a_plan_change_after_create_index_reaches_the_listener_joined_to_its_statement
             r.body["type"]
         );
     }
+    drop(agent);
+}
+
+/// The plan store survives a restart (`plans.json` under the state directory): a plan seen before
+/// the agent stopped and another one logged while it was down make a change record after it
+/// starts again, and times_seen goes on counting.
+#[test]
+fn the_plan_store_survives_a_restart() {
+    let server = server_with_auto_explain();
+    let listener = Listener::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut agent = start_agent(&server, &listener, state.path(), "");
+    server.psql("plan_app", QUERY);
+    let seq = wait_for("the seq scan plan", &agent, || {
+        records(&listener, "pg_plans")
+            .into_iter()
+            .find(|r| r["record_type"] == "plan")
+    });
+    wait_for("plans.json", &agent, || {
+        state.path().join("plans.json").exists().then_some(())
+    });
+    agent.signal("TERM");
+    agent.wait_exit(Duration::from_secs(30));
+    server.psql("plan_app", "CREATE INDEX plan_t_v ON plan_t (v)");
+    server.psql("plan_app", "ANALYZE plan_t");
+    server.psql("plan_app", QUERY);
+    let agent = start_agent(&server, &listener, state.path(), "");
+    let change = wait_for("the change after the restart", &agent, || {
+        records(&listener, "pg_plans")
+            .into_iter()
+            .find(|r| r["record_type"] == "plan_change")
+    });
+    assert_eq!(change["previous_plan_id"], seq["plan_id"]);
+    assert_ne!(change["plan_id"], seq["plan_id"]);
+    assert_eq!(change["fingerprint"], seq["fingerprint"]);
+    // The seq scan plan's executions before the restart are kept in the change's figures.
+    assert_eq!(change["previous_duration_ms_mean"], seq["duration_ms_mean"]);
     drop(agent);
 }
