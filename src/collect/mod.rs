@@ -288,7 +288,11 @@ impl Collectors {
         if settings.plans.explain {
             self.plans.set_candidates(plans::candidates(&out.batches));
         }
-        run_one(&mut self.plans, db, settings, c, server, &mut out).await;
+        if self.plans.has_work(settings) {
+            run_one(&mut self.plans, db, settings, c, server, &mut out).await;
+        } else {
+            self.plans.idle(settings, c);
+        }
         out.duration = started.elapsed();
         out
     }

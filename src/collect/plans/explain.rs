@@ -135,6 +135,23 @@ impl PlansCollector {
     /// EXPLAIN on demand: plans of this cycle's top statements of the agent's database that have
     /// no plan seen and no attempt in the last hour, at most `explain_per_cycle`; with the server
     /// time they took (None when none ran).
+    /// Whether `c` may be explained now: of the agent's database, not the agent's own, not tried
+    /// and with no plan seen in the last hour.
+    pub(super) fn eligible(
+        &self,
+        c: &Candidate,
+        settings: &crate::collect::CollectSettings,
+    ) -> bool {
+        let recent_ms = crate::clock::now_ms() - EXPLAIN_EVERY.as_millis() as i64;
+        c.dbname.as_deref() == Some(settings.database.as_str())
+            && !self.explained.contains_key(&c.fingerprint)
+            && !crate::identity::is_agent_text(&c.query)
+            && !self
+                .store
+                .statement(c.fingerprint)
+                .is_some_and(|st| st.plans.iter().any(|p| p.last_seen >= recent_ms))
+    }
+
     pub(super) async fn explain_top(
         &mut self,
         ctx: &mut Context<'_>,
@@ -161,23 +178,12 @@ impl PlansCollector {
         let now = std::time::Instant::now();
         self.explained
             .retain(|_, at| now.saturating_duration_since(*at) < EXPLAIN_EVERY);
-        let recent_ms = crate::clock::now_ms() - EXPLAIN_EVERY.as_millis() as i64;
         let (mut out, mut spent, mut tried) = (Vec::new(), 0.0, 0);
         for c in candidates {
             if tried >= settings.plans.explain_per_cycle {
                 break;
             }
-            if c.dbname.as_deref() != Some(settings.database.as_str())
-                || self.explained.contains_key(&c.fingerprint)
-                || crate::identity::is_agent_text(&c.query)
-            {
-                continue;
-            }
-            let seen_recently = self
-                .store
-                .statement(c.fingerprint)
-                .is_some_and(|st| st.plans.iter().any(|p| p.last_seen >= recent_ms));
-            if seen_recently {
+            if !self.eligible(&c, settings) {
                 continue;
             }
             tried += 1;

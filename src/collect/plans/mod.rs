@@ -100,6 +100,10 @@ impl PlanInbox {
         pending.extend(seen.into_iter().take(room));
     }
 
+    fn is_empty(&self) -> bool {
+        self.0.lock().map_or(true, |p| p.is_empty())
+    }
+
     fn take(&self) -> Vec<Sighting> {
         self.0
             .lock()
@@ -231,6 +235,26 @@ impl PlansCollector {
     pub fn read_only(mut self) -> PlansCollector {
         self.read_only = true;
         self
+    }
+
+    /// Whether a run would report anything: sightings wait, or EXPLAIN on demand has a statement
+    /// to plan. Without, the cycle calls [`PlansCollector::idle`] instead, so a collector with
+    /// nothing to do is not listed as skipped in every cycle's summary.
+    pub fn has_work(&self, settings: &super::CollectSettings) -> bool {
+        !self.inbox.is_empty()
+            || (settings.plans.explain
+                && self.candidates.iter().any(|c| self.eligible(c, settings)))
+    }
+
+    /// What a cycle without work still does: read the saved store once, publish the current
+    /// plans for spike snapshots, save a store a skipped save left unsaved.
+    pub fn idle(&mut self, settings: &super::CollectSettings, counters: &Counters) {
+        self.load_once(counters);
+        self.candidates.clear();
+        if settings.current_plans.is_empty() && !self.store.is_empty() {
+            settings.current_plans.replace(self.store.currents());
+        }
+        self.save(counters);
     }
 
     /// This cycle's top statements (see [`explain::candidates`]).
