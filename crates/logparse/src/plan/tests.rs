@@ -224,3 +224,25 @@ fn syslog_plans_parse_like_jsonlog() {
     }
     assert!(checked >= 8, "{checked} text plans");
 }
+
+#[test]
+fn yaml_plans_parse_to_the_json_plans_shape_and_plan_id() {
+    let plans = fixture_plans();
+    let yaml: Vec<&Value> = plans
+        .iter()
+        .filter(|p| p.0 == "yaml")
+        .map(|p| &p.1)
+        .collect();
+    let json: Vec<&Value> = plans
+        .iter()
+        .filter(|p| p.0 == "json")
+        .map(|p| &p.1)
+        .collect();
+    assert_eq!(yaml.len(), 8);
+    for (y, j) in yaml.iter().zip(&json) {
+        assert_eq!(node_types(y), node_types(j), "{y:#}");
+        assert_eq!(plan_id(y), plan_id(j), "{y}\n{j}");
+        assert_eq!(y["Plan"]["Total Cost"], j["Plan"]["Total Cost"]);
+        assert!(y["Plan"]["Output"].is_array(), "{y:#}");
+    }
+}
