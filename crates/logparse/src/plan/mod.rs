@@ -2,18 +2,18 @@
 //! with EXPLAIN's JSON keys whatever format the server wrote ([`parse`]), and the plan's identity
 //! ([`plan_id`]): a hash of its shape, blind to costs, row counts and timings.
 //!
-//! Formats: JSON (read as it is), text (auto_explain's default, [`text`]) and YAML ([`yaml`]). XML
-//! is recognised and masked by the privacy step (`pga_privacy::plan`) but not parsed into a tree;
-//! its message still reaches the listener.
+//! Formats: JSON (read as it is), text (auto_explain's default, [`text`]), YAML ([`yaml`]) and XML
+//! ([`xml`]), all into the same tree.
 
 pub mod text;
+pub mod xml;
 pub mod yaml;
 
 use serde_json::Value;
 use xxhash_rust::xxh3::Xxh3;
 
-/// The plan in the text after `plan:\n` as `{"Query Text", "Plan": {...}, ...}`; `None` for a
-/// format it does not parse (XML) or text it cannot read.
+/// The plan in the text after `plan:\n` as `{"Query Text", "Plan": {...}, ...}`; `None` for text
+/// it cannot read.
 pub fn parse(plan: &str) -> Option<Value> {
     let t = plan.trim_start();
     if t.starts_with('{') {
@@ -21,7 +21,7 @@ pub fn parse(plan: &str) -> Option<Value> {
         return v.get("Plan").is_some().then_some(v);
     }
     if t.starts_with('<') {
-        return None;
+        return xml::parse(plan);
     }
     if t.starts_with("Query Text: \"") || t.starts_with("Plan:") {
         return yaml::parse(plan);

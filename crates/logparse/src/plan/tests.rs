@@ -246,3 +246,25 @@ fn yaml_plans_parse_to_the_json_plans_shape_and_plan_id() {
         assert!(y["Plan"]["Output"].is_array(), "{y:#}");
     }
 }
+
+#[test]
+fn xml_plans_parse_to_the_json_plans_shape_and_plan_id() {
+    let plans = fixture_plans();
+    let xml: Vec<&Value> = plans
+        .iter()
+        .filter(|p| p.0 == "xml")
+        .map(|p| &p.1)
+        .collect();
+    let json: Vec<&Value> = plans
+        .iter()
+        .filter(|p| p.0 == "json")
+        .map(|p| &p.1)
+        .collect();
+    assert_eq!(xml.len(), 8);
+    for (x, j) in xml.iter().zip(&json) {
+        assert_eq!(node_types(x), node_types(j), "{x:#}");
+        assert_eq!(plan_id(x), plan_id(j), "{x}\n{j}");
+        assert_eq!(x["Plan"]["Total Cost"], j["Plan"]["Total Cost"]);
+        assert!(x["Plan"]["Output"].is_array(), "{x:#}");
+    }
+}
