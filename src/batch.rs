@@ -40,10 +40,12 @@ pub enum BatchKind {
     PgTables,
     /// The settings snapshot and change records (`collect::health::settings`).
     PgSettings,
+    /// Plans seen in the interval and plan changes (`collect::plans`).
+    PgPlans,
 }
 
 impl BatchKind {
-    pub const ALL: [BatchKind; 11] = [
+    pub const ALL: [BatchKind; 12] = [
         BatchKind::PgActivity,
         BatchKind::PgStatements,
         BatchKind::Locks,
@@ -55,6 +57,7 @@ impl BatchKind {
         BatchKind::PgServerHealth,
         BatchKind::PgTables,
         BatchKind::PgSettings,
+        BatchKind::PgPlans,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +73,7 @@ impl BatchKind {
             BatchKind::PgServerHealth => "pg_server_health",
             BatchKind::PgTables => "pg_tables",
             BatchKind::PgSettings => "pg_settings",
+            BatchKind::PgPlans => "pg_plans",
         }
     }
 

@@ -151,6 +151,7 @@ pub fn from_stored(kind: BatchKind, collected_at: &str, records: &[Record]) -> V
             | BatchKind::PgServerHealth
             | BatchKind::PgTables
             | BatchKind::PgSettings => None,
+            BatchKind::PgPlans => None,
         };
         out.extend(statement);
     }
@@ -243,6 +244,12 @@ fn stored_log_entry(r: &Map<String, Value>) -> Option<Correlated> {
                 ("fingerprint", "fingerprint"),
                 ("timestamp", "logged_at"),
             ],
-        ),
+        )
+        // An auto_explain entry's plan goes with its correlated statement (docs/plans.md).
+        .put(
+            "plan_id",
+            &r.get("extracted").and_then(|x| x.get("plan_id")),
+        )
+        .put("plan", &r.get("extracted").and_then(|x| x.get("plan"))),
     })
 }

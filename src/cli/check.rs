@@ -13,6 +13,7 @@ use crate::ship::probe::{self, Verdict};
 
 mod health;
 mod logs;
+mod plans;
 
 /// How one check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +146,7 @@ pub async fn checks(config: &Config) -> Vec<CheckResult> {
             out.push(check_statements_extension(&mut session).await);
             out.push(logs::check(config, Some(&mut session)).await);
             out.push(health::check(config, &mut session).await);
+            out.extend(plans::check(config, &mut session).await);
         }
         Err(e) => {
             let cause = e

@@ -17,6 +17,7 @@
 pub mod activity;
 pub mod health;
 pub mod locks;
+pub mod plans;
 pub mod sampling;
 pub mod settings;
 pub mod spikes;
@@ -205,6 +206,7 @@ pub struct Collectors {
     locks: locks::LocksCollector,
     system: system::SystemCollector,
     health: Health,
+    plans: plans::PlansCollector,
 }
 
 /// The health collectors (`collect::health`), off unless `[health] enabled`.
@@ -242,7 +244,14 @@ impl Collectors {
             locks: locks::LocksCollector,
             system: system::SystemCollector::default(),
             health: Health::new(settings, false),
+            plans: plans::PlansCollector::new(&settings.state_dir),
         }
+    }
+
+    /// These collectors with the inbox of plan sightings the daemon's log task fills.
+    pub fn with_plan_inbox(mut self, inbox: plans::PlanInbox) -> Collectors {
+        self.plans = self.plans.with_inbox(inbox);
+        self
     }
 
     /// Collectors that read their saved state (the statement baseline) but never write it, for
@@ -251,6 +260,7 @@ impl Collectors {
         let mut c = Collectors::new(settings);
         c.statements = statements::StatementsCollector::new(&settings.state_dir).read_only();
         c.health = Health::new(settings, true);
+        c.plans = plans::PlansCollector::new(&settings.state_dir).read_only();
         c
     }
 
@@ -305,6 +315,14 @@ impl Collectors {
             run_one(&mut h.server, db, settings, c, server, &mut out).await;
             run_one(&mut h.settings, db, settings, c, server, &mut out).await;
             run_one(&mut h.tables, db, settings, c, server, &mut out).await;
+        }
+        if settings.plans.explain {
+            self.plans.set_candidates(plans::candidates(&out.batches));
+        }
+        if self.plans.has_work(settings) {
+            run_one(&mut self.plans, db, settings, c, server, &mut out).await;
+        } else {
+            self.plans.idle(settings, c);
         }
         out.duration = started.elapsed();
         out

@@ -40,6 +40,10 @@ pub struct CollectSettings {
     pub health: HealthConfig,
     /// `[postgres]`: the table pass opens one session per other database with it.
     pub postgres: PostgresConfig,
+    /// The current plan of each statement, published by the plans collector for spike snapshots.
+    pub current_plans: super::plans::CurrentPlans,
+    /// `[plans]`: EXPLAIN on demand.
+    pub plans: crate::config::plans::PlansConfig,
 }
 
 impl CollectSettings {
@@ -63,6 +67,8 @@ impl CollectSettings {
             database: config.postgres.database.clone(),
             health: config.health.clone(),
             postgres: config.postgres.clone(),
+            current_plans: Default::default(),
+            plans: config.plans.clone(),
         }
     }
 

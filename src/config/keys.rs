@@ -62,6 +62,7 @@ pub const SECTIONS: &[&str] = &[
     "spikes",
     "otlp",
     "health",
+    "plans",
 ];
 
 pub const SSLMODES: &[&str] = &[
@@ -159,6 +160,9 @@ pub const KEYS: &[KeySpec] = &[
     k("health", "table_interval_s", "600", Int(0, 86_400), "Seconds between table passes (table and index statistics in every database the role may connect to); 0 = off. Needs `enabled`."),
     k("health", "table_top_n", "20", Int(1, 1000), "Tables and indexes kept per database and pass for each ranking (activity, dead tuples, size); the rest are counted in `omitted`."),
     k("health", "table_max_bytes", "262144", Int(4096, 16_777_216), "Most bytes of table records (as JSON) per database and pass; records past it are counted in `omitted`."),
+    k("plans", "explain", "false", Bool, "EXPLAIN on demand (PostgreSQL 16+): `EXPLAIN (GENERIC_PLAN, FORMAT JSON)` of the top statements by time that have no plan seen in the last hour; never ANALYZE (docs/plans.md)."),
+    k("plans", "explain_per_cycle", "3", Int(1, 20), "At most this many EXPLAINs per cycle (each statement at most once an hour)."),
+    k("plans", "explain_timeout_ms", "500", Int(10, 5000), "statement_timeout of each EXPLAIN; lock_timeout is a fifth of it."),
 ];
 
 /// The spec of `section.key`, if it exists.

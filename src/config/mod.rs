@@ -13,6 +13,7 @@ pub mod env;
 mod health;
 pub mod keys;
 pub mod otlp;
+pub mod plans;
 mod protocol;
 pub mod raw;
 mod secret;
@@ -294,6 +295,8 @@ pub struct Config {
     pub spikes: SpikesConfig,
     /// Server and table health (`[health]`).
     pub health: HealthConfig,
+    /// `[plans]`: EXPLAIN on demand.
+    pub plans: plans::PlansConfig,
     /// One line per Python agent name used (see [`aliases`]), to be logged at WARN once logging runs;
     /// not a setting, so left out of comparisons.
     pub notices: Vec<String>,
@@ -318,6 +321,7 @@ impl PartialEq for Config {
             activity,
             spikes,
             health,
+            plans,
             notices: _,
         } = self;
         *file == other.file
@@ -335,6 +339,7 @@ impl PartialEq for Config {
             && *activity == other.activity
             && *spikes == other.spikes
             && *health == other.health
+            && *plans == other.plans
     }
 }
 
@@ -584,6 +589,7 @@ impl Config {
                 },
             },
             health: health::parse(&v)?,
+            plans: plans::PlansConfig::read(&v)?,
             notices: raw.notices.clone(),
         })
     }

@@ -161,6 +161,8 @@ struct Daemon {
     tracker: TaskTracker,
     /// See [`LogShared::resume_hint`].
     log_resume_hint: Arc<Mutex<Option<serde_json::Value>>>,
+    /// The hand-over of plan sightings from the log task to the plans collector (kept on reload).
+    plans: crate::collect::plans::PlanInbox,
     delivery: Option<Delivery>,
     sampling: Option<SetupTask>,
     /// The lock on the state directory, held until the process exits.
@@ -209,6 +211,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             log_resume_hint: Arc::new(Mutex::new(None)),
+            plans: Default::default(),
             delivery: None,
             sampling: None,
             lock,
@@ -299,6 +302,7 @@ impl Daemon {
             telemetry: self.telemetry.clone(),
             server: self.server.clone(),
             resume_hint: self.log_resume_hint.clone(),
+            plans: self.plans.clone(),
         };
         self.log_task = Some(LogTask::spawn(
             self.setup.clone(),
@@ -380,6 +384,7 @@ impl Daemon {
                 deliver: deliver.clone(),
                 delivery,
                 writer: writer.clone(),
+                plans: self.plans.clone(),
             },
             self.shutdown.child_token(),
         ));

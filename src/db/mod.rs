@@ -416,6 +416,35 @@ impl Session {
         Ok(self.query(name, sql, params).await?.into_iter().next())
     }
 
+    /// Runs `sql` with the simple query protocol (several statements, or `$n` left unbound as
+    /// `EXPLAIN (GENERIC_PLAN)` needs), under the same deadline and discarding as
+    /// [`Session::query`]; returns the first column of each row as text.
+    pub async fn simple_rows(
+        &mut self,
+        name: &'static str,
+        sql: &str,
+    ) -> Result<Vec<String>, DbError> {
+        let Some(client) = self.client.as_ref() else {
+            return Err(DbError::Pool("session already discarded".into()));
+        };
+        match tokio::time::timeout(self.timeout, client.simple_query(sql)).await {
+            Ok(Ok(messages)) => Ok(messages
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .collect()),
+            Ok(Err(source)) => Err(self.failed(name, source)),
+            Err(_) => Err(self.timed_out(name)),
+        }
+    }
+
+    /// [`Session::simple_rows`] of statements that return nothing of interest.
+    pub async fn simple(&mut self, name: &'static str, sql: &str) -> Result<(), DbError> {
+        self.simple_rows(name, sql).await.map(|_| ())
+    }
+
     /// Drops the connection instead of returning it to the pool.
     pub fn discard(&mut self) {
         if let Some(obj) = self.client.take() {

@@ -126,44 +126,13 @@ pub fn finish_entry(e: &mut LogEntry<'_>, f: &Finisher) -> PrivacyCounts {
     counts
 }
 
-/// auto_explain's JSON plan carries the statement as "Query Text" and conditions with literals
-/// (filters, index conditions): mask every string in the plan that holds SQL.
+/// auto_explain's plan tree (`extracted.plan`, from any format) carries the statement as "Query
+/// Text" and SQL with literals in conditions, filters and output lists: mask every string in it
+/// that may hold SQL (`privacy::plan::mask_plan_tree`).
 fn mask_json_plan(e: &mut LogEntry<'_>, counts: &mut PrivacyCounts) {
-    const SQL_KEYS: &[&str] = &[
-        "Query Text",
-        "Filter",
-        "Index Cond",
-        "Recheck Cond",
-        "Join Filter",
-        "Hash Cond",
-        "Merge Cond",
-        "One-Time Filter",
-        "TID Cond",
-        "Output",
-    ];
-    fn walk(v: &mut serde_json::Value, counts: &mut PrivacyCounts) {
-        match v {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map.iter_mut() {
-                    match v {
-                        serde_json::Value::String(s) if SQL_KEYS.contains(&k.as_str()) => {
-                            let opts = crate::privacy::ObfuscateOptions::default();
-                            if let std::borrow::Cow::Owned(masked) =
-                                crate::privacy::obfuscate_counted(s, opts, counts)
-                            {
-                                *s = masked;
-                            }
-                        }
-                        _ => walk(v, counts),
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, counts)),
-            _ => {}
-        }
-    }
     if let Some(plan) = e.extracted.as_mut().and_then(|x| x.get_mut("plan")) {
-        walk(plan, counts);
+        let opts = crate::privacy::ObfuscateOptions::default();
+        crate::privacy::plan::mask_plan_tree(plan, opts, counts);
     }
 }
 
@@ -202,7 +171,12 @@ pub fn correlated_statement(e: &LogEntry<'_>) -> Option<Correlated> {
             .put("error_severity", &e.error_severity)
             .put("query_id", &e.query_id)
             .put("fingerprint", &e.fingerprint)
-            .put("logged_at", &e.timestamp),
+            .put("logged_at", &e.timestamp)
+            .put(
+                "plan_id",
+                &e.extracted.as_ref().and_then(|x| x.get("plan_id")),
+            )
+            .put("plan", &e.extracted.as_ref().and_then(|x| x.get("plan"))),
     })
 }
 
@@ -227,6 +201,7 @@ mod tests {
             r#"{"timestamp":"2026-11-28 10:00:03.500 UTC","pid":43,"error_severity":"LOG","message":"duration: 12.5 ms  execute s1: SELECT 2 /* correlation_id=y */"}"#,
             r#"{"timestamp":"2026-11-28 10:00:04.000 UTC","pid":44,"error_severity":"LOG","message":"statement: SELECT 3 /* correlation_id=z */"}"#,
             r#"{"timestamp":"2026-11-28 10:00:05.000 UTC","pid":45,"error_severity":"LOG","message":"duration: 3.0 ms  statement: SELECT 4"}"#,
+            r#"{"timestamp":"2026-11-28 10:00:06.000 UTC","pid":46,"error_severity":"LOG","message":"duration: 7.0 ms  plan:\nQuery Text: SELECT 5 /* correlation_id=p */\nResult  (cost=0.00..0.01 rows=1 width=4)"}"#,
         ];
         let text = lines.join("\n") + "\n";
         let parser = Parser::new(LogFormat::Jsonlog, "", 1 << 20);
@@ -241,16 +216,72 @@ mod tests {
             typed.extend(correlated_statement(&e));
             data.push(Record::new(&e).unwrap());
         }
-        assert_eq!(data.len(), 4);
-        assert_eq!(typed.len(), 2, "{typed:?}");
+        assert_eq!(data.len(), 5);
+        assert_eq!(typed.len(), 3, "{typed:?}");
         assert_eq!(typed[0].correlation_id, "x");
         assert_eq!(typed[0].duration_ms, Some(2000.0));
         assert!(typed[1]
             .query
             .as_deref()
             .is_some_and(|q| q.starts_with("SELECT")));
+        // The text-format plan of an auto_explain entry goes with its correlated statement.
+        let plan = serde_json::to_string(&typed[2].detail).unwrap();
+        assert!(
+            plan.contains("plan_id") && plan.contains("\"Node Type\":\"Result\""),
+            "{plan}"
+        );
         let mut b = Batch::new(BatchKind::PgLogs, "p", AgentInfo::new("h"), None, 60, data);
         b.restore_correlated();
         assert_eq!(typed, b.correlated);
+    }
+
+    /// Issue 23's privacy hole: real auto_explain output of PostgreSQL 15 in every plan format
+    /// (text, JSON, YAML, XML), read from stderr, csvlog and jsonlog: after `finish_entry` with the
+    /// default privacy policy, none of the statements' literals appears anywhere in the entries, and
+    /// text and JSON plans carry a tree, a `plan_id`, the fingerprint and the query ID.
+    #[test]
+    fn auto_explain_literals_appear_nowhere_in_any_format_or_destination() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crates/logparse/tests/fixtures/auto_explain"
+        );
+        let prefix = "%m [%p] %q%u@%d %Q ";
+        for (file, format) in [
+            ("pg15.log", LogFormat::Stderr),
+            ("pg15.csv", LogFormat::Csvlog),
+            ("pg15.json", LogFormat::Jsonlog),
+        ] {
+            let text = std::fs::read(format!("{dir}/{file}")).unwrap();
+            let parser = Parser::new(format, prefix, 1 << 20);
+            let mut reader = EntryReader::new(&text[..], parser, 0);
+            let finisher = Finisher::default();
+            let (mut plans, mut trees, mut out) = (0, 0, String::new());
+            while let Some((mut e, _)) = reader.next_entry().unwrap() {
+                finish_entry(&mut e, &finisher);
+                if e.event == Some("auto_explain") {
+                    plans += 1;
+                    let x = e.extracted.as_ref();
+                    if x.is_some_and(|x| x.contains_key("plan_id")) {
+                        trees += 1;
+                        assert!(
+                            e.fingerprint.is_some(),
+                            "{file}: a plan without fingerprint"
+                        );
+                        assert!(e.query_id.is_some() || format == LogFormat::Stderr);
+                    }
+                }
+                out.push_str(&serde_json::to_string(&e).unwrap());
+                out.push('\n');
+            }
+            assert!(plans >= 32, "{file}: {plans} auto_explain entries");
+            // Every plan (32, in text, JSON, YAML and XML) becomes a tree with a plan_id.
+            assert!(trees >= 32, "{file}: {trees} plan trees");
+            for literal in ["918273645", "secret-", "lit-", "zz9"] {
+                assert!(
+                    !out.contains(literal),
+                    "{file}: {literal:?} left the host:\n{out}"
+                );
+            }
+        }
     }
 }

@@ -153,6 +153,11 @@ events! {
         "OTLP requests accepted with a partial_success (part rejected by the receiver, not sent again)";
     OtlpRejectedItems = "otlp_rejected_items",
         "Log records and data points an OTLP receiver reported rejected in a partial_success";
+    // Plans (issue 23).
+    PlansDropped = "plans_dropped",
+        "auto_explain plan sightings dropped because 10,000 were waiting for the next cycle (the entries still went out in pg_logs)";
+    PlansEvicted = "plans_evicted",
+        "Plans or statements evicted from the plan store at its bounds (20,000 statements, 8 plans each)";
 }
 
 /// One counter per [`Event`], shared by every part of one process that counts. Cheap to clone.

@@ -39,6 +39,10 @@ mod collect {
     mod health;
     mod health_daemon;
     mod locks;
+    // Plans from auto_explain tied to their statements, plan changes (`src/collect/plans`).
+    mod plans;
+    // EXPLAIN on demand (`src/collect/plans/explain.rs`): PostgreSQL 16+ in the matrix.
+    mod plans_explain;
     mod sampling;
     mod spikes;
     // Baseline-relative triggers under a steady load of 100 sessions.

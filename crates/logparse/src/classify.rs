@@ -1,6 +1,7 @@
 //! Classification: gives each entry an `event` (a snake_case class) and pulls the numbers out of the
 //! message: `duration_ms`, and in `extracted` lock waits, temp file sizes, checkpoint buffers and
-//! times, vacuum pages and tuples, session times, and the auto_explain plan when it is JSON.
+//! times, vacuum pages and tuples, session times, and the auto_explain plan (JSON or text format,
+//! as one tree: [`super::plan`]) with its `plan_id`.
 //!
 //! Matching is on the message's leading words as PostgreSQL writes them with `lc_messages = C`
 //! (translated server messages are not recognised and get only the SQLSTATE-based classes). ERROR,
@@ -25,7 +26,14 @@ pub fn classify(e: &mut LogEntry<'_>) {
         let (ms, after) = number_then(rest, " ms");
         duration = ms;
         if let Some(plan) = after.strip_prefix("  plan:\n") {
-            if let Ok(v) = serde_json::from_str::<Value>(plan.trim()) {
+            if let Some(v) = super::plan::parse(plan) {
+                if let Some(id) = super::plan::plan_id(&v) {
+                    x.insert("plan_id".into(), Value::String(id));
+                }
+                // auto_explain writes the query ID with log_verbose from PostgreSQL 16.
+                if e.query_id.is_none() {
+                    e.query_id = v.get("Query Identifier").and_then(Value::as_i64);
+                }
                 x.insert("plan".into(), v);
             }
             Some("auto_explain")

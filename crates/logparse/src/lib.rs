@@ -17,6 +17,7 @@ pub mod entry;
 pub mod json_out;
 pub mod log_format;
 pub mod parse;
+pub mod plan;
 pub mod time;
 
 pub use entry::LogEntry;

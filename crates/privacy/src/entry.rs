@@ -228,6 +228,12 @@ fn obfuscate_message_with<'m>(
         Some((at, SqlPart::Statement)) => mask_spans(message, &[(at, message.len())], opts, counts),
         Some((at, SqlPart::Plan)) => {
             let plan = &message[at..];
+            if let Some(masked) = super::plan::mask_structured_plan(plan, opts, counts) {
+                return match masked {
+                    Cow::Borrowed(_) => Cow::Borrowed(message),
+                    Cow::Owned(masked) => Cow::Owned(format!("{}{masked}", &message[..at])),
+                };
+            }
             let keep = messages::plan_statistics_lines(plan);
             match obfuscate_keeping_numbers_in(plan, opts.strings, &keep, counts) {
                 Cow::Borrowed(_) => Cow::Borrowed(message),

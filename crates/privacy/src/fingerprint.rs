@@ -382,4 +382,18 @@ mod tests {
             "f6f36b88c7184c9a"
         );
     }
+
+    /// Issue 23's join key: pg_stat_statements' normalised text (`$n` for constants) and the text
+    /// a log entry or auto_explain plan carries (literals) give one fingerprint.
+    #[test]
+    fn normalised_text_and_logged_text_share_the_fingerprint() {
+        assert_eq!(
+            fingerprint("SELECT count(*) FROM t WHERE v = $1 AND name <> $2"),
+            fingerprint("SELECT count(*) FROM t WHERE v = 918273645 AND name <> 'secret-text'")
+        );
+        assert_eq!(
+            fingerprint("select * from t where id in ($1, $2, $3)"),
+            fingerprint("select * from t where id in (4, 5)")
+        );
+    }
 }

@@ -53,8 +53,8 @@
 //! Known limits: with `standard_conforming_strings = off` on a session but not in [`Privacy::strings`],
 //! a plain string holding `\'` ends early in the lexer's eyes; the remainder usually lexes as a new
 //! string running to the end and is masked, and credential redaction covers passwords through the end
-//! of their statement for this reason. JSON-format auto_explain plans quote SQL in `"..."`: the
-//! `Privacy` methods leave them alone, the agent's log finisher masks their SQL strings.
+//! of their statement for this reason. auto_explain plans in JSON, YAML and XML carry their SQL in quoted
+//! strings or XML text: [`plan`] masks them (in the message, and in a parsed plan tree).
 //!
 //! # Counts
 //! No function keeps a counter of its own. What is masked or redacted is counted into a
@@ -67,6 +67,7 @@ pub mod fingerprint;
 pub mod lexer;
 pub mod messages;
 pub mod obfuscate;
+pub mod plan;
 pub mod redact;
 
 #[cfg(test)]

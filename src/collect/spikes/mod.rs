@@ -226,6 +226,18 @@ pub async fn snapshot(
         Some(a) => (a.records, a.extra),
         None => (Vec::new(), Map::new()),
     };
+    // The current plan of each active statement with a known plan (docs/plans.md).
+    let plans: Map<String, Value> = sessions
+        .iter()
+        .filter_map(|s| {
+            let fp = s.fingerprint.as_deref()?;
+            Some((
+                fp.to_string(),
+                Value::from(config.current_plans.get_hex(fp)?),
+            ))
+        })
+        .collect();
+    extra.insert("plans".into(), Value::Object(plans));
     let data = sessions
         .iter()
         .map(Record::new)

@@ -57,6 +57,10 @@ pub struct StatementRecord {
     /// The entry was reset or evicted during the interval: counters run from that point.
     pub reset: bool,
     pub mean_exec_time_ms: f64,
+    /// The pga-privacy fingerprint of the normalised text (literals and `$n` are left out of it),
+    /// equal to that of log entries and auto_explain plans of the statement: the join key where
+    /// query IDs are missing (PostgreSQL 13 logs). Null without a text.
+    pub fingerprint: Option<String>,
     /// Every counter of [`columns::COUNTERS`]; null when this server's extension does not track it.
     #[serde(flatten)]
     pub counters: Counters,
@@ -451,8 +455,10 @@ impl StatementsCollector {
 
         let mut records = Vec::with_capacity(chosen.len());
         for d in &chosen {
+            let mut fingerprint = None;
             let (query, query_truncated) = match self.texts.lookup(d.key.queryid) {
                 Lookup::Text(raw) => {
+                    fingerprint = Some(crate::privacy::fingerprint(raw));
                     let (t, cut) = query_text(raw, settings, tally);
                     (Some(t), cut)
                 }
@@ -462,7 +468,7 @@ impl StatementsCollector {
                 }
             };
             let since = self.deferred_since.remove(&d.key);
-            records.push(record(
+            let mut r = record(
                 d,
                 since.as_deref().unwrap_or(&interval_start),
                 &cur,
@@ -470,7 +476,9 @@ impl StatementsCollector {
                 query_truncated,
                 &dbs,
                 &roles,
-            ));
+            );
+            r.fingerprint = fingerprint;
+            records.push(r);
         }
         let mut collected = Collected::new(records);
         let evicted = match (prev_dealloc, cur.dealloc) {
@@ -566,6 +574,7 @@ fn record(
         } else {
             0.0
         },
+        fingerprint: None,
         counters,
     }
 }

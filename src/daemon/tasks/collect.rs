@@ -37,6 +37,8 @@ pub struct CycleShared {
     pub delivery: deliver::PassWatch,
     /// Does the cycle's disk work.
     pub writer: Arc<Writer>,
+    /// Plan sightings from the log task, for the plans collector.
+    pub plans: crate::collect::plans::PlanInbox,
 }
 
 /// Starts the collection task on `tracker`: the first cycle runs at once. It stops when `stop` (a
@@ -53,7 +55,8 @@ pub fn spawn(
 async fn run(mut setup: watch::Receiver<Arc<Setup>>, shared: CycleShared, stop: CancellationToken) {
     let first = setup.borrow_and_update().clone();
     let mut collectors =
-        Collectors::with_counters(&first.collect, shared.telemetry.counters.clone());
+        Collectors::with_counters(&first.collect, shared.telemetry.counters.clone())
+            .with_plan_inbox(shared.plans.clone());
     let mut interval = first.config.agent.collection_interval;
     let mut schedule = Schedule::new(Instant::now(), interval);
     let mut current = first;

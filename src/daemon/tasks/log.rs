@@ -43,6 +43,8 @@ pub struct LogShared {
     pub telemetry: Telemetry,
     /// The server's identity, as the last cycle read it, for the batch envelope.
     pub server: Arc<Mutex<Option<ServerInfo>>>,
+    /// Where the plans of shipped auto_explain entries go (the plans collector reads them).
+    pub plans: crate::collect::plans::PlanInbox,
     /// The log cursor of the newest pg_logs batch that was in the outbox when the daemon
     /// started ([`Shipper::log_cursor`]), read before the delivery task could send (and delete)
     /// it. Taken by the first log task; later ones ask the outbox.
@@ -419,12 +421,15 @@ async fn ship(
     // The correlated statements the tailer took from the entries while they were typed.
     let mut correlated = Vec::new();
     let mut statements = batch.correlated.into_iter();
+    // The plans of auto_explain entries, handed to the plans collector once the batch is written.
+    let mut plans = Vec::new();
     for e in batch.entries.into_iter() {
         let statement = statements.next().flatten();
         if is_agent_entry(&e, &shared.telemetry.counters) {
             continue;
         }
         correlated.extend(statement);
+        plans.extend(crate::collect::plans::Sighting::from_log_entry(&e));
         match Record::new(&e) {
             Ok(r) => entries.push(r),
             Err(e) => {
@@ -482,6 +487,7 @@ async fn ship(
     let written = written.unwrap_or_else(|e| Err(crate::ship::ShipError::Task(e.to_string())));
     match written {
         Ok(r) => {
+            shared.plans.push(plans, &shared.telemetry.counters);
             let outcome = if r.stdout { "printed" } else { "enqueued" };
             shared
                 .telemetry

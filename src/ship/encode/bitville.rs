@@ -25,7 +25,7 @@ use crate::ship::outbox::NewBatch;
 /// the name of its record list inside `data` (none for system metrics, whose one record is
 /// `data`). Several types share a source; reading a source back ([`kind_of_source`]) gives the first
 /// type listed with it.
-const KINDS: [(BatchKind, &str, Option<&str>); 11] = [
+const KINDS: [(BatchKind, &str, Option<&str>); 12] = [
     (BatchKind::PgActivity, "pg_stat_activity", Some("sessions")),
     (
         BatchKind::PgStatements,
@@ -51,6 +51,7 @@ const KINDS: [(BatchKind, &str, Option<&str>); 11] = [
     ),
     (BatchKind::PgTables, "system_metrics", Some("tables")),
     (BatchKind::PgSettings, "system_metrics", Some("settings")),
+    (BatchKind::PgPlans, "pg_log", Some("plans")),
 ];
 
 fn entry(kind: BatchKind) -> (BatchKind, &'static str, Option<&'static str>) {
@@ -209,6 +210,7 @@ impl Serialize for Data<'_> {
             | BatchKind::PgServerHealth
             | BatchKind::PgTables
             | BatchKind::PgSettings => {}
+            BatchKind::PgPlans => {}
         }
         let agent = serde_json::to_value(&b.agent).map_err(serde::ser::Error::custom)?;
         let server = serde_json::to_value(&b.server).map_err(serde::ser::Error::custom)?;

@@ -269,3 +269,40 @@ fn a_batch_listener_is_not_a_bitville_listener() {
     );
     assert_eq!(batch.received().len(), 0);
 }
+
+/// `[plans] explain = true` adds a `plans` line: the privilege EXPLAIN needs and whether the role
+/// has it (issue 23), or why it does nothing before PostgreSQL 16.
+#[test]
+fn the_plans_line_says_what_explain_needs() {
+    let server = PgServer::start();
+    let (_, off) = check(&server, "");
+    assert!(
+        !off.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("plans")),
+        "{off}"
+    );
+    server.psql("postgres", "CREATE ROLE plain_agent LOGIN");
+    server.psql("postgres", "GRANT pg_monitor TO plain_agent");
+    let (_, out) = check(
+        &server,
+        "[plans]\nexplain = true\n[postgres]\nuser = plain_agent\n",
+    );
+    let l = line(&out, "plans");
+    if server.major() < 16 {
+        assert!(
+            l.starts_with("WARN") && l.contains("needs PostgreSQL 16"),
+            "{out}"
+        );
+    } else {
+        assert!(
+            l.starts_with("WARN") && l.contains("lacks pg_read_all_data"),
+            "{out}"
+        );
+        server.psql("postgres", "GRANT pg_read_all_data TO plain_agent");
+        let (_, out) = check(
+            &server,
+            "[plans]\nexplain = true\n[postgres]\nuser = plain_agent\n",
+        );
+        assert!(line(&out, "plans").starts_with("OK"), "{out}");
+    }
+}
