@@ -694,7 +694,7 @@ async fn fold_entries(
             let calls = columns::column_for(&COUNTERS[CALLS], ext.version).unwrap_or("calls");
             let total = columns::column_for(&COUNTERS[TOTAL_EXEC], ext.version)
                 .unwrap_or("total_exec_time");
-            // A hash full join on the key: rows with both sides are entries to compare, rows
+            // A full join on the key: rows with both sides are entries to compare, rows
             // without the baseline's side are new, rows without the server's side are gone.
             let sql = format!(
                 "SELECT /* postgres-agent */ s.*, b.q AS gone_queryid, b.u AS gone_userid, \
