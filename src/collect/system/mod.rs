@@ -1,8 +1,8 @@
 //! `system_metrics`: one record per cycle about the host PostgreSQL runs on: CPU shares, load,
-//! memory, the filesystems holding the data and log directories, disk and network rates, and the
-//! PostgreSQL processes. Read from /proc (procfs crate) and statvfs (rustix); the database is asked
-//! only for its directories (once per cycle, with the server identity) and one backend pid, which
-//! leads to the postmaster. Rates cover the time since the previous cycle; the first cycle measures
+//! memory, the root filesystem and those holding the data and log directories, disk and network
+//! rates, and the PostgreSQL processes. Read from /proc (procfs crate) and statvfs (rustix); the
+//! database is asked only for its directories (with the server identity, once per connection) and
+//! one backend pid, which leads to the postmaster. Rates cover the time since the previous cycle; the first cycle measures
 //! from the start of the cycle.
 
 pub(crate) mod sample;
@@ -35,7 +35,7 @@ pub struct SystemRecord {
     pub postgres_processes: Option<Processes>,
 }
 
-/// A filesystem holding one of the server's directories.
+/// The root filesystem, or one holding one of the server's directories.
 #[derive(Debug, Clone, Serialize)]
 pub struct Filesystem {
     /// `data_directory` or `log_directory`.
@@ -122,7 +122,11 @@ impl Collector for SystemCollector {
             Event::SystemReadErrors,
             std::mem::take(&mut self.unreadable) + cur.unreadable,
         );
-        let mut filesystems = Vec::new();
+        // The root filesystem always (what the Python agent reported as disk usage), then those
+        // of the server's directories when they are known.
+        let mut filesystems: Vec<_> = filesystem("root", Path::new("/"), counters)
+            .into_iter()
+            .collect();
         if let Some(server) = ctx.server {
             self.note_hidden_directories(server.data_directory.is_none(), &ctx.settings.user);
             for (role, dir) in [
