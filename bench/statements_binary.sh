@@ -11,6 +11,8 @@
 #            read with a baseline)
 #   hashed   the same with enable_mergejoin = off (the planner's choice otherwise is a merge join,
 #            which sorts both sides)
+#   narrow   the same with the arrays behind sub-selects, so the planner does not see their length:
+#            it then hashes the baseline's narrow side instead of sorting or hashing the wide entries
 #   floor    count(*) of pg_stat_statements(false): what building every entry costs, whatever is sent
 #   python   the Bitville Python agent's statements query (top 100 by total time, with texts)
 # Prints per variant: server ms per read (the statement's total_exec_time / calls in
@@ -36,6 +38,7 @@ pg_psql >/dev/null <<'SQL'
 CREATE ROLE bench_full LOGIN; GRANT pg_read_all_stats TO bench_full;
 CREATE ROLE bench_changed LOGIN; GRANT pg_read_all_stats TO bench_changed;
 CREATE ROLE bench_hashed LOGIN; GRANT pg_read_all_stats TO bench_hashed;
+CREATE ROLE bench_narrow LOGIN; GRANT pg_read_all_stats TO bench_narrow;
 CREATE ROLE bench_floor LOGIN; GRANT pg_read_all_stats TO bench_floor;
 CREATE ROLE bench_python LOGIN; GRANT pg_read_all_stats TO bench_python;
 SQL
@@ -77,6 +80,11 @@ CHANGED = (f"SELECT /* bench changed */ s.*, b.q, b.u, b.d, b.t FROM ({entries})
            "unnest(%s::int8[], %s::oid[], %s::oid[], %s::bool[], %s::int8[], %s::float8[]) AS b(q, u, d, t, c, e) "
            "ON s.queryid = b.q AND s.userid = b.u AND s.dbid = b.d AND coalesce(s.toplevel, true) = b.t "
            "WHERE s.queryid IS NULL OR b.q IS NULL OR s.calls <> b.c OR s.total_exec_time <> b.e")
+NARROW = (f"SELECT /* bench narrow */ s.*, b.q, b.u, b.d, b.t FROM ({entries}) s FULL JOIN "
+          "unnest((SELECT %s::int8[]), (SELECT %s::oid[]), (SELECT %s::oid[]), (SELECT %s::bool[]), "
+          "(SELECT %s::int8[]), (SELECT %s::float8[])) AS b(q, u, d, t, c, e) "
+          "ON s.queryid = b.q AND s.userid = b.u AND s.dbid = b.d AND coalesce(s.toplevel, true) = b.t "
+          "WHERE s.queryid IS NULL OR b.q IS NULL OR s.calls <> b.c OR s.total_exec_time <> b.e")
 FLOOR = "SELECT /* bench floor */ count(*) FROM pg_stat_statements(false)"
 PYTHON = ("SELECT /* bench python */ queryid, query, calls, total_exec_time, mean_exec_time, min_exec_time, "
           "max_exec_time, stddev_exec_time, rows, shared_blks_hit, shared_blks_read, shared_blks_written, "
@@ -118,6 +126,7 @@ class Variant:
 
 variants = {"full": Variant("bench_full", FULL), "changed": Variant("bench_changed", CHANGED),
             "hashed": Variant("bench_hashed", CHANGED, "SET enable_mergejoin = off"),
+            "narrow": Variant("bench_narrow", NARROW),
             "floor": Variant("bench_floor", FLOOR), "python": Variant("bench_python", PYTHON)}
 for v in variants.values():
     v.read()
