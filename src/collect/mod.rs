@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 
 use crate::batch::correlated::Correlated;
 use crate::batch::{Batch, BatchKind, Record, Stamp};
-use crate::db::{Db, DbError, ServerInfo, Session};
+use crate::db::{ConnectionId, Db, DbError, ServerInfo, Session};
 use crate::privacy::PrivacyCounts;
 use crate::telemetry::registry::{Counters, Event};
 pub use settings::CollectSettings;
@@ -70,7 +70,7 @@ impl<R> Collected<R> {
     }
 }
 
-/// Facts about the watched server that every collector may need, read once per cycle.
+/// Facts about the watched server that every collector may need, read once per connection.
 #[derive(Debug, Clone)]
 pub struct ServerContext {
     pub info: ServerInfo,
@@ -207,6 +207,8 @@ pub struct Collectors {
     system: system::SystemCollector,
     health: Health,
     plans: plans::PlansCollector,
+    /// The server facts, the connection they were read on and when ([`Collectors::server_facts`]).
+    server: Option<(ConnectionId, Instant, ServerContext)>,
 }
 
 /// The health collectors (`collect::health`), off unless `[health] enabled`.
@@ -229,6 +231,10 @@ impl Health {
     }
 }
 
+/// How long the server facts read on one connection are reused: `log_directory` may change on a
+/// server reload without a new connection.
+const SERVER_REFRESH: Duration = Duration::from_secs(600);
+
 impl Collectors {
     /// Collectors counting into counters of their own (see [`Collectors::with_counters`]).
     pub fn new(settings: &CollectSettings) -> Collectors {
@@ -245,6 +251,7 @@ impl Collectors {
             system: system::SystemCollector::default(),
             health: Health::new(settings, false),
             plans: plans::PlansCollector::new(&settings.state_dir),
+            server: None,
         }
     }
 
@@ -275,7 +282,7 @@ impl Collectors {
         let started = Instant::now();
         self.system.begin_window();
         let mut server_error = None;
-        let server = match server_context(db, settings).await {
+        let server = match self.server_facts(db, settings).await {
             Ok(s) => Some(s),
             // A refused password or a pg_hba.conf rejection is a configuration error, not an
             // outage: ERROR with the fix, where an unreachable server is a WARN.
@@ -326,6 +333,27 @@ impl Collectors {
         }
         out.duration = started.elapsed();
         out
+    }
+
+    /// The server facts, read once per connection (and again after [`SERVER_REFRESH`]) instead of
+    /// once per cycle: `pg_control_system()` reads the control file, and the query cost about as
+    /// much server time per cycle as the sessions collector (docs/cost.md). A new connection
+    /// (restart, failover, `session_max_age_s`) reads them again.
+    async fn server_facts(
+        &mut self,
+        db: &Db,
+        settings: &CollectSettings,
+    ) -> Result<ServerContext, DbError> {
+        let mut session = db.session().await?;
+        let id = session.connection_id();
+        if let Some((known, read, facts)) = &self.server {
+            if Some(*known) == id && read.elapsed() < SERVER_REFRESH {
+                return Ok(facts.clone());
+            }
+        }
+        let facts = server_context_on(&mut session, settings).await?;
+        self.server = id.map(|id| (id, Instant::now(), facts.clone()));
+        Ok(facts)
     }
 }
 
@@ -469,7 +497,14 @@ pub(crate) async fn server_context(
     db: &Db,
     settings: &CollectSettings,
 ) -> Result<ServerContext, DbError> {
-    let mut session = db.session().await?;
+    server_context_on(&mut db.session().await?, settings).await
+}
+
+/// [`server_context`] on a session the caller holds.
+async fn server_context_on(
+    session: &mut Session,
+    settings: &CollectSettings,
+) -> Result<ServerContext, DbError> {
     let row = session
         .query_opt(
             "server_context",

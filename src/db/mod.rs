@@ -301,6 +301,9 @@ impl Drop for Session {
 /// Connections kept open while no query runs.
 const IDLE_CONNECTIONS: usize = 1;
 
+/// The identity of one pooled connection ([`Session::connection_id`]).
+pub type ConnectionId = deadpool_postgres::ObjectId;
+
 /// A query parameter with its declared type (queries use the unnamed statement: one round trip).
 pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
@@ -443,6 +446,12 @@ impl Session {
     /// [`Session::simple_rows`] of statements that return nothing of interest.
     pub async fn simple(&mut self, name: &'static str, sql: &str) -> Result<(), DbError> {
         self.simple_rows(name, sql).await.map(|_| ())
+    }
+
+    /// The identity of this session's connection: a new connection (after a restart, a failover,
+    /// the age limit) has a new one. None once discarded.
+    pub fn connection_id(&self) -> Option<ConnectionId> {
+        self.client.as_ref().map(Object::id)
     }
 
     /// Drops the connection instead of returning it to the pool.

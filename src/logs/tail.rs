@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
@@ -120,7 +120,16 @@ pub struct Tailer {
     pending_bytes: usize,
     /// The saved position was damaged and moved aside when the tailer was opened.
     set_aside: Option<SetAside>,
+    /// When a listing of the log directory last found no newer file (see [`QUIET_LISTING`]).
+    listed_quiet: Option<Instant>,
 }
+
+/// While the current file is quiet and the last listing found no newer file, the directory is
+/// listed again at most this often rather than at every poll: listing and stat-ing the directory
+/// ten times a second was a tenth of the agent's CPU in the side-by-side profile (docs/cost.md).
+/// A rotation is noticed at most this much later; a backlog of rotated files is read without
+/// waiting (a listing that finds a newer file does not count).
+const QUIET_LISTING: Duration = Duration::from_secs(1);
 
 impl Tailer {
     /// Loads the saved position; files are opened on the first read. A damaged position file is
@@ -147,6 +156,7 @@ impl Tailer {
             pending: Vec::new(),
             pending_bytes: 0,
             set_aside: loaded.set_aside,
+            listed_quiet: None,
         })
     }
 
@@ -260,6 +270,9 @@ impl Tailer {
     /// the envelope (a single entry larger than that goes out alone), without waiting; and the
     /// position after them.
     pub fn take_batch(&mut self, max: usize) -> Result<LogBatch, TailError> {
+        // A direct read looks for a newer file whenever the current one is quiet: only the polls
+        // of `next_batch` space the listings out (QUIET_LISTING).
+        self.listed_quiet = None;
         let read_error = self.fill_or_hold(max)?;
         Ok(self.cut_batch(max, read_error))
     }
@@ -388,12 +401,18 @@ impl Tailer {
                 cur.last_size = meta.len();
             }
             // Rotation shows as the current file going quiet; only then list the directory.
-            if !quiet {
+            if !quiet
+                || self
+                    .listed_quiet
+                    .is_some_and(|t| t.elapsed() < QUIET_LISTING)
+            {
                 return Ok(());
             }
             let Some((next, offset, rewritten)) = self.next_file()? else {
+                self.listed_quiet = Some(Instant::now());
                 return Ok(());
             };
+            self.listed_quiet = None;
             // A newer file exists: the current one is complete. Drain it, then move on.
             if let Some(cur) = self.current.as_mut() {
                 cur.reader.set_end(End::Eof);

@@ -50,6 +50,8 @@ mod collect {
     mod statements;
     // Statement texts read at most once per interval, deltas exact across the wait.
     mod statements_texts;
+    // Only the entries that changed are read; an entry gone and back counts as new.
+    mod statements_changed;
     mod system;
 }
 

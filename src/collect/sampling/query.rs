@@ -122,9 +122,44 @@ pub async fn read(
     }
     let mut known = HashMap::with_capacity(rows.len());
     out.rows.reserve(rows.len());
+    // Columns by position (the order of `sql`): a lookup by name compares the name with every
+    // column, for every column of every row, every second.
+    let at = |row: &tokio_postgres::Row, i: usize, name: &'static str| -> Result<_, CollectError> {
+        match row.columns().get(i) {
+            Some(c) if c.name() == name => Ok(i),
+            _ => Err(CollectError::Column {
+                query: QUERY,
+                column: name,
+                message: format!("expected at position {i}"),
+            }),
+        }
+    };
+    let get = |row: &tokio_postgres::Row,
+               i: usize,
+               name: &'static str|
+     -> Result<Option<String>, CollectError> {
+        row.try_get(at(row, i, name)?)
+            .map_err(|e| CollectError::Column {
+                query: QUERY,
+                column: name,
+                message: e.to_string(),
+            })
+    };
     for row in &rows {
-        let pid: i32 = col(row, QUERY, "pid")?;
-        let query_start_us = col::<Option<time::OffsetDateTime>>(row, QUERY, "query_start")?
+        let pid: i32 = row
+            .try_get(at(row, 0, "pid")?)
+            .map_err(|e| CollectError::Column {
+                query: QUERY,
+                column: "pid",
+                message: e.to_string(),
+            })?;
+        let query_start_us = row
+            .try_get::<_, Option<time::OffsetDateTime>>(at(row, 10, "query_start")?)
+            .map_err(|e| CollectError::Column {
+                query: QUERY,
+                column: "query_start",
+                message: e.to_string(),
+            })?
             .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
             .unwrap_or(0);
         let key = (pid, query_start_us);
@@ -135,12 +170,12 @@ pub async fn read(
         known.insert(key, statement.clone());
         out.rows.push(Seen {
             pid,
-            state: col::<Option<String>>(row, QUERY, "state")?.unwrap_or_default(),
-            wait_event_type: col(row, QUERY, "wait_event_type")?,
-            wait_event: col(row, QUERY, "wait_event")?,
-            backend_type: col(row, QUERY, "backend_type")?,
-            datname: col(row, QUERY, "datname")?,
-            usename: col(row, QUERY, "usename")?,
+            state: get(row, 1, "state")?.unwrap_or_default(),
+            wait_event_type: get(row, 2, "wait_event_type")?,
+            wait_event: get(row, 3, "wait_event")?,
+            backend_type: get(row, 4, "backend_type")?,
+            datname: get(row, 5, "datname")?,
+            usename: get(row, 6, "usename")?,
             query_start_us,
             statement,
         });

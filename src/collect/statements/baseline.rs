@@ -135,6 +135,23 @@ impl<'a> Fold<'a> {
         }
     }
 
+    /// Starts folding a read of the changed entries only ([`Snapshot::unchanged_filter`]): entries
+    /// it does not return are the same as in `snap` and stay; those the server no longer has are
+    /// named by [`Fold::gone`].
+    pub fn changed_only(snap: &'a mut Snapshot, meta: &Meta) -> Fold<'a> {
+        let fold = Fold::new(snap, meta, true);
+        for e in fold.snap.entries.values_mut() {
+            e.seen = true;
+        }
+        fold
+    }
+
+    /// The server no longer has the entry `key` (changed-only reads): it leaves the snapshot, so
+    /// if it comes back it counts as new.
+    pub fn gone(&mut self, key: &Key) {
+        self.snap.entries.remove(key);
+    }
+
     /// The buffer to fill with the next entry's values, in the snapshot's layout, before
     /// [`Fold::entry`].
     pub fn values(&mut self) -> &mut Vec<f64> {
@@ -202,7 +219,53 @@ impl<'a> Fold<'a> {
     }
 }
 
+/// The baseline's identity and change-detection values as arrays (one element per entry, in one
+/// order), passed to the server so it returns only the entries that differ
+/// (`statements::fold_entries`).
+#[derive(Debug, Default)]
+pub struct UnchangedFilter {
+    pub queryid: Vec<i64>,
+    pub userid: Vec<u32>,
+    pub dbid: Vec<u32>,
+    /// `toplevel`, true where the extension does not track it (before 1.9).
+    pub toplevel: Vec<bool>,
+    pub calls: Vec<i64>,
+    pub total_exec_time: Vec<f64>,
+}
+
 impl Snapshot {
+    /// The arrays describing this snapshot's entries for a changed-only read; None when its layout
+    /// lacks `calls` or the total execution time. An entry counts as unchanged when both `calls`
+    /// and the total execution time are equal: every execution adds to both in the same update,
+    /// and an entry evicted and created again within one interval would need the same calls and the
+    /// same float sum of times to pass for unchanged.
+    pub fn unchanged_filter(&self, total_exec: usize) -> Option<UnchangedFilter> {
+        let calls_at = self.layout.iter().position(|&i| i == CALLS)?;
+        let total_at = self.layout.iter().position(|&i| i == total_exec)?;
+        let n = self.entries.len();
+        let mut f = UnchangedFilter {
+            queryid: Vec::with_capacity(n),
+            userid: Vec::with_capacity(n),
+            dbid: Vec::with_capacity(n),
+            toplevel: Vec::with_capacity(n),
+            calls: Vec::with_capacity(n),
+            total_exec_time: Vec::with_capacity(n),
+        };
+        for (k, e) in &self.entries {
+            let (Some(calls), Some(total)) = (e.values.get(calls_at), e.values.get(total_at))
+            else {
+                continue;
+            };
+            f.queryid.push(k.queryid);
+            f.userid.push(k.userid);
+            f.dbid.push(k.dbid);
+            f.toplevel.push(k.toplevel.unwrap_or(true));
+            f.calls.push(*calls as i64);
+            f.total_exec_time.push(*total);
+        }
+        Some(f)
+    }
+
     /// Takes `d` back out of this snapshot (the one it was folded into), so the next fold reports
     /// it again, added to what runs until then: a new entry is removed, an existing one gets its
     /// previous values back. A reset delta cannot be taken back (its previous values are gone):
@@ -424,9 +487,32 @@ impl Serialize for EntriesRef<'_> {
                 k.queryid,
                 k.toplevel,
                 e.stats_since,
-                &e.values,
+                Values(&e.values),
             )
         }))
+    }
+}
+
+/// An entry's values as saved: whole numbers (the counts, most of the columns) as JSON integers,
+/// which print several times faster than floats and read back as the same `f64`; the rest (times)
+/// as floats. Saving the baseline every cycle was
+/// 6% of the agent's CPU in the side-by-side profile (docs/cost.md).
+struct Values<'a>(&'a [f64]);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// Below 2^53 every whole f64 is exactly an i64 and back.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for &v in self.0 {
+            if v.fract() == 0.0 && v.abs() < EXACT {
+                seq.serialize_element(&(v as i64))?;
+            } else {
+                seq.serialize_element(&v)?;
+            }
+        }
+        seq.end()
     }
 }
 
@@ -539,6 +625,11 @@ mod tests {
             &[(1, Some(3), [1.5, 2.25, 3.0]), (-7, None, [0.0, 0.0, 0.0])],
         );
         save(dir.path(), &s).unwrap();
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        assert!(
+            text.contains("[1.5,2.25,3]"),
+            "whole values as integers: {text}"
+        );
         let back = load(dir.path()).unwrap().unwrap();
         assert_eq!(back, s);
         assert!(usable(&back, "1", &s.layout));

@@ -43,6 +43,10 @@ fn host_record_covers_cpu_memory_filesystems_io_and_postgres_processes() {
     );
 
     let fs = r["filesystems"].as_array().unwrap();
+    let root = fs.iter().find(|f| f["role"] == "root").expect("root fs");
+    assert_eq!(root["path"], "/");
+    assert_eq!(root["mount_point"], "/");
+    assert!(root["total_bytes"].as_u64().unwrap() > 0);
     let data_dir = std::fs::canonicalize(&server.data_dir).unwrap();
     let data = fs
         .iter()
@@ -92,6 +96,7 @@ fn host_metrics_are_still_reported_when_the_database_is_down() {
     validate(&b);
     assert!(b["server"].is_null());
     assert!(b["data"][0]["postgres_processes"].is_null());
+    assert_eq!(b["data"][0]["filesystems"][0]["role"], "root");
     for run in &report.runs {
         if run.name != "system" {
             assert!(matches!(run.outcome, Outcome::Failed(_)), "{run:?}");

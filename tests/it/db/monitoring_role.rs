@@ -138,7 +138,10 @@ fn once_collects_everything_but_the_directories_with_one_warning() {
     );
     let system = kind("system_metrics");
     assert!(system["data"][0]["cpu"].is_object(), "{system}");
-    assert_eq!(system["data"][0]["filesystems"], serde_json::json!([]));
+    // Only the root filesystem: the server's directories are hidden from this role.
+    let fs = system["data"][0]["filesystems"].as_array().unwrap();
+    assert_eq!(fs.len(), 1, "{system}");
+    assert_eq!(fs[0]["role"], "root");
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("\"WARN\"")).collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(warnings[0].contains("pg_read_all_settings"), "{stderr}");
