@@ -20,7 +20,7 @@ const SQL: &str = "SELECT row_to_json(x)::text AS json FROM (\
 pub struct DatabaseCollector {
     baseline: Baseline,
     reader: Reader,
-    read_only: bool,
+    saver: super::saver::Saver,
 }
 
 impl DatabaseCollector {
@@ -28,7 +28,7 @@ impl DatabaseCollector {
         DatabaseCollector {
             baseline: Baseline::new(state_dir, "database"),
             reader: Reader::default(),
-            read_only,
+            saver: super::saver::Saver::new(read_only),
         }
     }
 }
@@ -63,7 +63,7 @@ impl Collector for DatabaseCollector {
             })
             .collect();
         self.baseline.finish("pg_stat_database");
-        save_baseline(&self.baseline, self.read_only);
+        save_baseline(&self.baseline, &mut self.saver, counters);
         Ok(Some(Collected::new(records)))
     }
 }

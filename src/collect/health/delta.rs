@@ -233,7 +233,13 @@ impl Baseline {
         v.entries.retain(|k, _| seen.contains(k));
     }
 
-    /// Writes the baseline atomically.
+    /// The baseline as the JSON its file holds (written by `health::saver`, off the cycle).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&self.file)
+    }
+
+    /// Writes the baseline atomically (tests; the collectors write through `health::saver`).
+    #[cfg(test)]
     pub fn save(&self) -> Result<(), BaselineError> {
         crate::state::file::write_atomic(&self.path, |out| {
             serde_json::to_writer(out, &self.file).map_err(std::io::Error::from)

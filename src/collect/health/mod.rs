@@ -18,6 +18,7 @@
 
 pub mod database;
 pub mod delta;
+mod saver;
 pub mod server;
 pub mod settings;
 pub mod tables;
@@ -169,14 +170,16 @@ pub(crate) fn begin_baseline(
     }
 }
 
-/// Saves the baseline unless the run is read-only; a failed write is logged (the next cycle's
-/// deltas still come from memory).
-pub(crate) fn save_baseline(baseline: &delta::Baseline, read_only: bool) {
-    if read_only {
-        return;
-    }
-    if let Err(e) = baseline.save() {
-        tracing::warn!(error = %e, "cannot save the health baseline; deltas continue from memory");
+/// Saves the baseline off the collection task ([`saver::Saver`]: never when read-only; a failed
+/// write is logged, the next cycle's deltas still come from memory).
+pub(crate) fn save_baseline(
+    baseline: &delta::Baseline,
+    saver: &mut saver::Saver,
+    counters: &Counters,
+) {
+    match baseline.to_json() {
+        Ok(bytes) => saver.save("baseline", baseline.path().to_path_buf(), bytes, counters),
+        Err(e) => tracing::warn!(error = %e, "cannot encode the health baseline"),
     }
 }
 

@@ -293,7 +293,7 @@ pub async fn background(session: &mut Session, version: i32) -> Vec<Row> {
 pub struct ServerHealthCollector {
     baseline: Baseline,
     reader: Reader,
-    read_only: bool,
+    saver: super::saver::Saver,
 }
 
 impl ServerHealthCollector {
@@ -301,7 +301,7 @@ impl ServerHealthCollector {
         ServerHealthCollector {
             baseline: Baseline::new(state_dir, "server"),
             reader: Reader::default(),
-            read_only,
+            saver: super::saver::Saver::new(read_only),
         }
     }
 }
@@ -330,7 +330,7 @@ impl Collector for ServerHealthCollector {
             |_| true,
         )
         .await?;
-        save_baseline(&self.baseline, self.read_only);
+        save_baseline(&self.baseline, &mut self.saver, counters);
         Ok(Some(Collected::new(records)))
     }
 }

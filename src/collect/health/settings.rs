@@ -47,7 +47,7 @@ struct File {
 pub struct SettingsCollector {
     path: PathBuf,
     reader: Reader,
-    read_only: bool,
+    saver: super::saver::Saver,
     /// None until the first read of this run.
     last: Option<File>,
     /// [`LOADED`] at the last read.
@@ -59,7 +59,7 @@ impl SettingsCollector {
         SettingsCollector {
             path: state_dir.join("health-settings.json"),
             reader: Reader::default(),
-            read_only,
+            saver: super::saver::Saver::new(read_only),
             last: None,
             loaded: None,
         }
@@ -189,13 +189,12 @@ impl Collector for SettingsCollector {
             }
         }
         let changed = before.as_ref().is_none_or(|b| b.settings != now.settings);
-        if changed && !self.read_only {
-            let write = crate::state::file::write_atomic(&self.path, |out| {
-                serde_json::to_writer(out, &now).map_err(std::io::Error::from)
-            });
-            if let Err(e) = write {
-                tracing::warn!(file = %self.path.display(), error = %e,
-                    "cannot save the settings baseline; a restart may report changes again");
+        if changed {
+            match serde_json::to_vec(&now) {
+                Ok(bytes) => self
+                    .saver
+                    .save("settings", self.path.clone(), bytes, ctx.counters),
+                Err(e) => tracing::warn!(error = %e, "cannot encode the settings baseline"),
             }
         }
         self.last = Some(now);

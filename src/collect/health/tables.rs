@@ -68,7 +68,7 @@ const ACTIVITY: &[&str] = &[
 pub struct TablesCollector {
     baseline: Baseline,
     reader: Reader,
-    read_only: bool,
+    saver: super::saver::Saver,
     /// Databases left in the current pass.
     pending: VecDeque<String>,
     next_pass: Option<Instant>,
@@ -79,7 +79,7 @@ impl TablesCollector {
         TablesCollector {
             baseline: Baseline::new(state_dir, "tables"),
             reader: Reader::default(),
-            read_only,
+            saver: super::saver::Saver::new(read_only),
             pending: VecDeque::new(),
             next_pass: None,
         }
@@ -284,7 +284,7 @@ impl Collector for TablesCollector {
                 Err(e) => return Err(e),
             }
         }
-        save_baseline(&self.baseline, self.read_only);
+        save_baseline(&self.baseline, &mut self.saver, counters);
         if visited.is_empty() {
             return Ok(None);
         }

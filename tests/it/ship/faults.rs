@@ -333,7 +333,8 @@ fn a_read_only_state_directory_does_not_stop_delivery() {
 
 /// The state directory's disk hangs (every write blocks, as on a failing disk or a stuck network
 /// file system): cycles keep their schedule, `/health` and `/metrics` keep answering and `/health`
-/// says delivery or the outbox is stuck, SIGTERM stops the daemon (its last stuck write returns
+/// says delivery or the outbox is stuck (with `[health]` on, whose state files are written every
+/// cycle too), SIGTERM stops the daemon (its last stuck write returns
 /// once the disk does, and the process exits 0 then), and everything collected during the hang is
 /// delivered once the disk is back.
 #[test]
@@ -356,7 +357,8 @@ fn a_hung_disk_stalls_neither_cycles_nor_health_nor_shutdown() {
         config_dir.path(),
         &listener.url(),
         port,
-        "[listener]\ntimeout_s = 2\n",
+        // Health on: its state files (health-*.json) are written every cycle too.
+        "[listener]\ntimeout_s = 2\n[health]\nenabled = true\n",
     );
     let mut agent = AgentChild::spawn(&["run", path.to_str().unwrap()], &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
