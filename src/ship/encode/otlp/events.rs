@@ -1,0 +1,83 @@
+//! Events of the `otlp` protocol whose name depends on the record (docs/otlp.md, "Settings" and
+//! "Plans"): a `pg_settings` record is `postgres_agent.setting_change` or, in the snapshot taken
+//! when the agent starts, `postgres_agent.settings_snapshot` (one event per setting); a `pg_plans`
+//! record is `postgres_agent.plan` (the plan tree as body when the record carries it) or
+//! `postgres_agent.plan_change`.
+//!
+//! Plan trees and texts are masked by the plans collector (docs/plans.md); nothing here reads SQL.
+
+use serde_json::{Map, Value};
+
+use super::logs::event;
+use super::proto::LogRecord;
+use super::resource::{any, attr};
+use super::Mapping;
+
+/// The event of one record of a Settings or Plans batch.
+pub fn record(mapping: Mapping, map: &Map<String, Value>, observed: u64) -> LogRecord {
+    match mapping {
+        Mapping::Settings => setting(map, observed),
+        _ => plan(map, observed),
+    }
+}
+
+fn setting(map: &Map<String, Value>, observed: u64) -> LogRecord {
+    let name = match map.get("change").and_then(Value::as_str) {
+        Some("snapshot") => "postgres_agent.settings_snapshot",
+        _ => "postgres_agent.setting_change",
+    };
+    let mut r = event(name, map, observed);
+    r.attributes.extend(
+        [
+            attr("postgresql.setting.name", map.get("name")),
+            attr("postgresql.setting.change", map.get("change")),
+            attr(
+                "postgresql.setting.pending_restart",
+                map.get("pending_restart"),
+            ),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    r
+}
+
+/// Fields of a plan record sent under their own attribute names.
+const PLAN_ATTRS: &[(&str, &str)] = &[
+    ("dbname", "db.namespace"),
+    ("queryid", "postgresql.queryid"),
+    ("plan_id", "postgresql.plan_id"),
+    ("previous_plan_id", "postgresql.previous_plan_id"),
+];
+
+fn plan(map: &Map<String, Value>, observed: u64) -> LogRecord {
+    let name = match map.get("record_type").and_then(Value::as_str) {
+        Some("plan_change") => "postgres_agent.plan_change",
+        _ => "postgres_agent.plan",
+    };
+    let mut r = event(name, map, observed);
+    let tree = map.get("plan").filter(|p| p.is_object());
+    r.attributes.extend(
+        PLAN_ATTRS
+            .iter()
+            .filter_map(|(field, key)| attr(key, map.get(*field)))
+            .chain(attr(
+                "db.query.text",
+                tree.and_then(|t| t.get("Query Text")),
+            )),
+    );
+    if let Some(tree) = tree {
+        // The tree is the body; the record's other fields go as attributes.
+        r.body = any(tree);
+        for (field, value) in map {
+            let named = PLAN_ATTRS.iter().any(|a| a.0 == field) || field == "fingerprint";
+            if field == "plan" || named || value.is_object() || value.is_array() {
+                continue;
+            }
+            if let Some(a) = attr(&format!("postgres_agent.plan.{field}"), Some(value)) {
+                r.attributes.push(a);
+            }
+        }
+    }
+    r
+}
