@@ -81,3 +81,74 @@ fn plan(map: &Map<String, Value>, observed: u64) -> LogRecord {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ship::encode::otlp::proto::{any_value, KeyValue};
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn has(attrs: &[KeyValue], key: &str) -> bool {
+        attrs.iter().any(|a| a.key == key)
+    }
+
+    #[test]
+    fn settings_are_changes_or_snapshot_events_named_by_setting() {
+        let change = obj(
+            json!({"name": "work_mem", "setting": "8MB", "previous_setting": "4MB",
+            "change": "changed", "pending_restart": false}),
+        );
+        let r = record(Mapping::Settings, &change, 1);
+        assert_eq!(r.event_name, "postgres_agent.setting_change");
+        assert!(has(&r.attributes, "postgresql.setting.name"));
+        let snap = obj(json!({"name": "work_mem", "setting": "4MB", "change": "snapshot"}));
+        let r = record(Mapping::Settings, &snap, 1);
+        assert_eq!(r.event_name, "postgres_agent.settings_snapshot");
+    }
+
+    #[test]
+    fn a_plan_sends_its_tree_as_body_and_its_masked_text_as_db_query_text() {
+        let rec = obj(
+            json!({"record_type": "plan", "fingerprint": "ab12", "queryid": "42",
+            "plan_id": "p1", "dbname": "shop", "times_seen": 3, "current": true,
+            "plan": {"Query Text": "SELECT * FROM t WHERE id = ?",
+                     "Plan": {"Node Type": "Index Scan"}}}),
+        );
+        let r = record(Mapping::Plans, &rec, 1);
+        assert_eq!(r.event_name, "postgres_agent.plan");
+        let Some(any_value::Value::KvlistValue(body)) = r.body.and_then(|b| b.value) else {
+            panic!("the tree as a map body");
+        };
+        assert!(body.values.iter().any(|kv| kv.key == "Plan"));
+        for k in [
+            "db.namespace",
+            "db.query.text",
+            "postgresql.queryid",
+            "postgresql.plan_id",
+            "postgresql.fingerprint",
+            "postgres_agent.plan.times_seen",
+        ] {
+            assert!(has(&r.attributes, k), "{k}: {:?}", r.attributes);
+        }
+        let text = r
+            .attributes
+            .iter()
+            .find(|a| a.key == "db.query.text")
+            .unwrap();
+        assert!(format!("{text:?}").contains("id = ?"));
+
+        let change = obj(json!({"record_type": "plan_change", "fingerprint": "ab12",
+            "plan_id": "p2", "previous_plan_id": "p1", "changed_at": "2026-12-06T10:00:00Z"}));
+        let r = record(Mapping::Plans, &change, 1);
+        assert_eq!(r.event_name, "postgres_agent.plan_change");
+        assert!(has(&r.attributes, "postgresql.previous_plan_id"));
+        let Some(any_value::Value::KvlistValue(body)) = r.body.and_then(|b| b.value) else {
+            panic!("the record as a map body");
+        };
+        assert!(body.values.iter().any(|kv| kv.key == "changed_at"));
+    }
+}

@@ -208,13 +208,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_kind_has_a_signal_and_metrics_kinds_are_two() {
+    fn every_kind_has_a_signal_and_the_health_kinds_are_metrics() {
         for kind in BatchKind::ALL {
             let _ = signal(kind);
         }
-        assert_eq!(signal(BatchKind::PgStatements), Signal::Metrics);
-        assert_eq!(signal(BatchKind::SystemMetrics), Signal::Metrics);
-        assert_eq!(signal(BatchKind::PgLogs), Signal::Logs);
+        for kind in [
+            BatchKind::PgStatements,
+            BatchKind::SystemMetrics,
+            BatchKind::PgDatabase,
+            BatchKind::PgServerHealth,
+            BatchKind::PgTables,
+        ] {
+            assert_eq!(signal(kind), Signal::Metrics, "{kind}");
+        }
+        for kind in [BatchKind::PgLogs, BatchKind::PgSettings, BatchKind::PgPlans] {
+            assert_eq!(signal(kind), Signal::Logs, "{kind}");
+        }
     }
 
     #[test]
