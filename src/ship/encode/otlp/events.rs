@@ -8,38 +8,49 @@
 
 use serde_json::{Map, Value};
 
-use super::logs::event;
-use super::proto::LogRecord;
+use super::proto::{AnyValue, KeyValue};
 use super::resource::{any, attr};
 use super::Mapping;
 
-/// The event of one record of a Settings or Plans batch.
-pub fn record(mapping: Mapping, map: &Map<String, Value>, observed: u64) -> LogRecord {
+/// What a record of a Settings or Plans batch makes of its event (`logs::event`, which writes the
+/// database attributes and the record as body).
+pub struct Shape {
+    pub name: &'static str,
+    /// Attributes besides the event's own.
+    pub attributes: Vec<KeyValue>,
+    /// The body instead of the record (a plan's tree).
+    pub body: Option<AnyValue>,
+}
+
+/// The event shape of one record of a Settings or Plans batch.
+pub fn shape(mapping: Mapping, map: &Map<String, Value>) -> Shape {
     match mapping {
-        Mapping::Settings => setting(map, observed),
-        _ => plan(map, observed),
+        Mapping::Settings => setting(map),
+        _ => plan(map),
     }
 }
 
-fn setting(map: &Map<String, Value>, observed: u64) -> LogRecord {
+fn setting(map: &Map<String, Value>) -> Shape {
     let name = match map.get("change").and_then(Value::as_str) {
         Some("snapshot") => "postgres_agent.settings_snapshot",
         _ => "postgres_agent.setting_change",
     };
-    let mut r = event(name, map, observed);
-    r.attributes.extend(
-        [
-            attr("postgresql.setting.name", map.get("name")),
-            attr("postgresql.setting.change", map.get("change")),
-            attr(
-                "postgresql.setting.pending_restart",
-                map.get("pending_restart"),
-            ),
-        ]
-        .into_iter()
-        .flatten(),
-    );
-    r
+    let attributes = [
+        attr("postgresql.setting.name", map.get("name")),
+        attr("postgresql.setting.change", map.get("change")),
+        attr(
+            "postgresql.setting.pending_restart",
+            map.get("pending_restart"),
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    Shape {
+        name,
+        attributes,
+        body: None,
+    }
 }
 
 /// Fields of a plan record sent under their own attribute names.
@@ -50,36 +61,43 @@ const PLAN_ATTRS: &[(&str, &str)] = &[
     ("previous_plan_id", "postgresql.previous_plan_id"),
 ];
 
-fn plan(map: &Map<String, Value>, observed: u64) -> LogRecord {
+fn plan(map: &Map<String, Value>) -> Shape {
     let name = match map.get("record_type").and_then(Value::as_str) {
         Some("plan_change") => "postgres_agent.plan_change",
         _ => "postgres_agent.plan",
     };
-    let mut r = event(name, map, observed);
     let tree = map.get("plan").filter(|p| p.is_object());
-    r.attributes.extend(
-        PLAN_ATTRS
-            .iter()
-            .filter_map(|(field, key)| attr(key, map.get(*field)))
-            .chain(attr(
-                "db.query.text",
-                tree.and_then(|t| t.get("Query Text")),
-            )),
-    );
-    if let Some(tree) = tree {
-        // The tree is the body; the record's other fields go as attributes.
-        r.body = any(tree);
-        for (field, value) in map {
-            let named = PLAN_ATTRS.iter().any(|a| a.0 == field) || field == "fingerprint";
-            if field == "plan" || named || value.is_object() || value.is_array() {
-                continue;
-            }
-            if let Some(a) = attr(&format!("postgres_agent.plan.{field}"), Some(value)) {
-                r.attributes.push(a);
-            }
+    let mut attributes: Vec<KeyValue> = PLAN_ATTRS
+        .iter()
+        .filter_map(|(field, key)| attr(key, map.get(*field)))
+        .chain(attr(
+            "db.query.text",
+            tree.and_then(|t| t.get("Query Text")),
+        ))
+        .collect();
+    let Some(tree) = tree else {
+        return Shape {
+            name,
+            attributes,
+            body: None,
+        };
+    };
+    // The tree is the body; the record's other fields go as attributes (`fingerprint` is one of
+    // the event's own).
+    for (field, value) in map {
+        let named = PLAN_ATTRS.iter().any(|a| a.0 == field) || field == "fingerprint";
+        if field == "plan" || named || value.is_object() || value.is_array() {
+            continue;
+        }
+        if let Some(a) = attr(&format!("postgres_agent.plan.{field}"), Some(value)) {
+            attributes.push(a);
         }
     }
-    r
+    Shape {
+        name,
+        attributes,
+        body: any(tree),
+    }
 }
 
 #[cfg(test)]
@@ -102,12 +120,12 @@ mod tests {
             json!({"name": "work_mem", "setting": "8MB", "previous_setting": "4MB",
             "change": "changed", "pending_restart": false}),
         );
-        let r = record(Mapping::Settings, &change, 1);
-        assert_eq!(r.event_name, "postgres_agent.setting_change");
+        let r = shape(Mapping::Settings, &change);
+        assert_eq!(r.name, "postgres_agent.setting_change");
         assert!(has(&r.attributes, "postgresql.setting.name"));
         let snap = obj(json!({"name": "work_mem", "setting": "4MB", "change": "snapshot"}));
-        let r = record(Mapping::Settings, &snap, 1);
-        assert_eq!(r.event_name, "postgres_agent.settings_snapshot");
+        let r = shape(Mapping::Settings, &snap);
+        assert_eq!(r.name, "postgres_agent.settings_snapshot");
     }
 
     #[test]
@@ -118,8 +136,8 @@ mod tests {
             "plan": {"Query Text": "SELECT * FROM t WHERE id = ?",
                      "Plan": {"Node Type": "Index Scan"}}}),
         );
-        let r = record(Mapping::Plans, &rec, 1);
-        assert_eq!(r.event_name, "postgres_agent.plan");
+        let r = shape(Mapping::Plans, &rec);
+        assert_eq!(r.name, "postgres_agent.plan");
         let Some(any_value::Value::KvlistValue(body)) = r.body.and_then(|b| b.value) else {
             panic!("the tree as a map body");
         };
@@ -129,7 +147,6 @@ mod tests {
             "db.query.text",
             "postgresql.queryid",
             "postgresql.plan_id",
-            "postgresql.fingerprint",
             "postgres_agent.plan.times_seen",
         ] {
             assert!(has(&r.attributes, k), "{k}: {:?}", r.attributes);
@@ -143,12 +160,9 @@ mod tests {
 
         let change = obj(json!({"record_type": "plan_change", "fingerprint": "ab12",
             "plan_id": "p2", "previous_plan_id": "p1", "changed_at": "2026-12-06T10:00:00Z"}));
-        let r = record(Mapping::Plans, &change, 1);
-        assert_eq!(r.event_name, "postgres_agent.plan_change");
+        let r = shape(Mapping::Plans, &change);
+        assert_eq!(r.name, "postgres_agent.plan_change");
         assert!(has(&r.attributes, "postgresql.previous_plan_id"));
-        let Some(any_value::Value::KvlistValue(body)) = r.body.and_then(|b| b.value) else {
-            panic!("the record as a map body");
-        };
-        assert!(body.values.iter().any(|kv| kv.key == "changed_at"));
+        assert!(r.body.is_none(), "no tree: the record stays the body");
     }
 }

@@ -49,7 +49,13 @@ fn records_as(batch: &Batch, mapping: Option<Mapping>) -> Vec<LogRecord> {
         };
         let mut rec = match (mapping, &event_name) {
             (Some(m @ (Mapping::Settings | Mapping::Plans)), _) => {
-                super::events::record(m, &map, observed)
+                let shape = super::events::shape(m, &map);
+                let mut rec = event(shape.name, &map, observed);
+                rec.attributes.extend(shape.attributes);
+                if shape.body.is_some() {
+                    rec.body = shape.body;
+                }
+                rec
             }
             (_, None) => entry(&map, observed),
             (_, Some(name)) => event(name, &map, observed),
