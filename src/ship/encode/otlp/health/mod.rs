@@ -43,6 +43,7 @@ const IDS: &[&str] = &[
     "client_port",
     "sender_port",
     "active_pid",
+    "datoid",
     "index_relid",
     "cluster_index_relid",
 ];
