@@ -106,7 +106,7 @@ fn daemon_over_otlp_decodes_links_traces_counts_calls_and_loses_nothing_to_a_503
         &format!(
             "[agent]\ncollection_interval_s = 1\n[listener]\nprotocol = otlp\nurl = {}\n\
              timeout_s = 5\n[circuit_breaker]\nrecovery_timeout_s = 3\n[logs]\npath = {}\n\
-             [otlp]\nservice_name = shop-db\n",
+             [otlp]\nservice_name = shop-db\n[health]\nenabled = true\n",
             r.url(),
             server.log_dir().display()
         ),
@@ -184,6 +184,49 @@ fn daemon_over_otlp_decodes_links_traces_counts_calls_and_loses_nothing_to_a_503
     assert_eq!(
         sum["sum"]["aggregation_temporality"],
         "AGGREGATION_TEMPORALITY_DELTA"
+    );
+
+    // Health as metrics under the PostgreSQL receiver's names: commits of the database as a delta
+    // sum (the first snapshot's counters are withheld, the next ones are deltas), backends a gauge.
+    let commits_of_postgres = |s: &Seen| {
+        let accepted = s.accepted();
+        let m = metrics(&accepted);
+        points(&m, "postgresql.commits").iter().any(|p| {
+            attr(&p["attributes"], "db.namespace").and_then(Value::as_str) == Some("postgres")
+                && value(p) >= 1.0
+        })
+    };
+    wait_for(
+        &mut seen,
+        &r,
+        &agent,
+        "postgresql.commits of the database postgres",
+        |_| {},
+        commits_of_postgres,
+    );
+    let accepted = seen.accepted();
+    let m = metrics(&accepted);
+    let commits = m
+        .iter()
+        .find(|m| m["name"] == "postgresql.commits")
+        .unwrap();
+    assert_eq!(
+        commits["sum"]["aggregation_temporality"], "AGGREGATION_TEMPORALITY_DELTA",
+        "{commits}"
+    );
+    let backends = m
+        .iter()
+        .find(|m| m["name"] == "postgresql.backends")
+        .expect("postgresql.backends");
+    assert!(backends["gauge"]["data_points"].is_array(), "{backends}");
+    // Settings: the snapshot taken at the start, one event per setting.
+    assert!(
+        log_records(&accepted).iter().any(|l| {
+            l["event_name"] == "postgres_agent.settings_snapshot"
+                && attr(&l["attributes"], "postgresql.setting.name").and_then(Value::as_str)
+                    == Some("work_mem")
+        }),
+        "no settings snapshot event for work_mem"
     );
 
     // The log entry of a statement with a traceparent comment carries its trace and span ID.

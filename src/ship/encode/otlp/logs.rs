@@ -47,9 +47,18 @@ fn records_as(batch: &Batch, mapping: Option<Mapping>) -> Vec<LogRecord> {
             });
             continue;
         };
-        let mut rec = match &event_name {
-            None => entry(&map, observed),
-            Some(name) => event(name, &map, observed),
+        let mut rec = match (mapping, &event_name) {
+            (Some(m @ (Mapping::Settings | Mapping::Plans)), _) => {
+                let shape = super::events::shape(m, &map);
+                let mut rec = event(shape.name, &map, observed);
+                rec.attributes.extend(shape.attributes);
+                if shape.body.is_some() {
+                    rec.body = shape.body;
+                }
+                rec
+            }
+            (_, None) => entry(&map, observed),
+            (_, Some(name)) => event(name, &map, observed),
         };
         rec.attributes
             .push(kv_str("postgres_agent.batch_id", batch_id.clone()));

@@ -8,6 +8,8 @@
 //! encoder; adding a row gives it a proper mapping. The signal of a stored request is read from
 //! the same table ([`signal`]), so the sender knows its path from the request's type.
 
+mod events;
+mod health;
 mod host;
 pub mod logs;
 pub mod metrics;
@@ -40,6 +42,13 @@ pub enum Mapping {
     Statements,
     /// Host metrics as `system.*` metrics, plus the agent's own counters (`host::system`).
     System,
+    /// Health views as metrics under the PostgreSQL receiver's names ([`health::metrics`]).
+    Health,
+    /// Settings: `postgres_agent.setting_change` per change, `postgres_agent.settings_snapshot`
+    /// per setting of a snapshot (`events.rs`).
+    Settings,
+    /// Plans: `postgres_agent.plan` (the tree as body) and `postgres_agent.plan_change` (`events.rs`).
+    Plans,
 }
 
 /// Every known batch type and its mapping (see the module doc for types not listed).
@@ -60,6 +69,11 @@ pub const KINDS: &[(BatchKind, Mapping)] = &[
     (BatchKind::Locks, Mapping::Event("postgres_agent.lock_wait")),
     (BatchKind::PgStatements, Mapping::Statements),
     (BatchKind::SystemMetrics, Mapping::System),
+    (BatchKind::PgDatabase, Mapping::Health),
+    (BatchKind::PgServerHealth, Mapping::Health),
+    (BatchKind::PgTables, Mapping::Health),
+    (BatchKind::PgSettings, Mapping::Settings),
+    (BatchKind::PgPlans, Mapping::Plans),
 ];
 
 /// The mapping of `kind`; None for a type not in [`KINDS`] (sent as generic events).
@@ -70,7 +84,7 @@ pub fn mapping(kind: BatchKind) -> Option<Mapping> {
 /// The signal a request of `kind` goes to.
 pub fn signal(kind: BatchKind) -> Signal {
     match mapping(kind) {
-        Some(Mapping::Statements | Mapping::System) => Signal::Metrics,
+        Some(Mapping::Statements | Mapping::System | Mapping::Health) => Signal::Metrics,
         _ => Signal::Logs,
     }
 }
@@ -115,6 +129,7 @@ pub fn encode(batch: &Batch, ctx: &Context<'_>) -> Result<Vec<NewBatch>, Prepare
         Signal::Metrics => {
             let metrics = match mapping(batch.kind) {
                 Some(Mapping::Statements) => metrics::statements(batch, ctx.top_statements),
+                Some(Mapping::Health) => health::metrics(batch),
                 _ => host::system(batch, ctx),
             };
             pack(metrics, ctx.max_body, |metrics| {
@@ -193,13 +208,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_kind_has_a_signal_and_metrics_kinds_are_two() {
+    fn every_kind_has_a_signal_and_the_health_kinds_are_metrics() {
         for kind in BatchKind::ALL {
             let _ = signal(kind);
         }
-        assert_eq!(signal(BatchKind::PgStatements), Signal::Metrics);
-        assert_eq!(signal(BatchKind::SystemMetrics), Signal::Metrics);
-        assert_eq!(signal(BatchKind::PgLogs), Signal::Logs);
+        for kind in [
+            BatchKind::PgStatements,
+            BatchKind::SystemMetrics,
+            BatchKind::PgDatabase,
+            BatchKind::PgServerHealth,
+            BatchKind::PgTables,
+        ] {
+            assert_eq!(signal(kind), Signal::Metrics, "{kind}");
+        }
+        for kind in [BatchKind::PgLogs, BatchKind::PgSettings, BatchKind::PgPlans] {
+            assert_eq!(signal(kind), Signal::Logs, "{kind}");
+        }
     }
 
     #[test]
