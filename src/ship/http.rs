@@ -153,30 +153,22 @@ impl Sender {
         if protocol == Protocol::Otlp {
             return self.send_otlp(batch_id, kind, gz_body).await;
         }
-        let mut req = self
+        let req = self
             .client
             .post(&self.url)
             .header("Idempotency-Key", batch_id.to_string());
-        if self.compress && protocol == Protocol::Batch {
-            req = req.header(CONTENT_ENCODING, "gzip").body(gz_body.to_vec());
-        } else {
-            let mut json = Vec::with_capacity(gz_body.len() * 8);
-            if let Err(e) = GzDecoder::new(gz_body).read_to_end(&mut json) {
-                return Outcome::Reject {
-                    status: 0,
-                    reason: format!("stored body does not decompress: {e}"),
-                };
-            }
-            req = req.body(json);
-        }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::Retry {
-                    reason: describe(&e),
-                    retry_after: None,
-                }
-            }
+        let req = match with_body(
+            req,
+            self.compress && protocol == Protocol::Batch,
+            gz_body,
+            8,
+        ) {
+            Ok(req) => req,
+            Err(outcome) => return outcome,
+        };
+        let resp = match post(req).await {
+            Ok(resp) => resp,
+            Err(outcome) => return outcome,
         };
         let status = resp.status();
         if status.is_success() {
@@ -191,31 +183,18 @@ impl Sender {
     async fn send_otlp(&self, batch_id: Uuid, kind: Option<BatchKind>, gz_body: &[u8]) -> Outcome {
         let wire = &self.otlp;
         let url = wire.url(kind);
-        let mut req = self
+        let req = self
             .client
             .post(url)
             .headers(wire.headers.clone())
             .header("Idempotency-Key", batch_id.to_string());
-        if wire.gzip {
-            req = req.header(CONTENT_ENCODING, "gzip").body(gz_body.to_vec());
-        } else {
-            let mut body = Vec::with_capacity(gz_body.len() * 4);
-            if let Err(e) = GzDecoder::new(gz_body).read_to_end(&mut body) {
-                return Outcome::Reject {
-                    status: 0,
-                    reason: format!("stored body does not decompress: {e}"),
-                };
-            }
-            req = req.body(body);
-        }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::Retry {
-                    reason: describe(&e),
-                    retry_after: None,
-                }
-            }
+        let req = match with_body(req, wire.gzip, gz_body, 4) {
+            Ok(req) => req,
+            Err(outcome) => return outcome,
+        };
+        let resp = match post(req).await {
+            Ok(resp) => resp,
+            Err(outcome) => return outcome,
         };
         let status = resp.status();
         if !status.is_success() {
@@ -239,6 +218,36 @@ impl Sender {
             None => Outcome::Delivered { status },
         }
     }
+}
+
+/// Attaches a stored request's body: the stored gzip as it is with `Content-Encoding: gzip` when
+/// `gzip`, else decompressed (`growth`: the expected ratio, for the buffer). A stored body that does
+/// not decompress is rejected, never retried.
+fn with_body(
+    req: reqwest::RequestBuilder,
+    gzip: bool,
+    gz_body: &[u8],
+    growth: usize,
+) -> Result<reqwest::RequestBuilder, Outcome> {
+    if gzip {
+        return Ok(req.header(CONTENT_ENCODING, "gzip").body(gz_body.to_vec()));
+    }
+    let mut body = Vec::with_capacity(gz_body.len() * growth);
+    match GzDecoder::new(gz_body).read_to_end(&mut body) {
+        Ok(_) => Ok(req.body(body)),
+        Err(e) => Err(Outcome::Reject {
+            status: 0,
+            reason: format!("stored body does not decompress: {e}"),
+        }),
+    }
+}
+
+/// Sends a request; a network error (no answer) is retried.
+async fn post(req: reqwest::RequestBuilder) -> Result<reqwest::Response, Outcome> {
+    req.send().await.map_err(|e| Outcome::Retry {
+        reason: describe(&e),
+        retry_after: None,
+    })
 }
 
 /// The outcome of an answer that is not 2xx (a redirect, 429, retryable or a rejection).
