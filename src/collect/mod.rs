@@ -21,6 +21,7 @@ pub mod plans;
 pub mod sampling;
 pub mod settings;
 pub mod spikes;
+pub(crate) mod state_write;
 pub mod statements;
 pub mod system;
 

@@ -6,8 +6,9 @@
 use std::path::Path;
 
 use super::delta::Baseline;
-use super::{begin_baseline, fold, save_baseline, Reader, Row};
+use super::{baseline_writer, begin_baseline, fold, save_baseline, Reader, Row};
 use crate::batch::BatchKind;
+use crate::collect::state_write::StateWriter;
 use crate::collect::{CollectError, Collected, Collector, Context};
 
 /// The gauges of pg_stat_database (every other number is a counter).
@@ -20,15 +21,15 @@ const SQL: &str = "SELECT row_to_json(x)::text AS json FROM (\
 pub struct DatabaseCollector {
     baseline: Baseline,
     reader: Reader,
-    saver: super::saver::Saver,
+    saver: StateWriter,
 }
 
 impl DatabaseCollector {
     pub fn new(state_dir: &Path, read_only: bool) -> DatabaseCollector {
         DatabaseCollector {
+            saver: baseline_writer(state_dir, "database", read_only),
             baseline: Baseline::new(state_dir, "database"),
             reader: Reader::default(),
-            saver: super::saver::Saver::new(read_only),
         }
     }
 }

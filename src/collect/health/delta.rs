@@ -233,12 +233,12 @@ impl Baseline {
         v.entries.retain(|k, _| seen.contains(k));
     }
 
-    /// The baseline as the JSON its file holds (written by `health::saver`, off the cycle).
+    /// The baseline as the JSON its file holds (written off the cycle by `collect::state_write`).
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(&self.file)
     }
 
-    /// Writes the baseline atomically (tests; the collectors write through `health::saver`).
+    /// Writes the baseline atomically (tests; the collectors write through `collect::state_write`).
     #[cfg(test)]
     pub fn save(&self) -> Result<(), BaselineError> {
         crate::state::file::write_atomic(&self.path, |out| {

@@ -18,15 +18,16 @@
 
 pub mod database;
 pub mod delta;
-mod saver;
 pub mod server;
 pub mod settings;
 pub mod tables;
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use super::state_write::StateWriter;
 use super::CollectError;
 use crate::db::{DbError, Session};
 use crate::telemetry::registry::{Counters, Event};
@@ -170,15 +171,23 @@ pub(crate) fn begin_baseline(
     }
 }
 
-/// Saves the baseline off the collection task ([`saver::Saver`]: never when read-only; a failed
+/// The writer of a baseline's file (`health-<name>.json`, [`delta::Baseline::new`]).
+pub(crate) fn baseline_writer(state_dir: &Path, name: &str, read_only: bool) -> StateWriter {
+    let path = delta::Baseline::new(state_dir, name).path().to_path_buf();
+    StateWriter::new("the health baseline", path, read_only)
+}
+
+/// Saves the baseline off the collection task ([`StateWriter`]: never when read-only; a failed
 /// write is logged, the next cycle's deltas still come from memory).
 pub(crate) fn save_baseline(
     baseline: &delta::Baseline,
-    saver: &mut saver::Saver,
+    writer: &mut StateWriter,
     counters: &Counters,
 ) {
     match baseline.to_json() {
-        Ok(bytes) => saver.save("baseline", baseline.path().to_path_buf(), bytes, counters),
+        Ok(bytes) => {
+            writer.write_bytes(counters, bytes);
+        }
         Err(e) => tracing::warn!(error = %e, "cannot encode the health baseline"),
     }
 }

@@ -24,8 +24,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::delta::Baseline;
-use super::{begin_baseline, fold, save_baseline, Reader, Row};
+use super::{baseline_writer, begin_baseline, fold, save_baseline, Reader, Row};
 use crate::batch::BatchKind;
+use crate::collect::state_write::StateWriter;
 use crate::collect::{CollectError, Collected, Collector, Context};
 use crate::db::Session;
 
@@ -293,15 +294,15 @@ pub async fn background(session: &mut Session, version: i32) -> Vec<Row> {
 pub struct ServerHealthCollector {
     baseline: Baseline,
     reader: Reader,
-    saver: super::saver::Saver,
+    saver: StateWriter,
 }
 
 impl ServerHealthCollector {
     pub fn new(state_dir: &Path, read_only: bool) -> ServerHealthCollector {
         ServerHealthCollector {
+            saver: baseline_writer(state_dir, "server", read_only),
             baseline: Baseline::new(state_dir, "server"),
             reader: Reader::default(),
-            saver: super::saver::Saver::new(read_only),
         }
     }
 }

@@ -47,7 +47,7 @@ struct File {
 pub struct SettingsCollector {
     path: PathBuf,
     reader: Reader,
-    saver: super::saver::Saver,
+    saver: crate::collect::state_write::StateWriter,
     /// None until the first read of this run.
     last: Option<File>,
     /// [`LOADED`] at the last read.
@@ -59,7 +59,11 @@ impl SettingsCollector {
         SettingsCollector {
             path: state_dir.join("health-settings.json"),
             reader: Reader::default(),
-            saver: super::saver::Saver::new(read_only),
+            saver: crate::collect::state_write::StateWriter::new(
+                "the settings baseline",
+                state_dir.join("health-settings.json"),
+                read_only,
+            ),
             last: None,
             loaded: None,
         }
@@ -191,9 +195,9 @@ impl Collector for SettingsCollector {
         let changed = before.as_ref().is_none_or(|b| b.settings != now.settings);
         if changed {
             match serde_json::to_vec(&now) {
-                Ok(bytes) => self
-                    .saver
-                    .save("settings", self.path.clone(), bytes, ctx.counters),
+                Ok(bytes) => {
+                    self.saver.write_bytes(ctx.counters, bytes);
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot encode the settings baseline"),
             }
         }

@@ -20,8 +20,9 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::delta::Baseline;
-use super::{begin_baseline, fold, save_baseline, Reader, Row};
+use super::{baseline_writer, begin_baseline, fold, save_baseline, Reader, Row};
 use crate::batch::BatchKind;
+use crate::collect::state_write::StateWriter;
 use crate::collect::{CollectError, Collected, Collector, Context};
 use crate::db::{Db, Session};
 
@@ -68,7 +69,7 @@ const ACTIVITY: &[&str] = &[
 pub struct TablesCollector {
     baseline: Baseline,
     reader: Reader,
-    saver: super::saver::Saver,
+    saver: StateWriter,
     /// Databases left in the current pass.
     pending: VecDeque<String>,
     next_pass: Option<Instant>,
@@ -77,9 +78,9 @@ pub struct TablesCollector {
 impl TablesCollector {
     pub fn new(state_dir: &Path, read_only: bool) -> TablesCollector {
         TablesCollector {
+            saver: baseline_writer(state_dir, "tables", read_only),
             baseline: Baseline::new(state_dir, "tables"),
             reader: Reader::default(),
-            saver: super::saver::Saver::new(read_only),
             pending: VecDeque::new(),
             next_pass: None,
         }

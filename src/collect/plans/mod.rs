@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::state_write::StateWriter;
 use super::{CollectError, Collected, Collector, Context};
 use crate::batch::BatchKind;
 use crate::telemetry::registry::{Counters, Event};
@@ -192,18 +193,15 @@ pub struct PlansCollector {
     inbox: PlanInbox,
     store: PlanStore,
     path: PathBuf,
-    read_only: bool,
     loaded: bool,
     /// (fingerprint, plan_id) of the trees sent since the agent started; forgotten past
     /// [`MAX_SENT`] (those trees are then sent once more).
     sent: HashSet<(u64, u64)>,
     /// The store changed since its last save started.
     dirty: bool,
-    /// The save in progress, off the scheduler: the cycle never waits for the disk, and no new
-    /// save starts before it has returned (`state_writes_skipped`).
-    saving: Option<tokio::task::JoinHandle<()>>,
-    /// The last save failed (warned once until one succeeds).
-    save_failed: Arc<std::sync::atomic::AtomicBool>,
+    /// Writes `plans.json` off the collection task: the cycle never waits for the disk, and no new
+    /// save starts before the last has returned (`state_writes_skipped`).
+    writer: StateWriter,
     /// This cycle's top statements, for EXPLAIN on demand.
     candidates: Vec<explain::Candidate>,
     /// When each statement (fingerprint) was last explained or tried: at most once an hour,
@@ -219,12 +217,10 @@ impl PlansCollector {
             inbox: PlanInbox::default(),
             store: PlanStore::default(),
             path: PlanStore::path(state_dir),
-            read_only: false,
             loaded: false,
             sent: HashSet::new(),
             dirty: false,
-            saving: None,
-            save_failed: Arc::default(),
+            writer: StateWriter::new("the plan store", PlanStore::path(state_dir), false),
             candidates: Vec::new(),
             explained: Default::default(),
             said_needs_16: false,
@@ -233,7 +229,7 @@ impl PlansCollector {
 
     /// Reads the saved store but never writes it (`once --dry-run`).
     pub fn read_only(mut self) -> PlansCollector {
-        self.read_only = true;
+        self.writer.set_read_only();
         self
     }
 
@@ -289,29 +285,13 @@ impl PlansCollector {
 impl PlansCollector {
     /// Saves the store if it changed, unless the previous save has not returned.
     fn save(&mut self, counters: &Counters) {
-        if self.read_only || !self.dirty {
+        if !self.dirty {
             return;
         }
-        if self.saving.as_ref().is_some_and(|h| !h.is_finished()) {
-            counters.incr(Event::StateWritesSkipped);
-            return;
+        let store = self.store.clone();
+        if self.writer.write(counters, move |path| store.save(path)) {
+            self.dirty = false;
         }
-        self.dirty = false;
-        let (store, path, failed) = (
-            self.store.clone(),
-            self.path.clone(),
-            self.save_failed.clone(),
-        );
-        self.saving = Some(tokio::task::spawn_blocking(move || {
-            use std::sync::atomic::Ordering;
-            match store.save(&path) {
-                Ok(()) => failed.store(false, Ordering::Relaxed),
-                Err(e) if !failed.swap(true, Ordering::Relaxed) => tracing::warn!(
-                    path = %path.display(), error = %e,
-                    "cannot save the plan store; plans seen are kept in memory but not across a restart"),
-                Err(_) => {}
-            }
-        }));
     }
 }
 
