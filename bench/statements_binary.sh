@@ -13,6 +13,9 @@
 #            which sorts both sides)
 #   narrow   the same with the arrays behind sub-selects, so the planner does not see their length:
 #            it then hashes the baseline's narrow side instead of sorting or hashing the wide entries
+#   fingerprints  the entries whose fingerprint (a server-side hash of key, calls and total time) is
+#            not among the baseline's: one int8 array, a hashed NOT IN (the agent's read while no entry
+#            was evicted, issue 22)
 #   floor    count(*) of pg_stat_statements(false): what building every entry costs, whatever is sent
 #   python   the Bitville Python agent's statements query (top 100 by total time, with texts)
 # Prints per variant: server ms per read (the statement's total_exec_time / calls in
@@ -39,6 +42,7 @@ CREATE ROLE bench_full LOGIN; GRANT pg_read_all_stats TO bench_full;
 CREATE ROLE bench_changed LOGIN; GRANT pg_read_all_stats TO bench_changed;
 CREATE ROLE bench_hashed LOGIN; GRANT pg_read_all_stats TO bench_hashed;
 CREATE ROLE bench_narrow LOGIN; GRANT pg_read_all_stats TO bench_narrow;
+CREATE ROLE bench_fingerprints LOGIN; GRANT pg_read_all_stats TO bench_fingerprints;
 CREATE ROLE bench_floor LOGIN; GRANT pg_read_all_stats TO bench_floor;
 CREATE ROLE bench_python LOGIN; GRANT pg_read_all_stats TO bench_python;
 SQL
@@ -85,6 +89,12 @@ NARROW = (f"SELECT /* bench narrow */ s.*, b.q, b.u, b.d, b.t FROM ({entries}) s
           "(SELECT %s::int8[]), (SELECT %s::float8[])) AS b(q, u, d, t, c, e) "
           "ON s.queryid = b.q AND s.userid = b.u AND s.dbid = b.d AND coalesce(s.toplevel, true) = b.t "
           "WHERE s.queryid IS NULL OR b.q IS NULL OR s.calls <> b.c OR s.total_exec_time <> b.e")
+FPX = ("hashfloat8extended(total_exec_time, hashint8extended(calls, hashint8extended("
+       "(userid::int8 << 32) | dbid::int8, coalesce(queryid, 0) # coalesce(toplevel, true)::int::int8)))")
+FPSEL = f"SELECT userid, dbid, toplevel, queryid, {select}, {FPX} AS fp FROM pg_stat_statements(false) LIMIT 100000"
+FPFULL = f"SELECT /* bench fingerprints */ * FROM ({FPSEL}) s"
+FINGERPRINTS = (f"SELECT /* bench fingerprints */ * FROM ({FPSEL}) s "
+                "WHERE s.fp NOT IN (SELECT unnest((SELECT %s::int8[])))")
 FLOOR = "SELECT /* bench floor */ count(*) FROM pg_stat_statements(false)"
 PYTHON = ("SELECT /* bench python */ queryid, query, calls, total_exec_time, mean_exec_time, min_exec_time, "
           "max_exec_time, stddev_exec_time, rows, shared_blks_hit, shared_blks_read, shared_blks_written, "
@@ -104,6 +114,15 @@ class Variant:
         cur = self.c.cursor(binary=True)
         if self.sql in (FLOOR, PYTHON):
             rows, base = cur.execute(self.sql).fetchall(), {}
+        elif self.sql is FINGERPRINTS:
+            if self.base is None:
+                rows = cur.execute(FPFULL).fetchall()
+                base = {}
+            else:
+                rows = cur.execute(self.sql, [[r[-1] for r in self.base.values()]]).fetchall()
+                base = self.base
+            for r in rows:
+                base[(r[3], r[0], r[1], r[2])] = r
         elif self.sql is FULL or self.base is None:
             rows = cur.execute(FULL).fetchall()
             base = {(r[3], r[0], r[1], r[2]): r for r in rows}
@@ -127,6 +146,7 @@ class Variant:
 variants = {"full": Variant("bench_full", FULL), "changed": Variant("bench_changed", CHANGED),
             "hashed": Variant("bench_hashed", CHANGED, "SET enable_mergejoin = off"),
             "narrow": Variant("bench_narrow", NARROW),
+            "fingerprints": Variant("bench_fingerprints", FINGERPRINTS),
             "floor": Variant("bench_floor", FLOOR), "python": Variant("bench_python", PYTHON)}
 for v in variants.values():
     v.read()

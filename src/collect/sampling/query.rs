@@ -13,11 +13,18 @@ use crate::identity::APPLICATION_NAME;
 use crate::telemetry::registry::Counters;
 
 pub const QUERY: &str = "activity_sample";
+/// The totals read when the row bound cut a sample ([`totals_sql`]).
+const TOTALS: &str = "activity_sample_totals";
 
 /// The SQL for a server version, with the agent's `application_name`, the text length and the row
 /// bound written in (constants for a configuration), so it has no parameters and is prepared once
-/// per connection. `count(*) OVER ()` and its filtered forms give the totals even when the row bound
-/// cut the result.
+/// per connection. The totals (sessions, active, waiting) are counted by the agent from the rows;
+/// only when the row bound cut the result does [`totals_sql`] count them on the server.
+///
+/// Cost, per sample with 110 non-idle sessions (PostgreSQL 15, `bench/sampling.sh`'s figures in
+/// docs/cost.md): the window counts this query had before issue 22 were a quarter of its server
+/// time, and `left()` on every text another quarter; a text is now cut only when its bytes exceed
+/// the limit (`octet_length` reads the length word, `left` walks the characters).
 pub fn sql(version_num: i32, text_chars: i32, limit: i64) -> String {
     let query_id = if version_num >= 140000 {
         "query_id"
@@ -27,15 +34,31 @@ pub fn sql(version_num: i32, text_chars: i32, limit: i64) -> String {
     format!(
         "SELECT /* postgres-agent */ pid, state, wait_event_type, wait_event, backend_type, \
          datname::text AS datname, usename::text AS usename, application_name, \
-         {query_id} AS query_id, left(query, {text_chars}) AS query, query_start, \
-         count(*) OVER () AS total, \
-         count(*) FILTER (WHERE state = 'active') OVER () AS total_active, \
-         count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NOT NULL) OVER () AS total_waiting, \
-         count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock') OVER () AS total_lock \
-         FROM pg_stat_activity \
-         WHERE state <> 'idle' AND pid <> pg_backend_pid() \
-           AND application_name IS DISTINCT FROM '{APPLICATION_NAME}' \
-         LIMIT {limit}"
+         {query_id} AS query_id, \
+         CASE WHEN octet_length(query) > {text_chars} THEN left(query, {text_chars}) ELSE query END \
+         AS query, query_start \
+         FROM pg_stat_activity {} LIMIT {limit}",
+        sessions()
+    )
+}
+
+/// Which sessions a sample covers: not idle, not the agent's own.
+fn sessions() -> String {
+    format!(
+        "WHERE state <> 'idle' AND pid <> pg_backend_pid() \
+         AND application_name IS DISTINCT FROM '{APPLICATION_NAME}'"
+    )
+}
+
+/// The totals of [`sql`]'s sessions, read only when the row bound cut its result.
+pub fn totals_sql() -> String {
+    format!(
+        "SELECT /* postgres-agent */ count(*) AS total, \
+         count(*) FILTER (WHERE state = 'active') AS total_active, \
+         count(*) FILTER (WHERE state = 'active' AND wait_event_type IS NOT NULL) AS total_waiting, \
+         count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock') AS total_lock \
+         FROM pg_stat_activity {}",
+        sessions()
     )
 }
 
@@ -111,15 +134,6 @@ pub async fn read(
         .query_cached(QUERY, &sql(version_num, text_chars, limit))
         .await?;
     let mut out = Read::default();
-    if let Some(r) = rows.first() {
-        let n = |c: &'static str| -> Result<u64, CollectError> {
-            Ok(col::<i64>(r, QUERY, c)?.max(0) as u64)
-        };
-        out.total = n("total")?;
-        out.active = n("total_active")?;
-        out.waiting = n("total_waiting")?;
-        out.lock_waits = n("total_lock")?;
-    }
     let mut known = HashMap::with_capacity(rows.len());
     out.rows.reserve(rows.len());
     // Columns by position (the order of `sql`): a lookup by name compares the name with every
@@ -181,6 +195,24 @@ pub async fn read(
         });
     }
     cache.known = known;
+    if (rows.len() as i64) < limit {
+        out.total = out.rows.len() as u64;
+        out.active = out.rows.iter().filter(|r| r.active()).count() as u64;
+        out.waiting = out
+            .rows
+            .iter()
+            .filter(|r| r.active() && r.wait_event_type.is_some())
+            .count() as u64;
+        out.lock_waits = out.rows.iter().filter(|r| r.lock_wait()).count() as u64;
+    } else if let Some(r) = session.query_cached(TOTALS, &totals_sql()).await?.first() {
+        let n = |c: &'static str| -> Result<u64, CollectError> {
+            Ok(col::<i64>(r, TOTALS, c)?.max(0) as u64)
+        };
+        out.total = n("total")?;
+        out.active = n("total_active")?;
+        out.waiting = n("total_waiting")?;
+        out.lock_waits = n("total_lock")?;
+    }
     Ok(out)
 }
 

@@ -39,6 +39,11 @@ pub struct Entry {
     pub values: Vec<f64>,
     /// Set while a [`Fold`] runs: the new snapshot has this entry.
     pub seen: bool,
+    /// The server's fingerprint of the entry's key, calls and total time when it was last read
+    /// (`statements::fold_entries`): a changed-only read sends the fingerprints it holds and gets
+    /// back only the entries whose fingerprint is not among them. None until the entry is read
+    /// with one; not saved (after a restart every entry is read once more in full).
+    pub fp: Option<i64>,
 }
 
 /// Every entry at one moment.
@@ -108,6 +113,10 @@ pub struct Fold<'a> {
     /// The entry being read (see [`Fold::values`]) and the difference to its previous values.
     values: Vec<f64>,
     diff: Vec<f64>,
+    /// A read by fingerprint: entries not returned stay (see [`Fold::by_fingerprint`]).
+    by_fingerprint: bool,
+    /// Baseline fingerprints the server no longer has.
+    gone: std::collections::HashSet<i64>,
 }
 
 impl<'a> Fold<'a> {
@@ -132,24 +141,26 @@ impl<'a> Fold<'a> {
             deltas: Vec::new(),
             values: Vec::with_capacity(width),
             diff: Vec::with_capacity(width),
+            by_fingerprint: false,
+            gone: Default::default(),
         }
     }
 
-    /// Starts folding a read of the changed entries only ([`Snapshot::unchanged_filter`]): entries
-    /// it does not return are the same as in `snap` and stay; those the server no longer has are
-    /// named by [`Fold::gone`].
-    pub fn changed_only(snap: &'a mut Snapshot, meta: &Meta) -> Fold<'a> {
-        let fold = Fold::new(snap, meta, true);
-        for e in fold.snap.entries.values_mut() {
-            e.seen = true;
-        }
+    /// Starts folding a read by fingerprint (`statements::fold_entries`): the entries it returns
+    /// ran or are new; an entry it does not return is unchanged and stays, unless
+    /// [`Fold::gone_fingerprint`] names its fingerprint (it is gone from the server) or it has no
+    /// fingerprint (every entry without one is returned while the server has it).
+    pub fn by_fingerprint(snap: &'a mut Snapshot, meta: &Meta) -> Fold<'a> {
+        let mut fold = Fold::new(snap, meta, true);
+        fold.by_fingerprint = true;
         fold
     }
 
-    /// The server no longer has the entry `key` (changed-only reads): it leaves the snapshot, so
-    /// if it comes back it counts as new.
-    pub fn gone(&mut self, key: &Key) {
-        self.snap.entries.remove(key);
+    /// A baseline fingerprint no entry on the server has: its entry ran (and is returned with a
+    /// new fingerprint) or is gone. Gone entries leave the snapshot in [`Fold::finish`], so one
+    /// that comes back counts as new.
+    pub fn gone_fingerprint(&mut self, fp: i64) {
+        self.gone.insert(fp);
     }
 
     /// The buffer to fill with the next entry's values, in the snapshot's layout, before
@@ -159,8 +170,9 @@ impl<'a> Fold<'a> {
         &mut self.values
     }
 
-    /// Folds in the entry whose values were just written to [`Fold::values`].
-    pub fn entry(&mut self, key: Key, stats_since: Option<i64>) {
+    /// Folds in the entry whose values were just written to [`Fold::values`], with the server's
+    /// fingerprint of it (see [`Entry::fp`]).
+    pub fn entry(&mut self, key: Key, stats_since: Option<i64>, fp: Option<i64>) {
         let now = &self.values;
         let new = !self.snap.entries.contains_key(&key);
         let (delta, reset) = match self.snap.entries.get_mut(&key) {
@@ -171,6 +183,7 @@ impl<'a> Fold<'a> {
                         stats_since,
                         values: now.clone(),
                         seen: true,
+                        fp,
                     },
                 );
                 (now, self.full_reset)
@@ -188,6 +201,7 @@ impl<'a> Fold<'a> {
                 old.values.clone_from(now);
                 old.stats_since = stats_since;
                 old.seen = true;
+                old.fp = fp;
                 if whole {
                     (now, true)
                 } else {
@@ -211,59 +225,22 @@ impl<'a> Fold<'a> {
         }
     }
 
-    /// Ends the fold: entries the new snapshot no longer has are dropped. Returns the deltas and
+    /// Ends the fold: entries the new snapshot no longer has are dropped (for a read by
+    /// fingerprint, see [`Fold::by_fingerprint`]). Returns the deltas and
     /// whether a full reset happened in between.
     pub fn finish(self) -> (Vec<Delta>, bool) {
-        self.snap.entries.retain(|_, e| e.seen);
+        let (by_fingerprint, gone) = (self.by_fingerprint, &self.gone);
+        self.snap.entries.retain(|_, e| {
+            e.seen || (by_fingerprint && e.fp.is_some_and(|fp| !gone.contains(&fp)))
+        });
         (self.deltas, self.full_reset)
     }
 }
 
-/// The baseline's identity and change-detection values as arrays (one element per entry, in one
-/// order), passed to the server so it returns only the entries that differ
-/// (`statements::fold_entries`).
-#[derive(Debug, Default)]
-pub struct UnchangedFilter {
-    pub queryid: Vec<i64>,
-    pub userid: Vec<u32>,
-    pub dbid: Vec<u32>,
-    /// `toplevel`, true where the extension does not track it (before 1.9).
-    pub toplevel: Vec<bool>,
-    pub calls: Vec<i64>,
-    pub total_exec_time: Vec<f64>,
-}
-
 impl Snapshot {
-    /// The arrays describing this snapshot's entries for a changed-only read; None when its layout
-    /// lacks `calls` or the total execution time. An entry counts as unchanged when both `calls`
-    /// and the total execution time are equal: every execution adds to both in the same update,
-    /// and an entry evicted and created again within one interval would need the same calls and the
-    /// same float sum of times to pass for unchanged.
-    pub fn unchanged_filter(&self, total_exec: usize) -> Option<UnchangedFilter> {
-        let calls_at = self.layout.iter().position(|&i| i == CALLS)?;
-        let total_at = self.layout.iter().position(|&i| i == total_exec)?;
-        let n = self.entries.len();
-        let mut f = UnchangedFilter {
-            queryid: Vec::with_capacity(n),
-            userid: Vec::with_capacity(n),
-            dbid: Vec::with_capacity(n),
-            toplevel: Vec::with_capacity(n),
-            calls: Vec::with_capacity(n),
-            total_exec_time: Vec::with_capacity(n),
-        };
-        for (k, e) in &self.entries {
-            let (Some(calls), Some(total)) = (e.values.get(calls_at), e.values.get(total_at))
-            else {
-                continue;
-            };
-            f.queryid.push(k.queryid);
-            f.userid.push(k.userid);
-            f.dbid.push(k.dbid);
-            f.toplevel.push(k.toplevel.unwrap_or(true));
-            f.calls.push(*calls as i64);
-            f.total_exec_time.push(*total);
-        }
-        Some(f)
+    /// The fingerprints of the entries that have one, for a changed-only read by fingerprint.
+    pub fn fingerprints(&self) -> Vec<i64> {
+        self.entries.values().filter_map(|e| e.fp).collect()
     }
 
     /// Takes `d` back out of this snapshot (the one it was folded into), so the next fold reports
@@ -283,6 +260,9 @@ impl Snapshot {
                 for (v, dv) in e.values.iter_mut().zip(&d.values) {
                     *v -= dv;
                 }
+                // The fingerprint is of the values just taken back: without one the next
+                // changed-only read returns the entry whatever it holds.
+                e.fp = None;
                 true
             }
             _ => false,
@@ -302,7 +282,7 @@ pub fn deltas(prev: &Snapshot, cur: &Snapshot) -> (Vec<Delta>, bool) {
     let mut fold = Fold::new(&mut snap, &meta, true);
     for (key, entry) in &cur.entries {
         fold.values().extend_from_slice(&entry.values);
-        fold.entry(*key, entry.stats_since);
+        fold.entry(*key, entry.stats_since, entry.fp);
     }
     let out = fold.finish();
     assert_eq!(
@@ -354,8 +334,49 @@ struct File {
     entries: EntriesIn,
 }
 
-/// userid, dbid, queryid, toplevel, stats_since, values.
-type Row = (u32, u32, i64, Option<bool>, Option<i64>, Vec<f64>);
+/// One saved entry: `[userid, dbid, queryid, toplevel, stats_since, values, fp]`. `fp` (the
+/// entry's fingerprint, [`Entry::fp`]) was added after the format's first release: a row without
+/// it reads as an entry without one.
+struct Row {
+    key: Key,
+    entry: Entry,
+}
+
+impl<'de> Deserialize<'de> for Row {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Row, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Row;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("[userid, dbid, queryid, toplevel, stats_since, values(, fp)]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Row, A::Error> {
+                use serde::de::Error;
+                let missing = |i| A::Error::invalid_length(i, &self);
+                let key = Key {
+                    userid: seq.next_element()?.ok_or_else(|| missing(0))?,
+                    dbid: seq.next_element()?.ok_or_else(|| missing(1))?,
+                    queryid: seq.next_element()?.ok_or_else(|| missing(2))?,
+                    toplevel: seq.next_element()?.ok_or_else(|| missing(3))?,
+                };
+                let stats_since = seq.next_element()?.ok_or_else(|| missing(4))?;
+                let values = seq.next_element()?.ok_or_else(|| missing(5))?;
+                let fp = seq.next_element::<Option<i64>>()?.flatten();
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(8, &self));
+                }
+                let entry = Entry {
+                    stats_since,
+                    values,
+                    seen: true,
+                    fp,
+                };
+                Ok(Row { key, entry })
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
 
 pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE_NAME)
@@ -405,27 +426,14 @@ impl<'de> Deserialize<'de> for EntriesIn {
         impl<'de> serde::de::Visitor<'de> for Rows {
             type Value = EntriesIn;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a list of [userid, dbid, queryid, toplevel, stats_since, values]")
+                f.write_str("a list of [userid, dbid, queryid, toplevel, stats_since, values, fp]")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
             ) -> Result<EntriesIn, A::Error> {
                 let mut entries = HashMap::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some((userid, dbid, queryid, toplevel, stats_since, values)) =
-                    seq.next_element::<Row>()?
-                {
-                    let key = Key {
-                        userid,
-                        dbid,
-                        queryid,
-                        toplevel,
-                    };
-                    let entry = Entry {
-                        stats_since,
-                        values,
-                        seen: true,
-                    };
+                while let Some(Row { key, entry }) = seq.next_element::<Row>()? {
                     entries.insert(key, entry);
                 }
                 Ok(EntriesIn(entries))
@@ -488,6 +496,7 @@ impl Serialize for EntriesRef<'_> {
                 k.toplevel,
                 e.stats_since,
                 Values(&e.values),
+                e.fp,
             )
         }))
     }
@@ -542,6 +551,7 @@ mod tests {
                             stats_since: *since,
                             values: v.to_vec(),
                             seen: true,
+                            fp: None,
                         },
                     )
                 })
@@ -635,6 +645,18 @@ mod tests {
         assert!(usable(&back, "1", &s.layout));
         assert!(!usable(&back, "1", &[0, 1]));
         assert!(!usable(&back, "2", &s.layout));
+        // A row of the first release (no fingerprint) reads as an entry without one; a saved
+        // fingerprint comes back.
+        let mut with_fp = s.clone();
+        for (i, e) in with_fp.entries.values_mut().enumerate() {
+            e.fp = Some(i as i64 - 9);
+        }
+        save(dir.path(), &with_fp).unwrap();
+        assert_eq!(load(dir.path()).unwrap().unwrap(), with_fp);
+        let old = text.replace(",null]", "]").replace(",null]]", "]]");
+        assert!(!old.contains(",null]"), "{old}");
+        std::fs::write(path(dir.path()), &old).unwrap();
+        assert_eq!(load(dir.path()).unwrap().unwrap(), s);
         std::fs::write(path(dir.path()), b"{not json").unwrap();
         assert!(matches!(load(dir.path()), Err(BaselineError::Parse { .. })));
     }

@@ -28,7 +28,7 @@ use crate::batch::BatchKind;
 use crate::clock::now_rfc3339;
 use crate::db::Session;
 use crate::telemetry::registry::{Counters as Tally, Event};
-use baseline::{Delta, Fold, Key, Meta, Snapshot, UnchangedFilter};
+use baseline::{Delta, Fold, Key, Meta, Snapshot};
 use columns::{
     ExtVersion, Unit, CALLS, COUNTERS, INFO_SINCE, STATS_SINCE_SINCE, TOTAL_EXEC, TOTAL_PLAN,
 };
@@ -344,16 +344,15 @@ impl StatementsCollector {
         // entry: read them all, as without a baseline).
         let reset_seen =
             matches!((&cur.stats_reset, &meta.stats_reset), (Some(a), Some(b)) if a != b);
-        let filter = if first || reset_seen {
-            None
-        } else {
-            cur.unchanged_filter(TOTAL_EXEC)
+        let fps = (!first && !reset_seen).then(|| cur.fingerprints());
+        let (read, mut fold) = match &fps {
+            Some(fps) => (
+                Read::Fingerprints(fps),
+                Fold::by_fingerprint(&mut cur, &meta),
+            ),
+            None => (Read::Full, Fold::new(&mut cur, &meta, !first)),
         };
-        let mut fold = match filter {
-            Some(_) => Fold::changed_only(&mut cur, &meta),
-            None => Fold::new(&mut cur, &meta, !first),
-        };
-        if let Err(e) = fold_entries(session, &ext, &mut fold, filter.as_ref(), tally).await {
+        if let Err(e) = fold_entries(session, &ext, &mut fold, read, tally).await {
             return match not_loaded(&e) {
                 Some(reason) => Ok(self.unavailable(tally, &dbname, &reason, false)),
                 None => Err(e),
@@ -661,10 +660,31 @@ async fn meta(session: &mut Session, ext: &Extension) -> Result<Meta, CollectErr
     })
 }
 
-/// Reads the entries' counters (no texts) into `fold`: every entry, or with `filter` (the baseline's
-/// keys, calls and total times) only those that differ from it, plus the keys of the baseline's
-/// entries the server no longer has. The server still builds every entry, but sends (and the agent
-/// decodes) a few hundred rows instead of every entry's ~50 columns: about 5,000 rows a cycle
+/// How a cycle reads the entries (see [`fold_entries`]).
+enum Read<'a> {
+    /// Every entry: the first read, after a full reset, and whenever there is no baseline.
+    Full,
+    /// The entries whose fingerprint is not among the baseline's (they ran, or are new), and the
+    /// baseline's fingerprints the server no longer has (entries that ran, or are gone).
+    Fingerprints(&'a Vec<i64>),
+}
+
+/// The server's fingerprint of an entry (key, calls, total execution time) as SQL: the extended
+/// hash functions hash partitioning uses, chained, so an entry whose calls or total time moved gets
+/// another one. A collision (2^-64 per pair) only delays an entry's report to its next change: its
+/// baseline keeps the values last read, so no delta is lost. NULLs (another role's hidden queryid)
+/// are folded in as 0 so the row still comes back and is counted.
+fn fingerprint_sql(calls: &str, total: &str) -> String {
+    format!(
+        "hashfloat8extended({total}, hashint8extended({calls}, hashint8extended(\
+         (userid::int8 << 32) | dbid::int8, coalesce(queryid, 0) # \
+         coalesce(toplevel, true)::int::int8)))"
+    )
+}
+
+/// Reads the entries' counters (no texts) into `fold`, each with its fingerprint
+/// ([`fingerprint_sql`]), as `read` says. The server still builds every entry, but sends (and the
+/// agent decodes) a few hundred rows instead of every entry's ~50 columns: about 5,000 rows a cycle
 /// where a few hundred statements ran (docs/cost.md). Rows are folded in one at a time as they
 /// arrive: holding the result whole would cost several times the snapshot itself (every row keeps
 /// its wire buffer and column offsets).
@@ -672,10 +692,12 @@ async fn fold_entries(
     session: &mut Session,
     ext: &Extension,
     fold: &mut Fold<'_>,
-    filter: Option<&UnchangedFilter>,
+    read: Read<'_>,
     tally: &Tally,
 ) -> Result<(), CollectError> {
     const QUERY: &str = "statements_snapshot";
+    /// Columns before the counters: userid, dbid, toplevel, queryid, since, fp.
+    const FIRST_COUNTER: usize = 6;
     let layout = columns::layout(ext.version);
     let toplevel = if ext.version >= INFO_SINCE {
         "toplevel"
@@ -688,62 +710,49 @@ async fn fold_entries(
     } else {
         "NULL::timestamptz"
     };
+    let calls = columns::column_for(&COUNTERS[CALLS], ext.version).unwrap_or("calls");
+    let total =
+        columns::column_for(&COUNTERS[TOTAL_EXEC], ext.version).unwrap_or("total_exec_time");
+    // `LIMIT` keeps the sub-select from being flattened: the fingerprint is computed once a row.
     let entries = format!(
-        "SELECT userid, dbid, {toplevel} AS toplevel, queryid, {since} AS since, {} \
+        "SELECT userid, dbid, {toplevel} AS toplevel, queryid, {since} AS since, {} AS fp, {} \
          FROM {}(false) LIMIT $1",
+        fingerprint_sql(calls, total),
         columns::select_list(ext.version, &layout),
         ext.function
     );
-    let (sql, params): (String, Vec<crate::db::Param<'_>>) = match filter {
-        None => (
+    let (sql, params): (String, Vec<crate::db::Param<'_>>) = match read {
+        Read::Full => (
             format!("/* postgres-agent */ {entries}"),
             vec![(&MAX_ENTRIES, Type::INT8)],
         ),
-        Some(f) => {
-            let calls = columns::column_for(&COUNTERS[CALLS], ext.version).unwrap_or("calls");
-            let total = columns::column_for(&COUNTERS[TOTAL_EXEC], ext.version)
-                .unwrap_or("total_exec_time");
-            // A full join on the key: rows with both sides are entries to compare, rows
-            // without the baseline's side are new, rows without the server's side are gone.
-            // The arrays sit behind sub-selects so the planner does not see their length: it
-            // then hashes the narrow baseline side and streams the entries past it, instead of
-            // sorting both sides for a merge join (about a fifth less server time,
-            // bench/statements_binary.sh "narrow").
+        Read::Fingerprints(fps) => {
+            // A full join on one int8: rows with both sides are unchanged and filtered out, rows
+            // without the baseline's side ran or are new, rows without the server's side name a
+            // baseline fingerprint no entry has any more (the entry ran, or is gone: see
+            // [`Fold::gone_fingerprint`]). The array sits behind a sub-select so the planner
+            // does not see its length: it then hashes the baseline's side and streams the
+            // entries past it. About a third of what joining on the key and comparing calls and
+            // total time cost over building the entries (bench/statements_binary.sh).
             let sql = format!(
-                "SELECT /* postgres-agent */ s.*, b.q AS gone_queryid, b.u AS gone_userid, \
-                 b.d AS gone_dbid, b.t AS gone_toplevel FROM ({entries}) s \
-                 FULL JOIN unnest((SELECT $2::int8[]), (SELECT $3::oid[]), (SELECT $4::oid[]), \
-                 (SELECT $5::bool[]), (SELECT $6::int8[]), (SELECT $7::float8[])) \
-                 AS b(q, u, d, t, c, e) ON s.queryid = b.q AND s.userid = b.u \
-                 AND s.dbid = b.d AND coalesce(s.toplevel, true) = b.t \
-                 WHERE s.queryid IS NULL OR b.q IS NULL OR s.{calls} <> b.c OR s.{total} <> b.e"
+                "SELECT /* postgres-agent */ s.*, b.fp AS gone_fp FROM ({entries}) s \
+                 FULL JOIN unnest((SELECT $2::int8[])) AS b(fp) ON s.fp = b.fp \
+                 WHERE s.fp IS NULL OR b.fp IS NULL"
             );
-            let params: Vec<crate::db::Param<'_>> = vec![
-                (&MAX_ENTRIES, Type::INT8),
-                (&f.queryid, Type::INT8_ARRAY),
-                (&f.userid, Type::OID_ARRAY),
-                (&f.dbid, Type::OID_ARRAY),
-                (&f.toplevel, Type::BOOL_ARRAY),
-                (&f.calls, Type::INT8_ARRAY),
-                (&f.total_exec_time, Type::FLOAT8_ARRAY),
-            ];
+            let params: Vec<crate::db::Param<'_>> =
+                vec![(&MAX_ENTRIES, Type::INT8), (fps, Type::INT8_ARRAY)];
             (sql, params)
         }
     };
     session
         .for_each_row(QUERY, &sql, &params, |row| {
-            // The server's side is absent (its userid is never null): a baseline entry gone.
-            if filter.is_some() && col::<Option<u32>>(row, QUERY, "userid")?.is_none() {
-                if let Some(queryid) = col::<Option<i64>>(row, QUERY, "gone_queryid")? {
-                    fold.gone(&Key {
-                        userid: col(row, QUERY, "gone_userid")?,
-                        dbid: col(row, QUERY, "gone_dbid")?,
-                        queryid,
-                        toplevel: col::<Option<bool>>(row, QUERY, "gone_toplevel")?
-                            .filter(|_| ext.version >= INFO_SINCE),
-                    });
-                    return Ok(());
+            // The server's side is absent (its userid is never null): a baseline fingerprint
+            // no entry has.
+            if col::<Option<u32>>(row, QUERY, "userid")?.is_none() {
+                if let Some(fp) = col::<Option<i64>>(row, QUERY, "gone_fp")? {
+                    fold.gone_fingerprint(fp);
                 }
+                return Ok(());
             }
             let Some(queryid) = col::<Option<i64>>(row, QUERY, "queryid")? else {
                 // Another role's entry, hidden without pg_read_all_stats.
@@ -758,9 +767,10 @@ async fn fold_entries(
             };
             let stats_since = col::<Option<time::OffsetDateTime>>(row, QUERY, "since")?
                 .map(|t| (t.unix_timestamp_nanos() / 1000) as i64);
+            let fp = col::<Option<i64>>(row, QUERY, "fp")?;
             let values = fold.values();
             for (i, &counter) in layout.iter().enumerate() {
-                let at = 5 + i;
+                let at = FIRST_COUNTER + i;
                 let int8 = row.columns().get(at).map(|c| c.type_()) == Some(&Type::INT8);
                 let v: Result<Option<f64>, _> = if int8 {
                     row.try_get::<_, Option<i64>>(at)
@@ -775,7 +785,7 @@ async fn fold_entries(
                 })?;
                 values.push(v.unwrap_or(0.0));
             }
-            fold.entry(key, stats_since);
+            fold.entry(key, stats_since, fp);
             Ok(())
         })
         .await?;

@@ -4,6 +4,8 @@
 //! correlation ID was active. The window here is 25 samples 200 ms apart (5 s) instead of 30 s at
 //! 1 s: the average is the same sum of sessions over samples.
 //!
+//! A row bound below the sessions running keeps the totals exact.
+//!
 //! Sampling never opens a connection: without one open it reports the tick as unreachable, and with
 //! the connection in use as busy.
 
@@ -181,6 +183,27 @@ fn a_controlled_workload_is_reported_as_its_average_active_sessions() {
             assert!(c["id"].as_str().unwrap().starts_with("sleeper-"), "{c}");
             assert_eq!(c["samples"], SAMPLES);
             assert!((c["seconds"].as_f64().unwrap() - SAMPLES as f64 * 0.2).abs() < 1e-9);
+        }
+
+        // A row bound below the sessions running: 3 rows are kept, and the totals are still
+        // those of every session (counted on the server when the bound cut the result).
+        let bounded = agent_config(
+            &server,
+            state.path(),
+            "[activity]\nsample_interval_ms = 200\n[spikes]\nenabled = false\n\
+             [safety]\nmax_activity_rows = 3\n",
+        );
+        let mut sampler = Sampler::new();
+        match sampler
+            .tick(&db, &CollectSettings::from_config(&bounded))
+            .await
+            .outcome
+        {
+            Outcome::Sampled(p) => {
+                assert_eq!((p.active, p.lock_waits, p.sessions), (6, 2, 7), "{p:?}");
+                assert!(p.waiting >= 6, "{p:?}");
+            }
+            other => panic!("sample not taken: {other:?}"),
         }
         db.close();
     });

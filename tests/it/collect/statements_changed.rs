@@ -1,6 +1,6 @@
 //! pg_statements read as changes against the baseline: after the first cycle the server sends only
-//! the entries that ran (and the keys of those it dropped), and the deltas stay exact, also for an
-//! entry removed between cycles that comes back with more calls than it had.
+//! the entries that ran (and the fingerprints of baseline entries it no longer has), and the deltas
+//! stay exact, also for an entry removed between cycles that comes back with more calls than it had.
 
 use crate::support;
 
