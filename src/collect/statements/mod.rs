@@ -4,7 +4,8 @@
 //! Each cycle reads every entry's counters with `pg_stat_statements(false)` (no texts), subtracts the
 //! baseline ([`baseline`]), keeps the top entries, and only then fetches the texts it lacks
 //! ([`texts`]). That read costs the server more than the snapshot itself (it reads the whole
-//! query-text file), so it happens at most once per `safety.statement_texts_interval_s`: an entry
+//! query-text file), so it happens at most once per `safety.statement_texts_interval_s` (unless a
+//! statement without a text is among the interval's [`URGENT_TEXT_RANK`] heaviest): an entry
 //! whose text is unknown in between is taken back out of the new baseline ([`Snapshot::take_back`])
 //! and reported at the next read, its delta then covering every interval since it was last
 //! reported (its record's `interval_start` says from when; the batch's `deferred` counts them).
@@ -37,6 +38,10 @@ use texts::{Lookup, TextCache};
 /// Upper bound on rows read from pg_stat_statements per cycle (pg_stat_statements.max is usually
 /// 5,000; this only guards against a server configured far beyond that).
 const MAX_ENTRIES: i64 = 100_000;
+
+/// A statement without a known text among this many of the interval's heaviest (by total time)
+/// has its text read in this cycle, whatever `safety.statement_texts_interval_s` says.
+const URGENT_TEXT_RANK: usize = 10;
 
 /// One statement's activity during the interval.
 #[derive(Debug, Clone, Serialize)]
@@ -408,11 +413,14 @@ impl StatementsCollector {
                 .collect();
             unknown.sort_unstable();
             unknown.dedup();
-            // A reset entry cannot wait: its previous values are gone.
+            // A reset entry cannot wait: its previous values are gone. Nor can a statement
+            // among the interval's heaviest ([`URGENT_TEXT_RANK`]): that is the one a DBA looks
+            // for now.
             let must = || {
-                deltas[window.clone()]
-                    .iter()
-                    .any(|d| d.reset && matches!(self.texts.lookup(d.key.queryid), Lookup::Unknown))
+                deltas[window.clone()].iter().enumerate().any(|(i, d)| {
+                    (d.reset || window.start + i < URGENT_TEXT_RANK)
+                        && matches!(self.texts.lookup(d.key.queryid), Lookup::Unknown)
+                })
             };
             let fetched = !unknown.is_empty() && (due || must());
             if fetched {

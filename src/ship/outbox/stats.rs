@@ -2,6 +2,7 @@
 //! read out of the database: depth, bytes and age per type, dead letters, counters, breaker state.
 //! Reading works on any connection, so `status` can use a read-only one while the daemon writes.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -69,23 +70,33 @@ pub struct OutboxStats {
     pub breaker: Option<BreakerState>,
 }
 
-/// Reads the figures.
+/// Reads the figures: every counter in one query and every type's depth, bytes and age in
+/// another (it is read after every cycle's write and every delivery: a query per type and per
+/// counter was 8% of the agent's CPU in the side-by-side profile, docs/cost.md).
 pub fn read(conn: &Connection, path: &Path) -> rusqlite::Result<OutboxStats> {
+    let mut counters: HashMap<String, i64> = HashMap::new();
+    let mut stmt = conn.prepare("SELECT name, value FROM counters")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        counters.insert(r.get(0)?, r.get(1)?);
+    }
+    drop(rows);
     let counter = |name: &str| -> rusqlite::Result<u64> {
-        conn.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
-            r.get::<_, i64>(0)
-        })
-        .optional()
-        .map(|v| v.unwrap_or(0).max(0) as u64)
+        Ok(counters.get(name).copied().unwrap_or(0).max(0) as u64)
     };
+    let mut queued: HashMap<String, (i64, i64, Option<i64>)> = HashMap::new();
+    let mut stmt = conn.prepare(
+        "SELECT kind, count(*), coalesce(sum(length(body)), 0), min(enqueued_ms)
+         FROM outbox GROUP BY kind",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        queued.insert(r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?));
+    }
+    drop(rows);
     let mut kinds = Vec::new();
     for kind in BatchKind::ALL {
-        let (depth, bytes, oldest): (i64, i64, Option<i64>) = conn.query_row(
-            "SELECT count(*), coalesce(sum(length(body)), 0), min(enqueued_ms)
-             FROM outbox WHERE kind = ?1",
-            [kind.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let (depth, bytes, oldest) = queued.get(kind.as_str()).copied().unwrap_or((0, 0, None));
         kinds.push(KindStats {
             kind: kind.as_str().to_string(),
             depth: depth as u64,
@@ -115,13 +126,7 @@ pub fn read(conn: &Connection, path: &Path) -> rusqlite::Result<OutboxStats> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let last_success_ms: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM counters WHERE name = 'last_success_ms'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let last_success_ms = counters.get("last_success_ms").copied();
     Ok(OutboxStats {
         path: path.to_path_buf(),
         file_bytes: super::schema::file_bytes(path),

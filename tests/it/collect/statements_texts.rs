@@ -1,7 +1,8 @@
 //! pg_statements texts read at most once per `safety.statement_texts_interval_s` (issue 22): against
 //! a real server, a statement first seen between two text reads is left out (counted as `deferred`)
 //! and reported at the next read with every call since it was last reported and the interval that
-//! covers them; statements whose text is known are reported every cycle as before.
+//! covers them; statements whose text is known are reported every cycle as before. A statement
+//! without a text among the interval's 10 heaviest has its text read at once.
 
 use crate::support;
 
@@ -32,7 +33,8 @@ fn a_statement_seen_between_text_reads_is_reported_exactly_at_the_next_read() {
     let server = PgServer::start();
     server.psql(
         "postgres",
-        "CREATE TABLE known_probe (id int); CREATE TABLE late_probe (id int)",
+        "CREATE TABLE known_probe (id int); CREATE TABLE late_probe (id int); \
+         CREATE TABLE urgent_probe (id int)",
     );
     let state = tempfile::tempdir().unwrap();
     let hourly = agent_config(
@@ -61,14 +63,26 @@ fn a_statement_seen_between_text_reads_is_reported_exactly_at_the_next_read() {
         let mut collectors = Collectors::new(&hourly_settings);
         let first = statements(&collectors.run_cycle(&db, &hourly_settings).await);
         assert_eq!(first["baseline"], "new");
+        // Ten statements heavier than the probes (5 ms each), distinct by their column count.
+        let heavy: Vec<String> = (0..10)
+            .map(|i| format!("SELECT pg_sleep(0.005){}", ", 1".repeat(i)))
+            .collect();
+        let run_heavy = || async {
+            for sql in &heavy {
+                app.batch_execute(sql).await.unwrap();
+            }
+        };
         // No text read yet: this cycle reads them.
         run("SELECT count(*) FROM known_probe", 2).await;
+        run_heavy().await;
         let second = statements(&collectors.run_cycle(&db, &hourly_settings).await);
         assert_eq!(matching(&second, "known_probe")[0]["calls"], 2, "{second}");
 
-        // Within the hour: the new statement waits, the known one is reported.
+        // Within the hour: the new statement, lighter than ten known ones, waits; the known one
+        // is reported.
         run("SELECT count(*) FROM known_probe", 1).await;
         run("SELECT count(*) FROM late_probe", 3).await;
+        run_heavy().await;
         let third = statements(&collectors.run_cycle(&db, &hourly_settings).await);
         assert_eq!(matching(&third, "known_probe")[0]["calls"], 1, "{third}");
         assert!(matching(&third, "late_probe").is_empty(), "{third}");
@@ -80,6 +94,7 @@ fn a_statement_seen_between_text_reads_is_reported_exactly_at_the_next_read() {
             .all(|r| !r["query"].is_null()));
 
         run("SELECT count(*) FROM late_probe", 2).await;
+        run_heavy().await;
         let fourth = statements(&collectors.run_cycle(&db, &hourly_settings).await);
         assert!(matching(&fourth, "late_probe").is_empty(), "{fourth}");
 
@@ -96,6 +111,15 @@ fn a_statement_seen_between_text_reads_is_reported_exactly_at_the_next_read() {
         );
         assert_eq!(late[0]["interval_end"], fifth["interval_end"]);
         assert_eq!(fifth["deferred"], 0);
+
+        // Within the hour again, but the new statement is the interval's heaviest: reported at
+        // once, with its text.
+        run("SELECT count(*), pg_sleep(0.05) FROM urgent_probe", 2).await;
+        let sixth = statements(&collectors.run_cycle(&db, &hourly_settings).await);
+        let urgent = matching(&sixth, "urgent_probe");
+        assert_eq!(urgent.len(), 1, "{sixth}");
+        assert_eq!(urgent[0]["calls"], 2, "{sixth}");
+        assert_eq!(sixth["deferred"], 0, "{sixth}");
         db.close();
     });
 }
