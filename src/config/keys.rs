@@ -108,7 +108,7 @@ pub const KEYS: &[KeySpec] = &[
     k("safety", "session_max_age_s", "600", Int(10, 86_400), "Agent sessions older than this are closed and replaced."),
     k("safety", "max_activity_rows", "1000", Int(1, 100_000), "Most pg_stat_activity rows reported per cycle (longest-running first)."),
     k("safety", "max_statement_rows", "500", Int(1, 100_000), "Most pg_stat_statements entries reported per cycle (top by total time)."),
-    k("safety", "statement_texts_interval_s", "300", Int(0, 3600), "Texts of newly seen statements are read (pg_stat_statements(true) reads the server's whole query-text file) at most once per this many seconds, except when one of them is among the interval's 10 heaviest by total time (read at once); statements first seen in between are reported at that read, with their exact deltas since they were last reported; 0 = every cycle."),
+    k("safety", "statement_texts_interval_s", "300", Int(0, 3600), "Texts of newly seen statements are read (pg_stat_statements(true) reads the server's whole query-text file) at most once per this many seconds, except when one of them took at least 10% of the interval's statement time (read at once); statements first seen in between are reported at that read, with their exact deltas since they were last reported; 0 = every cycle."),
     k("safety", "max_query_length", "4096", Int(64, 1_048_576), "Query texts longer than this many bytes are truncated and flagged."),
     k("listener", "url", "", Str, "HTTPS endpoint batches are POSTed to; empty = print batches to stdout."),
     k("listener", "api_key", "", Secret, "Bearer token sent with every request. Prefer `api_key_file`."),

@@ -5,7 +5,7 @@
 //! baseline ([`baseline`]), keeps the top entries, and only then fetches the texts it lacks
 //! ([`texts`]). That read costs the server more than the snapshot itself (it reads the whole
 //! query-text file), so it happens at most once per `safety.statement_texts_interval_s` (unless a
-//! statement without a text is among the interval's [`URGENT_TEXT_RANK`] heaviest): an entry
+//! statement without a text took a large share of the interval's time, [`URGENT_TEXT_SHARE`]): an entry
 //! whose text is unknown in between is taken back out of the new baseline ([`Snapshot::take_back`])
 //! and reported at the next read, its delta then covering every interval since it was last
 //! reported (its record's `interval_start` says from when; the batch's `deferred` counts them).
@@ -39,9 +39,10 @@ use texts::{Lookup, TextCache};
 /// 5,000; this only guards against a server configured far beyond that).
 const MAX_ENTRIES: i64 = 100_000;
 
-/// A statement without a known text among this many of the interval's heaviest (by total time)
-/// has its text read in this cycle, whatever `safety.statement_texts_interval_s` says.
-const URGENT_TEXT_RANK: usize = 10;
+/// A statement without a known text that took at least this share of the interval's statement
+/// time (execution and planning, the agent's own statements left out) has its text read in this
+/// cycle, whatever `safety.statement_texts_interval_s` says.
+const URGENT_TEXT_SHARE: f64 = 0.1;
 
 /// One statement's activity during the interval.
 #[derive(Debug, Clone, Serialize)]
@@ -402,6 +403,7 @@ impl StatementsCollector {
             settings.safety.statement_texts_interval,
             Instant::now(),
         );
+        let interval_total: f64 = deltas.iter().map(total).sum();
         let mut next = 0;
         while chosen.len() < max && next < deltas.len() {
             let window = next..(next + max - chosen.len()).min(deltas.len());
@@ -414,11 +416,11 @@ impl StatementsCollector {
             unknown.sort_unstable();
             unknown.dedup();
             // A reset entry cannot wait: its previous values are gone. Nor can a statement
-            // among the interval's heaviest ([`URGENT_TEXT_RANK`]): that is the one a DBA looks
-            // for now.
+            // taking a large share of the interval's time ([`URGENT_TEXT_SHARE`]): that is the
+            // one a DBA looks for now.
             let must = || {
-                deltas[window.clone()].iter().enumerate().any(|(i, d)| {
-                    (d.reset || window.start + i < URGENT_TEXT_RANK)
+                deltas[window.clone()].iter().any(|d| {
+                    (d.reset || total(d) >= URGENT_TEXT_SHARE * interval_total)
                         && matches!(self.texts.lookup(d.key.queryid), Lookup::Unknown)
                 })
             };

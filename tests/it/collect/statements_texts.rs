@@ -2,7 +2,7 @@
 //! a real server, a statement first seen between two text reads is left out (counted as `deferred`)
 //! and reported at the next read with every call since it was last reported and the interval that
 //! covers them; statements whose text is known are reported every cycle as before. A statement
-//! without a text among the interval's 10 heaviest has its text read at once.
+//! without a text that took at least 10% of the interval's statement time has its text read at once.
 
 use crate::support;
 
@@ -78,8 +78,8 @@ fn a_statement_seen_between_text_reads_is_reported_exactly_at_the_next_read() {
         let second = statements(&collectors.run_cycle(&db, &hourly_settings).await);
         assert_eq!(matching(&second, "known_probe")[0]["calls"], 2, "{second}");
 
-        // Within the hour: the new statement, lighter than ten known ones, waits; the known one
-        // is reported.
+        // Within the hour: the new statement, a sliver of the interval's time next to ten known
+        // ones, waits; the known one is reported.
         run("SELECT count(*) FROM known_probe", 1).await;
         run("SELECT count(*) FROM late_probe", 3).await;
         run_heavy().await;
@@ -112,8 +112,8 @@ fn a_statement_seen_between_text_reads_is_reported_exactly_at_the_next_read() {
         assert_eq!(late[0]["interval_end"], fifth["interval_end"]);
         assert_eq!(fifth["deferred"], 0);
 
-        // Within the hour again, but the new statement is the interval's heaviest: reported at
-        // once, with its text.
+        // Within the hour again, but the new statement took most of the interval's time: reported
+        // at once, with its text.
         run("SELECT count(*), pg_sleep(0.05) FROM urgent_probe", 2).await;
         let sixth = statements(&collectors.run_cycle(&db, &hourly_settings).await);
         let urgent = matching(&sixth, "urgent_probe");
