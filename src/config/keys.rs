@@ -127,7 +127,7 @@ pub const KEYS: &[KeySpec] = &[
     k("logs", "path", "", Str, "Log file or directory; empty = ask the server (data_directory, log_directory)."),
     k("logs", "format", "auto", Choice(LOG_FORMATS), "auto, stderr, csvlog, jsonlog or syslog (a file rsyslog writes)."),
     k("logs", "line_prefix", "", Str, "log_line_prefix of stderr logs; empty = ask the server."),
-    k("logs", "poll_interval_ms", "100", Int(10, 60_000), "How often the log is checked for new data."),
+    k("logs", "poll_interval_ms", "100", Int(10, 60_000), "How often the log is checked for new data; while it stays quiet the check backs off, doubling up to ten times this and at most 1 s, and returns to this at the first new data."),
     k("logs", "max_buffered_entries", "500", Int(1, 1_000_000), "Entries held in memory before a pg_logs batch is written early."),
     k("logs", "max_batch_bytes", "8388608", Int(65_536, 268_435_456), "Most bytes of entries (serialized JSON) in one pg_logs batch; a batch is written early when the next entry would exceed it."),
     k("logs", "start_at", "end", Choice(&["end", "beginning"]), "Where to start reading on first start (no saved position)."),

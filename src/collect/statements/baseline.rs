@@ -42,8 +42,12 @@ pub struct Entry {
     /// The server's fingerprint of the entry's key, calls and total time when it was last read
     /// (`statements::fold_entries`): a changed-only read sends the fingerprints it holds and gets
     /// back only the entries whose fingerprint is not among them. None until the entry is read
-    /// with one; not saved (after a restart every entry is read once more in full).
+    /// with one.
     pub fp: Option<i64>,
+    /// Taken back for want of a text ([`Snapshot::take_back`]): its values are those last
+    /// reported, not the server's. Saved as an entry without a fingerprint, so a read after a
+    /// restart returns it.
+    pub deferred: bool,
 }
 
 /// Every entry at one moment.
@@ -115,6 +119,7 @@ pub struct Fold<'a> {
     diff: Vec<f64>,
     /// A read by fingerprint: entries not returned stay (see [`Fold::by_fingerprint`]).
     by_fingerprint: bool,
+    reread_deferred: bool,
     /// Baseline fingerprints the server no longer has.
     gone: std::collections::HashSet<i64>,
 }
@@ -142,6 +147,7 @@ impl<'a> Fold<'a> {
             values: Vec::with_capacity(width),
             diff: Vec::with_capacity(width),
             by_fingerprint: false,
+            reread_deferred: false,
             gone: Default::default(),
         }
     }
@@ -150,9 +156,13 @@ impl<'a> Fold<'a> {
     /// ran or are new; an entry it does not return is unchanged and stays, unless
     /// [`Fold::gone_fingerprint`] names its fingerprint (it is gone from the server) or it has no
     /// fingerprint (every entry without one is returned while the server has it).
-    pub fn by_fingerprint(snap: &'a mut Snapshot, meta: &Meta) -> Fold<'a> {
+    ///
+    /// `reread_deferred`: the read was sent [`Snapshot::fingerprints`] without the deferred
+    /// entries, so one it does not return is gone.
+    pub fn by_fingerprint(snap: &'a mut Snapshot, meta: &Meta, reread_deferred: bool) -> Fold<'a> {
         let mut fold = Fold::new(snap, meta, true);
         fold.by_fingerprint = true;
+        fold.reread_deferred = reread_deferred;
         fold
     }
 
@@ -184,6 +194,7 @@ impl<'a> Fold<'a> {
                         values: now.clone(),
                         seen: true,
                         fp,
+                        deferred: false,
                     },
                 );
                 (now, self.full_reset)
@@ -202,6 +213,7 @@ impl<'a> Fold<'a> {
                 old.stats_since = stats_since;
                 old.seen = true;
                 old.fp = fp;
+                old.deferred = false;
                 if whole {
                     (now, true)
                 } else {
@@ -229,40 +241,46 @@ impl<'a> Fold<'a> {
     /// fingerprint, see [`Fold::by_fingerprint`]). Returns the deltas and
     /// whether a full reset happened in between.
     pub fn finish(self) -> (Vec<Delta>, bool) {
-        let (by_fingerprint, gone) = (self.by_fingerprint, &self.gone);
+        let (by_fingerprint, reread, gone) =
+            (self.by_fingerprint, self.reread_deferred, &self.gone);
         self.snap.entries.retain(|_, e| {
-            e.seen || (by_fingerprint && e.fp.is_some_and(|fp| !gone.contains(&fp)))
+            e.seen
+                || (by_fingerprint
+                    && !(reread && e.deferred)
+                    && e.fp.is_some_and(|fp| !gone.contains(&fp)))
         });
         (self.deltas, self.full_reset)
     }
 }
 
 impl Snapshot {
-    /// The fingerprints of the entries that have one, for a changed-only read by fingerprint.
-    pub fn fingerprints(&self) -> Vec<i64> {
-        self.entries.values().filter_map(|e| e.fp).collect()
+    /// The fingerprints of the entries that have one, for a read by fingerprint. With
+    /// `reread_deferred`, entries taken back ([`Snapshot::take_back`]) are left out, so the read
+    /// returns them (the cycle will read texts).
+    pub fn fingerprints(&self, reread_deferred: bool) -> Vec<i64> {
+        self.entries
+            .values()
+            .filter(|e| !(reread_deferred && e.deferred))
+            .filter_map(|e| e.fp)
+            .collect()
     }
 
-    /// Takes `d` back out of this snapshot (the one it was folded into), so the next fold reports
-    /// it again, added to what runs until then: a new entry is removed, an existing one gets its
-    /// previous values back. A reset delta cannot be taken back (its previous values are gone):
-    /// false, and nothing changes.
+    /// Takes `d` back out of this snapshot (the one it was folded into), so a later fold reports
+    /// it again, added to what runs until then: the entry gets its previous values back (zeros for
+    /// a new one) and is marked deferred. It keeps its fingerprint (of the server's values), so
+    /// reads by fingerprint skip it until it runs again or a cycle that reads texts asks for it
+    /// ([`Snapshot::fingerprints`]). A reset delta cannot be taken back (its previous values are
+    /// gone): false, and nothing changes.
     pub fn take_back(&mut self, d: &Delta) -> bool {
         if d.reset {
             return false;
-        }
-        if d.new {
-            self.entries.remove(&d.key);
-            return true;
         }
         match self.entries.get_mut(&d.key) {
             Some(e) if e.values.len() == d.values.len() => {
                 for (v, dv) in e.values.iter_mut().zip(&d.values) {
                     *v -= dv;
                 }
-                // The fingerprint is of the values just taken back: without one the next
-                // changed-only read returns the entry whatever it holds.
-                e.fp = None;
+                e.deferred = true;
                 true
             }
             _ => false,
@@ -370,6 +388,7 @@ impl<'de> Deserialize<'de> for Row {
                     values,
                     seen: true,
                     fp,
+                    deferred: false,
                 };
                 Ok(Row { key, entry })
             }
@@ -496,7 +515,7 @@ impl Serialize for EntriesRef<'_> {
                 k.toplevel,
                 e.stats_since,
                 Values(&e.values),
-                e.fp,
+                e.fp.filter(|_| !e.deferred),
             )
         }))
     }
@@ -552,6 +571,7 @@ mod tests {
                             values: v.to_vec(),
                             seen: true,
                             fp: None,
+                            deferred: false,
                         },
                     )
                 })

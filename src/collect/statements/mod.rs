@@ -350,11 +350,17 @@ impl StatementsCollector {
         // entry: read them all, as without a baseline).
         let reset_seen =
             matches!((&cur.stats_reset, &meta.stats_reset), (Some(a), Some(b)) if a != b);
-        let fps = (!first && !reset_seen).then(|| cur.fingerprints());
+        // Entries waiting for a text are read again when this cycle may read texts.
+        let texts_due_now = texts_due(
+            self.texts_read_at,
+            settings.safety.statement_texts_interval,
+            Instant::now(),
+        );
+        let fps = (!first && !reset_seen).then(|| cur.fingerprints(texts_due_now));
         let (read, mut fold) = match &fps {
             Some(fps) => (
                 Read::Fingerprints(fps),
-                Fold::by_fingerprint(&mut cur, &meta),
+                Fold::by_fingerprint(&mut cur, &meta, texts_due_now),
             ),
             None => (Read::Full, Fold::new(&mut cur, &meta, !first)),
         };
@@ -398,11 +404,7 @@ impl StatementsCollector {
         let max_chars = (settings.safety.max_query_length + 1).min(i32::MAX as usize) as i32;
         let mut chosen: Vec<Delta> = Vec::new();
         let mut deferred: Vec<Delta> = Vec::new();
-        let mut due = texts_due(
-            self.texts_read_at,
-            settings.safety.statement_texts_interval,
-            Instant::now(),
-        );
+        let mut due = texts_due_now;
         let interval_total: f64 = deltas.iter().map(total).sum();
         let mut next = 0;
         while chosen.len() < max && next < deltas.len() {
