@@ -14,8 +14,8 @@
 #   narrow   the same with the arrays behind sub-selects, so the planner does not see their length:
 #            it then hashes the baseline's narrow side instead of sorting or hashing the wide entries
 #   fingerprints  the entries whose fingerprint (a server-side hash of key, calls and total time) is
-#            not among the baseline's: one int8 array, a hashed NOT IN (the agent's read while no entry
-#            was evicted, issue 22)
+#            not among the baseline's, and the baseline's fingerprints no entry has: one int8 array, a
+#            hash full join straight from the function (the agent's read since issue 22 was finished)
 #   floor    count(*) of pg_stat_statements(false): what building every entry costs, whatever is sent
 #   python   the Bitville Python agent's statements query (top 100 by total time, with texts)
 # Prints per variant: server ms per read (the statement's total_exec_time / calls in
@@ -93,8 +93,10 @@ FPX = ("hashfloat8extended(total_exec_time, hashint8extended(calls, hashint8exte
        "(userid::int8 << 32) | dbid::int8, coalesce(queryid, 0) # coalesce(toplevel, true)::int::int8)))")
 FPSEL = f"SELECT userid, dbid, toplevel, queryid, {select}, {FPX} AS fp FROM pg_stat_statements(false) LIMIT 100000"
 FPFULL = f"SELECT /* bench fingerprints */ * FROM ({FPSEL}) s"
-FINGERPRINTS = (f"SELECT /* bench fingerprints */ * FROM ({FPSEL}) s "
-                "WHERE s.fp NOT IN (SELECT unnest((SELECT %s::int8[])))")
+FINGERPRINTS = (f"SELECT /* bench fingerprints */ userid, dbid, toplevel, queryid, {select}, {FPX} AS fp, "
+                "b.fp AS gone_fp FROM pg_stat_statements(false) s "
+                f"FULL JOIN unnest((SELECT %s::int8[])) AS b(fp) ON {FPX} = b.fp "
+                "WHERE s.userid IS NULL OR b.fp IS NULL")
 FLOOR = "SELECT /* bench floor */ count(*) FROM pg_stat_statements(false)"
 PYTHON = ("SELECT /* bench python */ queryid, query, calls, total_exec_time, mean_exec_time, min_exec_time, "
           "max_exec_time, stddev_exec_time, rows, shared_blks_hit, shared_blks_read, shared_blks_written, "
@@ -116,13 +118,17 @@ class Variant:
             rows, base = cur.execute(self.sql).fetchall(), {}
         elif self.sql is FINGERPRINTS:
             if self.base is None:
-                rows = cur.execute(FPFULL).fetchall()
+                rows = [r + (None,) for r in cur.execute(FPFULL).fetchall()]
                 base = {}
             else:
                 rows = cur.execute(self.sql, [[r[-1] for r in self.base.values()]]).fetchall()
                 base = self.base
+            gone = {r[-1] for r in rows if r[0] is None}
             for r in rows:
-                base[(r[3], r[0], r[1], r[2])] = r
+                if r[0] is not None:
+                    base[(r[3], r[0], r[1], r[2])] = r[:-1]
+            for k in [k for k, r in base.items() if r[-1] in gone]:
+                del base[k]
         elif self.sql is FULL or self.base is None:
             rows = cur.execute(FULL).fetchall()
             base = {(r[3], r[0], r[1], r[2]): r for r in rows}

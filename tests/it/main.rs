@@ -52,6 +52,8 @@ mod collect {
     mod statements_texts;
     // Only the entries that changed are read; an entry gone and back counts as new.
     mod statements_changed;
+    // The interval's execution-time spread and the lifetime extremes.
+    mod statements_spread;
     mod system;
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::columns::{CALLS, COUNTERS};
+use super::columns::{CALLS, COUNTERS, TOTAL_EXEC};
 
 /// File name of the baseline inside `agent.state_dir`.
 pub const FILE_NAME: &str = "statements-baseline.json";
@@ -44,6 +44,8 @@ pub struct Entry {
     /// back only the entries whose fingerprint is not among them. None until the entry is read
     /// with one.
     pub fp: Option<i64>,
+    /// The execution-time spread at the last read (not saved).
+    pub exec: Option<ExecStats>,
     /// Taken back for want of a text ([`Snapshot::take_back`]): its values are those last
     /// reported, not the server's. Saved as an entry without a fingerprint, so a read after a
     /// restart returns it.
@@ -76,6 +78,50 @@ pub struct Delta {
     pub reset: bool,
     /// The entry was not in the previous snapshot.
     pub new: bool,
+    /// The spread of the interval's execution times, where known.
+    pub exec: Option<IntervalExec>,
+    /// The entry's [`ExecStats`] before this fold, for [`Snapshot::take_back`].
+    pub prev_exec: Option<ExecStats>,
+}
+
+/// An entry's execution times over its lifetime, as pg_stat_statements keeps them: the smallest and
+/// largest (until a `minmax_only` reset, 17+) and the sum of squared deviations from the mean
+/// (`stddev_exec_time`² × `calls`, the running sum the server keeps by Welford's method).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExecStats {
+    pub min: f64,
+    pub max: f64,
+    pub m2: f64,
+}
+
+/// What a delta says about the spread of its interval's execution times.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IntervalExec {
+    /// Population standard deviation of the interval's execution times (ms): exact, from the
+    /// lifetime sums before and after (Chan's combination of two sets' means and squared
+    /// deviations). None when the sums before are unknown (the first interval after an agent
+    /// restart, whose baseline was read from its file).
+    pub stddev: Option<f64>,
+    /// The lifetime smallest and largest execution time as of the end of the interval.
+    pub lifetime_min: f64,
+    pub lifetime_max: f64,
+}
+
+/// The standard deviation of the `nb` executions of total `tb` added to `na = n - nb` executions
+/// of total `ta`, from the squared-deviation sums before (`m2_before`, over `na`) and after
+/// (`m2_now`, over `n`): `m2_now = m2_before + m2_b + (mean_b - mean_a)² · na · nb / n`.
+pub fn interval_stddev(n: f64, total: f64, nb: f64, tb: f64, m2_now: f64, m2_before: f64) -> f64 {
+    let na = n - nb;
+    if nb <= 0.0 {
+        return 0.0;
+    }
+    if na <= 0.0 {
+        return (m2_now.max(0.0) / nb).sqrt();
+    }
+    let (mean_a, mean_b) = ((total - tb) / na, tb / nb);
+    let d = mean_b - mean_a;
+    let m2_b = m2_now - m2_before - d * d * na * nb / n;
+    (m2_b.max(0.0) / nb).sqrt()
 }
 
 /// What a new snapshot says about itself before its entries are read.
@@ -111,6 +157,8 @@ pub struct Fold<'a> {
     snap: &'a mut Snapshot,
     full_reset: bool,
     calls_at: Option<usize>,
+    /// Where the total execution time is in the layout.
+    total_at: Option<usize>,
     /// The first snapshot has nothing to subtract from: it only becomes the baseline.
     keep_deltas: bool,
     deltas: Vec<Delta>,
@@ -131,6 +179,7 @@ impl<'a> Fold<'a> {
         let full_reset =
             matches!((&snap.stats_reset, &meta.stats_reset), (Some(a), Some(b)) if a != b);
         let calls_at = snap.layout.iter().position(|&i| i == CALLS);
+        let total_at = snap.layout.iter().position(|&i| i == TOTAL_EXEC);
         for e in snap.entries.values_mut() {
             e.seen = false;
         }
@@ -142,6 +191,7 @@ impl<'a> Fold<'a> {
             snap,
             full_reset,
             calls_at,
+            total_at,
             keep_deltas,
             deltas: Vec::new(),
             values: Vec::with_capacity(width),
@@ -180,11 +230,23 @@ impl<'a> Fold<'a> {
         &mut self.values
     }
 
+    /// The values written to [`Fold::values`] for the entry being read.
+    pub fn values_read(&self) -> &[f64] {
+        &self.values
+    }
+
     /// Folds in the entry whose values were just written to [`Fold::values`], with the server's
-    /// fingerprint of it (see [`Entry::fp`]).
-    pub fn entry(&mut self, key: Key, stats_since: Option<i64>, fp: Option<i64>) {
+    /// fingerprint of it (see [`Entry::fp`]) and its execution-time spread.
+    pub fn entry(
+        &mut self,
+        key: Key,
+        stats_since: Option<i64>,
+        fp: Option<i64>,
+        exec: Option<ExecStats>,
+    ) {
         let now = &self.values;
         let new = !self.snap.entries.contains_key(&key);
+        let mut prev_exec = None;
         let (delta, reset) = match self.snap.entries.get_mut(&key) {
             None => {
                 self.snap.entries.insert(
@@ -194,6 +256,7 @@ impl<'a> Fold<'a> {
                         values: now.clone(),
                         seen: true,
                         fp,
+                        exec,
                         deferred: false,
                     },
                 );
@@ -214,6 +277,7 @@ impl<'a> Fold<'a> {
                 old.seen = true;
                 old.fp = fp;
                 old.deferred = false;
+                prev_exec = std::mem::replace(&mut old.exec, exec);
                 if whole {
                     (now, true)
                 } else {
@@ -228,11 +292,34 @@ impl<'a> Fold<'a> {
             .calls_at
             .map_or(0.0, |i| delta.get(i).copied().unwrap_or(0.0));
         if self.keep_deltas && calls > 0.0 {
+            let at = |i: Option<usize>, v: &[f64]| i.and_then(|i| v.get(i).copied());
+            let interval = exec.map(|x| {
+                let whole = new || reset;
+                let stddev = match (
+                    at(self.calls_at, now),
+                    at(self.total_at, now),
+                    at(self.total_at, delta),
+                ) {
+                    (Some(n), Some(total), Some(tb)) => match (whole, prev_exec) {
+                        (true, _) => Some(interval_stddev(n, total, n, total, x.m2, 0.0)),
+                        (false, Some(p)) => Some(interval_stddev(n, total, calls, tb, x.m2, p.m2)),
+                        (false, None) => None,
+                    },
+                    _ => None,
+                };
+                IntervalExec {
+                    stddev,
+                    lifetime_min: x.min,
+                    lifetime_max: x.max,
+                }
+            });
             self.deltas.push(Delta {
                 key,
                 values: delta.clone(),
                 reset,
                 new,
+                exec: interval,
+                prev_exec,
             });
         }
     }
@@ -280,6 +367,8 @@ impl Snapshot {
                 for (v, dv) in e.values.iter_mut().zip(&d.values) {
                     *v -= dv;
                 }
+                // The spread as of the values put back: the next fold combines from there.
+                e.exec = d.prev_exec.filter(|_| !d.new);
                 e.deferred = true;
                 true
             }
@@ -300,7 +389,7 @@ pub fn deltas(prev: &Snapshot, cur: &Snapshot) -> (Vec<Delta>, bool) {
     let mut fold = Fold::new(&mut snap, &meta, true);
     for (key, entry) in &cur.entries {
         fold.values().extend_from_slice(&entry.values);
-        fold.entry(*key, entry.stats_since, entry.fp);
+        fold.entry(*key, entry.stats_since, entry.fp, entry.exec);
     }
     let out = fold.finish();
     assert_eq!(
@@ -388,6 +477,7 @@ impl<'de> Deserialize<'de> for Row {
                     values,
                     seen: true,
                     fp,
+                    exec: None,
                     deferred: false,
                 };
                 Ok(Row { key, entry })
@@ -571,6 +661,7 @@ mod tests {
                             values: v.to_vec(),
                             seen: true,
                             fp: None,
+                            exec: None,
                             deferred: false,
                         },
                     )
@@ -644,6 +735,65 @@ mod tests {
         let (d, full) = deltas(&prev, &cur);
         assert!(full);
         assert_eq!(by_query(d), vec![(1, vec![7.0, 2.0, 1.0], true)]);
+    }
+
+    /// Population standard deviation and squared-deviation sum of a set, as the server keeps them.
+    fn spread(xs: &[f64]) -> (f64, f64, f64) {
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let m2: f64 = xs.iter().map(|x| (x - mean) * (x - mean)).sum();
+        (n, xs.iter().sum(), m2)
+    }
+
+    #[test]
+    fn the_interval_spread_comes_from_the_lifetime_sums_before_and_after() {
+        let before = [1.0, 2.0, 3.0, 2.5];
+        let during = [10.0, 20.0, 12.0];
+        let all: Vec<f64> = before.iter().chain(&during).copied().collect();
+        let (_, _, m2_before) = spread(&before);
+        let (n, total, m2_now) = spread(&all);
+        let (nb, tb, m2_b) = spread(&during);
+        let got = interval_stddev(n, total, nb, tb, m2_now, m2_before);
+        assert!((got - (m2_b / nb).sqrt()).abs() < 1e-9, "{got}");
+        // Nothing before: the lifetime spread.
+        let got = interval_stddev(nb, tb, nb, tb, m2_b, 0.0);
+        assert!((got - (m2_b / nb).sqrt()).abs() < 1e-9);
+
+        // Through a fold: the previous read's sums are kept with the entry.
+        let mut prev = snap(None, &[(1, None, [4.0, 8.5, 0.0])]);
+        for e in prev.entries.values_mut() {
+            e.exec = Some(ExecStats {
+                min: 1.0,
+                max: 3.0,
+                m2: m2_before,
+            });
+        }
+        let meta = Meta {
+            taken_at: "t2".into(),
+            stats_reset: None,
+            dealloc: Some(0),
+        };
+        let mut fold = Fold::new(&mut prev, &meta, true);
+        fold.values().extend_from_slice(&[n, total, 0.0]);
+        let key = Key {
+            userid: 10,
+            dbid: 5,
+            queryid: 1,
+            toplevel: Some(true),
+        };
+        let exec = ExecStats {
+            min: 1.0,
+            max: 20.0,
+            m2: m2_now,
+        };
+        fold.entry(key, None, None, Some(exec));
+        let (d, _) = fold.finish();
+        let x = d[0].exec.unwrap();
+        assert!(
+            (x.stddev.unwrap() - (m2_b / nb).sqrt()).abs() < 1e-9,
+            "{x:?}"
+        );
+        assert_eq!((x.lifetime_min, x.lifetime_max), (1.0, 20.0));
     }
 
     #[test]

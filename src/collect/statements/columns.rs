@@ -141,6 +141,16 @@ pub const COUNTERS: &[Counter] = &[
     ),
 ];
 
+/// The columns of an entry's lifetime execution-time spread in version `v`: standard deviation,
+/// smallest, largest (`*_exec_time` from 1.8, `*_time` before).
+pub fn exec_spread_columns(v: ExtVersion) -> [&'static str; 3] {
+    if v >= V1_8 {
+        ["stddev_exec_time", "min_exec_time", "max_exec_time"]
+    } else {
+        ["stddev_time", "min_time", "max_time"]
+    }
+}
+
 /// Index of `calls` in [`COUNTERS`].
 pub const CALLS: usize = 0;
 /// Index of `total_exec_time_ms` in [`COUNTERS`].

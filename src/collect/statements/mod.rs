@@ -29,7 +29,7 @@ use crate::batch::BatchKind;
 use crate::clock::now_rfc3339;
 use crate::db::Session;
 use crate::telemetry::registry::{Counters as Tally, Event};
-use baseline::{Delta, Fold, Key, Meta, Snapshot};
+use baseline::{Delta, ExecStats, Fold, Key, Meta, Snapshot};
 use columns::{
     ExtVersion, Unit, CALLS, COUNTERS, INFO_SINCE, STATS_SINCE_SINCE, TOTAL_EXEC, TOTAL_PLAN,
 };
@@ -63,6 +63,15 @@ pub struct StatementRecord {
     /// The entry was reset or evicted during the interval: counters run from that point.
     pub reset: bool,
     pub mean_exec_time_ms: f64,
+    /// Population standard deviation of the interval's execution times, exact (from the
+    /// server's running sums before and after the interval); null for the first interval after
+    /// an agent restart.
+    pub stddev_exec_time_ms: Option<f64>,
+    /// The smallest and largest execution time over the entry's lifetime as of `interval_end`
+    /// (since it was created, reset, or on 17+ its min/max were reset): not per interval, which
+    /// the server does not keep. The interval's own largest is known only when this rose.
+    pub lifetime_min_exec_time_ms: Option<f64>,
+    pub lifetime_max_exec_time_ms: Option<f64>,
     /// The pga-privacy fingerprint of the normalised text (literals and `$n` are left out of it),
     /// equal to that of log entries and auto_explain plans of the statement: the join key where
     /// query IDs are missing (PostgreSQL 13 logs). Null without a text.
@@ -597,6 +606,9 @@ fn record(
         } else {
             0.0
         },
+        stddev_exec_time_ms: d.exec.and_then(|x| x.stddev).map(round_ms),
+        lifetime_min_exec_time_ms: d.exec.map(|x| round_ms(x.lifetime_min)),
+        lifetime_max_exec_time_ms: d.exec.map(|x| round_ms(x.lifetime_max)),
         fingerprint: None,
         counters,
     }
@@ -686,11 +698,11 @@ enum Read<'a> {
 /// another one. A collision (2^-64 per pair) only delays an entry's report to its next change: its
 /// baseline keeps the values last read, so no delta is lost. NULLs (another role's hidden queryid)
 /// are folded in as 0 so the row still comes back and is counted.
-fn fingerprint_sql(calls: &str, total: &str) -> String {
+fn fingerprint_sql(calls: &str, total: &str, toplevel: &str) -> String {
     format!(
         "hashfloat8extended({total}, hashint8extended({calls}, hashint8extended(\
          (userid::int8 << 32) | dbid::int8, coalesce(queryid, 0) # \
-         coalesce(toplevel, true)::int::int8)))"
+         coalesce({toplevel}, true)::int::int8)))"
     )
 }
 
@@ -708,8 +720,9 @@ async fn fold_entries(
     tally: &Tally,
 ) -> Result<(), CollectError> {
     const QUERY: &str = "statements_snapshot";
-    /// Columns before the counters: userid, dbid, toplevel, queryid, since, fp.
-    const FIRST_COUNTER: usize = 6;
+    /// Columns before the counters: userid, dbid, toplevel, queryid, since, fp, and the
+    /// execution-time spread (stddev, min, max).
+    const FIRST_COUNTER: usize = 9;
     let layout = columns::layout(ext.version);
     let toplevel = if ext.version >= INFO_SINCE {
         "toplevel"
@@ -726,16 +739,17 @@ async fn fold_entries(
     let total =
         columns::column_for(&COUNTERS[TOTAL_EXEC], ext.version).unwrap_or("total_exec_time");
     // `LIMIT` keeps the sub-select from being flattened: the fingerprint is computed once a row.
-    let entries = format!(
-        "SELECT userid, dbid, {toplevel} AS toplevel, queryid, {since} AS since, {} AS fp, {} \
-         FROM {}(false) LIMIT $1",
-        fingerprint_sql(calls, total),
+    let [sd, min, max] = columns::exec_spread_columns(ext.version);
+    let fp = fingerprint_sql(calls, total, toplevel);
+    let columns = format!(
+        "userid, dbid, {toplevel} AS toplevel, queryid, {since} AS since, {fp} AS fp, \
+         {sd} AS exec_stddev, {min} AS exec_min, {max} AS exec_max, {}",
         columns::select_list(ext.version, &layout),
-        ext.function
     );
+    let function = &ext.function;
     let (sql, params): (String, Vec<crate::db::Param<'_>>) = match read {
         Read::Full => (
-            format!("/* postgres-agent */ {entries}"),
+            format!("SELECT /* postgres-agent */ {columns} FROM {function}(false) LIMIT $1"),
             vec![(&MAX_ENTRIES, Type::INT8)],
         ),
         Read::Fingerprints(fps) => {
@@ -744,15 +758,18 @@ async fn fold_entries(
             // baseline fingerprint no entry has any more (the entry ran, or is gone: see
             // [`Fold::gone_fingerprint`]). The array sits behind a sub-select so the planner
             // does not see its length: it then hashes the baseline's side and streams the
-            // entries past it. About a third of what joining on the key and comparing calls and
-            // total time cost over building the entries (bench/statements_binary.sh).
+            // entries past it. The entries are joined straight from the function, not through
+            // a sub-select: the scan then hands its stored rows up as they are and only the
+            // columns of the fingerprint are decoded for an unchanged entry (a sub-select
+            // decoded all ~50 columns of every entry; 1-3 ms of server time at 5,000 entries,
+            // bench/statements_binary.sh). The filter tests a column, not the fingerprint again.
             let sql = format!(
-                "SELECT /* postgres-agent */ s.*, b.fp AS gone_fp FROM ({entries}) s \
-                 FULL JOIN unnest((SELECT $2::int8[])) AS b(fp) ON s.fp = b.fp \
-                 WHERE s.fp IS NULL OR b.fp IS NULL"
+                "SELECT /* postgres-agent */ {columns}, b.fp AS gone_fp \
+                 FROM {function}(false) s \
+                 FULL JOIN unnest((SELECT $1::int8[])) AS b(fp) ON {fp} = b.fp \
+                 WHERE s.userid IS NULL OR b.fp IS NULL"
             );
-            let params: Vec<crate::db::Param<'_>> =
-                vec![(&MAX_ENTRIES, Type::INT8), (fps, Type::INT8_ARRAY)];
+            let params: Vec<crate::db::Param<'_>> = vec![(fps, Type::INT8_ARRAY)];
             (sql, params)
         }
     };
@@ -780,6 +797,11 @@ async fn fold_entries(
             let stats_since = col::<Option<time::OffsetDateTime>>(row, QUERY, "since")?
                 .map(|t| (t.unix_timestamp_nanos() / 1000) as i64);
             let fp = col::<Option<i64>>(row, QUERY, "fp")?;
+            let spread = (
+                col::<Option<f64>>(row, QUERY, "exec_stddev")?,
+                col::<Option<f64>>(row, QUERY, "exec_min")?,
+                col::<Option<f64>>(row, QUERY, "exec_max")?,
+            );
             let values = fold.values();
             for (i, &counter) in layout.iter().enumerate() {
                 let at = FIRST_COUNTER + i;
@@ -797,7 +819,19 @@ async fn fold_entries(
                 })?;
                 values.push(v.unwrap_or(0.0));
             }
-            fold.entry(key, stats_since, fp);
+            let calls = layout
+                .iter()
+                .position(|&c| c == CALLS)
+                .and_then(|i| fold.values_read().get(i).copied());
+            let exec = match (spread, calls) {
+                ((Some(sd), Some(min), Some(max)), Some(n)) => Some(ExecStats {
+                    min,
+                    max,
+                    m2: sd * sd * n,
+                }),
+                _ => None,
+            };
+            fold.entry(key, stats_since, fp, exec);
             Ok(())
         })
         .await?;

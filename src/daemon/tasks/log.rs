@@ -81,9 +81,19 @@ impl LogTask {
     }
 }
 
+/// How long the log settings' discovery waits for the agent's connection to be free before it
+/// opens one of its own (the server may be down: then the collectors have none either).
+const SHARE_WAIT: Duration = Duration::from_secs(10);
+
 async fn settings(config: &TailConfig, db: &Db) -> Result<TailSettings, String> {
     let mut hidden = None;
     let server = if config.logs.path.is_none() || config.logs.line_prefix.is_none() {
+        // At start the first cycle is opening the agent's one connection: wait (a while) for it to
+        // come back to the pool rather than open a second one beside it.
+        let deadline = tokio::time::Instant::now() + SHARE_WAIT;
+        while db.idle_connections() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         match db.session().await {
             Ok(mut s) => match source::discover(&mut s).await {
                 Ok(found) => Some(found),
