@@ -89,8 +89,8 @@ NARROW = (f"SELECT /* bench narrow */ s.*, b.q, b.u, b.d, b.t FROM ({entries}) s
           "(SELECT %s::int8[]), (SELECT %s::float8[])) AS b(q, u, d, t, c, e) "
           "ON s.queryid = b.q AND s.userid = b.u AND s.dbid = b.d AND coalesce(s.toplevel, true) = b.t "
           "WHERE s.queryid IS NULL OR b.q IS NULL OR s.calls <> b.c OR s.total_exec_time <> b.e")
-FPX = ("hashfloat8extended(total_exec_time, hashint8extended(calls, hashint8extended("
-       "(userid::int8 << 32) | dbid::int8, coalesce(queryid, 0) # coalesce(toplevel, true)::int::int8)))")
+FPX = ("hashfloat8extended(total_exec_time, hashint8extended(calls, hashint8extended(coalesce(queryid, 0), "
+       "hashoidextended(dbid, hashoidextended(userid, CASE WHEN toplevel IS FALSE THEN 1 ELSE 0 END)))))")
 FPSEL = f"SELECT userid, dbid, toplevel, queryid, {select}, {FPX} AS fp FROM pg_stat_statements(false) LIMIT 100000"
 FPFULL = f"SELECT /* bench fingerprints */ * FROM ({FPSEL}) s"
 FINGERPRINTS = (f"SELECT /* bench fingerprints */ userid, dbid, toplevel, queryid, {select}, {FPX} AS fp, "
