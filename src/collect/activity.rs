@@ -82,6 +82,8 @@ impl ActivityRecord {
 pub struct ActivityCollector;
 
 const QUERY: &str = "activity";
+/// The sessions' count, read only when `safety.max_activity_rows` cut the rows.
+const TOTAL: &str = "activity_total";
 
 fn sql(version_num: i32) -> String {
     let query_id = if version_num >= 140000 {
@@ -94,11 +96,9 @@ fn sql(version_num: i32) -> String {
          host(client_addr) AS client_addr, client_port, backend_type, \
          backend_start, xact_start, query_start, state_change, state, wait_event_type, wait_event, \
          CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocking_pids, \
-         {query_id} AS query_id, left(query, $2) AS query, \
-         (extract(epoch FROM (CASE WHEN state = 'active' THEN now() ELSE state_change END) - query_start) \
-          * 1000)::float8 AS query_ms, \
-         (extract(epoch FROM now() - xact_start) * 1000)::float8 AS xact_ms, \
-         count(*) OVER () AS total \
+         {query_id} AS query_id, \
+         CASE WHEN octet_length(query) > $2 THEN left(query, $2) ELSE query END AS query, \
+         now() AS now \
          FROM pg_stat_activity \
          WHERE pid <> pg_backend_pid() AND application_name IS DISTINCT FROM $1 \
          ORDER BY coalesce(xact_start, CASE WHEN state = 'active' THEN query_start END) ASC NULLS LAST, \
@@ -137,9 +137,22 @@ impl Collector for ActivityCollector {
                 ],
             )
             .await?;
-        let total: i64 = match rows.first() {
-            Some(r) => col(r, QUERY, "total")?,
-            None => 0,
+        // The rows are all the sessions unless the bound cut them: only then count on the server.
+        let total: i64 = if (rows.len() as i64) < limit {
+            rows.len() as i64
+        } else {
+            match session
+                .query_opt(
+                    TOTAL,
+                    "SELECT /* postgres-agent */ count(*) AS total FROM pg_stat_get_activity(NULL) \
+                     WHERE pid <> pg_backend_pid() AND application_name IS DISTINCT FROM $1",
+                    &[(&APPLICATION_NAME, Type::TEXT)],
+                )
+                .await?
+            {
+                Some(r) => col(&r, TOTAL, "total")?,
+                None => rows.len() as i64,
+            }
         };
         let omitted = (total - rows.len() as i64).max(0) as u64;
         counters.add(Event::ActivityRowsOmitted, omitted);
@@ -164,8 +177,23 @@ impl Collector for ActivityCollector {
                     None,
                 ),
             };
+            let at = |name: &'static str| col::<Option<time::OffsetDateTime>>(row, QUERY, name);
             let ts = |name: &'static str| -> Result<Option<String>, CollectError> {
-                Ok(col::<Option<time::OffsetDateTime>>(row, QUERY, name)?.map(format_rfc3339))
+                Ok(at(name)?.map(format_rfc3339))
+            };
+            // Durations from the timestamps read (extract(epoch ...) computes in numeric, twice
+            // a row): a running statement's up to the statement's now(), a finished one's up to
+            // its state change.
+            let now = at("now")?;
+            let state: Option<String> = col(row, QUERY, "state")?;
+            let until = if state.as_deref() == Some("active") {
+                now
+            } else {
+                at("state_change")?
+            };
+            let ms = |from: Option<time::OffsetDateTime>, to: Option<time::OffsetDateTime>| {
+                from.zip(to)
+                    .map(|(f, t)| round_ms(((t - f).as_seconds_f64() * 1000.0).max(0.0)))
             };
             records.push(ActivityRecord {
                 pid: col(row, QUERY, "pid")?,
@@ -180,7 +208,7 @@ impl Collector for ActivityCollector {
                 xact_start: ts("xact_start")?,
                 query_start: ts("query_start")?,
                 state_change: ts("state_change")?,
-                state: col(row, QUERY, "state")?,
+                state,
                 wait_event_type: col(row, QUERY, "wait_event_type")?,
                 wait_event: col(row, QUERY, "wait_event")?,
                 blocking_pids: col::<Option<Vec<i32>>>(row, QUERY, "blocking_pids")?
@@ -189,10 +217,8 @@ impl Collector for ActivityCollector {
                 query,
                 query_truncated,
                 fingerprint,
-                query_duration_ms: col::<Option<f64>>(row, QUERY, "query_ms")?
-                    .map(|v| round_ms(v.max(0.0))),
-                xact_duration_ms: col::<Option<f64>>(row, QUERY, "xact_ms")?
-                    .map(|v| round_ms(v.max(0.0))),
+                query_duration_ms: ms(at("query_start")?, until),
+                xact_duration_ms: ms(at("xact_start")?, now),
                 correlation,
             });
         }
