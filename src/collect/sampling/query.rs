@@ -199,56 +199,10 @@ pub async fn read(
     let mut out = Read::default();
     let mut known = HashMap::with_capacity(rows.len());
     out.rows.reserve(rows.len());
-    // Columns by position (the order of `sql`): a lookup by name compares the name with every
-    // column, for every column of every row, every second.
-    let at = |row: &tokio_postgres::Row, i: usize, name: &'static str| -> Result<_, CollectError> {
-        match row.columns().get(i) {
-            Some(c) if c.name() == name => Ok(i),
-            _ => Err(CollectError::Column {
-                query: QUERY,
-                column: name,
-                message: format!("expected at position {i}"),
-            }),
-        }
-    };
-    let get = |row: &tokio_postgres::Row,
-               i: usize,
-               name: &'static str|
-     -> Result<Option<String>, CollectError> {
-        row.try_get(at(row, i, name)?)
-            .map_err(|e| CollectError::Column {
-                query: QUERY,
-                column: name,
-                message: e.to_string(),
-            })
-    };
-    let oid = |row: &tokio_postgres::Row,
-               i: usize,
-               name: &'static str|
-     -> Result<Option<u32>, CollectError> {
-        row.try_get(at(row, i, name)?)
-            .map_err(|e| CollectError::Column {
-                query: QUERY,
-                column: name,
-                message: e.to_string(),
-            })
-    };
-    let mut oids = Vec::with_capacity(rows.len());
+    let mut oids: Vec<(Option<u32>, Option<u32>)> = Vec::with_capacity(rows.len());
     for row in &rows {
-        let pid: i32 = row
-            .try_get(at(row, 0, "pid")?)
-            .map_err(|e| CollectError::Column {
-                query: QUERY,
-                column: "pid",
-                message: e.to_string(),
-            })?;
-        let query_start_us = row
-            .try_get::<_, Option<time::OffsetDateTime>>(at(row, 10, "query_start")?)
-            .map_err(|e| CollectError::Column {
-                query: QUERY,
-                column: "query_start",
-                message: e.to_string(),
-            })?
+        let pid: i32 = at(row, 0, "pid")?;
+        let query_start_us = at::<Option<time::OffsetDateTime>>(row, 10, "query_start")?
             .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
             .unwrap_or(0);
         let key = (pid, query_start_us);
@@ -259,16 +213,16 @@ pub async fn read(
         known.insert(key, statement.clone());
         out.rows.push(Seen {
             pid,
-            state: get(row, 1, "state")?.unwrap_or_default(),
-            wait_event_type: get(row, 2, "wait_event_type")?,
-            wait_event: get(row, 3, "wait_event")?,
-            backend_type: get(row, 4, "backend_type")?,
+            state: at::<Option<String>>(row, 1, "state")?.unwrap_or_default(),
+            wait_event_type: at(row, 2, "wait_event_type")?,
+            wait_event: at(row, 3, "wait_event")?,
+            backend_type: at(row, 4, "backend_type")?,
             datname: None,
             usename: None,
             query_start_us,
             statement,
         });
-        oids.push((oid(row, 5, "datid")?, oid(row, 6, "usesysid")?));
+        oids.push((at(row, 5, "datid")?, at(row, 6, "usesysid")?));
     }
     cache.known = known;
     let (datids, userids): (Vec<u32>, Vec<u32>) = oids
@@ -299,6 +253,24 @@ pub async fn read(
         out.lock_waits = n("total_lock")?;
     }
     Ok(out)
+}
+
+/// Column `i` of a sampling row, checked to be `name`. By position (the order of [`sql`]): a
+/// lookup by name compares the name with every column, for every column of every row, every second.
+fn at<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+    name: &'static str,
+) -> Result<T, CollectError> {
+    let err = |message: String| CollectError::Column {
+        query: QUERY,
+        column: name,
+        message,
+    };
+    match row.columns().get(i) {
+        Some(c) if c.name() == name => row.try_get(i).map_err(|e| err(e.to_string())),
+        _ => Err(err(format!("expected at position {i}"))),
+    }
 }
 
 /// Fingerprint and correlation from the raw text first, then the emitted text.
