@@ -40,7 +40,7 @@ pub struct Entry {
     /// Set while a [`Fold`] runs: the new snapshot has this entry.
     pub seen: bool,
     /// The server's fingerprint of the entry's key, calls and total time when it was last read
-    /// (`statements::fold_entries`): a changed-only read sends the fingerprints it holds and gets
+    /// (`statements::read::fold_entries`): a changed-only read sends the fingerprints it holds and gets
     /// back only the entries whose fingerprint is not among them. None until the entry is read
     /// with one.
     pub fp: Option<i64>,
@@ -202,7 +202,7 @@ impl<'a> Fold<'a> {
         }
     }
 
-    /// Starts folding a read by fingerprint (`statements::fold_entries`): the entries it returns
+    /// Starts folding a read by fingerprint (`statements::read::fold_entries`): the entries it returns
     /// ran or are new; an entry it does not return is unchanged and stays, unless
     /// [`Fold::gone_fingerprint`] names its fingerprint (it is gone from the server) or it has no
     /// fingerprint (every entry without one is returned while the server has it).
