@@ -94,6 +94,14 @@ pub struct ExecStats {
     pub m2: f64,
 }
 
+/// An entry's lifetime execution-time spread as the server reports it (ms).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub stddev: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
 /// What a delta says about the spread of its interval's execution times.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IntervalExec {
@@ -230,21 +238,25 @@ impl<'a> Fold<'a> {
         &mut self.values
     }
 
-    /// The values written to [`Fold::values`] for the entry being read.
-    pub fn values_read(&self) -> &[f64] {
-        &self.values
-    }
-
     /// Folds in the entry whose values were just written to [`Fold::values`], with the server's
-    /// fingerprint of it (see [`Entry::fp`]) and its execution-time spread.
+    /// fingerprint of it (see [`Entry::fp`]) and its execution-time spread as the server reports
+    /// it (kept as [`ExecStats`]).
     pub fn entry(
         &mut self,
         key: Key,
         stats_since: Option<i64>,
         fp: Option<i64>,
-        exec: Option<ExecStats>,
+        spread: Option<Spread>,
     ) {
         let now = &self.values;
+        let exec = spread.and_then(|x| {
+            let n = self.calls_at.and_then(|i| now.get(i).copied())?;
+            Some(ExecStats {
+                min: x.min,
+                max: x.max,
+                m2: x.stddev * x.stddev * n,
+            })
+        });
         let new = !self.snap.entries.contains_key(&key);
         let mut prev_exec = None;
         let (delta, reset) = match self.snap.entries.get_mut(&key) {
@@ -389,7 +401,8 @@ pub fn deltas(prev: &Snapshot, cur: &Snapshot) -> (Vec<Delta>, bool) {
     let mut fold = Fold::new(&mut snap, &meta, true);
     for (key, entry) in &cur.entries {
         fold.values().extend_from_slice(&entry.values);
-        fold.entry(*key, entry.stats_since, entry.fp, entry.exec);
+        // The spread is not compared here (the_interval_spread_... covers it).
+        fold.entry(*key, entry.stats_since, entry.fp, None);
     }
     let out = fold.finish();
     assert_eq!(
@@ -781,12 +794,12 @@ mod tests {
             queryid: 1,
             toplevel: Some(true),
         };
-        let exec = ExecStats {
+        let spread = Spread {
+            stddev: (m2_now / n).sqrt(),
             min: 1.0,
             max: 20.0,
-            m2: m2_now,
         };
-        fold.entry(key, None, None, Some(exec));
+        fold.entry(key, None, None, Some(spread));
         let (d, _) = fold.finish();
         let x = d[0].exec.unwrap();
         assert!(

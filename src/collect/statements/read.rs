@@ -5,7 +5,7 @@
 use tokio_postgres::types::Type;
 
 use super::super::{col, CollectError};
-use super::baseline::{ExecStats, Fold, Key};
+use super::baseline::{Fold, Key, Spread};
 use super::columns::{self, CALLS, COUNTERS, INFO_SINCE, STATS_SINCE_SINCE, TOTAL_EXEC};
 use super::{Extension, MAX_ENTRIES};
 use crate::db::Session;
@@ -148,16 +148,8 @@ pub(super) async fn fold_entries(
                 })?;
                 values.push(v.unwrap_or(0.0));
             }
-            let calls = layout
-                .iter()
-                .position(|&c| c == CALLS)
-                .and_then(|i| fold.values_read().get(i).copied());
-            let exec = match (spread, calls) {
-                ((Some(sd), Some(min), Some(max)), Some(n)) => Some(ExecStats {
-                    min,
-                    max,
-                    m2: sd * sd * n,
-                }),
+            let exec = match spread {
+                (Some(stddev), Some(min), Some(max)) => Some(Spread { stddev, min, max }),
                 _ => None,
             };
             fold.entry(key, stats_since, fp, exec);
